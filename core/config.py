@@ -1,0 +1,169 @@
+"""Configuration: one TOML file decoded into msgspec Structs, validated at start-up.
+
+Every Struct forbids unknown fields, so a misspelt key stops boot with an error naming it.
+Any string value of the form ``env:VAR_NAME`` is replaced by that environment variable (a
+missing variable is a config error). Plugin settings (``[sources.settings]``,
+``[destinations.settings]``) are validated by the connector's own settings Struct.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = "./hookyard-data"
+    admin_token: str | None = None
+    max_request_bytes: int = 512_000
+    max_event_bytes: int = 32_768
+    workers: bool = True
+    log_level: str = "info"
+
+
+class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # "full" fsyncs every (group) commit: survives power loss. "normal" survives a process
+    # crash (kill -9) but a power cut may lose the last commits. See docs/configuration.md.
+    synchronous: str = "full"
+    # how long a finished delivery's outbox row and attempts are kept (days; 0 = forever)
+    retention_days: float = 7.0
+
+
+class DeliverySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Per-destination delivery policy (``[destinations.delivery]``)."""
+
+    concurrency: int = 8
+    batch_size: int | None = None
+    retry_initial_seconds: float = 5.0
+    retry_max_seconds: float = 600.0
+    give_up_after_seconds: float = 86_400.0
+    max_attempts: int = 20
+    connect_timeout_seconds: float = 5.0
+    total_timeout_seconds: float = 15.0
+    lease_seconds: float = 60.0
+
+
+class SourceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    plugin: str
+    write_key: str
+    settings: dict[str, Any] = {}
+
+
+class DestinationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    plugin: str
+    sources: list[str] = []
+    enabled: bool = True
+    filter: str | None = None
+    trigger: str | None = None
+    settings: dict[str, Any] = {}
+    delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    sources: list[SourceConfig] = []
+    destinations: list[DestinationConfig] = []
+    # set when the config was generated because no file was given
+    generated: bool = False
+
+
+def resolve_env(value: Any, where: str = "") -> Any:
+    """Replace every ``env:VAR`` string inside ``value`` by the variable's value."""
+    if isinstance(value, str) and value.startswith("env:"):
+        var = value[4:]
+        if var not in os.environ:
+            raise ConfigError(f"{where or 'a setting'} refers to environment variable {var}, which is not set")
+        return os.environ[var]
+    if isinstance(value, dict):
+        return {k: resolve_env(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _convert(data: Any, type_: Any, where: str) -> Any:
+    try:
+        return msgspec.convert(data, type_)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
+    """Validate a config dict (as read from TOML). Raises ConfigError naming the bad key."""
+    config: Config = _convert(resolve_env(data), Config, origin)
+    seen: set[str] = set()
+    for kind, items in (("source", config.sources), ("destination", config.destinations)):
+        for item in items:
+            if not NAME_RE.match(item.name):
+                raise ConfigError(
+                    f"{origin}: {kind} name {item.name!r} must be letters, digits, '_', '-', '.'"
+                )
+            if (kind, item.name) in seen:
+                raise ConfigError(f"{origin}: two {kind}s are named {item.name!r}")
+            seen.add((kind, item.name))  # type: ignore[arg-type]
+    source_names = {s.name for s in config.sources}
+    for dest in config.destinations:
+        for s in dest.sources:
+            if s not in source_names:
+                raise ConfigError(
+                    f"{origin}: destination {dest.name!r} names unknown source {s!r}"
+                    f" (sources: {', '.join(sorted(source_names)) or 'none'})"
+                )
+    for src in config.sources:
+        if len(src.write_key) < 8:
+            raise ConfigError(f"{origin}: source {src.name!r} write_key must be at least 8 characters")
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def new_secret(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(24)}"
+
+
+def read_or_create_secret(path: Path, prefix: str) -> tuple[str, bool]:
+    """A secret kept in the data dir: (value, created_now)."""
+    if path.exists():
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = new_secret(prefix)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value, True
+
+
+def default_config(data_dir: Path) -> Config:
+    """The config used when no file is given: one Segment source -> the profile store."""
+    write_key, _ = read_or_create_secret(data_dir / "write_key", "wk")
+    return Config(
+        server=ServerSettings(data_dir=str(data_dir)),
+        sources=[SourceConfig(name="default", plugin="segment", write_key=write_key)],
+        destinations=[DestinationConfig(name="profiles", plugin="profiles", sources=["default"])],
+        generated=True,
+    )

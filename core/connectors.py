@@ -1,0 +1,118 @@
+"""What a connector plugin declares, and the objects the host hands to its hooks.
+
+A plugin's ``register_connectors`` hook returns :class:`Connector` objects. At start-up the host
+pairs each configured source/destination with its connector and builds a :class:`SourceContext`
+or :class:`DestinationContext`; those contexts are what the step hooks receive, so a hook can be
+called in a unit test by building one by hand (see ``hookyard.testing``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .events import Event
+
+ConnectorKind = Literal["source", "destination"]
+
+
+class NoSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Settings type of a connector that takes no settings."""
+
+
+@dataclass(frozen=True)
+class Connector:
+    """One source or destination type offered by a plugin.
+
+    name:       the ``plugin = "..."`` value users write in the config (e.g. ``"novu"``).
+    kind:       ``"source"`` (auth + parse hooks) or ``"destination"`` (map + deliver hooks).
+    settings:   a msgspec Struct type validating ``[sources.settings]`` /
+                ``[destinations.settings]``; use ``forbid_unknown_fields=True``.
+    paths:      sources only: the HTTP paths (Starlette patterns) it ingests on, e.g.
+                ``("/v1/{call}",)``. Several sources may share a path; the write key decides.
+    batch_size: destinations only: how many deliveries the engine may pass to one ``deliver``
+                call (1 = no batching).
+    description: one line shown by ``hookyard plugins``.
+    """
+
+    name: str
+    kind: ConnectorKind
+    settings: type[msgspec.Struct] = NoSettings
+    paths: tuple[str, ...] = ()
+    batch_size: int = 1
+    description: str = ""
+
+
+@dataclass
+class SourceContext:
+    """A configured source, as the ``authenticate`` and ``parse_events`` hooks see it."""
+
+    name: str
+    plugin: str
+    write_key: str
+    settings: Any = field(default_factory=NoSettings)
+
+
+@dataclass
+class DestinationContext:
+    """A configured destination, as the ``map_event`` and ``deliver`` hooks see it.
+
+    ``state`` is a per-destination dict the plugin may use to keep resources it opened
+    (a database handle, a cache); the host never reads it.
+    """
+
+    name: str
+    plugin: str
+    settings: Any = field(default_factory=NoSettings)
+    sources: tuple[str, ...] = ()
+    data_dir: Path = Path(".")
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class IngestRequest:
+    """An HTTP request to an ingest path, already size-checked and gunzipped.
+
+    ``headers`` keys are lower case. ``path_params`` come from the matched path pattern.
+    """
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    path_params: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """The answer of an ``authenticate`` hook: accepted, or refused with a reason (401)."""
+
+    accepted: bool
+    reason: str = ""
+
+    @classmethod
+    def accept(cls) -> AuthResult:
+        return cls(True)
+
+    @classmethod
+    def refuse(cls, reason: str) -> AuthResult:
+        return cls(False, reason)
+
+
+@dataclass
+class ParsedEvent:
+    """One event produced by a ``parse_events`` hook.
+
+    raw:      the event's JSON object as bytes (kept verbatim in the inbox, unknown fields too).
+    event:    the typed, validated event.
+    filtered: a reason when the source accepts the event but must not route it (it is still
+              stored and answered 2xx, e.g. a Pushwoosh event not in the source's list).
+    """
+
+    raw: bytes
+    event: Event
+    filtered: str | None = None

@@ -1,0 +1,121 @@
+"""What ``map_event`` produces and what ``deliver`` answers.
+
+A :class:`Delivery` describes one request a destination will receive. It is stored in the
+durable outbox as JSON (so its ``body`` must be JSON-serialisable) and must not contain secrets:
+the deliver hook adds credentials from the settings when it sends.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+Outcome = Literal["ok", "retryable", "permanent"]
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    """One request to a destination.
+
+    kind:         what the request does, shown to operators (``"identify"``, ``"trigger"``...).
+    method, path: the HTTP request line, ``path`` relative to the destination's base URL.
+    body:         the JSON body (any JSON-serialisable value).
+    message_id:   the Segment messageId it came from (filled in by the host when empty).
+    ordering_key: deliveries with the same key go out in order (default: userId/anonymousId).
+    """
+
+    kind: str
+    method: str = "POST"
+    path: str = ""
+    body: Any = None
+    message_id: str = ""
+    ordering_key: str = ""
+
+
+class MapResult(msgspec.Struct):
+    """The answer of a ``map_event`` hook: deliveries to send, or a reason it was filtered."""
+
+    deliveries: list[Delivery] = []
+    filtered: str | None = None
+
+    @classmethod
+    def send(cls, *deliveries: Delivery) -> MapResult:
+        return cls(list(deliveries))
+
+    @classmethod
+    def skip(cls, reason: str) -> MapResult:
+        """Nothing to send; ``reason`` is recorded (not an error, never retried)."""
+        return cls([], reason)
+
+
+class DeliveryResult(msgspec.Struct, kw_only=True):
+    """The outcome of one delivery: ``ok``, ``retryable`` or ``permanent``."""
+
+    outcome: Outcome
+    http_status: int | None = None
+    error: str | None = None
+    response_body: str | None = None
+    retry_after: float | None = None
+
+    @classmethod
+    def ok(cls, http_status: int | None = None) -> DeliveryResult:
+        return cls(outcome="ok", http_status=http_status)
+
+    @classmethod
+    def retryable(cls, error: str, **kw: Any) -> DeliveryResult:
+        return cls(outcome="retryable", error=error, **kw)
+
+    @classmethod
+    def permanent(cls, error: str, **kw: Any) -> DeliveryResult:
+        return cls(outcome="permanent", error=error, **kw)
+
+
+RESPONSE_BODY_LIMIT = 2000
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def classify_http(
+    status: int, headers: Mapping[str, str] | None = None, body: str | bytes | None = None
+) -> DeliveryResult:
+    """The common HTTP rules: 2xx ok; 408, 429, 5xx retryable; other statuses permanent.
+
+    ``Retry-After`` is honoured on retryable answers. The body is kept, truncated, for
+    operators.
+    """
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    if text is not None and len(text) > RESPONSE_BODY_LIMIT:
+        text = text[:RESPONSE_BODY_LIMIT] + "…"
+    if 200 <= status < 300:
+        return DeliveryResult(outcome="ok", http_status=status, response_body=text)
+    if status in (408, 429) or status >= 500:
+        retry_after = parse_retry_after((headers or {}).get("Retry-After"))
+        return DeliveryResult(
+            outcome="retryable",
+            http_status=status,
+            error=f"HTTP {status}",
+            response_body=text,
+            retry_after=retry_after,
+        )
+    return DeliveryResult(
+        outcome="permanent", http_status=status, error=f"HTTP {status}", response_body=text
+    )

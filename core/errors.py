@@ -1,0 +1,91 @@
+"""Every error hookyard raises on purpose, in one tree.
+
+::
+
+    HookyardError                      base of everything below
+    ├── ConfigError                    bad settings: stops boot, never a delivery
+    ├── RequestError                   a client sent something we refuse (never a 500)
+    │   ├── BadRequest          400    malformed JSON, not a Segment event, userId missing
+    │   ├── Unauthorized        401    missing or wrong key / admin token
+    │   ├── NotFound            404    no such ingest call (e.g. /v1/nonsense)
+    │   ├── PayloadTooLarge     413    event > 32 KB, request > 500 KB (after gunzip too)
+    │   └── StorageUnavailable  503    the database cannot take writes right now
+    └── DeliveryError                  raised (or returned as a result) by a deliver hook
+        ├── RetryableError             408, 429, 5xx, connect errors, timeouts: try again
+        │                              later with backoff (honours Retry-After)
+        └── PermanentError             other 4xx, invalid mapping, oversize: dead letter now
+
+A deliver hook normally *returns* :class:`hookyard.deliveries.DeliveryResult` objects; raising
+``RetryableError``/``PermanentError`` from it is the shorthand for "every delivery of this call
+failed that way". Any other exception escaping a deliver hook is treated as retryable (the
+plugin has a bug, the event must not be lost) and logged with its traceback.
+"""
+
+from __future__ import annotations
+
+
+class HookyardError(Exception):
+    """Base class of every error hookyard raises on purpose."""
+
+
+class ConfigError(HookyardError):
+    """The configuration is invalid. Raised at start-up so bad config stops boot."""
+
+
+class RequestError(HookyardError):
+    """A client request is refused. ``status`` is the HTTP status answered."""
+
+    status = 400
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadRequest(RequestError):
+    """400: the body is not valid JSON or not a valid event for this endpoint."""
+
+    status = 400
+
+
+class Unauthorized(RequestError):
+    """401: missing or wrong write key or admin token."""
+
+    status = 401
+
+
+class NotFound(RequestError):
+    """404: the path names no ingest call."""
+
+    status = 404
+
+
+class PayloadTooLarge(RequestError):
+    """413: an event or a request is over the size limit."""
+
+    status = 413
+
+
+class StorageUnavailable(RequestError):
+    """503: the database cannot commit (disk full, read-only); the client should retry."""
+
+    status = 503
+
+
+class DeliveryError(HookyardError):
+    """A delivery attempt failed. Subclasses say whether to retry."""
+
+    def __init__(
+        self, message: str, *, http_status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.retry_after = retry_after
+
+
+class RetryableError(DeliveryError):
+    """Try again later: 408, 429, 5xx, connection errors and timeouts."""
+
+
+class PermanentError(DeliveryError):
+    """Retrying cannot help (other 4xx, unmappable event): goes to dead letters at once."""

@@ -1,0 +1,127 @@
+"""Segment events as msgspec Structs: a tagged union on ``type``.
+
+The Structs follow the Segment spec (https://segment.com/docs/connections/spec/common/). They are
+used to *validate* incoming events and to give plugins typed access. Unknown extra fields are not
+lost: the inbox keeps every event's raw JSON, and hooks receive it beside the typed event.
+
+Decoders and encoders are module-level objects, built once and reused on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+JSON = dict[str, Any]
+
+EVENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+EventType = Literal["identify", "track", "page", "screen", "group", "alias"]
+
+
+class _Common(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True):
+    """Fields every Segment call may carry."""
+
+    messageId: str | None = None
+    userId: str | int | None = None
+    anonymousId: str | int | None = None
+    context: JSON | None = None
+    integrations: JSON | None = None
+    timestamp: str | None = None
+    sentAt: str | None = None
+    receivedAt: str | None = None
+    originalTimestamp: str | None = None
+    version: int | float | str | None = None
+
+    @property
+    def user_id(self) -> str | None:
+        """``userId`` as a string, or None when missing or empty."""
+        if self.userId is None or self.userId == "":
+            return None
+        return str(self.userId)
+
+    @property
+    def anonymous_id(self) -> str | None:
+        """``anonymousId`` as a string, or None when missing or empty."""
+        if self.anonymousId is None or self.anonymousId == "":
+            return None
+        return str(self.anonymousId)
+
+
+class Identify(_Common, tag="identify"):
+    """Who the user is: ``traits`` describe them."""
+
+    traits: JSON | None = None
+
+
+class Track(_Common, tag="track"):
+    """What the user did: ``event`` is the action's name, ``properties`` its details."""
+
+    event: str
+    properties: JSON | None = None
+
+
+class Page(_Common, tag="page"):
+    """A web page view."""
+
+    name: str | None = None
+    category: str | None = None
+    properties: JSON | None = None
+
+
+class Screen(_Common, tag="screen"):
+    """A mobile screen view."""
+
+    name: str | None = None
+    category: str | None = None
+    properties: JSON | None = None
+
+
+class Group(_Common, tag="group"):
+    """The user belongs to a group (account, company, team)."""
+
+    groupId: str | int
+    traits: JSON | None = None
+
+
+class Alias(_Common, tag="alias"):
+    """Merge two user identities: ``previousId`` becomes ``userId``."""
+
+    previousId: str | int
+
+
+Event = Identify | Track | Page | Screen | Group | Alias
+EVENT_CLASSES: dict[str, type[Event]] = {
+    "identify": Identify,
+    "track": Track,
+    "page": Page,
+    "screen": Screen,
+    "group": Group,
+    "alias": Alias,
+}
+
+any_event_decoder = msgspec.json.Decoder(Event)
+event_decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_CLASSES.items()}
+raw_dict_decoder = msgspec.json.Decoder(dict[str, Any])
+encoder = msgspec.json.Encoder()
+
+
+def event_from_dict(raw: JSON) -> Event:
+    """Build the typed event from a raw event dict (which must carry ``type``)."""
+    return msgspec.convert(raw, Event)
+
+
+def validate_event(event: Event) -> str | None:
+    """Return why ``event`` is not a valid Segment event, or None when it is."""
+    if event.user_id is None and event.anonymous_id is None:
+        return "userId or anonymousId is required"
+    if isinstance(event, Track) and not event.event:
+        return "event is required for track"
+    if isinstance(event, Alias) and event.user_id is None:
+        return "userId is required for alias"
+    return None
+
+
+def event_type(event: Event) -> str:
+    """The Segment ``type`` of a typed event."""
+    return event.__struct_config__.tag  # type: ignore[return-value]

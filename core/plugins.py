@@ -1,0 +1,111 @@
+"""Building the plugin manager, and deterministic dispatch to a connector's own hooks.
+
+``make_plugin_manager()`` is a factory (nothing is built at import): it loads the ``hookyard``
+entry-point group (built-in connectors are registered there exactly like third-party ones), adds
+any plugin objects passed in, and runs ``check_pending()`` so a misspelt hook name fails loudly.
+
+:class:`ConnectorRegistry` remembers which plugin registered which connector. A step hook for
+connector ``novu`` is called through a pluggy *subset* hook caller that leaves out every other
+plugin's non-wrapper implementation: only the owner answers, while wrappers
+(``@hookimpl(wrapper=True)``) from plugins that implement no connector step still run around it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .connectors import Connector, ConnectorKind
+from .errors import ConfigError
+
+ENTRY_POINT_GROUP = "hookyard"
+STEP_HOOKS = ("authenticate", "parse_events", "map_event", "deliver")
+
+
+def make_plugin_manager(
+    plugins: Iterable[object] = (), *, load_entry_points: bool = True
+) -> pluggy.PluginManager:
+    """A new plugin manager with the hookyard hookspecs and the installed plugins."""
+    pm = pluggy.PluginManager("hookyard")
+    pm.add_hookspecs(hookspecs)
+    if load_entry_points:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for plugin in plugins:
+        if not pm.is_registered(plugin):
+            pm.register(plugin)
+    pm.check_pending()
+    return pm
+
+
+async def maybe_await(value: Any) -> Any:
+    """Await ``value`` if a hook returned a coroutine (pluggy itself never awaits)."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class ConnectorRegistry:
+    """Every installed connector, the plugin that owns it, and dispatch to its hooks."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._connectors: dict[tuple[ConnectorKind, str], tuple[Connector, object]] = {}
+        self._callers: dict[tuple[str, int], Any] = {}
+        for impl in pm.hook.register_connectors.get_hookimpls():
+            connectors: list[Connector] = impl.function() or []  # type: ignore[assignment]
+            for connector in connectors:
+                key = (connector.kind, connector.name)
+                if key in self._connectors:
+                    other = pm.get_name(self._connectors[key][1])
+                    raise ConfigError(
+                        f"{connector.kind} connector {connector.name!r} is registered by both "
+                        f"plugin {other!r} and plugin {impl.plugin_name!r}"
+                    )
+                self._connectors[key] = (connector, impl.plugin)
+
+    def get(self, kind: ConnectorKind, name: str) -> Connector:
+        """The connector of that kind and name, or a ConfigError listing what exists."""
+        try:
+            return self._connectors[(kind, name)][0]
+        except KeyError:
+            known = ", ".join(sorted(n for k, n in self._connectors if k == kind)) or "none"
+            raise ConfigError(
+                f"no {kind} plugin named {name!r} is installed (installed: {known})"
+            ) from None
+
+    def all(self) -> list[tuple[Connector, str]]:
+        """Every connector with the name of the plugin that registered it."""
+        return [
+            (connector, self.pm.get_name(plugin) or "?")
+            for connector, plugin in self._connectors.values()
+        ]
+
+    def caller(self, hook_name: str, kind: ConnectorKind, name: str) -> Any:
+        """A hook caller for ``hook_name`` that only reaches the owner of connector ``name``
+        (plus wrappers from plugins that do not implement the step themselves)."""
+        owner = self._connectors[(kind, name)][1]
+        key = (hook_name, id(owner))
+        caller = self._callers.get(key)
+        if caller is None:
+            hook = getattr(self.pm.hook, hook_name)
+            others = {
+                impl.plugin
+                for impl in hook.get_hookimpls()
+                if not (impl.wrapper or impl.hookwrapper) and impl.plugin is not owner
+            }
+            caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+            self._callers[key] = caller
+        return caller
+
+    def call(self, hook_name: str, kind: ConnectorKind, name: str, **kwargs: Any) -> Any:
+        """Call step ``hook_name`` of connector ``name`` with keyword arguments."""
+        result = self.caller(hook_name, kind, name)(**kwargs)
+        if result is None:
+            raise ConfigError(
+                f"plugin of {kind} connector {name!r} does not implement hook {hook_name!r}"
+            )
+        return result
