@@ -1,0 +1,202 @@
+"""The operator API under ``/api/`` (admin token required; the host enforces it).
+
+    GET  /api/logs?source=&status=&cursor=          the API log, newest first
+    GET  /api/events?source=&type=&cursor=          the inbox, newest first
+    GET  /api/deliveries?message_id=&destination=   every outbox row and attempt of an event
+    GET  /api/dead-letters?destination=&cursor=     failed deliveries
+    POST /api/dead-letters/retry    {"destination"?, "since"?, "ids"?}
+    POST /api/dead-letters/discard  {"destination"?, "since"?, "ids"?}
+    POST /api/destinations/{name}/preview   body: a Segment event -> what would be sent
+    POST /api/replay  {"source", "destination"?, "since"?, "until"?}
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .delivery import outbox, router
+from .delivery.replay import replay
+from .inbox import decode_row
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+_dec = msgspec.json.Decoder(dict[str, Any])
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(data), status_code=status, media_type="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+def _limit(request: Request) -> int:
+    return max(1, min(500, int(request.query_params.get("limit") or 50)))
+
+
+def _cursor(request: Request) -> int | None:
+    value = request.query_params.get("cursor")
+    return int(value) if value else None
+
+
+def parse_time(value: Any) -> float | None:
+    """An ISO-8601 time or Unix seconds as Unix seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        return _dec.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"body must be a JSON object: {exc}") from None
+
+
+def routes(rt: Runtime) -> list[BaseRoute]:
+    db = rt.db
+
+    def paged(sql: str, params: list[Any], request: Request, row_fn: Any) -> Any:
+        cursor, limit = _cursor(request), _limit(request)
+        if cursor is not None:
+            sql += " AND id < ?"
+            params.append(cursor)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit + 1)
+
+        def run(conn: Any) -> dict[str, Any]:
+            rows = conn.execute(sql, params).fetchall()
+            items = [row_fn(r) for r in rows[:limit]]
+            nxt = rows[limit - 1]["id"] if len(rows) > limit else None
+            return {"items": items, "next": str(nxt) if nxt is not None else None}
+
+        return db.read(run)
+
+    def where(request: Request, columns: dict[str, str]) -> tuple[str, list[Any]]:
+        sql, params = " WHERE 1=1", []
+        for param, column in columns.items():
+            value = request.query_params.get(param)
+            if value:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        return sql, params
+
+    async def logs(request: Request) -> Response:
+        sql, params = where(request, {"source": "source", "status": "status"})
+        return _json(await paged(f"SELECT * FROM api_log{sql}", params, request, dict))
+
+    async def events(request: Request) -> Response:
+        sql, params = where(request, {"source": "source", "type": "type", "message_id": "message_id",
+                                      "user_id": "user_id"})
+
+        def row(r: Any) -> dict[str, Any]:
+            return {"id": r["id"], "source": r["source"], "filtered": r["filtered"],
+                    "event": decode_row(r)}
+
+        return _json(await paged(f"SELECT * FROM inbox{sql}", params, request, row))
+
+    async def deliveries(request: Request) -> Response:
+        message_id = request.query_params.get("message_id")
+        if not message_id:
+            return _error(400, "message_id is required")
+        dest = request.query_params.get("destination")
+
+        def run(conn: Any) -> dict[str, Any]:
+            sql = "SELECT * FROM outbox WHERE message_id = ?"
+            params: list[Any] = [message_id]
+            if dest:
+                sql += " AND destination = ?"
+                params.append(dest)
+            out = []
+            for r in conn.execute(sql + " ORDER BY id", params).fetchall():
+                item = {k: r[k] for k in r.keys() if k not in ("request", "lease_owner")}
+                item["request"] = _dec.decode(r["request"]) if r["request"] else None
+                item["attempts_log"] = [dict(a) for a in conn.execute(
+                    "SELECT attempt, outcome, http_status, latency_ms, error, at FROM attempts"
+                    " WHERE outbox_id = ? ORDER BY id", (r["id"],))]
+                out.append(item)
+            return {"message_id": message_id, "deliveries": out}
+
+        return _json(await db.read(run))
+
+    async def dead_letters(request: Request) -> Response:
+        sql, params = where(request, {"destination": "destination"})
+        sql += " AND state = 'dead'"
+
+        def row(r: Any) -> dict[str, Any]:
+            return {k: r[k] for k in ("id", "destination", "message_id", "user_key", "kind",
+                                      "attempts", "last_status", "last_error", "response_body",
+                                      "created_at", "updated_at")}
+
+        return _json(await paged(f"SELECT * FROM outbox{sql}", params, request, row))
+
+    async def dead_letter_action(request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in ("retry", "discard"):
+            return _error(404, f"unknown action {action!r}: use retry or discard")
+        try:
+            body = await _body(request)
+            since = parse_time(body.get("since"))
+            ids = [int(i) for i in body.get("ids") or []]
+        except (ValueError, TypeError) as exc:
+            return _error(400, str(exc))
+        fn = outbox.retry_dead if action == "retry" else outbox.discard_dead
+        count = await db.write(lambda c: fn(c, body.get("destination"), since, ids or None))
+        if rt.engine is not None:
+            rt.engine.wake_all()
+        return _json({"action": action, "count": count})
+
+    async def preview(request: Request) -> Response:
+        dest = rt.destinations.get(request.path_params["name"])
+        if dest is None:
+            return _error(404, f"no destination named {request.path_params['name']!r}")
+        try:
+            raw = await _body(request)
+            return _json(router.preview(rt, dest, raw))
+        except (ValueError, msgspec.ValidationError) as exc:
+            return _error(400, f"not a valid Segment event: {exc}")
+
+    async def replay_endpoint(request: Request) -> Response:
+        try:
+            body = await _body(request)
+            source = body["source"]
+            if source not in rt.sources:
+                return _error(404, f"no source named {source!r}")
+            started = time.time()
+            count = await replay(rt, source, body.get("destination"), body.get("since"),
+                                 body.get("until"))
+        except (KeyError, ValueError) as exc:
+            return _error(400, f"invalid replay request: {exc}")
+        if rt.engine is not None:
+            rt.engine.wake_all()
+        return _json({"events": count, "seconds": round(time.time() - started, 3)})
+
+    return [
+        Route("/api/logs", logs, methods=["GET"]),
+        Route("/api/events", events, methods=["GET"]),
+        Route("/api/deliveries", deliveries, methods=["GET"]),
+        Route("/api/dead-letters", dead_letters, methods=["GET"]),
+        Route("/api/dead-letters/{action:str}", dead_letter_action, methods=["POST"]),
+        Route("/api/destinations/{name}/preview", preview, methods=["POST"]),
+        Route("/api/replay", replay_endpoint, methods=["POST"]),
+    ]
+
+
+__all__ = ["routes", "JSONResponse"]

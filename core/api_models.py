@@ -1,0 +1,205 @@
+"""msgspec types of the public HTTP API's request and response bodies (used by the OpenAPI
+document; the handlers produce exactly these shapes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .deliveries import Delivery
+from .events import Event
+
+
+class IngestOK(msgspec.Struct):
+    success: bool
+
+
+class IngestError(msgspec.Struct):
+    success: bool
+    error: str
+
+
+class ApiError(msgspec.Struct):
+    error: str
+
+
+class Batch(msgspec.Struct):
+    """``/v1/batch`` body: up to 500 KB of events; top-level context/integrations apply to all."""
+
+    batch: list[Event]
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    sentAt: str | None = None
+    writeKey: str | None = None
+
+
+class Health(msgspec.Struct):
+    status: str
+    error: str | None = None
+
+
+class Preferences(msgspec.Struct, rename={"locale": "$locale", "timezone": "$timezone"}):
+    locale: str | None
+    timezone: str | None
+
+
+class Subscriber(msgspec.Struct):
+    distinct_id: str
+    properties: dict[str, Any]
+    channels: dict[str, list[str]]
+    preferences: Preferences
+    created_at: float | None
+    updated_at: float | None
+
+
+class SubscriberSummary(msgspec.Struct):
+    distinct_id: str
+    properties: dict[str, Any]
+    preferences: Preferences
+    updated_at: float | None
+
+
+class SubscriberPage(msgspec.Struct):
+    subscribers: list[SubscriberSummary]
+    next: str | None
+
+
+class UserEvent(msgspec.Struct):
+    event: str
+    properties: dict[str, Any]
+    timestamp: str | None
+    receivedAt: str | None
+    messageId: str | None
+
+
+class UserEventPage(msgspec.Struct):
+    events: list[UserEvent]
+    next: str | None
+
+
+class WorkflowRun(msgspec.Struct):
+    id: int
+    workflow: str
+    distinct_id: str
+    event: str
+    messageId: str | None
+    payload: dict[str, Any]
+    created_at: float
+
+
+class WorkflowRunPage(msgspec.Struct):
+    runs: list[WorkflowRun]
+    next: str | None
+
+
+class LogLine(msgspec.Struct):
+    id: int
+    at: str
+    source: str | None
+    method: str
+    path: str
+    status: int
+    events: int
+    error: str | None
+    duration_ms: float | None
+
+
+class LogPage(msgspec.Struct):
+    items: list[LogLine]
+    next: str | None
+
+
+class InboxItem(msgspec.Struct):
+    id: int
+    source: str
+    filtered: str | None
+    event: dict[str, Any]
+
+
+class InboxPage(msgspec.Struct):
+    items: list[InboxItem]
+    next: str | None
+
+
+class Attempt(msgspec.Struct):
+    attempt: int
+    outcome: str
+    http_status: int | None
+    latency_ms: float | None
+    error: str | None
+    at: float
+
+
+class OutboxRow(msgspec.Struct):
+    id: int
+    destination: str
+    inbox_id: int | None
+    message_id: str | None
+    user_key: str | None
+    kind: str | None
+    state: str
+    attempts: int
+    next_at: float | None
+    lease_until: float | None
+    created_at: float
+    updated_at: float | None
+    last_status: int | None
+    last_error: str | None
+    response_body: str | None
+    request: Any
+    attempts_log: list[Attempt]
+
+
+class DeliveryTrace(msgspec.Struct):
+    message_id: str
+    deliveries: list[OutboxRow]
+
+
+class DeadLetter(msgspec.Struct):
+    id: int
+    destination: str
+    message_id: str | None
+    user_key: str | None
+    kind: str | None
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    response_body: str | None
+    created_at: float
+    updated_at: float | None
+
+
+class DeadLetterPage(msgspec.Struct):
+    items: list[DeadLetter]
+    next: str | None
+
+
+class DeadLetterRequest(msgspec.Struct):
+    destination: str | None = None
+    since: str | float | None = None
+    ids: list[int] | None = None
+
+
+class DeadLetterResult(msgspec.Struct):
+    action: str
+    count: int
+
+
+class PreviewResult(msgspec.Struct):
+    destination: str
+    passes: bool
+    filtered: str | None
+    deliveries: list[Delivery]
+
+
+class ReplayRequest(msgspec.Struct):
+    source: str
+    destination: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+
+class ReplayResult(msgspec.Struct):
+    events: int
+    seconds: float

@@ -1,0 +1,143 @@
+"""The Starlette application: ingest routes from source connectors, the operator API, health.
+
+The host knows no vendor: ingest paths come from the connectors' declarations, extra routes
+from the ``register_routes`` hook. Every path under ``/api/`` requires the admin token
+(``Authorization: Bearer <token>``), compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import admin_api
+from .delivery.engine import Engine
+from .ingest import IngestEndpoint
+from .metrics import CONTENT_TYPE, Metrics
+from .openapi import build_openapi, render_docs
+from .plugins import maybe_await
+from .runtime import Runtime
+
+log = logging.getLogger("hookyard")
+
+
+class AdminAuth:
+    """Refuses ``/api/*`` requests without the admin bearer token (pure ASGI, cheap)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            given = b""
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    scheme, _, token = value.partition(b" ")
+                    if scheme.lower() == b"bearer":
+                        given = token.strip()
+            if not hmac.compare_digest(given, self.token):
+                response = JSONResponse(
+                    {"error": "admin token required: Authorization: Bearer <admin token>"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="hookyard"'},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Starlette:
+    """Build the ASGI app. ``run_workers`` (default: ``[server] workers``) starts the router
+    and delivery workers in the same process."""
+    workers = runtime.config.server.workers if run_workers is None else run_workers
+    engine: Engine | None = None
+
+    def on_commit() -> None:
+        if engine is not None:
+            engine.notify()
+
+    metrics = Metrics(runtime)
+    runtime.metrics = metrics
+    ingest = IngestEndpoint(runtime, on_commit)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await runtime.db.write(lambda conn: conn.execute("SELECT 1").fetchone())
+        except Exception as exc:  # noqa: BLE001
+            return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        body = await asyncio.to_thread(metrics.render)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    spec_cache: dict[str, Any] = {}
+
+    def spec() -> dict[str, Any]:
+        if "spec" not in spec_cache:
+            spec_cache["spec"] = build_openapi(runtime)
+        return spec_cache["spec"]
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(spec())
+
+    async def docs_page(request: Request) -> Response:
+        return HTMLResponse(render_docs(spec()))
+
+    routes: list[BaseRoute] = [
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/docs", docs_page, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    seen: set[str] = set()
+    for route in runtime.routes:
+        if route.pattern not in seen:
+            seen.add(route.pattern)
+            routes.append(Route(route.pattern, ingest.__call__, methods=["POST"]))
+    routes += admin_api.routes(runtime)
+    for extra in runtime.pm.hook.register_routes(runtime=runtime):
+        routes.extend(extra or ())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal engine
+        runtime.open()
+        for result in runtime.pm.hook.startup(runtime=runtime):
+            await maybe_await(result)
+        if workers:
+            engine = Engine(runtime)
+            engine.observers.append(metrics.observe)
+            await engine.start()
+        try:
+            yield
+        finally:
+            if engine is not None:
+                await engine.stop()
+            for result in runtime.pm.hook.shutdown(runtime=runtime):
+                await maybe_await(result)
+            runtime.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(AdminAuth, token=runtime.admin_token)  # type: ignore[arg-type]
+    app.state.runtime = runtime
+    return app
+
+
+def app_state(app: Any) -> Runtime:
+    return app.state.runtime  # type: ignore[no-any-return]

@@ -1,0 +1,267 @@
+"""The ``hookyard`` command line (click).
+
+Errors are one clear line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import Config, default_config, load_config
+from .errors import ConfigError, HookyardError
+
+CONFIG_HELP = "TOML config file (default: $HOOKYARD_CONFIG, else one Segment source -> profile store)"
+
+
+def _load(config_path: str | None, host: str | None = None, port: int | None = None,
+          data_dir: str | None = None) -> Config:
+    config_path = config_path or os.environ.get("HOOKYARD_CONFIG")
+    if config_path:
+        config = load_config(config_path)
+    else:
+        config = default_config(Path(data_dir or "./hookyard-data").expanduser().resolve())
+    if host:
+        config.server.host = host
+    if port is not None:
+        config.server.port = port
+    if data_dir:
+        config.server.data_dir = data_dir
+    return config
+
+
+def _runtime(config: Config) -> Any:
+    from .runtime import Runtime
+
+    return Runtime.build(config)
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc))
+
+
+def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--data-dir", help="Data directory (overrides [server] data_dir)")(fn)
+    fn = click.option("--config", "-c", "config_path", help=CONFIG_HELP)(fn)
+    return fn
+
+
+@click.group()
+@click.version_option(__version__, prog_name="hookyard")
+def main() -> None:
+    """hookyard: a self-hosted event router for Segment-format customer data."""
+
+
+def _setup_logging(rt: Any) -> None:
+    from .logs import config_secrets, setup_logging
+
+    setup_logging(rt.config.server.log_level, config_secrets(rt))
+
+
+@main.command()
+@config_options
+@click.option("--host", help="Interface to listen on (overrides [server] host)")
+@click.option("--port", type=int, help="Port to listen on (overrides [server] port)")
+@click.option("--no-workers", is_flag=True, help="Ingest only; run delivery in `hookyard worker`")
+def serve(config_path: str | None, data_dir: str | None, host: str | None, port: int | None,
+          no_workers: bool) -> None:
+    """Start the HTTP server (ingest, API) with the delivery workers."""
+    import uvicorn
+
+    from .app import create_app
+
+    try:
+        config = _load(config_path, host, port, data_dir)
+        rt = _runtime(config)
+    except HookyardError as exc:
+        _fail(exc)
+    _setup_logging(rt)
+    url = f"http://{config.server.host}:{config.server.port}"
+    click.echo(f"hookyard {__version__} listening on {url}")
+    click.echo(f"  data dir:    {rt.data_dir}")
+    for src in config.sources:
+        click.echo(f"  source {src.name!r} ({src.plugin}) write key: {src.write_key}")
+    for dest in config.destinations:
+        click.echo(f"  destination {dest.name!r} ({dest.plugin}) <- {', '.join(dest.sources)}")
+    if rt.admin_token_created:
+        click.echo(f"  admin token: {rt.admin_token}  (saved in {rt.data_dir / 'admin_token'})")
+    elif not config.server.admin_token:
+        click.echo(f"  admin token: in {rt.data_dir / 'admin_token'}")
+    if config.generated:
+        key = config.sources[0].write_key
+        click.echo("  try it:")
+        click.echo(f"    curl -u {key}: -H 'Content-Type: application/json' \\")
+        click.echo(f"      -d '{{\"userId\":\"u1\",\"traits\":{{\"email\":\"a@example.com\"}}}}' {url}/v1/identify")
+    app = create_app(rt, run_workers=not no_workers)
+    uvicorn.run(app, host=config.server.host, port=config.server.port,
+                log_level=config.server.log_level, timeout_graceful_shutdown=15,
+                server_header=False, log_config=None, access_log=False)
+
+
+@main.command()
+@config_options
+def worker(config_path: str | None, data_dir: str | None) -> None:
+    """Run the router and delivery workers without the HTTP server."""
+    from .delivery.engine import Engine
+    from .plugins import maybe_await
+
+    try:
+        rt = _runtime(_load(config_path, data_dir=data_dir))
+    except HookyardError as exc:
+        _fail(exc)
+    _setup_logging(rt)
+
+    async def run() -> None:
+        rt.open()
+        for result in rt.pm.hook.startup(runtime=rt):
+            await maybe_await(result)
+        engine = Engine(rt)
+        await engine.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        click.echo(f"hookyard worker: delivering for {', '.join(rt.destinations) or 'no destinations'}")
+        await stop.wait()
+        await engine.stop()
+        for result in rt.pm.hook.shutdown(runtime=rt):
+            await maybe_await(result)
+        rt.close()
+
+    asyncio.run(run())
+
+
+@main.command()
+@config_options
+@click.option("--source", required=True, help="Source whose stored events are replayed")
+@click.option("--destination", help="Only this destination (default: every connected one)")
+@click.option("--since", help="Received at or after (ISO-8601 date or time)")
+@click.option("--until", help="Received before (ISO-8601 date or time)")
+def replay(config_path: str | None, data_dir: str | None, source: str, destination: str | None,
+           since: str | None, until: str | None) -> None:
+    """Map stored events again and queue their deliveries (mapping changes reach the past)."""
+    from .delivery.replay import count_events
+    from .delivery.replay import replay as do_replay
+
+    try:
+        rt = _runtime(_load(config_path, data_dir=data_dir))
+        rt.open()
+
+        async def run() -> int:
+            total = await count_events(rt, source, since, until)
+            with click.progressbar(length=total, label=f"replaying {source}", file=sys.stderr) as bar:
+                return await do_replay(rt, source, destination, since, until, bar.update)
+
+        count = asyncio.run(run())
+        rt.close()
+    except (HookyardError, ValueError) as exc:
+        _fail(exc)
+    click.echo(f"queued {count} events for delivery")
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: deliveries that failed permanently or gave up."""
+
+
+def _dlq_runtime(config_path: str | None, data_dir: str | None) -> Any:
+    try:
+        rt = _runtime(_load(config_path, data_dir=data_dir))
+        rt.open()
+        return rt
+    except HookyardError as exc:
+        _fail(exc)
+
+
+@dlq.command("list")
+@config_options
+@click.option("--destination")
+@click.option("--limit", default=50, show_default=True)
+def dlq_list(config_path: str | None, data_dir: str | None, destination: str | None, limit: int) -> None:
+    """List dead letters, newest first."""
+    rt = _dlq_runtime(config_path, data_dir)
+    sql = "SELECT id, destination, message_id, user_key, attempts, last_status, last_error" \
+          " FROM outbox WHERE state = 'dead'"
+    params: list[Any] = []
+    if destination:
+        sql += " AND destination = ?"
+        params.append(destination)
+    rows = rt.db.read_sync(lambda c: c.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall())
+    if not rows:
+        click.echo("no dead letters")
+    for r in rows:
+        click.echo(f"{r['id']:>8}  {r['destination']:<16} {r['message_id']:<38} user={r['user_key']}"
+                   f"  attempts={r['attempts']} status={r['last_status']}  {r['last_error']}")
+    rt.close()
+
+
+def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
+                destination: str | None, since: str | None) -> None:
+    from .admin_api import parse_time
+    from .delivery import outbox
+
+    rt = _dlq_runtime(config_path, data_dir)
+    try:
+        when = parse_time(since)
+    except ValueError as exc:
+        _fail(exc)
+    fn = outbox.retry_dead if action == "retry" else outbox.discard_dead
+    count = rt.db.write_sync(lambda c: fn(c, destination, when))
+    rt.close()
+    click.echo(f"{action}: {count} dead letters" + (" queued again" if action == "retry" else " discarded"))
+
+
+@dlq.command("retry")
+@config_options
+@click.option("--destination")
+@click.option("--since", help="Only dead letters that failed at or after this time")
+def dlq_retry(config_path: str | None, data_dir: str | None, destination: str | None, since: str | None) -> None:
+    """Queue dead letters for delivery again."""
+    _dlq_action("retry", config_path, data_dir, destination, since)
+
+
+@dlq.command("discard")
+@config_options
+@click.option("--destination")
+@click.option("--since")
+def dlq_discard(config_path: str | None, data_dir: str | None, destination: str | None, since: str | None) -> None:
+    """Discard dead letters (kept for the record, never retried)."""
+    _dlq_action("discard", config_path, data_dir, destination, since)
+
+
+@main.command()
+def plugins() -> None:
+    """List installed connector plugins."""
+    from .plugins import ConnectorRegistry, make_plugin_manager
+
+    try:
+        registry = ConnectorRegistry(make_plugin_manager())
+    except ConfigError as exc:
+        _fail(exc)
+    for connector, plugin in sorted(registry.all(), key=lambda c: (c[0].name, c[0].kind)):
+        click.echo(f"{connector.name:<12} {connector.kind:<12} plugin={plugin:<10} {connector.description}")
+
+
+@main.command("check-config")
+@config_options
+def check_config(config_path: str | None, data_dir: str | None) -> None:
+    """Validate a config file against the installed plugins."""
+    try:
+        rt = _runtime(_load(config_path, data_dir=data_dir))
+    except HookyardError as exc:
+        _fail(exc)
+    click.echo(f"config ok: {len(rt.sources)} sources, {len(rt.destinations)} destinations")
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(__version__)

@@ -1,0 +1,187 @@
+"""SQLite access: one writer thread doing group commits, and per-thread read connections.
+
+Writes are functions ``fn(conn) -> result`` handed to :meth:`Database.write`. The writer thread
+takes every job queued at that moment, runs each inside its own SAVEPOINT (one failing job does
+not undo the others) and commits them together: one fsync for many concurrent requests. The
+awaiting coroutine resumes only after COMMIT returned, which is what lets ingest acknowledge an
+event only once it is on disk.
+
+A database that cannot commit (disk full, read-only file, locked too long) raises
+:class:`hookyard.errors.StorageUnavailable`, answered 503 by the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import StorageUnavailable
+
+T = TypeVar("T")
+log = logging.getLogger("hookyard.database")
+
+MAX_JOBS_PER_COMMIT = 2000
+
+
+def connect(path: str | Path, synchronous: str = "full") -> sqlite3.Connection:
+    """A connection in WAL mode, autocommit (transactions are explicit), 10 s busy timeout."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class _Job:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.future: Future[Any] = Future()
+
+
+class Database:
+    """The hookyard SQLite database (inbox, outbox, logs)."""
+
+    def __init__(self, path: str | Path, synchronous: str = "full") -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._writer_loop, name="hookyard-db-writer", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Finish queued writes and stop the writer thread."""
+        with self._lock:
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread.join(timeout=30)
+                self._thread = None
+
+    # -- writes ------------------------------------------------------------------------------
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        """Queue a write job; the returned future resolves after its commit."""
+        if self._thread is None:
+            self.start()
+        job = _Job(fn)
+        self._queue.put(job)
+        return job.future
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in the next group commit and return its result once committed."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Blocking :meth:`write`, for the CLI and tests."""
+        return self.submit(fn).result()
+
+    def _writer_loop(self) -> None:
+        conn = connect(self.path, self.synchronous)
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                jobs = [job]
+                stop = False
+                while len(jobs) < MAX_JOBS_PER_COMMIT:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    jobs.append(nxt)
+                self._run_group(conn, jobs)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        results: list[tuple[_Job, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._fail_all(jobs, exc)
+            return
+        for job in jobs:
+            conn.execute("SAVEPOINT job")
+            try:
+                value = job.fn(conn)
+            except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting caller
+                try:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                except sqlite3.Error:
+                    pass
+                results.append((job, False, exc))
+            else:
+                conn.execute("RELEASE job")
+                results.append((job, True, value))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._fail_all(jobs, exc)
+            return
+        for job, ok, value in results:
+            if ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(_storage_error(value))
+
+    def _fail_all(self, jobs: list[_Job], exc: BaseException) -> None:
+        log.error("database commit failed: %s", exc)
+        err = _storage_error(exc)
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(err)
+
+    # -- reads -------------------------------------------------------------------------------
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, self.synchronous)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return fn(self.reader())
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only ``fn(conn)`` in a worker thread."""
+        return await asyncio.to_thread(self.read_sync, fn)
+
+
+def _storage_error(exc: BaseException) -> BaseException:
+    """sqlite errors that mean "cannot write now" become StorageUnavailable (503)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        msg = str(exc).lower()
+        if any(s in msg for s in ("full", "readonly", "read-only", "locked", "disk i/o", "unable to open")):
+            return StorageUnavailable(f"storage unavailable: {exc}")
+    return exc

@@ -1,0 +1,318 @@
+"""The delivery engine: the router task plus one worker per destination.
+
+Each destination has its own worker, concurrency limit and HTTP client, so a slow or dead
+destination never slows another, nor ingest. A worker picks due outbox rows in id order, keeps
+deliveries of one ordering key (the user) strictly in order — a user's later event waits while
+an earlier one is retried — groups them into batches of the connector's ``batch_size``, leases
+them, calls the plugin's ``deliver`` hook and records every attempt.
+
+Retries use exponential backoff with full jitter: the n-th retry waits a random time in
+``[0, min(cap, initial * 2**(n-1))]`` and at least what ``Retry-After`` asked. A delivery that
+fails permanently, or is still failing after ``max_attempts`` or ``give_up_after_seconds``, becomes a
+dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..deliveries import Delivery, DeliveryResult
+from ..errors import PermanentError, RetryableError
+from ..http import HttpClient
+from ..plugins import maybe_await
+from . import outbox, router
+
+if TYPE_CHECKING:
+    from ..runtime import DestinationRuntime, Runtime
+
+log = logging.getLogger("hookyard.delivery")
+_delivery_decoder = msgspec.json.Decoder(Delivery)
+IDLE_POLL = 1.0
+MAX_SCAN_PAGES = 40  # rows waiting for a retry are skipped over, this many pages at most
+
+
+def backoff(attempt: int, initial: float, cap: float, retry_after: float | None) -> float:
+    """Seconds before retry number ``attempt`` (1-based): full jitter, Retry-After honoured."""
+    delay = random.uniform(0, min(cap, initial * 2 ** (attempt - 1)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+class DestinationWorker:
+    """Delivers one destination's outbox rows."""
+
+    def __init__(self, rt: Runtime, dest: DestinationRuntime) -> None:
+        self.rt = rt
+        self.dest = dest
+        self.client = HttpClient(
+            connect_timeout=dest.policy.connect_timeout_seconds,
+            total_timeout=dest.policy.total_timeout_seconds,
+        )
+        self.wake = asyncio.Event()
+        self.slots = asyncio.Semaphore(max(1, dest.policy.concurrency))
+        self.inflight_keys: set[str] = set()
+        self.inflight_ids: set[int] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = False
+
+    async def run(self) -> None:
+        while not self.stopping:
+            try:
+                sleep_for = await self.dispatch()
+            except Exception:  # noqa: BLE001 - a worker never dies
+                log.exception("worker %s failed, retrying in 1 s", self.dest.name)
+                sleep_for = 1.0
+            if self.stopping:
+                break
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=sleep_for)
+            except TimeoutError:
+                pass
+
+    async def dispatch(self) -> float:
+        """Start as many due batches as there are free slots; return how long to sleep."""
+        free = self.dest.policy.concurrency - len(self.tasks)
+        if free <= 0:
+            return IDLE_POLL
+        name = self.dest.name
+        size = self.dest.batch_size
+        page_size = max(256, free * size * 2)
+        leased = await self.rt.db.read(lambda conn: outbox.inflight_keys(conn, name))
+        now = time.time()
+        blocked = set(self.inflight_keys) | leased
+        batches: list[list[int]] = []
+        key_batch: dict[str, int] = {}
+        next_due = now + IDLE_POLL
+        after = 0
+        full = False
+        for _ in range(MAX_SCAN_PAGES):
+            if full:
+                break
+            page = await self.rt.db.read(
+                lambda conn: outbox.pending(conn, name, page_size, after)  # noqa: B023
+            )
+            for c in page:
+                key = c.user_key
+                if key in blocked:
+                    continue
+                if c.next_at > now:
+                    blocked.add(key)
+                    next_due = min(next_due, c.next_at)
+                    continue
+                b = key_batch.get(key)
+                if b is not None:  # same user: same batch (kept in order) or a later round
+                    if len(batches[b]) < size:
+                        batches[b].append(c.id)
+                    else:
+                        blocked.add(key)
+                    continue
+                if batches and len(batches[-1]) < size:
+                    batches[-1].append(c.id)
+                elif len(batches) < free:
+                    batches.append([c.id])
+                else:
+                    full = True
+                    break
+                key_batch[key] = len(batches) - 1
+            if len(page) < page_size:
+                break
+            after = page[-1].id
+        if not batches:
+            return max(0.01, next_due - now)
+        ids = [i for b in batches for i in b]
+        lease = self.dest.policy.lease_seconds
+        claimed = await self.rt.db.write(lambda conn: outbox.claim(conn, ids, lease))
+        by_id = {row[0]: row for row in claimed}
+        for batch in batches:
+            rows = [by_id[i] for i in batch if i in by_id]
+            if rows:
+                self._start(rows)
+        return 0.0 if len(self.tasks) < self.dest.policy.concurrency else IDLE_POLL
+
+    def _start(self, rows: list[tuple[int, bytes, int, float]]) -> None:
+        deliveries = [_delivery_decoder.decode(r[1]) for r in rows]
+        keys = {d.ordering_key for d in deliveries}
+        self.inflight_keys |= keys
+        self.inflight_ids |= {r[0] for r in rows}
+        task = asyncio.create_task(self._deliver(rows, deliveries, keys))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _deliver(
+        self, rows: list[tuple[int, bytes, int, float]], deliveries: list[Delivery], keys: set[str]
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self._call_hook(deliveries)
+            latency = (time.perf_counter() - started) * 1000
+            outcomes = [
+                self._outcome(row, d, res, latency)
+                for row, d, res in zip(rows, deliveries, results)
+            ]
+            await self.rt.db.write(lambda conn: outbox.record(conn, outcomes))
+            for o in outcomes:
+                level = logging.DEBUG if o.outcome == "ok" else logging.WARNING
+                log.log(level, "delivery %s to %s attempt %d: %s%s", o.message_id, o.destination,
+                        o.attempt, o.outcome, f" ({o.error})" if o.error else "",
+                        extra={"destination": o.destination, "message_id": o.message_id,
+                               "attempt": o.attempt, "outcome": o.outcome, "state": o.state,
+                               "http_status": o.http_status, "latency_ms": round(o.latency_ms, 2)})
+            if self.rt.engine is not None:
+                self.rt.engine.observe(self.dest.name, outcomes)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - rows stay leased and are recovered on expiry
+            log.exception("recording results of %s failed", self.dest.name)
+        finally:
+            self.inflight_keys -= keys
+            self.inflight_ids -= {r[0] for r in rows}
+            self.wake.set()
+
+    async def _call_hook(self, deliveries: list[Delivery]) -> list[DeliveryResult]:
+        try:
+            results = await maybe_await(
+                self.rt.registry.call(
+                    "deliver", "destination", self.dest.config.plugin,
+                    destination=self.dest.context, deliveries=deliveries, client=self.client,
+                )
+            )
+        except RetryableError as exc:
+            return [DeliveryResult.retryable(str(exc), http_status=exc.http_status,
+                                             retry_after=exc.retry_after)] * len(deliveries)
+        except PermanentError as exc:
+            return [DeliveryResult.permanent(str(exc), http_status=exc.http_status)] * len(deliveries)
+        except Exception as exc:  # noqa: BLE001 - a plugin bug must not lose the event
+            log.exception("deliver hook of %s raised", self.dest.name)
+            return [DeliveryResult.retryable(f"deliver hook raised {type(exc).__name__}: {exc}")] * len(
+                deliveries
+            )
+        if not isinstance(results, list) or len(results) != len(deliveries):
+            return [DeliveryResult.retryable("deliver hook returned the wrong number of results")] * len(
+                deliveries
+            )
+        return results
+
+    def _outcome(
+        self, row: tuple[int, bytes, int, float], d: Delivery, res: DeliveryResult, latency: float
+    ) -> outbox.Outcome:
+        policy = self.dest.policy
+        attempt = row[2] + 1
+        now = time.time()
+        state, next_at = "done", 0.0
+        if res.outcome == "retryable":
+            gave_up = attempt >= policy.max_attempts or now - row[3] >= policy.give_up_after_seconds
+            if gave_up:
+                state = "dead"
+            else:
+                state = "pending"
+                next_at = now + backoff(
+                    attempt, policy.retry_initial_seconds, policy.retry_max_seconds, res.retry_after
+                )
+        elif res.outcome == "permanent":
+            state = "dead"
+        error = res.error
+        if state == "dead" and res.outcome == "retryable":
+            error = f"gave up after {attempt} attempts: {res.error}"
+        return outbox.Outcome(
+            outbox_id=row[0], destination=self.dest.name, message_id=d.message_id,
+            attempt=attempt, outcome=res.outcome, state=state, next_at=next_at,
+            http_status=res.http_status, error=error, response_body=res.response_body,
+            latency_ms=latency,
+        )
+
+    async def stop(self, grace: float) -> None:
+        """Stop picking rows; wait ``grace`` seconds for in-flight deliveries, release the rest."""
+        self.stopping = True
+        self.wake.set()
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=grace)
+        leftover = list(self.inflight_ids)
+        for task in list(self.tasks):
+            task.cancel()
+        if leftover:
+            try:
+                await self.rt.db.write(lambda conn: outbox.release(conn, leftover))
+            except Exception:  # noqa: BLE001 - leases expire anyway
+                log.warning("could not release %d leased deliveries", len(leftover))
+        await self.client.close()
+
+
+class Engine:
+    """Runs the router and every destination worker inside the server (or ``hookyard worker``)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.workers = {name: DestinationWorker(rt, d) for name, d in rt.destinations.items()}
+        self.route_wake = asyncio.Event()
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.stopping = False
+        self.observers: list[Any] = []
+        rt.engine = self
+
+    def notify(self) -> None:
+        """Tell the router that new events were committed."""
+        self.route_wake.set()
+
+    def observe(self, destination: str, outcomes: list[outbox.Outcome]) -> None:
+        for fn in self.observers:
+            fn(destination, outcomes)
+
+    async def start(self) -> None:
+        recovered = await self.rt.db.write(outbox.recover_leases)
+        if recovered:
+            log.info("recovered %d deliveries leased by a stopped process", recovered)
+        self.tasks.append(asyncio.create_task(self._route_loop(), name="hookyard-router"))
+        self.tasks.append(asyncio.create_task(self._maintenance_loop(), name="hookyard-maintenance"))
+        for worker in self.workers.values():
+            self.tasks.append(asyncio.create_task(worker.run(), name=f"worker-{worker.dest.name}"))
+
+    async def _route_loop(self) -> None:
+        while not self.stopping:
+            try:
+                count, touched = await router.route_batch(self.rt)
+            except Exception:  # noqa: BLE001
+                log.exception("router failed, retrying in 1 s")
+                count, touched = 0, set()
+                await asyncio.sleep(1)
+            for name in touched:
+                if name in self.workers:
+                    self.workers[name].wake.set()
+            if count:
+                continue
+            self.route_wake.clear()
+            try:
+                await asyncio.wait_for(self.route_wake.wait(), timeout=IDLE_POLL)
+            except TimeoutError:
+                pass
+
+    async def _maintenance_loop(self) -> None:
+        retention = self.rt.config.storage.retention_days * 86400
+        while not self.stopping:
+            await asyncio.sleep(30)
+            try:
+                await self.rt.db.write(outbox.recover_leases)
+                if retention > 0:
+                    await self.rt.db.write(lambda c: outbox.purge(c, time.time() - retention))
+            except Exception:  # noqa: BLE001
+                log.exception("maintenance failed")
+
+    def wake_all(self) -> None:
+        self.route_wake.set()
+        for w in self.workers.values():
+            w.wake.set()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        self.stopping = True
+        self.route_wake.set()
+        await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)

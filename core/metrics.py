@@ -1,0 +1,101 @@
+"""Prometheus metrics (``GET /metrics``), one registry per runtime.
+
+Counters are updated on the hot path (ingest, delivery results); sizes (inbox, outbox by
+state, retry queue depth) are read from the database when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .delivery.outbox import Outcome
+    from .runtime import Runtime
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _SizeCollector(Collector):
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def collect(self) -> Iterable[Any]:
+        def read(conn: Any) -> tuple[int, list[Any], list[Any]]:
+            inbox = conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
+            states = conn.execute(
+                "SELECT destination, state, count(*) FROM outbox GROUP BY destination, state"
+            ).fetchall()
+            retrying = conn.execute(
+                "SELECT destination, count(*) FROM outbox WHERE state = 'pending' AND attempts > 0"
+                " GROUP BY destination"
+            ).fetchall()
+            return inbox, states, retrying
+
+        try:
+            inbox, states, retrying = self.rt.db.read_sync(read)
+        except Exception:  # noqa: BLE001 - a scrape must not fail because of the database
+            return
+        yield GaugeMetricFamily("hookyard_inbox_events", "Events stored in the inbox", value=inbox)
+        outbox = GaugeMetricFamily(
+            "hookyard_outbox_rows", "Outbox rows by destination and state",
+            labels=["destination", "state"],
+        )
+        for dest, state, count in states:
+            outbox.add_metric([dest, state], count)
+        yield outbox
+        depth = GaugeMetricFamily(
+            "hookyard_retry_queue_depth", "Deliveries waiting for a retry", labels=["destination"]
+        )
+        for dest, count in retrying:
+            depth.add_metric([dest], count)
+        yield depth
+
+
+class Metrics:
+    """The metrics of one runtime."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.registry = CollectorRegistry()
+        self.received = Counter(
+            "hookyard_events_received", "Events in ingest requests", ["source"],
+            registry=self.registry,
+        )
+        self.accepted = Counter(
+            "hookyard_events_accepted", "Events committed to the inbox", ["source"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "hookyard_requests_rejected", "Ingest requests refused", ["source", "status"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "hookyard_deliveries", "Delivery attempts", ["destination", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "hookyard_delivery_latency_seconds", "Delivery attempt latency", ["destination"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.registry.register(_SizeCollector(rt))
+
+    def ingest_ok(self, source: str, count: int) -> None:
+        self.received.labels(source).inc(count)
+        self.accepted.labels(source).inc(count)
+
+    def ingest_refused(self, source: str | None, status: int) -> None:
+        self.rejected.labels(source or "", str(status)).inc()
+
+    def observe(self, destination: str, outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            self.deliveries.labels(destination, o.outcome).inc()
+        if outcomes:
+            self.latency.labels(destination).observe(outcomes[0].latency_ms / 1000)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,105 @@
+"""The profile store's read API (JSON, admin token required like every ``/api/`` route).
+
+    GET /api/subscribers?q=&cursor=&limit=            paged, searchable by id or channel value
+    GET /api/subscribers/{distinct_id}                  properties, channels, preferences
+    GET /api/subscribers/{distinct_id}/events?cursor=   the user's events, newest first
+    GET /api/workflow-runs?distinct_id=&workflow=&cursor=
+
+``?destination=NAME`` picks a profile destination when several are configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from ..connectors import DestinationContext
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _int(value: str | None, default: int | None, lo: int = 0, hi: int = 10**12) -> int | None:
+    if value is None or value == "":
+        return default
+    number = int(value)  # ValueError answered 400 by the caller
+    return max(lo, min(hi, number))
+
+
+def routes(runtime: Runtime) -> list[BaseRoute]:
+    from .plugin import store_for
+
+    def destination(request: Request) -> DestinationContext | None:
+        wanted = request.query_params.get("destination")
+        for d in runtime.destinations.values():
+            if d.config.plugin == "profiles" and (wanted is None or d.name == wanted):
+                return d.context
+        return None
+
+    async def run(request: Request, fn: Any) -> JSONResponse:
+        ctx = destination(request)
+        if ctx is None:
+            return _error(404, "no profile store destination is configured")
+        try:
+            result = await asyncio.to_thread(fn, store_for(ctx), ctx.name)
+        except ValueError as exc:
+            return _error(400, f"invalid parameter: {exc}")
+        if result is None:
+            return _error(404, "subscriber not found")
+        return JSONResponse(result)
+
+    async def list_subscribers(request: Request) -> JSONResponse:
+        q = request.query_params
+
+        def fn(store: Any, dest: str) -> dict[str, Any]:
+            items, nxt = store.subscribers(
+                dest, query=q.get("q"), after=q.get("cursor"), limit=_int(q.get("limit"), 50, 1, 500)
+            )
+            return {"subscribers": items, "next": nxt}
+
+        return await run(request, fn)
+
+    async def get_subscriber(request: Request) -> JSONResponse:
+        uid = request.path_params["distinct_id"]
+        return await run(request, lambda store, dest: store.subscriber(dest, uid))
+
+    async def subscriber_events(request: Request) -> JSONResponse:
+        uid = request.path_params["distinct_id"]
+        q = request.query_params
+
+        def fn(store: Any, dest: str) -> dict[str, Any] | None:
+            if store.subscriber(dest, uid) is None:
+                return None
+            items, nxt = store.events(
+                dest, uid, before=_int(q.get("cursor"), None), limit=_int(q.get("limit"), 50, 1, 500)
+            )
+            return {"events": items, "next": str(nxt) if nxt is not None else None}
+
+        return await run(request, fn)
+
+    async def workflow_runs(request: Request) -> JSONResponse:
+        q = request.query_params
+
+        def fn(store: Any, dest: str) -> dict[str, Any]:
+            items, nxt = store.workflow_runs(
+                dest, distinct_id=q.get("distinct_id"), workflow=q.get("workflow"),
+                before=_int(q.get("cursor"), None), limit=_int(q.get("limit"), 50, 1, 500),
+            )
+            return {"runs": items, "next": str(nxt) if nxt is not None else None}
+
+        return await run(request, fn)
+
+    return [
+        Route("/api/subscribers", list_subscribers, methods=["GET"]),
+        Route("/api/subscribers/{distinct_id:path}/events", subscriber_events, methods=["GET"]),
+        Route("/api/subscribers/{distinct_id:path}", get_subscriber, methods=["GET"]),
+        Route("/api/workflow-runs", workflow_runs, methods=["GET"]),
+    ]

@@ -1,0 +1,193 @@
+"""The runtime: a validated config bound to installed plugins and an open database.
+
+``Runtime.build(config)`` does all start-up validation: every source/destination names an
+installed connector, every plugin settings table passes the connector's settings Struct, every
+filter/trigger expression parses, the data dir is writable. Anything wrong raises ConfigError
+before the server listens, so bad config stops boot, not a delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pluggy
+from starlette.routing import compile_path
+
+from .config import Config, DeliverySettings, DestinationConfig, read_or_create_secret
+from .connectors import Connector, DestinationContext, SourceContext
+from .database import Database
+from .errors import ConfigError
+from .plugins import ConnectorRegistry, make_plugin_manager
+from .schema import migrate
+
+log = logging.getLogger("hookyard")
+
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+@dataclass
+class DestinationRuntime:
+    """A configured destination with its connector, policy and compiled filters."""
+
+    config: DestinationConfig
+    connector: Connector
+    context: DestinationContext
+    policy: DeliverySettings
+    filter: Predicate | None = None
+    trigger: Predicate | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def batch_size(self) -> int:
+        return max(1, self.policy.batch_size or self.connector.batch_size)
+
+    def gate(self, raw: dict[str, Any]) -> str | None:
+        """Why the destination's filter/trigger stops this event, or None to map it."""
+        if self.filter is not None and self.filter(raw):
+            return f"dropped by filter: {self.config.filter}"
+        if self.trigger is not None and not self.trigger(raw):
+            return f"does not match trigger: {self.config.trigger}"
+        return None
+
+
+@dataclass
+class IngestRoute:
+    """An ingest path pattern and the sources (in config order) that accept on it."""
+
+    pattern: str
+    sources: list[SourceContext]
+
+
+def _settings(connector: Connector, data: dict[str, Any], where: str) -> Any:
+    try:
+        return msgspec.convert(data, connector.settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}.settings: {str(exc).replace('`', '')}") from None
+
+
+def _compile(expr: str | None, where: str) -> Predicate | None:
+    if not expr:
+        return None
+    from .fql import compile_fql  # imported lazily: only configs with filters need it
+
+    try:
+        return compile_fql(expr)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+class Runtime:
+    """Everything a running hookyard needs; built once by the server, worker or CLI."""
+
+    def __init__(
+        self,
+        config: Config,
+        pm: pluggy.PluginManager,
+        registry: ConnectorRegistry,
+        data_dir: Path,
+    ) -> None:
+        self.config = config
+        self.pm = pm
+        self.registry = registry
+        self.data_dir = data_dir
+        self.db = Database(data_dir / "hookyard.db", config.storage.synchronous)
+        self.sources: dict[str, SourceContext] = {}
+        self.destinations: dict[str, DestinationRuntime] = {}
+        self.routes: list[IngestRoute] = []
+        self.admin_token = ""
+        self.admin_token_created = False
+        self.engine: Any = None  # set by hookyard.delivery.engine when workers run
+        self.metrics: Any = None  # set by hookyard.app
+
+    @classmethod
+    def build(cls, config: Config, plugins: list[object] | None = None) -> Runtime:
+        """Validate ``config`` against the installed plugins and prepare the data dir."""
+        pm = make_plugin_manager(plugins or ())
+        registry = ConnectorRegistry(pm)
+        data_dir = Path(config.server.data_dir).expanduser().resolve()
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create data dir {data_dir}: {exc}") from None
+        rt = cls(config, pm, registry, data_dir)
+        by_pattern: dict[str, IngestRoute] = {}
+        for src in config.sources:
+            connector = registry.get("source", src.plugin)
+            ctx = SourceContext(
+                name=src.name,
+                plugin=src.plugin,
+                write_key=src.write_key,
+                settings=_settings(connector, src.settings, f"sources[{src.name}]"),
+            )
+            rt.sources[src.name] = ctx
+            for pattern in connector.paths:
+                by_pattern.setdefault(pattern, IngestRoute(pattern, [])).sources.append(ctx)
+        rt.routes = list(by_pattern.values())
+        for dest in config.destinations:
+            where = f"destinations[{dest.name}]"
+            connector = registry.get("destination", dest.plugin)
+            dctx = DestinationContext(
+                name=dest.name,
+                plugin=dest.plugin,
+                settings=_settings(connector, dest.settings, where),
+                sources=tuple(dest.sources),
+                data_dir=data_dir,
+            )
+            rt.destinations[dest.name] = DestinationRuntime(
+                config=dest,
+                connector=connector,
+                context=dctx,
+                policy=dest.delivery,
+                filter=_compile(dest.filter, f"{where}.filter"),
+                trigger=_compile(dest.trigger, f"{where}.trigger"),
+            )
+        if config.server.admin_token:
+            rt.admin_token = config.server.admin_token
+        else:
+            rt.admin_token, rt.admin_token_created = read_or_create_secret(
+                data_dir / "admin_token", "adm"
+            )
+        return rt
+
+    def open(self) -> None:
+        """Create or migrate the database and start its writer."""
+        self.db.start()
+        self.db.write_sync(migrate)
+
+    def close(self) -> None:
+        self.db.stop()
+
+    def sources_for(self, path: str) -> list[tuple[SourceContext, dict[str, str]]]:
+        """The sources accepting on ``path`` (config order) with their path parameters."""
+        found: dict[str, tuple[SourceContext, dict[str, str]]] = {}
+        for route in self.routes:
+            match = _pattern_regex(route.pattern).match(path)
+            if match:
+                for s in route.sources:
+                    found.setdefault(s.name, (s, match.groupdict()))
+        return [found[name] for name in self.sources if name in found]
+
+    def destinations_for(self, source: str) -> list[DestinationRuntime]:
+        return [
+            d for d in self.destinations.values() if d.config.enabled and source in d.config.sources
+        ]
+
+
+_regex_cache: dict[str, re.Pattern[str]] = {}
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    regex = _regex_cache.get(pattern)
+    if regex is None:
+        regex = compile_path(pattern)[0]
+        _regex_cache[pattern] = regex
+    return regex

@@ -1,0 +1,115 @@
+"""The hookyard database schema and its migrations (built with sqlite-utils).
+
+Migrations are numbered functions applied in order; ``PRAGMA user_version`` records the last one
+applied, so upgrading hookyard upgrades the database at start-up. Inspect a live database with
+the ``sqlite-utils`` CLI, e.g. ``sqlite-utils tables hookyard-data/hookyard.db --counts``.
+
+Tables:
+    inbox         every accepted event, raw JSON kept verbatim; unique (source, message_id)
+    api_log       every ingest request, accepted or refused
+    router_state  how far the router has mapped the inbox
+    outbox        one row per (event, destination): pending / inflight / done / dead / filtered
+    attempts      every delivery attempt: outcome, HTTP status, latency, error
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+import sqlite_utils
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db["inbox"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "source": str,
+            "message_id": str,
+            "type": str,
+            "user_id": str,
+            "anonymous_id": str,
+            "event": str,
+            "received_at": str,
+            "raw": bytes,
+            "filtered": str,
+        },
+        pk="id",
+        not_null={"source", "message_id", "type", "received_at", "raw"},
+    )
+    db["inbox"].create_index(["source", "message_id"], unique=True)  # type: ignore[union-attr]
+    db["inbox"].create_index(["source", "received_at"])  # type: ignore[union-attr]
+    db["api_log"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "at": str,
+            "source": str,
+            "method": str,
+            "path": str,
+            "status": int,
+            "events": int,
+            "error": str,
+            "duration_ms": float,
+        },
+        pk="id",
+    )
+    db["router_state"].create({"name": str, "last_inbox_id": int}, pk="name")  # type: ignore[union-attr]
+    db["outbox"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "destination": str,
+            "inbox_id": int,
+            "message_id": str,
+            "user_key": str,
+            "kind": str,
+            "request": bytes,
+            "state": str,
+            "attempts": int,
+            "next_at": float,
+            "lease_until": float,
+            "lease_owner": str,
+            "created_at": float,
+            "updated_at": float,
+            "last_status": int,
+            "last_error": str,
+            "response_body": str,
+        },
+        pk="id",
+        not_null={"destination", "state", "created_at"},
+        defaults={"attempts": 0, "next_at": 0},
+    )
+    db["outbox"].create_index(["destination", "state", "id"])  # type: ignore[union-attr]
+    db["outbox"].create_index(["message_id"])  # type: ignore[union-attr]
+    db["outbox"].create_index(["inbox_id"])  # type: ignore[union-attr]
+    db["attempts"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "outbox_id": int,
+            "destination": str,
+            "message_id": str,
+            "attempt": int,
+            "outcome": str,
+            "http_status": int,
+            "latency_ms": float,
+            "error": str,
+            "at": float,
+        },
+        pk="id",
+    )
+    db["attempts"].create_index(["message_id"])  # type: ignore[union-attr]
+    db["attempts"].create_index(["outbox_id"])  # type: ignore[union-attr]
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations inside the caller's transaction; return the schema version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    db = sqlite_utils.Database(conn)
+    for number, migration in enumerate(MIGRATIONS, start=1):
+        if number > version:
+            migration(db)
+            conn.execute(f"PRAGMA user_version={number}")
+            version = number
+    return version

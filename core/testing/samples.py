@@ -1,0 +1,140 @@
+"""Sample Segment events and direct hook calls, for unit tests of connector plugins.
+
+    from hookyard.testing import sample_identify, map_with, destination_context
+
+    ctx = destination_context("novu", {"api_key": "k", "workflows": {"Signed Up": "welcome"}})
+    result = map_with(ctx, sample_track(event="Signed Up"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..connectors import DestinationContext, IngestRequest, SourceContext
+from ..deliveries import Delivery, DeliveryResult, MapResult
+from ..events import Event
+from ..http import HttpClient
+from ..plugins import ConnectorRegistry, make_plugin_manager, maybe_await
+
+TIMESTAMP = "2026-01-01T00:00:00.000Z"
+
+
+def _event(kind: str, fields: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "type": kind,
+        "messageId": str(uuid.uuid4()),
+        "userId": "97980cfea0067",
+        "timestamp": TIMESTAMP,
+        "receivedAt": TIMESTAMP,
+        "context": {},
+        **fields,
+    }
+    raw.update(overrides)
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def sample_identify(**overrides: Any) -> dict[str, Any]:
+    """The identify call of the reference documents (pass ``userId=None`` for anonymous)."""
+    traits = {"name": "Peter Gibbons", "email": "peter@example.com", "language": "hi",
+              "timezone": "Asia/Kolkata", "plan": "premium", "logins": 5}
+    return _event("identify", {"traits": traits}, overrides)
+
+
+def sample_track(**overrides: Any) -> dict[str, Any]:
+    """``User Registered`` with the reference documents' properties."""
+    props = {"plan": "Pro Annual", "accountType": "Facebook"}
+    return _event("track", {"event": "User Registered", "properties": props}, overrides)
+
+
+def sample_group(**overrides: Any) -> dict[str, Any]:
+    return _event("group", {"groupId": "acme", "traits": {"name": "Acme Inc"}}, overrides)
+
+
+def sample_page(**overrides: Any) -> dict[str, Any]:
+    return _event("page", {"name": "Home", "properties": {"url": "https://example.com/"}}, overrides)
+
+
+def sample_screen(**overrides: Any) -> dict[str, Any]:
+    return _event("screen", {"name": "Home", "properties": {}}, overrides)
+
+
+def sample_alias(**overrides: Any) -> dict[str, Any]:
+    return _event("alias", {"previousId": "anon-1"}, overrides)
+
+
+def as_event(raw: dict[str, Any]) -> Event:
+    """The typed event of a raw event dict."""
+    return msgspec.convert(raw, Event)  # type: ignore[arg-type]
+
+
+def registry(plugins: list[object] | None = None) -> ConnectorRegistry:
+    """A registry of the installed plugins (plus ``plugins``)."""
+    return ConnectorRegistry(make_plugin_manager(plugins or ()))
+
+
+def destination_context(
+    plugin: str, settings: dict[str, Any] | None = None, *, name: str | None = None,
+    data_dir: Path | str = ".", reg: ConnectorRegistry | None = None,
+) -> DestinationContext:
+    """A destination context with settings validated by the plugin's settings Struct."""
+    reg = reg or registry()
+    connector = reg.get("destination", plugin)
+    return DestinationContext(
+        name=name or plugin, plugin=plugin,
+        settings=msgspec.convert(settings or {}, connector.settings), data_dir=Path(data_dir),
+    )
+
+
+def source_context(
+    plugin: str, write_key: str = "test-write-key", settings: dict[str, Any] | None = None,
+    *, name: str | None = None, reg: ConnectorRegistry | None = None,
+) -> SourceContext:
+    reg = reg or registry()
+    connector = reg.get("source", plugin)
+    return SourceContext(name=name or plugin, plugin=plugin, write_key=write_key,
+                         settings=msgspec.convert(settings or {}, connector.settings))
+
+
+def ingest_request(
+    path: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None,
+    path_params: dict[str, str] | None = None,
+) -> IngestRequest:
+    data = body if isinstance(body, bytes) else msgspec.json.encode(body)
+    return IngestRequest(method="POST", path=path, headers={k.lower(): v for k, v in (headers or {}).items()},
+                         body=data, path_params=path_params or {})
+
+
+def map_with(
+    ctx: DestinationContext, raw: dict[str, Any], reg: ConnectorRegistry | None = None
+) -> MapResult:
+    """Call the destination plugin's ``map_event`` hook (deterministic dispatch, no server)."""
+    reg = reg or registry()
+    result: MapResult = reg.call("map_event", "destination", ctx.plugin, destination=ctx,
+                                 event=as_event(raw), raw=raw)
+    return result
+
+
+def deliver_with(
+    ctx: DestinationContext, deliveries: list[Delivery], reg: ConnectorRegistry | None = None,
+    client: HttpClient | None = None,
+) -> list[DeliveryResult]:
+    """Call the plugin's ``deliver`` hook and wait for it (uses a fresh HttpClient)."""
+    reg = reg or registry()
+
+    async def run() -> list[DeliveryResult]:
+        http = client or HttpClient(connect_timeout=2, total_timeout=5)
+        try:
+            return await maybe_await(  # type: ignore[no-any-return]
+                reg.call("deliver", "destination", ctx.plugin, destination=ctx,
+                         deliveries=deliveries, client=http)
+            )
+        finally:
+            if client is None:
+                await http.close()
+
+    return asyncio.run(run())

@@ -1,0 +1,187 @@
+"""The Segment-compatible wire format: credentials and bodies of the tracking API and webhooks.
+
+hookyard's native event format is the Segment spec, so these helpers live in core and every
+source plugin speaking it (Segment itself, Pushwoosh's exporter, ...) reuses them:
+
+* :func:`basic_auth_user`, :func:`bearer_token`, :func:`body_write_key` find the key a client
+  sent; :func:`keys_match` compares keys in constant time.
+* :func:`parse_call` parses ``/v1/{identify,track,page,screen,group,alias,batch,import}``.
+* :func:`parse_webhook` parses one event or a JSON array of events (Segment's webhooks).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from .connectors import ParsedEvent
+from .errors import BadRequest, NotFound
+from .events import EVENT_TYPES, any_event_decoder, encoder, event_decoders, validate_event
+
+BATCH_CALLS = ("batch", "import")
+
+
+class _BatchBody(msgspec.Struct):
+    batch: list[msgspec.Raw]
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    sentAt: str | None = None
+
+
+class _WriteKeyOnly(msgspec.Struct):
+    writeKey: str | None = None
+
+
+_batch_decoder = msgspec.json.Decoder(_BatchBody)
+_raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_write_key_decoder = msgspec.json.Decoder(_WriteKeyOnly)
+_dict_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def keys_match(given: str | None, expected: str) -> bool:
+    """Constant-time comparison of a presented key with the configured one."""
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
+def basic_auth_user(headers: Mapping[str, str]) -> str | None:
+    """The user name of an ``Authorization: Basic`` header (Segment: the write key)."""
+    value = headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return decoded.partition(":")[0]
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer`` header."""
+    value = headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def body_write_key(body: bytes) -> str | None:
+    """A ``writeKey`` field at the top of a JSON object body, if any."""
+    if b'"writeKey"' not in body:
+        return None
+    try:
+        return _write_key_decoder.decode(body).writeKey
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _clean(message: str) -> str:
+    return message.replace("`", "")
+
+
+def _decode_event(raw: bytes, call: str | None, where: str) -> ParsedEvent:
+    try:
+        if call is None:
+            event = any_event_decoder.decode(raw)
+        else:
+            event = event_decoders[call].decode(raw)
+    except msgspec.ValidationError as exc:
+        msg = _clean(str(exc))
+        if call is None and "type" in msg:
+            msg = f"type must be one of {', '.join(EVENT_TYPES)} ({msg})"
+        raise BadRequest(f"{where}is not a valid Segment event: {msg}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"{where}malformed JSON: {_clean(str(exc))}") from None
+    problem = validate_event(event)
+    if problem:
+        raise BadRequest(f"{where}{problem}")
+    return ParsedEvent(raw=raw, event=event)
+
+
+def _without_write_key(raw: bytes) -> bytes:
+    data = _dict_decoder.decode(raw)
+    data.pop("writeKey", None)
+    return encoder.encode(data)
+
+
+def _with_batch_defaults(raw: bytes, body: _BatchBody) -> bytes:
+    data = _dict_decoder.decode(raw)
+    changed = False
+    for key, value in (("context", body.context), ("integrations", body.integrations)):
+        if value is not None:
+            merged = {**value, **(data.get(key) or {})}
+            if merged != data.get(key):
+                data[key] = merged
+                changed = True
+    if body.sentAt is not None and "sentAt" not in data:
+        data["sentAt"] = body.sentAt
+        changed = True
+    return encoder.encode(data) if changed else raw
+
+
+def parse_call(call: str, body: bytes) -> list[ParsedEvent]:
+    """Parse a tracking-API call body (``call`` is the last path segment)."""
+    if call in BATCH_CALLS:
+        try:
+            batch = _batch_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"invalid batch: {_clean(str(exc))}") from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"malformed JSON: {_clean(str(exc))}") from None
+        needs_defaults = batch.context or batch.integrations or batch.sentAt
+        events = []
+        for i, item in enumerate(batch.batch):
+            raw = bytes(item)
+            parsed = _decode_event(raw, None, f"batch[{i}] ")
+            if needs_defaults:
+                parsed.raw = _with_batch_defaults(raw, batch)
+            events.append(parsed)
+        return events
+    if call not in EVENT_TYPES:
+        raise NotFound(f"unknown call /v1/{call}; expected one of {', '.join(EVENT_TYPES + BATCH_CALLS)}")
+    parsed = _decode_event(body, call, "")
+    if b'"writeKey"' in body:
+        parsed.raw = _without_write_key(body)
+    return [parsed]
+
+
+def parse_webhook(body: bytes, *, require_user_id: bool = False) -> list[ParsedEvent]:
+    """Parse a webhook body: one Segment event, or a JSON array of them."""
+    stripped = body.lstrip()
+    if stripped.startswith(b"["):
+        try:
+            items = [bytes(r) for r in _raw_list_decoder.decode(body)]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BadRequest(f"malformed JSON: {_clean(str(exc))}") from None
+        if not items:
+            raise BadRequest("empty array: expected at least one event")
+        wheres = [f"[{i}] " for i in range(len(items))]
+    else:
+        items, wheres = [body], [""]
+    events = []
+    for raw, where in zip(items, wheres):
+        if require_user_id:
+            parsed = _decode_event_user(raw, where)
+        else:
+            parsed = _decode_event(raw, None, where)
+        events.append(parsed)
+    return events
+
+
+def _decode_event_user(raw: bytes, where: str) -> ParsedEvent:
+    try:
+        parsed = _decode_event(raw, None, where)
+    except BadRequest as exc:
+        if "userId or anonymousId" in exc.reason:
+            raise BadRequest(f"{where}userId is required") from None
+        raise
+    if parsed.event.user_id is None:
+        raise BadRequest(f"{where}userId is required")
+    return parsed
