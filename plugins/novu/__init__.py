@@ -1,0 +1,1 @@
+"""hookyard_novu: built-in connector plugin."""

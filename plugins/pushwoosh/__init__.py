@@ -1,0 +1,1 @@
+"""hookyard_pushwoosh: built-in connector plugin."""

@@ -1,0 +1,218 @@
+"""The ``pushwoosh`` destination: identify -> ``/json/1.3/setTags``, track ->
+``/json/1.3/postEvent``.
+
+Mapping is pure (no I/O, no clock): ``timestampUTC`` comes from the event's own ``timestamp``,
+else ``originalTimestamp``, else ``receivedAt``. Delivery sends one request per delivery with
+``Authorization: Token <api_key>``; deliveries of one ordering key (one user) go out one after
+the other, different users concurrently. Pushwoosh's JSON API may answer HTTP 200 with an error
+in the body (``{"status_code": 210, "status_message": "Argument error"}``): any ``status_code``
+other than 200 is a failure, retried for 429 and 5xx, permanent otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from hookyard.deliveries import Delivery, DeliveryResult, MapResult
+from hookyard.events import Event, Identify, Track, event_type
+from hookyard.fields import get_path
+from hookyard.http import HttpClient, HttpResponse
+
+from .dates import unix_seconds
+from .settings import PushwooshSettings
+from .tags import as_text, build_tags
+
+SET_TAGS_PATH = "/json/1.3/setTags"
+POST_EVENT_PATH = "/json/1.3/postEvent"
+TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
+HELD_BACK = "not sent: an earlier delivery with the same ordering key failed and will be retried"
+
+_dict_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+# -- mapping ----------------------------------------------------------------------------------
+def _as_id(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
+def identity(
+    settings: PushwooshSettings, event: Event, raw: Mapping[str, Any]
+) -> tuple[str, str] | None:
+    """Who the request is about: ``("userId", id)`` from ``user_id_field``, else
+    ``("hwid", context.device.id)``, else ``("hwid", anonymousId)`` (Pushwoosh's own Segment
+    source sends the HWID as ``anonymousId``); None when there is nothing."""
+    user_id = _as_id(get_path(raw, settings.user_id_field))
+    if user_id is not None:
+        return "userId", user_id
+    hwid = _as_id(get_path(raw, "context.device.id")) or event.anonymous_id
+    if hwid is not None:
+        return "hwid", hwid
+    return None
+
+
+def _no_identity(settings: PushwooshSettings) -> MapResult:
+    return MapResult.skip(
+        f"no Pushwoosh user: no userId (field {settings.user_id_field}), "
+        "no context.device.id (hwid) and no anonymousId"
+    )
+
+
+def _ordering_key(event: Event) -> str:
+    return event.user_id or event.anonymous_id or ""
+
+
+def event_timestamp(raw: Mapping[str, Any]) -> int | None:
+    """Unix seconds of the first valid of ``timestamp``, ``originalTimestamp``, ``receivedAt``."""
+    for field in TIMESTAMP_FIELDS:
+        seconds = unix_seconds(raw.get(field))
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def attributes(properties: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Event attributes from track properties: flat values as they are, objects as JSON
+    strings, list items as strings, nulls left out (Pushwoosh attributes are flat)."""
+    out: dict[str, Any] = {}
+    for key, value in (properties or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            out[key] = as_text(value)
+        elif isinstance(value, list | tuple):
+            out[key] = [as_text(item) for item in value if item is not None]
+        else:
+            out[key] = value
+    return out
+
+
+def map_identify(settings: PushwooshSettings, event: Identify, raw: Mapping[str, Any]) -> MapResult:
+    if not settings.create_or_update_user_profile:
+        return MapResult.skip("Create or Update User Profile is disabled")
+    who = identity(settings, event, raw)
+    if who is None:
+        return _no_identity(settings)
+    tags, dropped = build_tags(event.traits or {}, settings.tag_names, settings.tag_types)
+    if not tags:
+        reason = "no traits to send as Pushwoosh tags"
+        if dropped:
+            reason += f" (left out: {', '.join(dropped)})"
+        return MapResult.skip(reason)
+    request: dict[str, Any] = {"application": settings.application, who[0]: who[1], "tags": tags}
+    return MapResult.send(
+        Delivery(kind="setTags", path=SET_TAGS_PATH, body={"request": request},
+                 ordering_key=_ordering_key(event))
+    )
+
+
+def map_track(settings: PushwooshSettings, event: Track, raw: Mapping[str, Any]) -> MapResult:
+    if not settings.track_events:
+        return MapResult.skip("Track Events is disabled")
+    who = identity(settings, event, raw)
+    if who is None:
+        return _no_identity(settings)
+    timestamp = event_timestamp(raw)
+    if timestamp is None:
+        return MapResult.skip("no valid timestamp, originalTimestamp or receivedAt")
+    request: dict[str, Any] = {
+        "application": settings.application,
+        "event": event.event,
+        "attributes": attributes(event.properties),
+        "timestampUTC": timestamp,
+        who[0]: who[1],
+    }
+    return MapResult.send(
+        Delivery(kind="postEvent", path=POST_EVENT_PATH, body={"request": request},
+                 ordering_key=_ordering_key(event))
+    )
+
+
+def map_pushwoosh(settings: PushwooshSettings, event: Event, raw: Mapping[str, Any]) -> MapResult:
+    """identify -> setTags, track -> postEvent, anything else skipped."""
+    if isinstance(event, Identify):
+        return map_identify(settings, event, raw)
+    if isinstance(event, Track):
+        return map_track(settings, event, raw)
+    return MapResult.skip(
+        f"Pushwoosh takes identify (tags) and track (events) calls, not {event_type(event)}"
+    )
+
+
+# -- delivery ---------------------------------------------------------------------------------
+def api_status(body: bytes) -> tuple[int, str] | None:
+    """``(status_code, status_message)`` of a Pushwoosh JSON answer, or None."""
+    if not body or not body.lstrip().startswith(b"{"):
+        return None
+    try:
+        data = _dict_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    code = data.get("status_code")
+    if isinstance(code, str) and code.strip().isdigit():
+        code = int(code)
+    if not isinstance(code, int) or isinstance(code, bool):
+        return None
+    message = data.get("status_message")
+    return code, message if isinstance(message, str) else ""
+
+
+def classify(result: DeliveryResult, response: HttpResponse | None) -> DeliveryResult:
+    """The HTTP outcome, refined by the ``status_code`` Pushwoosh puts in the body."""
+    if response is None:
+        return result
+    answer = api_status(response.body)
+    if result.outcome != "ok":
+        if answer is not None and answer[1]:
+            result.error = f"{result.error}: {answer[1]}"
+        return result
+    if answer is None or answer[0] == 200:
+        return result
+    code, message = answer
+    error = f"Pushwoosh status_code {code}: {message or 'no status_message'}"
+    kwargs = {"http_status": response.status, "response_body": result.response_body}
+    if code == 429 or code >= 500:
+        return DeliveryResult.retryable(error, **kwargs)
+    return DeliveryResult.permanent(error, **kwargs)
+
+
+async def send_one(
+    settings: PushwooshSettings, delivery: Delivery, client: HttpClient
+) -> DeliveryResult:
+    url = settings.base_url.rstrip("/") + delivery.path
+    headers = {"Authorization": f"Token {settings.api_key}", "Accept": "application/json"}
+    result, response = await client.send(delivery.method, url, json=delivery.body, headers=headers)
+    return classify(result, response)
+
+
+async def deliver_pushwoosh(
+    settings: PushwooshSettings, deliveries: list[Delivery], client: HttpClient
+) -> list[DeliveryResult]:
+    """One request per delivery: ordering keys concurrently, each key's deliveries in order.
+    After a retryable failure the key's later deliveries are held back (retryable too), so a
+    retry never lands after a newer update of the same user."""
+    results: list[DeliveryResult] = [DeliveryResult.retryable(HELD_BACK)] * len(deliveries)
+    groups: dict[str, list[int]] = {}
+    for i, delivery in enumerate(deliveries):
+        groups.setdefault(delivery.ordering_key or f"\x00{i}", []).append(i)
+
+    async def run(indexes: list[int]) -> None:
+        failed: DeliveryResult | None = None
+        for i in indexes:
+            if failed is not None:
+                results[i] = DeliveryResult.retryable(HELD_BACK, retry_after=failed.retry_after)
+                continue
+            results[i] = await send_one(settings, deliveries[i], client)
+            if results[i].outcome == "retryable":
+                failed = results[i]
+
+    await asyncio.gather(*(run(indexes) for indexes in groups.values()))
+    return results

@@ -1,0 +1,81 @@
+"""The ``pushwoosh`` source: Pushwoosh's Segment exporter posting message events to hookyard.
+
+Pushwoosh's "3rd party integration > Segment" sends server-side *track* calls (Email Sent, Push
+Delivered, ...) to a Segment tracking API with a write key; pointed at hookyard they arrive on
+``/v1/track`` or ``/v1/batch``, authenticated exactly like the Segment source (HTTP Basic with
+the write key as user name, or a ``writeKey`` body field). The path is shared with the Segment
+source: the host asks each source in config order and the write key decides.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from hookyard.connectors import AuthResult, IngestRequest, ParsedEvent
+from hookyard.errors import BadRequest, NotFound
+from hookyard.events import Track, event_type
+from hookyard.tracking_api import basic_auth_user, body_write_key, keys_match, parse_call
+
+from .settings import PushwooshSourceSettings
+
+TRACKING_PATH = "/v1/{call}"
+ACCEPTED_CALLS = ("track", "batch")
+KNOWN_EVENTS = (
+    "Email Sent",
+    "Push Sent",
+    "SMS Sent",
+    "Email Delivered",
+    "Push Delivered",
+    "SMS Delivered",
+    "Email Bounced",
+)
+"""Message events Pushwoosh exports (properties: message type, campaign id, device type)."""
+
+
+def authenticate_write_key(write_key: str, request: IngestRequest) -> AuthResult:
+    """Accept the request when its Basic user name or ``writeKey`` field is ``write_key``."""
+    key = basic_auth_user(request.headers)
+    if key is None:
+        key = body_write_key(request.body)
+    if key is None:
+        return AuthResult.refuse(
+            "missing write key: send Authorization: Basic base64(<write key>:) or a writeKey field"
+        )
+    if keys_match(key, write_key):
+        return AuthResult.accept()
+    return AuthResult.refuse("invalid write key")
+
+
+@lru_cache(maxsize=64)
+def event_filter(events: str) -> frozenset[str]:
+    """The accepted event names of an ``events`` setting, trimmed and case-folded; empty = all."""
+    return frozenset(name.strip().casefold() for name in events.split(",") if name.strip())
+
+
+def filtered_reason(settings: PushwooshSourceSettings, name: str) -> str | None:
+    """Why event ``name`` is not routed, or None when the source's list accepts it."""
+    accepted = event_filter(settings.events)
+    if not accepted or name.strip().casefold() in accepted:
+        return None
+    return f'event "{name}" is not in this source\'s events list'
+
+
+def parse_pushwoosh(
+    settings: PushwooshSourceSettings, request: IngestRequest
+) -> list[ParsedEvent]:
+    """Parse ``/v1/track`` or ``/v1/batch`` (track events only) and apply the events list."""
+    call = request.path_params.get("call", "")
+    if call not in ACCEPTED_CALLS:
+        raise NotFound(
+            f"a Pushwoosh source takes /v1/track and /v1/batch only, not /v1/{call}"
+        )
+    parsed = parse_call(call, request.body)
+    for i, item in enumerate(parsed):
+        if not isinstance(item.event, Track):
+            where = f"batch[{i}] " if call == "batch" else ""
+            raise BadRequest(
+                f"{where}type {event_type(item.event)} is not accepted: a Pushwoosh source "
+                "takes track events only"
+            )
+        item.filtered = filtered_reason(settings, item.event.event)
+    return parsed

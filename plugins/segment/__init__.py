@@ -1,0 +1,1 @@
+"""hookyard_segment: built-in connector plugin."""

@@ -1,0 +1,88 @@
+"""The Segment connector plugin.
+
+Source ``segment``:
+    * tracking API ``POST /v1/{identify,track,page,screen,group,alias,batch,import}`` with HTTP
+      Basic auth (write key as user name, empty password) or a ``writeKey`` body field, exactly as
+      Segment's own API and libraries send it;
+    * webhook ``POST /connector/segment/`` with ``Authorization: Bearer <write key>``, body one
+      event or a JSON array of events (Segment's "Webhooks (Actions)" destination). Events
+      without ``userId`` are refused with 400 ``userId is required``.
+
+Destination ``segment`` (the forwarder): see :mod:`hookyard_segment.forwarder`.
+"""
+
+from __future__ import annotations
+
+from hookyard import hookimpl
+from hookyard.connectors import (
+    AuthResult,
+    Connector,
+    IngestRequest,
+    ParsedEvent,
+    SourceContext,
+)
+from hookyard.tracking_api import (
+    basic_auth_user,
+    bearer_token,
+    body_write_key,
+    keys_match,
+    parse_call,
+    parse_webhook,
+)
+
+from .forwarder import SegmentForwarderSettings, deliver, map_event  # noqa: F401 (hooks)
+
+WEBHOOK_PATHS = ("/connector/segment/", "/connector/segment")
+TRACKING_PATH = "/v1/{call}"
+
+
+@hookimpl
+def register_connectors() -> list[Connector]:
+    return [
+        Connector(
+            name="segment",
+            kind="source",
+            paths=(TRACKING_PATH, *WEBHOOK_PATHS),
+            description="Segment tracking API (/v1/*, Basic write key) and webhook "
+            "(/connector/segment/, Bearer write key)",
+        ),
+        Connector(
+            name="segment",
+            kind="destination",
+            settings=SegmentForwarderSettings,
+            batch_size=100,
+            description="Forwards events to Segment's tracking API (/v1/batch)",
+        ),
+    ]
+
+
+def _is_webhook(request: IngestRequest) -> bool:
+    return "call" not in request.path_params
+
+
+@hookimpl
+def authenticate(source: SourceContext, request: IngestRequest) -> AuthResult:
+    if _is_webhook(request):
+        token = bearer_token(request.headers)
+        if token is None:
+            return AuthResult.refuse("missing Authorization: Bearer <write key>")
+        if keys_match(token, source.write_key):
+            return AuthResult.accept()
+        return AuthResult.refuse("invalid write key")
+    key = basic_auth_user(request.headers)
+    if key is None:
+        key = body_write_key(request.body)
+    if key is None:
+        return AuthResult.refuse(
+            "missing write key: send Authorization: Basic base64(<write key>:) or a writeKey field"
+        )
+    if keys_match(key, source.write_key):
+        return AuthResult.accept()
+    return AuthResult.refuse("invalid write key")
+
+
+@hookimpl
+def parse_events(source: SourceContext, request: IngestRequest) -> list[ParsedEvent]:
+    if _is_webhook(request):
+        return parse_webhook(request.body, require_user_id=True)
+    return parse_call(request.path_params["call"], request.body)
