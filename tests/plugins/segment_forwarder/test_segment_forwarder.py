@@ -1,0 +1,197 @@
+"""The Segment forwarder destination: map_event and deliver against a real loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import pytest
+from hookyard.connectors import DestinationContext
+from hookyard.deliveries import Delivery, DeliveryResult
+from hookyard.events import Event
+from hookyard.http import HttpClient
+from hookyard.testing import (
+    deliver_with,
+    destination_context,
+    map_with,
+    registry,
+    sample_group,
+    sample_identify,
+    sample_page,
+    sample_track,
+)
+from hookyard.testing.fake_server import FakeServer
+from hookyard_segment.forwarder import (
+    MAX_EVENT_BYTES,
+    MAX_REQUEST_BYTES,
+    SegmentForwarderSettings,
+    basic_auth,
+    batch_body,
+    deliver,
+    map_event,
+    pack,
+)
+
+WRITE_KEY = "abc123"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    server = FakeServer().start()
+    server.respond(200, {"success": True})
+    yield server
+    server.stop()
+
+
+def ctx(base_url: str = "https://api.segment.io") -> DestinationContext:
+    settings = SegmentForwarderSettings(write_key=WRITE_KEY, base_url=base_url)
+    return DestinationContext("segment-out", "segment", settings)
+
+
+def mapped(raw: dict[str, Any], dest: DestinationContext | None = None) -> Delivery:
+    event = msgspec.convert(raw, Event)  # type: ignore[arg-type]
+    [delivery] = map_event(destination=dest or ctx(), event=event, raw=raw).deliveries
+    return delivery
+
+
+def send(dest: DestinationContext, deliveries: list[Delivery]) -> list[DeliveryResult]:
+    async def go() -> list[DeliveryResult]:
+        client = HttpClient(connect_timeout=2, total_timeout=10)
+        try:
+            return await deliver(destination=dest, deliveries=deliveries, client=client)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def padded_track(i: int, size: int) -> dict[str, Any]:
+    """A track event whose JSON is about ``size`` bytes."""
+    raw = sample_track(messageId=f"msg-{i}", properties={"pad": ""})
+    base = len(msgspec.json.encode(raw))
+    raw["properties"]["pad"] = "x" * max(0, size - base)
+    return raw
+
+
+# -- settings and mapping ---------------------------------------------------------------------
+def test_settings() -> None:
+    s = msgspec.convert({"write_key": "k"}, SegmentForwarderSettings)
+    assert s.base_url == "https://api.segment.io"
+    for bad in ({}, {"write_key": ""}, {"write_key": "  "}, {"write_key": "k", "url": "x"},
+                {"write_key": "k", "base_url": "api.segment.io"}):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert(bad, SegmentForwarderSettings)
+
+
+def test_basic_auth_header_value() -> None:
+    assert basic_auth("abc123") == "Basic YWJjMTIzOg=="  # the reference document's example
+
+
+@pytest.mark.parametrize(
+    "raw, kind",
+    [(sample_identify(), "identify"), (sample_track(), "track"), (sample_group(), "group"),
+     (sample_page(), "page")],
+)
+def test_every_event_is_forwarded_as_stored(raw: dict[str, Any], kind: str) -> None:
+    raw["unknownField"] = {"kept": True}
+    delivery = mapped(raw)
+    assert (delivery.kind, delivery.method, delivery.path) == (kind, "POST", "/v1/batch")
+    assert delivery.body == raw and delivery.body["messageId"] == raw["messageId"]
+    assert WRITE_KEY not in msgspec.json.encode(delivery).decode()
+
+
+def test_map_through_the_registry() -> None:
+    reg = registry()
+    dest = destination_context("segment", {"write_key": WRITE_KEY}, reg=reg)
+    [connector] = [c for c, _ in reg.all() if c.kind == "destination" and c.name == "segment"]
+    assert connector.batch_size == 100 and connector.settings is SegmentForwarderSettings
+    raw = sample_track()
+    assert map_with(dest, raw, reg).deliveries[0].body == raw
+
+
+# -- packing ----------------------------------------------------------------------------------
+def test_pack_keeps_order_and_respects_the_limit() -> None:
+    sent = "2026-01-01T00:00:00.000Z"
+    overhead = len(batch_body([], sent))
+    limit = overhead + 10 + 1 + 10  # exactly two 10-byte events and their comma
+    assert pack([(0, 10), (1, 10), (2, 10), (3, 5)], sent, limit) == [[0, 1], [2, 3]]
+    assert pack([(0, 10), (1, 11)], sent, limit) == [[0], [1]]
+    assert pack([], sent) == []
+    assert msgspec.json.decode(batch_body([b'{"a":1}', b"2"], sent)) == {
+        "batch": [{"a": 1}, 2], "sentAt": sent,
+    }
+
+
+# -- delivery ---------------------------------------------------------------------------------
+def test_one_batch_with_basic_auth(fake: FakeServer) -> None:
+    raws = [sample_identify(), sample_track(), sample_page()]
+    results = send(ctx(fake.url + "/"), [mapped(r) for r in raws])
+    assert [(r.outcome, r.http_status) for r in results] == [("ok", 200)] * 3
+    [req] = fake.requests
+    assert (req.method, req.path) == ("POST", "/v1/batch")
+    assert req.headers["authorization"] == "Basic " + base64.b64encode(b"abc123:").decode()
+    assert req.headers["content-type"] == "application/json"
+    body = req.json()
+    assert body["batch"] == raws
+    assert set(body) == {"batch", "sentAt"}
+    assert datetime.fromisoformat(body["sentAt"]).tzinfo is not None
+
+
+def test_batches_are_split_under_500_kb(fake: FakeServer) -> None:
+    raws = [padded_track(i, 30_000) for i in range(40)]  # ~1.2 MB in all
+    results = send(ctx(fake.url), [mapped(r) for r in raws])
+    assert all(r.outcome == "ok" for r in results)
+    requests = fake.requests
+    # 17 events of 30,000 bytes (510,000 + commas + envelope) fit in 500 KB = 512,000 bytes
+    assert [len(r.json()["batch"]) for r in requests] == [17, 17, 6]
+    assert all(len(r.body) <= MAX_REQUEST_BYTES for r in requests)
+    assert [e["messageId"] for r in requests for e in r.json()["batch"]] == [
+        f"msg-{i}" for i in range(40)
+    ]
+    sent_ats = {r.json()["sentAt"] for r in requests}
+    assert len(sent_ats) == 1
+
+
+def test_results_follow_the_answer_of_each_request(fake: FakeServer) -> None:
+    fake.respond(200, {"success": True}, times=1)
+    fake.respond(400, {"error": "invalid"}, times=1)
+    fake.fail(503, times=1, retry_after="3")
+    raws = [padded_track(i, 30_000) for i in range(40)]
+    results = send(ctx(fake.url), [mapped(r) for r in raws])
+    groups = [len(r.json()["batch"]) for r in fake.requests]
+    first, second = groups[0], groups[0] + groups[1]
+    assert {r.outcome for r in results[:first]} == {"ok"}
+    assert {(r.outcome, r.http_status) for r in results[first:second]} == {("permanent", 400)}
+    assert {(r.outcome, r.retry_after) for r in results[second:]} == {("retryable", 3.0)}
+
+
+def test_oversize_event_goes_to_dead_letters_and_the_rest_is_sent(fake: FakeServer) -> None:
+    small, huge, other = sample_track(), padded_track(1, MAX_EVENT_BYTES + 100), sample_identify()
+    exact = padded_track(2, MAX_EVENT_BYTES)
+    assert len(msgspec.json.encode(exact)) == MAX_EVENT_BYTES
+    results = send(ctx(fake.url), [mapped(small), mapped(huge), mapped(other), mapped(exact)])
+    assert [r.outcome for r in results] == ["ok", "permanent", "ok", "ok"]
+    assert results[1].error is not None
+    assert results[1].error.startswith("event is larger than Segment's 32 KB limit")
+    [req] = fake.requests
+    assert [e["messageId"] for e in req.json()["batch"]] == [
+        small["messageId"], other["messageId"], "msg-2",
+    ]
+
+
+def test_only_oversize_events_sends_nothing(fake: FakeServer) -> None:
+    [result] = send(ctx(fake.url), [mapped(padded_track(1, 40_000))])
+    assert result.outcome == "permanent"
+    assert fake.requests == []
+
+
+def test_deliver_through_the_registry(fake: FakeServer) -> None:
+    dest = destination_context("segment", {"write_key": "other-key", "base_url": fake.url})
+    results = deliver_with(dest, [mapped(sample_track(), dest)])
+    assert [r.outcome for r in results] == ["ok"]
+    [req] = fake.requests
+    assert req.headers["authorization"] == basic_auth("other-key")

@@ -1,0 +1,394 @@
+"""Configuration validation (errors name the bad key) and the ``hookyard`` command line:
+``plugins``, ``check-config``, ``version``, ``dlq list`` and ``serve`` with no config file."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+from hookyard import __version__
+from hookyard.cli import main
+from hookyard.config import load_config, parse_config
+from hookyard.errors import ConfigError
+from hookyard.runtime import Runtime
+from hookyard.testing.server import basic_auth, free_port, wait_until_up
+
+KEY = "test-write-key"
+GOOD_TOML = """\
+[server]
+data_dir = "{data_dir}"
+admin_token = "test-admin-token"
+
+[[sources]]
+name = "web"
+plugin = "segment"
+write_key = "{key}"
+
+[[destinations]]
+name = "profiles"
+plugin = "profiles"
+sources = ["web"]
+
+[destinations.settings]
+event_prefix = true
+channels = {{ "$email" = "email" }}
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_config_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOOKYARD_CONFIG", raising=False)
+
+
+def config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "server": {"data_dir": str(tmp_path / "data"), "admin_token": "test-admin-token"},
+        "sources": [{"name": "web", "plugin": "segment", "write_key": KEY}],
+        "destinations": [{"name": "profiles", "plugin": "profiles", "sources": ["web"]}],
+    }
+    data.update(extra)
+    return data
+
+
+def build(data: dict[str, Any]) -> Runtime:
+    return Runtime.build(parse_config(data, "hookyard.toml"))
+
+
+def config_error(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as err:
+        build(data)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+# -- parse_config + Runtime.build ----------------------------------------------------------------
+def test_good_config_builds(tmp_path: Path) -> None:
+    rt = build(config(tmp_path))
+    assert list(rt.sources) == ["web"] and list(rt.destinations) == ["profiles"]
+    assert rt.sources["web"].write_key == KEY
+    assert rt.admin_token == "test-admin-token"
+    assert rt.data_dir == (tmp_path / "data").resolve()
+    assert [r.pattern for r in rt.routes] == ["/v1/{call}", "/connector/segment/",
+                                              "/connector/segment"]
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    message = config_error(config(tmp_path, destinatons=[]))
+    assert message.startswith("hookyard.toml:")
+    assert "destinatons" in message
+
+
+def test_unknown_server_key(tmp_path: Path) -> None:
+    data = config(tmp_path)
+    data["server"]["prot"] = 8000
+    message = config_error(data)
+    assert "prot" in message and "server" in message
+
+
+def test_unknown_field_in_sources(tmp_path: Path) -> None:
+    data = config(tmp_path)
+    data["sources"][0]["writekey"] = KEY
+    message = config_error(data)
+    assert "writekey" in message and "sources[0]" in message
+
+
+def test_missing_field_in_destinations(tmp_path: Path) -> None:
+    data = config(tmp_path)
+    del data["destinations"][0]["plugin"]
+    message = config_error(data)
+    assert "plugin" in message and "destinations[0]" in message
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    data = config(tmp_path)
+    data["server"]["port"] = "eighty"
+    message = config_error(data)
+    assert "port" in message
+
+
+def test_unknown_source_plugin_lists_installed(tmp_path: Path) -> None:
+    data = config(tmp_path)
+    data["sources"][0]["plugin"] = "segmnt"
+    message = config_error(data)
+    assert "'segmnt'" in message
+    assert "installed: " in message and "segment" in message and "pushwoosh" in message
+
+
+def test_unknown_destination_plugin_lists_installed(tmp_path: Path) -> None:
+    data = config(tmp_path)
+    data["destinations"][0]["plugin"] = "suprsend"
+    message = config_error(data)
+    assert "'suprsend'" in message
+    installed = message.split("installed: ")[1]
+    for name in ("profiles", "segment", "pushwoosh"):
+        assert name in installed
+
+
+def test_destination_naming_unknown_source(tmp_path: Path) -> None:
+    data = config(tmp_path)
+    data["destinations"][0]["sources"] = ["web", "app"]
+    message = config_error(data)
+    assert "'profiles'" in message and "unknown source 'app'" in message
+    assert "sources: web" in message
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"channels": {"$fax": "fax"}}, "unknown channel '$fax'"),
+        ({"preferences": {"$lang": "language"}}, "unknown preference '$lang'"),
+        ({"workflows": [{"name": "welcome"}]}, "event"),
+        ({"event_prefix": 3}, "event_prefix"),
+    ],
+)
+def test_bad_plugin_settings(tmp_path: Path, settings: dict[str, Any], expected: str) -> None:
+    data = config(tmp_path)
+    data["destinations"][0]["settings"] = settings
+    message = config_error(data)
+    assert "destinations[profiles].settings" in message
+    assert expected in message
+
+
+def test_source_settings_are_validated(tmp_path: Path) -> None:
+    data = config(tmp_path)
+    data["sources"][0]["settings"] = {"anything": True}
+    message = config_error(data)
+    assert "sources[web].settings" in message and "anything" in message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["sources"][0].update(write_key="short"), "at least 8 characters"),
+        (lambda d: d["sources"].append(dict(d["sources"][0])), "two sources are named 'web'"),
+        (lambda d: d["destinations"][0].update(name="my profiles"), "'my profiles'"),
+    ],
+    ids=["short-key", "duplicate-name", "bad-name"],
+)
+def test_other_config_errors(tmp_path: Path, mutate: Any, expected: str) -> None:
+    data = config(tmp_path)
+    mutate(data)
+    assert expected in config_error(data)
+
+
+def test_env_values_are_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HY_TEST_WRITE_KEY", "from-the-environment")
+    monkeypatch.setenv("HY_TEST_ADMIN", "admin-from-env")
+    data = config(tmp_path)
+    data["sources"][0]["write_key"] = "env:HY_TEST_WRITE_KEY"
+    data["server"]["admin_token"] = "env:HY_TEST_ADMIN"
+    rt = build(data)
+    assert rt.sources["web"].write_key == "from-the-environment"
+    assert rt.admin_token == "admin-from-env"
+
+
+def test_missing_env_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HY_TEST_MISSING", raising=False)
+    data = config(tmp_path)
+    data["sources"][0]["write_key"] = "env:HY_TEST_MISSING"
+    message = config_error(data)
+    assert "HY_TEST_MISSING" in message and "sources[0].write_key" in message
+
+
+def test_admin_token_is_generated_and_kept(tmp_path: Path) -> None:
+    data = config(tmp_path)
+    del data["server"]["admin_token"]
+    first = build(data)
+    assert first.admin_token_created and len(first.admin_token) > 20
+    assert (tmp_path / "data" / "admin_token").read_text().strip() == first.admin_token
+    second = build(data)
+    assert not second.admin_token_created and second.admin_token == first.admin_token
+
+
+def test_load_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\nport = 1\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(bad)
+
+
+# -- CLI (click CliRunner) -----------------------------------------------------------------------
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def one_line_error(result: Result) -> str:
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]
+
+
+def test_plugins_lists_installed_connectors() -> None:
+    result = run("plugins")
+    assert result.exit_code == 0, result.output
+    rows = {tuple(line.split()[:2]) for line in result.output.splitlines() if line.strip()}
+    for row in [("segment", "source"), ("segment", "destination"), ("profiles", "destination"),
+                ("pushwoosh", "source"), ("pushwoosh", "destination")]:
+        assert row in rows, result.output
+
+
+def test_plugins_lists_novu() -> None:
+    """Every plugin of the ``hookyard`` entry-point group is listed (novu is built in)."""
+    result = run("plugins")
+    assert result.exit_code == 0
+    assert re.search(r"^novu\b", result.output, re.MULTILINE), result.output
+
+
+def test_check_config_ok(tmp_path: Path) -> None:
+    path = tmp_path / "hookyard.toml"
+    path.write_text(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY))
+    result = run("check-config", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "config ok: 1 sources, 1 destinations"
+
+
+def test_check_config_ok_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "hookyard.toml"
+    path.write_text(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY))
+    monkeypatch.setenv("HOOKYARD_CONFIG", str(path))
+    assert run("check-config").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda t: t.replace('plugin = "profiles"', 'plugin = "profile"'), "'profile'"),
+        (lambda t: t.replace("event_prefix = true", "event_prefx = true"), "event_prefx"),
+        (lambda t: t.replace('sources = ["web"]', 'sources = ["app"]'), "unknown source 'app'"),
+        (lambda t: t.replace("[server]", "[server]\nworkerz = 2"), "workerz"),
+        (lambda t: t.replace("[server]", "[server\n"), "invalid TOML"),
+        (lambda t: t.replace(f'"{KEY}"', '"env:HY_TEST_NOT_SET"'), "HY_TEST_NOT_SET"),
+    ],
+    ids=["plugin", "settings", "source", "server", "toml", "env"],
+)
+def test_check_config_fails_with_one_clear_line(tmp_path: Path, edit: Any, expected: str) -> None:
+    path = tmp_path / "hookyard.toml"
+    path.write_text(edit(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY)))
+    line = one_line_error(run("check-config", "--config", str(path)))
+    assert expected in line
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    line = one_line_error(run("check-config", "--config", str(tmp_path / "nope.toml")))
+    assert "does not exist" in line
+
+
+def test_version() -> None:
+    result = run("version")
+    assert result.exit_code == 0 and result.output.strip() == __version__
+    result = run("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_dlq_list_on_an_empty_data_dir(tmp_path: Path) -> None:
+    result = run("dlq", "list", "--data-dir", str(tmp_path / "empty"))
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "no dead letters"
+
+
+def test_replay_unknown_source_fails_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "hookyard.toml"
+    path.write_text(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY))
+    line = one_line_error(run("replay", "--config", str(path), "--source", "nope"))
+    assert "'nope'" in line
+
+
+# -- hookyard serve with no config file ----------------------------------------------------------
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    """Start ``hookyard serve --port <free>`` in ``tmp_path`` with no config; returns
+    (url, output reader); every process is stopped after the test."""
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {k: v for k, v in os.environ.items() if k != "HOOKYARD_CONFIG"}
+    env["PYTHONUNBUFFERED"] = "1"
+
+    def start(name: str) -> tuple[str, subprocess.Popen[bytes], Path]:
+        port = free_port()
+        out = tmp_path / f"{name}.out"
+        with out.open("wb") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hookyard", "serve", "--port", str(port)],
+                cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT, env=env,
+            )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_up(url, timeout=30)
+        except RuntimeError:
+            proc.kill()
+            raise AssertionError(out.read_text()) from None
+        return url, proc, out
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: uvicorn shuts down gracefully, then re-raises the signal it caught."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
+
+
+def printed_key(output: str) -> str:
+    found = re.search(r"source 'default' \(segment\) write key: (\S+)", output)
+    assert found, output
+    return found.group(1)
+
+
+def test_serve_without_config(serve: Any, tmp_path: Path) -> None:
+    url, proc, out = serve("first")
+    key_file = tmp_path / "hookyard-data" / "write_key"
+    assert key_file.exists()
+    key = key_file.read_text().strip()
+    admin = (tmp_path / "hookyard-data" / "admin_token").read_text().strip()
+
+    r = httpx.post(f"{url}/v1/identify", headers=basic_auth(key), timeout=10,
+                   json={"userId": "u1", "traits": {"email": "a@example.com"}})
+    assert r.status_code == 200, r.text
+    headers = {"Authorization": f"Bearer {admin}"}
+    deadline = time.monotonic() + 10
+    while True:  # the default source is connected to the profile store
+        r = httpx.get(f"{url}/api/subscribers/u1", headers=headers, timeout=10)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert r.status_code == 200, r.text
+    assert r.json()["channels"] == {"$email": ["a@example.com"]}
+    stop(proc)
+
+    output = out.read_text()
+    assert f"listening on {url}" in output
+    assert printed_key(output) == key
+    assert admin in output  # generated at first start and printed once
+    assert f"curl -u {key}:" in output
+
+    url2, proc2, out2 = serve("second")
+    stop(proc2)
+    output2 = out2.read_text()
+    assert f"listening on {url2}" in output2
+    assert printed_key(output2) == key  # the key survives a restart
+    assert key_file.read_text().strip() == key
+    assert admin not in output2

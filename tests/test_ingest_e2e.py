@@ -1,0 +1,528 @@
+"""End to end through a real hookyard server on a loopback port: the official
+``segment-analytics-python`` client and raw HTTP against the Segment source (tracking API and
+webhook), the operator API and the API log."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import gzip
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import segment.analytics as analytics
+from hookyard.testing import (
+    sample_alias,
+    sample_group,
+    sample_identify,
+    sample_page,
+    sample_screen,
+    sample_track,
+)
+from hookyard.testing.server import HookyardServer
+from segment.analytics.request import APIError
+
+KEY = "test-write-key"
+CONFIG = {
+    "sources": [{"name": "web", "plugin": "segment", "write_key": KEY}],
+    "destinations": [{"name": "profiles", "plugin": "profiles", "sources": ["web"]}],
+}
+SAMPLES: dict[str, Callable[..., dict[str, Any]]] = {
+    "identify": sample_identify,
+    "track": sample_track,
+    "page": sample_page,
+    "screen": sample_screen,
+    "group": sample_group,
+    "alias": sample_alias,
+}
+
+
+def basic(key: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def mid() -> str:
+    return str(uuid.uuid4())
+
+
+_AST_LOCK = threading.RLock()
+
+
+@pytest.fixture(autouse=True)
+def _serialize_ast_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython 3.11's ``ast.parse`` keeps its recursion counter in module-global state: pytest
+    formatting a failure (main thread) while a server thread formats a logged traceback (3.11
+    tracebacks parse source for their ``^^^`` markers) can crash the whole session with
+    ``INTERNALERROR SystemError: AST constructor recursion depth mismatch``. These tests provoke
+    server-side errors on purpose, so serialize ``ast.parse`` while they run."""
+    parse = ast.parse
+
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with _AST_LOCK:
+            return parse(*args, **kwargs)
+
+    monkeypatch.setattr(ast, "parse", locked)
+
+
+@pytest.fixture
+def server(hookyard_server: Callable[..., HookyardServer]) -> HookyardServer:
+    return hookyard_server(CONFIG)
+
+
+@pytest.fixture
+def http(server: HookyardServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+def post(http: httpx.Client, path: str, body: Any, headers: dict[str, str] | None = None,
+         **kw: Any) -> httpx.Response:
+    """POST ``body`` (bytes as is, anything else as JSON) with the web source's Basic auth."""
+    h = basic(KEY) if headers is None else headers
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return http.post(path, content=content, headers={"Content-Type": "application/json", **h}, **kw)
+
+
+def stored(server: HookyardServer, message_id: str) -> list[dict[str, Any]]:
+    """The inbox rows (as /api/events shows them) with that messageId."""
+    r = server.api(f"/api/events?message_id={message_id}")
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
+def inbox_count(server: HookyardServer) -> int:
+    return int(server.runtime.db.read_sync(
+        lambda c: c.execute("SELECT count(*) FROM inbox").fetchone()[0]))
+
+
+def assert_ok(r: httpx.Response) -> None:
+    assert r.status_code == 200, r.text
+    assert r.json() == {"success": True}
+
+
+def assert_refused(r: httpx.Response, status: int, reason: str) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["success"] is False
+    assert reason in body["error"], body
+
+
+# -- the official Python client ------------------------------------------------------------------
+@pytest.mark.parametrize("use_gzip", [False, True], ids=["plain", "gzip"])
+def test_official_client_every_call(server: HookyardServer, use_gzip: bool) -> None:
+    client = analytics.Client(KEY, host=server.url, gzip=use_gzip, sync_mode=True, max_retries=0)
+    ids = {name: mid() for name in ("identify", "track", "group", "page", "screen", "alias")}
+    client.identify("u1", {"email": "u1@example.com", "name": "Ada", "plan": "pro"},
+                    message_id=ids["identify"])
+    client.track("u1", "User Registered", {"plan": "Pro Annual"}, message_id=ids["track"])
+    client.group("u1", "acme", {"name": "Acme Inc"}, message_id=ids["group"])
+    client.page("u1", "Docs", "Install", {"url": "https://example.com/"}, message_id=ids["page"])
+    client.screen("u1", "Onboarding", "Step 1", message_id=ids["screen"])
+    client.alias("anon-1", "u1", message_id=ids["alias"])
+    server.wait_idle()
+
+    for call, message_id in ids.items():
+        [row] = stored(server, message_id)
+        event = row["event"]
+        assert row["source"] == "web" and row["filtered"] is None
+        assert event["type"] == call
+        assert event["userId"] == "u1"
+        assert event["context"]["library"]["name"] == "analytics-python"
+        assert event["sentAt"] and event["timestamp"] and event["receivedAt"]
+        assert "writeKey" not in event
+    items = server.api("/api/events?limit=50").json()["items"]
+    by_type = {i["event"]["type"]: i["event"] for i in items}
+    assert by_type["track"]["event"] == "User Registered"
+    assert by_type["track"]["properties"] == {"plan": "Pro Annual"}
+    assert by_type["group"]["groupId"] == "acme"
+    assert by_type["page"]["name"] == "Install" and by_type["page"]["category"] == "Docs"
+    assert by_type["alias"]["previousId"] == "anon-1"
+
+    user = server.api("/api/subscribers/u1").json()
+    assert user["distinct_id"] == "u1"
+    assert user["properties"] == {"email": "u1@example.com", "name": "Ada", "plan": "pro"}
+    assert user["channels"] == {"$email": ["u1@example.com"]}
+    events = server.api("/api/subscribers/u1/events").json()
+    assert [e["event"] for e in events["events"]] == ["User Registered"]
+    assert events["events"][0]["messageId"] == ids["track"]
+
+    logs = server.api("/api/logs?status=200").json()["items"]
+    assert len(logs) == 6 and {entry["path"] for entry in logs} == {"/v1/batch"}
+
+
+def test_official_client_background_batches(server: HookyardServer) -> None:
+    errors: list[Any] = []
+    client = analytics.Client(KEY, host=server.url, gzip=True, upload_size=10,
+                              on_error=lambda e, batch: errors.append(e), max_retries=0)
+    for i in range(25):
+        client.track(f"user-{i % 5}", "Item Viewed", {"i": i})
+    client.identify("user-0", {"email": "zero@example.com"})
+    client.shutdown()
+    assert errors == []
+    server.wait_idle()
+    tracks = server.api("/api/events?type=track&limit=100").json()["items"]
+    assert sorted(t["event"]["properties"]["i"] for t in tracks) == list(range(25))
+    logs = server.api("/api/logs?status=200&limit=100").json()["items"]
+    assert sum(entry["events"] for entry in logs) == 26
+    assert len(server.api("/api/subscribers/user-3/events").json()["events"]) == 5
+
+
+def test_official_client_wrong_key_is_refused(server: HookyardServer) -> None:
+    client = analytics.Client("wrong-write-key", host=server.url, sync_mode=True, max_retries=0)
+    with pytest.raises(APIError) as err:
+        client.track("u1", "User Registered")
+    assert err.value.status == 401
+    assert inbox_count(server) == 0
+
+
+# -- raw HTTP: the tracking API ------------------------------------------------------------------
+@pytest.mark.parametrize("call", list(SAMPLES))
+def test_each_call(server: HookyardServer, http: httpx.Client, call: str) -> None:
+    body = SAMPLES[call](custom={"kept": [1, 2]})
+    body.pop("receivedAt")
+    assert_ok(post(http, f"/v1/{call}", body))
+    [row] = stored(server, body["messageId"])
+    event = row["event"]
+    assert event["type"] == call
+    assert event["custom"] == {"kept": [1, 2]}  # unknown fields survive
+    assert event["receivedAt"].endswith("Z")
+
+
+def test_message_id_and_received_at_are_added(server: HookyardServer, http: httpx.Client) -> None:
+    body = sample_track(userId="no-mid-user", receivedAt="1999-01-01T00:00:00.000Z")
+    body.pop("messageId")
+    assert_ok(post(http, "/v1/track", body))
+    [row] = server.api("/api/events?user_id=no-mid-user").json()["items"]
+    assert uuid.UUID(row["event"]["messageId"])
+    assert row["event"]["receivedAt"] > "2000"  # the server's clock, not the client's
+
+
+def test_type_field_may_be_omitted(server: HookyardServer, http: httpx.Client) -> None:
+    body = sample_identify()
+    body.pop("type")
+    assert_ok(post(http, "/v1/identify", body))
+    assert stored(server, body["messageId"])[0]["event"]["type"] == "identify"
+
+
+@pytest.mark.parametrize("path", ["/v1/batch", "/v1/import"])
+def test_batch_and_import(server: HookyardServer, http: httpx.Client, path: str) -> None:
+    events = [make() for make in SAMPLES.values()]
+    body = {"batch": events, "context": {"ip": "192.0.2.1"}, "sentAt": "2026-01-01T00:00:01Z"}
+    r = post(http, path, body)
+    assert_ok(r)
+    for sent in events:
+        [row] = stored(server, sent["messageId"])
+        assert row["event"]["type"] == sent["type"]
+        assert row["event"]["context"] == {"ip": "192.0.2.1"}
+    [log] = server.api("/api/logs?status=200&source=web").json()["items"]
+    assert (log["path"], log["events"]) == (path, 6)
+
+
+def test_write_key_in_body(server: HookyardServer, http: httpx.Client) -> None:
+    body = {**sample_track(), "writeKey": KEY}
+    assert_ok(post(http, "/v1/track", body, headers={}))
+    [row] = stored(server, body["messageId"])
+    assert "writeKey" not in row["event"]
+
+
+def test_gzip_body(server: HookyardServer, http: httpx.Client) -> None:
+    events = [sample_track(), sample_identify()]
+    body = gzip.compress(json.dumps({"batch": events}).encode())
+    r = post(http, "/v1/batch", body, headers={**basic(KEY), "Content-Encoding": "gzip"})
+    assert_ok(r)
+    single = sample_page()
+    r = post(http, "/v1/page", gzip.compress(json.dumps(single).encode()),
+             headers={**basic(KEY), "Content-Encoding": "gzip"})
+    assert_ok(r)
+    for sent in [*events, single]:
+        assert len(stored(server, sent["messageId"])) == 1
+
+
+def test_bad_gzip_is_400(http: httpx.Client) -> None:
+    headers = {**basic(KEY), "Content-Encoding": "gzip"}
+    plain = json.dumps(sample_track()).encode()  # says gzip, is not
+    assert_refused(post(http, "/v1/track", plain, headers), 400, "gzip")
+    truncated = gzip.compress(json.dumps(sample_track()).encode())[:-6]
+    assert_refused(post(http, "/v1/track", truncated, headers), 400, "gzip")
+    r = post(http, "/v1/track", b"{}", {**basic(KEY), "Content-Encoding": "br"})
+    assert_refused(r, 400, "Content-Encoding")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "reason"),
+    [
+        ("/v1/track", b"{not json", "malformed JSON"),
+        ("/v1/track", b'{"userId": "u1"}', "event"),
+        ("/v1/identify", b'{"traits": {}}', "userId or anonymousId is required"),
+        ("/v1/identify", b'{"userId": "u1", "traits": "x"}', "traits"),
+        ("/v1/batch", b'{"batch": {}}', "invalid batch"),
+        ("/v1/batch", b'{"batch": [{"type": "nope", "userId": "u"}]}', "batch[0]"),
+    ],
+)
+def test_bad_body_is_400_with_reason(server: HookyardServer, http: httpx.Client, path: str,
+                                      body: bytes, reason: str) -> None:
+    assert_refused(post(http, path, body), 400, reason)
+    assert inbox_count(server) == 0
+
+
+def test_bad_event_in_batch_rejects_the_whole_request(server: HookyardServer,
+                                                      http: httpx.Client) -> None:
+    good = sample_track()
+    r = post(http, "/v1/batch", {"batch": [good, {"type": "track", "userId": "u"}]})
+    assert_refused(r, 400, "batch[1]")
+    assert stored(server, good["messageId"]) == []
+
+
+def test_wrong_and_missing_key_are_401(server: HookyardServer, http: httpx.Client) -> None:
+    r = post(http, "/v1/track", sample_track(), basic("wrong-write-key"))
+    assert_refused(r, 401, "invalid write key")
+    assert r.headers["www-authenticate"].startswith("Basic")
+    assert_refused(post(http, "/v1/track", sample_track(), {}), 401, "missing write key")
+    assert_refused(post(http, "/v1/track", sample_track(), bearer(KEY)), 401, "missing write key")
+    assert inbox_count(server) == 0
+
+
+def test_event_over_32kb_is_413(server: HookyardServer, http: httpx.Client) -> None:
+    ok = sample_track(properties={"blob": "x" * 30_000})
+    assert_ok(post(http, "/v1/track", ok))
+    big = sample_track(properties={"blob": "x" * 33_000})
+    assert_refused(post(http, "/v1/track", big), 413, "32768")
+    r = post(http, "/v1/batch", {"batch": [sample_track(), big]})
+    assert_refused(r, 413, "event 1")
+    assert stored(server, big["messageId"]) == []
+    assert inbox_count(server) == 1
+
+
+def test_request_over_500kb_is_413(server: HookyardServer, http: httpx.Client) -> None:
+    batch = {"batch": [sample_track(properties={"blob": "x" * 20_000}) for _ in range(30)]}
+    body = json.dumps(batch).encode()
+    assert len(body) > 512_000
+    assert_refused(post(http, "/v1/batch", body), 413, "larger than")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit applies while streaming
+        for i in range(0, len(body), 64_000):
+            yield body[i:i + 64_000]
+
+    r = http.post("/v1/batch", content=chunks(), headers=basic(KEY))
+    assert r.status_code == 413
+    assert inbox_count(server) == 0
+
+
+def test_gzip_bomb_is_413(server: HookyardServer, http: httpx.Client) -> None:
+    inflated = b'{"batch": [], "pad": "' + b" " * 5_000_000 + b'"}'
+    bomb = gzip.compress(inflated, compresslevel=9)
+    assert len(bomb) < 20_000
+    r = post(http, "/v1/batch", bomb, {**basic(KEY), "Content-Encoding": "gzip"})
+    assert_refused(r, 413, "decompressed")
+    assert inbox_count(server) == 0
+
+
+def test_unknown_call_is_404(http: httpx.Client) -> None:
+    assert_refused(post(http, "/v1/nonsense", sample_track()), 404, "unknown call")
+
+
+def test_anonymous_event_accepted_then_filtered_by_profile_store(server: HookyardServer,
+                                                                 http: httpx.Client) -> None:
+    body = sample_identify(userId=None, anonymousId="anon-42")
+    assert_ok(post(http, "/v1/identify", body))
+    server.wait_idle()
+    [row] = stored(server, body["messageId"])
+    assert row["event"]["anonymousId"] == "anon-42"
+    r = server.api(f"/api/deliveries?message_id={body['messageId']}")
+    [delivery] = r.json()["deliveries"]
+    assert delivery["destination"] == "profiles"
+    assert delivery["state"] == "filtered"
+    assert "userId is required" in delivery["last_error"]
+    assert server.api("/api/subscribers").json()["subscribers"] == []
+
+
+def test_duplicate_message_id_is_stored_once(server: HookyardServer, http: httpx.Client) -> None:
+    body = sample_track(userId="dup-user")
+    for _ in range(3):
+        assert_ok(post(http, "/v1/track", body))
+    assert_ok(post(http, "/v1/batch", {"batch": [body, body]}))
+    server.wait_idle()
+    assert len(stored(server, body["messageId"])) == 1
+    assert len(server.api("/api/subscribers/dup-user/events").json()["events"]) == 1
+    r = server.api(f"/api/deliveries?message_id={body['messageId']}")
+    assert len(r.json()["deliveries"]) == 1
+
+
+# -- raw HTTP: the webhook -----------------------------------------------------------------------
+def test_webhook_single_and_array(server: HookyardServer, http: httpx.Client) -> None:
+    one = sample_identify(userId="hook-user", traits={"email": "hook@example.com"})
+    assert_ok(post(http, "/connector/segment/", one, bearer(KEY)))
+    many = [sample_track(userId="hook-user"), sample_track(userId="hook-user", event="Other")]
+    assert_ok(post(http, "/connector/segment/", many, bearer(KEY)))
+    assert_ok(post(http, "/connector/segment", sample_page(userId="hook-user"), bearer(KEY)))
+    server.wait_idle()
+    for sent in [one, *many]:
+        assert len(stored(server, sent["messageId"])) == 1
+    user = server.api("/api/subscribers/hook-user").json()
+    assert user["channels"] == {"$email": ["hook@example.com"]}
+    events = server.api("/api/subscribers/hook-user/events").json()["events"]
+    assert sorted(e["event"] for e in events) == ["Other", "User Registered"]
+
+
+def test_webhook_without_user_id_is_400_and_stored_nowhere(server: HookyardServer,
+                                                           http: httpx.Client) -> None:
+    anon = sample_track(userId=None, anonymousId="anon-1")
+    r = post(http, "/connector/segment/", anon, bearer(KEY))
+    assert_refused(r, 400, "userId is required")
+    good = sample_track(userId="w1")
+    r = post(http, "/connector/segment/", [good, anon], bearer(KEY))
+    assert_refused(r, 400, "userId is required")
+    server.wait_idle()
+    assert inbox_count(server) == 0
+    for message_id in (anon["messageId"], good["messageId"]):
+        assert stored(server, message_id) == []
+        r = server.api(f"/api/deliveries?message_id={message_id}")
+        assert r.json()["deliveries"] == []
+    assert server.api("/api/subscribers").json()["subscribers"] == []
+
+
+def test_webhook_auth(server: HookyardServer, http: httpx.Client) -> None:
+    assert_refused(post(http, "/connector/segment/", sample_track(), bearer("nope")), 401,
+                   "invalid write key")
+    assert_refused(post(http, "/connector/segment/", sample_track(), basic(KEY)), 401, "Bearer")
+    assert_refused(post(http, "/connector/segment/", sample_track(), {}), 401, "Bearer")
+    assert inbox_count(server) == 0
+
+
+# -- operator API, health, API log ---------------------------------------------------------------
+def test_api_requires_admin_token(server: HookyardServer, http: httpx.Client) -> None:
+    for path in ("/api/events", "/api/logs", "/api/subscribers", "/api/workflow-runs",
+                 "/api/deliveries?message_id=x"):
+        assert http.get(path).status_code == 401
+        assert http.get(path, headers=bearer("wrong-token")).status_code == 401
+        assert http.get(path, headers=basic(server.runtime.admin_token)).status_code == 401
+        assert http.get(path, headers=server.admin_headers).status_code == 200
+    assert http.post("/api/replay", json={"source": "web"}).status_code == 401
+
+
+def test_healthz(http: httpx.Client) -> None:
+    r = http.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_api_log_records_accepted_and_refused(server: HookyardServer, http: httpx.Client) -> None:
+    assert_ok(post(http, "/v1/batch", {"batch": [sample_track(), sample_identify()]}))
+    post(http, "/v1/track", sample_track(), basic("wrong-write-key"))
+    post(http, "/v1/track", b"{oops")
+    post(http, "/connector/segment/", sample_track(userId=None, anonymousId="a"), bearer(KEY))
+    expected = {(200, "/v1/batch"), (401, "/v1/track"), (400, "/v1/track"),
+                (400, "/connector/segment/")}
+    deadline = time.monotonic() + 5
+    while True:  # refusals are logged right after the answer
+        items = server.api("/api/logs").json()["items"]
+        if {(i["status"], i["path"]) for i in items} >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    by_key = {(i["status"], i["path"]): i for i in items}
+    assert set(by_key) == expected
+    accepted = by_key[(200, "/v1/batch")]
+    assert (accepted["source"], accepted["events"], accepted["error"]) == ("web", 2, None)
+    assert accepted["at"].endswith("Z") and accepted["method"] == "POST"
+    assert by_key[(401, "/v1/track")]["source"] is None
+    assert "invalid write key" in by_key[(401, "/v1/track")]["error"]
+    assert by_key[(400, "/v1/track")]["source"] == "web"
+    assert "malformed JSON" in by_key[(400, "/v1/track")]["error"]
+    assert by_key[(400, "/connector/segment/")]["error"] == "userId is required"
+    refused = server.api("/api/logs?status=401").json()["items"]
+    assert [i["path"] for i in refused] == ["/v1/track"]
+
+
+# -- nothing answers 500 -------------------------------------------------------------------------
+ODD_BODIES = [
+    b"",
+    b"null",
+    b"[]",
+    b"[null]",
+    b'"str"',
+    b"0",
+    b"{}",
+    b'{"batch": [[]]}',
+    b'{"type": null, "userId": {}}',
+    b'{"userId": "u", "traits": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    b'{"userId": "u", "traits": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3000 + b"}",
+    b'{"userId": "u\xff\xfe", "event": "e\xc3", "traits": {}}',
+    b"\xff\xfe\x00{",
+    b'{"userId": "u", "event": "e", "properties": {"n": 1' + b"0" * 4000 + b"}}",
+    b'{"userId": 1' + b"0" * 40 + b', "event": "e", "traits": {"f": -1e308}}',
+    b'{"userId": "u", "event": "e", "properties": {"n": 1e999}}',
+    b'{"userId": "u", "event": "e", "timestamp": "not a date", "context": []}',
+    b'{"userId": "u", "event": "e", "messageId": ' + b'"' + b"m" * 10_000 + b'"}',
+    b'{"userId": "u", "event": "\\ud800", "writeKey": 7}',
+    b'{"writeKey": "\xff\xfe", "userId": "u", "event": "e"}',
+    b'{"writeKey": "' + KEY.encode() + b'", "a": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+]
+
+
+def test_nothing_answers_500(server: HookyardServer, http: httpx.Client) -> None:
+    statuses: list[int] = []
+    errors: list[tuple[Any, ...]] = []
+    for body in ODD_BODIES:
+        for path, auth in (("/v1/identify", basic(KEY)), ("/v1/track", basic(KEY)),
+                           ("/v1/batch", basic(KEY)), ("/connector/segment/", bearer(KEY)),
+                           ("/v1/track", {})):  # no header: the key is looked for in the body
+            where = (path, "Basic" if auth else "no auth", body[:60])
+            try:  # a fresh connection each time: a crash must not hide behind a reset one
+                r = post(http, path, body, {**auth, "Connection": "close"})
+            except httpx.TransportError as exc:
+                errors.append((*where, repr(exc)))
+                continue
+            statuses.append(r.status_code)
+            if r.status_code >= 500 or not r.headers["content-type"].startswith("application/json"):
+                errors.append((*where, r.status_code))
+    assert errors == []
+    assert 400 in statuses and 401 in statuses
+    assert http.get("/healthz").status_code == 200
+    assert_ok(post(http, "/v1/track", sample_track()))
+
+
+def test_unroutable_event_does_not_stall_the_pipeline(server: HookyardServer,
+                                                      http: httpx.Client) -> None:
+    """An out-of-range number in a field the call's Struct does not type (``properties`` on an
+    identify) must be refused at ingest, or at least not stop the router for every later event."""
+    poison = b'{"userId": "p1", "traits": {}, "properties": {"n": 1e999}}'
+    r = post(http, "/v1/identify", poison)
+    assert r.status_code in (200, 400), r.text
+    later = sample_identify(userId="after-poison", traits={"email": "later@example.com"})
+    assert_ok(post(http, "/v1/identify", later))
+    server.wait_idle(timeout=5)
+    user = server.api("/api/subscribers/after-poison").json()
+    assert user["channels"] == {"$email": ["later@example.com"]}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/events?cursor=abc", None),
+        ("GET", "/api/events?limit=abc", None),
+        ("GET", "/api/logs?cursor=1.5", None),
+        ("GET", "/api/dead-letters?limit=-", None),
+        ("GET", "/api/subscribers?limit=abc", None),
+        ("GET", "/api/subscribers/u1/events?cursor=x", None),
+        ("GET", "/api/workflow-runs?cursor=x", None),
+        ("POST", "/api/replay", {"source": "web", "destination": "nope"}),
+        ("POST", "/api/replay", {"source": ["web"]}),
+        ("POST", "/api/replay", {"source": "web", "since": "garbage"}),
+        ("POST", "/api/replay", {}),
+        ("POST", "/api/destinations/profiles/preview", {"type": "nope"}),
+    ],
+)
+def test_operator_api_never_answers_500(server: HookyardServer, method: str, path: str,
+                                        body: Any) -> None:
+    r = server.api(path, method, json=body) if body is not None else server.api(path, method)
+    assert r.status_code in (400, 404), (r.status_code, r.text)

@@ -1,0 +1,252 @@
+"""The built-in profile store end to end, through a real hookyard server: channels, preferences,
+event prefix, workflow runs, the read API (paging, search) and replay after a mapping change
+(through ``POST /api/replay`` and the ``hookyard replay`` command)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hookyard.inbox import now_iso
+from hookyard.testing import sample_identify, sample_track
+from hookyard.testing.server import HookyardServer
+
+KEY = "test-write-key"
+ADMIN = "test-admin-token"
+SOURCE = {"name": "web", "plugin": "segment", "write_key": KEY}
+WORKFLOWS = [{"name": "welcome", "event": "User Registered"}]
+CONFIG = {
+    "sources": [SOURCE],
+    "destinations": [
+        {"name": "profiles", "plugin": "profiles", "sources": ["web"],
+         "settings": {"preferences": {"$locale": "language", "$timezone": "timezone"},
+                      "workflows": WORKFLOWS}},
+        {"name": "prefixed", "plugin": "profiles", "sources": ["web"],
+         "settings": {"event_prefix": True, "channels": {}}},
+    ],
+}
+Start = Callable[..., HookyardServer]
+
+
+@pytest.fixture
+def server(hookyard_server: Start) -> HookyardServer:
+    return hookyard_server(CONFIG)
+
+
+def send(server: HookyardServer, *events: dict[str, Any]) -> None:
+    """Ingest ``events`` in one /v1/batch and wait until they are delivered."""
+    r = server.post("/v1/batch", {"batch": list(events)})
+    assert r.status_code == 200, r.text
+    server.wait_idle()
+
+
+def get(server: HookyardServer, path: str, status: int = 200) -> Any:
+    r = server.api(path)
+    assert r.status_code == status, (path, r.status_code, r.text)
+    return r.json()
+
+
+def identify(uid: str, **traits: Any) -> dict[str, Any]:
+    return sample_identify(userId=uid, traits=traits)
+
+
+# -- channels, preferences, prefix, workflows ----------------------------------------------------
+def test_channels_are_appended_across_identifies(server: HookyardServer) -> None:
+    send(server, identify("u1", email="old@example.com", phone="+15550000001"))
+    send(server, identify("u1", email="new@example.com", phone="+15550000001"))
+    user = get(server, "/api/subscribers/u1")
+    assert user["distinct_id"] == "u1"
+    assert user["channels"] == {"$email": ["old@example.com", "new@example.com"],
+                                "$sms": ["+15550000001"]}
+    assert user["properties"] == {"email": "new@example.com", "phone": "+15550000001"}
+    # channels = {} switches the default mapping off for the other destination
+    assert get(server, "/api/subscribers/u1?destination=prefixed")["channels"] == {}
+
+
+def test_invalid_locale_is_ignored(server: HookyardServer) -> None:
+    send(server, identify("u1", language="hindi", timezone="Asia/Kolkata"))
+    user = get(server, "/api/subscribers/u1")
+    assert user["preferences"] == {"$locale": None, "$timezone": "Asia/Kolkata"}
+    assert user["properties"]["language"] == "hindi"
+    send(server, identify("u1", language="hi"), identify("u1", language="en-US", timezone="IST"))
+    user = get(server, "/api/subscribers/u1")
+    assert user["preferences"] == {"$locale": "hi", "$timezone": "Asia/Kolkata"}
+    assert user["properties"] == {"language": "en-US", "timezone": "IST"}
+
+
+def test_event_prefix_on_and_off(server: HookyardServer) -> None:
+    track = sample_track(userId="u1")
+    send(server, track)
+    [plain] = get(server, "/api/subscribers/u1/events")["events"]
+    [prefixed] = get(server, "/api/subscribers/u1/events?destination=prefixed")["events"]
+    assert plain["event"] == "User Registered"
+    assert prefixed["event"] == "segment : User Registered"
+    for ev in (plain, prefixed):
+        assert ev["properties"] == {"plan": "Pro Annual", "accountType": "Facebook"}
+        assert ev["messageId"] == track["messageId"]
+        assert ev["timestamp"] == track["timestamp"]
+
+
+def test_workflow_runs(server: HookyardServer) -> None:
+    first = sample_track(userId="u1")
+    send(server, first, sample_track(userId="u2"), sample_track(userId="u1", event="Other"))
+    send(server, first)  # a repeated messageId: stored once, no second run
+    runs = get(server, "/api/workflow-runs")["runs"]
+    assert sorted((r["workflow"], r["distinct_id"]) for r in runs) == [
+        ("welcome", "u1"), ("welcome", "u2")]
+    [mine] = get(server, "/api/workflow-runs?distinct_id=u1&workflow=welcome")["runs"]
+    assert mine["event"] == "User Registered"
+    assert mine["messageId"] == first["messageId"]
+    assert mine["payload"] == first["properties"]
+    assert get(server, "/api/workflow-runs?workflow=other")["runs"] == []
+    assert get(server, "/api/workflow-runs?destination=prefixed")["runs"] == []
+
+
+# -- read API ------------------------------------------------------------------------------------
+def test_subscriber_events_pagination(server: HookyardServer) -> None:
+    tracks = [sample_track(userId="u1", event=f"Step {i}", properties={"i": i}) for i in range(5)]
+    send(server, *tracks)
+    seen: list[str] = []
+    pages = []
+    cursor = None
+    while True:
+        path = "/api/subscribers/u1/events?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = get(server, path)
+        pages.append(len(page["events"]))
+        seen += [e["messageId"] for e in page["events"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+        assert isinstance(cursor, str)
+    assert pages == [2, 2, 1]
+    assert seen == [t["messageId"] for t in reversed(tracks)]  # newest first, each once
+    everything = get(server, "/api/subscribers/u1/events")
+    assert everything["next"] is None and len(everything["events"]) == 5
+    assert get(server, "/api/subscribers/u1/events?cursor=abc", 400)["error"]
+
+
+def test_subscribers_paging_and_search(server: HookyardServer) -> None:
+    send(server, *[identify(f"user-{i}", email=f"person{i}@example.com") for i in range(5)],
+         identify("other", email="someone@elsewhere.org"))
+    ids: list[str] = []
+    cursor = None
+    for _ in range(10):
+        path = "/api/subscribers?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = get(server, path)
+        assert len(page["subscribers"]) <= 2
+        ids += [s["distinct_id"] for s in page["subscribers"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert ids == sorted(["other", *[f"user-{i}" for i in range(5)]])
+    [found] = get(server, "/api/subscribers?q=person3@example.com")["subscribers"]
+    assert found["distinct_id"] == "user-3"
+    assert found["properties"] == {"email": "person3@example.com"}
+    assert [s["distinct_id"] for s in get(server, "/api/subscribers?q=elsewhere")["subscribers"]] \
+        == ["other"]
+    assert len(get(server, "/api/subscribers?q=user-")["subscribers"]) == 5  # by distinct_id
+    assert get(server, "/api/subscribers?q=nobody@example.com")["subscribers"] == []
+
+
+def test_unknown_subscriber_is_404(server: HookyardServer) -> None:
+    assert "not found" in get(server, "/api/subscribers/nobody", 404)["error"]
+    assert "not found" in get(server, "/api/subscribers/nobody/events", 404)["error"]
+    assert get(server, "/api/subscribers?destination=nope", 404)["error"]
+
+
+# -- replay after a mapping change ---------------------------------------------------------------
+def profile_config(channels: dict[str, str] | None) -> dict[str, Any]:
+    settings: dict[str, Any] = {"workflows": WORKFLOWS}
+    if channels is not None:
+        settings["channels"] = channels
+    return {"sources": [SOURCE],
+            "destinations": [{"name": "profiles", "plugin": "profiles", "sources": ["web"],
+                              "settings": settings}]}
+
+
+NEW_CHANNELS = {"$email": "email", "$whatsapp": "whatsapp"}
+NEW_CONFIG_TOML = """\
+[server]
+data_dir = "{data_dir}"
+admin_token = "{admin}"
+
+[[sources]]
+name = "web"
+plugin = "segment"
+write_key = "{key}"
+
+[[destinations]]
+name = "profiles"
+plugin = "profiles"
+sources = ["web"]
+
+[destinations.settings]
+channels = {{ "$email" = "email", "$whatsapp" = "whatsapp" }}
+workflows = [{{ name = "welcome", event = "User Registered" }}]
+"""
+
+
+def test_replay_after_a_mapping_change(hookyard_server: Start, tmp_path: Path) -> None:
+    data_dir = tmp_path / "shared-data"
+    old = hookyard_server(profile_config(None), data_dir=data_dir)  # defaults: no $whatsapp
+    welcome = sample_track(userId="alice")
+    send(old, identify("alice", email="alice@example.com", whatsapp="+15550000001"), welcome)
+    time.sleep(0.01)
+    boundary = now_iso()
+    time.sleep(0.01)
+    send(old, identify("bob", email="bob@example.com", whatsapp="+15550000002"))
+    assert get(old, "/api/subscribers/alice")["channels"] == {"$email": ["alice@example.com"]}
+    assert get(old, "/api/subscribers/bob")["channels"] == {"$email": ["bob@example.com"]}
+    old.stop()
+
+    new = hookyard_server(profile_config(NEW_CHANNELS), data_dir=data_dir)
+    # a mapping change applies to future syncs only ...
+    assert get(new, "/api/subscribers/alice")["channels"] == {"$email": ["alice@example.com"]}
+    send(new, identify("carol", email="carol@example.com", whatsapp="+15550000003"))
+    assert get(new, "/api/subscribers/carol")["channels"] == {
+        "$email": ["carol@example.com"], "$whatsapp": ["+15550000003"]}
+
+    # ... and a replay of past syncs brings it to existing users (here: up to the boundary)
+    r = new.api("/api/replay", "POST", json={"source": "web", "until": boundary})
+    assert r.status_code == 200, r.text
+    assert r.json()["events"] == 2  # alice's identify and track
+    new.wait_idle()
+    assert get(new, "/api/subscribers/alice")["channels"] == {
+        "$email": ["alice@example.com"], "$whatsapp": ["+15550000001"]}
+    assert "$whatsapp" not in get(new, "/api/subscribers/bob")["channels"]
+    # replaying is idempotent for events and workflow runs
+    assert len(get(new, "/api/subscribers/alice/events")["events"]) == 1
+    assert len(get(new, "/api/workflow-runs")["runs"]) == 1
+
+    # the command line does the same, by source and time range, next to the running server
+    config_path = tmp_path / "hookyard.toml"
+    config_path.write_text(NEW_CONFIG_TOML.format(data_dir=data_dir, admin=ADMIN, key=KEY))
+    env = {k: v for k, v in os.environ.items() if k != "HOOKYARD_CONFIG"}
+    done = subprocess.run(
+        [sys.executable, "-m", "hookyard", "replay", "--config", str(config_path),
+         "--source", "web", "--since", boundary],
+        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "queued 2 events" in done.stdout  # bob's and carol's identifies
+    new.wait_idle()
+    assert get(new, "/api/subscribers/bob")["channels"] == {
+        "$email": ["bob@example.com"], "$whatsapp": ["+15550000002"]}
+    assert get(new, "/api/subscribers/carol")["channels"] == {
+        "$email": ["carol@example.com"], "$whatsapp": ["+15550000003"]}
+    assert get(new, "/api/subscribers/alice")["channels"]["$whatsapp"] == ["+15550000001"]
+
+
+def test_replay_rejects_unknown_source_and_bad_time(server: HookyardServer) -> None:
+    r = server.api("/api/replay", "POST", json={"source": "nope"})
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+    r = server.api("/api/replay", "POST", json={"source": "web", "since": "yesterday"})
+    assert r.status_code == 400 and "ISO-8601" in r.json()["error"]
+    r = server.api("/api/replay", "POST", json={})
+    assert r.status_code == 400

@@ -1,0 +1,397 @@
+"""Hook-level tests of the built-in profile store (plugin ``profiles``): ``map_event`` and
+``deliver`` called directly (through ``hookyard.testing``), no server. Behaviour of the
+reference documents 000/001."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import hookyard.profiles.plugin as prof
+import msgspec
+import pytest
+from hookyard.connectors import DestinationContext
+from hookyard.deliveries import MapResult
+from hookyard.profiles.mapping import ProfileSettings
+from hookyard.testing import (
+    as_event,
+    deliver_with,
+    destination_context,
+    map_with,
+    sample_alias,
+    sample_group,
+    sample_identify,
+    sample_page,
+    sample_screen,
+    sample_track,
+)
+
+UID = "97980cfea0067"
+Make = Callable[..., DestinationContext]
+
+
+@pytest.fixture
+def make_ctx(tmp_path: Path) -> Iterator[Make]:
+    """Factory: a ``profiles`` destination context on a temp data dir (store closed after)."""
+    made: list[DestinationContext] = []
+
+    def make(settings: dict[str, Any] | None = None, name: str = "profiles") -> DestinationContext:
+        ctx = destination_context("profiles", settings or {}, name=name, data_dir=tmp_path)
+        made.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in made:
+        store = ctx.state.pop("store", None)
+        if store is not None:
+            store.close()
+
+
+def sync(ctx: DestinationContext, raw: dict[str, Any]) -> MapResult:
+    """map + deliver one event, as the engine would; returns the map result."""
+    result = map_with(ctx, raw)
+    if result.deliveries:
+        outcomes = deliver_with(ctx, result.deliveries)
+        assert [o.outcome for o in outcomes] == ["ok"] * len(result.deliveries)
+    return result
+
+
+def profile(ctx: DestinationContext, uid: str = UID) -> dict[str, Any]:
+    found = prof.store_for(ctx).subscriber(ctx.name, uid)
+    assert found is not None, f"no subscriber {uid!r}"
+    return found
+
+
+def events_of(ctx: DestinationContext, uid: str = UID) -> list[dict[str, Any]]:
+    items, _ = prof.store_for(ctx).events(ctx.name, uid, before=None, limit=100)
+    return items
+
+
+def runs_of(ctx: DestinationContext) -> list[dict[str, Any]]:
+    items, _ = prof.store_for(ctx).workflow_runs(ctx.name, distinct_id=None, workflow=None,
+                                                 before=None, limit=100)
+    return items
+
+
+# -- the hooks themselves ------------------------------------------------------------------------
+def test_register_connectors() -> None:
+    [connector] = prof.register_connectors()
+    assert (connector.name, connector.kind) == ("profiles", "destination")
+    assert connector.settings is ProfileSettings
+    assert connector.batch_size > 1
+
+
+def test_map_event_hook_called_directly(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    raw = sample_identify()
+    result = prof.map_event(destination=ctx, event=as_event(raw), raw=raw)
+    assert isinstance(result, MapResult) and result.filtered is None
+    [delivery] = result.deliveries
+    assert delivery.kind == "identify"
+    assert delivery.body["distinct_id"] == UID
+    msgspec.json.encode(delivery)  # stored in the outbox as JSON
+
+
+def test_map_is_pure(make_ctx: Make, tmp_path: Path) -> None:
+    ctx = make_ctx()
+    map_with(ctx, sample_identify())
+    map_with(ctx, sample_track())
+    assert "store" not in ctx.state
+    assert not (tmp_path / "profiles.db").exists()
+
+
+# -- identify ------------------------------------------------------------------------------------
+def test_identify_user_id_becomes_distinct_id_and_traits_properties(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    raw = sample_identify()
+    sync(ctx, raw)
+    p = profile(ctx)
+    assert p["distinct_id"] == UID
+    assert p["properties"] == raw["traits"]
+
+
+def test_numeric_user_id_is_a_string_distinct_id(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    result = sync(ctx, sample_identify(userId=42))
+    assert result.deliveries[0].body["distinct_id"] == "42"
+    assert profile(ctx, "42")["distinct_id"] == "42"
+
+
+def test_second_identify_merges_properties(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    sync(ctx, sample_identify(traits={"name": "Peter", "plan": "free", "logins": 1}))
+    sync(ctx, sample_identify(traits={"plan": "premium", "company": "Initech"}))
+    assert profile(ctx)["properties"] == {
+        "name": "Peter", "plan": "premium", "logins": 1, "company": "Initech",
+    }
+
+
+def test_identify_without_traits(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    raw = sample_identify()
+    raw.pop("traits")
+    sync(ctx, raw)
+    p = profile(ctx)
+    assert p["properties"] == {} and p["channels"] == {}
+
+
+# -- preferences ---------------------------------------------------------------------------------
+PREFS = {"preferences": {"$locale": "language", "$timezone": "timezone"}}
+
+
+def test_preferences_mapped_from_traits(make_ctx: Make) -> None:
+    ctx = make_ctx(PREFS)
+    sync(ctx, sample_identify())  # language "hi", timezone "Asia/Kolkata"
+    assert profile(ctx)["preferences"] == {"$locale": "hi", "$timezone": "Asia/Kolkata"}
+
+
+def test_no_preference_mapping_means_no_preferences(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    sync(ctx, sample_identify())
+    p = profile(ctx)
+    assert p["preferences"] == {"$locale": None, "$timezone": None}
+    assert p["properties"]["language"] == "hi"  # still a plain property
+
+
+@pytest.mark.parametrize("value", ["hindi", "en-US", "eng", "xx", "", 5, None])
+def test_invalid_locale_is_ignored_with_a_note(make_ctx: Make, value: Any,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    ctx = make_ctx(PREFS)
+    traits = {"language": value, "timezone": "Europe/Paris", "email": "a@example.com"}
+    result = map_with(ctx, sample_identify(traits=traits))
+    body = result.deliveries[0].body
+    assert "$locale" not in body["preferences"]
+    assert body["preferences"]["$timezone"] == "Europe/Paris"
+    if value is not None:
+        assert any("$locale" in n and "ISO 639-1" in n for n in body["notes"])
+    with caplog.at_level(logging.INFO, logger="hookyard.profiles"):
+        deliver_with(ctx, result.deliveries)
+    if value is not None:
+        assert any("$locale ignored" in r.getMessage() for r in caplog.records)
+    p = profile(ctx)
+    assert p["preferences"] == {"$locale": None, "$timezone": "Europe/Paris"}
+    assert p["properties"]["language"] == value  # the trait itself is still a property
+    assert p["channels"] == {"$email": ["a@example.com"]}  # the rest of the identify applies
+
+
+def test_invalid_locale_keeps_the_previous_valid_one(make_ctx: Make) -> None:
+    ctx = make_ctx(PREFS)
+    sync(ctx, sample_identify())
+    sync(ctx, sample_identify(traits={"language": "hindi"}))
+    assert profile(ctx)["preferences"]["$locale"] == "hi"
+
+
+@pytest.mark.parametrize("value", ["IST", "+05:30", "India Standard Time", "asia/kolkata", 330])
+def test_timezone_must_be_iana(make_ctx: Make, value: Any) -> None:
+    ctx = make_ctx(PREFS)
+    result = sync(ctx, sample_identify(traits={"language": "hi", "timezone": value}))
+    assert any("$timezone" in n and "IANA" in n for n in result.deliveries[0].body["notes"])
+    assert profile(ctx)["preferences"] == {"$locale": "hi", "$timezone": None}
+
+
+# -- channels ------------------------------------------------------------------------------------
+def test_default_channels_email_and_phone(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    sync(ctx, sample_identify(traits={"email": "p@example.com", "phone": "+15555555555",
+                                      "whatsapp": "+15550000000"}))
+    assert profile(ctx)["channels"] == {"$email": ["p@example.com"], "$sms": ["+15555555555"]}
+
+
+def test_empty_channel_mapping_switches_defaults_off(make_ctx: Make) -> None:
+    ctx = make_ctx({"channels": {}})
+    sync(ctx, sample_identify(traits={"email": "p@example.com", "phone": "+15555555555"}))
+    p = profile(ctx)
+    assert p["channels"] == {}
+    assert p["properties"]["email"] == "p@example.com"
+
+
+def test_custom_channel_mapping(make_ctx: Make) -> None:
+    ctx = make_ctx({"channels": {
+        "$email": "email",
+        "$whatsapp": "whatsapp",
+        "$slack": ["slackEmail", "slackUserID"],
+        "$androidpush": ["fcmAndroidpush", "xiaomiAndroidpush"],
+        "$iospush": "apnsIospush",
+    }})
+    sync(ctx, sample_identify(traits={
+        "email": "p@example.com",
+        "phone": "+15555555555",  # no $sms in a custom mapping
+        "whatsapp": "+15551112222",
+        "slackEmail": "p@slack.example.com",
+        "slackUserID": "U012AB3CD",
+        "fcmAndroidpush": "fcm-token-1",
+        "xiaomiAndroidpush": "mi-token-1",
+        "apnsIospush": "apns-token-1",
+    }))
+    assert profile(ctx)["channels"] == {
+        "$email": ["p@example.com"],
+        "$whatsapp": ["+15551112222"],
+        "$slack": ["p@slack.example.com", "U012AB3CD"],
+        "$androidpush": ["fcm-token-1", "mi-token-1"],
+        "$iospush": ["apns-token-1"],
+    }
+
+
+def test_channel_trait_holding_a_list(make_ctx: Make) -> None:
+    ctx = make_ctx({"channels": {"$iospush": "apns"}})
+    sync(ctx, sample_identify(traits={"apns": ["t1", "t2", "", None, True]}))
+    assert profile(ctx)["channels"] == {"$iospush": ["t1", "t2"]}
+
+
+def test_channel_values_are_appended_never_overridden(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    sync(ctx, sample_identify(traits={"email": "old@example.com", "phone": "+15550000001"}))
+    sync(ctx, sample_identify(traits={"email": "new@example.com"}))
+    sync(ctx, sample_identify(traits={"email": "old@example.com"}))  # not added twice
+    p = profile(ctx)
+    assert p["channels"] == {"$email": ["old@example.com", "new@example.com"],
+                             "$sms": ["+15550000001"]}
+    assert p["properties"]["email"] == "old@example.com"  # properties do follow the last value
+
+
+def test_identify_without_channel_trait_keeps_channels(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    sync(ctx, sample_identify(traits={"email": "p@example.com"}))
+    sync(ctx, sample_identify(traits={"plan": "x"}))
+    assert profile(ctx)["channels"] == {"$email": ["p@example.com"]}
+
+
+# -- track ---------------------------------------------------------------------------------------
+def test_track_is_stored_with_properties_as_is(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    props = {"plan": "Pro Annual", "accountType": "Facebook", "nested": {"a": [1, 2]}}
+    raw = sample_track(properties=props)
+    result = sync(ctx, raw)
+    assert result.deliveries[0].kind == "track"
+    [ev] = events_of(ctx)
+    assert ev["event"] == "User Registered"
+    assert ev["properties"] == props
+    assert ev["messageId"] == raw["messageId"]
+    assert ev["timestamp"] == raw["timestamp"]
+    assert profile(ctx)["properties"] == {}  # a track alone creates the user, no properties
+
+
+def test_track_without_properties(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    raw = sample_track()
+    raw.pop("properties")
+    sync(ctx, raw)
+    assert events_of(ctx)[0]["properties"] == {}
+
+
+def test_prefix_off_by_default(make_ctx: Make) -> None:
+    result = map_with(make_ctx(), sample_track())
+    assert result.deliveries[0].body["event"] == "User Registered"
+
+
+def test_prefix_on(make_ctx: Make) -> None:
+    ctx = make_ctx({"event_prefix": True})
+    props = sample_track()["properties"]
+    sync(ctx, sample_track())
+    [ev] = events_of(ctx)
+    assert ev["event"] == "segment : User Registered"
+    assert ev["properties"] == props  # only the name changes
+
+
+def test_prefix_false_explicitly(make_ctx: Make) -> None:
+    ctx = make_ctx({"event_prefix": False})
+    assert map_with(ctx, sample_track()).deliveries[0].body["event"] == "User Registered"
+
+
+def test_redelivered_track_is_stored_once(make_ctx: Make) -> None:
+    ctx = make_ctx()
+    result = map_with(ctx, sample_track())
+    deliver_with(ctx, result.deliveries)
+    deliver_with(ctx, result.deliveries)
+    assert len(events_of(ctx)) == 1
+
+
+# -- workflows -----------------------------------------------------------------------------------
+WORKFLOWS = {"workflows": [{"name": "welcome", "event": "User Registered"},
+                           {"name": "upsell", "event": "Plan Upgraded"}]}
+
+
+def test_workflow_run_recorded_once_even_on_redelivery(make_ctx: Make) -> None:
+    ctx = make_ctx(WORKFLOWS)
+    raw = sample_track()
+    result = map_with(ctx, raw)
+    assert result.deliveries[0].body["workflows"] == ["welcome"]
+    deliver_with(ctx, result.deliveries)
+    deliver_with(ctx, result.deliveries)  # a redelivery (or a replay)
+    [run] = runs_of(ctx)
+    assert run["workflow"] == "welcome"
+    assert run["distinct_id"] == UID
+    assert run["event"] == "User Registered"
+    assert run["messageId"] == raw["messageId"]
+    assert run["payload"] == raw["properties"]
+
+
+def test_each_matching_event_records_a_run(make_ctx: Make) -> None:
+    ctx = make_ctx(WORKFLOWS)
+    sync(ctx, sample_track())
+    sync(ctx, sample_track(userId="u2"))
+    sync(ctx, sample_track(event="Plan Upgraded"))
+    sync(ctx, sample_track(event="Something Else"))
+    runs = runs_of(ctx)
+    assert sorted((r["workflow"], r["distinct_id"]) for r in runs) == [
+        ("upsell", UID), ("welcome", UID), ("welcome", "u2"),
+    ]
+
+
+def test_workflows_match_with_the_prefix_on(make_ctx: Make) -> None:
+    plain = make_ctx({"event_prefix": True, **WORKFLOWS}, name="a")
+    prefixed = make_ctx({"event_prefix": True,
+                         "workflows": [{"name": "welcome", "event": "segment : User Registered"}]},
+                        name="b")
+    for ctx in (plain, prefixed):
+        sync(ctx, sample_track())
+        [run] = runs_of(ctx)
+        assert run["event"] == "segment : User Registered"
+
+
+# -- skipped events ------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [sample_identify, sample_track, sample_page],
+                         ids=["identify", "track", "page"])
+def test_anonymous_events_are_skipped_with_a_reason(make_ctx: Make,
+                                                    make: Callable[..., Any]) -> None:
+    ctx = make_ctx()
+    result = map_with(ctx, make(userId=None, anonymousId="anon-1"))
+    assert result.deliveries == []
+    assert result.filtered is not None and "userId is required" in result.filtered
+
+
+@pytest.mark.parametrize("make", [sample_page, sample_group, sample_screen, sample_alias],
+                         ids=["page", "group", "screen", "alias"])
+def test_other_calls_are_skipped(make_ctx: Make, make: Callable[..., Any]) -> None:
+    result = map_with(make_ctx(), make())
+    assert result.deliveries == []
+    assert result.filtered is not None and "not stored" in result.filtered
+
+
+# -- settings ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"channels": {"$fax": "fax"}}, "unknown channel '$fax'"),
+        ({"channels": {"email": "email"}}, "unknown channel 'email'"),
+        ({"preferences": {"$language": "language"}}, "unknown preference"),
+        ({"bogus": True}, "bogus"),
+        ({"workflows": [{"name": "welcome"}]}, "event"),
+        ({"workflows": [{"name": "w", "event": "e", "extra": 1}]}, "extra"),
+        ({"channels": {"$email": 5}}, "$.channels"),
+        ({"event_prefix": 1}, "event_prefix"),
+    ],
+)
+def test_invalid_settings_are_validation_errors(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(msgspec.ValidationError) as err:
+        destination_context("profiles", settings)
+    assert message in str(err.value)
+
+
+def test_settings_defaults() -> None:
+    settings = msgspec.convert({}, ProfileSettings)
+    assert settings.prefix == ""
+    assert settings.channel_map == {"$email": "email", "$sms": "phone"}
+    assert settings.workflows == [] and settings.preferences == {}

@@ -1,0 +1,384 @@
+"""Hook-level tests of the Segment source: ``authenticate``, ``parse_events`` and
+``register_connectors`` of ``hookyard_segment.plugin`` called directly, no server."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import hookyard_segment.plugin as seg
+import msgspec
+import pytest
+from hookyard.connectors import IngestRequest, ParsedEvent
+from hookyard.errors import BadRequest, NotFound
+from hookyard.events import Alias, Group, Identify, Page, Screen, Track
+from hookyard.testing import (
+    ingest_request,
+    sample_alias,
+    sample_group,
+    sample_identify,
+    sample_page,
+    sample_screen,
+    sample_track,
+    source_context,
+)
+
+KEY = "test-write-key"
+SOURCE = source_context("segment", KEY, name="web")
+SAMPLES = {
+    "identify": (sample_identify, Identify),
+    "track": (sample_track, Track),
+    "page": (sample_page, Page),
+    "screen": (sample_screen, Screen),
+    "group": (sample_group, Group),
+    "alias": (sample_alias, Alias),
+}
+
+
+def basic(user: str, password: str = "") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def v1(call: str, body: bytes | dict[str, Any],
+       headers: dict[str, str] | None = None) -> IngestRequest:
+    return ingest_request(f"/v1/{call}", body, headers, {"call": call})
+
+
+def webhook(body: bytes | dict[str, Any] | list[Any],
+            headers: dict[str, str] | None = None) -> IngestRequest:
+    data = body if isinstance(body, bytes) else msgspec.json.encode(body)
+    auth = headers if headers is not None else bearer(KEY)
+    return ingest_request("/connector/segment/", data, auth)
+
+
+def parse(req: IngestRequest) -> list[ParsedEvent]:
+    result: list[ParsedEvent] = seg.parse_events(source=SOURCE, request=req)
+    return result
+
+
+def raw_of(parsed: ParsedEvent) -> dict[str, Any]:
+    return msgspec.json.decode(parsed.raw)
+
+
+# -- register_connectors -------------------------------------------------------------------------
+def test_register_connectors_declares_source_and_forwarder() -> None:
+    connectors = {(c.kind, c.name): c for c in seg.register_connectors()}
+    source = connectors[("source", "segment")]
+    assert "/v1/{call}" in source.paths
+    assert "/connector/segment/" in source.paths
+    assert source.description
+    assert ("destination", "segment") in connectors
+
+
+# -- authenticate --------------------------------------------------------------------------------
+def test_basic_auth_with_write_key_as_user_name_is_accepted() -> None:
+    result = seg.authenticate(source=SOURCE, request=v1("identify", sample_identify(), basic(KEY)))
+    assert result.accepted and result.reason == ""
+
+
+def test_basic_auth_password_is_ignored() -> None:
+    req = v1("track", sample_track(), basic(KEY, "whatever"))
+    assert seg.authenticate(source=SOURCE, request=req).accepted
+
+
+def test_basic_auth_wrong_key_is_refused_with_reason() -> None:
+    req = v1("identify", sample_identify(), basic("nope-key"))
+    result = seg.authenticate(source=SOURCE, request=req)
+    assert not result.accepted
+    assert "invalid write key" in result.reason
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Basic"}, {"Authorization": "Basic !!!not-base64"},
+     {"Authorization": "Digest abc"}],
+    ids=["none", "empty-basic", "garbage-basic", "other-scheme"],
+)
+def test_missing_key_is_refused_with_reason(headers: dict[str, str]) -> None:
+    result = seg.authenticate(source=SOURCE, request=v1("identify", sample_identify(), headers))
+    assert not result.accepted
+    assert "missing write key" in result.reason
+
+
+def test_write_key_in_body_is_accepted() -> None:
+    body = {**sample_identify(), "writeKey": KEY}
+    assert seg.authenticate(source=SOURCE, request=v1("identify", body)).accepted
+
+
+def test_wrong_write_key_in_body_is_refused() -> None:
+    body = {**sample_identify(), "writeKey": "other-key"}
+    result = seg.authenticate(source=SOURCE, request=v1("identify", body))
+    assert not result.accepted and "invalid write key" in result.reason
+
+
+def test_non_string_write_key_in_body_counts_as_missing() -> None:
+    body = {**sample_identify(), "writeKey": 12345678}
+    result = seg.authenticate(source=SOURCE, request=v1("identify", body))
+    assert not result.accepted and "missing write key" in result.reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"writeKey": "\xff\xfe", "userId": "u"}',
+        b'{"writeKey": "' + KEY.encode() + b'", "a": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ],
+    ids=["invalid-utf8", "deeply-nested"],
+)
+def test_undecodable_body_write_key_is_refused_not_raised(body: bytes) -> None:
+    """authenticate answers accepted or refused; an exception here becomes a 500 at ingest."""
+    result = seg.authenticate(source=SOURCE, request=v1("track", body))
+    assert isinstance(result.accepted, bool)
+
+
+def test_batch_body_write_key_is_accepted() -> None:
+    body = {"batch": [sample_track()], "writeKey": KEY}
+    assert seg.authenticate(source=SOURCE, request=v1("batch", body)).accepted
+
+
+def test_webhook_bearer_is_accepted() -> None:
+    req = webhook(sample_identify())
+    assert req.path_params == {}
+    assert seg.authenticate(source=SOURCE, request=req).accepted
+
+
+def test_webhook_wrong_bearer_is_refused() -> None:
+    result = seg.authenticate(source=SOURCE, request=webhook(sample_identify(), bearer("nope")))
+    assert not result.accepted and "invalid write key" in result.reason
+
+
+@pytest.mark.parametrize("headers", [{}, basic(KEY), {"Authorization": "Bearer   "}],
+                         ids=["none", "basic-instead", "blank-bearer"])
+def test_webhook_needs_bearer(headers: dict[str, str]) -> None:
+    result = seg.authenticate(source=SOURCE, request=webhook(sample_identify(), headers))
+    assert not result.accepted
+    assert "Bearer" in result.reason
+
+
+def test_webhook_does_not_accept_a_body_write_key() -> None:
+    body = {**sample_identify(), "writeKey": KEY}
+    assert not seg.authenticate(source=SOURCE, request=webhook(body, {})).accepted
+
+
+# -- parse_events: single calls ------------------------------------------------------------------
+@pytest.mark.parametrize("call", list(SAMPLES))
+def test_parse_each_call_type(call: str) -> None:
+    make, cls = SAMPLES[call]
+    body = make(extraField={"kept": True})
+    body.pop("type")  # the path names the call; Segment libraries do send type, but need not
+    [parsed] = parse(v1(call, body, basic(KEY)))
+    assert isinstance(parsed.event, cls)
+    assert parsed.event.messageId == body["messageId"]
+    assert parsed.event.user_id == "97980cfea0067"
+    assert parsed.filtered is None
+    assert raw_of(parsed)["extraField"] == {"kept": True}  # unknown fields are kept in raw
+
+
+def test_parse_keeps_typed_fields() -> None:
+    [track] = parse(v1("track", sample_track(), basic(KEY)))
+    assert isinstance(track.event, Track)
+    assert track.event.event == "User Registered"
+    assert track.event.properties == {"plan": "Pro Annual", "accountType": "Facebook"}
+    [ident] = parse(v1("identify", sample_identify(), basic(KEY)))
+    assert isinstance(ident.event, Identify) and ident.event.traits is not None
+    assert ident.event.traits["language"] == "hi"
+    [group] = parse(v1("group", sample_group(), basic(KEY)))
+    assert isinstance(group.event, Group) and group.event.groupId == "acme"
+    [alias] = parse(v1("alias", sample_alias(), basic(KEY)))
+    assert isinstance(alias.event, Alias) and alias.event.previousId == "anon-1"
+
+
+def test_anonymous_event_is_parsed_on_the_tracking_api() -> None:
+    [parsed] = parse(v1("track", sample_track(userId=None, anonymousId="anon-7"), basic(KEY)))
+    assert parsed.event.user_id is None and parsed.event.anonymous_id == "anon-7"
+
+
+def test_write_key_is_stripped_from_stored_raw() -> None:
+    body = {**sample_identify(), "writeKey": KEY}
+    [parsed] = parse(v1("identify", body))
+    raw = raw_of(parsed)
+    assert "writeKey" not in raw
+    assert KEY.encode() not in parsed.raw
+    assert raw["traits"] == body["traits"]
+
+
+def test_unknown_call_is_not_found() -> None:
+    with pytest.raises(NotFound) as err:
+        parse(v1("nonsense", sample_track(), basic(KEY)))
+    assert err.value.status == 404
+    assert "nonsense" in err.value.reason and "identify" in err.value.reason
+
+
+# -- parse_events: batch -------------------------------------------------------------------------
+def test_batch_parses_every_event_and_merges_top_level_context() -> None:
+    body = {
+        "batch": [
+            sample_identify(context={"ip": "10.0.0.1"}),
+            sample_track(context={}),
+            sample_page(),
+        ],
+        "context": {"library": {"name": "analytics-python"}, "ip": "192.0.2.1"},
+        "integrations": {"All": True},
+        "sentAt": "2026-01-01T00:00:01.000Z",
+        "writeKey": KEY,
+    }
+    parsed = parse(v1("batch", body))
+    assert [type(p.event) for p in parsed] == [Identify, Track, Page]
+    raws = [raw_of(p) for p in parsed]
+    # the event's own context wins over the batch's, the rest is merged in
+    assert raws[0]["context"] == {"library": {"name": "analytics-python"}, "ip": "10.0.0.1"}
+    assert raws[1]["context"] == {"library": {"name": "analytics-python"}, "ip": "192.0.2.1"}
+    assert all(r["integrations"] == {"All": True} for r in raws)
+    assert all(r["sentAt"] == "2026-01-01T00:00:01.000Z" for r in raws)
+    assert all("writeKey" not in r for r in raws)
+
+
+def test_import_is_an_alias_of_batch() -> None:
+    parsed = parse(v1("import", {"batch": [sample_track(), sample_alias()]}, basic(KEY)))
+    assert [type(p.event) for p in parsed] == [Track, Alias]
+
+
+def test_batch_without_defaults_keeps_raw_bytes_verbatim() -> None:
+    event = msgspec.json.encode(sample_track())
+    body = b'{"batch": [' + event + b"]}"
+    [parsed] = parse(v1("batch", body, basic(KEY)))
+    assert parsed.raw == event
+
+
+def test_batch_item_needs_a_type() -> None:
+    item = sample_track()
+    item.pop("type")
+    with pytest.raises(BadRequest) as err:
+        parse(v1("batch", {"batch": [sample_track(), item]}, basic(KEY)))
+    assert err.value.reason.startswith("batch[1] ")
+    assert "type must be one of" in err.value.reason
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"batch": "nope"}, "invalid batch"),
+        ({"batch": None}, "invalid batch"),
+        ({"nobatch": []}, "invalid batch"),
+        ({"batch": [1]}, "batch[0] is not a valid Segment event"),
+        ({"batch": [{"type": "launch", "userId": "u"}]}, "type must be one of"),
+        ({"batch": [{"type": "track", "userId": "u"}]}, "batch[0] is not a valid Segment event"),
+        ({"batch": [{"type": "identify"}]}, "batch[0] userId or anonymousId is required"),
+    ],
+)
+def test_invalid_batch_is_bad_request(body: dict[str, Any], reason: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        parse(v1("batch", body, basic(KEY)))
+    assert err.value.status == 400
+    assert reason in err.value.reason
+
+
+# -- parse_events: malformed input ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("call", "body", "reason"),
+    [
+        ("identify", b"", "malformed JSON"),
+        ("identify", b"{", "malformed JSON"),
+        ("identify", b'{"userId": "u",}', "malformed JSON"),
+        ("batch", b"{not json", "malformed JSON"),
+        ("identify", b"null", "Expected object"),
+        ("identify", b"[]", "Expected object"),
+        ("identify", b'"str"', "Expected object"),
+        ("identify", b'{"userId": "u", "traits": "not an object"}', "$.traits"),
+        ("identify", b'{"userId": "u", "traits": [1, 2]}', "$.traits"),
+        ("track", b'{"userId": "u", "event": 5}', "$.event"),
+        ("track", b'{"userId": "u", "event": "e", "properties": 3}', "$.properties"),
+        ("track", b'{"userId": "u"}', "event"),
+        ("track", b'{"userId": "u", "event": ""}', "event is required"),
+        ("group", b'{"userId": "u"}', "groupId"),
+        ("alias", b'{"previousId": "a"}', "userId"),
+        ("identify", b'{"userId": ["u"]}', "$.userId"),
+        ("identify", b'{"traits": {}}', "userId or anonymousId is required"),
+        ("identify", b'{"userId": "", "anonymousId": ""}', "userId or anonymousId is required"),
+        ("identify", b'{"userId": "u", "timestamp": 5}', "$.timestamp"),
+        ("track", b'{"type": "identify", "userId": "u", "event": "e"}', "$.type"),
+        ("identify", b'{"userId": "u", "traits": {"n": 1e400}}', "Number out of range"),
+    ],
+)
+def test_malformed_or_invalid_body_is_bad_request_with_reason(call: str, body: bytes,
+                                                              reason: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        parse(v1(call, body, basic(KEY)))
+    assert err.value.status == 400
+    assert reason in err.value.reason
+    assert "`" not in err.value.reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"userId": "u\xff\xfe", "traits": {}}',
+        b'{"userId": "u", "traits": {"a": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001 + b"}",
+    ],
+    ids=["invalid-utf8", "deeply-nested"],
+)
+def test_undecodable_body_is_bad_request(body: bytes) -> None:
+    """The hookspec: malformed JSON -> BadRequest with a reason (never a bare exception)."""
+    with pytest.raises(BadRequest) as err:
+        parse(v1("identify", body, basic(KEY)))
+    assert err.value.reason
+
+
+def test_huge_integers_are_kept() -> None:
+    big = 10**40
+    [parsed] = parse(v1("identify", {"userId": big, "traits": {"n": big}}, basic(KEY)))
+    assert parsed.event.user_id == str(big)
+    assert raw_of(parsed)["traits"]["n"] == big
+
+
+# -- parse_events: webhook -----------------------------------------------------------------------
+def test_webhook_single_event() -> None:
+    [parsed] = parse(webhook(sample_track()))
+    assert isinstance(parsed.event, Track) and parsed.event.user_id == "97980cfea0067"
+
+
+def test_webhook_array_of_events() -> None:
+    parsed = parse(webhook([sample_identify(), sample_track(), sample_group()]))
+    assert [type(p.event) for p in parsed] == [Identify, Track, Group]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [sample_track(userId=None, anonymousId="anon-1"), sample_identify(userId=None),
+     sample_track(userId="", anonymousId="anon-1")],
+    ids=["anonymous-track", "no-ids", "empty-userId"],
+)
+def test_webhook_without_user_id_is_refused(body: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest) as err:
+        parse(webhook(body))
+    assert err.value.status == 400
+    assert err.value.reason == "userId is required"
+
+
+def test_webhook_array_names_the_event_without_user_id() -> None:
+    with pytest.raises(BadRequest) as err:
+        parse(webhook([sample_track(), sample_track(userId=None, anonymousId="a")]))
+    assert err.value.reason == "[1] userId is required"
+
+
+def test_webhook_needs_the_type_field() -> None:
+    body = sample_track()
+    body.pop("type")
+    with pytest.raises(BadRequest) as err:
+        parse(webhook(body))
+    assert "type must be one of" in err.value.reason
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [(b"[]", "empty array"), (b"[1,", "malformed JSON"), (b"{", "malformed JSON"),
+     (b"[1]", "[0] is not a valid Segment event"), (b"null", "not a valid Segment event")],
+)
+def test_webhook_malformed_body(body: bytes, reason: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        parse(webhook(body))
+    assert reason in err.value.reason
