@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from .delivery import outbox, router
 from .delivery.replay import replay
+from .errors import BadRequest, ConfigError
 from .inbox import decode_row
 
 if TYPE_CHECKING:
@@ -39,13 +40,22 @@ def _error(status: int, message: str) -> Response:
     return _json({"error": message}, status)
 
 
+def _int_param(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be an integer, got {value!r}") from None
+
+
 def _limit(request: Request) -> int:
-    return max(1, min(500, int(request.query_params.get("limit") or 50)))
+    return max(1, min(500, _int_param(request, "limit") or 50))
 
 
 def _cursor(request: Request) -> int | None:
-    value = request.query_params.get("cursor")
-    return int(value) if value else None
+    return _int_param(request, "cursor")
 
 
 def parse_time(value: Any) -> float | None:
@@ -66,7 +76,7 @@ async def _body(request: Request) -> dict[str, Any]:
         return {}
     try:
         return _dec.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"body must be a JSON object: {exc}") from None
 
 
@@ -176,13 +186,20 @@ def routes(rt: Runtime) -> list[BaseRoute]:
     async def replay_endpoint(request: Request) -> Response:
         try:
             body = await _body(request)
-            source = body["source"]
+            source = body.get("source")
+            if not isinstance(source, str):
+                return _error(400, "invalid replay request: source (a source name) is required")
+            destination, since, until = body.get("destination"), body.get("since"), body.get("until")
+            for name, value in (("destination", destination), ("since", since), ("until", until)):
+                if value is not None and not isinstance(value, str):
+                    return _error(400, f"invalid replay request: {name} must be a string")
             if source not in rt.sources:
                 return _error(404, f"no source named {source!r}")
             started = time.time()
-            count = await replay(rt, source, body.get("destination"), body.get("since"),
-                                 body.get("until"))
-        except (KeyError, ValueError) as exc:
+            count = await replay(rt, source, destination, since, until)
+        except ConfigError as exc:
+            return _error(404, str(exc))
+        except (KeyError, ValueError, TypeError) as exc:
             return _error(400, f"invalid replay request: {exc}")
         if rt.engine is not None:
             rt.engine.wake_all()

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import admin_api
 from .delivery.engine import Engine
+from .errors import RequestError
 from .ingest import IngestEndpoint
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import build_openapi, render_docs
@@ -133,7 +134,12 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Starlett
                 await maybe_await(result)
             runtime.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def request_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestError)
+        return JSONResponse({"error": exc.reason}, status_code=exc.status)
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={RequestError: request_error})
     app.add_middleware(AdminAuth, token=runtime.admin_token)  # type: ignore[arg-type]
     app.state.runtime = runtime
     return app

@@ -153,6 +153,8 @@ def replay(config_path: str | None, data_dir: str | None, source: str, destinati
 
     try:
         rt = _runtime(_load(config_path, data_dir=data_dir))
+        if source not in rt.sources:
+            raise ConfigError(f"no source named {source!r}; configured: {', '.join(rt.sources) or 'none'}")
         rt.open()
 
         async def run() -> int:
@@ -243,11 +245,17 @@ def plugins() -> None:
     from .plugins import ConnectorRegistry, make_plugin_manager
 
     try:
-        registry = ConnectorRegistry(make_plugin_manager())
+        pm = make_plugin_manager()
+        registry = ConnectorRegistry(pm)
     except ConfigError as exc:
         _fail(exc)
+    listed = set()
     for connector, plugin in sorted(registry.all(), key=lambda c: (c[0].name, c[0].kind)):
+        listed.add(plugin)
         click.echo(f"{connector.name:<12} {connector.kind:<12} plugin={plugin:<10} {connector.description}")
+    for name, _plugin in sorted(pm.list_name_plugin()):
+        if name not in listed and not name.startswith("hookyard.") and name != "builtins":
+            click.echo(f"{name:<12} {'(hooks)':<12} plugin={name:<10} registers no connector")
 
 
 @main.command("check-config")

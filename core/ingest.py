@@ -98,9 +98,13 @@ class IngestEndpoint:
         reason = "invalid write key"
         for i, (source, params) in enumerate(self.candidates(req.path)):
             req.path_params = params
-            result = self.rt.registry.call(
-                "authenticate", "source", source.plugin, source=source, request=req
-            )
+            try:
+                result = self.rt.registry.call(
+                    "authenticate", "source", source.plugin, source=source, request=req
+                )
+            except Exception:  # noqa: BLE001 - a plugin bug must refuse the request, not 500
+                log.exception("authenticate hook of source %s failed", source.name)
+                continue
             if result.accepted:
                 return source
             if i == 0:

@@ -42,6 +42,10 @@ _raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _write_key_decoder = msgspec.json.Decoder(_WriteKeyOnly)
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])
 
+# What decoding untrusted bytes may raise besides msgspec's own errors: invalid UTF-8 inside
+# strings and nesting deeper than the decoder's recursion limit.
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError)
+
 
 def keys_match(given: str | None, expected: str) -> bool:
     """Constant-time comparison of a presented key with the configured one."""
@@ -78,12 +82,20 @@ def body_write_key(body: bytes) -> str | None:
         return None
     try:
         return _write_key_decoder.decode(body).writeKey
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.ValidationError, *_UNDECODABLE):
         return None
 
 
 def _clean(message: str) -> str:
     return message.replace("`", "")
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "invalid UTF-8"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return _clean(str(exc))
 
 
 def _decode_event(raw: bytes, call: str | None, where: str) -> ParsedEvent:
@@ -97,8 +109,8 @@ def _decode_event(raw: bytes, call: str | None, where: str) -> ParsedEvent:
         if call is None and "type" in msg:
             msg = f"type must be one of {', '.join(EVENT_TYPES)} ({msg})"
         raise BadRequest(f"{where}is not a valid Segment event: {msg}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"{where}malformed JSON: {_clean(str(exc))}") from None
+    except _UNDECODABLE as exc:
+        raise BadRequest(f"{where}malformed JSON: {_describe(exc)}") from None
     problem = validate_event(event)
     if problem:
         raise BadRequest(f"{where}{problem}")
@@ -133,8 +145,8 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent]:
             batch = _batch_decoder.decode(body)
         except msgspec.ValidationError as exc:
             raise BadRequest(f"invalid batch: {_clean(str(exc))}") from None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"malformed JSON: {_clean(str(exc))}") from None
+        except _UNDECODABLE as exc:
+            raise BadRequest(f"malformed JSON: {_describe(exc)}") from None
         needs_defaults = batch.context or batch.integrations or batch.sentAt
         events = []
         for i, item in enumerate(batch.batch):
@@ -158,8 +170,8 @@ def parse_webhook(body: bytes, *, require_user_id: bool = False) -> list[ParsedE
     if stripped.startswith(b"["):
         try:
             items = [bytes(r) for r in _raw_list_decoder.decode(body)]
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise BadRequest(f"malformed JSON: {_clean(str(exc))}") from None
+        except (msgspec.ValidationError, *_UNDECODABLE) as exc:
+            raise BadRequest(f"malformed JSON: {_describe(exc)}") from None
         if not items:
             raise BadRequest("empty array: expected at least one event")
         wheres = [f"[{i}] " for i in range(len(items))]

@@ -65,11 +65,15 @@ def map_rows(
     for row in rows:
         if row[6]:  # filtered by the source itself
             continue
-        raw = decode_row(row)
         try:
+            raw = decode_row(row)
             event: Event = msgspec.convert(raw, Event)  # type: ignore[arg-type]
-        except msgspec.ValidationError as exc:
+        except Exception as exc:  # noqa: BLE001 - one undecodable row must not stall the router
             log.error("inbox event %s cannot be decoded: %s", row[0], exc)
+            for dest in rt.destinations_for(row[1]):
+                if only is None or dest.name in only:
+                    out.append((dest.name, row[0], row[2], "", "", None, "dead", now, now,
+                                f"stored event cannot be decoded: {type(exc).__name__}: {exc}"))
             continue
         for dest in rt.destinations_for(row[1]):
             if only is not None and dest.name not in only:
