@@ -110,7 +110,7 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Starlett
     for route in runtime.routes:
         if route.pattern not in seen:
             seen.add(route.pattern)
-            routes.append(Route(route.pattern, ingest.__call__, methods=["POST"]))
+            routes.append(Route(route.pattern, ingest.__call__, methods=["POST", "OPTIONS"]))
     routes += admin_api.routes(runtime)
     for extra in runtime.pm.hook.register_routes(runtime=runtime):
         routes.extend(extra or ())

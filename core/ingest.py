@@ -27,6 +27,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hookyard.ingest")
 OK_BODY = b'{"success":true}'
+# Browsers (analytics.js) post from any origin, as to Segment's own API; keys are in the request,
+# never in cookies, so allowing every origin exposes nothing.
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
+PREFLIGHT_HEADERS = {
+    **CORS_HEADERS,
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+    "Access-Control-Max-Age": "86400",
+}
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -71,9 +80,11 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
 
 def _error_response(exc: RequestError) -> Response:
     body = encoder.encode({"success": False, "error": exc.reason})
-    headers = {"Retry-After": "5"} if isinstance(exc, StorageUnavailable) else None
+    headers = dict(CORS_HEADERS)
+    if isinstance(exc, StorageUnavailable):
+        headers["Retry-After"] = "5"
     if isinstance(exc, Unauthorized):
-        headers = {"WWW-Authenticate": 'Basic realm="hookyard"'}
+        headers["WWW-Authenticate"] = 'Basic realm="hookyard"'
     return Response(body, status_code=exc.status, media_type="application/json", headers=headers)
 
 
@@ -112,6 +123,8 @@ class IngestEndpoint:
         raise Unauthorized(reason)
 
     async def __call__(self, request: Request) -> Response:
+        if request.method == "OPTIONS":  # CORS preflight
+            return Response(status_code=204, headers=PREFLIGHT_HEADERS)
         started = time.perf_counter()
         server = self.rt.config.server
         source: SourceContext | None = None
@@ -161,7 +174,7 @@ class IngestEndpoint:
             self.on_commit()
         if self.rt.metrics is not None:
             self.rt.metrics.ingest_ok(source.name, count)
-        return Response(OK_BODY, media_type="application/json")
+        return Response(OK_BODY, media_type="application/json", headers=CORS_HEADERS)
 
     def _log_refusal(
         self, request: Request, source: SourceContext | None, exc: RequestError, started: float

@@ -138,8 +138,14 @@ def _with_batch_defaults(raw: bytes, body: _BatchBody) -> bytes:
     return encoder.encode(data) if changed else raw
 
 
+# analytics.js (analytics-next) posts to one-letter paths: /v1/t, /v1/i, ... and /v1/b for batches.
+SHORT_CALLS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group",
+               "a": "alias", "b": "batch"}
+
+
 def parse_call(call: str, body: bytes) -> list[ParsedEvent]:
-    """Parse a tracking-API call body (``call`` is the last path segment)."""
+    """Parse a tracking-API call body (``call`` is the last path segment, long or short form)."""
+    call = SHORT_CALLS.get(call, call)
     if call in BATCH_CALLS:
         try:
             batch = _batch_decoder.decode(body)
