@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import admin_api
+from . import admin_api, dashboard
 from .delivery.engine import Engine
 from .errors import RequestError
 from .ingest import IngestEndpoint
@@ -114,6 +114,7 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Starlett
     routes += admin_api.routes(runtime)
     for extra in runtime.pm.hook.register_routes(runtime=runtime):
         routes.extend(extra or ())
+    routes += dashboard.routes(runtime)  # last: plugin routes win a clash
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
