@@ -129,11 +129,18 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Starlett
         try:
             yield
         finally:
-            if engine is not None:
-                await engine.stop()
-            for result in runtime.pm.hook.shutdown(runtime=runtime):
-                await maybe_await(result)
-            runtime.close()
+            try:
+                if engine is not None:
+                    await engine.stop()
+                for impl in reversed(runtime.pm.hook.shutdown.get_hookimpls()):
+                    if impl.wrapper or impl.hookwrapper:
+                        continue
+                    try:  # one plugin failing to shut down must not keep the others open
+                        await maybe_await(impl.function(runtime=runtime))
+                    except Exception:  # noqa: BLE001
+                        log.exception("shutdown hook of plugin %s failed", impl.plugin_name)
+            finally:
+                runtime.close()
 
     async def request_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestError)

@@ -89,7 +89,9 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     click.echo(f"hookyard {__version__} listening on {url}")
     click.echo(f"  data dir:    {rt.data_dir}")
     for src in config.sources:
-        click.echo(f"  source {src.name!r} ({src.plugin}) write key: {src.write_key}")
+        # a configured key may come from env: or a secrets file: show only enough to recognise it
+        shown = src.write_key if config.generated else f"{src.write_key[:4]}… (from the config)"
+        click.echo(f"  source {src.name!r} ({src.plugin}) write key: {shown}")
     for dest in config.destinations:
         click.echo(f"  destination {dest.name!r} ({dest.plugin}) <- {', '.join(dest.sources)}")
     if rt.admin_token_created:
