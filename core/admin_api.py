@@ -46,9 +46,12 @@ def _int_param(request: Request, name: str) -> int | None:
     if not value:
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise BadRequest(f"query parameter {name} must be an integer, got {value!r}") from None
+    if not -(2**63) <= number < 2**63:  # what SQLite can bind; larger is a 400, not a 500
+        raise BadRequest(f"query parameter {name} is out of range: {value!r}")
+    return number
 
 
 def _limit(request: Request) -> int:

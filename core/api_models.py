@@ -3,7 +3,7 @@ document; the handlers produce exactly these shapes)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -178,7 +178,7 @@ class DeadLetterPage(msgspec.Struct):
 class DeadLetterRequest(msgspec.Struct):
     destination: str | None = None
     since: str | float | None = None
-    ids: list[int] | None = None
+    ids: list[Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]] | None = None  # outbox row ids
 
 
 class DeadLetterResult(msgspec.Struct):

@@ -4,10 +4,16 @@ Plugins never create their own clients; the engine gives each destination an
 :class:`HttpClient` and closes it at shutdown. aiohttp was chosen over httpx because against the
 same loopback peer on a 2-core machine httpx's AsyncClient made 250–500 requests/s and aiohttp
 2,200–4,600. The choice stays behind this module.
+
+:meth:`HttpClient.send` removes the credentials a request carried (``Authorization`` and similar
+headers) from the response body and error it keeps: a destination that echoes them in an error
+page must not put them in the outbox, the operator API or the dashboard.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +24,36 @@ import msgspec
 from .deliveries import DeliveryResult, classify_http
 
 _encoder = msgspec.json.Encoder()
+CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key",
+                      "x-auth-token", "x-access-token"}
+
+
+def credentials(headers: Mapping[str, str] | None) -> list[str]:
+    """The secret values a request carries in its credential headers (whole value, token,
+    and for Basic the decoded user and password), longest first."""
+    found: set[str] = set()
+    for name, value in (headers or {}).items():
+        if name.lower() not in CREDENTIAL_HEADERS:
+            continue
+        scheme, _, token = value.partition(" ")
+        found.update((value, token.strip()))
+        if scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(token.strip()).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                continue
+            found.update((user, password))
+    return sorted((s for s in found if len(s) >= 6), key=len, reverse=True)
+
+
+def redact(text: str | None, secrets: list[str]) -> str | None:
+    """``text`` with every secret replaced by ``[redacted]`` (a destination may echo the
+    credentials it was sent in an error body; operators' copies must not keep them)."""
+    if not text:
+        return text
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
 
 
 @dataclass(frozen=True)
@@ -85,7 +121,14 @@ class HttpClient:
             return DeliveryResult.retryable("timeout"), None
         except aiohttp.ClientError as exc:
             return DeliveryResult.retryable(f"connection error: {type(exc).__name__}: {exc}"), None
-        return classify_http(resp.status, resp.headers, resp.body), resp
+        result = classify_http(resp.status, resp.headers, resp.body)
+        secrets = credentials(headers)
+        if secrets and (result.response_body or result.error):
+            result = msgspec.structs.replace(
+                result, response_body=redact(result.response_body, secrets),
+                error=redact(result.error, secrets),
+            )
+        return result, resp
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -76,6 +76,12 @@ class DestinationWorker:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.runner: asyncio.Task[None] | None = None  # the run() loop, set by the Engine
         self.stopping = False
+        # an idle scan (nothing startable) is remembered so the router's wake-ups only look at
+        # new rows: (rows scanned up to this id, keys found blocked, valid until this time)
+        self.rescan = True
+        self.scan_after = 0
+        self.scan_blocked: set[str] = set()
+        self.scan_due = 0.0
 
     async def run(self) -> None:
         while not self.stopping:
@@ -102,12 +108,18 @@ class DestinationWorker:
         page_size = max(256, free * size * 2)
         leased = await self.rt.db.read(lambda conn: outbox.inflight_keys(conn, name))
         now = time.time()
+        incremental = not self.rescan and now < self.scan_due
+        self.rescan = False
         blocked = set(self.inflight_keys) | leased
+        after = 0
+        next_due = now + IDLE_POLL
+        if incremental:
+            blocked |= self.scan_blocked
+            after = self.scan_after
+            next_due = self.scan_due
         batches: list[list[int]] = []
         key_batch: dict[str, int] = {}
         key_of: dict[int, str] = {}
-        next_due = now + IDLE_POLL
-        after = 0
         full = False
         for _ in range(MAX_SCAN_PAGES):
             if full:
@@ -140,11 +152,14 @@ class DestinationWorker:
                     break
                 key_batch[key] = len(batches) - 1
                 key_of[c.id] = key
+            if page:
+                after = page[-1].id
             if len(page) < page_size:
                 break
-            after = page[-1].id
         if not batches or self.stopping:
+            self.scan_after, self.scan_blocked, self.scan_due = after, blocked, next_due
             return max(0.01, next_due - now)
+        self.rescan = True
         ids = [i for b in batches for i in b]
         lease = self.dest.policy.lease_seconds
         claimed = await self.rt.db.write(lambda conn: outbox.claim(conn, ids, lease))
@@ -193,7 +208,7 @@ class DestinationWorker:
                 self._outcome(row, d, res, latency)
                 for row, d, res in zip(rows, deliveries_or_blank, results)
             ]
-            await self.rt.db.write(lambda conn: outbox.record(conn, outcomes))
+            await self._record(outcomes)
             for o in outcomes:
                 level = logging.DEBUG if o.outcome == "ok" else logging.WARNING
                 log.log(level, "delivery %s to %s attempt %d: %s%s", o.message_id, o.destination,
@@ -208,9 +223,27 @@ class DestinationWorker:
         except Exception:  # noqa: BLE001 - rows stay leased and are recovered on expiry
             log.exception("recording results of %s failed", self.dest.name)
         finally:
+            self.rescan = True
             self.inflight_keys -= keys
             self.inflight_ids -= {r[0] for r in rows}
             self.wake.set()
+
+    async def _record(self, outcomes: list[Any]) -> None:
+        """Store the results, retrying a storage blip (disk full, locked) for most of the lease:
+        giving up at once would leave the user's later events waiting for the lease to expire."""
+        deadline = time.monotonic() + self.dest.policy.lease_seconds * 0.8
+        pause = 0.1
+        while True:
+            try:
+                await self.rt.db.write(lambda conn: outbox.record(conn, outcomes))
+                return
+            except Exception:
+                if self.stopping or time.monotonic() + pause > deadline:
+                    raise
+                log.warning("recording results of %s failed; retrying in %.1f s",
+                            self.dest.name, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     async def _call_hook(self, deliveries: list[Delivery]) -> list[DeliveryResult]:
         """The plugin's answers, one per delivery; never raises (a plugin bug is retryable).
@@ -376,6 +409,7 @@ class Engine:
     def wake_all(self) -> None:
         self.route_wake.set()
         for w in self.workers.values():
+            w.rescan = True
             w.wake.set()
 
     async def stop(self, grace: float = 10.0) -> None:

@@ -1,0 +1,149 @@
+"""Request size limits hold before a body is read: a declared or streamed body past the limit
+is answered 413 while the client is still sending, and a small gzip body that inflates past the
+limit (a gzip bomb) is refused with 413 without being inflated."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import time
+import zlib
+from collections.abc import Callable
+
+import pytest
+from hookyard.testing.server import HookyardServer, basic_auth
+
+KEY = "limits-write-key"
+LIMIT = 512_000  # [server] max_request_bytes default
+
+
+@pytest.fixture
+def server(hookyard_server: Callable[..., HookyardServer]) -> HookyardServer:
+    return hookyard_server({"sources": [{"name": "web", "plugin": "segment", "write_key": KEY}]})
+
+
+def _head(server: HookyardServer, path: str, extra: dict[str, str]) -> bytes:
+    headers = {"Host": "127.0.0.1", "Content-Type": "application/json", **basic_auth(KEY), **extra}
+    lines = [f"POST {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def _connect(server: HookyardServer) -> socket.socket:
+    sock = socket.create_connection((server.config.server.host, server.config.server.port),
+                                    timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)  # little kernel buffering
+    return sock
+
+
+def _read_status(sock: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
+def test_declared_content_length_over_the_limit_is_refused_before_any_body(
+    server: HookyardServer,
+) -> None:
+    with _connect(server) as sock:
+        started = time.monotonic()
+        sock.sendall(_head(server, "/v1/track", {"Content-Length": str(10**12)}))
+        status, answer = _read_status(sock)  # no body byte was sent
+        seconds = time.monotonic() - started
+    assert status == 413, answer
+    assert b"larger than" in answer
+    assert seconds < 5
+
+
+def test_streamed_chunked_body_is_cut_off_at_the_limit(server: HookyardServer) -> None:
+    """Transfer-Encoding: chunked, no length: the server must answer 413 once it has read past
+    the limit, not after reading (or buffering) the whole 256 MB the client offers."""
+    offered = 256 * 1024 * 1024
+    chunk = b"[" + b" " * (64 * 1024 - 2) + b"]"
+    sent = 0
+    status = 0
+    answer = b""
+    with _connect(server) as sock:
+        sock.sendall(_head(server, "/v1/batch", {"Transfer-Encoding": "chunked"}))
+        sock.settimeout(0.5)
+        started = time.monotonic()
+        while sent < offered:
+            try:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sent += len(chunk)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                break  # the server stopped reading: its answer is waiting
+            sock.setblocking(False)
+            try:
+                peek = sock.recv(65536)
+            except BlockingIOError:
+                peek = b""
+            finally:
+                sock.setblocking(True)
+                sock.settimeout(0.5)
+            if peek:
+                answer = peek
+                break
+        seconds = time.monotonic() - started
+        if not answer:
+            sock.settimeout(10)
+            try:
+                status, answer = _read_status(sock)
+            except (ConnectionResetError, TimeoutError):
+                pass
+    if answer and not status:
+        status = int(answer.split(b" ", 2)[1])
+    assert status == 413, (status, answer[:300])
+    # answered long before the client could send what it offered
+    assert sent < 16 * 1024 * 1024, f"server read {sent} bytes before refusing"
+    assert seconds < 10
+    print(f"chunked body refused after {sent} bytes sent ({seconds:.2f} s)")
+
+
+def _bomb(size: int, wbits: int = 31) -> bytes:
+    comp = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    block = b" " * (1 << 20)
+    out = [comp.compress(b'{"batch": [')]
+    for _ in range(size // len(block)):
+        out.append(comp.compress(block))
+    out.append(comp.compress(b"]}"))
+    out.append(comp.flush())
+    return b"".join(out)
+
+
+@pytest.mark.parametrize(("encoding", "wbits"), [("gzip", 31), ("deflate", 15)])
+def test_gzip_bomb_is_refused_with_413(server: HookyardServer, encoding: str, wbits: int) -> None:
+    body = _bomb(64 * 1024 * 1024, wbits)  # 64 MB of JSON whitespace in ~64 KB
+    assert len(body) < LIMIT  # the compressed body itself is within the limit
+    started = time.monotonic()
+    r = server.post("/v1/batch", None, content=body,
+                    headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
+    seconds = time.monotonic() - started
+    assert r.status_code == 413, r.text
+    assert "decompressed body is larger than" in r.json()["error"]
+    assert seconds < 5  # refused without inflating 64 MB
+
+
+def test_gzip_just_under_the_limit_is_accepted(server: HookyardServer) -> None:
+    ev = b'{"userId": "u1", "event": "E", "properties": {"pad": "' + b"x" * 20_000 + b'"}}'
+    r = server.post("/v1/track", None, content=gzip.compress(ev),
+                    headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+def test_refusals_are_logged_without_the_body(server: HookyardServer) -> None:
+    secret_body = b'{"userId": "u1", "event": "E", "properties": {"card": "4111111111111111"}}'
+    padded = secret_body + b" " * (LIMIT + 10)
+    r = server.post("/v1/track", None, content=padded,
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    logs: list[dict[str, object]] = []
+    deadline = time.monotonic() + 5
+    while not logs and time.monotonic() < deadline:  # refusals are logged after the answer
+        logs = server.api("/api/logs").json()["items"]
+        time.sleep(0.05)
+    assert logs and logs[0]["status"] == 413
+    assert "4111" not in str(logs)
