@@ -18,7 +18,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,13 +47,66 @@ class _Job:
         self.future: Future[Any] = Future()
 
 
+class _AsyncJob:
+    """A job awaited by a coroutine: settled on its event loop, one wake-up per group commit."""
+
+    __slots__ = ("fn", "loop", "future")
+
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+
+_Settled = dict[asyncio.AbstractEventLoop, list[tuple["asyncio.Future[Any]", bool, Any]]]
+
+
+def _settle_async(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Runs on the awaiting loop; a future whose awaiter was cancelled is skipped."""
+    for fut, ok, value in outcomes:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+            continue
+        try:
+            fut.set_exception(value)
+        except TypeError:  # StopIteration cannot be set on a future
+            fut.set_exception(RuntimeError(f"write job raised {value!r}"))
+
+
+def _settle(job: _Job | _AsyncJob, ok: bool, value: Any, by_loop: _Settled) -> None:
+    if isinstance(job, _AsyncJob):
+        by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        return
+    if job.future.done():  # cancelled by its waiter: nothing to tell
+        return
+    try:
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
+    except InvalidStateError:  # cancelled meanwhile
+        pass
+
+
+def _wake_loops(by_loop: _Settled) -> None:
+    for loop, outcomes in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_async, outcomes)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
 class Database:
     """The hookyard SQLite database (inbox, outbox, logs)."""
 
     def __init__(self, path: str | Path, synchronous: str = "full") -> None:
         self.path = Path(path)
         self.synchronous = synchronous
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | _AsyncJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -87,7 +140,11 @@ class Database:
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in the next group commit and return its result once committed."""
-        return await asyncio.wrap_future(self.submit(fn))
+        if self._thread is None:
+            self.start()
+        job = _AsyncJob(fn, asyncio.get_running_loop())
+        self._queue.put(job)
+        return await job.future  # type: ignore[no-any-return]
 
     def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Blocking :meth:`write`, for the CLI and tests."""
@@ -100,7 +157,7 @@ class Database:
                 job = self._queue.get()
                 if job is None:
                     return
-                jobs = [job]
+                jobs: list[_Job | _AsyncJob] = [job]
                 stop = False
                 while len(jobs) < MAX_JOBS_PER_COMMIT:
                     try:
@@ -117,8 +174,8 @@ class Database:
         finally:
             conn.close()
 
-    def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-        results: list[tuple[_Job, bool, Any]] = []
+    def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob]) -> None:
+        results: list[tuple[_Job | _AsyncJob, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -147,18 +204,18 @@ class Database:
                 pass
             self._fail_all(jobs, exc)
             return
+        by_loop: _Settled = {}
         for job, ok, value in results:
-            if ok:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(_storage_error(value))
+            _settle(job, ok, value if ok else _storage_error(value), by_loop)
+        _wake_loops(by_loop)
 
-    def _fail_all(self, jobs: list[_Job], exc: BaseException) -> None:
+    def _fail_all(self, jobs: list[_Job | _AsyncJob], exc: BaseException) -> None:
         log.error("database commit failed: %s", exc)
         err = _storage_error(exc)
+        by_loop: _Settled = {}
         for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(err)
+            _settle(job, False, err, by_loop)
+        _wake_loops(by_loop)
 
     # -- reads -------------------------------------------------------------------------------
     def reader(self) -> sqlite3.Connection:

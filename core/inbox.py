@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
-import uuid
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,26 +17,76 @@ INSERT_EVENT = (
     "INSERT OR IGNORE INTO inbox (source, message_id, type, user_id, anonymous_id, event,"
     " received_at, raw, filtered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Rows per multi-row INSERT: one statement step stores many events (each step releases and
+# retakes the GIL, which the busy event loop thread may hold for milliseconds); 100 rows x 9
+# parameters stays under SQLite's oldest variable limit (999).
+INSERT_CHUNK = 100
+_insert_sql: dict[int, str] = {}
+
+
+def _insert_many_sql(n: int) -> str:
+    sql = _insert_sql.get(n)
+    if sql is None:
+        sql = INSERT_EVENT.replace(
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", "VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?)"] * n)
+        )
+        _insert_sql[n] = sql
+    return sql
 INSERT_LOG = (
     "INSERT INTO api_log (at, source, method, path, status, events, error, duration_ms)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
+_second: tuple[int, str] = (0, "")
+
+
 def now_iso() -> str:
-    """The current UTC time as Segment writes it: ``2026-01-01T00:00:00.000Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The current UTC time as Segment writes it: ``2026-01-01T00:00:00.000Z``.
+
+    Formats the date and time only when the second changes (this runs for every request).
+    """
+    global _second
+    now = time.time()
+    sec = int(now)
+    cached = _second
+    if cached[0] != sec:
+        cached = (sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        _second = cached
+    return f"{cached[1]}.{int((now - sec) * 1000):03d}Z"
+
+
+def new_message_ids(n: int) -> list[str]:
+    """``n`` random version-4 UUID strings.
+
+    Not ``uuid.uuid4()``: its ``os.urandom`` releases the GIL, and on a busy server the event
+    loop thread then waits for the database writer to hand it back (milliseconds, measured in
+    bench/ingest.py). ``random``'s module generator holds the GIL, is seeded from the OS and
+    reseeded in forked children, which is all a message ID needs (unique, not secret).
+    """
+    h = f"{random.getrandbits(128 * n):0{32 * n}x}"
+    return [
+        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-"
+        f"{_VARIANT[h[i + 16]]}{h[i + 17:i + 20]}-{h[i + 20:i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def event_rows(source: str, events: Iterable[ParsedEvent], received_at: str) -> list[tuple[Any, ...]]:
     """Inbox rows for parsed events; events without a messageId get a new UUID."""
+    events = list(events)
+    missing = sum(1 for p in events if not p.event.messageId)
+    fresh = iter(new_message_ids(missing)) if missing else iter(())
     rows = []
     for parsed in events:
         ev = parsed.event
         rows.append(
             (
                 source,
-                ev.messageId or str(uuid.uuid4()),
+                ev.messageId or next(fresh),
                 event_type(ev),
                 ev.user_id,
                 ev.anonymous_id,
@@ -78,7 +129,9 @@ def insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], log: Lo
     Returns how many events were new.
     """
     before = conn.total_changes
-    conn.executemany(INSERT_EVENT, rows)
+    for start in range(0, len(rows), INSERT_CHUNK):
+        chunk = rows[start:start + INSERT_CHUNK]
+        conn.execute(_insert_many_sql(len(chunk)), [v for row in chunk for v in row])
     stored = conn.total_changes - before
     conn.execute(INSERT_LOG, log.row())
     return stored

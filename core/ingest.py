@@ -136,11 +136,11 @@ class IngestEndpoint:
             )
             req = IngestRequest(
                 method=request.method,
-                path=request.url.path,
+                path=request.scope["path"],  # not request.url: building it costs ~20 us
                 headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]},
                 body=body,
                 path_params=dict(request.path_params),
-                query=dict(request.query_params),
+                query=dict(request.query_params) if request.scope.get("query_string") else {},
             )
             source = self.authenticate(req)
             try:
@@ -157,8 +157,9 @@ class IngestEndpoint:
                     where = f"event {i} " if len(parsed) > 1 else "event "
                     raise PayloadTooLarge(f"{where}is larger than {server.max_event_bytes} bytes")
             count = len(parsed)
-            rows = event_rows(source.name, parsed, now_iso())
-            entry = LogEntry(now_iso(), source.name, request.method, req.path, 200, count, None,
+            received_at = now_iso()
+            rows = event_rows(source.name, parsed, received_at)
+            entry = LogEntry(received_at, source.name, request.method, req.path, 200, count, None,
                              (time.perf_counter() - started) * 1000)
             try:
                 await self.rt.db.write(lambda conn: insert_events(conn, rows, entry))
@@ -183,7 +184,7 @@ class IngestEndpoint:
             now_iso(),
             source.name if source else None,
             request.method,
-            request.url.path,
+            request.scope["path"],
             exc.status,
             0,
             exc.reason,

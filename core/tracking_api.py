@@ -124,6 +124,11 @@ def _without_write_key(raw: bytes) -> bytes:
 
 
 def _with_batch_defaults(raw: bytes, body: _BatchBody) -> bytes:
+    if body.context is None and body.integrations is None and b'"sentAt"' not in raw:
+        # only the batch's sentAt to add, and the event has none: splice it in front of the
+        # event's own keys (a valid event has at least "type") instead of decode + encode
+        start = raw.index(b"{") + 1
+        return raw[:start] + b'"sentAt":' + encoder.encode(body.sentAt) + b"," + raw[start:]
     data = _dict_decoder.decode(raw)
     changed = False
     for key, value in (("context", body.context), ("integrations", body.integrations)):
@@ -160,6 +165,8 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent]:
             parsed = _decode_event(raw, None, f"batch[{i}] ")
             if needs_defaults:
                 parsed.raw = _with_batch_defaults(raw, batch)
+            if b'"writeKey"' in raw:  # a key inside an item is never stored nor forwarded
+                parsed.raw = _without_write_key(parsed.raw)
             events.append(parsed)
         return events
     if call not in EVENT_TYPES:
