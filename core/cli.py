@@ -77,6 +77,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     import uvicorn
 
     from .app import create_app
+    from .storage import describe as describe_storage
 
     try:
         config = _load(config_path, host, port, data_dir)
@@ -87,6 +88,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     url = f"http://{config.server.host}:{config.server.port}"
     click.echo(f"hookyard {__version__} listening on {url}")
     click.echo(f"  data dir:    {rt.data_dir}")
+    click.echo(f"  storage:     {describe_storage(config.storage, rt.data_dir)}")
     for src in config.sources:
         click.echo(f"  source {src.name!r} ({src.plugin}) write key: {src.write_key}")
     for dest in config.destinations:

@@ -50,6 +50,8 @@ class _Job:
 class Database:
     """The hookyard SQLite database (inbox, outbox, logs)."""
 
+    dialect = "sqlite"
+
     def __init__(self, path: str | Path, synchronous: str = "full") -> None:
         self.path = Path(path)
         self.synchronous = synchronous

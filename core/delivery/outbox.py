@@ -20,7 +20,10 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
+
+from ..storage.base import is_postgres
 
 INSERT = (
     "INSERT INTO outbox (destination, inbox_id, message_id, user_key, kind, request, state,"
@@ -28,6 +31,13 @@ INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)"
 )
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pg_queue() -> ModuleType:
+    """The PostgreSQL variants of the statements below (several nodes share the outbox)."""
+    from ..storage import pg_queue as module
+
+    return module
 
 
 def insert_rows(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
@@ -46,6 +56,8 @@ def pending(
 ) -> list[Candidate]:
     """The oldest pending rows of a destination after ``after_id``, due or not (ordering needs
     both: a row waiting for its retry blocks its user's later rows)."""
+    if is_postgres(conn):
+        return pg_queue().pending(conn, destination, limit, after_id)
     cur = conn.execute(
         "SELECT id, user_key, next_at FROM outbox WHERE destination = ? AND state = 'pending'"
         " AND id > ? ORDER BY id LIMIT ?",
@@ -56,6 +68,8 @@ def pending(
 
 def inflight_keys(conn: sqlite3.Connection, destination: str) -> set[str]:
     """Ordering keys with a row leased by any worker (another process included)."""
+    if is_postgres(conn):
+        return pg_queue().inflight_keys(conn, destination)
     cur = conn.execute(
         "SELECT DISTINCT user_key FROM outbox WHERE destination = ? AND state = 'inflight'",
         (destination,),
@@ -67,6 +81,8 @@ def claim(
     conn: sqlite3.Connection, ids: list[int], lease_seconds: float
 ) -> list[tuple[int, bytes, int, float]]:
     """Lease ``ids`` that are still pending; return (id, request, attempts, created_at)."""
+    if is_postgres(conn):
+        return pg_queue().claim(conn, ids, lease_seconds)
     now = time.time()
     claimed = []
     for i in ids:
@@ -100,6 +116,8 @@ class Outcome:
 
 def record(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
     """Store attempt results and move each row to its next state."""
+    if is_postgres(conn):
+        return pg_queue().record(conn, outcomes)
     now = time.time()
     conn.executemany(
         "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, lease_until = NULL,"
@@ -123,6 +141,8 @@ def record(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
 
 def release(conn: sqlite3.Connection, ids: list[int]) -> None:
     """Give leased rows back (graceful shutdown) without counting an attempt."""
+    if is_postgres(conn):
+        return pg_queue().release(conn, ids)
     conn.executemany(
         "UPDATE outbox SET state = 'pending', lease_until = NULL, lease_owner = NULL"
         " WHERE id = ? AND state = 'inflight'",
@@ -133,6 +153,8 @@ def release(conn: sqlite3.Connection, ids: list[int]) -> None:
 def recover_leases(conn: sqlite3.Connection) -> int:
     """Return to pending the rows whose lease expired, or whose owner process on this host is
     gone (a kill -9): they are delivered again (at-least-once)."""
+    if is_postgres(conn):
+        return int(pg_queue().recover_leases(conn))
     now = time.time()
     before = conn.total_changes
     conn.execute(
