@@ -81,8 +81,10 @@ def _row_factory(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
 
 
 def _clean(value: Any) -> Any:
-    if isinstance(value, str) and "\x00" in value:
-        return value.replace("\x00", "\ufffd")
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
     return value
 
 

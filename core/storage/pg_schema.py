@@ -6,7 +6,7 @@ The same tables as the SQLite schema (:mod:`hookyard.schema`), in the configured
 * ``inbox.routed``: the router marks the events it has mapped instead of keeping an id cursor
   (ids from a sequence commit out of order across nodes: a cursor would skip an event whose id
   was taken by a transaction that committed later); a partial index keeps the unrouted
-  events cheap to find;
+  events cheap to find; ``router_lease`` says which node routes at the moment;
 * partial indexes over the live outbox rows (pending / inflight) that the delivery workers
   scan and claim with ``FOR UPDATE SKIP LOCKED``.
 
@@ -50,6 +50,8 @@ M1_INITIAL = [
         duration_ms double precision
     )""",
     "CREATE TABLE router_state (name text PRIMARY KEY, last_inbox_id bigint)",
+    "CREATE TABLE router_lease (name text PRIMARY KEY, owner text, lease_until double precision)",
+    "INSERT INTO router_lease (name, owner, lease_until) VALUES ('main', NULL, 0)",
     """CREATE TABLE outbox (
         id bigserial PRIMARY KEY,
         destination text NOT NULL,
@@ -69,11 +71,10 @@ M1_INITIAL = [
         last_error text,
         response_body text
     )""",
-    "CREATE INDEX outbox_destination_state_id ON outbox (destination, state, id)",
+    "CREATE INDEX outbox_dead ON outbox (destination, id) WHERE state = 'dead'",
     "CREATE INDEX outbox_live ON outbox (destination, id) WHERE state IN ('pending', 'inflight')",
     "CREATE INDEX outbox_live_user ON outbox (destination, user_key, id)"
     " WHERE state IN ('pending', 'inflight')",
-    "CREATE INDEX outbox_leases ON outbox (lease_until) WHERE state = 'inflight'",
     "CREATE INDEX outbox_message_id ON outbox (message_id)",
     "CREATE INDEX outbox_inbox_id ON outbox (inbox_id)",
     """CREATE TABLE attempts (

@@ -34,6 +34,7 @@ T = TypeVar("T")
 log = logging.getLogger("hookyard.database")
 
 MAX_JOBS_PER_COMMIT = 2000
+CHANNEL = "hookyard"  # NOTIFY channel; the payload is the schema, so schemas do not mix
 CONNECT_TIMEOUT = 10
 
 
@@ -41,7 +42,7 @@ def connect(url: str, schema: str) -> PgConnection:
     """An autocommit connection whose ``search_path`` is ``schema`` (which may not exist yet)."""
     try:
         raw = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                              application_name="hookyard")
+                              application_name=f"hookyard {schema}"[:63])
     except psycopg.Error as exc:
         raise StorageUnavailable(f"storage unavailable: cannot connect to PostgreSQL: {exc}") from None
     raw.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(schema)))
@@ -82,6 +83,8 @@ class PgDatabase:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._readers: list[PgConnection] = []
+        self._listener: threading.Thread | None = None
+        self._listener_stop = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -95,6 +98,10 @@ class PgDatabase:
 
     def stop(self) -> None:
         """Finish queued writes, stop the writer and close every connection."""
+        self._listener_stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+            self._listener = None
         with self._lock:
             if self._thread is not None:
                 self._queue.put(None)
@@ -211,6 +218,38 @@ class PgDatabase:
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(err)
+
+    # -- wake-ups from other nodes ---------------------------------------------------------
+    def listen(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on ``loop`` whenever any node NOTIFYs this schema (new deliveries
+        routed, events waiting: :func:`hookyard.storage.pg_queue.wake_nodes`), at most every
+        20 ms. A dedicated connection in a thread, reconnected if lost."""
+        self._listener_stop.clear()
+        thread = threading.Thread(target=self._listen_loop, args=(loop, callback),
+                                  name="hookyard-pg-listen", daemon=True)
+        self._listener = thread
+        thread.start()
+
+    def _listen_loop(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        while not self._listener_stop.is_set():
+            try:
+                conn = connect(self.url, self.schema)
+            except StorageUnavailable:
+                self._listener_stop.wait(1.0)
+                continue
+            try:
+                conn.raw.execute(f"LISTEN {CHANNEL}")
+                while not self._listener_stop.is_set():
+                    woken = False
+                    for note in conn.raw.notifies(timeout=0.5, stop_after=64):
+                        woken = woken or note.payload == self.schema
+                    if woken:
+                        loop.call_soon_threadsafe(callback)
+                        self._listener_stop.wait(0.02)
+            except (psycopg.Error, RuntimeError):  # lost connection, or the loop is closed
+                self._listener_stop.wait(0.5)
+            finally:
+                conn.close()
 
     # -- reads -------------------------------------------------------------------------------
     def reader(self) -> PgConnection:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from hookyard.testing.postgres import pg_unavailable, temp_schema
 
 

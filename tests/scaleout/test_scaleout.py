@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-
 from hookyard.testing import sample_track
 from hookyard.testing.cluster import Cluster, wait_for
 from hookyard.testing.fake_server import FakeServer
@@ -19,7 +18,7 @@ USERS = 12
 PER_USER = 40  # 480 events
 
 
-def sent(fake: FakeServer, ok_only: bool = False) -> list[dict[str, Any]]:
+def sent(fake: FakeServer) -> list[dict[str, Any]]:
     """Every event the destination received, in arrival order."""
     return [e for body in fake.json_bodies() for e in body["batch"]]
 
