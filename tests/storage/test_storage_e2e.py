@@ -29,9 +29,9 @@ def sent_ids(fake: FakeServer) -> list[str]:
 
 
 def test_ingest_deliver_and_operate(
-    hookyard_server: Callable[..., HookyardServer], fake_destination: Callable[[], FakeServer],
-    storage_settings: dict[str, str],
-) -> None:
+    storage_settings: dict[str, str], hookyard_server: Callable[..., HookyardServer],
+    fake_destination: Callable[[], FakeServer],
+) -> None:  # storage first: its schema is dropped after the server stopped
     fake = fake_destination()
     server = start(hookyard_server, fake, storage_settings)
     fake.fail(500, times=1)
@@ -59,9 +59,9 @@ def test_ingest_deliver_and_operate(
 
 
 def test_dead_letters_and_bad_filters(
-    hookyard_server: Callable[..., HookyardServer], fake_destination: Callable[[], FakeServer],
-    storage_settings: dict[str, str],
-) -> None:
+    storage_settings: dict[str, str], hookyard_server: Callable[..., HookyardServer],
+    fake_destination: Callable[[], FakeServer],
+) -> None:  # storage first: its schema is dropped after the server stopped
     fake = fake_destination()
     server = start(hookyard_server, fake, storage_settings)
     fake.fail(400, times=1)
