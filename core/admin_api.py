@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .api_models import DeadLetterRequest
 from .delivery import outbox, router
 from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
@@ -162,13 +163,13 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         if action not in ("retry", "discard"):
             return _error(404, f"unknown action {action!r}: use retry or discard")
         try:
-            body = await _body(request)
-            since = parse_time(body.get("since"))
-            ids = [int(i) for i in body.get("ids") or []]
-        except (ValueError, TypeError) as exc:
+            body = msgspec.convert(await _body(request), DeadLetterRequest)
+            since = parse_time(body.since)
+            ids = body.ids or []
+        except (ValueError, TypeError, msgspec.ValidationError) as exc:
             return _error(400, str(exc))
         fn = outbox.retry_dead if action == "retry" else outbox.discard_dead
-        count = await db.write(lambda c: fn(c, body.get("destination"), since, ids or None))
+        count = await db.write(lambda c: fn(c, body.destination, since, ids or None))
         if rt.engine is not None:
             rt.engine.wake_all()
         return _json({"action": action, "count": count})

@@ -186,10 +186,28 @@ class DeadLetterResult(msgspec.Struct):
     count: int
 
 
+class PreviewRequest(msgspec.Struct):
+    kind: str
+    method: str
+    path: str
+    body: Any
+    message_id: str
+    ordering_key: str
+    url: str | None = None
+
+
 class PreviewResult(msgspec.Struct):
     destination: str
+    plugin: str
     passes: bool
+    filter: str | None
+    dropped_by_filter: bool
+    trigger: str | None
+    matches_trigger: bool
+    sent: bool
+    reason: str | None
     filtered: str | None
+    requests: list[PreviewRequest]
     deliveries: list[Delivery]
 
 

@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import admin_api
+from . import admin_api, dashboard
 from .delivery.engine import Engine
 from .errors import RequestError
 from .ingest import IngestEndpoint
@@ -114,6 +114,7 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Starlett
     routes += admin_api.routes(runtime)
     for extra in runtime.pm.hook.register_routes(runtime=runtime):
         routes.extend(extra or ())
+    routes += dashboard.routes(runtime)  # last: plugin routes win a clash
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -128,11 +129,18 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Starlett
         try:
             yield
         finally:
-            if engine is not None:
-                await engine.stop()
-            for result in runtime.pm.hook.shutdown(runtime=runtime):
-                await maybe_await(result)
-            runtime.close()
+            try:
+                if engine is not None:
+                    await engine.stop()
+                for impl in reversed(runtime.pm.hook.shutdown.get_hookimpls()):
+                    if impl.wrapper or impl.hookwrapper:
+                        continue
+                    try:  # one plugin failing to shut down must not keep the others open
+                        await maybe_await(impl.function(runtime=runtime))
+                    except Exception:  # noqa: BLE001
+                        log.exception("shutdown hook of plugin %s failed", impl.plugin_name)
+            finally:
+                runtime.close()
 
     async def request_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestError)

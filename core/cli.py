@@ -18,6 +18,7 @@ import click
 from . import __version__
 from .config import Config, default_config, load_config
 from .errors import ConfigError, HookyardError
+from .send_test import send_test as send_test_command
 
 CONFIG_HELP = "TOML config file (default: $HOOKYARD_CONFIG, else one Segment source -> profile store)"
 
@@ -90,7 +91,9 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     click.echo(f"  data dir:    {rt.data_dir}")
     click.echo(f"  storage:     {describe_storage(config.storage, rt.data_dir)}")
     for src in config.sources:
-        click.echo(f"  source {src.name!r} ({src.plugin}) write key: {src.write_key}")
+        # a configured key may come from env: or a secrets file: show only enough to recognise it
+        shown = src.write_key if config.generated else f"{src.write_key[:4]}… (from the config)"
+        click.echo(f"  source {src.name!r} ({src.plugin}) write key: {shown}")
     for dest in config.destinations:
         click.echo(f"  destination {dest.name!r} ({dest.plugin}) <- {', '.join(dest.sources)}")
     if rt.admin_token_created:
@@ -102,7 +105,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         click.echo("  try it:")
         click.echo(f"    curl -u {key}: -H 'Content-Type: application/json' \\")
         click.echo(f"      -d '{{\"userId\":\"u1\",\"traits\":{{\"email\":\"a@example.com\"}}}}' {url}/v1/identify")
-    app = create_app(rt, run_workers=not no_workers)
+    app = create_app(rt, run_workers=False if no_workers else None)  # None: [server] workers
     uvicorn.run(app, host=config.server.host, port=config.server.port,
                 log_level=config.server.log_level, timeout_graceful_shutdown=15,
                 server_header=False, log_config=None, access_log=False)
@@ -169,6 +172,25 @@ def replay(config_path: str | None, data_dir: str | None, source: str, destinati
     except (HookyardError, ValueError) as exc:
         _fail(exc)
     click.echo(f"queued {count} events for delivery")
+
+
+@main.command()
+@config_options
+@click.option("--destination", required=True, help="Destination whose filter and mapping are applied")
+@click.option("--file", "event_file", type=click.File("rb"), default="-", show_default=True,
+              help="A Segment event as JSON ('-' reads standard input)")
+def preview(config_path: str | None, data_dir: str | None, destination: str, event_file: Any) -> None:
+    """Show what a destination would send for an event, without sending anything.
+
+    Prints the same JSON as POST /api/destinations/{name}/preview.
+    """
+    from .delivery.preview import preview_cli
+
+    try:
+        click.echo(preview_cli(_runtime(_load(config_path, data_dir=data_dir)), destination,
+                               event_file.read()))
+    except HookyardError as exc:
+        _fail(exc)
 
 
 @main.group()
@@ -271,7 +293,28 @@ def check_config(config_path: str | None, data_dir: str | None) -> None:
     click.echo(f"config ok: {len(rt.sources)} sources, {len(rt.destinations)} destinations")
 
 
+@main.command("new-plugin")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["destination", "source"]), default="destination",
+              show_default=True, help="What the connector does")
+@click.option("--dir", "directory", default=".", show_default=True,
+              help="Where to create hookyard-NAME/")
+def new_plugin(name: str, kind: str, directory: str) -> None:
+    """Scaffold a pip-installable connector package hookyard-NAME (plugin, settings, tests)."""
+    from .scaffold import module_name, scaffold
+
+    try:
+        root = scaffold(name, kind, directory)  # type: ignore[arg-type]
+    except HookyardError as exc:
+        _fail(exc)
+    click.echo(f"created {root} ({kind} plugin {name!r}, package {module_name(name)})")
+    click.echo(f"  pip install -e {root} && python -m pytest {root}")
+
+
 @main.command()
 def version() -> None:
     """Print the version."""
     click.echo(__version__)
+
+
+main.add_command(send_test_command)

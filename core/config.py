@@ -13,7 +13,7 @@ import re
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -30,7 +30,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_request_bytes: int = 512_000
     max_event_bytes: int = 32_768
     workers: bool = True
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
 
 class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -42,7 +42,7 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     schema: str = "public"
     # "full" fsyncs every (group) commit: survives power loss. "normal" survives a process
     # crash (kill -9) but a power cut may lose the last commits. See docs/configuration.md.
-    synchronous: str = "full"
+    synchronous: Literal["full", "normal"] = "full"
     # how long a finished delivery's outbox row and attempts are kept (days; 0 = forever)
     retention_days: float = 7.0
 

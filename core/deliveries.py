@@ -94,6 +94,16 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """A header by case-insensitive name, from any mapping (aiohttp's is already insensitive)."""
+    if not headers:
+        return None
+    value = headers.get(name) or headers.get(name.title())
+    if value is not None:
+        return value
+    return next((v for k, v in headers.items() if k.lower() == name), None)
+
+
 def classify_http(
     status: int, headers: Mapping[str, str] | None = None, body: str | bytes | None = None
 ) -> DeliveryResult:
@@ -108,7 +118,7 @@ def classify_http(
     if 200 <= status < 300:
         return DeliveryResult(outcome="ok", http_status=status, response_body=text)
     if status in (408, 429) or status >= 500:
-        retry_after = parse_retry_after((headers or {}).get("Retry-After"))
+        retry_after = parse_retry_after(_header(headers, "retry-after"))
         return DeliveryResult(
             outcome="retryable",
             http_status=status,

@@ -12,7 +12,9 @@ plugin's non-wrapper implementation: only the owner answers, while wrappers
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +27,25 @@ from .errors import ConfigError
 ENTRY_POINT_GROUP = "hookyard"
 STEP_HOOKS = ("authenticate", "parse_events", "map_event", "deliver")
 
+# The built-in plugins by entry-point name, as in ``[project.entry-points.hookyard]`` of
+# pyproject.toml. A frozen single-file binary (PyInstaller) carries no entry-point metadata, so
+# there they are registered from this list (tests/test_binary.py checks the two agree).
+BUILTIN_PLUGINS = {
+    "profiles": "hookyard.profiles.plugin",
+    "segment": "hookyard_segment.plugin",
+    "pushwoosh": "hookyard_pushwoosh.plugin",
+    "novu": "hookyard_novu.plugin",
+}
+
+
+def register_builtin_plugins(pm: pluggy.PluginManager) -> None:
+    """Register every built-in plugin not already registered (used when frozen)."""
+    for name, module_name in BUILTIN_PLUGINS.items():
+        if pm.get_plugin(name) is None and not pm.is_blocked(name):
+            module = importlib.import_module(module_name)
+            if not pm.is_registered(module):
+                pm.register(module, name=name)
+
 
 def make_plugin_manager(
     plugins: Iterable[object] = (), *, load_entry_points: bool = True
@@ -34,6 +55,8 @@ def make_plugin_manager(
     pm.add_hookspecs(hookspecs)
     if load_entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        if getattr(sys, "frozen", False):
+            register_builtin_plugins(pm)
     for plugin in plugins:
         if not pm.is_registered(plugin):
             pm.register(plugin)
@@ -56,6 +79,8 @@ class ConnectorRegistry:
         self._connectors: dict[tuple[ConnectorKind, str], tuple[Connector, object]] = {}
         self._callers: dict[tuple[str, int], Any] = {}
         for impl in pm.hook.register_connectors.get_hookimpls():
+            if impl.wrapper or impl.hookwrapper:
+                continue  # the registry reads every plugin's list itself; wrappers have nothing to add
             connectors: list[Connector] = impl.function() or []  # type: ignore[assignment]
             for connector in connectors:
                 key = (connector.kind, connector.name)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..deliveries import Delivery, DeliveryResult
+from ..deliveries import RESPONSE_BODY_LIMIT, Delivery, DeliveryResult
 from ..errors import PermanentError, RetryableError
 from ..http import HttpClient
 from ..plugins import maybe_await
@@ -35,14 +35,28 @@ log = logging.getLogger("hookyard.delivery")
 _delivery_decoder = msgspec.json.Decoder(Delivery)
 IDLE_POLL = 1.0
 MAX_SCAN_PAGES = 40  # rows waiting for a retry are skipped over, this many pages at most
+MAINTENANCE_SECONDS = 30.0  # lease recovery and retention purge
+MAX_PURGE_ROUNDS = 100  # purge batches per maintenance run
 
 
 def backoff(attempt: int, initial: float, cap: float, retry_after: float | None) -> float:
-    """Seconds before retry number ``attempt`` (1-based): full jitter, Retry-After honoured."""
-    delay = random.uniform(0, min(cap, initial * 2 ** (attempt - 1)))
+    """Seconds before retry number ``attempt`` (1-based): full jitter, Retry-After honoured.
+
+    A random time in ``[0, min(cap, initial * 2**(attempt-1))]``, raised to what
+    ``Retry-After`` asked for (itself capped at ``cap``, so a peer cannot park a delivery for
+    days).
+    """
+    delay = random.uniform(0, min(cap, initial * 2.0 ** min(attempt - 1, 62)))
     if retry_after is not None:
         delay = max(delay, min(retry_after, cap))
     return delay
+
+
+def _clip(text: str | None, limit: int = RESPONSE_BODY_LIMIT) -> str | None:
+    """Operators' copies of response bodies and errors are kept short."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + "…"
 
 
 class DestinationWorker:
@@ -60,6 +74,7 @@ class DestinationWorker:
         self.inflight_keys: set[str] = set()
         self.inflight_ids: set[int] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.runner: asyncio.Task[None] | None = None  # the run() loop, set by the Engine
         self.stopping = False
 
     async def run(self) -> None:
@@ -90,6 +105,7 @@ class DestinationWorker:
         blocked = set(self.inflight_keys) | leased
         batches: list[list[int]] = []
         key_batch: dict[str, int] = {}
+        key_of: dict[int, str] = {}
         next_due = now + IDLE_POLL
         after = 0
         full = False
@@ -111,6 +127,7 @@ class DestinationWorker:
                 if b is not None:  # same user: same batch (kept in order) or a later round
                     if len(batches[b]) < size:
                         batches[b].append(c.id)
+                        key_of[c.id] = key
                     else:
                         blocked.add(key)
                     continue
@@ -122,40 +139,59 @@ class DestinationWorker:
                     full = True
                     break
                 key_batch[key] = len(batches) - 1
+                key_of[c.id] = key
             if len(page) < page_size:
                 break
             after = page[-1].id
-        if not batches:
+        if not batches or self.stopping:
             return max(0.01, next_due - now)
         ids = [i for b in batches for i in b]
         lease = self.dest.policy.lease_seconds
         claimed = await self.rt.db.write(lambda conn: outbox.claim(conn, ids, lease))
         by_id = {row[0]: row for row in claimed}
+        unmapped = [row[0] for row in claimed if row[1] is None]
+        if unmapped:  # dead letters of a failed map_event, queued again: map them again
+            await self._remap(unmapped)
         for batch in batches:
-            rows = [by_id[i] for i in batch if i in by_id]
+            rows = [by_id[i] for i in batch if i in by_id and by_id[i][1] is not None]
             if rows:
-                self._start(rows)
+                self._start(rows, {key_of[r[0]] for r in rows})
         return 0.0 if len(self.tasks) < self.dest.policy.concurrency else IDLE_POLL
 
-    def _start(self, rows: list[tuple[int, bytes, int, float]]) -> None:
-        deliveries = [_delivery_decoder.decode(r[1]) for r in rows]
-        keys = {d.ordering_key for d in deliveries}
+    async def _remap(self, ids: list[int]) -> None:
+        try:
+            await router.remap(self.rt, self.dest, ids)
+        except Exception:  # noqa: BLE001 - give the rows back; the next round tries again
+            log.exception("mapping %d deliveries of %s again failed", len(ids), self.dest.name)
+            await self.rt.db.write(lambda conn: outbox.release(conn, ids))
+        self.wake.set()
+
+    def _start(self, rows: list[tuple[int, bytes, int, float]], keys: set[str]) -> None:
         self.inflight_keys |= keys
         self.inflight_ids |= {r[0] for r in rows}
-        task = asyncio.create_task(self._deliver(rows, deliveries, keys))
+        task = asyncio.create_task(self._deliver(rows, keys))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _deliver(
-        self, rows: list[tuple[int, bytes, int, float]], deliveries: list[Delivery], keys: set[str]
-    ) -> None:
+    async def _deliver(self, rows: list[tuple[int, bytes, int, float]], keys: set[str]) -> None:
         started = time.perf_counter()
         try:
-            results = await self._call_hook(deliveries)
+            decoded: list[Delivery | DeliveryResult] = []
+            for row in rows:
+                try:
+                    decoded.append(_delivery_decoder.decode(row[1]))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    decoded.append(DeliveryResult.permanent(f"stored request cannot be decoded: {exc}"))
+            deliveries = [d for d in decoded if isinstance(d, Delivery)]
+            sent = iter(await self._call_hook(deliveries) if deliveries else [])
+            results = [d if isinstance(d, DeliveryResult) else next(sent) for d in decoded]
+            deliveries_or_blank = [
+                d if isinstance(d, Delivery) else Delivery(kind="") for d in decoded
+            ]
             latency = (time.perf_counter() - started) * 1000
             outcomes = [
                 self._outcome(row, d, res, latency)
-                for row, d, res in zip(rows, deliveries, results)
+                for row, d, res in zip(rows, deliveries_or_blank, results)
             ]
             await self.rt.db.write(lambda conn: outbox.record(conn, outcomes))
             for o in outcomes:
@@ -177,12 +213,22 @@ class DestinationWorker:
             self.wake.set()
 
     async def _call_hook(self, deliveries: list[Delivery]) -> list[DeliveryResult]:
+        """The plugin's answers, one per delivery; never raises (a plugin bug is retryable).
+
+        The hook gets 90 % of the lease to answer, so a hung plugin cannot outlive its lease
+        and have the same rows delivered twice at once."""
+        limit = max(0.1, self.dest.policy.lease_seconds * 0.9)
         try:
-            results = await maybe_await(
-                self.rt.registry.call(
-                    "deliver", "destination", self.dest.config.plugin,
-                    destination=self.dest.context, deliveries=deliveries, client=self.client,
+            async with asyncio.timeout(limit):
+                results = await maybe_await(
+                    self.rt.registry.call(
+                        "deliver", "destination", self.dest.config.plugin,
+                        destination=self.dest.context, deliveries=deliveries, client=self.client,
+                    )
                 )
+        except TimeoutError:
+            return [DeliveryResult.retryable(f"deliver hook did not answer within {limit:g} s")] * len(
+                deliveries
             )
         except RetryableError as exc:
             return [DeliveryResult.retryable(str(exc), http_status=exc.http_status,
@@ -198,7 +244,11 @@ class DestinationWorker:
             return [DeliveryResult.retryable("deliver hook returned the wrong number of results")] * len(
                 deliveries
             )
-        return results
+        return [
+            r if isinstance(r, DeliveryResult)
+            else DeliveryResult.retryable(f"deliver hook returned {type(r).__name__}, not a DeliveryResult")
+            for r in results
+        ]
 
     def _outcome(
         self, row: tuple[int, bytes, int, float], d: Delivery, res: DeliveryResult, latency: float
@@ -224,7 +274,7 @@ class DestinationWorker:
         return outbox.Outcome(
             outbox_id=row[0], destination=self.dest.name, message_id=d.message_id,
             attempt=attempt, outcome=res.outcome, state=state, next_at=next_at,
-            http_status=res.http_status, error=error, response_body=res.response_body,
+            http_status=res.http_status, error=_clip(error), response_body=_clip(res.response_body),
             latency_ms=latency,
         )
 
@@ -232,8 +282,11 @@ class DestinationWorker:
         """Stop picking rows; wait ``grace`` seconds for in-flight deliveries, release the rest."""
         self.stopping = True
         self.wake.set()
+        deadline = time.monotonic() + grace
+        if self.runner is not None:  # let a dispatch round in progress finish its claims
+            await asyncio.wait({self.runner}, timeout=grace)
         if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=grace)
+            await asyncio.wait(set(self.tasks), timeout=max(0.0, deadline - time.monotonic()))
         leftover = list(self.inflight_ids)
         for task in list(self.tasks):
             task.cancel()
@@ -266,7 +319,8 @@ class Engine:
             fn(destination, outcomes)
 
     async def start(self) -> None:
-        recovered = await self.rt.db.write(outbox.recover_leases)
+        names = list(self.workers)
+        recovered = await self.rt.db.write(lambda c: outbox.recover_leases(c, names))
         if recovered:
             log.info("recovered %d deliveries leased by a stopped process", recovered)
         listen = getattr(self.rt.db, "listen", None)
@@ -275,7 +329,8 @@ class Engine:
         self.tasks.append(asyncio.create_task(self._route_loop(), name="hookyard-router"))
         self.tasks.append(asyncio.create_task(self._maintenance_loop(), name="hookyard-maintenance"))
         for worker in self.workers.values():
-            self.tasks.append(asyncio.create_task(worker.run(), name=f"worker-{worker.dest.name}"))
+            worker.runner = asyncio.create_task(worker.run(), name=f"worker-{worker.dest.name}")
+            self.tasks.append(worker.runner)
 
     async def _route_loop(self) -> None:
         while not self.stopping:
@@ -297,15 +352,29 @@ class Engine:
                 pass
 
     async def _maintenance_loop(self) -> None:
-        retention = self.rt.config.storage.retention_days * 86400
         while not self.stopping:
-            await asyncio.sleep(30)
+            await asyncio.sleep(MAINTENANCE_SECONDS)
             try:
-                await self.rt.db.write(outbox.recover_leases)
-                if retention > 0:
-                    await self.rt.db.write(lambda c: outbox.purge(c, time.time() - retention))
+                await self.maintain()
             except Exception:  # noqa: BLE001
                 log.exception("maintenance failed")
+
+    async def maintain(self) -> int:
+        """Recover expired leases, then purge finished rows past retention in bounded steps
+        (each its own transaction, so ingest commits in between). Returns rows purged."""
+        names = list(self.workers)
+        await self.rt.db.write(lambda c: outbox.recover_leases(c, names))
+        retention = self.rt.config.storage.retention_days * 86400
+        if retention <= 0:
+            return 0
+        total = 0
+        for _ in range(MAX_PURGE_ROUNDS):
+            cutoff = time.time() - retention
+            gone = await self.rt.db.write(lambda c: outbox.purge(c, cutoff, names))  # noqa: B023
+            total += gone
+            if not gone or self.stopping:
+                break
+        return total
 
     def wake_all(self) -> None:
         self.route_wake.set()

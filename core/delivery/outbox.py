@@ -15,6 +15,7 @@ Row states::
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import sqlite3
 import time
@@ -30,7 +31,8 @@ INSERT = (
     " attempts, next_at, created_at, updated_at, last_error)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)"
 )
-OWNER = f"{socket.gethostname()}:{os.getpid()}"
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+"""Who holds a lease: host, pid and a per-process token (a restarted pid 1 is a new owner)."""
 
 
 def pg_queue() -> ModuleType:
@@ -150,33 +152,50 @@ def release(conn: sqlite3.Connection, ids: list[int]) -> None:
     )
 
 
-def recover_leases(conn: sqlite3.Connection) -> int:
-    """Return to pending the rows whose lease expired, or whose owner process on this host is
-    gone (a kill -9): they are delivered again (at-least-once)."""
+def recover_leases(conn: sqlite3.Connection, destinations: Iterable[str]) -> int:
+    """Return to pending the rows of ``destinations`` whose lease expired, or whose owner
+    process on this host is gone (a kill -9): they are delivered again (at-least-once).
+
+    An owner on this host with *our* pid but another token is an earlier incarnation of this
+    process (a container restarted as pid 1 again): its leases are recovered too. Queries go
+    through the (destination, state) index: this runs in the writer every 30 s and must not
+    scan the whole outbox.
+    """
     if is_postgres(conn):
         return int(pg_queue().recover_leases(conn))
     now = time.time()
     before = conn.total_changes
-    conn.execute(
-        "UPDATE outbox SET state = 'pending', lease_until = NULL, lease_owner = NULL"
-        " WHERE state = 'inflight' AND lease_until < ?",
-        (now,),
-    )
-    host = socket.gethostname()
-    owners = [r[0] for r in conn.execute(
-        "SELECT DISTINCT lease_owner FROM outbox WHERE state = 'inflight'"
-    )]
-    for owner in owners:
-        if not owner or owner == OWNER:
-            continue
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
-            conn.execute(
-                "UPDATE outbox SET state = 'pending', lease_until = NULL, lease_owner = NULL"
-                " WHERE state = 'inflight' AND lease_owner = ?",
-                (owner,),
-            )
+    host, me = socket.gethostname(), os.getpid()
+    for dest in destinations:
+        conn.execute(
+            "UPDATE outbox SET state = 'pending', lease_until = NULL, lease_owner = NULL"
+            " WHERE destination = ? AND state = 'inflight' AND lease_until < ?",
+            (dest, now),
+        )
+        owners = [r[0] for r in conn.execute(
+            "SELECT DISTINCT lease_owner FROM outbox WHERE destination = ? AND state = 'inflight'",
+            (dest,),
+        )]
+        for owner in owners:
+            if not owner or owner == OWNER:
+                continue
+            owner_host, pid = _parse_owner(owner)
+            if owner_host == host and pid is not None and (pid == me or not _alive(pid)):
+                conn.execute(
+                    "UPDATE outbox SET state = 'pending', lease_until = NULL, lease_owner = NULL"
+                    " WHERE destination = ? AND state = 'inflight' AND lease_owner = ?",
+                    (dest, owner),
+                )
     return conn.total_changes - before
+
+
+def _parse_owner(owner: str) -> tuple[str, int | None]:
+    """``host:pid:token`` (or the older ``host:pid``) as (host, pid)."""
+    parts = owner.split(":")
+    for i in (len(parts) - 2, len(parts) - 1):  # the pid is the last or second-to-last part
+        if i > 0 and parts[i].isdigit():
+            return ":".join(parts[:i]), int(parts[i])
+    return owner, None
 
 
 def _alive(pid: int) -> bool:
@@ -233,16 +252,33 @@ def _narrow(
     return sql, params
 
 
-def purge(conn: sqlite3.Connection, older_than: float) -> int:
-    """Delete finished rows (done/filtered/discarded) and their attempts older than a time."""
-    before = conn.total_changes
-    conn.execute(
-        "DELETE FROM attempts WHERE outbox_id IN (SELECT id FROM outbox WHERE"
-        " state IN ('done', 'filtered', 'discarded') AND updated_at < ?)",
-        (older_than,),
-    )
-    conn.execute(
-        "DELETE FROM outbox WHERE state IN ('done', 'filtered', 'discarded') AND updated_at < ?",
-        (older_than,),
-    )
-    return conn.total_changes - before
+PURGE_BATCH = 5000
+FINISHED = ("done", "filtered", "discarded")
+
+
+def purge(
+    conn: sqlite3.Connection, older_than: float, destinations: Iterable[str],
+    limit: int = PURGE_BATCH,
+) -> int:
+    """Delete finished rows (done/filtered/discarded) last updated before ``older_than``, with
+    their attempts; returns how many outbox rows went.
+
+    Bounded work for the writer thread: per destination and state it looks at the ``limit``
+    oldest rows only (ids follow time), through the (destination, state, id) index. Call it
+    again while it deletes something.
+    """
+    gone: list[int] = []
+    for dest in destinations:
+        for state in FINISHED:
+            rows = conn.execute(
+                "SELECT id, updated_at FROM outbox WHERE destination = ? AND state = ?"
+                " ORDER BY id LIMIT ?",
+                (dest, state, limit),
+            ).fetchall()
+            gone.extend(r[0] for r in rows if (r[1] or 0) < older_than)
+    for i in range(0, len(gone), 500):
+        chunk = gone[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM attempts WHERE outbox_id IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+    return len(gone)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..deliveries import Delivery, MapResult
+from ..deliveries import MapResult
 from ..events import Event, encoder
 from ..fields import FieldMissing
 from ..inbox import decode_row
@@ -154,15 +154,55 @@ def replay_rows(
     return [tuple(r) for r in conn.execute(sql, params).fetchall()]
 
 
+SELECT_REMAP = (
+    "SELECT o.id, i.id, i.source, i.message_id, i.type, i.received_at, i.raw, i.filtered"
+    " FROM outbox o LEFT JOIN inbox i ON i.id = o.inbox_id WHERE o.id IN ({})"
+)
+UPDATE_REMAPPED = (
+    "UPDATE outbox SET message_id = COALESCE(NULLIF(?, ''), message_id), user_key = ?, kind = ?, request = ?, state = ?,"
+    " next_at = 0, lease_until = NULL, lease_owner = NULL, updated_at = ?, last_error = ?"
+    " WHERE id = ? AND state = 'inflight'"
+)
+
+
+async def remap(rt: Runtime, dest: DestinationRuntime, ids: list[int]) -> None:
+    """Map leased outbox rows that have no stored request again, from their inbox event.
+
+    Such rows are dead letters of a ``map_event`` that raised (or of an event that could not
+    be decoded); ``dlq retry`` queues them again, and this gives them a second chance with the
+    current plugin and config: the row becomes ``pending`` with the new request (extra
+    deliveries are added as new rows), ``filtered``, or ``dead`` again with the new error.
+    """
+    marks = ",".join("?" * len(ids))
+    found = await rt.db.read(
+        lambda c: [tuple(r) for r in c.execute(SELECT_REMAP.format(marks), ids).fetchall()]
+    )
+    now = time.time()
+    plans: list[tuple[int, list[tuple[Any, ...]]]] = []
+    for oid, *event in found:
+        if event[0] is None:
+            new = [(dest.name, None, "", "", "", None, "dead", now, now,
+                    "the stored event is gone (retention): cannot map it again")]
+        else:
+            new = map_rows(rt, [tuple(event)], {dest.name})
+            if not new:
+                why = event[6] or f"destination no longer receives source {event[1]!r}"
+                new = [(dest.name, event[0], event[2], "", "", None, "filtered", now, now, why)]
+        plans.append((oid, new))
+
+    def apply(conn: sqlite3.Connection) -> None:
+        for oid, (first, *rest) in plans:
+            conn.execute(UPDATE_REMAPPED, (first[2], first[3], first[4], first[5], first[6],
+                                           now, first[9], oid))
+            outbox.insert_rows(conn, rest)
+
+    await rt.db.write(apply)
+
+
 def preview(rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any]) -> dict[str, Any]:
-    """What ``dest`` would do with ``raw`` (a Segment event dict), without sending anything."""
-    event: Event = msgspec.convert(raw, Event)  # type: ignore[arg-type]
-    raw.setdefault("messageId", "preview")
-    result = map_one(rt, dest, raw, event)
-    deliveries: list[Delivery] = result.deliveries
-    return {
-        "destination": dest.name,
-        "passes": bool(deliveries),
-        "filtered": result.filtered,
-        "deliveries": [msgspec.to_builtins(d) for d in deliveries],
-    }
+    """What ``dest`` would do with ``raw`` (a Segment event dict), without sending anything.
+
+    See :func:`hookyard.delivery.preview.preview_event` (kept here for the admin API)."""
+    from .preview import preview_event
+
+    return preview_event(rt, dest, raw)

@@ -23,6 +23,7 @@ holder stops or dies, the next node to find events takes over.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import time
@@ -162,15 +163,15 @@ def recover_leases(conn: Any) -> int:
         " FOR UPDATE SKIP LOCKED)",
         (time.time(),),
     )
-    host = socket.gethostname()
+    host, me = socket.gethostname(), os.getpid()
     owners = [r[0] for r in conn.execute(
         "SELECT DISTINCT lease_owner FROM outbox WHERE state = 'inflight'"
     )]
     for owner in owners:
         if not owner or owner == OWNER:
             continue
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host == host and pid.isdigit() and not outbox._alive(int(pid)):
+        owner_host, pid = outbox._parse_owner(owner)
+        if owner_host == host and pid is not None and (pid == me or not outbox._alive(pid)):
             conn.execute(
                 "UPDATE outbox SET state = 'pending', lease_until = NULL, lease_owner = NULL"
                 " WHERE id IN (SELECT id FROM outbox WHERE state = 'inflight' AND lease_owner = ?"

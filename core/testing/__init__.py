@@ -3,16 +3,20 @@
 * :mod:`hookyard.testing.samples`: sample events and direct hook calls (no server).
 * :mod:`hookyard.testing.server`: a real hookyard server on a loopback port.
 * :mod:`hookyard.testing.fake_server`: a recording fake destination (real HTTP).
+* :mod:`hookyard.testing.assertions`: ``assert_request``/``assert_requests`` on what it recorded.
 * :mod:`hookyard.testing.fixtures`: the pytest fixtures ``hookyard_server`` and
   ``fake_destination`` (installed as a pytest plugin).
 """
 
+from .assertions import ANY, assert_request, assert_requests
 from .samples import (
     as_event,
+    authenticate_with,
     deliver_with,
     destination_context,
     ingest_request,
     map_with,
+    parse_with,
     registry,
     sample_alias,
     sample_group,
@@ -24,11 +28,16 @@ from .samples import (
 )
 
 __all__ = [
+    "ANY",
     "as_event",
+    "assert_request",
+    "assert_requests",
+    "authenticate_with",
     "deliver_with",
     "destination_context",
     "ingest_request",
     "map_with",
+    "parse_with",
     "registry",
     "sample_alias",
     "sample_group",

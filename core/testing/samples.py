@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from ..connectors import DestinationContext, IngestRequest, SourceContext
+from ..connectors import AuthResult, DestinationContext, IngestRequest, ParsedEvent, SourceContext
 from ..deliveries import Delivery, DeliveryResult, MapResult
 from ..events import Event
 from ..http import HttpClient
@@ -107,6 +107,25 @@ def ingest_request(
     data = body if isinstance(body, bytes) else msgspec.json.encode(body)
     return IngestRequest(method="POST", path=path, headers={k.lower(): v for k, v in (headers or {}).items()},
                          body=data, path_params=path_params or {})
+
+
+def authenticate_with(
+    ctx: SourceContext, request: IngestRequest, reg: ConnectorRegistry | None = None
+) -> AuthResult:
+    """Call the source plugin's ``authenticate`` hook (deterministic dispatch, no server)."""
+    reg = reg or registry()
+    result: AuthResult = reg.call("authenticate", "source", ctx.plugin, source=ctx, request=request)
+    return result
+
+
+def parse_with(
+    ctx: SourceContext, request: IngestRequest, reg: ConnectorRegistry | None = None
+) -> list[ParsedEvent]:
+    """Call the source plugin's ``parse_events`` hook (``BadRequest`` propagates)."""
+    reg = reg or registry()
+    result: list[ParsedEvent] = reg.call("parse_events", "source", ctx.plugin, source=ctx,
+                                         request=request)
+    return result
 
 
 def map_with(

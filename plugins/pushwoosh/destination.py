@@ -6,17 +6,19 @@ else ``originalTimestamp``, else ``receivedAt``. Delivery sends one request per 
 ``Authorization: Token <api_key>``; deliveries of one ordering key (one user) go out one after
 the other, different users concurrently. Pushwoosh's JSON API may answer HTTP 200 with an error
 in the body (``{"status_code": 210, "status_message": "Argument error"}``): any ``status_code``
-other than 200 is a failure, retried for 429 and 5xx, permanent otherwise.
+other than 200 is a failure, retried for 429, 5xx and rate-limit messages ("Too many
+requests", "rate limit", "throttled"), permanent otherwise (bad API token, argument errors).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-from hookyard.deliveries import Delivery, DeliveryResult, MapResult
+from hookyard.deliveries import Delivery, DeliveryResult, MapResult, parse_retry_after
 from hookyard.events import Event, Identify, Track, event_type
 from hookyard.fields import get_path
 from hookyard.http import HttpClient, HttpResponse
@@ -29,6 +31,8 @@ SET_TAGS_PATH = "/json/1.3/setTags"
 POST_EVENT_PATH = "/json/1.3/postEvent"
 TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
 HELD_BACK = "not sent: an earlier delivery with the same ordering key failed and will be retried"
+RATE_LIMITED = re.compile(r"too many requests|rate.?limit|throttl|quota", re.IGNORECASE)
+"""A ``status_message`` saying the API refused for load, whatever its ``status_code``."""
 
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -109,8 +113,12 @@ def map_identify(settings: PushwooshSettings, event: Identify, raw: Mapping[str,
         return MapResult.skip(reason)
     request: dict[str, Any] = {"application": settings.application, who[0]: who[1], "tags": tags}
     return MapResult.send(
-        Delivery(kind="setTags", path=SET_TAGS_PATH, body={"request": request},
-                 ordering_key=_ordering_key(event))
+        Delivery(
+            kind="setTags",
+            path=SET_TAGS_PATH,
+            body={"request": request},
+            ordering_key=_ordering_key(event),
+        )
     )
 
 
@@ -131,8 +139,12 @@ def map_track(settings: PushwooshSettings, event: Track, raw: Mapping[str, Any])
         who[0]: who[1],
     }
     return MapResult.send(
-        Delivery(kind="postEvent", path=POST_EVENT_PATH, body={"request": request},
-                 ordering_key=_ordering_key(event))
+        Delivery(
+            kind="postEvent",
+            path=POST_EVENT_PATH,
+            body={"request": request},
+            ordering_key=_ordering_key(event),
+        )
     )
 
 
@@ -166,7 +178,12 @@ def api_status(body: bytes) -> tuple[int, str] | None:
 
 
 def classify(result: DeliveryResult, response: HttpResponse | None) -> DeliveryResult:
-    """The HTTP outcome, refined by the ``status_code`` Pushwoosh puts in the body."""
+    """The HTTP outcome, refined by the ``status_code`` Pushwoosh puts in the body.
+
+    A 2xx answer whose body has a ``status_code`` other than 200 is a failure: retryable for
+    429, 5xx or a rate-limit ``status_message`` (honouring ``Retry-After``), permanent for the
+    rest (e.g. 210 argument error, 401/403 bad or unauthorised API token).
+    """
     if response is None:
         return result
     answer = api_status(response.body)
@@ -178,10 +195,16 @@ def classify(result: DeliveryResult, response: HttpResponse | None) -> DeliveryR
         return result
     code, message = answer
     error = f"Pushwoosh status_code {code}: {message or 'no status_message'}"
-    kwargs = {"http_status": response.status, "response_body": result.response_body}
-    if code == 429 or code >= 500:
-        return DeliveryResult.retryable(error, **kwargs)
-    return DeliveryResult.permanent(error, **kwargs)
+    if code == 429 or code >= 500 or RATE_LIMITED.search(message):
+        return DeliveryResult.retryable(
+            error,
+            http_status=response.status,
+            response_body=result.response_body,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    return DeliveryResult.permanent(
+        error, http_status=response.status, response_body=result.response_body
+    )
 
 
 async def send_one(

@@ -60,15 +60,11 @@ def filtered_reason(settings: PushwooshSourceSettings, name: str) -> str | None:
     return f'event "{name}" is not in this source\'s events list'
 
 
-def parse_pushwoosh(
-    settings: PushwooshSourceSettings, request: IngestRequest
-) -> list[ParsedEvent]:
+def parse_pushwoosh(settings: PushwooshSourceSettings, request: IngestRequest) -> list[ParsedEvent]:
     """Parse ``/v1/track`` or ``/v1/batch`` (track events only) and apply the events list."""
     call = request.path_params.get("call", "")
     if call not in ACCEPTED_CALLS:
-        raise NotFound(
-            f"a Pushwoosh source takes /v1/track and /v1/batch only, not /v1/{call}"
-        )
+        raise NotFound(f"a Pushwoosh source takes /v1/track and /v1/batch only, not /v1/{call}")
     parsed = parse_call(call, request.body)
     for i, item in enumerate(parsed):
         if not isinstance(item.event, Track):

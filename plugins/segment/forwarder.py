@@ -1,17 +1,18 @@
 """The Segment forwarder destination: events go on to Segment's tracking API, ``/v1/batch``.
 
-Each stored event becomes one delivery whose body is the raw event (Segment format, unknown
-fields and ``messageId`` kept: Segment dedupes on it). ``deliver`` packs the deliveries it gets
-(at most the connector's ``batch_size``, 100) into ``POST {base_url}/v1/batch`` requests of
-``{"batch": [...], "sentAt": <now>}`` under Segment's 500 KB per request, with
-``Authorization: Basic base64(<write key>:)``; each delivery's outcome is the HTTP answer of its
-request. An event over Segment's 32 KB per call is never sent: it fails permanently (dead
-letter) with a reason.
+Each stored event becomes one delivery whose body is the event in Segment's own format (see
+:func:`forwarded_event`: unknown fields and ``messageId`` kept, Segment dedupes on it). ``deliver``
+packs the deliveries it gets (at most the connector's ``batch_size``, 100) into
+``POST {base_url}/v1/batch`` requests of ``{"batch": [...], "sentAt": <now>}`` under Segment's
+500 KB per request, with ``Authorization: Basic base64(<write key>:)``; each delivery's outcome
+is the HTTP answer of its request. An event over Segment's 32 KB per call is never sent: it
+fails permanently (dead letter) with a reason.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -24,8 +25,18 @@ from hookyard.http import HttpClient
 
 BATCH_PATH = "/v1/batch"
 MAX_EVENT_BYTES = 32 * 1024
-MAX_REQUEST_BYTES = 500 * 1024
+"""Segment takes events of 32 KB or less (its own libraries drop anything over 32,768 bytes)."""
+MAX_REQUEST_BYTES = 500_000
+"""Segment's 500 KB per batch request, read the strict way (500,000 bytes, not 512,000): a batch
+over the limit is refused whole with 400, which would dead-letter up to 100 good events. Segment's
+own libraries stay lower still (analytics-python 475,000 bytes)."""
 OVERSIZE_ERROR = "event is larger than Segment's 32 KB limit"
+HELD_BACK = "not sent: an earlier batch request of this call failed and will be retried"
+NOT_FORWARDED = ("writeKey", "sentAt", "receivedAt")
+"""Never forwarded: a ``writeKey`` is a hookyard source's secret; an event's own ``sentAt`` is
+the original client's clock, which Segment would set against the ``timestamp`` at the time of
+forwarding (a relayed or replayed event would be dated to the moment it was forwarded); and
+``receivedAt`` is always set by Segment itself (hookyard's is used for ``timestamp``)."""
 
 _encoder = msgspec.json.Encoder()
 
@@ -47,6 +58,56 @@ class SegmentForwarderSettings(msgspec.Struct, forbid_unknown_fields=True, kw_on
             raise ValueError(f"base_url must start with http:// or https://, not {self.base_url!r}")
 
 
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text.endswith(("z", "Z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
+    """When the event happened, corrected for the client's clock the way Segment does it, but
+    at the time hookyard received it: ``receivedAt - (sentAt - timestamp)``.
+
+    ``timestamp`` falls back to ``originalTimestamp``; without ``sentAt`` (server libraries,
+    historical imports) the event's own time is kept as it is; without either, ``receivedAt``.
+    None when there is nothing to change.
+    """
+    own_text = raw.get("timestamp") or raw.get("originalTimestamp")
+    own, sent, received = (
+        _parse_time(own_text),
+        _parse_time(raw.get("sentAt")),
+        _parse_time(raw.get("receivedAt")),
+    )
+    if own is not None and sent is not None and received is not None:
+        return _iso(received - (sent - own))
+    if own is not None:
+        return None if own_text == raw.get("timestamp") else str(own_text)
+    return _iso(received) if received is not None else None
+
+
+def forwarded_event(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The event as it is sent to Segment: the stored event (unknown fields, ``messageId``,
+    ``context``... kept) without ``writeKey``, ``sentAt`` and ``receivedAt``, with
+    ``timestamp`` fixed to when it happened (:func:`corrected_timestamp`), so a batch sent hours
+    later, after retries or by a replay, keeps its events at their own time. Pure: no clock."""
+    event = {key: value for key, value in raw.items() if key not in NOT_FORWARDED}
+    timestamp = corrected_timestamp(raw)
+    if timestamp is not None:
+        event["timestamp"] = timestamp
+    return event
+
+
 def basic_auth(write_key: str) -> str:
     """Segment's ``Authorization`` value: Basic base64(write key + ":")."""
     return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode("ascii")
@@ -62,7 +123,9 @@ def batch_body(events: list[bytes], sent: str) -> bytes:
     return b'{"batch":[' + b",".join(events) + b'],"sentAt":' + _encoder.encode(sent) + b"}"
 
 
-def pack(sizes: list[tuple[int, int]], sent: str, limit: int = MAX_REQUEST_BYTES) -> list[list[int]]:
+def pack(
+    sizes: list[tuple[int, int]], sent: str, limit: int = MAX_REQUEST_BYTES
+) -> list[list[int]]:
     """Split ``(index, encoded size)`` pairs, in order, into groups whose batch body stays
     within ``limit`` bytes."""
     overhead = len(batch_body([], sent))
@@ -83,31 +146,41 @@ def pack(sizes: list[tuple[int, int]], sent: str, limit: int = MAX_REQUEST_BYTES
 
 @hookimpl
 def map_event(destination: DestinationContext, event: Event, raw: dict[str, Any]) -> MapResult:
-    """Every event is forwarded as it was stored (an oversize one fails in ``deliver``)."""
-    return MapResult.send(Delivery(kind=event_type(event), path=BATCH_PATH, body=raw))
+    """Every event is forwarded (:func:`forwarded_event`); an oversize one fails in ``deliver``."""
+    return MapResult.send(
+        Delivery(kind=event_type(event), path=BATCH_PATH, body=forwarded_event(raw))
+    )
 
 
 @hookimpl
 async def deliver(
     destination: DestinationContext, deliveries: list[Delivery], client: HttpClient
 ) -> list[DeliveryResult]:
+    """Send the deliveries as few ``/v1/batch`` requests as the 500 KB limit allows, in order.
+    Once a request fails with a retryable error (429, 5xx, timeout), the later batches of the
+    call are not sent (retryable too, same ``Retry-After``): no hammering a rate-limited API."""
     settings: SegmentForwarderSettings = destination.settings
     results: list[DeliveryResult | None] = [None] * len(deliveries)
     encoded: dict[int, bytes] = {}
     for i, delivery in enumerate(deliveries):
         data = _encoder.encode(delivery.body)
         if len(data) > MAX_EVENT_BYTES:
-            results[i] = DeliveryResult.permanent(
-                f"{OVERSIZE_ERROR} ({len(data)} bytes encoded)"
-            )
+            results[i] = DeliveryResult.permanent(f"{OVERSIZE_ERROR} ({len(data)} bytes encoded)")
         else:
             encoded[i] = data
     sent = sent_at()
     url = settings.base_url.rstrip("/") + BATCH_PATH
     headers = {"Authorization": basic_auth(settings.write_key), "Content-Type": "application/json"}
+    failed: DeliveryResult | None = None
     for group in pack([(i, len(data)) for i, data in encoded.items()], sent):
+        if failed is not None:
+            for i in group:
+                results[i] = DeliveryResult.retryable(HELD_BACK, retry_after=failed.retry_after)
+            continue
         body = batch_body([encoded[i] for i in group], sent)
         result, _ = await client.send("POST", url, data=body, headers=headers)
         for i in group:
             results[i] = msgspec.structs.replace(result)
+        if result.outcome == "retryable":
+            failed = result
     return [r if r is not None else DeliveryResult.retryable("not sent") for r in results]

@@ -89,8 +89,8 @@ def test_rows_leased_by_a_killed_node_are_delivered_by_the_others_after_the_leas
 
         owners = wait_for(lambda: (lambda x: x if len(x) >= 2 else None)(leases()), 15,
                           "deliveries leased by two nodes")
-        victim = next(i for i in range(3) if any(o.endswith(f":{cluster.pid(i)}") for o in owners))
-        owner = next(o for o in owners if o.endswith(f":{cluster.pid(victim)}"))
+        victim = next(i for i in range(3) if any(f":{cluster.pid(i)}:" in o for o in owners))
+        owner = next(o for o in owners if f":{cluster.pid(victim)}:" in o)
         cluster.nodes[victim].kill()
         killed_at = time.time()
         held = conn.execute("SELECT id, message_id, lease_until FROM outbox WHERE lease_owner = %s"

@@ -77,7 +77,7 @@ def test_expired_leases_are_recovered(runtime: Runtime) -> None:
     a, b = add_rows(runtime, "u1", "u2")
     claim(runtime, [a], lease=-1)  # already expired
     claim(runtime, [b], lease=60)
-    assert runtime.db.write_sync(outbox.recover_leases) == 1
+    assert runtime.db.write_sync(lambda conn: outbox.recover_leases(conn, ["seg"])) == 1
     assert states(runtime) == {a: "pending", b: "inflight"}
 
 
@@ -98,8 +98,8 @@ def test_dead_letters_retry_discard_and_purge(runtime: Runtime) -> None:
     assert runtime.db.write_sync(lambda conn: outbox.retry_dead(conn, "seg", ids=[a])) == 1
     assert runtime.db.write_sync(lambda conn: outbox.discard_dead(conn, "seg")) == 1
     assert states(runtime) == {a: "pending", b: "discarded", c: "done"}
-    removed = runtime.db.write_sync(lambda conn: outbox.purge(conn, time.time() + 1))
-    assert removed == 4  # rows b and c and their attempts
+    removed = runtime.db.write_sync(lambda conn: outbox.purge(conn, time.time() + 1, ["seg"]))
+    assert removed == 2  # rows b and c (their attempts go with them)
     assert states(runtime) == {a: "pending"}
 
 

@@ -81,9 +81,19 @@ def test_error_in_a_200_body_is_permanent(fake: FakeServer) -> None:
     "body, outcome",
     [
         ({"status_code": 500, "status_message": "Internal error"}, "retryable"),
+        # rate limiting, by code or by message
         ({"status_code": 429, "status_message": "Too many requests"}, "retryable"),
+        ({"status_code": 210, "status_message": "Too Many Requests"}, "retryable"),
+        ({"status_code": 400, "status_message": "API rate limit exceeded"}, "retryable"),
+        ({"status_code": 210, "status_message": "Request throttled, try later"}, "retryable"),
+        # a bad or unauthorised API key, and argument errors: retrying cannot help
         ({"status_code": 401, "status_message": "Wrong API access token"}, "permanent"),
+        (
+            {"status_code": 401, "status_message": "Authorization token is missing or invalid"},
+            "permanent",
+        ),
         ({"status_code": 403, "status_message": "Access denied"}, "permanent"),
+        ({"status_code": 210, "status_message": "Application not found"}, "permanent"),
         ({"status_code": "200", "status_message": "OK"}, "ok"),
         ({"result": "no status code"}, "ok"),
         (b"not json", "ok"),
@@ -96,14 +106,35 @@ def test_status_code_in_the_body(fake: FakeServer, body: Any, outcome: str) -> N
 
 
 @pytest.mark.parametrize(
-    "status, outcome", [(400, "permanent"), (401, "permanent"), (404, "permanent"),
-                        (500, "retryable"), (503, "retryable")],
+    "status, outcome",
+    [
+        (400, "permanent"),
+        (401, "permanent"),
+        (404, "permanent"),
+        (500, "retryable"),
+        (503, "retryable"),
+    ],
 )
 def test_http_errors(fake: FakeServer, status: int, outcome: str) -> None:
     fake.respond(status, {"status_code": status, "status_message": "Malformed request string"})
     [result] = send(ctx(fake.url), [mapped(ctx(fake.url), sample_identify())])
     assert (result.outcome, result.http_status) == (outcome, status)
     assert result.error == f"HTTP {status}: Malformed request string"
+
+
+def test_rate_limit_in_a_200_body_honours_retry_after(fake: FakeServer) -> None:
+    fake.respond(
+        200,
+        {"status_code": 429, "status_message": "Too many requests"},
+        headers={"Retry-After": "3"},
+        times=1,
+    )
+    dest = ctx(fake.url)
+    [result] = send(dest, [mapped(dest, sample_identify())])
+    assert (result.outcome, result.http_status, result.retry_after) == ("retryable", 200, 3.0)
+    assert result.error == "Pushwoosh status_code 429: Too many requests"
+    [result] = send(dest, [mapped(dest, sample_identify())])  # the next answer is OK
+    assert result.outcome == "ok"
 
 
 def test_rate_limit_honours_retry_after(fake: FakeServer) -> None:
@@ -144,16 +175,26 @@ def test_one_users_deliveries_stay_in_order_and_others_go_on(fake: FakeServer) -
     ]
     results = send(dest, deliveries)
     assert [r.outcome for r in results] == [
-        "retryable", "ok", "retryable", "permanent", "permanent", "ok",
+        "retryable",
+        "ok",
+        "retryable",
+        "permanent",
+        "permanent",
+        "ok",
     ]
     assert results[0].http_status == 503 and results[2].http_status is None
     assert results[2].error is not None and "earlier delivery" in results[2].error
     sent = [(r.json()["request"].get("userId"), r.path) for r in fake.requests]
     assert ("bad-user", "/json/1.3/setTags") not in sent
     assert len(sent) == 5
-    events = {u: [r.json()["request"]["event"] for r in fake.requests
-                  if r.json()["request"].get("userId") == u and r.path.endswith("postEvent")]
-              for u in ("good-user", "wrong-user")}
+    events = {
+        u: [
+            r.json()["request"]["event"]
+            for r in fake.requests
+            if r.json()["request"].get("userId") == u and r.path.endswith("postEvent")
+        ]
+        for u in ("good-user", "wrong-user")
+    }
     assert events == {"good-user": ["A", "D"], "wrong-user": ["B", "C"]}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -27,7 +28,9 @@ JAN_1_2026 = 1767225600  # 2026-01-01T00:00:00Z
 
 
 def ctx(**extra: Any) -> DestinationContext:
-    settings = msgspec.convert({"api_key": "pw-key", "application": APP, **extra}, PushwooshSettings)
+    settings = msgspec.convert(
+        {"api_key": "pw-key", "application": APP, **extra}, PushwooshSettings
+    )
     return DestinationContext(name="pushwoosh", plugin="pushwoosh", settings=settings)
 
 
@@ -48,7 +51,11 @@ def request_of(result: MapResult) -> dict[str, Any]:
 def test_identify_becomes_set_tags() -> None:
     result = run(sample_identify())
     [delivery] = result.deliveries
-    assert (delivery.kind, delivery.method, delivery.path) == ("setTags", "POST", "/json/1.3/setTags")
+    assert (delivery.kind, delivery.method, delivery.path) == (
+        "setTags",
+        "POST",
+        "/json/1.3/setTags",
+    )
     assert delivery.ordering_key == "97980cfea0067"
     assert delivery.body == {
         "request": {
@@ -65,6 +72,49 @@ def test_identify_becomes_set_tags() -> None:
         }
     }
     assert "pw-key" not in msgspec.json.encode(delivery).decode()  # no secret in the outbox
+
+
+def test_identify_sends_every_tag_type() -> None:
+    """One identify with a trait of each Pushwoosh tag type, inferred and forced."""
+    traits = {
+        "logins": 5,  # Integer
+        "plan": "premium",  # String
+        "genres": ["rock", "jazz"],  # List
+        "createdAt": "2024-05-01T10:30:45+02:00",  # Date
+        "verified": True,  # Boolean
+        "ltv": 19.95,  # Decimal
+        "app_version": "2.10.1",  # Version (forced: never inferred)
+    }
+    request = request_of(run(sample_identify(traits=traits), tag_types={"app_version": "Version"}))
+    assert request["tags"] == {
+        "logins": 5,
+        "plan": "premium",
+        "genres": ["rock", "jazz"],
+        "createdAt": "2024-05-01 08:30",  # Pushwoosh's "YYYY-MM-DD HH:mm", in UTC
+        "verified": True,
+        "ltv": 19.95,
+        "app_version": "2.10.1",
+    }
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", request["tags"]["createdAt"])
+    encoded = msgspec.json.encode(run(sample_identify(traits=traits)).deliveries[0].body)
+    assert b'"logins":5,' in encoded and b'"ltv":19.95' in encoded  # numbers stay numbers
+
+
+def test_identify_reserved_traits_become_default_tags() -> None:
+    traits = {
+        "language": "pt-BR",
+        "timezone": "America/Sao_Paulo",
+        "email": "ana@example.com",
+        "address": {"city": "Recife", "country": "BR", "postalCode": "50000"},
+    }
+    assert request_of(run(sample_identify(traits=traits)))["tags"] == {
+        "Language": "pt",
+        "TimeZone": "America/Sao_Paulo",
+        "email": "ana@example.com",  # no Pushwoosh default tag: emails are a channel there
+        "City": "Recife",
+        "Country": "BR",
+        "address": '{"postalCode":"50000"}',
+    }
 
 
 def test_identify_settings_rename_and_type_tags() -> None:
@@ -105,7 +155,10 @@ def test_identify_without_traits_is_skipped() -> None:
 
 def test_identify_whose_traits_all_fail_coercion_is_skipped_with_the_reason() -> None:
     result = run(sample_identify(traits={"age": "old"}), tag_types={"age": "Integer"})
-    assert result.filtered == "no traits to send as Pushwoosh tags (left out: age (not a valid Integer))"
+    assert (
+        result.filtered
+        == "no traits to send as Pushwoosh tags (left out: age (not a valid Integer))"
+    )
 
 
 # -- track -> postEvent -----------------------------------------------------------------------
@@ -133,10 +186,22 @@ def test_track_with_empty_properties_sends_empty_attributes(properties: Any) -> 
 
 
 def test_track_attributes_are_flattened() -> None:
-    raw = sample_track(properties={"n": 2, "ok": True, "tags": ["a", 1], "cart": {"id": 7},
-                                   "none": None, "price": 9.5})
+    raw = sample_track(
+        properties={
+            "n": 2,
+            "ok": True,
+            "tags": ["a", 1],
+            "cart": {"id": 7},
+            "none": None,
+            "price": 9.5,
+        }
+    )
     assert request_of(run(raw))["attributes"] == {
-        "n": 2, "ok": True, "tags": ["a", "1"], "cart": '{"id":7}', "price": 9.5,
+        "n": 2,
+        "ok": True,
+        "tags": ["a", "1"],
+        "cart": '{"id":7}',
+        "price": 9.5,
     }
 
 
@@ -146,7 +211,10 @@ def test_track_attributes_are_flattened() -> None:
         ({"timestamp": "2026-01-01T05:30:00+05:30"}, JAN_1_2026),
         ({"timestamp": "2026-01-01T00:00:01.999Z"}, JAN_1_2026 + 1),
         ({"timestamp": None, "originalTimestamp": "2026-01-01T00:01:00Z"}, JAN_1_2026 + 60),
-        ({"timestamp": "not a date", "originalTimestamp": "2026-01-01T00:02:00Z"}, JAN_1_2026 + 120),
+        (
+            {"timestamp": "not a date", "originalTimestamp": "2026-01-01T00:02:00Z"},
+            JAN_1_2026 + 120,
+        ),
         ({"timestamp": None, "receivedAt": "2026-01-01T01:00:00.000Z"}, JAN_1_2026 + 3600),
     ],
 )
@@ -159,8 +227,15 @@ def test_track_without_any_timestamp_is_skipped() -> None:
     assert result.filtered == "no valid timestamp, originalTimestamp or receivedAt"
 
 
+def test_track_timestamp_is_whole_unix_seconds_of_the_event_time() -> None:
+    request = request_of(run(sample_track(timestamp="2026-03-04T05:06:07.890Z")))
+    assert request["timestampUTC"] == 1772600767 and isinstance(request["timestampUTC"], int)
+
+
 def test_track_falls_back_to_hwid_then_anonymous_id() -> None:
-    with_device = sample_track(userId=None, anonymousId="anon-1", context={"device": {"id": "HW-9"}})
+    with_device = sample_track(
+        userId=None, anonymousId="anon-1", context={"device": {"id": "HW-9"}}
+    )
     request = request_of(run(with_device))
     assert request["hwid"] == "HW-9" and "userId" not in request
     anonymous = sample_track(userId=None, anonymousId="8f65b16df378e7a6")
@@ -188,13 +263,19 @@ def test_track_switched_off() -> None:
 
 @pytest.mark.parametrize(
     "raw, kind",
-    [(sample_page(), "page"), (sample_screen(), "screen"), (sample_group(), "group"),
-     (sample_alias(), "alias")],
+    [
+        (sample_page(), "page"),
+        (sample_screen(), "screen"),
+        (sample_group(), "group"),
+        (sample_alias(), "alias"),
+    ],
 )
 def test_other_calls_are_skipped(raw: dict[str, Any], kind: str) -> None:
     result = run(raw)
     assert result.deliveries == []
-    assert result.filtered == f"Pushwoosh takes identify (tags) and track (events) calls, not {kind}"
+    assert (
+        result.filtered == f"Pushwoosh takes identify (tags) and track (events) calls, not {kind}"
+    )
 
 
 def test_map_through_the_registry() -> None:

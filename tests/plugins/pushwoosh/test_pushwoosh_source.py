@@ -13,6 +13,7 @@ from hookyard.events import Track
 from hookyard.testing import registry, source_context
 from hookyard_pushwoosh.plugin import authenticate, parse_events, register_connectors
 from hookyard_pushwoosh.settings import PushwooshSourceSettings
+from hookyard_pushwoosh.source import KNOWN_EVENTS
 
 KEY = "pw-write-key-123"
 
@@ -22,13 +23,20 @@ def basic(key: str) -> dict[str, str]:
 
 
 def source(events: str = "") -> SourceContext:
-    return SourceContext("pushwoosh-events", "pushwoosh", KEY, PushwooshSourceSettings(events=events))
+    return SourceContext(
+        "pushwoosh-events", "pushwoosh", KEY, PushwooshSourceSettings(events=events)
+    )
 
 
 def request(body: Any, call: str = "track", headers: dict[str, str] | None = None) -> IngestRequest:
     data = body if isinstance(body, bytes) else msgspec.json.encode(body)
-    return IngestRequest("POST", f"/v1/{call}", headers if headers is not None else basic(KEY),
-                         data, path_params={"call": call})
+    return IngestRequest(
+        "POST",
+        f"/v1/{call}",
+        headers if headers is not None else basic(KEY),
+        data,
+        path_params={"call": call},
+    )
 
 
 def message_event(name: str = "Email Sent", **extra: Any) -> dict[str, Any]:
@@ -46,7 +54,11 @@ def message_event(name: str = "Email Sent", **extra: Any) -> dict[str, Any]:
 # -- connector and auth -----------------------------------------------------------------------
 def test_the_source_connector_shares_the_tracking_path() -> None:
     [src] = [c for c in register_connectors() if c.kind == "source"]
-    assert (src.name, src.paths, src.settings) == ("pushwoosh", ("/v1/{call}",), PushwooshSourceSettings)
+    assert (src.name, src.paths, src.settings) == (
+        "pushwoosh",
+        ("/v1/{call}",),
+        PushwooshSourceSettings,
+    )
 
 
 def test_basic_write_key_is_accepted() -> None:
@@ -75,10 +87,17 @@ def test_wrong_or_missing_key_is_refused(headers: dict[str, str], body: Any, rea
 def test_auth_through_the_registry_reaches_the_pushwoosh_plugin() -> None:
     reg = registry()
     ctx = source_context("pushwoosh", KEY, {"events": "Push Sent"}, reg=reg)
-    ok = reg.call("authenticate", "source", "pushwoosh", source=ctx, request=request(message_event()))
+    ok = reg.call(
+        "authenticate", "source", "pushwoosh", source=ctx, request=request(message_event())
+    )
     assert ok.accepted
-    [parsed] = reg.call("parse_events", "source", "pushwoosh", source=ctx,
-                        request=request(message_event("Email Sent")))
+    [parsed] = reg.call(
+        "parse_events",
+        "source",
+        "pushwoosh",
+        source=ctx,
+        request=request(message_event("Email Sent")),
+    )
     assert parsed.filtered == 'event "Email Sent" is not in this source\'s events list'
 
 
@@ -88,7 +107,38 @@ def test_track_is_parsed_with_its_properties() -> None:
     assert isinstance(parsed.event, Track) and parsed.event.event == "Email Sent"
     assert parsed.filtered is None
     raw = msgspec.json.decode(parsed.raw)
-    assert raw["properties"] == {"message_type": "Email", "campaign_id": "CMP-1", "device_type": "web"}
+    assert raw["properties"] == {
+        "message_type": "Email",
+        "campaign_id": "CMP-1",
+        "device_type": "web",
+    }
+
+
+def test_the_known_events_are_the_documents_seven() -> None:
+    assert KNOWN_EVENTS == (
+        "Email Sent",
+        "Push Sent",
+        "SMS Sent",
+        "Email Delivered",
+        "Push Delivered",
+        "SMS Delivered",
+        "Email Bounced",
+    )
+
+
+@pytest.mark.parametrize("name", KNOWN_EVENTS)
+def test_each_known_event_is_accepted_with_its_properties(name: str) -> None:
+    kind = name.split()[0]
+    props = {"message_type": kind, "campaign_id": "CMP-7", "device_type": "ios"}
+    body = message_event(name, properties=props)
+    [parsed] = parse_events(source=source(", ".join(KNOWN_EVENTS)), request=request(body))
+    assert parsed.filtered is None
+    assert isinstance(parsed.event, Track) and parsed.event.event == name
+    assert parsed.event.properties == props
+    assert parsed.event.user_id == "user_3078a"
+    # Pushwoosh's own setting lists them with "," and no space: the same
+    [parsed] = parse_events(source=source(",".join(KNOWN_EVENTS)), request=request(body))
+    assert parsed.filtered is None
 
 
 def test_hwid_arrives_as_anonymous_id() -> None:
@@ -124,9 +174,16 @@ def test_events_list_matches_trimmed_and_case_insensitive(name: str, accepted: b
 
 
 def test_batch_applies_the_list_per_event() -> None:
-    body = {"batch": [message_event("Email Sent"), message_event("SMS Sent"),
-                      message_event("Email Bounced")]}
-    parsed = parse_events(source=source("Email Sent, Email Bounced"), request=request(body, "batch"))
+    body = {
+        "batch": [
+            message_event("Email Sent"),
+            message_event("SMS Sent"),
+            message_event("Email Bounced"),
+        ]
+    }
+    parsed = parse_events(
+        source=source("Email Sent, Email Bounced"), request=request(body, "batch")
+    )
     assert [p.filtered is None for p in parsed] == [True, False, True]
     assert parsed[1].filtered == 'event "SMS Sent" is not in this source\'s events list'
 

@@ -200,7 +200,8 @@ def test_renames_and_overrides() -> None:
 
 def test_tag_type_by_tag_name_wins_over_trait_name() -> None:
     tags, _ = build_tags(
-        {"score": "12"}, tag_names={"score": "Score"},
+        {"score": "12"},
+        tag_names={"score": "Score"},
         tag_types={"Score": "Integer", "score": "Decimal"},
     )
     assert tags == {"Score": 12}

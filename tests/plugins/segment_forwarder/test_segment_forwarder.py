@@ -26,12 +26,15 @@ from hookyard.testing import (
 )
 from hookyard.testing.fake_server import FakeServer
 from hookyard_segment.forwarder import (
+    HELD_BACK,
     MAX_EVENT_BYTES,
     MAX_REQUEST_BYTES,
     SegmentForwarderSettings,
     basic_auth,
     batch_body,
+    corrected_timestamp,
     deliver,
+    forwarded_event,
     map_event,
     pack,
 )
@@ -70,19 +73,29 @@ def send(dest: DestinationContext, deliveries: list[Delivery]) -> list[DeliveryR
 
 
 def padded_track(i: int, size: int) -> dict[str, Any]:
-    """A track event whose JSON is about ``size`` bytes."""
+    """A track event whose forwarded JSON is exactly ``size`` bytes (when not too small)."""
     raw = sample_track(messageId=f"msg-{i}", properties={"pad": ""})
-    base = len(msgspec.json.encode(raw))
+    base = len(msgspec.json.encode(forwarded_event(raw)))
     raw["properties"]["pad"] = "x" * max(0, size - base)
     return raw
+
+
+def sent(raw: dict[str, Any]) -> dict[str, Any]:
+    """What is forwarded for a sample event (same timestamp, no receivedAt)."""
+    return {k: v for k, v in raw.items() if k != "receivedAt"}
 
 
 # -- settings and mapping ---------------------------------------------------------------------
 def test_settings() -> None:
     s = msgspec.convert({"write_key": "k"}, SegmentForwarderSettings)
     assert s.base_url == "https://api.segment.io"
-    for bad in ({}, {"write_key": ""}, {"write_key": "  "}, {"write_key": "k", "url": "x"},
-                {"write_key": "k", "base_url": "api.segment.io"}):
+    for bad in (
+        {},
+        {"write_key": ""},
+        {"write_key": "  "},
+        {"write_key": "k", "url": "x"},
+        {"write_key": "k", "base_url": "api.segment.io"},
+    ):
         with pytest.raises(msgspec.ValidationError):
             msgspec.convert(bad, SegmentForwarderSettings)
 
@@ -93,15 +106,87 @@ def test_basic_auth_header_value() -> None:
 
 @pytest.mark.parametrize(
     "raw, kind",
-    [(sample_identify(), "identify"), (sample_track(), "track"), (sample_group(), "group"),
-     (sample_page(), "page")],
+    [
+        (sample_identify(), "identify"),
+        (sample_track(), "track"),
+        (sample_group(), "group"),
+        (sample_page(), "page"),
+    ],
 )
 def test_every_event_is_forwarded_as_stored(raw: dict[str, Any], kind: str) -> None:
     raw["unknownField"] = {"kept": True}
     delivery = mapped(raw)
     assert (delivery.kind, delivery.method, delivery.path) == (kind, "POST", "/v1/batch")
-    assert delivery.body == raw and delivery.body["messageId"] == raw["messageId"]
+    assert delivery.body == sent(raw) and delivery.body["messageId"] == raw["messageId"]
+    assert delivery.body["timestamp"] == raw["timestamp"]  # no sentAt: the event's own time
     assert WRITE_KEY not in msgspec.json.encode(delivery).decode()
+
+
+def test_write_key_sent_at_and_received_at_are_not_forwarded() -> None:
+    raw = sample_track(writeKey="hookyard-source-secret", sentAt="2026-01-01T00:00:00.000Z")
+    body = mapped(raw).body
+    assert not {"writeKey", "sentAt", "receivedAt"} & set(body)
+    assert "hookyard-source-secret" not in msgspec.json.encode(body).decode()
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        # a client 1 h behind: sent at 09:00:05 by its clock, received 10:00:05 -> 10:00:00
+        (
+            {
+                "timestamp": "2026-01-01T09:00:00.000Z",
+                "sentAt": "2026-01-01T09:00:05.000Z",
+                "receivedAt": "2026-01-01T10:00:05.000Z",
+            },
+            "2026-01-01T10:00:00.000Z",
+        ),
+        # queued offline for a day on a correct clock: kept a day earlier than receivedAt
+        (
+            {
+                "timestamp": "2026-01-01T00:00:00+02:00",
+                "sentAt": "2026-01-02T00:00:00+02:00",
+                "receivedAt": "2026-01-01T22:00:00.250Z",
+            },
+            "2025-12-31T22:00:00.250Z",
+        ),
+        # no timestamp: originalTimestamp is the client's time
+        (
+            {
+                "timestamp": None,
+                "originalTimestamp": "2026-01-01T00:00:00.000Z",
+                "sentAt": "2026-01-01T00:00:10.000Z",
+                "receivedAt": "2026-01-01T00:00:12.000Z",
+            },
+            "2026-01-01T00:00:02.000Z",
+        ),
+        # no sentAt (server library, historical import): the timestamp is kept as it is
+        ({"timestamp": "2020-05-01T10:00:00Z", "receivedAt": "2026-01-01T00:00:00.000Z"}, None),
+        ({"timestamp": None, "originalTimestamp": "2020-05-01T10:00:00Z"}, "2020-05-01T10:00:00Z"),
+        # no time of its own, or an unreadable one: when hookyard received it
+        ({"timestamp": None, "receivedAt": "2026-01-01T00:00:00.000Z"}, "2026-01-01T00:00:00.000Z"),
+        (
+            {
+                "timestamp": "yesterday",
+                "sentAt": "2026-01-01T00:00:00Z",
+                "receivedAt": "2026-01-01T00:00:01.000Z",
+            },
+            "2026-01-01T00:00:01.000Z",
+        ),
+    ],
+)
+def test_timestamp_is_fixed_to_when_the_event_happened(
+    fields: dict[str, Any], expected: str | None
+) -> None:
+    raw = sample_track(**fields)
+    assert corrected_timestamp(raw) == expected
+    body = mapped(raw).body
+    assert body.get("timestamp") == (expected or raw.get("timestamp"))
+
+
+def test_forwarding_is_pure_so_replays_send_the_same_event() -> None:
+    raw = sample_identify(sentAt="2026-01-01T00:00:01.000Z")
+    assert mapped(raw).body == mapped(raw).body == forwarded_event(raw)
 
 
 def test_map_through_the_registry() -> None:
@@ -110,7 +195,7 @@ def test_map_through_the_registry() -> None:
     [connector] = [c for c, _ in reg.all() if c.kind == "destination" and c.name == "segment"]
     assert connector.batch_size == 100 and connector.settings is SegmentForwarderSettings
     raw = sample_track()
-    assert map_with(dest, raw, reg).deliveries[0].body == raw
+    assert map_with(dest, raw, reg).deliveries[0].body == sent(raw)
 
 
 # -- packing ----------------------------------------------------------------------------------
@@ -122,7 +207,8 @@ def test_pack_keeps_order_and_respects_the_limit() -> None:
     assert pack([(0, 10), (1, 11)], sent, limit) == [[0], [1]]
     assert pack([], sent) == []
     assert msgspec.json.decode(batch_body([b'{"a":1}', b"2"], sent)) == {
-        "batch": [{"a": 1}, 2], "sentAt": sent,
+        "batch": [{"a": 1}, 2],
+        "sentAt": sent,
     }
 
 
@@ -136,7 +222,7 @@ def test_one_batch_with_basic_auth(fake: FakeServer) -> None:
     assert req.headers["authorization"] == "Basic " + base64.b64encode(b"abc123:").decode()
     assert req.headers["content-type"] == "application/json"
     body = req.json()
-    assert body["batch"] == raws
+    assert body["batch"] == [sent(r) for r in raws]
     assert set(body) == {"batch", "sentAt"}
     assert datetime.fromisoformat(body["sentAt"]).tzinfo is not None
 
@@ -146,9 +232,11 @@ def test_batches_are_split_under_500_kb(fake: FakeServer) -> None:
     results = send(ctx(fake.url), [mapped(r) for r in raws])
     assert all(r.outcome == "ok" for r in results)
     requests = fake.requests
-    # 17 events of 30,000 bytes (510,000 + commas + envelope) fit in 500 KB = 512,000 bytes
-    assert [len(r.json()["batch"]) for r in requests] == [17, 17, 6]
-    assert all(len(r.body) <= MAX_REQUEST_BYTES for r in requests)
+    # 16 events of 30,000 bytes (480,000 + commas + envelope) fit in 500 KB = 500,000 bytes;
+    # 17 (510,016 bytes) would not
+    assert [len(r.json()["batch"]) for r in requests] == [16, 16, 8]
+    assert all(len(r.body) <= MAX_REQUEST_BYTES == 500_000 for r in requests)
+    assert len(requests[0].body) > 480_000
     assert [e["messageId"] for r in requests for e in r.json()["batch"]] == [
         f"msg-{i}" for i in range(40)
     ]
@@ -172,15 +260,31 @@ def test_results_follow_the_answer_of_each_request(fake: FakeServer) -> None:
 def test_oversize_event_goes_to_dead_letters_and_the_rest_is_sent(fake: FakeServer) -> None:
     small, huge, other = sample_track(), padded_track(1, MAX_EVENT_BYTES + 100), sample_identify()
     exact = padded_track(2, MAX_EVENT_BYTES)
-    assert len(msgspec.json.encode(exact)) == MAX_EVENT_BYTES
+    assert len(msgspec.json.encode(forwarded_event(exact))) == MAX_EVENT_BYTES == 32_768
     results = send(ctx(fake.url), [mapped(small), mapped(huge), mapped(other), mapped(exact)])
     assert [r.outcome for r in results] == ["ok", "permanent", "ok", "ok"]
     assert results[1].error is not None
     assert results[1].error.startswith("event is larger than Segment's 32 KB limit")
     [req] = fake.requests
     assert [e["messageId"] for e in req.json()["batch"]] == [
-        small["messageId"], other["messageId"], "msg-2",
+        small["messageId"],
+        other["messageId"],
+        "msg-2",
     ]
+
+
+def test_after_a_retryable_answer_the_later_batches_are_held_back(fake: FakeServer) -> None:
+    fake.fail(429, times=1, retry_after="4")
+    raws = [padded_track(i, 30_000) for i in range(40)]  # three batch requests
+    results = send(ctx(fake.url), [mapped(r) for r in raws])
+    [req] = fake.requests  # the rate-limited API is not asked again in the same call
+    first = len(req.json()["batch"])
+    assert {(r.outcome, r.http_status, r.retry_after) for r in results[:first]} == {
+        ("retryable", 429, 4.0)
+    }
+    assert {(r.outcome, r.error, r.retry_after) for r in results[first:]} == {
+        ("retryable", HELD_BACK, 4.0)
+    }
 
 
 def test_only_oversize_events_sends_nothing(fake: FakeServer) -> None:

@@ -1,0 +1,239 @@
+"""The dashboard pages: sources, live events, API log, event detail, subscribers, destinations,
+dead letters, plugins. Each is ``async fn(view, call) -> Response`` wrapped by
+:meth:`hookyard.dashboard.views.Dashboard.guard`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.responses import PlainTextResponse, Response
+
+from ..connectors import DestinationContext
+from ..events import EVENT_CLASSES
+from .auth import Refused
+from .queries import STATUS_HELP, STATUSES, destination_health, events_page
+from .render import mask
+from .views import Call, Dashboard
+
+PAGE = 50
+LOG_STATUSES = ("200", "400", "401", "404", "413", "503")
+DONE_MESSAGES = {
+    "retry": "{count} dead letter(s) queued for delivery again.",
+    "discard": "{count} dead letter(s) discarded.",
+}
+
+
+def _query(**params: Any) -> str:
+    """A query string of the non-empty ``params`` (for pagination links)."""
+    return urlencode({k: v for k, v in params.items() if v not in (None, "")})
+
+
+def _choice(call: Call, name: str, allowed: tuple[str, ...] | list[str]) -> str | None:
+    value = call.param(name)
+    if value is not None and value not in allowed:
+        raise Refused(400, f"{name} must be one of: {', '.join(allowed)}")
+    return value
+
+
+# -- sources ----------------------------------------------------------------------------------
+async def sources(view: Dashboard, call: Call) -> Response:
+    rt = view.rt
+    base = str(call.request.base_url).rstrip("/")
+
+    def last_seen(conn: Any) -> dict[str, str | None]:
+        return {name: conn.execute("SELECT max(received_at) FROM inbox WHERE source = ?",
+                                   (name,)).fetchone()[0] for name in rt.sources}
+
+    seen = await rt.db.read(last_seen)
+    items = []
+    for name, src in rt.sources.items():
+        connector = rt.registry.get("source", src.plugin)
+        curl = None
+        if "/v1/{call}" in connector.paths:
+            curl = ("curl -u \"$HOOKYARD_WRITE_KEY:\" -H 'Content-Type: application/json' \\\n"
+                    "  -d '{\"userId\":\"u1\",\"event\":\"Test Event\",\"properties\":{\"plan\":\"pro\"}}' \\\n"
+                    f"  {base}/v1/track")
+        items.append({
+            "name": name, "plugin": src.plugin, "masked": mask(src.write_key),
+            "paths": connector.paths, "curl": curl, "last_seen": seen.get(name),
+            "destinations": [d.name for d in rt.destinations_for(name)],
+        })
+    return view.page(call, "sources.html", "sources", sources=items)
+
+
+async def write_key(view: Dashboard, call: Call) -> Response:
+    """The full write key of a source, for the copy button (POST + CSRF, never in a page)."""
+    src = view.rt.sources.get(call.request.path_params["name"])
+    if src is None:
+        raise Refused(404, "no such source")
+    return PlainTextResponse(src.write_key, headers={"Cache-Control": "no-store"})
+
+
+# -- live events, API log, event detail ---------------------------------------------------------
+async def events(view: Dashboard, call: Call) -> Response:
+    filters = {
+        "source": _choice(call, "source", list(view.rt.sources)),
+        "type": _choice(call, "type", tuple(EVENT_CLASSES)),
+        "status": _choice(call, "status", STATUSES),
+        "user_id": call.param("user_id"),
+    }
+    cursor = call.int_param("cursor")
+    rows, nxt = await view.rt.db.read(
+        lambda conn: events_page(conn, cursor=cursor, limit=PAGE, **filters))
+    return view.page(
+        call, "events.html", "events", rows=rows, filters=filters, cursor=cursor,
+        next_query=_query(**filters, cursor=nxt) if nxt is not None else None,
+        sources=list(view.rt.sources), types=list(EVENT_CLASSES), statuses=STATUSES,
+        status_help=STATUS_HELP,
+    )
+
+
+async def logs(view: Dashboard, call: Call) -> Response:
+    status = call.param("status")
+    if status is not None and not (status.isdigit() and len(status) == 3):
+        raise Refused(400, "status must be an HTTP status code such as 401")
+    filters = {"source": _choice(call, "source", list(view.rt.sources)), "status": status}
+    cursor = call.int_param("cursor")
+    data = await view.api.get("/api/logs", **filters, cursor=cursor, limit=PAGE)
+    nxt = data.get("next")
+    return view.page(
+        call, "logs.html", "logs", rows=data["items"], filters=filters, cursor=cursor,
+        next_query=_query(**filters, cursor=nxt) if nxt else None,
+        sources=list(view.rt.sources), statuses=LOG_STATUSES,
+    )
+
+
+async def event_detail(view: Dashboard, call: Call) -> Response:
+    message_id = call.request.path_params["message_id"]
+    found = await view.api.get("/api/events", message_id=message_id, limit=50)
+    if not found["items"]:
+        raise Refused(404, f"no stored event has messageId {message_id!r}")
+    trace = await view.api.get("/api/deliveries", message_id=message_id)
+    items = []
+    for item in found["items"]:
+        deliveries = [d for d in trace["deliveries"] if d.get("inbox_id") in (item["id"], None)]
+        items.append({**item, "deliveries": deliveries})
+    profiles = _profile_destinations(view)
+    return view.page(call, "event.html", "events", message_id=message_id, items=items,
+                     has_profiles=bool(profiles))
+
+
+# -- subscribers -------------------------------------------------------------------------------
+def _profile_destinations(view: Dashboard) -> dict[str, DestinationContext]:
+    return {d.name: d.context for d in view.rt.destinations.values()
+            if d.config.plugin == "profiles"}
+
+
+def _store(view: Dashboard, call: Call) -> tuple[str, Any, list[str]]:
+    from ..profiles.plugin import store_for
+
+    found = _profile_destinations(view)
+    if not found:
+        raise Refused(404, "no profile store destination is configured (plugin = \"profiles\")")
+    name = call.param("destination") or next(iter(found))
+    if name not in found:
+        raise Refused(404, f"no profile store destination named {name!r}")
+    return name, store_for(found[name]), list(found)
+
+
+async def subscribers(view: Dashboard, call: Call) -> Response:
+    dest, store, names = _store(view, call)
+    q, after = call.param("q"), call.param("cursor")
+    items, nxt = await asyncio.to_thread(store.subscribers, dest, query=q, after=after,
+                                         limit=PAGE)
+    return view.page(
+        call, "subscribers.html", "subscribers", rows=items, q=q, destination=dest,
+        destinations=names,
+        next_query=_query(q=q, destination=dest, cursor=nxt) if nxt else None,
+    )
+
+
+async def subscriber(view: Dashboard, call: Call) -> Response:
+    dest, store, names = _store(view, call)
+    uid = call.request.path_params["distinct_id"]
+
+    def load() -> dict[str, Any] | None:
+        profile = store.subscriber(dest, uid)
+        if profile is None:
+            return None
+        evs, _ = store.events(dest, uid, before=None, limit=PAGE)
+        runs, _ = store.workflow_runs(dest, distinct_id=uid, workflow=None, before=None,
+                                      limit=PAGE)
+        return {"profile": profile, "events": evs, "runs": runs}
+
+    data = await asyncio.to_thread(load)
+    if data is None:
+        raise Refused(404, f"no subscriber {uid!r} in profile store {dest!r}")
+    return view.page(call, "subscriber.html", "subscribers", destination=dest,
+                     destinations=names, uid=uid, **data)
+
+
+# -- destinations, dead letters, plugins --------------------------------------------------------
+async def destinations(view: Dashboard, call: Call) -> Response:
+    names = list(view.rt.destinations)
+    health = await view.rt.db.read(lambda conn: destination_health(conn, names))
+    rows = []
+    for name, dest in view.rt.destinations.items():
+        h = health[name]
+        rows.append({"name": name, "plugin": dest.config.plugin, "sources": dest.config.sources,
+                     "enabled": dest.config.enabled, "filter": dest.config.filter,
+                     "trigger": dest.config.trigger, "h": h,
+                     "health": h.health(dest.config.enabled)})
+    return view.page(call, "destinations.html", "destinations", rows=rows)
+
+
+async def dead_letters(view: Dashboard, call: Call) -> Response:
+    dest = _choice(call, "destination", list(view.rt.destinations))
+    cursor = call.int_param("cursor")
+    data = await view.api.get("/api/dead-letters", destination=dest, cursor=cursor, limit=PAGE)
+    done = _choice(call, "done", tuple(DONE_MESSAGES))
+    count = call.int_param("count") or 0
+    nxt = data.get("next")
+    return view.page(
+        call, "dead_letters.html", "dead-letters", rows=data["items"], destination=dest,
+        destinations=list(view.rt.destinations), cursor=cursor,
+        next_query=_query(destination=dest, cursor=nxt) if nxt else None,
+        flash=DONE_MESSAGES[done].format(count=count) if done else None,
+    )
+
+
+async def dead_letter_action(view: Dashboard, call: Call) -> Response:
+    action = call.request.path_params["action"]
+    if action not in DONE_MESSAGES:
+        raise Refused(404, f"unknown action {action!r}: use retry or discard")
+    body: dict[str, Any] = {}
+    one = (call.form.get("id") or "").strip()
+    if one:
+        if not one.isdigit():
+            raise Refused(400, "id must be a dead letter id")
+        body["ids"] = [int(one)]
+    dest = (call.form.get("destination") or "").strip()
+    if dest:
+        if dest not in view.rt.destinations:
+            raise Refused(400, f"no destination named {dest!r}")
+        body["destination"] = dest
+    status, result = await view.api.call("POST", f"/api/dead-letters/{action}", body=body)
+    if status != 200:
+        raise Refused(status, (result or {}).get("error", f"HTTP {status}"))
+    back = _query(destination=call.form.get("back_destination") or None, done=action,
+                  count=result["count"])
+    return view.redirect(f"/ui/dead-letters?{back}")
+
+
+async def plugins(view: Dashboard, call: Call) -> Response:
+    rt = view.rt
+    owners = set()
+    rows = []
+    for connector, plugin in sorted(rt.registry.all(), key=lambda c: (c[0].name, c[0].kind)):
+        owners.add(plugin)
+        pool: Any = rt.sources.values() if connector.kind == "source" else (
+            d.context for d in rt.destinations.values())
+        used = [c.name for c in pool if c.plugin == connector.name]
+        rows.append({"name": connector.name, "kind": connector.kind, "plugin": plugin,
+                     "description": connector.description, "paths": connector.paths,
+                     "batch_size": connector.batch_size, "used_by": used})
+    others = sorted(name for name, _ in rt.pm.list_name_plugin()
+                    if name not in owners and not name.startswith(("hookyard.", "_")))
+    return view.page(call, "plugins.html", "plugins", rows=rows, others=others)

@@ -1,0 +1,121 @@
+"""Jinja2 rendering for the dashboard: autoescaped templates, secrets redacted in every output.
+
+Every ``{{ expression }}`` passes through :meth:`Renderer.finalize`, which replaces each known
+secret of the runtime (write keys, the admin token, plugin settings named like keys) by
+``[redacted]`` before autoescaping, so a secret that reached stored data (an event carrying its
+``writeKey``, a destination echoing a header) is never shown. Write keys are displayed masked.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.responses import HTMLResponse
+
+from ..logs import RedactSecrets, config_secrets
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+SECRET_KEYS = {"writekey", "write_key", "authorization", "api_key", "apikey", "token", "password"}
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self';"
+    " img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def mask(secret: str | None) -> str:
+    """A secret as it may be shown: its first three and last four characters at most."""
+    if not secret:
+        return ""
+    if len(secret) < 12:
+        return "•" * 8
+    return f"{secret[:3]}{'•' * 8}{secret[-4:]}"
+
+
+def _mask_keys(value: Any) -> Any:
+    """``value`` with the values of secret-looking keys (``writeKey``...) masked."""
+    if isinstance(value, dict):
+        return {
+            k: (mask(v) if isinstance(v, str) and k.lower() in SECRET_KEYS else _mask_keys(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_mask_keys(v) for v in value]
+    return value
+
+
+def pretty(value: Any) -> str:
+    """Indented JSON of ``value`` (secret-looking keys masked)."""
+    return json.dumps(_mask_keys(value), indent=2, ensure_ascii=False, default=str)
+
+
+def when(value: Any) -> str:
+    """Unix seconds or an ISO-8601 string as ``YYYY-MM-DD HH:MM:SS`` UTC."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    text = str(value)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def millis(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{float(value):.0f} ms" if value >= 10 else f"{float(value):.1f} ms"
+
+
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:.1f}%"
+
+
+class Renderer:
+    """The dashboard's template environment for one runtime."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.redactor = RedactSecrets(config_secrets(rt))
+        self.env = Environment(
+            loader=FileSystemLoader(TEMPLATES),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            finalize=self.finalize,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(pretty=pretty, when=when, millis=millis, percent=percent,
+                                mask=mask)
+        self.env.globals["version"] = _version()
+
+    def finalize(self, value: Any) -> Any:
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return self.redactor.redact(value)
+        return value
+
+    def page(self, name: str, context: dict[str, Any], status: int = 200,
+             headers: dict[str, str] | None = None) -> HTMLResponse:
+        html = self.env.get_template(name).render(context)
+        return HTMLResponse(html, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,122 @@
+"""Preview: what one destination would do with one event, without sending or storing anything.
+
+The "event tester": ``POST /api/destinations/{name}/preview`` and ``hookyard preview
+--destination NAME --file event.json`` both answer with :func:`preview_event`'s document::
+
+    {"destination": "segment-out", "plugin": "segment",
+     "passes": true,                       # passes the filter and the trigger
+     "filter": null, "dropped_by_filter": false,
+     "trigger": "type = \\"track\\"", "matches_trigger": true,
+     "sent": true,                         # at least one request would be sent
+     "reason": null,                       # why nothing would be sent, when sent is false
+     "filtered": null,                     # the same reason (older name)
+     "requests": [{"kind": "track", "method": "POST", "path": "/v1/batch",
+                   "url": "https://api.segment.io/v1/batch", "body": {...},
+                   "message_id": "...", "ordering_key": "u1"}],
+     "deliveries": [...]}                  # the same requests as the map hook returned them
+
+It runs the same code as the router (filter, trigger, the plugin's pure ``map_event`` hook and
+its field mappings); the ``deliver`` hook is never called. ``url`` is the plugin's
+``base_url`` setting joined with the request path, when the plugin has one. Credentials are
+added by ``deliver`` at send time and are not shown; a batching plugin may wrap several bodies
+into one HTTP request (the Segment forwarder sends them inside ``{"batch": [...]}``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..deliveries import Delivery
+from ..errors import BadRequest, ConfigError
+from ..events import Event, validate_event
+from ..inbox import now_iso
+from .router import map_one
+
+if TYPE_CHECKING:
+    from ..runtime import DestinationRuntime, Runtime
+
+log = logging.getLogger("hookyard.preview")
+_object = msgspec.json.Decoder(dict[str, Any])
+
+
+def load_event(data: bytes) -> dict[str, Any]:
+    """Decode a JSON object; :class:`BadRequest` names what is wrong."""
+    try:
+        return _object.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"the event must be a JSON object: {exc}") from None
+
+
+def _event(raw: dict[str, Any]) -> Event:
+    try:
+        event: Event = msgspec.convert(raw, Event)  # type: ignore[arg-type]
+    except (msgspec.ValidationError, RecursionError) as exc:
+        raise BadRequest(f"not a valid Segment event: {exc}") from None
+    problem = validate_event(event)
+    if problem:
+        raise BadRequest(f"not a valid Segment event: {problem}")
+    return event
+
+
+def request_of(dest: DestinationRuntime, d: Delivery) -> dict[str, Any]:
+    """One delivery as the HTTP request it describes."""
+    out: dict[str, Any] = {"kind": d.kind, "method": d.method, "path": d.path}
+    base = getattr(dest.context.settings, "base_url", None)
+    if isinstance(base, str) and base:
+        out["url"] = base.rstrip("/") + d.path
+    out.update(body=d.body, message_id=d.message_id, ordering_key=d.ordering_key)
+    return out
+
+
+def preview_event(rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any]) -> dict[str, Any]:
+    """What ``dest`` would send for ``raw`` (a Segment event dict); nothing is sent or stored.
+
+    ``messageId`` and ``receivedAt`` are filled in like ingest does when missing. Raises
+    :class:`BadRequest` when ``raw`` is not a valid Segment event; a crashing ``map_event``
+    hook is reported in ``reason``, never raised.
+    """
+    raw = dict(raw)
+    event = _event(raw)
+    raw.setdefault("messageId", "preview")
+    raw.setdefault("receivedAt", now_iso())
+    dropped = bool(dest.filter(raw)) if dest.filter is not None else False
+    matches = bool(dest.trigger(raw)) if dest.trigger is not None else True
+    deliveries: list[Delivery] = []
+    reason: str | None = dest.gate(raw)
+    if reason is None:
+        try:
+            result = map_one(rt, dest, raw, event)
+        except Exception as exc:  # noqa: BLE001 - the router turns this into a dead letter
+            log.warning("map_event of %s failed in a preview: %s", dest.name, exc)
+            reason = f"map_event failed: {type(exc).__name__}: {exc}"
+        else:
+            deliveries = result.deliveries
+            if not deliveries:
+                reason = result.filtered or "no deliveries"
+    return {
+        "destination": dest.name,
+        "plugin": dest.config.plugin,
+        "passes": not dropped and matches,
+        "filter": dest.config.filter,
+        "dropped_by_filter": dropped,
+        "trigger": dest.config.trigger,
+        "matches_trigger": matches,
+        "sent": bool(deliveries),
+        "reason": reason,
+        "filtered": reason,
+        "requests": [request_of(dest, d) for d in deliveries],
+        "deliveries": [msgspec.to_builtins(d) for d in deliveries],
+    }
+
+
+def preview_cli(rt: Runtime, destination: str, data: bytes) -> str:
+    """``hookyard preview``: the API's answer as indented JSON; errors raise HookyardError."""
+    dest = rt.destinations.get(destination)
+    if dest is None:
+        known = ", ".join(rt.destinations) or "none"
+        raise ConfigError(f"no destination named {destination!r} (configured: {known})")
+    result = preview_event(rt, dest, load_event(data))
+    return msgspec.json.format(msgspec.json.encode(result), indent=2).decode()

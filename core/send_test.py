@@ -1,0 +1,237 @@
+"""``hookyard send-test``: send a sample identify and track to a running server, then show where
+each went (stored, and every destination's delivery state) through the operator API.
+
+Defaults come from the same places as ``hookyard serve``: the config file (``--config`` or
+``$HOOKYARD_CONFIG``) or the data dir (``./hookyard-data``: ``write_key``, ``admin_token``).
+Nothing is created: a missing key is an error naming the option to pass.
+
+Exit code 0 when both events were stored and no delivery became a dead letter; otherwise one
+line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from .errors import ConfigError, HookyardError
+
+TERMINAL = {"done", "dead", "filtered", "discarded"}
+NO_ROWS_GRACE = 3.0  # seconds without any delivery row before "no destination" is concluded
+
+
+@dataclass
+class Target:
+    """Where to send and how to authenticate."""
+
+    url: str
+    write_key: str
+    admin_token: str | None
+
+
+@dataclass
+class Sent:
+    """One sample event and what became of it."""
+
+    kind: str
+    message_id: str
+    body: dict[str, Any]
+    status: int = 0
+    stored: bool = False
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def resolve(config_path: str | None, data_dir: str | None, url: str | None,
+            write_key: str | None, admin_token: str | None, source: str | None) -> Target:
+    """The target server from the options, the config file or the data dir (read only)."""
+    from .config import load_config
+
+    config_path = config_path or os.environ.get("HOOKYARD_CONFIG")
+    host, port = "127.0.0.1", 8000
+    key = token = None
+    if config_path:
+        config = load_config(config_path)
+        host, port = config.server.host, config.server.port
+        folder = Path(data_dir or config.server.data_dir).expanduser()
+        token = config.server.admin_token or _read(folder / "admin_token")
+        candidates = [s for s in config.sources if s.plugin == "segment"]
+        if source:
+            candidates = [s for s in config.sources if s.name == source]
+            if not candidates:
+                names = ", ".join(s.name for s in config.sources) or "none"
+                raise ConfigError(f"no source named {source!r} in {config_path} (sources: {names})")
+        if candidates:
+            key = candidates[0].write_key
+    else:
+        folder = Path(data_dir or "./hookyard-data").expanduser()
+        key, token = _read(folder / "write_key"), _read(folder / "admin_token")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    target_url = (url or f"http://{host}:{port}").rstrip("/")
+    if not target_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url must start with http:// or https://, not {target_url!r}")
+    key = write_key or key
+    if not key:
+        raise ConfigError(f"no write key: pass --write-key, or --config / --data-dir of the "
+                          f"running server (looked for {folder / 'write_key'})")
+    return Target(target_url, key, admin_token or token)
+
+
+def samples(user_id: str) -> list[Sent]:
+    """A sample identify and track with fresh messageIds."""
+    ident: dict[str, Any] = {"userId": user_id, "messageId": f"send-test-{uuid.uuid4()}",
+             "traits": {"name": "hookyard send-test", "email": "send-test@example.com"},
+             "context": {"library": {"name": "hookyard send-test"}}}
+    track: dict[str, Any] = {"userId": user_id, "messageId": f"send-test-{uuid.uuid4()}",
+             "event": "hookyard Test Event", "properties": {"source": "hookyard send-test"},
+             "context": {"library": {"name": "hookyard send-test"}}}
+    return [Sent("identify", ident["messageId"], ident), Sent("track", track["messageId"], track)]
+
+
+async def run(target: Target, events: list[Sent], wait: float,
+              echo: Callable[[str], None]) -> list[Sent]:
+    """Send ``events``, then poll the operator API until their deliveries settle."""
+    import aiohttp
+
+    from .http import HttpClient
+
+    client = HttpClient(connect_timeout=5, total_timeout=15, limit=4)
+    auth = "Basic " + base64.b64encode(f"{target.write_key}:".encode()).decode()
+    try:
+        for ev in events:
+            try:
+                resp = await client.request("POST", f"{target.url}/v1/{ev.kind}", json=ev.body,
+                                            headers={"Authorization": auth})
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise HookyardError(f"cannot reach hookyard at {target.url}: "
+                                    f"{exc or type(exc).__name__}") from None
+            ev.status = resp.status
+            if resp.status != 200:
+                raise HookyardError(f"{ev.kind} refused by {target.url}: HTTP {resp.status} "
+                                    f"{_error_text(resp.body)}")
+            ev.stored = True
+            echo(f"sent {ev.kind:<9} messageId={ev.message_id}  -> stored (HTTP 200)")
+        if target.admin_token:
+            try:
+                await _follow(client, target, events, wait)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise HookyardError(f"cannot read deliveries from {target.url}: "
+                                    f"{exc or type(exc).__name__}") from None
+    finally:
+        await client.close()
+    return events
+
+
+def _error_text(body: bytes) -> str:
+    import msgspec
+
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body[:200].decode("utf-8", "replace")
+    return str(data.get("error", data)) if isinstance(data, dict) else str(data)
+
+
+async def _follow(client: Any, target: Target, events: list[Sent], wait: float) -> None:
+    headers = {"Authorization": f"Bearer {target.admin_token}"}
+    started = time.monotonic()
+    while True:
+        for ev in events:
+            resp = await client.request(
+                "GET", f"{target.url}/api/deliveries?message_id={quote(ev.message_id)}",
+                headers=headers)
+            if resp.status == 401:
+                raise HookyardError(f"the admin token was refused by {target.url} "
+                                    "(pass --admin-token or set HOOKYARD_ADMIN_TOKEN)")
+            if resp.status != 200:
+                raise HookyardError(f"GET /api/deliveries failed: HTTP {resp.status} "
+                                    f"{_error_text(resp.body)}")
+            ev.deliveries = resp.json()["deliveries"]
+        elapsed = time.monotonic() - started
+        rows = [d for ev in events for d in ev.deliveries]
+        settled = all(ev.deliveries for ev in events) and all(d["state"] in TERMINAL for d in rows)
+        if settled or elapsed >= wait or (not rows and elapsed >= min(NO_ROWS_GRACE, wait)):
+            return
+        await asyncio.sleep(0.2)
+
+
+def describe(delivery: dict[str, Any]) -> str:
+    """One line about one delivery: destination, state, attempts, last answer."""
+    attempts = delivery.get("attempts_log") or []
+    parts = [f"{delivery['destination']:<16} {delivery['state']:<9}"]
+    if delivery["state"] == "filtered":
+        parts.append(f"skipped: {delivery.get('last_error')}")
+        return " ".join(parts)
+    if attempts:
+        last = attempts[-1]
+        latency = f", {last['latency_ms']:.0f} ms" if last.get("latency_ms") is not None else ""
+        parts.append(f"{len(attempts)} attempt{'s' if len(attempts) != 1 else ''}{latency}")
+    if delivery.get("last_status"):
+        parts.append(f"HTTP {delivery['last_status']}")
+    error = delivery.get("last_error")
+    if error and delivery["state"] != "done" and error != f"HTTP {delivery.get('last_status')}":
+        parts.append(f"error: {error}")
+    if delivery["state"] == "pending" and not attempts:
+        parts.append("queued")
+    return "  ".join(parts)
+
+
+def report(target: Target, events: list[Sent], echo: Callable[[str], None]) -> int:
+    """Print where each event went; the number of dead deliveries."""
+    if not target.admin_token:
+        echo("(no admin token: pass --admin-token or set HOOKYARD_ADMIN_TOKEN to see deliveries)")
+        return 0
+    dead = 0
+    for ev in events:
+        echo(f"{ev.kind} {ev.message_id}:")
+        if not ev.deliveries:
+            echo("  no deliveries: no destination is connected to this source, or no worker is "
+                 "running (`hookyard worker`)")
+        for d in ev.deliveries:
+            echo("  -> " + describe(d))
+            dead += d["state"] == "dead"
+    echo(f"details: {target.url}/ui/events/{quote(events[-1].message_id)}")
+    return dead
+
+
+@click.command("send-test")
+@click.option("--config", "-c", "config_path",
+              help="TOML config of the running server (default: $HOOKYARD_CONFIG)")
+@click.option("--data-dir", help="Data dir of the running server (default: ./hookyard-data)")
+@click.option("--url", help="Server URL (default: from the config, else http://127.0.0.1:8000)")
+@click.option("--write-key", help="Write key of a Segment source (default: from config/data dir)")
+@click.option("--admin-token", envvar="HOOKYARD_ADMIN_TOKEN",
+              help="Admin token to read deliveries (default: $HOOKYARD_ADMIN_TOKEN, config, data dir)")
+@click.option("--source", help="Source whose write key is used (default: the first Segment one)")
+@click.option("--user-id", default="hookyard-send-test", show_default=True)
+@click.option("--wait", default=10.0, show_default=True, help="Seconds to wait for deliveries")
+def send_test(config_path: str | None, data_dir: str | None, url: str | None,
+              write_key: str | None, admin_token: str | None, source: str | None,
+              user_id: str, wait: float) -> None:
+    """Send a sample identify and track to a running server and show where each went."""
+    try:
+        target = resolve(config_path, data_dir, url, write_key, admin_token, source)
+        events = asyncio.run(run(target, samples(user_id), wait, click.echo))
+    except HookyardError as exc:
+        raise click.ClickException(str(exc)) from None
+    dead = report(target, events, click.echo)
+    if dead:
+        raise click.ClickException(f"{dead} deliver{'y' if dead == 1 else 'ies'} failed "
+                                   "(dead letters: `hookyard dlq list`)")

@@ -1,0 +1,268 @@
+"""Delivery to Novu: ``Authorization: ApiKey <api_key>``, per-user order kept, triggers pooled
+into bulk triggers.
+
+A ``deliver`` call gets up to ``batch_size`` deliveries of mixed kinds and several users. They go
+out in *rounds*: each round takes, for every user (ordering key), either the next single request
+(subscriber upsert, topic subscription) or the user's next run of consecutive triggers. The
+round's single requests are sent concurrently; its triggers, from every user, are pooled into
+``POST /v1/events/trigger/bulk`` requests of at most 100 events (a lone trigger uses
+``/v1/events/trigger``). After a retryable failure a user's later deliveries are held back, so a
+retry never lands after a newer update of the same user.
+
+Outcomes:
+
+* 2xx: delivered. A trigger answer (single, or each item of a bulk answer) with a ``status``
+  other than ``processed`` is a permanent failure carrying Novu's error; a topic subscription
+  answer listing an error for the user (``SUBSCRIBER_NOT_FOUND``) too.
+* "transactionId property is not unique": Novu already has this trigger (an earlier attempt
+  succeeded but its answer was lost): delivered, never notified twice.
+* 408, 429, 5xx, timeouts, connection errors: retryable, honouring ``Retry-After``.
+* Other 4xx: permanent. A bulk request refused as a whole (400, 413, 422) is sent again one
+  trigger at a time, so one bad event cannot sink the other 99; 401/403 fail them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from hookyard.deliveries import RESPONSE_BODY_LIMIT, Delivery, DeliveryResult
+from hookyard.http import HttpClient, HttpResponse
+
+from .mapping import BULK_TRIGGER_PATH, KIND_TOPIC, KIND_TRIGGER, KIND_UNMAPPED
+from .settings import NovuSettings
+
+MAX_BULK = 100
+"""Novu's bulk trigger takes at most 100 events."""
+MAX_CONCURRENT = 10
+"""Requests in flight at once per ``deliver`` call."""
+PROCESSED = "processed"
+DUPLICATE_MARKER = "transactionid property is not unique"
+HELD_BACK = "not sent: an earlier delivery with the same ordering key failed and will be retried"
+AUTH_STATUSES = (401, 403)
+
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+Send = Callable[[int], Awaitable[DeliveryResult]]
+
+
+# -- reading Novu's answers ------------------------------------------------------------------
+def decode(body: bytes) -> Any:
+    """The JSON of an answer (Novu wraps results in ``{"data": ...}``), or None."""
+    if not body:
+        return None
+    try:
+        value = _decoder.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(value, dict) and set(value) == {"data"}:
+        return value["data"]
+    return value
+
+
+def error_message(body: bytes) -> str | None:
+    """Novu's ``message`` from an error answer (a string or a list of strings)."""
+    value = decode(body)
+    if not isinstance(value, dict):
+        return None
+    message = value.get("message")
+    if isinstance(message, list):
+        message = "; ".join(str(m) for m in message)
+    return message if isinstance(message, str) and message else None
+
+
+def is_duplicate(text: str | None) -> bool:
+    """Novu refused a trigger because its transactionId was already used."""
+    return text is not None and DUPLICATE_MARKER in text.lower()
+
+
+def _text(value: Any) -> str:
+    text = _encoder.encode(value).decode()
+    return text if len(text) <= RESPONSE_BODY_LIMIT else text[:RESPONSE_BODY_LIMIT] + "…"
+
+
+def with_message(result: DeliveryResult, response: HttpResponse | None) -> DeliveryResult:
+    """A failed HTTP result with Novu's error message added to its error."""
+    if result.outcome != "ok" and response is not None:
+        message = error_message(response.body)
+        if message:
+            result.error = f"{result.error}: {message}"
+    return result
+
+
+def trigger_item_result(item: Any, http_status: int) -> DeliveryResult:
+    """The outcome of one trigger from its answer ``{acknowledged, status, error?, ...}``."""
+    if not isinstance(item, dict) or not isinstance(item.get("status"), str):
+        return DeliveryResult.retryable(
+            "unreadable Novu trigger answer", http_status=http_status, response_body=_text(item)
+        )
+    status = item["status"]
+    errors = item.get("error")
+    detail = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors or "")
+    if status == PROCESSED or is_duplicate(detail):
+        return DeliveryResult(outcome="ok", http_status=http_status, response_body=_text(item))
+    error = f"Novu trigger {status}" + (f": {detail}" if detail else "")
+    return DeliveryResult.permanent(error, http_status=http_status, response_body=_text(item))
+
+
+def topic_result(
+    result: DeliveryResult, response: HttpResponse | None, subscriber_id: str | None
+) -> DeliveryResult:
+    """A 2xx topic subscription answer may still list the user under ``errors``."""
+    if result.outcome != "ok" or response is None:
+        return result
+    answer = decode(response.body)
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    for error in errors if isinstance(errors, list) else []:
+        if isinstance(error, dict) and error.get("subscriberId") in (subscriber_id, None):
+            message = f"Novu topic subscription failed: {error.get('code')}: {error.get('message')}"
+            return DeliveryResult.permanent(
+                message, http_status=response.status, response_body=result.response_body
+            )
+    return result
+
+
+# -- sending -----------------------------------------------------------------------------------
+class Sender:
+    """Sends one ``deliver`` call's deliveries (see the module docstring)."""
+
+    def __init__(self, settings: NovuSettings, deliveries: list[Delivery], client: HttpClient):
+        self.settings = settings
+        self.deliveries = deliveries
+        self.client = client
+        self.headers = {"Authorization": f"ApiKey {settings.api_key}", "Accept": "application/json"}
+        self.slots = asyncio.Semaphore(MAX_CONCURRENT)
+
+    async def post(self, path: str, body: Any) -> tuple[DeliveryResult, HttpResponse | None]:
+        async with self.slots:
+            return await self.client.send(
+                "POST", self.settings.api_url + path, json=body, headers=self.headers
+            )
+
+    async def send_one(self, i: int) -> DeliveryResult:
+        """One delivery as its own request (a trigger through ``/v1/events/trigger``)."""
+        d = self.deliveries[i]
+        if d.kind == KIND_UNMAPPED:
+            error = d.body.get("error") if isinstance(d.body, dict) else None
+            return DeliveryResult.permanent(str(error or "no Novu workflow mapped"))
+        if not d.path.startswith("/"):
+            return DeliveryResult.permanent(f"cannot send Novu delivery of kind {d.kind!r}")
+        result, response = await self.post(d.path, d.body)
+        if d.kind == KIND_TRIGGER:
+            return self.trigger_result(result, response)
+        if d.kind == KIND_TOPIC:
+            subs = d.body.get("subscriptions") if isinstance(d.body, dict) else None
+            subscriber = subs[0] if isinstance(subs, list) and subs else None
+            return topic_result(with_message(result, response), response, subscriber)
+        return with_message(result, response)
+
+    def trigger_result(
+        self, result: DeliveryResult, response: HttpResponse | None
+    ) -> DeliveryResult:
+        if response is None:
+            return result
+        if result.outcome == "ok":
+            answer = decode(response.body)
+            if isinstance(answer, dict) and "status" in answer:
+                return trigger_item_result(answer, response.status)
+            return result
+        if is_duplicate(error_message(response.body)):
+            return DeliveryResult(
+                outcome="ok", http_status=response.status, response_body=result.response_body
+            )
+        return with_message(result, response)
+
+    async def send_bulk(self, indexes: list[int]) -> dict[int, DeliveryResult]:
+        """Up to 100 triggers in one bulk request; a lone one as a single trigger."""
+        if len(indexes) == 1:
+            return {indexes[0]: await self.send_one(indexes[0])}
+        body = {"events": [self.deliveries[i].body for i in indexes]}
+        result, response = await self.post(BULK_TRIGGER_PATH, body)
+        if response is None or result.outcome == "retryable":
+            return {i: msgspec.structs.replace(result) for i in indexes}
+        if result.outcome == "permanent":
+            if response.status in AUTH_STATUSES:
+                result = with_message(result, response)
+                return {i: msgspec.structs.replace(result) for i in indexes}
+            return await self.in_order(indexes, self.send_one)  # find the bad event(s)
+        items = decode(response.body)
+        if not isinstance(items, list) or len(items) != len(indexes):
+            return {
+                i: DeliveryResult.retryable(
+                    "unreadable Novu bulk trigger answer (retried: transactionId makes it safe)",
+                    http_status=response.status,
+                    response_body=result.response_body,
+                )
+                for i in indexes
+            }
+        return {i: trigger_item_result(item, response.status) for i, item in zip(indexes, items)}
+
+    async def in_order(self, indexes: list[int], send: Send) -> dict[int, DeliveryResult]:
+        """Send ``indexes`` one by one per ordering key (keys concurrently); after a retryable
+        failure the key's later ones are held back."""
+        by_key: dict[str, list[int]] = {}
+        for i in indexes:
+            by_key.setdefault(self.key(i), []).append(i)
+        out: dict[int, DeliveryResult] = {}
+
+        async def run(mine: list[int]) -> None:
+            failed: DeliveryResult | None = None
+            for i in mine:
+                if failed is not None:
+                    out[i] = held_back(failed)
+                    continue
+                out[i] = await send(i)
+                if out[i].outcome == "retryable":
+                    failed = out[i]
+
+        await asyncio.gather(*(run(mine) for mine in by_key.values()))
+        return out
+
+    def key(self, i: int) -> str:
+        return self.deliveries[i].ordering_key or f"\x00{i}"
+
+    async def run(self) -> list[DeliveryResult]:
+        results: list[DeliveryResult | None] = [None] * len(self.deliveries)
+        queues: dict[str, deque[int]] = {}
+        for i in range(len(self.deliveries)):
+            queues.setdefault(self.key(i), deque()).append(i)
+        failed: dict[str, DeliveryResult] = {}
+        while any(queues.values()):
+            singles: list[int] = []
+            triggers: list[int] = []
+            for key, queue in queues.items():
+                if key in failed:
+                    while queue:
+                        results[queue.popleft()] = held_back(failed[key])
+                elif queue and self.deliveries[queue[0]].kind == KIND_TRIGGER:
+                    while queue and self.deliveries[queue[0]].kind == KIND_TRIGGER:
+                        triggers.append(queue.popleft())
+                elif queue:
+                    singles.append(queue.popleft())
+            chunks = [triggers[n : n + MAX_BULK] for n in range(0, len(triggers), MAX_BULK)]
+            single_answers, bulk_answers = await asyncio.gather(
+                asyncio.gather(*(self.send_one(i) for i in singles)),
+                asyncio.gather(*(self.send_bulk(chunk) for chunk in chunks)),
+            )
+            round_results: dict[int, DeliveryResult] = dict(zip(singles, single_answers))
+            for answer in bulk_answers:
+                round_results.update(answer)
+            for i in sorted(round_results):
+                results[i] = round_results[i]
+                if round_results[i].outcome == "retryable":
+                    failed.setdefault(self.key(i), round_results[i])
+        return [r if r is not None else DeliveryResult.retryable("not sent") for r in results]
+
+
+def held_back(failed: DeliveryResult) -> DeliveryResult:
+    return DeliveryResult.retryable(HELD_BACK, retry_after=failed.retry_after)
+
+
+async def deliver_novu(
+    settings: NovuSettings, deliveries: list[Delivery], client: HttpClient
+) -> list[DeliveryResult]:
+    """One :class:`DeliveryResult` per delivery, in order."""
+    return await Sender(settings, deliveries, client).run()

@@ -1,0 +1,85 @@
+"""The dashboard's own read queries, on a real SQLite database (no server): the SQL status
+filter agrees with the status computed per row, and destination health adds up."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from hookyard.dashboard.queries import STATUSES, destination_health, events_page, status_of
+from hookyard.database import connect
+from hookyard.schema import migrate
+
+STATES = ("pending", "inflight", "done", "dead", "filtered", "discarded")
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    db = connect(tmp_path / "hookyard.db")
+    db.row_factory = sqlite3.Row
+    migrate(db)
+    return db
+
+
+def add_event(conn: sqlite3.Connection, n: int, filtered: str | None, states: tuple[str, ...]) -> None:
+    cur = conn.execute(
+        "INSERT INTO inbox (source, message_id, type, user_id, received_at, raw, filtered)"
+        " VALUES ('web', ?, 'track', 'u1', '2026-01-01T00:00:00Z', '{}', ?)", (f"m{n}", filtered))
+    for i, state in enumerate(states):
+        conn.execute(
+            "INSERT INTO outbox (destination, inbox_id, message_id, state, created_at)"
+            " VALUES (?, ?, ?, ?, 0)", (f"d{i}", cur.lastrowid, f"m{n}", state))
+
+
+def test_status_filter_matches_status_of(conn: sqlite3.Connection) -> None:
+    combos: list[tuple[str | None, tuple[str, ...]]] = [(None, ())]
+    combos += [(None, c) for size in (1, 2) for c in itertools.combinations(STATES, size)]
+    combos += [("not in the source's list", ()), ("not in the source's list", ("done",))]
+    for n, (filtered, states) in enumerate(combos):
+        add_event(conn, n, filtered, states)
+    everything, _ = events_page(conn, limit=500)
+    assert len(everything) == len(combos)
+    expected = {r.message_id: r.status for r in everything}
+    for r in everything:
+        assert r.status == status_of(r.filtered, set(r.destinations.values()))
+    seen = set()
+    for status in STATUSES:
+        rows, _ = events_page(conn, status=status, limit=500)
+        assert {r.message_id for r in rows} == {m for m, s in expected.items() if s == status}
+        seen |= {r.message_id for r in rows}
+    assert seen == set(expected)  # every event has exactly one status
+
+
+def test_paging_is_newest_first(conn: sqlite3.Connection) -> None:
+    for n in range(5):
+        add_event(conn, n, None, ("done",))
+    first, cursor = events_page(conn, limit=3)
+    assert [r.message_id for r in first] == ["m4", "m3", "m2"] and cursor is not None
+    second, end = events_page(conn, limit=3, cursor=cursor)
+    assert [r.message_id for r in second] == ["m1", "m0"] and end is None
+
+
+def test_destination_health(conn: sqlite3.Connection) -> None:
+    now = time.time()
+    for state, count in (("done", 3), ("pending", 2), ("dead", 1)):
+        for _ in range(count):
+            conn.execute("INSERT INTO outbox (destination, state, attempts, created_at, last_error,"
+                         " last_status) VALUES ('a', ?, ?, 0, ?, ?)",
+                         (state, 1 if state == "pending" else 0,
+                          "HTTP 400" if state == "dead" else None, 400 if state == "dead" else None))
+    for outcome, status in (("ok", 200), ("ok", 200), ("permanent", 400), ("ok", 200)):
+        conn.execute("INSERT INTO attempts (destination, outcome, http_status, error, at)"
+                     " VALUES ('a', ?, ?, ?, ?)",
+                     (outcome, status, None if outcome == "ok" else f"HTTP {status}", now))
+    conn.execute("INSERT INTO outbox (destination, state, created_at, last_error, last_status)"
+                 " VALUES ('old', 'dead', 0, 'HTTP 404', 404)")
+    health = destination_health(conn, ["a", "idle", "old"])
+    a = health["a"]
+    assert a.queue_depth == 2 and a.retrying == 2 and a.states["done"] == 3
+    assert a.attempts == 4 and a.success_rate == 0.75 and a.health() == "degraded"
+    assert (a.last_error, a.last_error_status) == ("HTTP 400", 400)
+    assert health["idle"].health() == "idle" and health["idle"].health(enabled=False) == "disabled"
+    assert health["old"].last_error == "HTTP 404"  # from the dead letter: no recent attempt

@@ -1,0 +1,94 @@
+"""``hookyard send-test`` against a real running server: defaults from the config / data dir,
+where each event went, and one clear line with a non-zero exit on every failure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import CliRunner
+from hookyard.cli import main
+from hookyard.testing.fake_server import FakeServer
+from hookyard.testing.server import HookyardServer, free_port
+
+from .kit import ADMIN, KEY
+
+Start = Callable[..., HookyardServer]
+
+
+def send_test(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["send-test", "--wait", "5", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_dead_letters_are_shown_and_fail(server: HookyardServer) -> None:
+    code, out, err = send_test("--url", server.url, "--write-key", KEY, "--admin-token", ADMIN)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("sent identify") and lines[0].endswith("-> stored (HTTP 200)")
+    assert lines[1].startswith("sent track")
+    assert sum("-> profiles" in line and " done " in line for line in lines) == 2
+    assert sum("-> forward" in line and " dead " in line and "HTTP 400" in line
+               for line in lines) == 2
+    assert f"{server.url}/ui/events/send-test-" in out
+    assert err.strip() == "Error: 2 deliveries failed (dead letters: `hookyard dlq list`)"
+    stored = server.api("/api/events", params={"user_id": "hookyard-send-test"}).json()["items"]
+    assert {e["event"]["type"] for e in stored} == {"identify", "track"}
+
+
+def test_defaults_come_from_the_config_file(hookyard_server: Start, tmp_path: Path) -> None:
+    port = free_port()
+    srv = hookyard_server({"server": {"port": port, "admin_token": ADMIN},
+                           "sources": [{"name": "app", "plugin": "segment", "write_key": KEY}],
+                           "destinations": [{"name": "profiles", "plugin": "profiles",
+                                             "sources": ["app"]}]})
+    config = tmp_path / "hookyard.toml"
+    config.write_text(f'[server]\nport = {port}\nadmin_token = "{ADMIN}"\n'
+                      f'data_dir = "{tmp_path / "unused"}"\n\n'
+                      f'[[sources]]\nname = "app"\nplugin = "segment"\nwrite_key = "{KEY}"\n')
+    code, out, err = send_test("--config", str(config), "--user-id", "cfg-user")
+    assert code == 0, err
+    assert out.count("-> profiles") == 2 and " done " in out and err == ""
+    assert srv.api("/api/subscribers/cfg-user").status_code == 200
+    assert not (tmp_path / "unused").exists()  # send-test reads, never creates
+
+
+def test_defaults_come_from_the_data_dir(hookyard_server: Start, tmp_path: Path,
+                                         monkeypatch: object) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "write_key").write_text(KEY + "\n")
+    (data / "admin_token").write_text(ADMIN + "\n")
+    srv = hookyard_server({"server": {"admin_token": ADMIN}, "sources": [
+        {"name": "default", "plugin": "segment", "write_key": KEY}]})
+    code, out, err = send_test("--data-dir", str(data), "--url", srv.url, "--wait", "1")
+    assert code == 0, err
+    assert out.count("no deliveries: no destination is connected") == 2
+
+
+def test_without_admin_token_only_sending_is_reported(server: HookyardServer) -> None:
+    code, out, _ = send_test("--url", server.url, "--write-key", KEY,
+                             "--data-dir", "/nonexistent")
+    assert code == 0
+    assert "stored (HTTP 200)" in out and "pass --admin-token" in out
+
+
+def test_errors_are_one_line(server: HookyardServer, tmp_path: Path) -> None:
+    with FakeServer() as gone:
+        dead_url = gone.url
+    cases = {
+        ("--url", dead_url, "--write-key", KEY): f"Error: cannot reach hookyard at {dead_url}",
+        ("--url", server.url, "--write-key", "wrong-write-key"):
+            f"Error: identify refused by {server.url}: HTTP 401 invalid write key",
+        ("--url", server.url, "--write-key", KEY, "--admin-token", "wrong-token"):
+            f"Error: the admin token was refused by {server.url}",
+        ("--data-dir", str(tmp_path / "empty")): "Error: no write key: pass --write-key",
+        ("--config", str(tmp_path / "missing.toml")): "Error: config file",
+        ("--url", "ftp://x", "--write-key", KEY): "Error: --url must start with http://",
+    }
+    for args, expected in cases.items():
+        code, _, err = send_test(*args)
+        assert code == 1, args
+        assert err.startswith(expected), (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "empty").exists()

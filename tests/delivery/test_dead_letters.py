@@ -1,0 +1,207 @@
+"""Dead letters through the operator API and the ``hookyard dlq`` commands: a 400 goes straight
+to the dead letters; once the peer is fixed, ``retry`` delivers them; ``discard`` keeps them out
+for good; ``--destination`` / ``--since`` narrow both."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+from delivery_kit import (
+    FAST,
+    PLUGIN,
+    admin,
+    dead_letters,
+    recorder,
+    send,
+    states,
+    trace,
+    track,
+    wait_until,
+)
+from hookyard.cli import main
+from hookyard.testing.fake_server import FakeServer
+from hookyard.testing.server import HookyardServer
+
+Start = Callable[..., HookyardServer]
+
+
+def all_dead(server: HookyardServer, count: int) -> list[dict[str, Any]]:
+    def check() -> list[dict[str, Any]] | None:
+        found = dead_letters(server)
+        return found if len(found) == count else None
+
+    result: list[dict[str, Any]] = wait_until(check, what=f"{count} dead letters")
+    return result
+
+
+def test_api_list_retry_and_discard(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    fake.respond(400, {"error": "invalid payload"})
+    server = hookyard_server({"destinations": [
+        recorder(fake.url + "/a", name="a"), recorder(fake.url + "/b", name="b")]},
+        plugins=[PLUGIN])
+    assert send(server, "/v1/track", track("u1", 1)).status_code == 200
+    assert send(server, "/v1/track", track("u2", 1)).status_code == 200
+    dead = all_dead(server, 4)
+    assert {(d["destination"], d["message_id"]) for d in dead} == {
+        (dest, f"{u}-1") for dest in "ab" for u in ("u1", "u2")}
+    assert all(d["attempts"] == 1 and d["last_status"] == 400 for d in dead)
+    assert all('"invalid payload"' in d["response_body"] for d in dead)
+    assert [d["destination"] for d in dead_letters(server, destination="a")] == ["a", "a"]
+
+    # paging: newest first, cursor
+    page = admin(server, "/api/dead-letters", params={"limit": 3}).json()
+    assert len(page["items"]) == 3 and page["next"]
+    rest = admin(server, "/api/dead-letters", params={"limit": 3, "cursor": page["next"]}).json()
+    assert len(rest["items"]) == 1 and rest["next"] is None
+
+    cutoff = time.time() + 0.05
+    time.sleep(0.1)
+    assert send(server, "/v1/track", track("u3", 1)).status_code == 200
+    all_dead(server, 6)
+    fake.respond(200, {"ok": True})  # the peer is fixed
+
+    # since: only what failed after the cutoff (u3), and only destination a
+    r = admin(server, "/api/dead-letters/retry", "POST", json={"destination": "a", "since": cutoff})
+    assert r.status_code == 200 and r.json() == {"action": "retry", "count": 1}
+    wait_until(lambda: [r for r in trace(server, "u3-1") if r["state"] == "done"],
+               what="u3-1 to a")
+    [a_row] = [row for row in trace(server, "u3-1") if row["destination"] == "a"]
+    assert [x["outcome"] for x in a_row["attempts_log"]] == ["permanent", "ok"]
+
+    # ids, as listed
+    ids = [d["id"] for d in dead_letters(server, destination="b") if d["message_id"] == "u1-1"]
+    r = admin(server, "/api/dead-letters/discard", "POST", json={"ids": ids})
+    assert r.json() == {"action": "discard", "count": 1}
+    r = admin(server, "/api/dead-letters/retry", "POST", json={})  # everything left
+    assert r.json()["count"] == 4
+    server.wait_idle()
+    assert dead_letters(server) == []
+    assert states(server) == {"done": 5, "discarded": 1}
+    bodies = [it["messageId"] for req in fake.requests if req.path.startswith("/b")
+              for it in req.json()["items"]]
+    assert "u1-1" in bodies  # its first (failed) attempt only
+    r = admin(server, "/api/dead-letters/retry", "POST", json={})
+    assert r.json()["count"] == 0  # a discarded letter is never retried
+
+
+def test_api_bad_dead_letter_requests_are_400(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    server = hookyard_server({"destinations": [recorder(fake_destination().url)]}, plugins=[PLUGIN])
+    for body in ({"since": "yesterday"}, {"ids": ["x"]}, {"ids": "1"}, {"destination": 5}, [1],
+                 "{", "\xff"):
+        kw = {"content": body} if isinstance(body, str) else {"json": body}
+        r = admin(server, "/api/dead-letters/retry", "POST", **kw)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"]
+    assert admin(server, "/api/dead-letters/nope", "POST", json={}).status_code == 404
+    assert admin(server, "/api/dead-letters?cursor=x").status_code == 400
+
+
+def test_a_failed_map_is_mapped_again_on_retry(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer], tmp_path: Path
+) -> None:
+    fake = fake_destination()
+    data = tmp_path / "data"
+    broken = hookyard_server({"destinations": [recorder(fake.url, explode=True)]},
+                             plugins=[PLUGIN], data_dir=data)
+    assert send(broken, "/v1/track", track("m", 1)).status_code == 200
+    [dl] = all_dead(broken, 1)
+    assert dl["last_error"] == "map_event failed: RuntimeError: recorder exploded"
+    broken.stop()
+    fixed = hookyard_server({"destinations": [recorder(fake.url)]}, plugins=[PLUGIN],
+                            data_dir=data)  # the plugin is fixed: same data, new config
+    assert admin(fixed, "/api/dead-letters/retry", "POST", json={}).json()["count"] == 1
+    fixed.wait_idle()
+    [row] = trace(fixed, "m-1")
+    assert row["state"] == "done" and row["request"]["body"]["seq"] == 1
+    assert row["user_key"] == "m" and row["kind"] == "track"
+    assert [it["messageId"] for r in fake.requests for it in r.json()["items"]] == ["m-1"]
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+def forwarder_config(url: str) -> dict[str, Any]:
+    """Two Segment forwarders (installed plugins, so the CLI can load the config too)."""
+    return {
+        "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"}],
+        "destinations": [
+            {"name": name, "plugin": "segment", "sources": ["web"],
+             "settings": {"write_key": f"{name}-key", "base_url": f"{url}/{name}"},
+             "delivery": FAST}
+            for name in ("one", "two")
+        ],
+    }
+
+
+def toml(config: dict[str, Any]) -> str:
+    lines = []
+    for src in config["sources"]:
+        lines += ["[[sources]]", *(f"{k} = {v!r}".replace("'", '"') for k, v in src.items())]
+    for dest in config["destinations"]:
+        lines += ["[[destinations]]", f'name = "{dest["name"]}"', f'plugin = "{dest["plugin"]}"',
+                  f'sources = ["{dest["sources"][0]}"]']
+        for key in ("filter", "trigger"):
+            if dest.get(key):
+                lines.append(f"{key} = '{dest[key]}'")
+        lines.append("[destinations.settings]")
+        lines += [f'{k} = "{v}"' for k, v in dest["settings"].items()]
+        lines.append("[destinations.delivery]")
+        lines += [f"{k} = {v}" for k, v in dest.get("delivery", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def cli(config: Path, data: Path, *args: str) -> str:
+    result = CliRunner().invoke(main, [*args, "--config", str(config), "--data-dir", str(data)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def test_dlq_commands(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer], tmp_path: Path
+) -> None:
+    fake = fake_destination()
+    fake.respond(400, {"success": False, "error": "bad"})
+    config = forwarder_config(fake.url)
+    path, data = tmp_path / "hookyard.toml", tmp_path / "data"
+    path.write_text(toml(config))
+    server = hookyard_server(config, data_dir=data)
+    events = [track("c1", 1), track("c2", 1)]
+    assert send(server, "/v1/batch", {"batch": events}).status_code == 200
+    all_dead(server, 4)
+
+    listed = cli(path, data, "dlq", "list").splitlines()
+    assert len(listed) == 4
+    assert all("status=400" in line and "attempts=1" in line and "HTTP 400" in line
+               for line in listed)
+    assert {line.split()[1] for line in listed} == {"one", "two"}
+    only_one = cli(path, data, "dlq", "list", "--destination", "one").splitlines()
+    assert len(only_one) == 2 and all(" one " in line for line in only_one)
+    assert {line.split()[2] for line in only_one} == {"c1-1", "c2-1"}
+    assert all("user=c" in line for line in only_one)
+
+    fake.respond(200, {"success": True})  # the peer is fixed
+    future = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1).isoformat()
+    assert "retry: 0 dead letters" in cli(path, data, "dlq", "retry", "--since", future)
+    assert "retry: 2 dead letters queued again" in cli(
+        path, data, "dlq", "retry", "--destination", "one", "--since", "2020-01-01")
+    wait_until(lambda: states(server).get("done") == 2, what="the retried letters")
+    delivered = [e["messageId"] for r in fake.requests if r.path == "/one/v1/batch"
+                 and r.headers["authorization"] for e in r.json()["batch"]]
+    assert delivered.count("c1-1") == 2 and delivered.count("c2-1") == 2  # failed once, then ok
+    assert "discard: 2 dead letters discarded" in cli(path, data, "dlq", "discard",
+                                                      "--destination", "two")
+    assert cli(path, data, "dlq", "list").strip() == "no dead letters"
+    assert "retry: 0 dead letters" in cli(path, data, "dlq", "retry")
+    assert states(server) == {"done": 2, "discarded": 2}
+
+    bad = CliRunner().invoke(main, ["dlq", "retry", "--since", "last week", "--config", str(path),
+                                    "--data-dir", str(data)])
+    assert bad.exit_code != 0 and "last week" in bad.output

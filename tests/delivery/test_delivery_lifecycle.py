@@ -1,0 +1,236 @@
+"""Leases: a graceful stop gives in-flight deliveries back, a dead owner's leases are recovered,
+and ``hookyard worker`` alone delivers what ``hookyard serve --no-workers`` ingested."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from delivery_kit import FAST, PLUGIN, items, recorder, send, states, trace, track, wait_until
+from hookyard.delivery import outbox, router
+from hookyard.delivery.engine import Engine
+from hookyard.testing.fake_server import FakeServer
+from hookyard.testing.server import HookyardServer, basic_auth, free_port, wait_until_up
+
+Start = Callable[..., HookyardServer]
+
+
+def ingest_only(hookyard_server: Start, fake: FakeServer, **dest: Any) -> HookyardServer:
+    """A server that stores events but runs no router or workers (the tests drive an Engine)."""
+    return hookyard_server({"server": {"workers": False},
+                            "destinations": [recorder(fake.url, **dest)]}, plugins=[PLUGIN])
+
+
+async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def leases(server: HookyardServer) -> list[tuple[Any, ...]]:
+    return server.runtime.db.read_sync(lambda c: [tuple(r) for r in c.execute(
+        "SELECT message_id, state, attempts, lease_owner, lease_until FROM outbox ORDER BY id")])
+
+
+def test_graceful_stop_releases_in_flight_deliveries(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    fake.hang(30, times=3)  # the peer takes the requests and never answers them
+    server = ingest_only(hookyard_server, fake, per_item=True,
+                         delivery={"batch_size": 1, "total_timeout_seconds": 20})
+    events = [track(u, 1) for u in ("x", "y", "z")]
+    assert send(server, "/v1/batch", {"batch": events}).status_code == 200
+    rt = server.runtime
+
+    async def run_and_stop() -> float:
+        engine = Engine(rt)
+        await engine.start()
+        await until(lambda: len(fake.requests) == 3 and states(server) == {"inflight": 3})
+        started = time.monotonic()
+        await engine.stop(grace=0.2)
+        return time.monotonic() - started
+
+    assert asyncio.run(run_and_stop()) < 3
+    assert [(m, s, a, o) for m, s, a, o, _ in leases(server)] == [
+        (f"{u}-1", "pending", 0, None) for u in ("x", "y", "z")]
+    assert all(not trace(server, f"{u}-1")[0]["attempts_log"] for u in "xyz")  # none counted
+
+    async def deliver_again() -> None:  # the next process delivers them
+        engine = Engine(rt)
+        await engine.start()
+        await until(lambda: states(server) == {"done": 3})
+        await engine.stop()
+
+    asyncio.run(deliver_again())
+    for u in "xyz":
+        [row] = trace(server, f"{u}-1")
+        assert row["attempts"] == 1 and [a["outcome"] for a in row["attempts_log"]] == ["ok"]
+    assert len(fake.requests) == 6  # in flight at the stop: sent again (at least once)
+    rt.engine = None
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leases_of_a_dead_owner_or_expired_are_recovered(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    server = ingest_only(hookyard_server, fake)
+    events = [track(u, 1) for u in ("dead", "expired", "restarted", "alive")]
+    assert send(server, "/v1/batch", {"batch": events}).status_code == 200
+    rt = server.runtime
+    asyncio.run(router.route_batch(rt))
+    host, now = socket.gethostname(), time.time()
+    owners = {  # message -> (lease owner, lease expiry)
+        "dead-1": (f"{host}:{dead_pid()}:abcd", now + 3600),  # kill -9'd process on this host
+        "expired-1": ("elsewhere:1:abcd", now - 1),  # another host, lease ran out
+        # an earlier incarnation with our pid (a container's pid 1 restarted), older format
+        "restarted-1": (f"{host}:{os.getpid()}", now + 3600),
+        "alive-1": (f"{host}:{os.getppid()}:abcd", now + 3600),  # a live process owns it
+    }
+    rt.db.write_sync(lambda c: c.executemany(
+        "UPDATE outbox SET state = 'inflight', lease_owner = ?, lease_until = ? WHERE message_id = ?",
+        [(o, u, m) for m, (o, u) in owners.items()]))
+
+    async def run() -> None:
+        engine = Engine(rt)
+        await engine.start()
+        await until(lambda: states(server) == {"done": 3, "inflight": 1})
+        await asyncio.sleep(0.2)
+        await engine.stop()
+
+    asyncio.run(run())
+    rt.engine = None
+    delivered = sorted(it["messageId"] for r in fake.requests for it in r.json()["items"])
+    assert delivered == ["dead-1", "expired-1", "restarted-1"]
+    assert [(m, s) for m, s, *_ in leases(server)] == [
+        ("dead-1", "done"), ("expired-1", "done"), ("restarted-1", "done"), ("alive-1", "inflight")]
+
+
+def test_maintenance_purges_finished_rows_past_retention_only(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    fake.set_handler(lambda req: (400, None) if items(req)[0]["user"] == "bad" else (200, None))
+    server = hookyard_server({"server": {"workers": False}, "storage": {"retention_days": 1},
+                              "destinations": [recorder(fake.url, per_item=True,
+                                                        delivery={"batch_size": 1})]},
+                             plugins=[PLUGIN])
+    events = [track(f"old{i}", 1) for i in range(5)] + [
+        track("new", 1), track("bad", 1), {"type": "page", "anonymousId": "anon", "messageId": "skip"}]
+    assert send(server, "/v1/batch", {"batch": events}).status_code == 200
+    rt = server.runtime
+
+    async def run() -> tuple[int, int]:
+        engine = Engine(rt)
+        await engine.start()
+        await until(lambda: states(server) == {"done": 6, "dead": 1, "filtered": 1})
+        week_ago = time.time() - 7 * 86400  # everything but "new-1" finished a week ago
+        rt.db.write_sync(lambda c: c.execute(
+            "UPDATE outbox SET updated_at = ? WHERE message_id != 'new-1'", (week_ago,)))
+        step = rt.db.write_sync(lambda c: outbox.purge(c, time.time() - 86400, ["rec"], limit=2))
+        purged = await engine.maintain()
+        await engine.stop()
+        return step, purged
+
+    step, purged = asyncio.run(run())
+    rt.engine = None
+    assert step == 2 + 1  # at most `limit` rows per state: 2 done, the 1 filtered
+    assert purged == 5 - 2  # the rest of the old done rows, in further rounds
+    left = rt.db.read_sync(lambda c: [tuple(r) for r in c.execute(
+        "SELECT message_id, state FROM outbox ORDER BY id")])
+    assert left == [("new-1", "done"), ("bad-1", "dead")]  # dead letters are never purged
+    orphans = rt.db.read_sync(lambda c: c.execute(
+        "SELECT count(*) FROM attempts WHERE outbox_id NOT IN (SELECT id FROM outbox)").fetchone()[0])
+    assert orphans == 0
+
+
+def test_worker_alone_delivers_what_serve_no_workers_ingested(
+    tmp_path: Path, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    fake.respond(200, {"success": True})
+    policy = "\n".join(f"{k} = {v}" for k, v in FAST.items())
+    config = tmp_path / "hookyard.toml"
+    config.write_text(f"""
+[server]
+admin_token = "worker-test-admin"
+
+[[sources]]
+name = "web"
+plugin = "segment"
+write_key = "worker-test-key"
+
+[[destinations]]
+name = "segment-out"
+plugin = "segment"
+sources = ["web"]
+[destinations.settings]
+write_key = "downstream-key"
+base_url = "{fake.url}"
+[destinations.delivery]
+{policy}
+""")
+    port, data = free_port(), tmp_path / "data"
+    base = [sys.executable, "-m", "hookyard"]
+    common = ["--config", str(config), "--data-dir", str(data)]
+    log = open(tmp_path / "procs.log", "ab")  # noqa: SIM115 - closed below
+    serve = subprocess.Popen([*base, "serve", *common, "--host", "127.0.0.1", "--port", str(port),
+                              "--no-workers"], stdout=log, stderr=subprocess.STDOUT)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(url, timeout=30)
+        events = [track(f"w{i % 2}", i) for i in range(6)]
+        r = httpx.post(f"{url}/v1/batch", json={"batch": events},
+                       headers=basic_auth("worker-test-key"), timeout=10)
+        assert r.status_code == 200
+        admin = {"Authorization": "Bearer worker-test-admin"}
+        time.sleep(0.5)
+        assert fake.requests == []  # no workers in `serve --no-workers`
+        r = httpx.get(f"{url}/api/deliveries", params={"message_id": "w0-0"}, headers=admin)
+        assert r.json()["deliveries"] == []  # not even routed
+
+        worker = subprocess.Popen([*base, "worker", *common], stdout=log, stderr=subprocess.STDOUT)
+        fake.wait_for(1, timeout=20)
+
+        def all_done() -> bool:
+            for e in events:
+                rows = httpx.get(f"{url}/api/deliveries", params={"message_id": e["messageId"]},
+                                 headers=admin).json()["deliveries"]
+                if not rows or rows[0]["state"] != "done":
+                    return False
+            return True
+
+        wait_until(all_done, timeout=20, what="the worker to deliver every event")
+        sent = [e for r in fake.requests for e in r.json()["batch"]]
+        assert sorted(e["messageId"] for e in sent) == sorted(e["messageId"] for e in events)
+        assert all(r.headers["authorization"] == basic_auth("downstream-key")["Authorization"]
+                   for r in fake.requests)
+        worker.send_signal(signal.SIGTERM)  # graceful: exits by itself
+        assert worker.wait(timeout=15) == 0
+    finally:
+        for proc in (worker, serve):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        log.close()

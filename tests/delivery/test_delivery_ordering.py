@@ -1,0 +1,123 @@
+"""Per-user ordering, batching and a short outage, through a real server and a real peer."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from delivery_kit import (
+    BATCH_SIZE,
+    PLUGIN,
+    Peer,
+    items,
+    recorder,
+    send,
+    states,
+    trace,
+    track,
+    wait_until,
+)
+from hookyard.testing.fake_server import FakeServer
+from hookyard.testing.server import HookyardServer
+
+Start = Callable[..., HookyardServer]
+
+
+def per_user(ids: list[str]) -> dict[str, list[int]]:
+    """messageIds ``user-seq`` grouped by user, in the order given."""
+    out: dict[str, list[int]] = defaultdict(list)
+    for mid in ids:
+        user, _, seq = mid.rpartition("-")
+        out[user].append(int(seq))
+    return out
+
+
+def test_a_later_event_waits_while_an_earlier_one_retries(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.fail("a-1", (503, None, {"Retry-After": "0.3"}), (503, None, {"Retry-After": "0.3"}))
+    server = hookyard_server(
+        {"destinations": [recorder(fake.url, per_item=True,
+                                   delivery={"batch_size": 1, "concurrency": 4,
+                                             "retry_max_seconds": 1})]},
+        plugins=[PLUGIN])
+    events = [track("a", 1), track("a", 2), track("a", 3), track("b", 1), track("b", 2),
+              track("c", 1)]
+    assert send(server, "/v1/batch", {"batch": events}).status_code == 200
+    wait_until(lambda: len(peer.accepted_ids()) == 6, what="6 deliveries")
+    accepted = peer.accepted_ids()
+    assert per_user(accepted) == {"a": [1, 2, 3], "b": [1, 2], "c": [1]}
+    # b and c were not held up by a's retries
+    assert accepted.index("b-2") < accepted.index("a-1")
+    assert accepted.index("c-1") < accepted.index("a-1")
+    # a-2 was not even tried before a-1 succeeded
+    sent = [r.json()["messageId"] for r in fake.requests]
+    assert sent.count("a-1") == 3 and sent.count("a-2") == 1
+    assert sent.index("a-2") > max(i for i, m in enumerate(sent) if m == "a-1")
+    gaps = [r.received_at for r in fake.requests if r.json()["messageId"] == "a-1"]
+    assert gaps[1] - gaps[0] >= 0.25 and gaps[2] - gaps[1] >= 0.25  # Retry-After: 0.3
+
+
+def test_batches_respect_the_connector_batch_size(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    fake.hang(0.6, times=1)  # the first batch is slow: a backlog builds behind it
+    server = hookyard_server(
+        {"destinations": [recorder(fake.url, delivery={"concurrency": 1})]}, plugins=[PLUGIN])
+    assert send(server, "/v1/track", track("u0", 0)).status_code == 200
+    fake.wait_for(1)
+    backlog = [track(f"u{i % 4}", i) for i in range(1, 24)]
+    assert send(server, "/v1/batch", {"batch": backlog}).status_code == 200
+    server.wait_idle()
+    sizes = [len(items(r)) for r in fake.requests]
+    assert sizes[0] == 1 and max(sizes) == BATCH_SIZE and all(s <= BATCH_SIZE for s in sizes)
+    assert sum(sizes) == 24 and len(sizes) == 1 + 5  # 23 = 5 + 5 + 5 + 5 + 3
+    delivered = [it["messageId"] for r in fake.requests for it in items(r)]
+    assert sorted(delivered) == sorted(e["messageId"] for e in [track("u0", 0), *backlog])
+    for user, seqs in per_user(delivered).items():
+        assert seqs == sorted(seqs), user
+
+
+def test_the_delivery_batch_size_setting_overrides_the_connector(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    fake.hang(0.4, times=1)
+    server = hookyard_server(
+        {"destinations": [recorder(fake.url, delivery={"concurrency": 1, "batch_size": 2})]},
+        plugins=[PLUGIN])
+    assert send(server, "/v1/track", track("u0", 0)).status_code == 200
+    fake.wait_for(1)
+    assert send(server, "/v1/batch", {"batch": [track("u1", i) for i in range(1, 8)]}).status_code == 200
+    server.wait_idle()
+    sizes = [len(items(r)) for r in fake.requests]
+    assert sizes == [1, 2, 2, 2, 1]
+    delivered = [it["messageId"] for r in fake.requests for it in items(r)]
+    assert per_user(delivered)["u1"] == list(range(1, 8))
+
+
+def test_outage_then_everything_delivered_once_in_per_user_order(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    fake.down()
+    server = hookyard_server(
+        {"destinations": [recorder(fake.url, delivery={"max_attempts": 1000})]}, plugins=[PLUGIN])
+    events = [track(f"user{i % 10}", i // 10) for i in range(200)]
+    for chunk in (events[:100], events[100:]):
+        assert send(server, "/v1/batch", {"batch": chunk}).status_code == 200
+    wait_until(lambda: states(server).get("pending", 0) + states(server).get("inflight", 0) == 200
+               and "connection error" in (trace(server, "user0-0")[0]["last_error"] or ""),
+               what="deliveries failing while the peer is down")
+    time.sleep(0.3)
+    fake.up()
+    server.wait_idle(timeout=20)
+    assert states(server) == {"done": 200}
+    delivered = [it["messageId"] for r in fake.requests for it in items(r)]
+    assert sorted(delivered) == sorted(e["messageId"] for e in events)  # each exactly once
+    assert per_user(delivered) == {f"user{u}": list(range(20)) for u in range(10)}
+    assert all(len(items(r)) <= BATCH_SIZE for r in fake.requests)

@@ -1,0 +1,92 @@
+"""The retry policy as functions: result classes, Retry-After parsing and the backoff schedule
+(exponential with full jitter, within the configured bounds). No server."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import pytest
+from hookyard.config import DeliverySettings
+from hookyard.deliveries import RESPONSE_BODY_LIMIT, classify_http, parse_retry_after
+from hookyard.delivery.engine import backoff
+from multidict import CIMultiDict
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
+def test_2xx_is_ok(status: int) -> None:
+    res = classify_http(status, {}, b"{}")
+    assert (res.outcome, res.http_status, res.error) == ("ok", status, None)
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])
+def test_408_429_5xx_are_retryable(status: int) -> None:
+    res = classify_http(status, {}, "x")
+    assert (res.outcome, res.http_status, res.error) == ("retryable", status, f"HTTP {status}")
+
+
+@pytest.mark.parametrize("status", [300, 304, 400, 401, 403, 404, 405, 409, 410, 413, 422, 451])
+def test_other_statuses_are_permanent(status: int) -> None:
+    res = classify_http(status, {"Retry-After": "5"}, "x")
+    assert (res.outcome, res.error, res.retry_after) == ("permanent", f"HTTP {status}", None)
+
+
+def test_response_body_is_truncated() -> None:
+    res = classify_http(400, {}, b"y" * 10_000)
+    assert res.response_body is not None
+    assert len(res.response_body) == RESPONSE_BODY_LIMIT + 1 and res.response_body.endswith("…")
+    assert classify_http(500, {}, "\xff" * 3).response_body == "\xff" * 3
+
+
+def test_retry_after_header_is_read_from_the_response() -> None:
+    headers = CIMultiDict({"retry-after": "7"})  # aiohttp's headers: case-insensitive
+    assert classify_http(429, headers).retry_after == 7
+    assert classify_http(503, CIMultiDict()).retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("120", 120.0), (" 3 ", 3.0), ("0", 0.0), ("1.5", 1.5), ("-4", 0.0), ("soon", None),
+     ("", None), (None, None), ("Wed, 99 Foo 2026 xx", None)],
+)
+def test_parse_retry_after_seconds(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value) == expected
+
+
+def test_parse_retry_after_http_date() -> None:
+    now = time.time()
+    future = email.utils.formatdate(now + 90, usegmt=True)
+    assert 88 <= (parse_retry_after(future, now=now) or 0) <= 90
+    past = email.utils.formatdate(now - 90, usegmt=True)
+    assert parse_retry_after(past, now=now) == 0.0
+
+
+@pytest.mark.parametrize("attempt", range(1, 26))
+def test_backoff_full_jitter_stays_within_bounds(attempt: int) -> None:
+    initial, cap = 5.0, 600.0
+    ceiling = min(cap, initial * 2 ** (attempt - 1))
+    delays = [backoff(attempt, initial, cap, None) for _ in range(300)]
+    assert all(0 <= d <= ceiling for d in delays)
+    # full jitter: spread over the whole range, not clustered at the ceiling
+    assert min(delays) < ceiling * 0.2 and max(delays) > ceiling * 0.8
+
+
+def test_backoff_honours_retry_after_up_to_the_cap() -> None:
+    assert all(backoff(1, 5.0, 600.0, 30.0) >= 30.0 for _ in range(100))
+    assert all(backoff(9, 5.0, 600.0, 30.0) <= 600.0 for _ in range(100))
+    assert backoff(1, 5.0, 600.0, 86_400.0) == 600.0  # a peer cannot park a delivery for a day
+    assert 0 <= backoff(1, 5.0, 600.0, 0.0) <= 5.0
+
+
+def test_backoff_never_overflows() -> None:
+    assert 0 <= backoff(100_000, 5.0, 600.0, None) <= 600.0
+
+
+def test_default_policy() -> None:
+    policy = DeliverySettings()
+    assert (policy.retry_initial_seconds, policy.retry_max_seconds) == (5.0, 600.0)
+    assert (policy.max_attempts, policy.give_up_after_seconds) == (20, 86_400.0)
+    assert (policy.connect_timeout_seconds, policy.total_timeout_seconds) == (5.0, 15.0)
+    # the default schedule: upper bounds 5, 10, 20, ... s, capped at 10 min from the 8th retry
+    bounds = [min(600.0, 5.0 * 2 ** (n - 1)) for n in range(1, 20)]
+    assert bounds[:8] == [5, 10, 20, 40, 80, 160, 320, 600] and set(bounds[7:]) == {600}

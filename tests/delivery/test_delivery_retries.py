@@ -1,0 +1,205 @@
+"""Result classes end to end: a real hookyard server delivers through the ``recorder`` test
+connector to a real loopback peer that answers as told. 2xx ok; 408/429/5xx, connect errors,
+timeouts and dropped connections are retried (Retry-After honoured); other 4xx and exhausted
+retries become dead letters; every attempt shows in ``GET /api/deliveries``."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from delivery_kit import PLUGIN, Peer, dead_letters, recorder, send, trace, track, wait_until
+from hookyard.testing.fake_server import FakeServer
+from hookyard.testing.server import HookyardServer
+
+Start = Callable[..., HookyardServer]
+
+
+def start(hookyard_server: Start, fake: FakeServer, **dest: Any) -> HookyardServer:
+    return hookyard_server({"destinations": [recorder(fake.url, **dest)]}, plugins=[PLUGIN])
+
+
+def settled(server: HookyardServer, message_id: str, state: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        rows = trace(server, message_id)
+        return rows[0] if rows and rows[0]["state"] == state else None
+
+    row: dict[str, Any] = wait_until(check, what=f"{message_id} to be {state}")
+    return row
+
+
+def test_5xx_is_retried_and_every_attempt_is_traced(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.fail("u1-1", (500, {"e": 1}, {}), (503, "busy", {}))
+    server = start(hookyard_server, fake)
+    assert send(server, "/v1/track", track("u1", 1)).status_code == 200
+    row = settled(server, "u1-1", "done")
+    assert row["destination"] == "rec" and row["attempts"] == 3 and row["user_key"] == "u1"
+    assert row["request"]["body"]["seq"] == 1 and row["kind"] == "track"
+    log = row["attempts_log"]
+    assert [a["attempt"] for a in log] == [1, 2, 3]
+    assert [a["outcome"] for a in log] == ["retryable", "retryable", "ok"]
+    assert [a["http_status"] for a in log] == [500, 503, 200]
+    assert [a["error"] for a in log] == ["HTTP 500", "HTTP 503", None]
+    assert all(a["latency_ms"] >= 0 and a["at"] > 0 for a in log)
+    assert peer.accepted_ids() == ["u1-1"]
+
+
+def test_retryable_and_permanent_statuses(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    retryable = [408, 429, 500, 502, 503, 504, 599]
+    permanent = [400, 401, 403, 404, 409, 410, 413, 422]
+    for status in retryable + permanent:
+        peer.fail(f"s{status}-1", (status, {"status": status}, {}))
+    peer.fail("s201-1", (201, None, {}))
+    server = start(hookyard_server, fake, per_item=True, delivery={"batch_size": 1})
+    batch = [track(f"s{status}", 1) for status in [201, *retryable, *permanent]]
+    assert send(server, "/v1/batch", {"batch": batch}).status_code == 200
+    assert settled(server, "s201-1", "done")["attempts"] == 1
+    for status in retryable:
+        row = settled(server, f"s{status}-1", "done")
+        assert row["attempts"] == 2, status
+        assert [a["http_status"] for a in row["attempts_log"]] == [status, 200]
+    for status in permanent:
+        row = settled(server, f"s{status}-1", "dead")
+        assert row["attempts"] == 1, status
+        assert row["last_status"] == status and row["last_error"] == f"HTTP {status}"
+        assert row["attempts_log"][0]["outcome"] == "permanent"
+    assert sorted(peer.accepted_ids()) == sorted(f"s{s}-1" for s in retryable)
+    assert {d["message_id"] for d in dead_letters(server)} == {f"s{s}-1" for s in permanent}
+
+
+def test_dead_letter_keeps_what_an_operator_needs(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.fail("bad-1", (400, b"x" * 5000, {}))
+    server = start(hookyard_server, fake)
+    assert send(server, "/v1/track", track("bad", 1)).status_code == 200
+    settled(server, "bad-1", "dead")
+    [dl] = dead_letters(server)
+    assert dl["destination"] == "rec" and dl["message_id"] == "bad-1"
+    assert dl["user_key"] == "bad" and dl["kind"] == "track"
+    assert dl["attempts"] == 1 and dl["last_status"] == 400 and dl["last_error"] == "HTTP 400"
+    assert dl["response_body"].startswith("xxx") and 1000 <= len(dl["response_body"]) <= 2001
+
+
+def test_retry_after_seconds_and_http_date_are_honoured(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    date = email.utils.formatdate(time.time() + 2.2, usegmt=True)  # 1 s resolution: >= 1.2 s
+    peer.fail("ra-1", (429, None, {"Retry-After": "1"}))
+    peer.fail("rd-1", (503, None, {"Retry-After": date}))
+    server = start(hookyard_server, fake, per_item=True, delivery={"retry_max_seconds": 5})
+    assert send(server, "/v1/batch", {"batch": [track("ra", 1), track("rd", 1)]}).status_code == 200
+    for user, floor in (("ra", 0.95), ("rd", 1.0)):
+        settled(server, f"{user}-1", "done")
+        sent = [r.received_at for r in fake.requests if r.json()["messageId"] == f"{user}-1"]
+        assert len(sent) == 2 and sent[1] - sent[0] >= floor, (user, sent)
+
+
+def test_retry_after_is_capped_by_retry_max_seconds(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.fail("cap-1", (429, None, {"Retry-After": "3600"}))
+    server = start(hookyard_server, fake, delivery={"retry_max_seconds": 0.3})
+    started = time.monotonic()
+    assert send(server, "/v1/track", track("cap", 1)).status_code == 200
+    settled(server, "cap-1", "done")
+    assert time.monotonic() - started < 5
+
+
+def test_connect_errors_timeouts_and_dropped_connections_are_retried(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    fake.hang(1.5, times=1, path="/item")  # the first request times out (total timeout 0.3 s)
+    fake.close_connection(times=1, path="/item")  # the second is dropped without an answer
+    server = start(hookyard_server, fake, per_item=True,
+                   delivery={"total_timeout_seconds": 0.3})
+    assert send(server, "/v1/track", track("net", 1)).status_code == 200
+    row = settled(server, "net-1", "done")
+    errors = [a["error"] or "" for a in row["attempts_log"]]
+    assert errors[0] == "timeout" and errors[1].startswith("connection error")
+    assert [a["outcome"] for a in row["attempts_log"]] == ["retryable", "retryable", "ok"]
+
+    port = fake.port
+    fake.down()  # nothing listens: connection refused
+    assert send(server, "/v1/track", track("net", 2)).status_code == 200
+    wait_until(lambda: [r for r in trace(server, "net-2") if len(r["attempts_log"]) >= 2],
+               what="2 attempts")
+    down = trace(server, "net-2")[0]
+    assert down["state"] == "pending" and down["last_error"].startswith("connection error")
+    fake.up()
+    assert fake.port == port
+    assert settled(server, "net-2", "done")["attempts_log"][-1]["http_status"] == 200
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [({"max_attempts": 3}, "gave up after 3 attempts: HTTP 503"),
+     ({"max_attempts": 1000, "give_up_after_seconds": 0.4}, "gave up after")],
+    ids=["max_attempts", "give_up_after_seconds"],
+)
+def test_exhausted_retries_become_dead_letters(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    policy: dict[str, Any], expected: str,
+) -> None:
+    fake = fake_destination()
+    fake.fail(503)
+    server = start(hookyard_server, fake, delivery={**policy, "retry_max_seconds": 0.1})
+    assert send(server, "/v1/track", track("gone", 1)).status_code == 200
+    row = settled(server, "gone-1", "dead")
+    assert row["last_error"].startswith(expected) and row["last_status"] == 503
+    log = row["attempts_log"]
+    assert len(log) == row["attempts"] and all(a["outcome"] == "retryable" for a in log)
+    if "give_up_after_seconds" in policy:
+        assert 2 <= row["attempts"] < 1000
+        assert log[-1]["at"] - row["created_at"] >= 0.4
+    else:
+        assert row["attempts"] == 3
+    [dl] = dead_letters(server)
+    assert dl["message_id"] == "gone-1" and dl["attempts"] == row["attempts"]
+
+
+def test_a_misbehaving_deliver_hook_never_loses_the_event(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    modes = {  # misbehave -> (final state, attempts, first error)
+        "hang": ("dead", 2, "deliver hook did not answer within 0.45 s"),
+        "raise": ("dead", 2, "deliver hook raised KeyError: 'oops'"),
+        "none": ("dead", 2, "deliver hook returned NoneType, not a DeliveryResult"),
+        "short": ("dead", 2, "deliver hook returned the wrong number of results"),
+        "retryable": ("dead", 2, "rate limited"),
+        "permanent": ("dead", 1, "account suspended"),
+    }
+    policy = {"max_attempts": 2, "lease_seconds": 0.5}
+    server = hookyard_server({"destinations": [
+        recorder(fake.url, name=mode, misbehave=mode, delivery=policy) for mode in modes]},
+        plugins=[PLUGIN])
+    assert send(server, "/v1/track", track("mb", 1)).status_code == 200
+    rows = wait_until(lambda: (r := trace(server, "mb-1")) and all(
+        x["state"] == "dead" for x in r) and len(r) == len(modes) and r, what="dead letters")
+    by_dest = {r["destination"]: r for r in rows}
+    for mode, (state, attempts, error) in modes.items():
+        row = by_dest[mode]
+        assert (row["state"], row["attempts"]) == (state, attempts), mode
+        assert row["attempts_log"][0]["error"] == error, mode
+    assert by_dest["permanent"]["last_status"] == 403
+    assert by_dest["retryable"]["attempts_log"][0]["http_status"] == 429
+    assert by_dest["hang"]["last_error"].startswith("gave up after 2 attempts: deliver hook")

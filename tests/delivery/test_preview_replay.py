@@ -1,0 +1,265 @@
+"""The event tester (``POST /api/destinations/{name}/preview`` and ``hookyard preview``) and
+replay re-applying changed filters and field mappings to stored events."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+from delivery_kit import FAST, PLUGIN, admin, recorder, send, states, trace, track, wait_until
+from hookyard.cli import main
+from hookyard.testing.fake_server import FakeServer
+from hookyard.testing.server import HookyardServer
+
+Start = Callable[..., HookyardServer]
+FILTER = 'properties.plan = "free"'
+TRIGGER = 'type = "track" or type = "identify"'
+
+
+def preview(server: HookyardServer, dest: str, event: Any) -> dict[str, Any]:
+    r = admin(server, f"/api/destinations/{dest}/preview", "POST", json=event)
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def test_preview_filter_trigger_field_missing_and_requests(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    server = hookyard_server({"destinations": [
+        {**recorder(fake.url), "filter": FILTER, "trigger": TRIGGER},
+        recorder(fake.url, name="strict", fields={"email": "$.traits.mail"},
+                 required=["user", "email"]),
+        recorder(fake.url, name="boom", explode=True),
+    ]}, plugins=[PLUGIN])
+
+    ok = preview(server, "rec", track("p", 1, properties={"seq": 1, "plan": "pro"}))
+    assert ok["destination"] == "rec" and ok["plugin"] == "recorder"
+    assert (ok["passes"], ok["dropped_by_filter"], ok["matches_trigger"]) == (True, False, True)
+    assert (ok["filter"], ok["trigger"]) == (FILTER, TRIGGER)
+    assert ok["sent"] is True and ok["reason"] is None and ok["filtered"] is None
+    assert ok["requests"] == [{
+        "kind": "track", "method": "POST", "path": "/batch", "url": f"{fake.url}/batch",
+        "body": {"user": "p", "event": "Step", "seq": 1, "messageId": "p-1"},
+        "message_id": "p-1", "ordering_key": "p",
+    }]
+    assert ok["deliveries"][0]["body"] == ok["requests"][0]["body"]
+
+    free = preview(server, "rec", track("p", 2, properties={"plan": "free"}))
+    assert (free["passes"], free["dropped_by_filter"], free["sent"]) == (False, True, False)
+    assert free["reason"] == f"dropped by filter: {FILTER}" and free["requests"] == []
+
+    page = preview(server, "rec", {"type": "page", "userId": "p", "name": "Home"})
+    assert (page["passes"], page["matches_trigger"], page["dropped_by_filter"]) == (False, False, False)
+    assert page["reason"] == f"does not match trigger: {TRIGGER}" and page["requests"] == []
+
+    missing = preview(server, "strict", {"type": "identify", "userId": "p", "traits": {}})
+    assert (missing["passes"], missing["sent"]) == (True, False)
+    assert missing["reason"] == "skipped: field email missing ($.traits.mail)"
+    found = preview(server, "strict", {"type": "identify", "userId": "p",
+                                       "traits": {"mail": "p@example.com"}})
+    assert found["requests"][0]["body"]["email"] == "p@example.com"
+    assert found["requests"][0]["message_id"] == "preview"  # filled in like ingest does
+
+    boom = preview(server, "boom", track("p", 3))
+    assert boom["sent"] is False
+    assert boom["reason"] == "map_event failed: RuntimeError: recorder exploded"
+
+    # bad requests: 404 / 400 with a reason, never a 500
+    r = admin(server, "/api/destinations/nope/preview", "POST", json=track("p", 1))
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+    for body, reason in (
+        ({"type": "track", "event": "E"}, "userId or anonymousId is required"),
+        ({"type": "nope", "userId": "u"}, "not a valid Segment event"),
+        ({"userId": "u"}, "not a valid Segment event"),
+        ({"type": "track", "userId": "u", "event": 5}, "not a valid Segment event"),
+        ([track("p", 1)], "JSON object"),
+        ("{nope", "JSON object"),
+    ):
+        kw = {"content": body} if isinstance(body, str) else {"json": body}
+        r = admin(server, "/api/destinations/rec/preview", "POST", **kw)
+        assert r.status_code == 400 and reason in r.json()["error"], (body, r.text)
+
+    # previews send nothing and store nothing
+    assert fake.requests == [] and states(server) == {}
+    assert admin(server, "/api/events").json()["items"] == []
+
+
+SEGMENT_TOML = """
+[server]
+admin_token = "preview-admin"
+
+[[sources]]
+name = "web"
+plugin = "segment"
+write_key = "preview-write-key"
+
+[[destinations]]
+name = "seg"
+plugin = "segment"
+sources = ["web"]
+filter = 'properties.plan = "free"'
+trigger = 'type = "track" or type = "identify"'
+[destinations.settings]
+write_key = "downstream"
+base_url = "{url}"
+"""
+
+
+def run_cli(*args: str, stdin: str | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), input=stdin)
+    return result.exit_code, result.output
+
+
+def test_cli_preview_prints_what_the_api_answers(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer], tmp_path: Path
+) -> None:
+    fake = fake_destination()
+    text = SEGMENT_TOML.format(url=fake.url)
+    config, data = tmp_path / "hookyard.toml", tmp_path / "data"
+    config.write_text(text)
+    server = hookyard_server(tomllib.loads(text), data_dir=data)
+    opts = ["--config", str(config), "--data-dir", str(data), "--destination", "seg"]
+    events = [
+        track("c", 1, properties={"plan": "pro"}, receivedAt="2026-01-01T00:00:00.000Z"),
+        track("c", 2, properties={"plan": "free"}),
+        {"type": "group", "userId": "c", "groupId": "g1", "messageId": "g"},
+    ]
+    for i, event in enumerate(events):
+        path = tmp_path / f"event{i}.json"
+        path.write_text(json.dumps(event))
+        code, out = run_cli("preview", *opts, "--file", str(path))
+        assert code == 0, out
+        code, piped = run_cli("preview", *opts, "--file", "-", stdin=json.dumps(event))
+        assert code == 0 and piped == out
+        assert json.loads(out) == preview(server, "seg", event)
+    sent = json.loads(run_cli("preview", *opts, "--file", str(tmp_path / "event0.json"))[1])
+    assert sent["passes"] and sent["requests"][0]["url"] == f"{fake.url}/v1/batch"
+    assert sent["requests"][0]["body"]["properties"] == {"plan": "pro"}
+    assert fake.requests == []
+
+    code, out = run_cli("preview", "--config", str(config), "--data-dir", str(data),
+                        "--destination", "nope", stdin="{}")
+    assert code != 0 and "no destination named 'nope'" in out and "seg" in out
+    code, out = run_cli("preview", *opts, stdin="{not json")
+    assert code != 0 and "JSON object" in out
+    code, out = run_cli("preview", *opts, stdin='{"type": "track", "event": "E"}')
+    assert code != 0 and "userId or anonymousId is required" in out
+
+
+REPLAY_TOML = """
+[server]
+admin_token = "replay-admin"
+
+[[sources]]
+name = "web"
+plugin = "segment"
+write_key = "replay-write-key"
+
+[[destinations]]
+name = "profiles"
+plugin = "profiles"
+sources = ["web"]
+[destinations.settings]
+channels = {channels}
+
+[[destinations]]
+name = "seg"
+plugin = "segment"
+sources = ["web"]
+{filter}
+[destinations.settings]
+write_key = "downstream"
+base_url = "{url}"
+[destinations.delivery]
+{policy}
+"""
+
+
+def test_replay_applies_changed_filter_and_mapping_to_past_events(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer], tmp_path: Path
+) -> None:
+    fake = fake_destination()
+    policy = "\n".join(f"{k} = {v}" for k, v in FAST.items())
+    data = tmp_path / "data"
+
+    def config(version: int) -> tuple[Path, dict[str, Any]]:
+        text = REPLAY_TOML.format(
+            url=fake.url, policy=policy,
+            channels='{ "$email" = "email" }' if version == 1
+            else '{ "$email" = "email", "$sms" = "phone" }',
+            filter=f"filter = '{FILTER}'" if version == 1 else "")
+        path = tmp_path / f"v{version}.toml"
+        path.write_text(text)
+        return path, tomllib.loads(text)
+
+    _, v1 = config(1)
+    server = hookyard_server(v1, data_dir=data)
+    ident = {"type": "identify", "userId": "r1", "messageId": "id-1",
+             "traits": {"email": "r1@example.com", "phone": "+15550100"}}
+    events = [ident, track("r1", 1, properties={"plan": "free"}),
+              track("r1", 2, properties={"plan": "pro"})]
+    assert send(server, "/v1/batch", {"batch": events}).status_code == 200
+    server.wait_idle()
+    user = admin(server, "/api/subscribers/r1").json()
+    assert user["channels"] == {"$email": ["r1@example.com"]}
+    [free] = [r for r in trace(server, "r1-1") if r["destination"] == "seg"]
+    assert free["state"] == "filtered" and free["last_error"] == f"dropped by filter: {FILTER}"
+    forwarded = [e["messageId"] for r in fake.requests for e in r.json()["batch"]]
+    assert sorted(forwarded) == ["id-1", "r1-2"]
+    server.stop()
+
+    v2_path, v2 = config(2)  # the mapping gains $sms, the filter is gone
+    server = hookyard_server(v2, data_dir=data)
+    opts = ["--config", str(v2_path), "--data-dir", str(data)]
+    code, out = run_cli("replay", "--source", "web", "--since", "2099-01-01", *opts)
+    assert code == 0 and "queued 0 events" in out
+    code, out = run_cli("replay", "--source", "web", "--since", "2020-01-01", *opts)
+    assert code == 0 and "queued 3 events for delivery" in out, out
+    wait_until(lambda: states(server).get("pending", 0) + states(server).get("inflight", 0) == 0
+               and states(server).get("done") == 5 + 6, what="the replayed deliveries")
+    user = admin(server, "/api/subscribers/r1").json()
+    assert user["channels"] == {"$email": ["r1@example.com"], "$sms": ["+15550100"]}
+    rows = [r for r in trace(server, "r1-1") if r["destination"] == "seg"]
+    assert [r["state"] for r in rows] == ["filtered", "done"]  # the past is kept, the new sent
+    forwarded = [e["messageId"] for r in fake.requests for e in r.json()["batch"]]
+    assert sorted(forwarded) == ["id-1", "id-1", "r1-1", "r1-2", "r1-2"]  # at least once
+
+    code, out = run_cli("replay", "--source", "web", "--destination", "seg", *opts)
+    assert code == 0 and "queued 3 events" in out
+    server.wait_idle()
+    assert len([r for r in trace(server, "id-1") if r["destination"] == "profiles"]) == 2
+    code, out = run_cli("replay", "--source", "web", "--destination", "nope", *opts)
+    assert code != 0 and "nope" in out
+
+
+def test_api_replay_applies_a_changed_field_mapping(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer], tmp_path: Path
+) -> None:
+    fake = fake_destination()
+    data = tmp_path / "data"
+    strict: dict[str, Any] = {"required": ["user", "email"]}
+    server = hookyard_server({"destinations": [recorder(fake.url, **strict)]}, plugins=[PLUGIN],
+                             data_dir=data)
+    event = {"type": "identify", "userId": "f1", "messageId": "f1-1",
+             "traits": {"mail": "f1@example.com"}}
+    assert send(server, "/v1/identify", event).status_code == 200
+    server.wait_idle()
+    [row] = trace(server, "f1-1")
+    assert (row["state"], row["last_error"]) == ("filtered", "skipped: field email missing ($.traits.email)")
+    server.stop()
+
+    server = hookyard_server(
+        {"destinations": [recorder(fake.url, fields={"email": "$.traits.mail"}, **strict)]},
+        plugins=[PLUGIN], data_dir=data)
+    r = admin(server, "/api/replay", "POST", json={"source": "web", "destination": "rec"})
+    assert r.status_code == 200 and r.json()["events"] == 1
+    server.wait_idle()
+    assert [r["state"] for r in trace(server, "f1-1")] == ["filtered", "done"]
+    [req] = fake.requests
+    assert req.json()["items"] == [{"user": "f1", "email": "f1@example.com", "messageId": "f1-1"}]

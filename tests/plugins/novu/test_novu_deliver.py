@@ -1,0 +1,342 @@
+"""Novu destination, hook level: the ``deliver`` hook against a real loopback fake of Novu."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hookyard.deliveries import Delivery, DeliveryResult
+from hookyard.http import HttpClient
+from hookyard.testing import (
+    deliver_with,
+    destination_context,
+    map_with,
+    registry,
+    sample_group,
+    sample_identify,
+    sample_track,
+)
+from hookyard.testing.fake_server import FakeServer, RecordedRequest
+from hookyard_novu.destination import HELD_BACK, decode, error_message, trigger_item_result
+
+SUBSCRIBERS = "/v2/subscribers"
+TRIGGER = "/v1/events/trigger"
+BULK = "/v1/events/trigger/bulk"
+PROCESSED = {"acknowledged": True, "status": "processed"}
+DUPLICATE = (
+    "transactionId property is not unique, please make sure all triggers have a "
+    "unique transactionId"
+)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    server = FakeServer().start()
+    server.respond(201, {"data": {"_id": "x"}})
+    yield server
+    server.stop()
+
+
+REG = registry()  # one plugin manager for the module: building one loads every entry point
+
+
+def ctx(fake: FakeServer, **settings: Any) -> Any:
+    return destination_context(
+        "novu",
+        {
+            "api_key": "nv-secret",
+            "base_url": fake.url,
+            "workflows": {"User Registered": "welcome"},
+            **settings,
+        },
+        reg=REG,
+    )
+
+
+def d(fake: FakeServer, raw: dict[str, Any], **settings: Any) -> Delivery:
+    [delivery] = map_with(ctx(fake, **settings), raw, REG).deliveries
+    return delivery
+
+
+def identify(fake: FakeServer, user: str = "u1") -> Delivery:
+    return d(fake, sample_identify(userId=user))
+
+
+def track(fake: FakeServer, user: str = "u1", message_id: str | None = None) -> Delivery:
+    raw = sample_track(userId=user)
+    if message_id:
+        raw["messageId"] = message_id
+    return d(fake, raw)
+
+
+def send(
+    fake: FakeServer, deliveries: list[Delivery], client: HttpClient | None = None, **settings: Any
+) -> list[DeliveryResult]:
+    return deliver_with(ctx(fake, **settings), deliveries, REG, client=client)
+
+
+def bulk_answer(*items: dict[str, Any]) -> Any:
+    return lambda req: (201, {"data": list(items)})
+
+
+def outcomes(results: list[DeliveryResult]) -> list[str]:
+    return [r.outcome for r in results]
+
+
+# -- answers ----------------------------------------------------------------------------------
+def test_decode_and_error_message() -> None:
+    assert decode(b'{"data": [1]}') == [1]
+    assert decode(b'{"data": 1, "x": 2}') == {"data": 1, "x": 2}
+    assert decode(b"") is None and decode(b"<html>") is None
+    assert error_message(b'{"statusCode": 422, "message": ["a", "b"]}') == "a; b"
+    assert error_message(b'{"message": ""}') is None and error_message(b"[]") is None
+
+
+def test_trigger_item_results() -> None:
+    assert trigger_item_result(PROCESSED, 201).outcome == "ok"
+    dup = trigger_item_result({"acknowledged": True, "status": "error", "error": [DUPLICATE]}, 201)
+    assert dup.outcome == "ok"
+    bad = trigger_item_result(
+        {"acknowledged": True, "status": "error", "error": ["workflow_not_found"]}, 201
+    )
+    assert (bad.outcome, bad.error) == ("permanent", "Novu trigger error: workflow_not_found")
+    inactive = trigger_item_result({"acknowledged": True, "status": "trigger_not_active"}, 201)
+    assert (inactive.outcome, inactive.error) == ("permanent", "Novu trigger trigger_not_active")
+    assert trigger_item_result("??", 201).outcome == "retryable"
+
+
+# -- single requests ----------------------------------------------------------------------
+def test_subscriber_upsert_with_api_key(fake: FakeServer) -> None:
+    [result] = send(fake, [identify(fake)])
+    assert (result.outcome, result.http_status) == ("ok", 201)
+    [req] = fake.requests
+    assert (req.method, req.path) == ("POST", SUBSCRIBERS)
+    assert req.headers["authorization"] == "ApiKey nv-secret"
+    assert req.headers["content-type"] == "application/json"
+    assert req.json()["subscriberId"] == "u1"
+
+
+def test_single_trigger_statuses(fake: FakeServer) -> None:
+    fake.respond(201, {"data": {**PROCESSED, "transactionId": "m1"}}, path=TRIGGER, times=1)
+    fake.respond(
+        201,
+        {"data": {"acknowledged": True, "status": "no_workflow_steps_defined"}},
+        path=TRIGGER,
+        times=1,
+    )
+    fake.respond(400, {"statusCode": 400, "message": DUPLICATE}, path=TRIGGER, times=1)
+    fake.respond(
+        422, {"statusCode": 422, "message": "to.email must be an email"}, path=TRIGGER, times=1
+    )
+    fake.respond(201, b"", path=TRIGGER, times=1)
+    results = [send(fake, [track(fake)])[0] for _ in range(5)]
+    assert outcomes(results) == ["ok", "permanent", "ok", "permanent", "ok"]
+    assert results[1].error == "Novu trigger no_workflow_steps_defined"
+    assert results[2].http_status == 400  # Novu already had this transactionId: delivered
+    assert results[3].error == "HTTP 422: to.email must be an email"
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (400, "permanent"),
+        (401, "permanent"),
+        (404, "permanent"),
+        (409, "permanent"),
+        (408, "retryable"),
+        (500, "retryable"),
+        (502, "retryable"),
+    ],
+)
+def test_http_statuses(fake: FakeServer, status: int, outcome: str) -> None:
+    fake.respond(status, {"statusCode": status, "message": "nope"})
+    [result] = send(fake, [identify(fake)])
+    assert (result.outcome, result.http_status, result.error) == (
+        outcome,
+        status,
+        f"HTTP {status}: nope",
+    )
+
+
+def test_rate_limit_honours_retry_after(fake: FakeServer) -> None:
+    fake.fail(429, times=1, retry_after="7")
+    [result] = send(fake, [identify(fake)])
+    assert (result.outcome, result.http_status, result.retry_after) == ("retryable", 429, 7.0)
+
+
+def test_timeout_and_refused_connection_are_retryable(fake: FakeServer) -> None:
+    fake.hang(2.0, times=1)
+
+    async def run() -> list[DeliveryResult]:
+        client = HttpClient(connect_timeout=0.5, total_timeout=0.3)
+        try:
+            from hookyard_novu.destination import deliver_novu
+
+            settings = ctx(fake).settings
+            return await deliver_novu(settings, [identify(fake)], client)
+        finally:
+            await client.close()
+
+    [result] = asyncio.run(run())
+    assert (result.outcome, result.error) == ("retryable", "timeout")
+    fake.down()
+    [result] = send(fake, [identify(fake)])
+    assert result.outcome == "retryable" and "connection error" in (result.error or "")
+
+
+def test_topic_subscription_errors_in_a_2xx_answer(fake: FakeServer) -> None:
+    group = d(fake, sample_group(userId="u1"))
+    fake.respond(
+        201, {"data": [{"_id": "s1"}], "meta": {"totalCount": 1, "successful": 1, "failed": 0}}
+    )
+    assert send(fake, [group])[0].outcome == "ok"
+    fake.respond(
+        201,
+        {
+            "data": [],
+            "meta": {"totalCount": 1, "successful": 0, "failed": 1},
+            "errors": [
+                {
+                    "subscriberId": "u1",
+                    "code": "SUBSCRIBER_NOT_FOUND",
+                    "message": "Subscriber with ID 'u1' could not be found.",
+                }
+            ],
+        },
+    )
+    [result] = send(fake, [group])
+    assert result.outcome == "permanent"
+    assert result.error == (
+        "Novu topic subscription failed: SUBSCRIBER_NOT_FOUND: "
+        "Subscriber with ID 'u1' could not be found."
+    )
+    assert fake.requests[-1].path == "/v2/topics/acme/subscriptions"
+
+
+def test_unmapped_event_fails_permanently_without_a_request(fake: FakeServer) -> None:
+    unmapped = d(fake, sample_track(event="Nope"), send_unmapped="error")
+    [result] = send(fake, [unmapped], send_unmapped="error")
+    assert (result.outcome, result.error) == (
+        "permanent",
+        "no Novu workflow mapped for event 'Nope' (settings.workflows)",
+    )
+    assert fake.requests == []
+
+
+# -- bulk ------------------------------------------------------------------------------------
+def test_several_triggers_go_as_one_bulk_with_per_item_results(fake: FakeServer) -> None:
+    fake.set_handler(
+        bulk_answer(
+            PROCESSED,
+            {"acknowledged": True, "status": "error", "error": ["workflow_not_found"]},
+            {"acknowledged": True, "status": "error", "error": [DUPLICATE]},
+        ),
+        path=BULK,
+    )
+    tracks = [track(fake, f"u{i}") for i in range(3)]
+    results = send(fake, tracks)
+    assert outcomes(results) == ["ok", "permanent", "ok"]
+    assert results[1].error == "Novu trigger error: workflow_not_found"
+    [req] = fake.requests
+    assert req.path == BULK and req.headers["authorization"] == "ApiKey nv-secret"
+    assert req.json() == {"events": [t.body for t in tracks]}
+
+
+def test_mixed_batch_keeps_each_users_order(fake: FakeServer) -> None:
+    fake.set_handler(
+        lambda req: (201, {"data": [PROCESSED] * len(req.json()["events"])}), path=BULK
+    )
+    fake.respond(201, {"data": PROCESSED}, path=TRIGGER)
+    u1 = [
+        identify(fake, "u1"),
+        track(fake, "u1"),
+        track(fake, "u1"),
+        d(fake, sample_group(userId="u1")),
+    ]
+    u2 = [track(fake, "u2"), identify(fake, "u2")]
+    batch = [u1[0], u2[0], u1[1], u2[1], u1[2], u1[3]]
+    assert outcomes(send(fake, batch)) == ["ok"] * 6
+
+    def user(req: RecordedRequest) -> str:
+        body = req.json()
+        if req.path == BULK:
+            return ",".join(e["to"]["subscriberId"] for e in body["events"])
+        return (
+            body.get("subscriberId")
+            or body.get("to", {}).get("subscriberId")
+            or body["subscriptions"][0]
+        )
+
+    seen = [(r.path, user(r)) for r in fake.requests]
+    # round 1: u1 identify + u2 single trigger; round 2: u1's two triggers in one bulk, u2
+    # identify; round 3: u1 group
+    assert sorted(seen[:2]) == [(TRIGGER, "u2"), (SUBSCRIBERS, "u1")]
+    assert sorted(seen[2:4]) == [(BULK, "u1,u1"), (SUBSCRIBERS, "u2")]
+    assert seen[4] == ("/v2/topics/acme/subscriptions", "u1")
+
+
+def test_retryable_failure_holds_back_the_users_later_deliveries(fake: FakeServer) -> None:
+    def answer(req: RecordedRequest) -> tuple[int, Any, dict[str, str]]:
+        if req.json()["subscriberId"] == "u1":
+            return 503, {"message": "busy"}, {"Retry-After": "2"}
+        return 201, {"data": {}}, {}
+
+    fake.set_handler(answer, path=SUBSCRIBERS)
+    fake.respond(201, {"data": PROCESSED}, path=TRIGGER)
+    batch = [identify(fake, "u1"), identify(fake, "u2"), track(fake, "u1"), track(fake, "u2")]
+    results = send(fake, batch)
+    assert outcomes(results) == ["retryable", "ok", "retryable", "ok"]
+    assert (results[0].error, results[0].retry_after) == ("HTTP 503: busy", 2.0)
+    assert (results[2].error, results[2].retry_after) == (HELD_BACK, 2.0)
+    assert [r.json()["to"]["subscriberId"] for r in fake.requests_to(TRIGGER)] == ["u2"]
+
+
+def test_bulk_refused_as_a_whole_is_sent_one_by_one(fake: FakeServer) -> None:
+    fake.respond(
+        422, {"statusCode": 422, "message": "events.1.to.email must be an email"}, path=BULK
+    )
+    fake.set_handler(
+        lambda req: (
+            (422, {"message": "to.email must be an email"})
+            if req.json()["to"]["subscriberId"] == "bad"
+            else (201, {"data": PROCESSED})
+        ),
+        path=TRIGGER,
+    )
+    results = send(fake, [track(fake, "u1"), track(fake, "bad"), track(fake, "u3")])
+    assert outcomes(results) == ["ok", "permanent", "ok"]
+    assert results[1].error == "HTTP 422: to.email must be an email"
+    assert len(fake.requests_to(BULK)) == 1 and len(fake.requests_to(TRIGGER)) == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome", "retry_after"),
+    [(401, "permanent", None), (503, "retryable", 3.0), (429, "retryable", 3.0)],
+)
+def test_bulk_failing_as_a_whole(
+    fake: FakeServer, status: int, outcome: str, retry_after: float | None
+) -> None:
+    fake.respond(status, {"message": "no"}, {"Retry-After": "3"}, path=BULK)
+    results = send(fake, [track(fake, "u1"), track(fake, "u2")])
+    assert {(r.outcome, r.http_status, r.retry_after) for r in results} == {
+        (outcome, status, retry_after)
+    }
+    assert len(fake.requests) == 1
+
+
+def test_unreadable_bulk_answer_is_retried(fake: FakeServer) -> None:
+    fake.respond(201, {"data": [PROCESSED]}, path=BULK)  # one item for two events
+    results = send(fake, [track(fake, "u1"), track(fake, "u2")])
+    assert outcomes(results) == ["retryable", "retryable"]
+    assert "unreadable Novu bulk trigger answer" in (results[0].error or "")
+
+
+def test_more_than_100_triggers_are_split(fake: FakeServer) -> None:
+    fake.set_handler(
+        lambda req: (201, {"data": [PROCESSED] * len(req.json()["events"])}), path=BULK
+    )
+    results = send(fake, [track(fake, f"u{i}") for i in range(130)])
+    assert outcomes(results) == ["ok"] * 130
+    assert sorted(len(r.json()["events"]) for r in fake.requests_to(BULK)) == [30, 100]

@@ -1,0 +1,113 @@
+"""The single-file binary: built with scripts/build-binary (PyInstaller), started with an empty
+environment from a directory without the source tree, it ingests an identify and serves the
+subscriber back on the admin API.
+
+A cold build takes about a minute on 2 cores; the script caches the binary keyed by a hash of
+the sources, so an unchanged tree reuses it (see scripts/build-binary).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import httpx
+import pluggy
+import pytest
+from hookyard.plugins import BUILTIN_PLUGINS, ConnectorRegistry, make_plugin_manager
+from hookyard.testing import sample_identify
+from hookyard.testing.server import basic_auth, free_port, wait_until_up
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_builtin_plugin_list_matches_the_entry_points() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert BUILTIN_PLUGINS == project["entry-points"]["hookyard"]
+
+
+def test_frozen_fallback_registers_every_builtin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no entry-point metadata (as in a PyInstaller binary) the built-ins still load."""
+    monkeypatch.setattr(pluggy.PluginManager, "load_setuptools_entrypoints", lambda *a, **k: 0)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    frozen = ConnectorRegistry(make_plugin_manager())
+    monkeypatch.undo()
+    installed = ConnectorRegistry(make_plugin_manager())
+    builtin = {(c.kind, c.name) for c, plugin in installed.all() if plugin in BUILTIN_PLUGINS}
+    assert {(c.kind, c.name) for c, _ in frozen.all()} == builtin
+    assert ("destination", "profiles") in builtin and ("source", "segment") in builtin
+
+
+@pytest.mark.binary
+def test_single_binary_ingests_and_serves(tmp_path: Path) -> None:
+    if importlib.util.find_spec("PyInstaller") is None:
+        pytest.skip("PyInstaller is not installed: pip install -e '.[binary]' to build the binary")
+    build = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build-binary"), "--dist", str(tmp_path / "dist")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    binary = tmp_path / "dist" / "hookyard"
+    run_dir = tmp_path / "elsewhere"  # no source tree, no Python packages, empty environment
+    run_dir.mkdir()
+    env = {"PATH": "/usr/bin:/bin"}
+    listed = subprocess.run(
+        [str(binary), "plugins"], cwd=run_dir, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    for name in ("profiles", "segment", "pushwoosh"):
+        assert name in listed.stdout
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                "data",
+            ],
+            cwd=run_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_up(url, timeout=60)
+        write_key = (run_dir / "data" / "write_key").read_text().strip()
+        admin = {
+            "Authorization": f"Bearer {(run_dir / 'data' / 'admin_token').read_text().strip()}"
+        }
+        event = sample_identify(userId="binary-user")
+        answer = httpx.post(
+            f"{url}/v1/identify", json=event, headers=basic_auth(write_key), timeout=10
+        )
+        assert answer.status_code == 200 and answer.json() == {"success": True}
+        deadline = time.monotonic() + 20
+        while True:
+            got = httpx.get(f"{url}/api/subscribers/binary-user", headers=admin, timeout=10)
+            if got.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert got.status_code == 200, got.text
+        assert got.json()["distinct_id"] == "binary-user"
+        assert got.json()["properties"]["email"] == "peter@example.com"
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=30)
+    log_text = (tmp_path / "serve.log").read_text()
+    # uvicorn re-raises the SIGTERM it handled once shutdown is complete: -15 is a clean exit
+    assert code in (0, -signal.SIGTERM), log_text[-3000:]
+    assert "Application shutdown complete" in log_text

@@ -1,0 +1,145 @@
+"""``hookyard new-plugin``: the scaffolded packages install with pip and their own generated
+tests pass (in a throwaway venv layered on this environment, so nothing is left installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hookyard.cli import main
+from hookyard.errors import ConfigError
+from hookyard.scaffold import files, module_name, scaffold
+
+
+def can_build_without_isolation() -> bool:
+    """setuptools >= 70.1 builds PEP 660 editables by itself (older ones need ``wheel``)."""
+    try:
+        import setuptools
+    except ImportError:
+        return False
+    major, minor = (int(p) for p in setuptools.__version__.split(".")[:2])
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
+@pytest.mark.parametrize(
+    "name", ["", "Acme", "1acme", "acme crm", "acme--crm", "acme-", "a" * 41, "../acme"]
+)
+def test_bad_names_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="plugin name"):
+        files(name, "destination")
+
+
+def test_files_of_each_kind() -> None:
+    assert module_name("acme-crm") == "hookyard_acme_crm"
+    dest = files("acme-crm", "destination")
+    assert sorted(dest) == [
+        "README.md",
+        "hookyard_acme_crm/__init__.py",
+        "hookyard_acme_crm/plugin.py",
+        "pyproject.toml",
+        "tests/test_acme_crm_destination.py",
+    ]
+    assert 'acme-crm = "hookyard_acme_crm.plugin"' in dest["pyproject.toml"]
+    assert "forbid_unknown_fields=True" in dest["hookyard_acme_crm/plugin.py"]
+    source = files("acme", "source")["hookyard_acme/plugin.py"]
+    assert 'PATH = "/connector/acme"' in source and "def parse_events" in source
+    with pytest.raises(ConfigError, match="kind"):
+        files("acme", "sink")  # type: ignore[arg-type]
+
+
+def test_cli_creates_the_package_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["new-plugin", "acme", "--kind", "source", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "hookyard_acme" in result.output
+    assert (tmp_path / "hookyard-acme" / "hookyard_acme" / "plugin.py").is_file()
+    again = runner.invoke(main, ["new-plugin", "acme", "--dir", str(tmp_path)])
+    assert again.exit_code != 0 and "already exists" in again.output
+    bad = runner.invoke(main, ["new-plugin", "Acme", "--dir", str(tmp_path)])
+    assert bad.exit_code != 0 and "plugin name" in bad.output
+
+
+def test_generated_packages_install_and_their_tests_pass(tmp_path: Path) -> None:
+    dest = scaffold("scaffold-dest", "destination", tmp_path)
+    src = scaffold("scaffold-src", "source", tmp_path)
+    ruff = shutil.which("ruff")
+    if ruff:  # the generated code passes the project's own lint rules
+        lint = subprocess.run(
+            [
+                ruff,
+                "check",
+                "--isolated",
+                "--line-length",
+                "100",
+                "--select",
+                "E,F,W,I,B,UP",
+                "--ignore",
+                "E501,B905",
+                str(dest),
+                str(src),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        check=True,
+    )
+    python = str(venv / "bin" / "python")
+    # without isolation pip reuses this environment's setuptools: ~10 s faster than a build env
+    isolation = ["--no-build-isolation"] if can_build_without_isolation() else []
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            python,
+            "install",
+            "-q",
+            "--no-deps",
+            *isolation,
+            "-e",
+            str(dest),
+            "-e",
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    run = subprocess.run(
+        [
+            python,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            str(dest),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "9 passed" in run.stdout
+    plugins = subprocess.run(
+        [python, "-m", "hookyard", "plugins"], capture_output=True, text=True, timeout=60
+    )
+    assert "scaffold-dest" in plugins.stdout and "scaffold-src" in plugins.stdout
