@@ -78,6 +78,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     import uvicorn
 
     from .app import create_app
+    from .storage import describe as describe_storage
 
     try:
         config = _load(config_path, host, port, data_dir)
@@ -88,6 +89,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     url = f"http://{config.server.host}:{config.server.port}"
     click.echo(f"hookyard {__version__} listening on {url}")
     click.echo(f"  data dir:    {rt.data_dir}")
+    click.echo(f"  storage:     {describe_storage(config.storage, rt.data_dir)}")
     for src in config.sources:
         # a configured key may come from env: or a secrets file: show only enough to recognise it
         shown = src.write_key if config.generated else f"{src.write_key[:4]}… (from the config)"

@@ -34,6 +34,12 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # where the data lives: unset = SQLite file hookyard.db in the data dir; "sqlite:///path.db";
+    # or "postgresql://user:password@host:5432/dbname" to run several nodes on one PostgreSQL
+    # (see docs/scaling.md; "env:HOOKYARD_DATABASE_URL" keeps the password out of the file)
+    url: str | None = None
+    # PostgreSQL only: the schema that holds hookyard's tables (created if missing)
+    schema: str = "public"
     # "full" fsyncs every (group) commit: survives power loss. "normal" survives a process
     # crash (kill -9) but a power cut may lose the last commits. See docs/configuration.md.
     synchronous: Literal["full", "normal"] = "full"

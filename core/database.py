@@ -103,6 +103,8 @@ def _wake_loops(by_loop: _Settled) -> None:
 class Database:
     """The hookyard SQLite database (inbox, outbox, logs)."""
 
+    dialect = "sqlite"
+
     def __init__(self, path: str | Path, synchronous: str = "full") -> None:
         self.path = Path(path)
         self.synchronous = synchronous

@@ -143,9 +143,11 @@ def insert_log(conn: sqlite3.Connection, log: LogEntry) -> None:
 
 def decode_row(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
     """The full event JSON of an inbox row (id, source, message_id, type, received_at, raw)."""
-    raw = raw_dict_decoder.decode(row["raw"] if isinstance(row, sqlite3.Row) else row[5])
-    if isinstance(row, sqlite3.Row):
-        raw["type"], raw["messageId"], raw["receivedAt"] = row["type"], row["message_id"], row["received_at"]
+    named = hasattr(row, "keys")  # sqlite3.Row or a PostgreSQL row (SELECT * order differs)
+    r: Any = row
+    raw = raw_dict_decoder.decode(r["raw"] if named else row[5])
+    if named:
+        raw["type"], raw["messageId"], raw["receivedAt"] = r["type"], r["message_id"], r["received_at"]
     else:
         raw["type"], raw["messageId"], raw["receivedAt"] = row[3], row[2], row[4]
     return raw

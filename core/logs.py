@@ -85,4 +85,9 @@ def config_secrets(rt: Any) -> list[str]:
         for key, value in (dest.config.settings or {}).items():
             if isinstance(value, str) and any(w in key.lower() for w in ("key", "token", "secret", "password")):
                 found.append(value)
+    url = rt.config.storage.url or ""
+    if "@" in url:  # a PostgreSQL URL with a password
+        from urllib.parse import urlsplit
+
+        found += [url] + [p for p in [urlsplit(url).password] if p]
     return found

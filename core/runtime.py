@@ -21,10 +21,9 @@ from starlette.routing import compile_path
 
 from .config import Config, DeliverySettings, DestinationConfig, read_or_create_secret
 from .connectors import Connector, DestinationContext, SourceContext
-from .database import Database
 from .errors import ConfigError
 from .plugins import ConnectorRegistry, make_plugin_manager
-from .schema import migrate
+from .storage import Storage, migrate, open_database
 
 log = logging.getLogger("hookyard")
 
@@ -99,7 +98,7 @@ class Runtime:
         self.pm = pm
         self.registry = registry
         self.data_dir = data_dir
-        self.db = Database(data_dir / "hookyard.db", config.storage.synchronous)
+        self.db: Storage = open_database(config.storage, data_dir)
         self.sources: dict[str, SourceContext] = {}
         self.destinations: dict[str, DestinationRuntime] = {}
         self.routes: list[IngestRoute] = []

@@ -356,6 +356,9 @@ class Engine:
         recovered = await self.rt.db.write(lambda c: outbox.recover_leases(c, names))
         if recovered:
             log.info("recovered %d deliveries leased by a stopped process", recovered)
+        listen = getattr(self.rt.db, "listen", None)
+        if listen is not None:  # PostgreSQL: deliveries routed by another node wake this one
+            listen(asyncio.get_running_loop(), self.wake_all)
         self.tasks.append(asyncio.create_task(self._route_loop(), name="hookyard-router"))
         self.tasks.append(asyncio.create_task(self._maintenance_loop(), name="hookyard-maintenance"))
         for worker in self.workers.values():

@@ -21,7 +21,10 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
+
+from ..storage.base import is_postgres
 
 INSERT = (
     "INSERT INTO outbox (destination, inbox_id, message_id, user_key, kind, request, state,"
@@ -30,6 +33,13 @@ INSERT = (
 )
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 """Who holds a lease: host, pid and a per-process token (a restarted pid 1 is a new owner)."""
+
+
+def pg_queue() -> ModuleType:
+    """The PostgreSQL variants of the statements below (several nodes share the outbox)."""
+    from ..storage import pg_queue as module
+
+    return module
 
 
 def insert_rows(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
@@ -48,6 +58,8 @@ def pending(
 ) -> list[Candidate]:
     """The oldest pending rows of a destination after ``after_id``, due or not (ordering needs
     both: a row waiting for its retry blocks its user's later rows)."""
+    if is_postgres(conn):
+        return pg_queue().pending(conn, destination, limit, after_id)
     cur = conn.execute(
         "SELECT id, user_key, next_at FROM outbox WHERE destination = ? AND state = 'pending'"
         " AND id > ? ORDER BY id LIMIT ?",
@@ -58,6 +70,8 @@ def pending(
 
 def inflight_keys(conn: sqlite3.Connection, destination: str) -> set[str]:
     """Ordering keys with a row leased by any worker (another process included)."""
+    if is_postgres(conn):
+        return pg_queue().inflight_keys(conn, destination)
     cur = conn.execute(
         "SELECT DISTINCT user_key FROM outbox WHERE destination = ? AND state = 'inflight'",
         (destination,),
@@ -69,6 +83,8 @@ def claim(
     conn: sqlite3.Connection, ids: list[int], lease_seconds: float
 ) -> list[tuple[int, bytes, int, float]]:
     """Lease ``ids`` that are still pending; return (id, request, attempts, created_at)."""
+    if is_postgres(conn):
+        return pg_queue().claim(conn, ids, lease_seconds)
     now = time.time()
     claimed = []
     for i in ids:
@@ -102,6 +118,8 @@ class Outcome:
 
 def record(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
     """Store attempt results and move each row to its next state."""
+    if is_postgres(conn):
+        return pg_queue().record(conn, outcomes)
     now = time.time()
     conn.executemany(
         "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, lease_until = NULL,"
@@ -125,6 +143,8 @@ def record(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
 
 def release(conn: sqlite3.Connection, ids: list[int]) -> None:
     """Give leased rows back (graceful shutdown) without counting an attempt."""
+    if is_postgres(conn):
+        return pg_queue().release(conn, ids)
     conn.executemany(
         "UPDATE outbox SET state = 'pending', lease_until = NULL, lease_owner = NULL"
         " WHERE id = ? AND state = 'inflight'",
@@ -141,6 +161,8 @@ def recover_leases(conn: sqlite3.Connection, destinations: Iterable[str]) -> int
     through the (destination, state) index: this runs in the writer every 30 s and must not
     scan the whole outbox.
     """
+    if is_postgres(conn):
+        return int(pg_queue().recover_leases(conn))
     now = time.time()
     before = conn.total_changes
     host, me = socket.gethostname(), os.getpid()

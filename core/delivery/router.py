@@ -117,6 +117,10 @@ def cursor(conn: sqlite3.Connection) -> int:
 
 async def route_batch(rt: Runtime, limit: int = 1000) -> tuple[int, set[str]]:
     """Route the next ``limit`` inbox events; returns (events routed, destinations touched)."""
+    if rt.db.dialect == "postgresql":  # several nodes: a routed flag, not a cursor
+        from ..storage import pg_queue
+
+        return await pg_queue.route_batch(rt, limit)
     def read(conn: sqlite3.Connection) -> tuple[int, list[tuple[Any, ...]]]:
         last = cursor(conn)
         rows = conn.execute(f"{SELECT_INBOX} WHERE id > ? ORDER BY id LIMIT ?", (last, limit)).fetchall()

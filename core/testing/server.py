@@ -121,6 +121,11 @@ class HookyardServer:
         db = self.runtime.db
         while time.monotonic() < deadline:
             def check(conn: Any) -> bool:
+                if db.dialect == "postgresql":  # routed flags, not a cursor
+                    return not conn.execute(
+                        "SELECT 1 FROM inbox WHERE NOT routed UNION ALL SELECT 1 FROM outbox"
+                        " WHERE state IN ('pending', 'inflight') LIMIT 1"
+                    ).fetchall()
                 last = conn.execute("SELECT max(id) FROM inbox").fetchone()[0] or 0
                 cur = conn.execute("SELECT last_inbox_id FROM router_state").fetchone()
                 busy = conn.execute(

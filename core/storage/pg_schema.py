@@ -1,0 +1,114 @@
+"""hookyard's tables in PostgreSQL, and their migrations.
+
+The same tables as the SQLite schema (:mod:`hookyard.schema`), in the configured schema
+(``[storage] schema``, created if missing), with what several nodes need:
+
+* ``inbox.routed``: the router marks the events it has mapped instead of keeping an id cursor
+  (ids from a sequence commit out of order across nodes: a cursor would skip an event whose id
+  was taken by a transaction that committed later); a partial index keeps the unrouted
+  events cheap to find; ``router_lease`` says which node routes at the moment;
+* partial indexes over the live outbox rows (pending / inflight) that the delivery workers
+  scan and claim with ``FOR UPDATE SKIP LOCKED``.
+
+Migrations are numbered lists of statements; ``schema_version`` records the last one applied.
+They run at start-up under a transaction-level advisory lock, so nodes starting together
+migrate once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql as pgsql
+
+M1_INITIAL = [
+    """CREATE TABLE inbox (
+        id bigserial PRIMARY KEY,
+        source text NOT NULL,
+        message_id text NOT NULL,
+        type text NOT NULL,
+        user_id text,
+        anonymous_id text,
+        event text,
+        received_at text NOT NULL,
+        raw bytea NOT NULL,
+        filtered text,
+        routed boolean NOT NULL DEFAULT false
+    )""",
+    "CREATE UNIQUE INDEX inbox_source_message_id ON inbox (source, message_id)",
+    "CREATE INDEX inbox_source_received_at ON inbox (source, received_at)",
+    "CREATE INDEX inbox_unrouted ON inbox (id) WHERE NOT routed",
+    """CREATE TABLE api_log (
+        id bigserial PRIMARY KEY,
+        at text,
+        source text,
+        method text,
+        path text,
+        status integer,
+        events integer,
+        error text,
+        duration_ms double precision
+    )""",
+    "CREATE TABLE router_state (name text PRIMARY KEY, last_inbox_id bigint)",
+    "CREATE TABLE router_lease (name text PRIMARY KEY, owner text, lease_until double precision)",
+    "INSERT INTO router_lease (name, owner, lease_until) VALUES ('main', NULL, 0)",
+    """CREATE TABLE outbox (
+        id bigserial PRIMARY KEY,
+        destination text NOT NULL,
+        inbox_id bigint,
+        message_id text,
+        user_key text,
+        kind text,
+        request bytea,
+        state text NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        next_at double precision NOT NULL DEFAULT 0,
+        lease_until double precision,
+        lease_owner text,
+        created_at double precision NOT NULL,
+        updated_at double precision,
+        last_status integer,
+        last_error text,
+        response_body text
+    )""",
+    "CREATE INDEX outbox_dead ON outbox (destination, id) WHERE state = 'dead'",
+    "CREATE INDEX outbox_live ON outbox (destination, id) WHERE state IN ('pending', 'inflight')",
+    "CREATE INDEX outbox_live_user ON outbox (destination, user_key, id)"
+    " WHERE state IN ('pending', 'inflight')",
+    "CREATE INDEX outbox_message_id ON outbox (message_id)",
+    "CREATE INDEX outbox_inbox_id ON outbox (inbox_id)",
+    """CREATE TABLE attempts (
+        id bigserial PRIMARY KEY,
+        outbox_id bigint,
+        destination text,
+        message_id text,
+        attempt integer,
+        outcome text,
+        http_status integer,
+        latency_ms double precision,
+        error text,
+        at double precision
+    )""",
+    "CREATE INDEX attempts_message_id ON attempts (message_id)",
+    "CREATE INDEX attempts_outbox_id ON attempts (outbox_id)",
+]
+
+MIGRATIONS: list[list[str]] = [M1_INITIAL]
+
+
+def migrate(conn: Any) -> int:
+    """Create the schema and apply pending migrations inside the caller's transaction;
+    return the schema version. ``conn`` is a :class:`~hookyard.storage.pg_conn.PgConnection`."""
+    raw = conn.raw
+    raw.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"hookyard.migrate.{conn.schema}",))
+    raw.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(conn.schema)))
+    raw.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+    row = raw.execute("SELECT max(version) FROM schema_version").fetchone()
+    version = int(row[0] or 0) if row else 0
+    for number, statements in enumerate(MIGRATIONS, start=1):
+        if number > version:
+            for statement in statements:
+                raw.execute(statement)
+            raw.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+            version = number
+    return version

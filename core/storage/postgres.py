@@ -1,0 +1,280 @@
+"""PostgreSQL storage: the same group-commit writer and per-thread readers as SQLite.
+
+Several hookyard nodes share one PostgreSQL database. Each node has one writer connection
+(a thread that runs every queued ``fn(conn)`` job in its own SAVEPOINT and commits them
+together, so an ingest is acknowledged only after COMMIT returned) and one autocommit read
+connection per thread. What keeps the nodes from stepping on each other is in the SQL
+(:mod:`hookyard.storage.pg_queue`): unique constraints, row locks, ``SKIP LOCKED`` and leases,
+never an in-memory state.
+
+Errors: a lost or refused connection, a full disk, a read-only server become
+:class:`hookyard.errors.StorageUnavailable` (503, retry); bad data in a query parameter (a
+text where a number is expected) becomes :class:`hookyard.errors.BadRequest` (400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql as pgsql
+
+from ..errors import BadRequest, StorageUnavailable
+from .base import POSTGRESQL
+from .pg_conn import PgConnection
+
+T = TypeVar("T")
+log = logging.getLogger("hookyard.database")
+
+MAX_JOBS_PER_COMMIT = 2000
+CHANNEL = "hookyard"  # NOTIFY channel; the payload is the schema, so schemas do not mix
+CONNECT_TIMEOUT = 10
+
+
+def connect(url: str, schema: str) -> PgConnection:
+    """An autocommit connection whose ``search_path`` is ``schema`` (which may not exist yet)."""
+    try:
+        raw = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                              application_name=f"hookyard {schema}"[:63])
+    except psycopg.Error as exc:
+        raise StorageUnavailable(f"storage unavailable: cannot connect to PostgreSQL: {exc}") from None
+    raw.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(schema)))
+    return PgConnection(raw, schema)
+
+
+def storage_error(exc: BaseException) -> BaseException:
+    """psycopg errors as hookyard errors (see the module docstring); others unchanged."""
+    if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.DeadlockDetected):
+        return exc  # a lost race, handled by the caller
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | psycopg.InternalError):
+        return StorageUnavailable(f"storage unavailable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction | psycopg.errors.InsufficientPrivilege):
+        return StorageUnavailable(f"storage unavailable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, psycopg.DataError):
+        return BadRequest(f"invalid value: {str(exc).splitlines()[0]}")
+    return exc
+
+
+class _Job:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+        self.future: Future[Any] = Future()
+
+
+class PgDatabase:
+    """hookyard's tables in a PostgreSQL database (``[storage] url = "postgresql://..."``)."""
+
+    dialect = POSTGRESQL
+
+    def __init__(self, url: str, schema: str = "public") -> None:
+        self.url = url
+        self.schema = schema
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._readers: list[PgConnection] = []
+        self._listener: threading.Thread | None = None
+        self._listener_stop = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._writer_loop, name="hookyard-pg-writer", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Finish queued writes, stop the writer and close every connection."""
+        self._listener_stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+            self._listener = None
+        with self._lock:
+            if self._thread is not None:
+                self._queue.put(None)
+                self._thread.join(timeout=30)
+                self._thread = None
+            for conn in self._readers:
+                try:
+                    conn.close()
+                except psycopg.Error:
+                    pass
+            self._readers.clear()
+            self._local = threading.local()
+
+    # -- writes ------------------------------------------------------------------------------
+    def submit(self, fn: Callable[[Any], T]) -> Future[T]:
+        """Queue a write job; the returned future resolves after its commit."""
+        if self._thread is None:
+            self.start()
+        job = _Job(fn)
+        self._queue.put(job)
+        return job.future
+
+    async def write(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(conn)`` in the next group commit and return its result once committed."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def write_sync(self, fn: Callable[[Any], T]) -> T:
+        """Blocking :meth:`write`, for the CLI and tests."""
+        return self.submit(fn).result()
+
+    def _writer_loop(self) -> None:
+        conn: PgConnection | None = None
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                jobs = [job]
+                stop = False
+                while len(jobs) < MAX_JOBS_PER_COMMIT:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    jobs.append(nxt)
+                if conn is None or conn.closed:
+                    try:
+                        conn = connect(self.url, self.schema)
+                    except StorageUnavailable as exc:
+                        conn = None
+                        self._fail_all(jobs, exc)
+                        time.sleep(0.2)  # do not spin while the server is away
+                        continue
+                if not self._run_group(conn, jobs):
+                    conn.close()
+                    conn = None
+                if stop:
+                    return
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _run_group(self, conn: PgConnection, jobs: list[_Job]) -> bool:
+        """Run ``jobs`` in one transaction; False when the connection must be replaced."""
+        results: list[tuple[_Job, bool, Any]] = []
+        single = len(jobs) == 1  # one job: its transaction is its savepoint
+        try:
+            conn.execute("BEGIN")
+            for job in jobs:
+                if not single:
+                    conn.execute("SAVEPOINT job")
+                try:
+                    value = job.fn(conn)
+                except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting caller
+                    if isinstance(exc, psycopg.OperationalError) and conn.closed:
+                        raise
+                    if single:
+                        conn.execute("ROLLBACK")
+                        self._settle([(job, False, exc)])
+                        return True
+                    conn.execute("ROLLBACK TO SAVEPOINT job")
+                    conn.execute("RELEASE SAVEPOINT job")
+                    results.append((job, False, exc))
+                else:
+                    if not single:
+                        conn.execute("RELEASE SAVEPOINT job")
+                    results.append((job, True, value))
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except psycopg.Error:
+                pass
+            self._fail_all(jobs, exc)
+            return not conn.closed
+        self._settle(results)
+        return True
+
+    def _settle(self, results: list[tuple[_Job, bool, Any]]) -> None:
+        for job, ok, value in results:
+            if ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(storage_error(value))
+
+    def _fail_all(self, jobs: list[_Job], exc: BaseException) -> None:
+        log.error("database commit failed: %s", exc)
+        err = storage_error(exc)
+        if not isinstance(err, StorageUnavailable):
+            err = StorageUnavailable(f"storage unavailable: {type(exc).__name__}: {exc}")
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(err)
+
+    # -- wake-ups from other nodes ---------------------------------------------------------
+    def listen(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on ``loop`` whenever any node NOTIFYs this schema (new deliveries
+        routed, events waiting: :func:`hookyard.storage.pg_queue.wake_nodes`), at most every
+        20 ms. A dedicated connection in a thread, reconnected if lost."""
+        self._listener_stop.clear()
+        thread = threading.Thread(target=self._listen_loop, args=(loop, callback),
+                                  name="hookyard-pg-listen", daemon=True)
+        self._listener = thread
+        thread.start()
+
+    def _listen_loop(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        while not self._listener_stop.is_set():
+            try:
+                conn = connect(self.url, self.schema)
+            except StorageUnavailable:
+                self._listener_stop.wait(1.0)
+                continue
+            try:
+                conn.raw.execute(f"LISTEN {CHANNEL}")
+                while not self._listener_stop.is_set():
+                    woken = False
+                    for note in conn.raw.notifies(timeout=0.5, stop_after=64):
+                        woken = woken or note.payload == self.schema
+                    if woken:
+                        loop.call_soon_threadsafe(callback)
+                        self._listener_stop.wait(0.02)
+            except (psycopg.Error, RuntimeError):  # lost connection, or the loop is closed
+                self._listener_stop.wait(0.5)
+            finally:
+                conn.close()
+
+    # -- reads -------------------------------------------------------------------------------
+    def reader(self) -> PgConnection:
+        """This thread's read connection (autocommit: every statement sees the latest commit)."""
+        conn: PgConnection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = connect(self.url, self.schema)
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    def read_sync(self, fn: Callable[[Any], T]) -> T:
+        conn = self.reader()
+        try:
+            return fn(conn)
+        except psycopg.Error as exc:
+            if conn.closed or isinstance(exc, psycopg.OperationalError):
+                self._local.conn = None
+                try:
+                    conn.close()
+                except psycopg.Error:
+                    pass
+            raise storage_error(exc) from exc
+
+    async def read(self, fn: Callable[[Any], T]) -> T:
+        """Run a read-only ``fn(conn)`` in a worker thread."""
+        return await asyncio.to_thread(self.read_sync, fn)

@@ -1,0 +1,76 @@
+"""The router on both backends: every committed event becomes outbox rows exactly once, with
+several routers (nodes) at work, and (PostgreSQL) whatever order the ids commit in."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+from hookyard.delivery import router
+from hookyard.inbox import event_rows, insert_events, now_iso
+from hookyard.runtime import Runtime
+from hookyard.testing import sample_track
+from storage_kit import log_entry, parsed
+
+
+def ingest(rt: Runtime, count: int, prefix: str = "m") -> None:
+    raws = [sample_track(messageId=f"{prefix}{i}", userId=f"u{i % 5}") for i in range(count)]
+    rows = event_rows("web", [parsed(r) for r in raws], now_iso())
+    rt.db.write_sync(lambda c: insert_events(c, rows, log_entry(len(rows))))
+
+
+def routed(rt: Runtime) -> list[str]:
+    return rt.db.read_sync(lambda c: [r[0] for r in c.execute(
+        "SELECT message_id FROM outbox ORDER BY id").fetchall()])
+
+
+def test_events_are_routed_once(runtime: Runtime) -> None:
+    ingest(runtime, 25)
+    count, touched = asyncio.run(router.route_batch(runtime, limit=10))
+    assert (count, touched) == (10, {"seg"})
+    while asyncio.run(router.route_batch(runtime, limit=10))[0]:
+        pass
+    assert routed(runtime) == [f"m{i}" for i in range(25)]
+    assert asyncio.run(router.route_batch(runtime)) == (0, set())
+    rows = runtime.db.read_sync(lambda c: c.execute(
+        "SELECT destination, inbox_id, user_key, state FROM outbox ORDER BY id").fetchall())
+    assert rows[6]["user_key"] == "u1" and {r["state"] for r in rows} == {"pending"}
+
+
+def test_several_routers_route_every_event_exactly_once(runtime_factory: Any) -> None:
+    nodes = [runtime_factory() for _ in range(3)]
+
+    async def run() -> None:
+        for batch in range(4):
+            ingest(nodes[batch % 3], 30, prefix=f"b{batch}-")
+            for _ in range(20):
+                counts = await asyncio.gather(*(router.route_batch(n, limit=7) for n in nodes))
+                if not any(c for c, _ in counts):
+                    break
+
+    asyncio.run(run())
+    ids = routed(nodes[0])
+    assert len(ids) == 120 and len(set(ids)) == 120
+
+
+def test_an_id_that_commits_late_is_not_skipped(runtime: Runtime) -> None:
+    """Two ingests on two nodes: the smaller id commits after the larger one was routed."""
+    if runtime.db.dialect != "postgresql":
+        return  # one SQLite writer: ids commit in order
+    settings = runtime.config.storage
+    raw = sample_track(messageId="late")
+    [row] = event_rows("web", [parsed(raw)], now_iso())
+    with psycopg.connect(settings.url or "", autocommit=False) as other:
+        other.execute(f'SET search_path TO "{settings.schema}"')
+        other.execute(
+            "INSERT INTO inbox (source, message_id, type, user_id, anonymous_id, event, received_at,"
+            " raw, filtered) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", row)
+        ingest(runtime, 1, prefix="early")  # a larger id, committed first
+        assert asyncio.run(router.route_batch(runtime))[0] == 1
+        other.commit()
+    assert asyncio.run(router.route_batch(runtime))[0] == 1
+    assert routed(runtime) == ["early0", "late"]
+    ids = runtime.db.read_sync(lambda c: [r[0] for r in c.execute(
+        "SELECT inbox_id FROM outbox ORDER BY id")])
+    assert ids[0] > ids[1]
