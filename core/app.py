@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -146,8 +147,15 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Starlett
         assert isinstance(exc, RequestError)
         return JSONResponse({"error": exc.reason}, status_code=exc.status)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code in (204, 304) or request.url.path.startswith("/ui/"):
+            return Response(exc.detail if exc.status_code not in (204, 304) else None,
+                            status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={RequestError: request_error})
+                    exception_handlers={RequestError: request_error, HTTPException: http_error})
     app.add_middleware(AdminAuth, token=runtime.admin_token)  # type: ignore[arg-type]
     app.state.runtime = runtime
     return app
