@@ -96,6 +96,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         click.echo(f"  source {src.name!r} ({src.plugin}) write key: {shown}")
     for dest in config.destinations:
         click.echo(f"  destination {dest.name!r} ({dest.plugin}) <- {', '.join(dest.sources)}")
+    click.echo(f"  dashboard:   {url}/ui/  (log in with the admin token)")
     if rt.admin_token_created:
         click.echo(f"  admin token: {rt.admin_token}  (saved in {rt.data_dir / 'admin_token'})")
     elif not config.server.admin_token:
