@@ -11,6 +11,8 @@ Servers, one process each with uvicorn's defaults (one worker, uvloop, httptools
 * ``hookyard``: ``hookyard serve --no-workers`` with the default config (one Segment source ->
   profile store) and a fresh temp data dir: auth, typed validation, group-committed SQLite
   inbox with ``synchronous=FULL`` (fsync), acknowledged after commit;
+* ``hookyard sync=normal``: the same as ``hookyard`` with ``[storage] synchronous = "normal"``
+  (no fsync per commit: survives kill -9, not a power cut), to show what the fsync costs;
 * ``hookyard+workers``: the same with the router and delivery workers running (every event also
   goes through the profile store while ingest is measured).
 
@@ -33,6 +35,7 @@ from pathlib import Path
 import msgspec
 
 from .common import (
+    WRITE_KEY,
     Row,
     Served,
     basic_auth,
@@ -92,6 +95,22 @@ def _cases(work: Path, batch: int, connections: int, batch_connections: int) -> 
 
 
 HEADERS = {"Authorization": basic_auth(), "Content-Type": "application/json"}
+NORMAL = "hookyard sync=normal"
+# the default config (one Segment source -> profile store), with fsync off for commits
+NORMAL_CONFIG = """\
+[storage]
+synchronous = "normal"
+
+[[sources]]
+name = "default"
+plugin = "segment"
+write_key = "{key}"
+
+[[destinations]]
+name = "profiles"
+plugin = "profiles"
+sources = ["default"]
+"""
 
 
 def _measure(name: str, server: Served, case: Case, duration: float, warmup: float) -> Measured:
@@ -104,7 +123,7 @@ def _measure(name: str, server: Served, case: Case, duration: float, warmup: flo
         print(f"  warning: {name} {case.name}: {res.bad_status} non-2xx answers,"
               f" {res.socket_errors} socket errors")
     m = Measured(name, case, res, cpu, (warm.ok + res.ok) * case.events)
-    print(f"  {name:<17} {case.name:<10} {res.rps:>8,.0f} req/s {m.events_per_s:>8,.0f} events/s"
+    print(f"  {name:<20} {case.name:<10} {res.rps:>8,.0f} req/s {m.events_per_s:>8,.0f} events/s"
           f"  p50 {fmt_ms(res.p50_us):>6} ms  p99 {fmt_ms(res.p99_us):>6} ms"
           f"  cpu {m.cpu_us_per_event:>5.0f} us/event", flush=True)
     return m
@@ -139,7 +158,7 @@ def run(duration: float = 5.0, warmup: float = 1.0, batch: int = 100, connection
         batch_connections: int = 8, rounds: int = 2, with_workers: bool = True) -> list[Row]:
     """Run every case against every server; return the table rows.
 
-    bare and hookyard (--no-workers) run side by side and are measured in turns, case by case,
+    bare, hookyard and hookyard sync=normal (--no-workers) run side by side and are measured in turns, case by case,
     ``rounds`` times, so load from elsewhere on the machine hits both alike; the best round
     counts. hookyard with workers comes last, alone (its router keeps working after a run).
     """
@@ -149,13 +168,19 @@ def run(duration: float = 5.0, warmup: float = 1.0, batch: int = 100, connection
     with temp_dir("ingest") as work:
         cases = _cases(work, batch, connections, batch_connections)
         data = work / "hookyard"
+        normal_data = work / "hookyard-normal"
+        normal_config = work / "normal.toml"
+        normal_config.write_text(NORMAL_CONFIG.format(key=WRITE_KEY))
         with uvicorn_app("bench.apps:bare", work) as bare, \
-                hookyard_serve(data, workers=False) as hook:
+                hookyard_serve(data, workers=False) as hook, \
+                hookyard_serve(normal_data, workers=False, config=normal_config) as normal:
             for _ in range(rounds):
                 for case in cases:
                     results.append(_measure("bare starlette", bare, case, duration, warmup))
                     results.append(_measure("hookyard", hook, case, duration, warmup))
+                    results.append(_measure(NORMAL, normal, case, duration, warmup))
             _check_inbox("hookyard", data, [m for m in results if m.server == "hookyard"])
+            _check_inbox(NORMAL, normal_data, [m for m in results if m.server == NORMAL])
         if with_workers:
             data = work / "hookyard-workers"
             with hookyard_serve(data, workers=True) as hook:
@@ -188,7 +213,8 @@ def _rows(best: dict[tuple[str, str], Measured]) -> list[Row]:
             "vs bare": fmt_ratio(ratio),
             "target": target,
         }))
-    rows.sort(key=lambda r: (r.bench, r.case != "bare starlette", r.case))
+    order = {"bare starlette": 0, "hookyard": 1, NORMAL: 2}
+    rows.sort(key=lambda r: (r.bench, order.get(r.case, 3), r.case))
     return rows
 
 

@@ -59,6 +59,32 @@ class AdminAuth:
         await self.app(scope, receive, send)
 
 
+class IngestFastPath:
+    """Hands ``POST`` requests on an ingest path straight to the ingest endpoint (pure ASGI).
+
+    The same request through the router costs ~25 us more: every route's regex, Starlette's
+    ``request_response`` wrapper and exception middleware. Only what the ingest routes would
+    match anyway is taken (the routes before them answer ``GET`` only); everything else goes
+    on to the router, and the outer middleware (admin token, 500 handler) still runs.
+    """
+
+    def __init__(self, app: ASGIApp, endpoint: IngestEndpoint) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+            and self.endpoint.candidates(scope["path"])
+        ):
+            response = await self.endpoint(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Starlette:
     """Build the ASGI app. ``run_workers`` (default: ``[server] workers``) starts the router
     and delivery workers in the same process."""
@@ -156,7 +182,8 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Starlett
 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={RequestError: request_error, HTTPException: http_error})
-    app.add_middleware(AdminAuth, token=runtime.admin_token)  # type: ignore[arg-type]
+    app.add_middleware(IngestFastPath, endpoint=ingest)  # type: ignore[arg-type]
+    app.add_middleware(AdminAuth, token=runtime.admin_token)  # type: ignore[arg-type]  # outermost
     app.state.runtime = runtime
     return app
 

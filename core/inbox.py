@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .connectors import ParsedEvent
+from .database import GroupedWrite
 from .events import Track, event_type, raw_dict_decoder
 
 INSERT_EVENT = (
@@ -135,6 +136,34 @@ def insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], log: Lo
     stored = conn.total_changes - before
     conn.execute(INSERT_LOG, log.row())
     return stored
+
+
+class InsertEvents(GroupedWrite):
+    """The write job of one ingest request: its events and its API log line.
+
+    Called as ``fn(conn)`` it runs :func:`insert_events` (every backend). The SQLite writer
+    instead runs :meth:`statement` without a savepoint when the events fit one INSERT, and
+    stores ``log_row`` with the other log lines of its group commit.
+    """
+
+    __slots__ = ("rows", "log", "one_statement", "log_row", "_sql", "_params")
+
+    def __init__(self, rows: list[tuple[Any, ...]], log: LogEntry) -> None:
+        self.rows = rows
+        self.log = log
+        self.one_statement = 0 < len(rows) <= INSERT_CHUNK
+        self.log_row = log.row()
+        # built here, on the caller's thread: the writer thread is the bottleneck
+        self._sql = _insert_many_sql(len(rows)) if self.one_statement else ""
+        self._params = [v for row in rows for v in row] if self.one_statement else []
+
+    def statement(self, conn: sqlite3.Connection) -> int:
+        before = conn.total_changes
+        conn.execute(self._sql, self._params)
+        return conn.total_changes - before
+
+    def __call__(self, conn: sqlite3.Connection) -> int:
+        return insert_events(conn, self.rows, self.log)
 
 
 def insert_log(conn: sqlite3.Connection, log: LogEntry) -> None:

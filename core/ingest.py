@@ -20,7 +20,7 @@ from starlette.responses import Response
 from .connectors import IngestRequest, SourceContext
 from .errors import BadRequest, PayloadTooLarge, RequestError, StorageUnavailable, Unauthorized
 from .events import encoder
-from .inbox import LogEntry, event_rows, insert_events, insert_log, now_iso
+from .inbox import InsertEvents, LogEntry, event_rows, insert_log, now_iso
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -76,6 +76,19 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
     if not inflater.eof:
         raise BadRequest(f"truncated {encoding} body")
     return out
+
+
+_OK_RAW_HEADERS = Response(OK_BODY, media_type="application/json", headers=CORS_HEADERS).raw_headers
+
+
+class _OkResponse(Response):
+    """``{"success":true}`` with the CORS header, its headers built once (saves ~4 us)."""
+
+    def __init__(self) -> None:  # noqa: D107 - no Response.__init__: nothing to render
+        self.status_code = 200
+        self.background = None
+        self.body = OK_BODY
+        self.raw_headers = list(_OK_RAW_HEADERS)
 
 
 def _error_response(exc: RequestError) -> Response:
@@ -162,7 +175,7 @@ class IngestEndpoint:
             entry = LogEntry(received_at, source.name, request.method, req.path, 200, count, None,
                              (time.perf_counter() - started) * 1000)
             try:
-                await self.rt.db.write(lambda conn: insert_events(conn, rows, entry))
+                await self.rt.db.write(InsertEvents(rows, entry))
             except RequestError:
                 raise
             except Exception as exc:
@@ -175,7 +188,7 @@ class IngestEndpoint:
             self.on_commit()
         if self.rt.metrics is not None:
             self.rt.metrics.ingest_ok(source.name, count)
-        return Response(OK_BODY, media_type="application/json", headers=CORS_HEADERS)
+        return _OkResponse()
 
     def _log_refusal(
         self, request: Request, source: SourceContext | None, exc: RequestError, started: float

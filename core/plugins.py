@@ -78,6 +78,7 @@ class ConnectorRegistry:
         self.pm = pm
         self._connectors: dict[tuple[ConnectorKind, str], tuple[Connector, object]] = {}
         self._callers: dict[tuple[str, int], Any] = {}
+        self._direct_cache: dict[tuple[str, str, str], tuple[Any, list[Any]]] = {}
         for impl in pm.hook.register_connectors.get_hookimpls():
             if impl.wrapper or impl.hookwrapper:
                 continue  # the registry reads every plugin's list itself; wrappers have nothing to add
@@ -126,9 +127,37 @@ class ConnectorRegistry:
             self._callers[key] = caller
         return caller
 
+    def _direct(self, hook_name: str, kind: ConnectorKind, name: str) -> Any:
+        """The owner's own implementation of ``hook_name`` when it is the only one the subset
+        caller would run (no wrappers): ``(impl, snapshot)``, else ``None``.
+
+        ``snapshot`` is the hook's implementation list when this was decided; a plugin
+        registered or unregistered later changes that list and the decision is made again.
+        """
+        hook = getattr(self.pm.hook, hook_name)
+        impls = hook.get_hookimpls()
+        key = (hook_name, kind, name)
+        cached = self._direct_cache.get(key)
+        if cached is not None and cached[1] == impls:
+            return cached[0]
+        owner = self._connectors[(kind, name)][1]
+        mine = [i for i in impls if i.plugin is owner and not (i.wrapper or i.hookwrapper)]
+        wrapped = any(i.wrapper or i.hookwrapper for i in impls)
+        impl = mine[0] if len(mine) == 1 and not wrapped else None
+        self._direct_cache[key] = (impl, impls)
+        return impl
+
     def call(self, hook_name: str, kind: ConnectorKind, name: str, **kwargs: Any) -> Any:
-        """Call step ``hook_name`` of connector ``name`` with keyword arguments."""
-        result = self.caller(hook_name, kind, name)(**kwargs)
+        """Call step ``hook_name`` of connector ``name`` with keyword arguments.
+
+        When the owner's implementation is the only one that would run (no wrappers), it is
+        called directly: a pluggy hook call costs ~8 us more, which ingest pays per request.
+        """
+        impl = self._direct(hook_name, kind, name)
+        if impl is not None:
+            result = impl.function(*[kwargs[a] for a in impl.argnames])
+        else:
+            result = self.caller(hook_name, kind, name)(**kwargs)
         if result is None:
             raise ConfigError(
                 f"plugin of {kind} connector {name!r} does not implement hook {hook_name!r}"

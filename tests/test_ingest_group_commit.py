@@ -1,0 +1,53 @@
+"""The SQLite writer's savepoint-free path for ingest jobs (``InsertEvents``, one statement).
+
+A failing ingest job in a group commit must not take the other jobs of the group with it,
+and its API log line must not be stored; the log lines of the others are.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from hookyard.database import Database
+from hookyard.inbox import INSERT_CHUNK, InsertEvents, LogEntry, now_iso
+from hookyard.schema import migrate
+
+
+def _row(mid: str, user: object = "u1") -> tuple[object, ...]:
+    return ("web", mid, "track", user, None, "Clicked", now_iso(), b'{"type":"track"}', None)
+
+
+def _entry(events: int) -> LogEntry:
+    return LogEntry(now_iso(), "web", "POST", "/v1/batch", 200, events, None, 1.0)
+
+
+def test_failing_job_leaves_the_rest_of_its_group(tmp_path: Path) -> None:
+    db = Database(tmp_path / "h.db")
+    db.write_sync(migrate)
+    gate = threading.Event()
+    blocker = db.submit(lambda conn: gate.wait(5))  # holds the writer so the next jobs group
+    jobs = [
+        InsertEvents([_row("a")], _entry(1)),
+        InsertEvents([_row("b"), _row("b2", user={})], _entry(7)),  # cannot bind a dict: fails
+        InsertEvents([_row("c"), _row("a")], _entry(2)),  # "a" again: ignored, not an error
+        InsertEvents([_row(f"m{i}") for i in range(INSERT_CHUNK + 1)], _entry(INSERT_CHUNK + 1)),
+    ]
+    assert [j.one_statement for j in jobs] == [True, True, True, False]
+    futures = [db.submit(j) for j in jobs]
+    gate.set()
+    try:
+        assert blocker.result(10) is True
+        assert futures[0].result(10) == 1
+        with pytest.raises(sqlite3.Error):
+            futures[1].result(10)
+        assert futures[2].result(10) == 1
+        assert futures[3].result(10) == INSERT_CHUNK + 1
+        ids = db.read_sync(lambda c: [r[0] for r in c.execute("SELECT message_id FROM inbox")])
+        assert sorted(ids)[:3] == ["a", "c", "m0"] and len(ids) == INSERT_CHUNK + 3
+        logged = db.read_sync(lambda c: [r[0] for r in c.execute("SELECT events FROM api_log")])
+        assert sorted(logged) == [1, 2, INSERT_CHUNK + 1]
+    finally:
+        db.stop()
