@@ -85,6 +85,7 @@ class DestinationWorker:
 
     async def run(self) -> None:
         while not self.stopping:
+            self.wake.clear()  # before the round: a wake-up during it starts the next at once
             try:
                 sleep_for = await self.dispatch()
             except Exception:  # noqa: BLE001 - a worker never dies
@@ -92,7 +93,6 @@ class DestinationWorker:
                 sleep_for = 1.0
             if self.stopping:
                 break
-            self.wake.clear()
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=sleep_for)
             except TimeoutError:

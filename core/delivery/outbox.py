@@ -42,8 +42,39 @@ def pg_queue() -> ModuleType:
     return module
 
 
+INSERT_MANY = (
+    "INSERT INTO outbox (destination, inbox_id, message_id, user_key, kind, request, state,"
+    " attempts, next_at, created_at, updated_at, last_error) VALUES "
+)
+INSERT_VALUES = "(?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)"
+ROWS_PER_STATEMENT = 90  # multi-row statements: 10 parameters a row, well under SQLite's limit
+IDS_PER_STATEMENT = 500
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _values_sql(head: str, one: str, count: int, cache: dict[int, str]) -> str:
+    sql = cache.get(count)
+    if sql is None:
+        sql = cache[count] = head + ",".join([one] * count)
+    return sql
+
+
+_insert_sql: dict[int, str] = {}
+
+
 def insert_rows(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
-    conn.executemany(INSERT, rows)
+    """Insert outbox rows (destination, inbox_id, message_id, user_key, kind, request, state,
+    created_at, updated_at, last_error), several rows per statement on SQLite."""
+    if is_postgres(conn):
+        conn.executemany(INSERT, rows)
+        return
+    for chunk in _chunks(list(rows), ROWS_PER_STATEMENT):
+        sql = _values_sql(INSERT_MANY, INSERT_VALUES, len(chunk), _insert_sql)
+        conn.execute(sql, [v for row in chunk for v in row])
 
 
 @dataclass
@@ -53,17 +84,29 @@ class Candidate:
     next_at: float
 
 
+SKIP_LEASED = (
+    " AND COALESCE(user_key, '') NOT IN (SELECT COALESCE(user_key, '') FROM outbox"
+    " WHERE destination = ? AND state = 'inflight')"
+)
+
+
 def pending(
-    conn: sqlite3.Connection, destination: str, limit: int, after_id: int = 0
+    conn: sqlite3.Connection, destination: str, limit: int, after_id: int = 0,
+    skip_leased: bool = False,
 ) -> list[Candidate]:
     """The oldest pending rows of a destination after ``after_id``, due or not (ordering needs
-    both: a row waiting for its retry blocks its user's later rows)."""
+    both: a row waiting for its retry blocks its user's later rows). ``skip_leased`` leaves
+    out the rows of users with a leased row (the engine could not start them anyway), in
+    SQL rather than row by row in Python."""
     if is_postgres(conn):
-        return pg_queue().pending(conn, destination, limit, after_id)
+        return pg_queue().pending(conn, destination, limit, after_id, skip_leased)
+    params: tuple[Any, ...] = (destination, after_id, limit)
+    if skip_leased:
+        params = (destination, after_id, destination, limit)
     cur = conn.execute(
         "SELECT id, user_key, next_at FROM outbox WHERE destination = ? AND state = 'pending'"
-        " AND id > ? ORDER BY id LIMIT ?",
-        (destination, after_id, limit),
+        f" AND id > ?{SKIP_LEASED if skip_leased else ''} ORDER BY id LIMIT ?",
+        params,
     )
     return [Candidate(r[0], r[1] or "", r[2] or 0.0) for r in cur]
 
@@ -86,16 +129,16 @@ def claim(
     if is_postgres(conn):
         return pg_queue().claim(conn, ids, lease_seconds)
     now = time.time()
-    claimed = []
-    for i in ids:
+    claimed: list[tuple[int, bytes, int, float]] = []
+    for chunk in _chunks(list(ids), IDS_PER_STATEMENT):
         cur = conn.execute(
             "UPDATE outbox SET state = 'inflight', lease_until = ?, lease_owner = ?, updated_at = ?"
-            " WHERE id = ? AND state = 'pending' RETURNING id, request, attempts, created_at",
-            (now + lease_seconds, OWNER, now, i),
+            f" WHERE id IN ({','.join('?' * len(chunk))}) AND state = 'pending'"
+            " RETURNING id, request, attempts, created_at",
+            (now + lease_seconds, OWNER, now, *chunk),
         )
-        row = cur.fetchone()
-        if row is not None:
-            claimed.append((row[0], row[1], row[2], row[3]))
+        claimed.extend((row[0], row[1], row[2], row[3]) for row in cur)
+    claimed.sort()
     return claimed
 
 
@@ -121,24 +164,34 @@ def record(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
     if is_postgres(conn):
         return pg_queue().record(conn, outcomes)
     now = time.time()
-    conn.executemany(
-        "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, lease_until = NULL,"
-        " lease_owner = NULL, updated_at = ?, last_status = ?, last_error = ?, response_body = ?"
-        " WHERE id = ?",
-        [
-            (o.state, o.attempt, o.next_at, now, o.http_status, o.error, o.response_body, o.outbox_id)
-            for o in outcomes
-        ],
-    )
-    conn.executemany(
-        "INSERT INTO attempts (outbox_id, destination, message_id, attempt, outcome, http_status,"
-        " latency_ms, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (o.outbox_id, o.destination, o.message_id, o.attempt, o.outcome, o.http_status,
-             o.latency_ms, o.error, now)
-            for o in outcomes
-        ],
-    )
+    groups: dict[tuple[Any, ...], list[int]] = {}  # identical updates: one statement for all
+    for o in outcomes:
+        groups.setdefault(
+            (o.state, o.attempt, o.next_at, o.http_status, o.error, o.response_body), []
+        ).append(o.outbox_id)
+    for (state, attempt, next_at, status, error, body), ids in groups.items():
+        for chunk in _chunks(ids, IDS_PER_STATEMENT):
+            conn.execute(
+                "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, lease_until = NULL,"
+                " lease_owner = NULL, updated_at = ?, last_status = ?, last_error = ?,"
+                f" response_body = ? WHERE id IN ({','.join('?' * len(chunk))})",
+                (state, attempt, next_at, now, status, error, body, *chunk),
+            )
+    values = [
+        (o.outbox_id, o.destination, o.message_id, o.attempt, o.outcome, o.http_status,
+         o.latency_ms, o.error, now)
+        for o in outcomes
+    ]
+    for part in _chunks(values, ROWS_PER_STATEMENT):
+        sql = _values_sql(RECORD_ATTEMPTS, "(?, ?, ?, ?, ?, ?, ?, ?, ?)", len(part), _attempts_sql)
+        conn.execute(sql, [v for row in part for v in row])
+
+
+RECORD_ATTEMPTS = (
+    "INSERT INTO attempts (outbox_id, destination, message_id, attempt, outcome, http_status,"
+    " latency_ms, error, at) VALUES "
+)
+_attempts_sql: dict[int, str] = {}
 
 
 def release(conn: sqlite3.Connection, ids: list[int]) -> None:

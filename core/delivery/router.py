@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..deliveries import MapResult
-from ..events import Event, encoder
+from ..events import Event, encoder, event_decoders
 from ..fields import FieldMissing
 from ..inbox import decode_row
 from . import outbox
@@ -56,6 +56,25 @@ def map_one(
     return result
 
 
+def typed_event(row: tuple[Any, ...], raw: dict[str, Any]) -> Event:
+    """The typed event of an inbox row whose raw dict is ``raw`` (from :func:`decode_row`).
+
+    Decodes the stored bytes with the per-type decoder (about 4x cheaper than
+    ``msgspec.convert`` on the dict) and sets the row's messageId and receivedAt; anything
+    unusual (unknown type, a stored ``type`` that differs) takes the general path."""
+    decoder = event_decoders.get(row[3])
+    received = row[4]
+    if decoder is not None and (received is None or isinstance(received, str)):
+        try:
+            event = decoder.decode(row[5])
+        except msgspec.ValidationError:
+            pass
+        else:
+            event.messageId, event.receivedAt = row[2], received
+            return event
+    return msgspec.convert(raw, Event)  # type: ignore[arg-type, no-any-return]
+
+
 def map_rows(
     rt: Runtime, rows: Iterable[tuple[Any, ...]], only: set[str] | None = None
 ) -> list[tuple[Any, ...]]:
@@ -67,7 +86,7 @@ def map_rows(
             continue
         try:
             raw = decode_row(row)
-            event: Event = msgspec.convert(raw, Event)  # type: ignore[arg-type]
+            event = typed_event(row, raw)
         except Exception as exc:  # noqa: BLE001 - one undecodable row must not stall the router
             log.error("inbox event %s cannot be decoded: %s", row[0], exc)
             for dest in rt.destinations_for(row[1]):

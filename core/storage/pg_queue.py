@@ -40,12 +40,25 @@ if TYPE_CHECKING:
 LIVE = "(state = 'pending' OR (state = 'inflight' AND lease_until < ?))"
 
 
-def pending(conn: Any, destination: str, limit: int, after_id: int = 0) -> list[Candidate]:
-    """Pending rows (and inflight ones whose lease expired) of a destination, in id order."""
+SKIP_LEASED = (
+    " AND COALESCE(user_key, '') NOT IN (SELECT COALESCE(user_key, '') FROM outbox"
+    " WHERE destination = ? AND state = 'inflight' AND lease_until >= ?)"
+)
+
+
+def pending(
+    conn: Any, destination: str, limit: int, after_id: int = 0, skip_leased: bool = False
+) -> list[Candidate]:
+    """Pending rows (and inflight ones whose lease expired) of a destination, in id order;
+    with ``skip_leased``, not those of users with a row under a valid lease."""
+    now = time.time()
+    params: tuple[Any, ...] = (destination, after_id, now, limit)
+    if skip_leased:
+        params = (destination, after_id, now, destination, now, limit)
     cur = conn.execute(
         f"SELECT id, user_key, next_at FROM outbox WHERE destination = ? AND id > ? AND {LIVE}"
-        " ORDER BY id LIMIT ?",
-        (destination, after_id, time.time(), limit),
+        f"{SKIP_LEASED if skip_leased else ''} ORDER BY id LIMIT ?",
+        params,
     )
     return [Candidate(r[0], r[1] or "", r[2] or 0.0) for r in cur]
 

@@ -1,8 +1,9 @@
 """Slow destination isolation: a destination that hangs does not slow another one down.
 
-Two ``hookyard serve`` subprocesses run side by side: one with destination ``fast`` alone, one
-with ``fast`` beside ``stuck``, whose fake API never answers while the test runs (its backlog
-grows every round). Rounds of the same events go to each server in turn (alone, beside, alone,
+Two ``hookyard serve`` subprocesses run side by side: one with destination ``fast`` alone (a
+second destination is connected but filters every event out, so both servers do the same routing
+work), one with ``fast`` beside ``stuck``, whose fake API never answers while the test runs (its
+backlog grows every round). Rounds of the same events go to each server in turn (alone, beside, alone,
 beside, ...), so both phases see the same background load.
 
 Two figures per round: the wall-clock rate (first ingest request to last delivery at ``fast``)
@@ -45,6 +46,14 @@ class Phase:
             forwarder("fast", self.fast.url, ["web"], batch_size=FAST_BATCH)]
         if stuck is not None:
             dests.append(forwarder("stuck", stuck.url, ["web"], total_timeout_seconds=60.0))
+        else:
+            # the same second destination, but it sends nothing: every event is filtered out.
+            # Both servers then route every event to two destinations (one outbox row each), so
+            # the comparison measures what a *stuck* destination costs `fast`, not what having
+            # a second destination costs.
+            idle = forwarder("idle", "http://127.0.0.1:9", ["web"])
+            idle["filter"] = 'type = "track"'
+            dests.append(idle)
         config = toml_config(
             [{"name": "web", "plugin": "segment", "write_key": WRITE_KEY}], dests,
             server={"admin_token": "isolation-admin", "log_level": "warning"},
