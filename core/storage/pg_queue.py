@@ -137,8 +137,8 @@ SELECT v.*, ? FROM unnest(?::bigint[], ?::text[], ?::text[], ?::integer[], ?::te
 
 
 def record(conn: Any, outcomes: list[Outcome]) -> None:
-    """Store attempt results (two statements for the whole batch); a row whose lease this
-    process lost keeps its new owner's state."""
+    """Store attempt results (two statements for the whole batch) and wake every node; a row
+    whose lease this process lost keeps its new owner's state."""
     if not outcomes:
         return
     now = time.time()
@@ -154,6 +154,9 @@ def record(conn: Any, outcomes: list[Outcome]) -> None:
         [o.outcome for o in outcomes], [o.http_status for o in outcomes],
         [float(o.latency_ms) for o in outcomes], [o.error for o in outcomes],
     ))
+    # the users of these rows are free again: every node may take their next rows, not only
+    # this one (whose own worker wakes at once and would otherwise keep them all)
+    wake_nodes(conn)
 
 
 def release(conn: Any, ids: list[int]) -> None:

@@ -240,11 +240,18 @@ class PgDatabase:
             try:
                 conn.raw.execute(f"LISTEN {CHANNEL}")
                 while not self._listener_stop.is_set():
+                    # call back as soon as a note arrives: ``notifies(timeout=)`` is a deadline
+                    # for the whole generator, so waiting for it to end would wake this node up
+                    # to 0.5 s after the others (which then take every delivery first)
                     woken = False
-                    for note in conn.raw.notifies(timeout=0.5, stop_after=64):
-                        woken = woken or note.payload == self.schema
+                    for note in conn.raw.notifies(timeout=0.5):
+                        if note.payload == self.schema:
+                            woken = True
+                            break
                     if woken:
                         loop.call_soon_threadsafe(callback)
+                        for _ in conn.raw.notifies(timeout=0):  # a burst is one wake-up
+                            pass
                         self._listener_stop.wait(0.02)
             except (psycopg.Error, RuntimeError):  # lost connection, or the loop is closed
                 self._listener_stop.wait(0.5)
