@@ -78,7 +78,7 @@ def _insert_log_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> N
 class _Job:
     __slots__ = ("fn", "future")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
         self.future: Future[Any] = Future()
 
@@ -89,7 +89,7 @@ class _AsyncJob:
     __slots__ = ("fn", "loop", "future")
 
     def __init__(
-        self, fn: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop
+        self, fn: Callable[[Any], Any], loop: asyncio.AbstractEventLoop
     ) -> None:
         self.fn = fn
         self.loop = loop
@@ -128,6 +128,10 @@ def _settle(job: _Job | _AsyncJob, ok: bool, value: Any, by_loop: _Settled) -> N
         pass
 
 
+Job = _Job | _AsyncJob
+"""A queued write job (sync waiter or coroutine), as the backends' writer loops see it."""
+
+
 def _wake_loops(by_loop: _Settled) -> None:
     for loop, outcomes in by_loop.items():
         try:
@@ -136,14 +140,18 @@ def _wake_loops(by_loop: _Settled) -> None:
             pass
 
 
-class Database:
-    """The hookyard SQLite database (inbox, outbox, logs)."""
+class GroupCommitWriter:
+    """The writer-thread half shared by every backend (SQLite here, PostgreSQL in
+    :mod:`hookyard.storage.postgres`): the job queue, the thread's lifecycle, taking every job
+    queued at that moment as one group, and handing each job's result to its waiter.
 
-    dialect = "sqlite"
+    A subclass implements ``_writer_loop`` (open its connection, then run
+    :meth:`_next_group` groups in one transaction each) and settles them with :meth:`_deliver`.
+    """
 
-    def __init__(self, path: str | Path, synchronous: str = "full") -> None:
-        self.path = Path(path)
-        self.synchronous = synchronous
+    WRITER_NAME = "hookyard-db-writer"
+
+    def __init__(self) -> None:
         self._queue: queue.SimpleQueue[_Job | _AsyncJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._local = threading.local()
@@ -155,20 +163,22 @@ class Database:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
-                    target=self._writer_loop, name="hookyard-db-writer", daemon=True
+                    target=self._writer_loop, name=self.WRITER_NAME, daemon=True
                 )
                 self._thread.start()
 
-    def stop(self) -> None:
-        """Finish queued writes and stop the writer thread."""
-        with self._lock:
-            if self._thread is not None:
-                self._queue.put(None)
-                self._thread.join(timeout=30)
-                self._thread = None
+    def _stop_writer(self) -> None:
+        """Let the writer finish the queued jobs and end; call with ``self._lock`` held."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _writer_loop(self) -> None:
+        raise NotImplementedError
 
     # -- writes ------------------------------------------------------------------------------
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+    def submit(self, fn: Callable[[Any], T]) -> Future[T]:
         """Queue a write job; the returned future resolves after its commit."""
         if self._thread is None:
             self.start()
@@ -176,7 +186,7 @@ class Database:
         self._queue.put(job)
         return job.future
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(conn)`` in the next group commit and return its result once committed."""
         if self._thread is None:
             self.start()
@@ -184,9 +194,52 @@ class Database:
         self._queue.put(job)
         return await job.future  # type: ignore[no-any-return]
 
-    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def write_sync(self, fn: Callable[[Any], T]) -> T:
         """Blocking :meth:`write`, for the CLI and tests."""
         return self.submit(fn).result()
+
+    # -- the writer thread's side ------------------------------------------------------------
+    def _next_group(self) -> tuple[list[_Job | _AsyncJob], bool] | None:
+        """Block for the next job, then take every job queued behind it (up to
+        ``MAX_JOBS_PER_COMMIT``). Returns the group and whether a stop request ended it, or
+        None when the stop request came first."""
+        job = self._queue.get()
+        if job is None:
+            return None
+        jobs: list[_Job | _AsyncJob] = [job]
+        while len(jobs) < MAX_JOBS_PER_COMMIT:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                return jobs, True
+            jobs.append(nxt)
+        return jobs, False
+
+    @staticmethod
+    def _deliver(results: list[tuple[_Job | _AsyncJob, bool, Any]]) -> None:
+        """Give each waiter its result or error (one wake-up per event loop)."""
+        by_loop: _Settled = {}
+        for job, ok, value in results:
+            _settle(job, ok, value, by_loop)
+        _wake_loops(by_loop)
+
+
+class Database(GroupCommitWriter):
+    """The hookyard SQLite database (inbox, outbox, logs)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str | Path, synchronous: str = "full") -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.synchronous = synchronous
+
+    def stop(self) -> None:
+        """Finish queued writes and stop the writer thread."""
+        with self._lock:
+            self._stop_writer()
 
     def _writer_loop(self) -> None:
         conn = connect(self.path, self.synchronous)
@@ -197,21 +250,8 @@ class Database:
         conn.execute(f"PRAGMA cache_size={WRITER_CACHE_KIB}")
         conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
         try:
-            while True:
-                job = self._queue.get()
-                if job is None:
-                    return
-                jobs: list[_Job | _AsyncJob] = [job]
-                stop = False
-                while len(jobs) < MAX_JOBS_PER_COMMIT:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stop = True
-                        break
-                    jobs.append(nxt)
+            while (group := self._next_group()) is not None:
+                jobs, stop = group
                 self._run_group(conn, jobs)
                 if stop:
                     return
@@ -271,18 +311,13 @@ class Database:
                 pass
             self._fail_all(jobs, exc)
             return
-        by_loop: _Settled = {}
-        for job, ok, value in results:
-            _settle(job, ok, value if ok else _storage_error(value), by_loop)
-        _wake_loops(by_loop)
+        self._deliver([(job, ok, value if ok else _storage_error(value))
+                       for job, ok, value in results])
 
     def _fail_all(self, jobs: list[_Job | _AsyncJob], exc: BaseException) -> None:
         log.error("database commit failed: %s", exc)
         err = _storage_error(exc)
-        by_loop: _Settled = {}
-        for job in jobs:
-            _settle(job, False, err, by_loop)
-        _wake_loops(by_loop)
+        self._deliver([(job, False, err) for job in jobs])
 
     # -- reads -------------------------------------------------------------------------------
     def reader(self) -> sqlite3.Connection:

@@ -1,4 +1,4 @@
-"""PostgreSQL storage: the same group-commit writer and per-thread readers as SQLite.
+"""PostgreSQL storage: the group-commit writer shared with SQLite (:class:`hookyard.database.GroupCommitWriter`), per-thread readers.
 
 Several hookyard nodes share one PostgreSQL database. Each node has one writer connection
 (a thread that runs every queued ``fn(conn)`` job in its own SAVEPOINT and commits them
@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql as pgsql
 
+from ..database import GroupCommitWriter, Job
 from ..errors import BadRequest, StorageUnavailable
 from .base import POSTGRESQL
 from .pg_conn import PgConnection
@@ -33,7 +32,6 @@ from .pg_conn import PgConnection
 T = TypeVar("T")
 log = logging.getLogger("hookyard.database")
 
-MAX_JOBS_PER_COMMIT = 2000
 CHANNEL = "hookyard"  # NOTIFY channel; the payload is the schema, so schemas do not mix
 CONNECT_TIMEOUT = 10
 
@@ -62,40 +60,21 @@ def storage_error(exc: BaseException) -> BaseException:
     return exc
 
 
-class _Job:
-    __slots__ = ("fn", "future")
-
-    def __init__(self, fn: Callable[[Any], Any]) -> None:
-        self.fn = fn
-        self.future: Future[Any] = Future()
-
-
-class PgDatabase:
+class PgDatabase(GroupCommitWriter):
     """hookyard's tables in a PostgreSQL database (``[storage] url = "postgresql://..."``)."""
 
     dialect = POSTGRESQL
+    WRITER_NAME = "hookyard-pg-writer"
 
     def __init__(self, url: str, schema: str = "public") -> None:
+        super().__init__()
         self.url = url
         self.schema = schema
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._local = threading.local()
-        self._lock = threading.Lock()
         self._readers: list[PgConnection] = []
         self._listener: threading.Thread | None = None
         self._listener_stop = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the writer thread (idempotent)."""
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._writer_loop, name="hookyard-pg-writer", daemon=True
-                )
-                self._thread.start()
-
     def stop(self) -> None:
         """Finish queued writes, stop the writer and close every connection."""
         self._listener_stop.set()
@@ -103,10 +82,7 @@ class PgDatabase:
             self._listener.join(timeout=5)
             self._listener = None
         with self._lock:
-            if self._thread is not None:
-                self._queue.put(None)
-                self._thread.join(timeout=30)
-                self._thread = None
+            self._stop_writer()
             for conn in self._readers:
                 try:
                     conn.close()
@@ -116,40 +92,11 @@ class PgDatabase:
             self._local = threading.local()
 
     # -- writes ------------------------------------------------------------------------------
-    def submit(self, fn: Callable[[Any], T]) -> Future[T]:
-        """Queue a write job; the returned future resolves after its commit."""
-        if self._thread is None:
-            self.start()
-        job = _Job(fn)
-        self._queue.put(job)
-        return job.future
-
-    async def write(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(conn)`` in the next group commit and return its result once committed."""
-        return await asyncio.wrap_future(self.submit(fn))
-
-    def write_sync(self, fn: Callable[[Any], T]) -> T:
-        """Blocking :meth:`write`, for the CLI and tests."""
-        return self.submit(fn).result()
-
     def _writer_loop(self) -> None:
         conn: PgConnection | None = None
         try:
-            while True:
-                job = self._queue.get()
-                if job is None:
-                    return
-                jobs = [job]
-                stop = False
-                while len(jobs) < MAX_JOBS_PER_COMMIT:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stop = True
-                        break
-                    jobs.append(nxt)
+            while (group := self._next_group()) is not None:
+                jobs, stop = group
                 if conn is None or conn.closed:
                     try:
                         conn = connect(self.url, self.schema)
@@ -167,9 +114,9 @@ class PgDatabase:
             if conn is not None:
                 conn.close()
 
-    def _run_group(self, conn: PgConnection, jobs: list[_Job]) -> bool:
+    def _run_group(self, conn: PgConnection, jobs: list[Job]) -> bool:
         """Run ``jobs`` in one transaction; False when the connection must be replaced."""
-        results: list[tuple[_Job, bool, Any]] = []
+        results: list[tuple[Job, bool, Any]] = []
         single = len(jobs) == 1  # one job: its transaction is its savepoint
         try:
             conn.execute("BEGIN")
@@ -203,21 +150,16 @@ class PgDatabase:
         self._settle(results)
         return True
 
-    def _settle(self, results: list[tuple[_Job, bool, Any]]) -> None:
-        for job, ok, value in results:
-            if ok:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(storage_error(value))
+    def _settle(self, results: list[tuple[Job, bool, Any]]) -> None:
+        self._deliver([(job, ok, value if ok else storage_error(value))
+                       for job, ok, value in results])
 
-    def _fail_all(self, jobs: list[_Job], exc: BaseException) -> None:
+    def _fail_all(self, jobs: list[Job], exc: BaseException) -> None:
         log.error("database commit failed: %s", exc)
         err = storage_error(exc)
         if not isinstance(err, StorageUnavailable):
             err = StorageUnavailable(f"storage unavailable: {type(exc).__name__}: {exc}")
-        for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(err)
+        self._deliver([(job, False, err) for job in jobs])
 
     # -- wake-ups from other nodes ---------------------------------------------------------
     def listen(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
