@@ -25,7 +25,7 @@ from .api_models import DeadLetterRequest
 from .delivery import outbox, router
 from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
-from .inbox import decode_row
+from .inbox import BY_MESSAGE_ID, decode_row
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -117,8 +117,11 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         return _json(await paged(f"SELECT * FROM api_log{sql}", params, request, dict))
 
     async def events(request: Request) -> Response:
-        sql, params = where(request, {"source": "source", "type": "type", "message_id": "message_id",
-                                      "user_id": "user_id"})
+        sql, params = where(request, {"source": "source", "type": "type", "user_id": "user_id"})
+        message_id = request.query_params.get("message_id")
+        if message_id:
+            sql += f" AND {BY_MESSAGE_ID}"
+            params.append(message_id)
 
         def row(r: Any) -> dict[str, Any]:
             return {"id": r["id"], "source": r["source"], "filtered": r["filtered"],
@@ -133,7 +136,8 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         dest = request.query_params.get("destination")
 
         def run(conn: Any) -> dict[str, Any]:
-            sql = "SELECT * FROM outbox WHERE message_id = ?"
+            # through the event's inbox rows: the outbox has no index on message_id
+            sql = f"SELECT * FROM outbox WHERE inbox_id IN (SELECT id FROM inbox WHERE {BY_MESSAGE_ID})"
             params: list[Any] = [message_id]
             if dest:
                 sql += " AND destination = ?"

@@ -39,6 +39,18 @@ INSERT_LOG = (
 )
 
 
+# The inbox's distinct sources, one index seek each (a "loose index scan" of the
+# (source, received_at) index, SQLite and PostgreSQL alike): with it, a lookup by messageId
+# alone goes through the unique (source, message_id) index instead of reading every row.
+INBOX_SOURCES = (
+    "WITH RECURSIVE s(v) AS (SELECT min(source) FROM inbox UNION ALL"
+    " SELECT (SELECT min(source) FROM inbox WHERE source > s.v) FROM s WHERE s.v IS NOT NULL)"
+    " SELECT v FROM s WHERE v IS NOT NULL"
+)
+BY_MESSAGE_ID = f"source IN ({INBOX_SOURCES}) AND message_id = ?"
+"""A WHERE condition on the inbox: the events with messageId ``?`` (any source), indexed."""
+
+
 _second: tuple[int, str] = (0, "")
 
 
