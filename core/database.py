@@ -76,23 +76,25 @@ def _insert_log_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> N
 
 
 class _Job:
-    __slots__ = ("fn", "future")
+    __slots__ = ("fn", "future", "durable")
 
-    def __init__(self, fn: Callable[[Any], Any]) -> None:
+    def __init__(self, fn: Callable[[Any], Any], durable: bool = True) -> None:
         self.fn = fn
+        self.durable = durable
         self.future: Future[Any] = Future()
 
 
 class _AsyncJob:
     """A job awaited by a coroutine: settled on its event loop, one wake-up per group commit."""
 
-    __slots__ = ("fn", "loop", "future")
+    __slots__ = ("fn", "loop", "future", "durable")
 
     def __init__(
-        self, fn: Callable[[Any], Any], loop: asyncio.AbstractEventLoop
+        self, fn: Callable[[Any], Any], loop: asyncio.AbstractEventLoop, durable: bool = True
     ) -> None:
         self.fn = fn
         self.loop = loop
+        self.durable = durable
         self.future: asyncio.Future[Any] = loop.create_future()
 
 
@@ -178,19 +180,28 @@ class GroupCommitWriter:
         raise NotImplementedError
 
     # -- writes ------------------------------------------------------------------------------
-    def submit(self, fn: Callable[[Any], T]) -> Future[T]:
-        """Queue a write job; the returned future resolves after its commit."""
+    def submit(self, fn: Callable[[Any], T], *, durable: bool = True) -> Future[T]:
+        """Queue a write job; the returned future resolves after its commit (``durable``:
+        see :meth:`write`)."""
         if self._thread is None:
             self.start()
-        job = _Job(fn)
+        job = _Job(fn, durable)
         self._queue.put(job)
         return job.future
 
-    async def write(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(conn)`` in the next group commit and return its result once committed."""
+    async def write(self, fn: Callable[[Any], T], *, durable: bool = True) -> T:
+        """Run ``fn(conn)`` in the next group commit and return its result once committed.
+
+        ``durable=False`` is for bookkeeping that may be lost in a power cut (not in a crash
+        of the process) because it is redone from what is durable: the router's outbox rows
+        (routed again from the inbox), claims and attempt results (delivered again, which
+        at-least-once allows). A group made only of such jobs commits without waiting for
+        the disk (SQLite: ``synchronous = NORMAL`` for that commit; PostgreSQL:
+        ``synchronous_commit = off``); a group with any durable job waits as configured.
+        """
         if self._thread is None:
             self.start()
-        job = _AsyncJob(fn, asyncio.get_running_loop())
+        job = _AsyncJob(fn, asyncio.get_running_loop(), durable)
         self._queue.put(job)
         return await job.future  # type: ignore[no-any-return]
 
@@ -235,6 +246,7 @@ class Database(GroupCommitWriter):
         super().__init__()
         self.path = Path(path)
         self.synchronous = synchronous
+        self._sync_mode = "FULL" if synchronous == "full" else "NORMAL"  # the writer's current
 
     def stop(self) -> None:
         """Finish queued writes and stop the writer thread."""
@@ -258,9 +270,20 @@ class Database(GroupCommitWriter):
         finally:
             conn.close()
 
+    def _set_sync_mode(self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob]) -> None:
+        """FULL (fsync at COMMIT) when configured and any job of the group is durable;
+        NORMAL otherwise (WAL: safe against a crash of the process, not of the machine)."""
+        if self.synchronous != "full":
+            return
+        mode = "FULL" if any(job.durable for job in jobs) else "NORMAL"
+        if mode != self._sync_mode:
+            conn.execute(f"PRAGMA synchronous={mode}")
+            self._sync_mode = mode
+
     def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob]) -> None:
         results: list[tuple[_Job | _AsyncJob, bool, Any]] = []
         try:
+            self._set_sync_mode(conn, jobs)
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._fail_all(jobs, exc)

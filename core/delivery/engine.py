@@ -162,7 +162,7 @@ class DestinationWorker:
         self.rescan = True
         ids = [i for b in batches for i in b]
         lease = self.dest.policy.lease_seconds
-        claimed = await self.rt.db.write(lambda conn: outbox.claim(conn, ids, lease))
+        claimed = await self.rt.db.write(lambda conn: outbox.claim(conn, ids, lease), durable=False)
         by_id = {row[0]: row for row in claimed}
         unmapped = [row[0] for row in claimed if row[1] is None]
         if unmapped:  # dead letters of a failed map_event, queued again: map them again
@@ -235,7 +235,8 @@ class DestinationWorker:
         pause = 0.1
         while True:
             try:
-                await self.rt.db.write(lambda conn: outbox.record(conn, outcomes))
+                # not durable: lost only with the machine, and then delivered again (at least once)
+                await self.rt.db.write(lambda conn: outbox.record(conn, outcomes), durable=False)
                 return
             except Exception:
                 if self.stopping or time.monotonic() + pause > deadline:

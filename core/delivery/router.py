@@ -149,7 +149,9 @@ async def route_batch(rt: Runtime, limit: int = 1000) -> tuple[int, set[str]]:
     if not rows:
         return 0, set()
     new_rows = map_rows(rt, rows)
-    stored = await rt.db.write(lambda conn: _store(conn, last, rows[-1][0], new_rows))
+    stored = await rt.db.write(
+        lambda conn: _store(conn, last, rows[-1][0], new_rows), durable=False  # redone from the inbox
+    )
     if not stored:
         return 0, set()
     return len(rows), {r[0] for r in new_rows if r[6] == "pending"}

@@ -267,7 +267,7 @@ async def route_batch(rt: Runtime, limit: int = 1000) -> tuple[int, set[str]]:
     new_rows = map_rows(rt, rows)
     ids = [r[0] for r in rows]
     try:
-        await rt.db.write(lambda conn: store_routed(conn, ids, new_rows))
+        await rt.db.write(lambda conn: store_routed(conn, ids, new_rows), durable=False)
     except LostRace:
         # another node is ahead on the same events: let it finish before reading again
         await _pause()

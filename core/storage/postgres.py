@@ -120,6 +120,8 @@ class PgDatabase(GroupCommitWriter):
         single = len(jobs) == 1  # one job: its transaction is its savepoint
         try:
             conn.execute("BEGIN")
+            if not any(job.durable for job in jobs):  # bookkeeping only: see Database.write
+                conn.execute("SET LOCAL synchronous_commit = off")
             for job in jobs:
                 if not single:
                     conn.execute("SAVEPOINT job")
