@@ -10,6 +10,7 @@ The same mapping code serves replays (:func:`map_rows` with ``replay=True``) and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -155,6 +156,80 @@ async def route_batch(rt: Runtime, limit: int = 1000) -> tuple[int, set[str]]:
     if not stored:
         return 0, set()
     return len(rows), {r[0] for r in new_rows if r[6] == "pending"}
+
+
+class Router:
+    """The engine's router loop body: :func:`route_batch`, pipelined on SQLite.
+
+    Each :meth:`step` reads and maps the next inbox rows while the previous batch is being
+    committed by the writer thread, then waits for that commit and hands it over. The next
+    read starts from the previous batch's last id (in memory); its write is queued behind the
+    previous one and still checks the stored cursor, so if anything went wrong (another process
+    routed, a failed commit) it is refused and the router starts again from the stored cursor.
+    PostgreSQL (several nodes claiming inbox rows) routes one batch at a time.
+    """
+
+    def __init__(self, rt: Runtime, limit: int = 1000) -> None:
+        self.rt = rt
+        self.limit = limit
+        self._writing: asyncio.Task[tuple[int, set[str]]] | None = None
+        self._after: int | None = None  # the last id of the batch being committed
+
+    async def step(self) -> tuple[int, set[str]]:
+        """(events routed, destinations touched) of the batch committed during this step."""
+        rt = self.rt
+        if rt.db.dialect == "postgresql":
+            return await route_batch(rt, self.limit)
+        after, limit = self._after, self.limit
+
+        def read(conn: sqlite3.Connection) -> tuple[int, list[tuple[Any, ...]]]:
+            last = cursor(conn) if after is None else after
+            rows = conn.execute(f"{SELECT_INBOX} WHERE id > ? ORDER BY id LIMIT ?", (last, limit))
+            return last, [tuple(r) for r in rows.fetchall()]
+
+        try:
+            last, rows = await rt.db.read(read)
+            new_rows = map_rows(rt, rows) if rows else []
+        finally:
+            done = await self._committed()
+        if not rows or (self._after is None and after is not None):
+            return done  # nothing new, or the previous commit was refused: read again
+        self._after = rows[-1][0]
+        count = len(rows)
+        touched = {r[0] for r in new_rows if r[6] == "pending"}
+
+        async def write() -> tuple[int, set[str]]:
+            stored = await rt.db.write(
+                lambda conn: _store(conn, last, rows[-1][0], new_rows),
+                durable=False,  # redone from the inbox after a power cut
+            )
+            return (count, touched) if stored else (0, set())
+
+        self._writing = asyncio.create_task(write())
+        return done
+
+    async def _committed(self) -> tuple[int, set[str]]:
+        """Wait for the batch being committed; forget the in-memory cursor if it was refused."""
+        task, self._writing = self._writing, None
+        if task is None:
+            return 0, set()
+        try:
+            done = await task
+        except BaseException:
+            self._after = None
+            raise
+        if not done[0]:
+            self._after = None
+        return done
+
+    @property
+    def busy(self) -> bool:
+        """A batch is being committed: step again to hand it over."""
+        return self._writing is not None
+
+    async def close(self) -> None:
+        """Wait for the last batch's commit (at shutdown)."""
+        await self._committed()
 
 
 def replay_rows(

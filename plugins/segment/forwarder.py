@@ -12,6 +12,7 @@ fails permanently (dead letter) with a reason.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -59,7 +60,12 @@ class SegmentForwarderSettings(msgspec.Struct, forbid_unknown_fields=True, kw_on
 
 
 def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value.strip():
+    return _parse_text(value) if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=1024)  # the events of a batch share sentAt and receivedAt
+def _parse_text(value: str) -> datetime | None:
+    if not value.strip():
         return None
     text = value.strip()
     if text.endswith(("z", "Z")):

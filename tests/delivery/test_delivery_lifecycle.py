@@ -4,6 +4,7 @@ and ``hookyard worker`` alone delivers what ``hookyard serve --no-workers`` inge
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from delivery_kit import FAST, PLUGIN, items, recorder, send, states, trace, track, wait_until
 from hookyard.delivery import outbox, router
 from hookyard.delivery.engine import Engine
@@ -234,3 +236,29 @@ base_url = "{fake.url}"
                     proc.kill()
                     proc.wait()
         log.close()
+
+
+def test_deliveries_claimed_ahead_are_given_back_when_they_wait_too_long(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The engine claims a batch ahead of its free slots. One that has waited more than a
+    quarter of its lease is given back instead of being sent (its lease must outlast the
+    request), then claimed again: every event still arrives once, in order, one attempt each."""
+    fake = fake_destination()
+    caplog.set_level(logging.DEBUG, logger="hookyard.delivery")
+    fake.hang(0.4, times=2)  # the first two requests take 0.4 s: the batch claimed ahead goes stale
+    server = hookyard_server({"destinations": [recorder(
+        fake.url, per_item=True,
+        delivery={"batch_size": 1, "concurrency": 1, "lease_seconds": 0.8})]}, plugins=[PLUGIN])
+    events = [track(u, s) for s in (1, 2) for u in ("a", "b", "c")]
+    assert send(server, "/v1/batch", {"batch": events}).status_code == 200
+    wait_until(lambda: states(server) == {"done": 6}, what="6 deliveries")
+    got = [it["messageId"] for req in fake.requests for it in items(req)]
+    assert sorted(got) == sorted(e["messageId"] for e in events)  # each once
+    for user in "abc":
+        assert [m for m in got if m.startswith(user)] == [f"{user}-1", f"{user}-2"]
+    attempts = server.runtime.db.read_sync(lambda c: [r[0] for r in c.execute(
+        "SELECT attempts FROM outbox")])
+    assert attempts == [1] * 6  # giving a claim back is not an attempt
+    assert "claimed ahead that waited too long" in caplog.text
