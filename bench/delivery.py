@@ -161,7 +161,7 @@ def _wait_for_line(log: Path, text: str, proc: object, timeout: float = 60.0) ->
 
 
 def _progress(data: Path) -> tuple[int, int, int]:
-    """(outbox rows, done rows, rows still pending or in flight)."""
+    """(outbox rows, done rows, rows still pending or in flight), counted at the end."""
     conn = _db(data)
     try:
         total, done, busy = conn.execute(
@@ -169,6 +169,21 @@ def _progress(data: Path) -> tuple[int, int, int]:
             " FROM outbox"
         ).fetchone()
         return int(total), int(done or 0), int(busy or 0)
+    finally:
+        conn.close()
+
+
+def _unfinished(data: Path) -> tuple[int, int]:
+    """(outbox rows, rows still pending or in flight), polled while the worker runs: through
+    the rowid and the (destination, state) index, so the poll does not read the whole outbox
+    every 50 ms on the cores the worker needs (a full count took about 2 ms per 10,000 rows)."""
+    conn = _db(data)
+    try:
+        (rows,) = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()
+        (busy,) = conn.execute(
+            "SELECT count(*) FROM outbox WHERE destination = 'peer' AND state IN ('pending', 'inflight')"
+        ).fetchone()
+        return int(rows), int(busy)
     finally:
         conn.close()
 
@@ -181,11 +196,11 @@ def _run_engine(data: Path, config: Path, events: int, timeout: float) -> Engine
         cpu0 = _cpu(proc.popen.pid)
         deadline = time.monotonic() + timeout
         while True:
-            total, done, busy = _progress(data)
+            total, busy = _unfinished(data)
             if total >= events and busy == 0:
                 break
             if time.monotonic() > deadline:
-                print(f"  timeout: {done} of {events} delivered after {timeout:g} s")
+                print(f"  timeout: {_progress(data)[1]} of {events} delivered after {timeout:g} s")
                 break
             time.sleep(0.05)
         cpu = _cpu(proc.popen.pid) - cpu0
