@@ -35,7 +35,14 @@ if TYPE_CHECKING:
     from ..runtime import DestinationRuntime, Runtime
 
 log = logging.getLogger("hookyard.delivery")
+class _RawBodyDelivery(Delivery, kw_only=True):
+    """A Delivery whose body stays the stored JSON (``Connector.raw_bodies``)."""
+
+    body: msgspec.Raw = msgspec.Raw(b"null")
+
+
 _delivery_decoder = msgspec.json.Decoder(Delivery)
+_raw_body_decoder = msgspec.json.Decoder(_RawBodyDelivery)
 IDLE_POLL = 1.0
 MAX_SCAN_PAGES = 40  # rows waiting for a retry are skipped over, this many pages at most
 MAINTENANCE_SECONDS = 30.0  # lease recovery and retention purge
@@ -77,6 +84,7 @@ class DestinationWorker:
             connect_timeout=dest.policy.connect_timeout_seconds,
             total_timeout=dest.policy.total_timeout_seconds,
         )
+        self.decoder = _raw_body_decoder if dest.connector.raw_bodies else _delivery_decoder
         self.wake = asyncio.Event()
         self.slots = asyncio.Semaphore(max(1, dest.policy.concurrency))
         self.inflight_keys: set[str] = set()
@@ -260,7 +268,7 @@ class DestinationWorker:
             decoded: list[Delivery | DeliveryResult] = []
             for row in rows:
                 try:
-                    decoded.append(_delivery_decoder.decode(row[1]))
+                    decoded.append(self.decoder.decode(row[1]))
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     decoded.append(DeliveryResult.permanent(f"stored request cannot be decoded: {exc}"))
             deliveries = [d for d in decoded if isinstance(d, Delivery)]

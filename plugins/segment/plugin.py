@@ -51,6 +51,7 @@ def register_connectors() -> list[Connector]:
             kind="destination",
             settings=SegmentForwarderSettings,
             batch_size=100,
+            raw_bodies=True,  # events are forwarded as stored: no parse + re-encode per event
             description="Forwards events to Segment's tracking API (/v1/batch)",
         ),
     ]
