@@ -26,6 +26,7 @@ from .delivery import outbox, router
 from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
 from .inbox import BY_MESSAGE_ID, decode_row
+from .ingest import read_body
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -74,8 +75,11 @@ def parse_time(value: Any) -> float | None:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
+ADMIN_BODY_LIMIT = 1_000_000  # bytes: a dead-letter id list, a preview event, a replay request
+
+
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await read_body(request, ADMIN_BODY_LIMIT)  # larger: 413, never read into memory
     if not raw.strip():
         return {}
     try:

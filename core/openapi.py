@@ -58,6 +58,7 @@ def operations(rt: Runtime) -> list[Op]:
     paging = [("cursor", "query", "cursor from the previous page's `next`"),
               ("limit", "query", "page size, 1-500")]
     err = {400: m.ApiError, 401: m.ApiError}
+    too_large = {413: m.ApiError}  # operator request bodies: 1 MB at most
     ops = _ingest_ops(rt) + [
         Op("get", "/healthz", "Liveness", "health", None, {200: m.Health}, security=[]),
         Op("get", "/readyz", "Readiness (database writable)", "health", None,
@@ -75,14 +76,14 @@ def operations(rt: Runtime) -> list[Op]:
         Op("get", "/api/dead-letters", "Dead letters, newest first", "admin", None,
            {200: m.DeadLetterPage, **err}, paging + [("destination", "query", "")]),
         Op("post", "/api/dead-letters/retry", "Queue dead letters again", "admin",
-           m.DeadLetterRequest, {200: m.DeadLetterResult, **err}),
+           m.DeadLetterRequest, {200: m.DeadLetterResult, **err, **too_large}),
         Op("post", "/api/dead-letters/discard", "Discard dead letters", "admin",
-           m.DeadLetterRequest, {200: m.DeadLetterResult, **err}),
+           m.DeadLetterRequest, {200: m.DeadLetterResult, **err, **too_large}),
         Op("post", "/api/destinations/{name}/preview", "What a destination would send", "admin",
-           dict[str, Any], {200: m.PreviewResult, 404: m.ApiError, **err},
+           dict[str, Any], {200: m.PreviewResult, 404: m.ApiError, **err, **too_large},
            [("name", "path", "destination name")]),
         Op("post", "/api/replay", "Map stored events again and queue their deliveries", "admin",
-           m.ReplayRequest, {200: m.ReplayResult, 404: m.ApiError, **err}),
+           m.ReplayRequest, {200: m.ReplayResult, 404: m.ApiError, **err, **too_large}),
     ]
     if any(d.config.plugin == "profiles" for d in rt.destinations.values()):
         dest = [("destination", "query", "profile destination (default: the first)")]

@@ -147,3 +147,18 @@ def test_refusals_are_logged_without_the_body(server: HookyardServer) -> None:
         time.sleep(0.05)
     assert logs and logs[0]["status"] == 413
     assert "4111" not in str(logs)
+
+
+def test_operator_api_bodies_are_limited_too(server: HookyardServer) -> None:
+    """A huge body to an operator route is a 413 with a reason, not read into memory."""
+    import httpx
+    from hookyard.admin_api import ADMIN_BODY_LIMIT
+
+    token = server.config.server.admin_token
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    big = b'{"ids": [' + b"1," * (ADMIN_BODY_LIMIT // 2) + b"1]}"
+    r = httpx.post(f"{server.url}/api/dead-letters/retry", content=big, headers=headers, timeout=30)
+    assert r.status_code == 413
+    assert "larger than" in r.json()["error"]
+    ok = httpx.post(f"{server.url}/api/dead-letters/retry", json={"ids": [1]}, headers=headers)
+    assert ok.status_code == 200
