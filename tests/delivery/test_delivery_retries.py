@@ -203,3 +203,22 @@ def test_a_misbehaving_deliver_hook_never_loses_the_event(
     assert by_dest["permanent"]["last_status"] == 403
     assert by_dest["retryable"]["attempts_log"][0]["http_status"] == 429
     assert by_dest["hang"]["last_error"].startswith("gave up after 2 attempts: deliver hook")
+
+
+def test_deliveries_waiting_for_a_retry_are_a_metric(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    import httpx
+
+    fake = fake_destination()
+    fake.fail(503)
+    server = start(hookyard_server, fake, delivery={"retry_initial_seconds": 60,
+                                                    "retry_max_seconds": 60})
+    for seq in (1, 2):
+        assert send(server, "/v1/track", track(f"u{seq}", 1)).status_code == 200
+    for seq in (1, 2):
+        wait_until(lambda: [r["attempts"] for r in trace(server, f"u{seq}-1")] == [1],  # noqa: B023
+                   what="a failed first attempt")
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'hookyard_retry_queue_depth{destination="rec"} 2.0' in metrics
+    assert 'hookyard_outbox_rows{destination="rec",state="pending"} 2.0' in metrics
