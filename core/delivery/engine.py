@@ -333,7 +333,8 @@ class DestinationWorker:
 
         The hook has until 90 % of the lease (counted from the claim) to answer, so a hung
         plugin cannot outlive its lease and have the same rows delivered twice at once."""
-        limit = max(0.1, self.dest.policy.lease_seconds * 0.9 - (time.monotonic() - claimed_at))
+        budget = self.dest.policy.lease_seconds * 0.9
+        limit = max(0.1, budget - (time.monotonic() - claimed_at))
         try:
             async with asyncio.timeout(limit):
                 results = await maybe_await(
@@ -343,7 +344,7 @@ class DestinationWorker:
                     )
                 )
         except TimeoutError:
-            return [DeliveryResult.retryable(f"deliver hook did not answer within {_seconds(limit)} s")] * len(
+            return [DeliveryResult.retryable(f"deliver hook did not answer within {_seconds(budget)} s")] * len(
                 deliveries
             )
         except RetryableError as exc:
