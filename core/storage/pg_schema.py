@@ -93,7 +93,14 @@ M1_INITIAL = [
     "CREATE INDEX attempts_outbox_id ON attempts (outbox_id)",
 ]
 
-MIGRATIONS: list[list[str]] = [M1_INITIAL]
+# Deliveries and attempts are found by messageId through the inbox (as on SQLite): their own
+# indexes on random messageIds cost a page write per row and served no query any more.
+M2_DROP_RANDOM_MESSAGE_ID_INDEXES = [
+    "DROP INDEX IF EXISTS outbox_message_id",
+    "DROP INDEX IF EXISTS attempts_message_id",
+]
+
+MIGRATIONS: list[list[str]] = [M1_INITIAL, M2_DROP_RANDOM_MESSAGE_ID_INDEXES]
 
 
 def migrate(conn: Any) -> int:
