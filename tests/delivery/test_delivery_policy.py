@@ -9,7 +9,7 @@ import time
 import pytest
 from hookyard.config import DeliverySettings
 from hookyard.deliveries import RESPONSE_BODY_LIMIT, classify_http, parse_retry_after
-from hookyard.delivery.engine import backoff
+from hookyard.delivery.retry import backoff
 from multidict import CIMultiDict
 
 

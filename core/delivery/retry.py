@@ -1,0 +1,75 @@
+"""Retry policy: what one delivery attempt's result means for its outbox row.
+
+Retries use exponential backoff with full jitter: the n-th retry waits a random time in
+``[0, min(cap, initial * 2**(n-1))]`` and at least what ``Retry-After`` asked. A delivery that
+fails permanently, or is still failing after ``max_attempts`` or ``give_up_after_seconds``,
+becomes a dead letter.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import TYPE_CHECKING
+
+from ..deliveries import RESPONSE_BODY_LIMIT, DeliveryResult
+from .outbox import Outcome
+
+if TYPE_CHECKING:
+    from ..config import DeliverySettings
+
+
+def backoff(attempt: int, initial: float, cap: float, retry_after: float | None) -> float:
+    """Seconds before retry number ``attempt`` (1-based): full jitter, Retry-After honoured.
+
+    A random time in ``[0, min(cap, initial * 2**(attempt-1))]``, raised to what
+    ``Retry-After`` asked for (itself capped at ``cap``, so a peer cannot park a delivery for
+    days).
+    """
+    delay = random.uniform(0, min(cap, initial * 2.0 ** min(attempt - 1, 62)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+def seconds_text(value: float) -> str:
+    """``0.45``, ``13.5``, ``54``: a duration for people, to the hundredth."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def clip(text: str | None, limit: int = RESPONSE_BODY_LIMIT) -> str | None:
+    """Operators' copies of response bodies and errors are kept short."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + "…"
+
+
+def decide(
+    policy: DeliverySettings, destination: str, row: tuple[int, bytes, int, float],
+    message_id: str, res: DeliveryResult, latency: float,
+) -> Outcome:
+    """The outcome of one attempt at the outbox row ``(id, request, attempts, created_at)``:
+    done, pending again after a backoff, or dead (permanent, or out of attempts or time)."""
+    attempt = row[2] + 1
+    now = time.time()
+    state, next_at = "done", 0.0
+    if res.outcome == "retryable":
+        gave_up = attempt >= policy.max_attempts or now - row[3] >= policy.give_up_after_seconds
+        if gave_up:
+            state = "dead"
+        else:
+            state = "pending"
+            next_at = now + backoff(
+                attempt, policy.retry_initial_seconds, policy.retry_max_seconds, res.retry_after
+            )
+    elif res.outcome == "permanent":
+        state = "dead"
+    error = res.error
+    if state == "dead" and res.outcome == "retryable":
+        error = f"gave up after {attempt} attempts: {res.error}"
+    return Outcome(
+        outbox_id=row[0], destination=destination, message_id=message_id,
+        attempt=attempt, outcome=res.outcome, state=state, next_at=next_at,
+        http_status=res.http_status, error=clip(error), response_body=clip(res.response_body),
+        latency_ms=latency,
+    )

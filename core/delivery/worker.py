@@ -1,0 +1,359 @@
+"""One destination's delivery worker: picks due outbox rows, leases them, calls ``deliver``.
+
+Each destination has its own worker, concurrency limit and HTTP client, so a slow or dead
+destination never slows another, nor ingest. A worker picks due outbox rows in id order, keeps
+deliveries of one ordering key (the user) strictly in order — a user's later event waits while
+an earlier one is retried — groups them into batches of the connector's ``batch_size``, leases
+them, calls the plugin's ``deliver`` hook and records every attempt (:mod:`.retry` decides what
+each result means). A slot frees as soon as the answer arrives (the user stays blocked until
+its result is stored), and about ``concurrency`` deliveries are claimed ahead so that a free
+slot starts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..deliveries import Delivery, DeliveryResult
+from ..errors import PermanentError, RetryableError
+from ..http import HttpClient
+from ..plugins import maybe_await
+from . import outbox, router
+from .retry import decide, seconds_text
+
+if TYPE_CHECKING:
+    from ..runtime import DestinationRuntime, Runtime
+
+log = logging.getLogger("hookyard.delivery")
+IDLE_POLL = 1.0
+MAX_SCAN_PAGES = 40  # rows waiting for a retry are skipped over, this many pages at most
+
+
+class _RawBodyDelivery(Delivery, kw_only=True):
+    """A Delivery whose body stays the stored JSON (``Connector.raw_bodies``)."""
+
+    body: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_delivery_decoder = msgspec.json.Decoder(Delivery)
+_raw_body_decoder = msgspec.json.Decoder(_RawBodyDelivery)
+
+
+class DestinationWorker:
+    """Delivers one destination's outbox rows."""
+
+    def __init__(self, rt: Runtime, dest: DestinationRuntime) -> None:
+        self.rt = rt
+        self.dest = dest
+        self.client = HttpClient(
+            connect_timeout=dest.policy.connect_timeout_seconds,
+            total_timeout=dest.policy.total_timeout_seconds,
+        )
+        self.decoder = _raw_body_decoder if dest.connector.raw_bodies else _delivery_decoder
+        self.wake = asyncio.Event()
+        self.slots = asyncio.Semaphore(max(1, dest.policy.concurrency))
+        self.inflight_keys: set[str] = set()
+        self.inflight_ids: set[int] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        # tasks still waiting for the destination's answer: the concurrency limit counts these.
+        # A task whose answer came is only recording it; its slot is free for the next batch
+        # (its users stay blocked until the result is stored, so per-user order holds).
+        self.sending = 0
+        # batches claimed ahead, started as soon as a slot frees without a trip to the
+        # database: (monotonic claim time, rows, keys); their users are blocked like in-flight ones
+        self.ready: collections.deque[tuple[float, list[tuple[int, bytes, int, float]], set[str]]] = (
+            collections.deque()
+        )
+        self.runner: asyncio.Task[None] | None = None  # the run() loop, set by the Engine
+        self.stopping = False
+        # an idle scan (nothing startable) is remembered so the router's wake-ups only look at
+        # new rows: (rows scanned up to this id, keys found blocked, valid until this time)
+        self.rescan = True
+        self.scan_after = 0
+        self.scan_blocked: set[str] = set()
+        self.scan_due = 0.0
+
+    async def run(self) -> None:
+        while not self.stopping:
+            self.wake.clear()  # before the round: a wake-up during it starts the next at once
+            try:
+                sleep_for = await self.dispatch()
+            except Exception:  # noqa: BLE001 - a worker never dies
+                log.exception("worker %s failed, retrying in 1 s", self.dest.name)
+                sleep_for = 1.0
+            if self.stopping:
+                break
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=sleep_for)
+            except TimeoutError:
+                pass
+
+    async def dispatch(self) -> float:
+        """Start as many due batches as there are free slots; return how long to sleep."""
+        limit = self.dest.policy.concurrency
+        size = self.dest.batch_size
+        await self._start_ready()
+        # batches to claim: one per free slot, plus enough to keep about `limit` deliveries
+        # ready (whole batches: at least one). Not more: a user with a claimed row cannot be in
+        # another batch, so holding many users back would make the next batches small.
+        ahead = self._ahead()
+        free = min(limit - self.sending, limit + ahead - len(self.tasks)) + ahead - len(self.ready)
+        if free <= 0 or self.stopping:
+            return IDLE_POLL
+        name = self.dest.name
+        page_size = max(256, free * size * 2)
+        now = time.time()
+        incremental = not self.rescan and now < self.scan_due
+        self.rescan = False
+        after = self.scan_after if incremental else 0
+        # the leased keys and the first page in one trip to a reader thread (each trip waits
+        # for the busy event loop's GIL: about half a millisecond under load)
+        leased, page = await self.rt.db.read(
+            lambda conn: (outbox.inflight_keys(conn, name),
+                          outbox.pending(conn, name, page_size, after))
+        )
+        blocked = set(self.inflight_keys) | leased
+        next_due = now + IDLE_POLL
+        if incremental:
+            blocked |= self.scan_blocked
+            next_due = self.scan_due
+        batches: list[list[int]] = []
+        key_batch: dict[str, int] = {}
+        key_of: dict[int, str] = {}
+        full = False
+        for scanned in range(MAX_SCAN_PAGES):
+            if full:
+                break
+            if scanned:
+                page = await self.rt.db.read(
+                    lambda conn: outbox.pending(conn, name, page_size, after)  # noqa: B023
+                )
+            for c in page:
+                key = c.user_key
+                if key in blocked:
+                    continue
+                if c.next_at > now:
+                    blocked.add(key)
+                    next_due = min(next_due, c.next_at)
+                    continue
+                b = key_batch.get(key)
+                if b is not None:  # same user: same batch (kept in order) or a later round
+                    if len(batches[b]) < size:
+                        batches[b].append(c.id)
+                        key_of[c.id] = key
+                    else:
+                        blocked.add(key)
+                    continue
+                if batches and len(batches[-1]) < size:
+                    batches[-1].append(c.id)
+                elif len(batches) < free:
+                    batches.append([c.id])
+                else:
+                    full = True
+                    break
+                key_batch[key] = len(batches) - 1
+                key_of[c.id] = key
+            if page:
+                after = page[-1].id
+            if len(page) < page_size:
+                break
+        if not batches or self.stopping:
+            self.scan_after, self.scan_blocked, self.scan_due = after, blocked, next_due
+            return max(0.01, next_due - now)
+        self.rescan = True
+        ids = [i for b in batches for i in b]
+        lease = self.dest.policy.lease_seconds
+        claimed_at = time.monotonic()
+        claimed = await self.rt.db.write(lambda conn: outbox.claim(conn, ids, lease), durable=False)
+        by_id = {row[0]: row for row in claimed}
+        unmapped = [row[0] for row in claimed if row[1] is None]
+        if unmapped:  # dead letters of a failed map_event, queued again: map them again
+            await self._remap(unmapped)
+        for batch in batches:
+            rows = [by_id[i] for i in batch if i in by_id and by_id[i][1] is not None]
+            if rows:
+                keys = {key_of[r[0]] for r in rows}
+                self.inflight_keys |= keys
+                self.inflight_ids |= {r[0] for r in rows}
+                self.ready.append((claimed_at, rows, keys))
+        await self._start_ready()
+        return 0.0 if self.sending < limit else IDLE_POLL
+
+    def _ahead(self) -> int:
+        """Batches kept claimed ahead: about `concurrency` deliveries, at least one batch."""
+        return max(1, self.dest.policy.concurrency // self.dest.batch_size)
+
+    async def _start_ready(self) -> None:
+        """Start claimed batches in the free slots; give back those that waited too long
+        (a quarter of the lease), so a delivery never outlives its lease."""
+        limit = self.dest.policy.concurrency
+        most = limit + self._ahead()  # tasks still recording their results included
+        stale_after = self.dest.policy.lease_seconds / 4
+        stale: list[int] = []
+        now = time.monotonic()
+        while self.ready and not self.stopping:
+            if now - self.ready[0][0] > stale_after:
+                _, rows, keys = self.ready.popleft()
+                stale.extend(r[0] for r in rows)
+                self.inflight_keys -= keys
+                continue
+            if self.sending >= limit or len(self.tasks) >= most:
+                break
+            claimed_at, rows, keys = self.ready.popleft()
+            self._start(rows, keys, claimed_at)
+        if stale:
+            log.debug("%s: gave back %d deliveries claimed ahead that waited too long",
+                      self.dest.name, len(stale))
+            self.inflight_ids -= set(stale)
+            self.rescan = True
+            await self.rt.db.write(lambda conn: outbox.release(conn, stale))
+
+    async def _remap(self, ids: list[int]) -> None:
+        try:
+            await router.remap(self.rt, self.dest, ids)
+        except Exception:  # noqa: BLE001 - give the rows back; the next round tries again
+            log.exception("mapping %d deliveries of %s again failed", len(ids), self.dest.name)
+            await self.rt.db.write(lambda conn: outbox.release(conn, ids))
+        self.wake.set()
+
+    def _start(
+        self, rows: list[tuple[int, bytes, int, float]], keys: set[str], claimed_at: float
+    ) -> None:
+        self.sending += 1
+        task = asyncio.create_task(self._deliver(rows, keys, claimed_at))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _deliver(
+        self, rows: list[tuple[int, bytes, int, float]], keys: set[str], claimed_at: float
+    ) -> None:
+        started = time.perf_counter()
+        answered = False
+        try:
+            decoded: list[Delivery | DeliveryResult] = []
+            for row in rows:
+                try:
+                    decoded.append(self.decoder.decode(row[1]))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    decoded.append(DeliveryResult.permanent(f"stored request cannot be decoded: {exc}"))
+            deliveries = [d for d in decoded if isinstance(d, Delivery)]
+            sent = iter(await self._call_hook(deliveries, claimed_at) if deliveries else [])
+            answered = True
+            self.sending -= 1  # the slot is free; the rows' users wait for the record
+            self.wake.set()
+            results = [d if isinstance(d, DeliveryResult) else next(sent) for d in decoded]
+            deliveries_or_blank = [
+                d if isinstance(d, Delivery) else Delivery(kind="") for d in decoded
+            ]
+            latency = (time.perf_counter() - started) * 1000
+            policy, name = self.dest.policy, self.dest.name
+            outcomes = [
+                decide(policy, name, row, d.message_id, res, latency)
+                for row, d, res in zip(rows, deliveries_or_blank, results)
+            ]
+            await self._record(outcomes)
+            debug = log.isEnabledFor(logging.DEBUG)
+            for o in outcomes:
+                if o.outcome == "ok" and not debug:
+                    continue  # (its log record and extra dict cost ~2 us per delivery)
+                level = logging.DEBUG if o.outcome == "ok" else logging.WARNING
+                log.log(level, "delivery %s to %s attempt %d: %s%s", o.message_id, o.destination,
+                        o.attempt, o.outcome, f" ({o.error})" if o.error else "",
+                        extra={"destination": o.destination, "message_id": o.message_id,
+                               "attempt": o.attempt, "outcome": o.outcome, "state": o.state,
+                               "http_status": o.http_status, "latency_ms": round(o.latency_ms, 2)})
+            if self.rt.engine is not None:
+                self.rt.engine.observe(self.dest.name, outcomes)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - rows stay leased and are recovered on expiry
+            log.exception("recording results of %s failed", self.dest.name)
+        finally:
+            if not answered:
+                self.sending -= 1
+            self.rescan = True
+            self.inflight_keys -= keys
+            self.inflight_ids -= {r[0] for r in rows}
+            self.wake.set()
+
+    async def _record(self, outcomes: list[Any]) -> None:
+        """Store the results, retrying a storage blip (disk full, locked) for most of the lease:
+        giving up at once would leave the user's later events waiting for the lease to expire."""
+        deadline = time.monotonic() + self.dest.policy.lease_seconds * 0.8
+        pause = 0.1
+        while True:
+            try:
+                # not durable: lost only with the machine, and then delivered again (at least once)
+                await self.rt.db.write(lambda conn: outbox.record(conn, outcomes), durable=False)
+                return
+            except Exception:
+                if self.stopping or time.monotonic() + pause > deadline:
+                    raise
+                log.warning("recording results of %s failed; retrying in %.1f s",
+                            self.dest.name, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    async def _call_hook(self, deliveries: list[Delivery], claimed_at: float) -> list[DeliveryResult]:
+        """The plugin's answers, one per delivery; never raises (a plugin bug is retryable).
+
+        The hook has until 90 % of the lease (counted from the claim) to answer, so a hung
+        plugin cannot outlive its lease and have the same rows delivered twice at once."""
+        budget = self.dest.policy.lease_seconds * 0.9
+        limit = max(0.1, budget - (time.monotonic() - claimed_at))
+        try:
+            async with asyncio.timeout(limit):
+                results = await maybe_await(
+                    self.rt.registry.call(
+                        "deliver", "destination", self.dest.config.plugin,
+                        destination=self.dest.context, deliveries=deliveries, client=self.client,
+                    )
+                )
+        except TimeoutError:
+            return [DeliveryResult.retryable(f"deliver hook did not answer within {seconds_text(budget)} s")] * len(
+                deliveries
+            )
+        except RetryableError as exc:
+            return [DeliveryResult.retryable(str(exc), http_status=exc.http_status,
+                                             retry_after=exc.retry_after)] * len(deliveries)
+        except PermanentError as exc:
+            return [DeliveryResult.permanent(str(exc), http_status=exc.http_status)] * len(deliveries)
+        except Exception as exc:  # noqa: BLE001 - a plugin bug must not lose the event
+            log.exception("deliver hook of %s raised", self.dest.name)
+            return [DeliveryResult.retryable(f"deliver hook raised {type(exc).__name__}: {exc}")] * len(
+                deliveries
+            )
+        if not isinstance(results, list) or len(results) != len(deliveries):
+            return [DeliveryResult.retryable("deliver hook returned the wrong number of results")] * len(
+                deliveries
+            )
+        return [
+            r if isinstance(r, DeliveryResult)
+            else DeliveryResult.retryable(f"deliver hook returned {type(r).__name__}, not a DeliveryResult")
+            for r in results
+        ]
+
+    async def stop(self, grace: float) -> None:
+        """Stop picking rows; wait ``grace`` seconds for in-flight deliveries, release the rest."""
+        self.stopping = True
+        self.wake.set()
+        deadline = time.monotonic() + grace
+        if self.runner is not None:  # let a dispatch round in progress finish its claims
+            await asyncio.wait({self.runner}, timeout=grace)
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=max(0.0, deadline - time.monotonic()))
+        leftover = list(self.inflight_ids)
+        for task in list(self.tasks):
+            task.cancel()
+        if leftover:
+            try:
+                await self.rt.db.write(lambda conn: outbox.release(conn, leftover))
+            except Exception:  # noqa: BLE001 - leases expire anyway
+                log.warning("could not release %d leased deliveries", len(leftover))
+        await self.client.close()
