@@ -122,12 +122,13 @@ class HttpClient:
         except aiohttp.ClientError as exc:
             return DeliveryResult.retryable(f"connection error: {type(exc).__name__}: {exc}"), None
         result = classify_http(resp.status, resp.headers, resp.body)
-        secrets = credentials(headers)
-        if secrets and (result.response_body or result.error):
-            result = msgspec.structs.replace(
-                result, response_body=redact(result.response_body, secrets),
-                error=redact(result.error, secrets),
-            )
+        if result.response_body or result.error:  # only what is kept needs redacting
+            secrets = credentials(headers)
+            if secrets:
+                result = msgspec.structs.replace(
+                    result, response_body=redact(result.response_body, secrets),
+                    error=redact(result.error, secrets),
+                )
         return result, resp
 
     async def close(self) -> None:

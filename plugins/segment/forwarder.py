@@ -114,6 +114,7 @@ def forwarded_event(raw: Mapping[str, Any]) -> dict[str, Any]:
     return event
 
 
+@functools.lru_cache(maxsize=64)  # one per configured destination, built once
 def basic_auth(write_key: str) -> str:
     """Segment's ``Authorization`` value: Basic base64(write key + ":")."""
     return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode("ascii")
