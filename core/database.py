@@ -229,6 +229,12 @@ class GroupCommitWriter:
         return jobs, False
 
     @staticmethod
+    def _must_sync(jobs: list[_Job | _AsyncJob]) -> bool:
+        """Whether the group's commit must wait for the disk: any job in it is durable
+        (see :meth:`write`)."""
+        return any(job.durable for job in jobs)
+
+    @staticmethod
     def _deliver(results: list[tuple[_Job | _AsyncJob, bool, Any]]) -> None:
         """Give each waiter its result or error (one wake-up per event loop)."""
         by_loop: _Settled = {}
@@ -275,7 +281,7 @@ class Database(GroupCommitWriter):
         NORMAL otherwise (WAL: safe against a crash of the process, not of the machine)."""
         if self.synchronous != "full":
             return
-        mode = "FULL" if any(job.durable for job in jobs) else "NORMAL"
+        mode = "FULL" if self._must_sync(jobs) else "NORMAL"
         if mode != self._sync_mode:
             conn.execute(f"PRAGMA synchronous={mode}")
             self._sync_mode = mode

@@ -135,27 +135,39 @@ def cursor(conn: sqlite3.Connection) -> int:
     return found[0] if found else 0
 
 
+def _read_batch(
+    conn: sqlite3.Connection, after: int | None, limit: int
+) -> tuple[int, list[tuple[Any, ...]]]:
+    """(cursor, up to ``limit`` inbox rows after it); ``after`` None: the stored cursor."""
+    last = cursor(conn) if after is None else after
+    rows = conn.execute(f"{SELECT_INBOX} WHERE id > ? ORDER BY id LIMIT ?", (last, limit))
+    return last, [tuple(r) for r in rows.fetchall()]
+
+
+async def _store_batch(
+    rt: Runtime, last: int, rows: list[tuple[Any, ...]], new_rows: list[tuple[Any, ...]]
+) -> tuple[int, set[str]]:
+    """Commit the outbox rows of inbox ``rows`` read after cursor ``last`` with the new cursor;
+    (events routed, destinations touched), or (0, set()) when the stored cursor had moved."""
+    stored = await rt.db.write(
+        lambda conn: _store(conn, last, rows[-1][0], new_rows),
+        durable=False,  # redone from the inbox after a power cut
+    )
+    if not stored:
+        return 0, set()
+    return len(rows), {r[0] for r in new_rows if r[6] == "pending"}
+
+
 async def route_batch(rt: Runtime, limit: int = 1000) -> tuple[int, set[str]]:
     """Route the next ``limit`` inbox events; returns (events routed, destinations touched)."""
     if rt.db.dialect == "postgresql":  # several nodes: a routed flag, not a cursor
         from ..storage import pg_queue
 
         return await pg_queue.route_batch(rt, limit)
-    def read(conn: sqlite3.Connection) -> tuple[int, list[tuple[Any, ...]]]:
-        last = cursor(conn)
-        rows = conn.execute(f"{SELECT_INBOX} WHERE id > ? ORDER BY id LIMIT ?", (last, limit)).fetchall()
-        return last, [tuple(r) for r in rows]
-
-    last, rows = await rt.db.read(read)
+    last, rows = await rt.db.read(lambda conn: _read_batch(conn, None, limit))
     if not rows:
         return 0, set()
-    new_rows = map_rows(rt, rows)
-    stored = await rt.db.write(
-        lambda conn: _store(conn, last, rows[-1][0], new_rows), durable=False  # redone from the inbox
-    )
-    if not stored:
-        return 0, set()
-    return len(rows), {r[0] for r in new_rows if r[6] == "pending"}
+    return await _store_batch(rt, last, rows, map_rows(rt, rows))
 
 
 class Router:
@@ -181,31 +193,15 @@ class Router:
         if rt.db.dialect == "postgresql":
             return await route_batch(rt, self.limit)
         after, limit = self._after, self.limit
-
-        def read(conn: sqlite3.Connection) -> tuple[int, list[tuple[Any, ...]]]:
-            last = cursor(conn) if after is None else after
-            rows = conn.execute(f"{SELECT_INBOX} WHERE id > ? ORDER BY id LIMIT ?", (last, limit))
-            return last, [tuple(r) for r in rows.fetchall()]
-
         try:
-            last, rows = await rt.db.read(read)
+            last, rows = await rt.db.read(lambda conn: _read_batch(conn, after, limit))
             new_rows = map_rows(rt, rows) if rows else []
         finally:
             done = await self._committed()
         if not rows or (self._after is None and after is not None):
             return done  # nothing new, or the previous commit was refused: read again
         self._after = rows[-1][0]
-        count = len(rows)
-        touched = {r[0] for r in new_rows if r[6] == "pending"}
-
-        async def write() -> tuple[int, set[str]]:
-            stored = await rt.db.write(
-                lambda conn: _store(conn, last, rows[-1][0], new_rows),
-                durable=False,  # redone from the inbox after a power cut
-            )
-            return (count, touched) if stored else (0, set())
-
-        self._writing = asyncio.create_task(write())
+        self._writing = asyncio.create_task(_store_batch(rt, last, rows, new_rows))
         return done
 
     async def _committed(self) -> tuple[int, set[str]]:

@@ -57,7 +57,6 @@ class DestinationWorker:
         )
         self.decoder = _raw_body_decoder if dest.connector.raw_bodies else _delivery_decoder
         self.wake = asyncio.Event()
-        self.slots = asyncio.Semaphore(max(1, dest.policy.concurrency))
         self.inflight_keys: set[str] = set()
         self.inflight_ids: set[int] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -102,8 +101,7 @@ class DestinationWorker:
         # batches to claim: one per free slot, plus enough to keep about `limit` deliveries
         # ready (whole batches: at least one). Not more: a user with a claimed row cannot be in
         # another batch, so holding many users back would make the next batches small.
-        ahead = self._ahead()
-        free = min(limit - self.sending, limit + ahead - len(self.tasks)) + ahead - len(self.ready)
+        free = self._free_slots() + self._ahead() - len(self.ready)
         if free <= 0 or self.stopping:
             return IDLE_POLL
         name = self.dest.name
@@ -191,11 +189,15 @@ class DestinationWorker:
         """Batches kept claimed ahead: about `concurrency` deliveries, at least one batch."""
         return max(1, self.dest.policy.concurrency // self.dest.batch_size)
 
+    def _free_slots(self) -> int:
+        """Batches that may start now: at most `concurrency` waiting for an answer, and at most
+        `concurrency` + :meth:`_ahead` tasks in all (those still storing results included)."""
+        limit = self.dest.policy.concurrency
+        return min(limit - self.sending, limit + self._ahead() - len(self.tasks))
+
     async def _start_ready(self) -> None:
         """Start claimed batches in the free slots; give back those that waited too long
         (a quarter of the lease), so a delivery never outlives its lease."""
-        limit = self.dest.policy.concurrency
-        most = limit + self._ahead()  # tasks still recording their results included
         stale_after = self.dest.policy.lease_seconds / 4
         stale: list[int] = []
         now = time.monotonic()
@@ -205,7 +207,7 @@ class DestinationWorker:
                 stale.extend(r[0] for r in rows)
                 self.inflight_keys -= keys
                 continue
-            if self.sending >= limit or len(self.tasks) >= most:
+            if self._free_slots() <= 0:
                 break
             claimed_at, rows, keys = self.ready.popleft()
             self._start(rows, keys, claimed_at)

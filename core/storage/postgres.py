@@ -120,7 +120,7 @@ class PgDatabase(GroupCommitWriter):
         single = len(jobs) == 1  # one job: its transaction is its savepoint
         try:
             conn.execute("BEGIN")
-            if not any(job.durable for job in jobs):  # bookkeeping only: see Database.write
+            if not self._must_sync(jobs):  # bookkeeping only: see GroupCommitWriter.write
                 conn.execute("SET LOCAL synchronous_commit = off")
             for job in jobs:
                 if not single:
