@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from ..times import iso_utc
 from . import outbox, router
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def normalize_time(value: str | None) -> str | None:
         raise ValueError(f"{value!r} is not an ISO-8601 date or time") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(when)
 
 
 async def count_events(rt: Runtime, source: str, since: str | None, until: str | None) -> int:

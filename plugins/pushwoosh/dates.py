@@ -6,6 +6,8 @@ import math
 import re
 from datetime import UTC, datetime
 
+from hookyard import times
+
 PUSHWOOSH_DATE_FORMAT = "%Y-%m-%d %H:%M"
 """Pushwoosh Date tag values: ``"YYYY-MM-DD HH:mm"`` in UTC (minute precision)."""
 
@@ -27,19 +29,10 @@ def looks_like_iso_date(value: str) -> bool:
 
 def parse_iso(value: str) -> datetime | None:
     """An aware UTC datetime from an ISO-8601 date/datetime string (no offset = UTC)."""
-    text = value.strip()
-    if not looks_like_iso_date(text):
+    if not looks_like_iso_date(value):
         return None
-    text = text.replace(",", ".")
-    if text.endswith(("z", "Z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    parsed = times.parse_iso(value.replace(",", "."))
+    return parsed.astimezone(UTC) if parsed is not None else None
 
 
 def from_epoch(value: float) -> datetime | None:

@@ -23,6 +23,7 @@ from hookyard.connectors import DestinationContext
 from hookyard.deliveries import Delivery, DeliveryResult, MapResult
 from hookyard.events import Event, event_type
 from hookyard.http import HttpClient
+from hookyard.times import iso_utc, parse_iso
 
 BATCH_PATH = "/v1/batch"
 MAX_EVENT_BYTES = 32 * 1024
@@ -59,26 +60,11 @@ class SegmentForwarderSettings(msgspec.Struct, forbid_unknown_fields=True, kw_on
             raise ValueError(f"base_url must start with http:// or https://, not {self.base_url!r}")
 
 
+_parse_text = functools.lru_cache(maxsize=1024)(parse_iso)  # a batch shares sentAt, receivedAt
+
+
 def _parse_time(value: Any) -> datetime | None:
     return _parse_text(value) if isinstance(value, str) else None
-
-
-@functools.lru_cache(maxsize=1024)  # the events of a batch share sentAt and receivedAt
-def _parse_text(value: str) -> datetime | None:
-    if not value.strip():
-        return None
-    text = value.strip()
-    if text.endswith(("z", "Z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
@@ -96,10 +82,10 @@ def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
         _parse_time(raw.get("receivedAt")),
     )
     if own is not None and sent is not None and received is not None:
-        return _iso(received - (sent - own))
+        return iso_utc(received - (sent - own))
     if own is not None:
         return None if own_text == raw.get("timestamp") else str(own_text)
-    return _iso(received) if received is not None else None
+    return iso_utc(received) if received is not None else None
 
 
 def forwarded_event(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,7 +108,7 @@ def basic_auth(write_key: str) -> str:
 
 def sent_at() -> str:
     """Now, as Segment's libraries write ``sentAt`` (UTC, milliseconds)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(datetime.now(UTC))
 
 
 def batch_body(events: list[bytes], sent: str) -> bytes:
