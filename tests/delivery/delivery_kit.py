@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +29,7 @@ from hookyard.errors import PermanentError, RetryableError
 from hookyard.events import Event, event_type
 from hookyard.fields import resolve_fields
 from hookyard.http import HttpClient
+from hookyard.testing.cluster import wait_for
 from hookyard.testing.fake_server import RecordedRequest
 from hookyard.testing.server import HookyardServer, basic_auth
 
@@ -159,15 +159,8 @@ class Peer:
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+    """Poll ``check`` every 20 ms until it returns something truthy; return it."""
+    return wait_for(check, timeout, what, interval=0.02)
 
 
 def api(server: HookyardServer) -> httpx.Client:
