@@ -4,7 +4,8 @@ hookyard's native event format is the Segment spec, so these helpers live in cor
 source plugin speaking it (Segment itself, Pushwoosh's exporter, ...) reuses them:
 
 * :func:`basic_auth_user`, :func:`bearer_token`, :func:`body_write_key` find the key a client
-  sent; :func:`keys_match` compares keys in constant time.
+  sent; :func:`keys_match` compares keys in constant time; :func:`authenticate_write_key` does
+  all of it for the tracking API (Basic user name or a ``writeKey`` field in the body).
 * :func:`parse_call` parses ``/v1/{identify,track,page,screen,group,alias,batch,import}``.
 * :func:`parse_webhook` parses one event or a JSON array of events (Segment's webhooks).
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from .connectors import ParsedEvent
+from .connectors import AuthResult, IngestRequest, ParsedEvent
 from .errors import BadRequest, NotFound
 from .events import EVENT_TYPES, any_event_decoder, encoder, event_decoders, validate_event
 
@@ -84,6 +85,20 @@ def body_write_key(body: bytes) -> str | None:
         return _write_key_decoder.decode(body).writeKey
     except (msgspec.ValidationError, *_UNDECODABLE):
         return None
+
+
+def authenticate_write_key(write_key: str, request: IngestRequest) -> AuthResult:
+    """Accept the request when its Basic user name or ``writeKey`` field is ``write_key``."""
+    key = basic_auth_user(request.headers)
+    if key is None:
+        key = body_write_key(request.body)
+    if key is None:
+        return AuthResult.refuse(
+            "missing write key: send Authorization: Basic base64(<write key>:) or a writeKey field"
+        )
+    if keys_match(key, write_key):
+        return AuthResult.accept()
+    return AuthResult.refuse("invalid write key")
 
 
 def _clean(message: str) -> str:

@@ -25,10 +25,11 @@ from hookyard.connectors import (
 from hookyard.deliveries import Delivery, DeliveryResult, MapResult
 from hookyard.events import Event
 from hookyard.http import HttpClient
+from hookyard.tracking_api import authenticate_write_key
 
 from .destination import deliver_pushwoosh, map_pushwoosh
 from .settings import PushwooshSettings, PushwooshSourceSettings
-from .source import TRACKING_PATH, authenticate_write_key, parse_pushwoosh
+from .source import TRACKING_PATH, parse_pushwoosh
 
 BATCH_SIZE = 20
 """Deliveries per ``deliver`` call: sent concurrently across users (Pushwoosh has no batch

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from hookyard.connectors import AuthResult, IngestRequest, ParsedEvent
+from hookyard.connectors import IngestRequest, ParsedEvent
 from hookyard.errors import BadRequest, NotFound
 from hookyard.events import Track, event_type
-from hookyard.tracking_api import basic_auth_user, body_write_key, keys_match, parse_call
+from hookyard.tracking_api import parse_call
 
 from .settings import PushwooshSourceSettings
 
@@ -30,20 +30,6 @@ KNOWN_EVENTS = (
     "Email Bounced",
 )
 """Message events Pushwoosh exports (properties: message type, campaign id, device type)."""
-
-
-def authenticate_write_key(write_key: str, request: IngestRequest) -> AuthResult:
-    """Accept the request when its Basic user name or ``writeKey`` field is ``write_key``."""
-    key = basic_auth_user(request.headers)
-    if key is None:
-        key = body_write_key(request.body)
-    if key is None:
-        return AuthResult.refuse(
-            "missing write key: send Authorization: Basic base64(<write key>:) or a writeKey field"
-        )
-    if keys_match(key, write_key):
-        return AuthResult.accept()
-    return AuthResult.refuse("invalid write key")
 
 
 @lru_cache(maxsize=64)

@@ -22,9 +22,8 @@ from hookyard.connectors import (
     SourceContext,
 )
 from hookyard.tracking_api import (
-    basic_auth_user,
+    authenticate_write_key,
     bearer_token,
-    body_write_key,
     keys_match,
     parse_call,
     parse_webhook,
@@ -70,16 +69,7 @@ def authenticate(source: SourceContext, request: IngestRequest) -> AuthResult:
         if keys_match(token, source.write_key):
             return AuthResult.accept()
         return AuthResult.refuse("invalid write key")
-    key = basic_auth_user(request.headers)
-    if key is None:
-        key = body_write_key(request.body)
-    if key is None:
-        return AuthResult.refuse(
-            "missing write key: send Authorization: Basic base64(<write key>:) or a writeKey field"
-        )
-    if keys_match(key, source.write_key):
-        return AuthResult.accept()
-    return AuthResult.refuse("invalid write key")
+    return authenticate_write_key(source.write_key, request)
 
 
 @hookimpl
