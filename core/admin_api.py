@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
+import math
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,6 +27,7 @@ from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
 from .inbox import BY_MESSAGE_ID, decode_row
 from .ingest import read_body
+from .times import parse_iso
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -64,15 +65,22 @@ def _cursor(request: Request) -> int | None:
 
 
 def parse_time(value: Any) -> float | None:
-    """An ISO-8601 time or Unix seconds as Unix seconds."""
+    """An ISO-8601 date or time, or Unix seconds, as Unix seconds. A time without an offset is
+    UTC, as everywhere in hookyard (never the server's local time zone)."""
     if value is None or value == "":
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
-        return float(value)
-    except ValueError:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        seconds = float(value)
+    except (TypeError, ValueError):
+        parsed = parse_iso(str(value))
+        if parsed is None:
+            raise ValueError(
+                f"invalid time {value!r}: use ISO-8601 (2026-01-31T12:00:00Z) or Unix seconds"
+            ) from None
+        return parsed.timestamp()
+    if not math.isfinite(seconds):
+        raise ValueError(f"invalid time {value!r}: not a finite number of seconds")
+    return seconds
 
 
 ADMIN_BODY_LIMIT = 1_000_000  # bytes: a dead-letter id list, a preview event, a replay request

@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse
 
 from ..logs import RedactSecrets, config_secrets
+from ..times import parse_iso
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -69,9 +70,8 @@ def when(value: Any) -> str:
     if isinstance(value, (int, float)):
         return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
     text = str(value)
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+    parsed = parse_iso(text)  # without an offset: UTC, not the server's time zone
+    if parsed is None:
         return text
     return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
