@@ -45,6 +45,11 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     synchronous: Literal["full", "normal"] = "full"
     # how long a finished delivery's outbox row and attempts are kept (days; 0 = forever)
     retention_days: float = 7.0
+    # how long API log lines are kept (days; 0 = forever)
+    api_log_retention_days: float = 7.0
+    # how long received events are kept (days; 0 = forever, the default): an event stays while
+    # any outbox row refers to it. Replay and messageId dedupe reach back as far as the inbox.
+    inbox_retention_days: float = 0.0
 
 
 class DeliverySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -130,6 +135,13 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
                     f"{origin}: destination {dest.name!r} names unknown source {s!r}"
                     f" (sources: {', '.join(sorted(source_names)) or 'none'})"
                 )
+    storage = config.storage
+    if 0 < storage.inbox_retention_days < storage.retention_days:
+        raise ConfigError(
+            f"{origin}: storage.inbox_retention_days ({storage.inbox_retention_days:g}) must be 0"
+            f" (keep forever) or at least storage.retention_days ({storage.retention_days:g}):"
+            " an event stays in the inbox while its deliveries are in the outbox"
+        )
     for src in config.sources:
         if len(src.write_key) < 8:
             raise ConfigError(f"{origin}: source {src.name!r} write_key must be at least 8 characters")

@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from hookyard.admin_api import parse_time
 from hookyard.dashboard.render import when
 from hookyard.times import iso_utc, parse_iso

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import retention
 from . import outbox, router
 from .retry import backoff
 from .worker import IDLE_POLL, DestinationWorker
@@ -24,6 +25,7 @@ __all__ = ["Engine", "DestinationWorker", "backoff"]
 log = logging.getLogger("hookyard.delivery")
 MAINTENANCE_SECONDS = 30.0  # lease recovery and retention purge
 MAX_PURGE_ROUNDS = 100  # purge batches per maintenance run
+INBOX_RESCAN_SECONDS = 3600.0  # how often the inbox purge looks again at events it kept
 
 
 class Engine:
@@ -37,6 +39,10 @@ class Engine:
         self.stopping = False
         self.observers: list[Any] = []
         self.router = router.Router(rt)
+        # the inbox purge's position: events up to it were looked at (those it kept are still
+        # referred to by the outbox, and are looked at again from 0 every INBOX_RESCAN_SECONDS)
+        self.inbox_scan = 0
+        self.inbox_rescan_at = 0.0
         rt.engine = self
 
     def notify(self) -> None:
@@ -89,20 +95,49 @@ class Engine:
                 log.exception("maintenance failed")
 
     async def maintain(self) -> int:
-        """Recover expired leases, then purge finished rows past retention in bounded steps
-        (each its own transaction, so ingest commits in between). Returns rows purged."""
+        """Recover expired leases, then delete what is past retention: finished outbox rows
+        (``retention_days``), API log lines and inbox events (:mod:`hookyard.retention`). Each
+        step is bounded and its own transaction, so ingest commits in between. Returns the
+        outbox rows purged."""
         names = list(self.workers)
         await self.rt.db.write(lambda c: outbox.recover_leases(c, names))
-        retention = self.rt.config.storage.retention_days * 86400
-        if retention <= 0:
-            return 0
+        storage = self.rt.config.storage
+        purged = 0
+        if storage.retention_days > 0:
+            cutoff = time.time() - storage.retention_days * 86400
+            purged = await self._purge_rounds(lambda c: outbox.purge(c, cutoff, names))
+        if storage.api_log_retention_days > 0:
+            before = retention.cutoff_iso(storage.api_log_retention_days)
+            await self._purge_rounds(lambda c: retention.purge_api_log(c, before))
+        if storage.inbox_retention_days > 0:
+            await self._purge_inbox(retention.cutoff_iso(storage.inbox_retention_days))
+        return purged
+
+    async def _purge_rounds(self, step: Any) -> int:
         total = 0
         for _ in range(MAX_PURGE_ROUNDS):
-            cutoff = time.time() - retention
-            gone = await self.rt.db.write(lambda c: outbox.purge(c, cutoff, names))  # noqa: B023
+            gone: int = await self.rt.db.write(step)
             total += gone
             if not gone or self.stopping:
                 break
+        return total
+
+    async def _purge_inbox(self, before: str) -> int:
+        now = time.monotonic()
+        if now >= self.inbox_rescan_at:
+            self.inbox_scan, self.inbox_rescan_at = 0, now + INBOX_RESCAN_SECONDS
+        total = 0
+        for _ in range(MAX_PURGE_ROUNDS):
+            after = self.inbox_scan
+            gone, last, frontier = await self.rt.db.write(
+                lambda c: retention.purge_inbox(c, before, after)  # noqa: B023
+            )
+            total += gone
+            self.inbox_scan = last
+            if frontier or self.stopping:
+                break
+        if total:
+            log.info("deleted %d inbox events past inbox_retention_days", total)
         return total
 
     def wake_all(self) -> None:

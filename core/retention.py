@@ -1,0 +1,92 @@
+"""What leaves storage, and when: the API log and the inbox, in bounded steps.
+
+The delivery engine's maintenance calls these every 30 s (finished outbox rows have their own
+purge, :func:`hookyard.delivery.outbox.purge`). Each call looks at no more than ``limit`` rows,
+oldest first by id, and runs in one write transaction, so ingest commits in between.
+
+* ``[storage] api_log_retention_days`` (default 7): API log lines older than that go.
+* ``[storage] inbox_retention_days`` (default 0, keep forever): an event goes once it is older
+  than that, routed, and *no outbox row refers to it any more*, i.e. every delivery of it was
+  finished and then purged after ``retention_days``. An event with a dead letter or a pending
+  delivery stays, so ``/api/deliveries?message_id=``, dead-letter retries and replay keep
+  working for everything still in the outbox. Dedupe by messageId reaches back as far as the
+  inbox does.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from .storage.base import is_postgres
+
+PURGE_LIMIT = 5_000  # rows looked at per call (one write transaction)
+
+
+def cutoff_iso(days: float, now: float | None = None) -> str:
+    """The ISO-8601 time ``days`` ago, formatted like ``received_at`` and ``at`` columns."""
+    when = (time.time() if now is None else now) - days * 86_400
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def purge_api_log(conn: Any, before: str, limit: int = PURGE_LIMIT) -> int:
+    """Delete the oldest API log lines written before ``before`` (ISO-8601); returns how many."""
+    rows = conn.execute("SELECT id, at FROM api_log ORDER BY id LIMIT ?", (limit,)).fetchall()
+    old = [r[0] for r in rows if r[1] < before]
+    if old:
+        conn.execute("DELETE FROM api_log WHERE id <= ? AND at < ?", (old[-1], before))
+    return len(old)
+
+
+def purge_inbox(conn: Any, before: str, after_id: int = 0, limit: int = PURGE_LIMIT) -> tuple[int, int, bool]:
+    """Delete routed inbox events received before ``before`` that no outbox row refers to.
+
+    Looks at the ``limit`` events after ``after_id`` in id order. Returns (events deleted, the
+    last id looked at, whether the scan reached an event too recent or not yet routed; the
+    caller then starts again from 0 later, since events kept for their outbox rows may go
+    once those rows are purged).
+    """
+    rows = conn.execute(
+        "SELECT id, received_at FROM inbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+    ).fetchall()
+    if not rows:
+        return 0, after_id, True
+    # the newest event always stays: SQLite gives a new row max(id) + 1, and an id used again
+    # would fall behind the router's cursor and never be delivered
+    newest = conn.execute("SELECT MAX(id) FROM inbox").fetchone()[0]
+    routed_up_to = min(_routed_up_to(conn, rows[-1][0]), newest - 1)
+    candidates: list[int] = []
+    frontier = len(rows) < limit
+    for event_id, received_at in rows:
+        if received_at >= before or event_id > routed_up_to:
+            frontier = True
+            break
+        candidates.append(event_id)
+    if not candidates:
+        return 0, after_id, frontier
+    last_seen = candidates[-1]
+    if is_postgres(conn):  # nodes route out of id order: only events marked routed
+        candidates = [r[0] for r in conn.execute(
+            "SELECT id FROM inbox WHERE id = ANY(?) AND routed", (candidates,)
+        ).fetchall()]
+    gone = 0
+    for i in range(0, len(candidates), 500):
+        chunk = candidates[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        kept = {r[0] for r in conn.execute(
+            f"SELECT DISTINCT inbox_id FROM outbox WHERE inbox_id IN ({marks})", chunk
+        ).fetchall()}
+        free = [c for c in chunk if c not in kept]
+        if free:
+            conn.execute(f"DELETE FROM inbox WHERE id IN ({','.join('?' * len(free))})", free)
+            gone += len(free)
+    return gone, last_seen, frontier
+
+
+def _routed_up_to(conn: Any, highest: int) -> int:
+    """Inbox ids up to this one have been routed (PostgreSQL: checked per event instead)."""
+    if is_postgres(conn):
+        return highest
+    found = conn.execute("SELECT MIN(last_inbox_id) FROM router_state").fetchone()
+    return int(found[0]) if found and found[0] is not None else 0

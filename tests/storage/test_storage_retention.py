@@ -1,0 +1,137 @@
+"""Retention on both backends: API log lines and inbox events past their retention go, in
+bounded steps; an inbox event stays while it is unrouted, recent, or referred to by the outbox,
+and the newest event always stays (SQLite would give its id to the next event)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_runtime
+from hookyard import retention
+from hookyard.config import parse_config
+from hookyard.delivery import outbox, router
+from hookyard.delivery.engine import Engine
+from hookyard.errors import ConfigError
+from hookyard.inbox import LogEntry, event_rows, insert_events, insert_log
+from hookyard.runtime import Runtime
+from hookyard.testing import sample_track
+from storage_kit import log_entry, parsed
+
+OLD = "2020-01-01T00:00:00.000Z"
+
+
+def ingest(rt: Runtime, ids: list[str], received_at: str) -> None:
+    rows = event_rows("web", [parsed(sample_track(messageId=m, userId="u1")) for m in ids], received_at)
+    rt.db.write_sync(lambda c: insert_events(c, rows, log_entry(len(rows))))
+
+
+def inbox_ids(rt: Runtime) -> list[str]:
+    return rt.db.read_sync(lambda c: [r[0] for r in c.execute(
+        "SELECT message_id FROM inbox ORDER BY id").fetchall()])
+
+
+def route_all(rt: Runtime) -> None:
+    while asyncio.run(router.route_batch(rt))[0]:
+        pass
+
+
+def finish_and_purge(rt: Runtime, message_ids: list[str]) -> None:
+    """As if these events' deliveries finished long ago and retention_days purged them."""
+    marks = ",".join("?" * len(message_ids))
+    rt.db.write_sync(lambda c: c.execute(
+        f"UPDATE outbox SET state = 'done', updated_at = 0 WHERE message_id IN ({marks})", message_ids))
+    rt.db.write_sync(lambda c: outbox.purge(c, time.time(), ["seg"]))
+
+
+def purge_inbox(rt: Runtime, days: float = 30, limit: int = retention.PURGE_LIMIT) -> int:
+    before = retention.cutoff_iso(days)
+    return int(rt.db.write_sync(lambda c: retention.purge_inbox(c, before, 0, limit))[0])
+
+
+def test_purge_api_log_deletes_old_lines_only(runtime: Runtime) -> None:
+    for at in (OLD, OLD, retention.cutoff_iso(0)):
+        runtime.db.write_sync(lambda c, at=at: insert_log(c, LogEntry(at, "web", "POST", "/v1/track", 200, 1, None, 1.0)))
+    before = retention.cutoff_iso(7)
+    assert runtime.db.write_sync(lambda c: retention.purge_api_log(c, before, limit=1)) == 1
+    assert runtime.db.write_sync(lambda c: retention.purge_api_log(c, before)) == 1
+    assert runtime.db.write_sync(lambda c: retention.purge_api_log(c, before)) == 0
+    ats = runtime.db.read_sync(lambda c: [r[0] for r in c.execute("SELECT at FROM api_log")])
+    assert OLD not in ats and len(ats) == 1
+
+
+def test_purge_inbox_keeps_unrouted_referenced_recent_and_newest_events(runtime: Runtime) -> None:
+    ingest(runtime, ["o1", "o2", "o3", "o4"], OLD)
+    assert purge_inbox(runtime) == 0  # not routed yet
+    route_all(runtime)
+    assert purge_inbox(runtime) == 0  # every event still has a pending delivery
+    finish_and_purge(runtime, ["o1", "o2"])
+    assert purge_inbox(runtime) == 2
+    assert inbox_ids(runtime) == ["o3", "o4"]
+    finish_and_purge(runtime, ["o3", "o4"])
+    assert purge_inbox(runtime) == 1  # o4 is the newest event: it stays
+    ingest(runtime, ["n1"], retention.cutoff_iso(0))
+    route_all(runtime)
+    finish_and_purge(runtime, ["n1"])
+    assert purge_inbox(runtime) == 1  # o4 now; n1 is recent (and the newest)
+    assert inbox_ids(runtime) == ["n1"]
+
+
+def test_purge_inbox_is_bounded_and_resumes_after_kept_events(runtime: Runtime) -> None:
+    ingest(runtime, [f"o{i}" for i in range(6)] + ["last"], OLD)
+    route_all(runtime)
+    finish_and_purge(runtime, [f"o{i}" for i in range(1, 6)])  # o0 keeps a (dead) delivery
+    before = retention.cutoff_iso(30)
+    gone, last, frontier = runtime.db.write_sync(lambda c: retention.purge_inbox(c, before, 0, 3))
+    assert (gone, frontier) == (2, False)
+    gone, last, frontier = runtime.db.write_sync(lambda c: retention.purge_inbox(c, before, last, 3))
+    assert (gone, frontier) == (3, False)
+    gone, last, frontier = runtime.db.write_sync(lambda c: retention.purge_inbox(c, before, last, 3))
+    assert (gone, frontier) == (0, True)  # "last" is the newest event
+    assert inbox_ids(runtime) == ["o0", "last"]
+
+
+def test_a_purged_event_can_be_stored_again(runtime: Runtime) -> None:
+    ingest(runtime, ["m1", "m2"], OLD)
+    route_all(runtime)
+    finish_and_purge(runtime, ["m1", "m2"])
+    assert purge_inbox(runtime) == 1
+    ingest(runtime, ["m1"], retention.cutoff_iso(0))  # its dedupe window ended with it
+    assert inbox_ids(runtime) == ["m2", "m1"]
+
+
+def test_engine_maintenance_applies_both_retentions(storage_settings: dict[str, Any], tmp_path: Path) -> None:
+    storage = {**storage_settings, "retention_days": 1, "inbox_retention_days": 2,
+               "api_log_retention_days": 3}
+    rt = make_runtime(storage, tmp_path)
+    try:
+        ingest(rt, ["a", "b", "c"], OLD)
+        rt.db.write_sync(lambda c: c.execute("UPDATE api_log SET at = ?", (OLD,)))
+        ingest(rt, ["new"], retention.cutoff_iso(0))
+        route_all(rt)
+        rt.db.write_sync(lambda c: c.execute("UPDATE outbox SET state = 'done', updated_at = 0"
+                                             " WHERE message_id != 'new'"))
+
+        async def run() -> int:
+            engine = Engine(rt)
+            try:
+                return await engine.maintain()
+            finally:
+                rt.engine = None
+
+        assert asyncio.run(run()) == 3
+        assert inbox_ids(rt) == ["new"]
+        assert rt.db.read_sync(lambda c: c.execute("SELECT count(*) FROM api_log").fetchone()[0]) == 1
+    finally:
+        rt.close()
+
+
+def test_inbox_retention_shorter_than_outbox_retention_is_a_config_error() -> None:
+    base = {"sources": [{"name": "web", "plugin": "segment", "write_key": "k" * 10}]}
+    with pytest.raises(ConfigError, match="inbox_retention_days .* at least storage.retention_days"):
+        parse_config({**base, "storage": {"retention_days": 7, "inbox_retention_days": 1}})
+    parse_config({**base, "storage": {"retention_days": 7, "inbox_retention_days": 7}})
+    parse_config({**base, "storage": {"retention_days": 7, "inbox_retention_days": 0}})
