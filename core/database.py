@@ -29,7 +29,7 @@ log = logging.getLogger("hookyard.database")
 
 MAX_JOBS_PER_COMMIT = 2000
 WRITER_CACHE_KIB = -65536  # negative: KiB, i.e. 64 MiB
-WRITER_CHECKPOINT_PAGES = 10_000
+WRITER_CHECKPOINT_PAGES = 40_000
 
 
 def connect(path: str | Path, synchronous: str = "full") -> sqlite3.Connection:
@@ -263,8 +263,10 @@ class Database(GroupCommitWriter):
         conn = connect(self.path, self.synchronous)
         # The writer dirties a random page of the (source, message_id) index per event: a 64 MiB
         # page cache (default 2 MiB) keeps the index in memory instead of re-reading it, and a
-        # checkpoint every ~40 MB of WAL (default ~4 MB) writes a page rewritten by several
-        # commits back to the database file once. Memory is only used as the database grows.
+        # checkpoint every ~160 MB of WAL (default ~4 MB) writes a page rewritten by several
+        # commits back to the database file once: the commit, where most of the writer's time
+        # goes, costs 9 instead of 12 us per event (10,000 pages), batch ingest +20%; the WAL
+        # file stays that large. Memory is only used as the database grows.
         conn.execute(f"PRAGMA cache_size={WRITER_CACHE_KIB}")
         conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
         try:
