@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +32,16 @@ CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-
 def credentials(headers: Mapping[str, str] | None) -> list[str]:
     """The secret values a request carries in its credential headers (whole value, token,
     and for Basic the decoded user and password), longest first."""
+    values = tuple(v for k, v in (headers or {}).items() if k.lower() in CREDENTIAL_HEADERS)
+    return list(_secrets_of(values)) if values else []
+
+
+@functools.lru_cache(maxsize=256)
+def _secrets_of(values: tuple[str, ...]) -> tuple[str, ...]:
+    """A destination sends the same credentials with every request: parsed once (``credentials``
+    runs for every answer whose body is kept, successes included)."""
     found: set[str] = set()
-    for name, value in (headers or {}).items():
-        if name.lower() not in CREDENTIAL_HEADERS:
-            continue
+    for value in values:
         scheme, _, token = value.partition(" ")
         found.update((value, token.strip()))
         if scheme.lower() == "basic":
@@ -43,7 +50,7 @@ def credentials(headers: Mapping[str, str] | None) -> list[str]:
             except (binascii.Error, UnicodeDecodeError, ValueError):
                 continue
             found.update((user, password))
-    return sorted((s for s in found if len(s) >= 6), key=len, reverse=True)
+    return tuple(sorted((s for s in found if len(s) >= 6), key=len, reverse=True))
 
 
 def redact(text: str | None, secrets: list[str]) -> str | None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import random
 import sqlite3
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from .connectors import ParsedEvent
@@ -49,24 +47,6 @@ INBOX_SOURCES = (
 )
 BY_MESSAGE_ID = f"source IN ({INBOX_SOURCES}) AND message_id = ?"
 """A WHERE condition on the inbox: the events with messageId ``?`` (any source), indexed."""
-
-
-_second: tuple[int, str] = (0, "")
-
-
-def now_iso() -> str:
-    """The current UTC time as Segment writes it: ``2026-01-01T00:00:00.000Z``.
-
-    Formats the date and time only when the second changes (this runs for every request).
-    """
-    global _second
-    now = time.time()
-    sec = int(now)
-    cached = _second
-    if cached[0] != sec:
-        cached = (sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-        _second = cached
-    return f"{cached[1]}.{int((now - sec) * 1000):03d}Z"
 
 
 def new_message_ids(n: int) -> list[str]:

@@ -20,7 +20,8 @@ from starlette.responses import Response
 from .connectors import IngestRequest, SourceContext
 from .errors import BadRequest, PayloadTooLarge, RequestError, StorageUnavailable, Unauthorized
 from .events import encoder
-from .inbox import InsertEvents, LogEntry, event_rows, insert_log, now_iso
+from .inbox import InsertEvents, LogEntry, event_rows, insert_log
+from .times import now_iso
 
 if TYPE_CHECKING:
     from .runtime import Runtime

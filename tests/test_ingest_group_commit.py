@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from hookyard.database import Database
-from hookyard.inbox import INSERT_CHUNK, InsertEvents, LogEntry, now_iso
+from hookyard.inbox import INSERT_CHUNK, InsertEvents, LogEntry
 from hookyard.schema import migrate
+from hookyard.times import now_iso
 
 
 def _row(mid: str, user: object = "u1") -> tuple[object, ...]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hookyard.inbox import now_iso
 from hookyard.testing import sample_identify, sample_track
 from hookyard.testing.server import HookyardServer
+from hookyard.times import now_iso
 
 KEY = "test-write-key"
 ADMIN = "test-admin-token"

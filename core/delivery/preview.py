@@ -32,7 +32,7 @@ import msgspec
 from ..deliveries import Delivery
 from ..errors import BadRequest, ConfigError
 from ..events import Event, validate_event
-from ..inbox import now_iso
+from ..times import now_iso
 from .router import map_one
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import functools
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -23,7 +23,7 @@ from hookyard.connectors import DestinationContext
 from hookyard.deliveries import Delivery, DeliveryResult, MapResult
 from hookyard.events import Event, event_type
 from hookyard.http import HttpClient
-from hookyard.times import iso_utc, parse_iso
+from hookyard.times import iso_utc, now_iso, parse_iso
 
 BATCH_PATH = "/v1/batch"
 MAX_EVENT_BYTES = 32 * 1024
@@ -108,7 +108,7 @@ def basic_auth(write_key: str) -> str:
 
 def sent_at() -> str:
     """Now, as Segment's libraries write ``sentAt`` (UTC, milliseconds)."""
-    return iso_utc(datetime.now(UTC))
+    return now_iso()
 
 
 def batch_body(events: list[bytes], sent: str) -> bytes:

@@ -7,7 +7,8 @@ from typing import Any
 import msgspec
 from hookyard.connectors import ParsedEvent
 from hookyard.events import Event
-from hookyard.inbox import LogEntry, now_iso
+from hookyard.inbox import LogEntry
+from hookyard.times import now_iso
 
 
 def parsed(raw: dict[str, Any]) -> ParsedEvent:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hookyard.inbox import decode_row, event_rows, insert_events, now_iso
+from hookyard.inbox import decode_row, event_rows, insert_events
 from hookyard.runtime import Runtime
 from hookyard.testing import sample_identify, sample_track
+from hookyard.times import now_iso
 from storage_kit import log_entry, parsed
 
 

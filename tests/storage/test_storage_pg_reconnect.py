@@ -5,9 +5,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 from hookyard.errors import StorageUnavailable
-from hookyard.inbox import event_rows, insert_events, now_iso
+from hookyard.inbox import event_rows, insert_events
 from hookyard.runtime import Runtime
 from hookyard.testing import sample_track
+from hookyard.times import now_iso
 from storage_kit import log_entry, parsed
 
 

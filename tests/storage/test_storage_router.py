@@ -8,9 +8,10 @@ from typing import Any
 
 import psycopg
 from hookyard.delivery import router
-from hookyard.inbox import event_rows, insert_events, now_iso
+from hookyard.inbox import event_rows, insert_events
 from hookyard.runtime import Runtime
 from hookyard.testing import sample_track
+from hookyard.times import now_iso
 from storage_kit import log_entry, parsed
 
 
