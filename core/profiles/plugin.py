@@ -2,7 +2,9 @@
 
 Registered through the ``hookyard`` entry-point group like any third-party connector. It keeps
 subscribers, their channels and preferences, an event log and workflow runs in
-``profiles.db`` in the data dir, and serves them on the read API (``/api/subscribers``...).
+``profiles.db`` in the data dir (or, when hookyard's storage is PostgreSQL, in that database,
+so that every node sees the same profiles), and serves them on the read API
+(``/api/subscribers``...).
 """
 
 from __future__ import annotations
@@ -26,12 +28,27 @@ if TYPE_CHECKING:
 
 
 def store_for(destination: DestinationContext) -> ProfileStore:
-    """The destination's store, opened on first use and kept in its ``state``."""
+    """The destination's store, opened on first use and kept in its ``state``: in PostgreSQL
+    when :func:`startup` found hookyard's storage there, else in ``profiles.db``."""
     store = destination.state.get("store")
     if store is None:
-        store = ProfileStore(destination.data_dir / "profiles.db")
+        postgres = destination.state.get("postgres")
+        if postgres is not None:
+            store = ProfileStore.postgres(*postgres)
+        else:
+            store = ProfileStore.sqlite(destination.data_dir / "profiles.db")
         destination.state["store"] = store
     return store
+
+
+@hookimpl
+def startup(runtime: Runtime) -> None:
+    db = runtime.db
+    if getattr(db, "dialect", "sqlite") != "postgresql":
+        return
+    for dest in runtime.destinations.values():
+        if dest.config.plugin == "profiles":
+            dest.context.state["postgres"] = (db.url, db.schema)  # type: ignore[attr-defined]
 
 
 @hookimpl

@@ -36,14 +36,19 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def node_config(storage: dict[str, Any], destination_url: str, **delivery: Any) -> str:
-    """The TOML config every node of a cluster runs."""
+def node_config(storage: dict[str, Any], destination_url: str, *, profiles: bool = False,
+                **delivery: Any) -> str:
+    """The TOML config every node of a cluster runs: source ``web`` -> Segment forwarder ``seg``
+    (and, with ``profiles``, the built-in profile store ``profiles`` too)."""
     lines = ["[server]", f"admin_token = {_toml(ADMIN_TOKEN)}", 'log_level = "warning"', "",
              "[storage]"]
     lines += [f"{k} = {_toml(v)}" for k, v in storage.items()]
     lines += ["", "[[sources]]", 'name = "web"', 'plugin = "segment"',
-              f"write_key = {_toml(WRITE_KEY)}", "",
-              "[[destinations]]", 'name = "seg"', 'plugin = "segment"', 'sources = ["web"]',
+              f"write_key = {_toml(WRITE_KEY)}", ""]
+    if profiles:
+        lines += ["[[destinations]]", 'name = "profiles"', 'plugin = "profiles"',
+                  'sources = ["web"]', ""]
+    lines += ["[[destinations]]", 'name = "seg"', 'plugin = "segment"', 'sources = ["web"]',
               "[destinations.settings]", 'write_key = "wk_forward"',
               f"base_url = {_toml(destination_url)}", "[destinations.delivery]"]
     lines += [f"{k} = {_toml(v)}" for k, v in delivery.items()]
@@ -54,8 +59,8 @@ class Cluster:
     """``count`` hookyard nodes sharing ``storage`` (see the module docstring)."""
 
     def __init__(self, count: int, storage: dict[str, Any], destination_url: str, work_dir: Path,
-                 **delivery: Any) -> None:
-        toml = node_config(storage, destination_url, **delivery)
+                 *, profiles: bool = False, **delivery: Any) -> None:
+        toml = node_config(storage, destination_url, profiles=profiles, **delivery)
         self.nodes = [HookyardProcess(toml, work_dir / f"node{i}") for i in range(count)]
         self.clients: list[httpx.Client] = []
 

@@ -117,3 +117,26 @@ def test_rows_leased_by_a_killed_node_are_delivered_by_the_others_after_the_leas
         ok = {e["messageId"] for body in fake.json_bodies() for e in body["batch"]}
         assert ok >= {f"n{n}-{i}" for n in range(3) for i in range(8)}  # nothing lost
         assert conn.execute("SELECT count(*) FROM inbox").fetchone()[0] == 24
+
+
+def test_every_node_serves_the_profiles_any_node_delivered(
+    pg_storage: dict[str, str], fake_destination: Any, tmp_path: Path
+) -> None:
+    """The profile store lives in PostgreSQL too: /api/subscribers is the same on every node."""
+    fake = fake_destination()
+    with Cluster(3, pg_storage, fake.url, tmp_path, profiles=True) as cluster:
+        for u in range(USERS):  # each user identified through another node
+            body = {"userId": f"u{u}", "messageId": f"id-{u}", "traits": {"email": f"u{u}@example.com"}}
+            assert cluster.post(u % 3, "/v1/identify", body).status_code == 200
+        with db(pg_storage) as conn:
+            wait_for(lambda: conn.execute("SELECT count(*) FROM outbox WHERE destination = 'profiles'"
+                                          " AND state = 'done'").fetchone()[0] == USERS,
+                     20, "profile deliveries")
+        for node in range(3):
+            page = cluster.api(node, "/api/subscribers?limit=100")
+            assert sorted(s["distinct_id"] for s in page["subscribers"]) == sorted(
+                f"u{u}" for u in range(USERS))
+            one = cluster.api(node, "/api/subscribers/u7")
+            assert one["channels"]["$email"] == ["u7@example.com"]
+        assert (tmp_path / "node0" / "hookyard.toml").exists()  # the nodes' data dirs...
+        assert not any((tmp_path / f"node{i}" / "profiles.db").exists() for i in range(3))  # ...hold no store

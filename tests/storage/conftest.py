@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from hookyard.config import parse_config
 from hookyard.runtime import Runtime
 from hookyard.testing.postgres import pg_unavailable, temp_schema
-
-WRITE_KEY = "test-write-key"
+from storage_kit import make_runtime
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -30,21 +27,6 @@ def storage_settings(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]
         pytest.skip(reason)
     with temp_schema() as settings:
         yield settings
-
-
-def make_runtime(storage: dict[str, str], data_dir: Path, **overrides: Any) -> Runtime:
-    """A runtime with source ``web`` and destination ``seg`` (Segment forwarder), opened."""
-    config = {
-        "server": {"data_dir": str(data_dir), "admin_token": "test-admin-token"},
-        "storage": storage,
-        "sources": [{"name": "web", "plugin": "segment", "write_key": WRITE_KEY}],
-        "destinations": [{"name": "seg", "plugin": "segment", "sources": ["web"],
-                          "settings": {"write_key": "wk", "base_url": "http://127.0.0.1:9"}}],
-        **overrides,
-    }
-    rt = Runtime.build(parse_config(config))
-    rt.open()
-    return rt
 
 
 @pytest.fixture

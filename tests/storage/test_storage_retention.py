@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_runtime
 from hookyard import retention
 from hookyard.config import parse_config
 from hookyard.delivery import outbox, router
@@ -19,7 +18,7 @@ from hookyard.errors import ConfigError
 from hookyard.inbox import LogEntry, event_rows, insert_events, insert_log
 from hookyard.runtime import Runtime
 from hookyard.testing import sample_track
-from storage_kit import log_entry, parsed
+from storage_kit import log_entry, make_runtime, parsed
 
 OLD = "2020-01-01T00:00:00.000Z"
 
