@@ -22,10 +22,10 @@ from hookyard.inbox import (
     event_rows,
     insert_events,
     new_message_ids,
-    now_iso,
 )
 from hookyard.schema import migrate
 from hookyard.testing import sample_track
+from hookyard.times import now_iso
 from hookyard.tracking_api import parse_call
 
 
