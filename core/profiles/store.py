@@ -103,6 +103,8 @@ class ProfileStore:
         self._sql_like = "ILIKE" if postgres else "LIKE"  # SQLite's LIKE ignores ASCII case
         self._write_lock = threading.Lock()
         self._local = threading.local()
+        self._readers: list[Any] = []  # every thread's read connection, closed by close()
+        self._readers_lock = threading.Lock()
         self._write: Any = opener()
         with self._write_lock:
             self._write.execute(self._begin)
@@ -126,7 +128,15 @@ class ProfileStore:
         return cls(lambda: pg_connect(url, schema), postgres=True)
 
     def close(self) -> None:
+        """Close the write connection and every thread's read connection."""
         self._write.close()
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing what is already broken
+                pass
 
     def _reader(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -135,6 +145,8 @@ class ProfileStore:
             if not self._postgres:
                 conn.row_factory = sqlite3.Row
             self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
         return conn
 
     # -- writes ------------------------------------------------------------------------------
