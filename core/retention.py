@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .storage.base import is_postgres
+from .times import iso_utc
 
 PURGE_LIMIT = 5_000  # rows looked at per call (one write transaction)
 
@@ -27,7 +28,7 @@ PURGE_LIMIT = 5_000  # rows looked at per call (one write transaction)
 def cutoff_iso(days: float, now: float | None = None) -> str:
     """The ISO-8601 time ``days`` ago, formatted like ``received_at`` and ``at`` columns."""
     when = (time.time() if now is None else now) - days * 86_400
-    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(datetime.fromtimestamp(when, UTC))
 
 
 def purge_api_log(conn: Any, before: str, limit: int = PURGE_LIMIT) -> int:
