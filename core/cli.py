@@ -152,7 +152,8 @@ def run_loop(coro: Any) -> Any:
         import uvloop
     except ImportError:  # e.g. Windows: uvicorn[standard] does not install it there
         return asyncio.run(coro)
-    return uvloop.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # any uvloop version
+        return runner.run(coro)
 
 
 @main.command()
