@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .delivery import outbox
+
 if TYPE_CHECKING:
     from .delivery.outbox import Outcome
     from .runtime import Runtime
@@ -27,37 +29,26 @@ class _SizeCollector(Collector):
     def collect(self) -> Iterable[Any]:
         names = list(self.rt.destinations)
 
-        def read(conn: Any) -> tuple[int, list[Any], list[Any]]:
+        def read(conn: Any) -> tuple[int, list[Any], dict[str, int]]:
             inbox = conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
-            states = conn.execute(  # the (destination, state, id) index alone: no row reads
-                "SELECT destination, state, count(*) FROM outbox GROUP BY destination, state"
-            ).fetchall()
-            # per destination through the same index: only its pending rows are read (one
-            # query over every row of the outbox took seconds on large ones)
-            retrying = [
-                (name, conn.execute(
-                    "SELECT count(*) FROM outbox WHERE destination = ? AND state = 'pending'"
-                    " AND attempts > 0", (name,)).fetchone()[0])
-                for name in names
-            ]
-            return inbox, states, [(n, c) for n, c in retrying if c]
+            return (inbox, *outbox.counts(conn, names))
 
         try:
             inbox, states, retrying = self.rt.db.read_sync(read)
         except Exception:  # noqa: BLE001 - a scrape must not fail because of the database
             return
         yield GaugeMetricFamily("hookyard_inbox_events", "Events stored in the inbox", value=inbox)
-        outbox = GaugeMetricFamily(
+        rows = GaugeMetricFamily(
             "hookyard_outbox_rows", "Outbox rows by destination and state",
             labels=["destination", "state"],
         )
         for dest, state, count in states:
-            outbox.add_metric([dest, state], count)
-        yield outbox
+            rows.add_metric([dest, state], count)
+        yield rows
         depth = GaugeMetricFamily(
             "hookyard_retry_queue_depth", "Deliveries waiting for a retry", labels=["destination"]
         )
-        for dest, count in retrying:
+        for dest, count in retrying.items():
             depth.add_metric([dest], count)
         yield depth
 

@@ -18,6 +18,7 @@ import msgspec
 from starlette.routing import Router
 
 from .. import admin_api
+from ..delivery import outbox
 from ..errors import RequestError
 from .auth import Refused
 
@@ -222,14 +223,10 @@ def destination_health(conn: sqlite3.Connection, names: list[str]) -> dict[str, 
     def get(name: str) -> Health:
         return out.setdefault(name, Health(name))
 
-    for dest, state, count in conn.execute(
-        "SELECT destination, state, count(*) FROM outbox GROUP BY destination, state"
-    ):
+    states, retrying = outbox.counts(conn, names)
+    for dest, state, count in states:
         get(dest).states[state] = count
-    for dest, count in conn.execute(
-        "SELECT destination, count(*) FROM outbox WHERE state = 'pending' AND attempts > 0"
-        " GROUP BY destination"
-    ):
+    for dest, count in retrying.items():
         get(dest).retrying = count
     since = time.time() - WINDOW_SECONDS
     for dest, outcome, status, error, at in conn.execute(

@@ -309,6 +309,27 @@ PURGE_BATCH = 5000
 FINISHED = ("done", "filtered", "discarded")
 
 
+def counts(conn: Any, destinations: Iterable[str]) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
+    """Outbox rows by (destination, state), and per destination the pending rows that were
+    tried before (waiting for a retry; destinations with none are left out).
+
+    The first is read from the (destination, state, id) index alone; the second seeks each
+    destination's pending rows in it and reads only those (one query over the whole outbox
+    for ``state = 'pending' AND attempts > 0`` took seconds on large outboxes).
+    """
+    states = [(r[0], r[1], r[2]) for r in conn.execute(
+        "SELECT destination, state, count(*) FROM outbox GROUP BY destination, state"
+    ).fetchall()]
+    retrying: dict[str, int] = {}
+    for name in destinations:
+        found = conn.execute(
+            "SELECT count(*) FROM outbox WHERE destination = ? AND state = 'pending'"
+            " AND attempts > 0", (name,)).fetchone()[0]
+        if found:
+            retrying[name] = found
+    return states, retrying
+
+
 def purge(
     conn: sqlite3.Connection, older_than: float, destinations: Iterable[str],
     limit: int = PURGE_BATCH,
