@@ -307,21 +307,37 @@ def _narrow(
 
 PURGE_BATCH = 5000
 FINISHED = ("done", "filtered", "discarded")
+LIVE = ("pending", "inflight", "dead")  # not purged by retention: what an operator watches
 
 
-def counts(conn: Any, destinations: Iterable[str]) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
+def counts(
+    conn: Any, destinations: Iterable[str], *, finished: bool = True
+) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
     """Outbox rows by (destination, state), and per destination the pending rows that were
     tried before (waiting for a retry; destinations with none are left out).
 
-    The first is read from the (destination, state, id) index alone; the second seeks each
-    destination's pending rows in it and reads only those (one query over the whole outbox
-    for ``state = 'pending' AND attempts > 0`` took seconds on large outboxes).
+    With ``finished`` every state is counted from the (destination, state, id) index alone,
+    which reads the whole index. Without, only the live states (pending, inflight, dead), one
+    index range each: the work grows with the queue, not with the finished rows. The retry
+    count seeks each destination's pending rows and reads only those (one query over the whole
+    outbox for ``state = 'pending' AND attempts > 0`` took seconds on large outboxes).
     """
-    states = [(r[0], r[1], r[2]) for r in conn.execute(
-        "SELECT destination, state, count(*) FROM outbox GROUP BY destination, state"
-    ).fetchall()]
+    names = list(destinations)
+    if finished:
+        states = [(r[0], r[1], r[2]) for r in conn.execute(
+            "SELECT destination, state, count(*) FROM outbox GROUP BY destination, state"
+        ).fetchall()]
+    else:
+        states = []
+        for name in names:
+            for state in LIVE:
+                found = conn.execute(
+                    "SELECT count(*) FROM outbox WHERE destination = ? AND state = ?", (name, state)
+                ).fetchone()[0]
+                if found:
+                    states.append((name, state, found))
     retrying: dict[str, int] = {}
-    for name in destinations:
+    for name in names:
         found = conn.execute(
             "SELECT count(*) FROM outbox WHERE destination = ? AND state = 'pending'"
             " AND attempts > 0", (name,)).fetchone()[0]

@@ -1,0 +1,67 @@
+"""The size gauges of /metrics on both backends: live outbox states are counted at every
+scrape; the counts that read whole indexes (inbox, finished rows) are reused for a minute once
+they get slow, and are exact at every scrape while they are fast."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hookyard import metrics
+from hookyard.deliveries import Delivery
+from hookyard.delivery import outbox
+from hookyard.events import encoder
+from hookyard.inbox import event_rows, insert_events
+from hookyard.runtime import Runtime
+from hookyard.testing import sample_track
+from hookyard.times import now_iso
+from storage_kit import log_entry, parsed
+
+
+def add(rt: Runtime, state: str, n: int, start: int) -> None:
+    now = time.time()
+    raws = [sample_track(messageId=f"m{start + i}", userId="u") for i in range(n)]
+    rows = event_rows("web", [parsed(r) for r in raws], now_iso())
+    rt.db.write_sync(lambda c: insert_events(c, rows, log_entry(n)))
+    out = [("seg", start + i, f"m{start + i}", "u", "track",
+            encoder.encode(Delivery(kind="track", body={}, message_id=f"m{start + i}")),
+            state, now, now, None) for i in range(n)]
+    rt.db.write_sync(lambda c: outbox.insert_rows(c, out))
+
+
+def scrape(collector: metrics._SizeCollector) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for family in collector.collect():
+        for sample in family.samples:
+            found[sample.name + "".join(f",{v}" for v in sample.labels.values())] = sample.value
+    return found
+
+
+def test_fast_counts_are_exact_at_every_scrape(runtime: Runtime) -> None:
+    collector = metrics._SizeCollector(runtime)
+    add(runtime, "done", 3, 0)
+    assert scrape(collector)["hookyard_inbox_events"] == 3
+    add(runtime, "done", 2, 3)
+    add(runtime, "pending", 1, 5)
+    now = scrape(collector)
+    assert now["hookyard_inbox_events"] == 6
+    assert now["hookyard_outbox_rows,seg,done"] == 5 and now["hookyard_outbox_rows,seg,pending"] == 1
+
+
+def test_slow_counts_are_reused_live_ones_are_not(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "SLOW_COUNT_SECONDS", 0.0)  # every full count counts as slow
+    collector = metrics._SizeCollector(runtime)
+    add(runtime, "done", 3, 0)
+    first = scrape(collector)
+    assert first["hookyard_inbox_events"] == 3 and first["hookyard_outbox_rows,seg,done"] == 3
+    add(runtime, "done", 2, 3)
+    add(runtime, "pending", 4, 5)
+    add(runtime, "dead", 1, 9)
+    second = scrape(collector)
+    assert second["hookyard_inbox_events"] == 3  # reused for FINISHED_COUNTS_SECONDS
+    assert second["hookyard_outbox_rows,seg,done"] == 3
+    assert second["hookyard_outbox_rows,seg,pending"] == 4  # live: counted now
+    assert second["hookyard_outbox_rows,seg,dead"] == 1
+    monkeypatch.setattr(metrics, "FINISHED_COUNTS_SECONDS", 0.0)
+    third = scrape(collector)
+    assert third["hookyard_inbox_events"] == 10 and third["hookyard_outbox_rows,seg,done"] == 5
