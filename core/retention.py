@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from .delivery import outbox, router
 from .storage.base import is_postgres
 from .times import iso_utc
 
@@ -56,7 +57,8 @@ def purge_inbox(conn: Any, before: str, after_id: int = 0, limit: int = PURGE_LI
     # the newest event always stays: SQLite gives a new row max(id) + 1, and an id used again
     # would fall behind the router's cursor and never be delivered
     newest = conn.execute("SELECT MAX(id) FROM inbox").fetchone()[0]
-    routed_up_to = min(_routed_up_to(conn, rows[-1][0]), newest - 1)
+    # SQLite: the router's cursor; PostgreSQL nodes route out of id order (checked per event below)
+    routed_up_to = newest - 1 if is_postgres(conn) else min(router.cursor(conn), newest - 1)
     candidates: list[int] = []
     frontier = len(rows) < limit
     for event_id, received_at in rows:
@@ -72,8 +74,7 @@ def purge_inbox(conn: Any, before: str, after_id: int = 0, limit: int = PURGE_LI
             "SELECT id FROM inbox WHERE id = ANY(?) AND routed", (candidates,)
         ).fetchall()]
     gone = 0
-    for i in range(0, len(candidates), 500):
-        chunk = candidates[i:i + 500]
+    for chunk in outbox.chunks(candidates, outbox.IDS_PER_STATEMENT):
         marks = ",".join("?" * len(chunk))
         kept = {r[0] for r in conn.execute(
             f"SELECT DISTINCT inbox_id FROM outbox WHERE inbox_id IN ({marks})", chunk
@@ -84,10 +85,3 @@ def purge_inbox(conn: Any, before: str, after_id: int = 0, limit: int = PURGE_LI
             gone += len(free)
     return gone, last_seen, frontier
 
-
-def _routed_up_to(conn: Any, highest: int) -> int:
-    """Inbox ids up to this one have been routed (PostgreSQL: checked per event instead)."""
-    if is_postgres(conn):
-        return highest
-    found = conn.execute("SELECT MIN(last_inbox_id) FROM router_state").fetchone()
-    return int(found[0]) if found and found[0] is not None else 0

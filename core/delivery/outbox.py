@@ -51,7 +51,8 @@ ROWS_PER_STATEMENT = 90  # multi-row statements: 10 parameters a row, well under
 IDS_PER_STATEMENT = 500
 
 
-def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    """``items`` in consecutive slices of at most ``size`` (one SQL statement each)."""
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
@@ -72,7 +73,7 @@ def insert_rows(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> No
     if is_postgres(conn):
         conn.executemany(INSERT, rows)
         return
-    for chunk in _chunks(list(rows), ROWS_PER_STATEMENT):
+    for chunk in chunks(list(rows), ROWS_PER_STATEMENT):
         sql = _values_sql(INSERT_MANY, INSERT_VALUES, len(chunk), _insert_sql)
         conn.execute(sql, [v for row in chunk for v in row])
 
@@ -130,7 +131,7 @@ def claim(
         return pg_queue().claim(conn, ids, lease_seconds)
     now = time.time()
     claimed: list[tuple[int, bytes, int, float]] = []
-    for chunk in _chunks(list(ids), IDS_PER_STATEMENT):
+    for chunk in chunks(list(ids), IDS_PER_STATEMENT):
         cur = conn.execute(
             "UPDATE outbox SET state = 'inflight', lease_until = ?, lease_owner = ?, updated_at = ?"
             f" WHERE id IN ({','.join('?' * len(chunk))}) AND state = 'pending'"
@@ -170,7 +171,7 @@ def record(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
             (o.state, o.attempt, o.next_at, o.http_status, o.error, o.response_body), []
         ).append(o.outbox_id)
     for (state, attempt, next_at, status, error, body), ids in groups.items():
-        for chunk in _chunks(ids, IDS_PER_STATEMENT):
+        for chunk in chunks(ids, IDS_PER_STATEMENT):
             conn.execute(
                 "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, lease_until = NULL,"
                 " lease_owner = NULL, updated_at = ?, last_status = ?, last_error = ?,"
@@ -182,7 +183,7 @@ def record(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
          o.latency_ms, o.error, now)
         for o in outcomes
     ]
-    for part in _chunks(values, ROWS_PER_STATEMENT):
+    for part in chunks(values, ROWS_PER_STATEMENT):
         sql = _values_sql(RECORD_ATTEMPTS, "(?, ?, ?, ?, ?, ?, ?, ?, ?)", len(part), _attempts_sql)
         conn.execute(sql, [v for row in part for v in row])
 
@@ -366,8 +367,7 @@ def purge(
                 (dest, state, limit),
             ).fetchall()
             gone.extend(r[0] for r in rows if (r[1] or 0) < older_than)
-    for i in range(0, len(gone), 500):
-        chunk = gone[i:i + 500]
+    for chunk in chunks(gone, IDS_PER_STATEMENT):
         marks = ",".join("?" * len(chunk))
         conn.execute(f"DELETE FROM attempts WHERE outbox_id IN ({marks})", chunk)
         conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
