@@ -25,7 +25,7 @@ from .api_models import DeadLetterRequest
 from .delivery import outbox, router
 from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
-from .inbox import BY_MESSAGE_ID, decode_row
+from .inbox import by_message_id, decode_row
 from .ingest import read_body
 from .times import parse_iso
 
@@ -132,8 +132,9 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         sql, params = where(request, {"source": "source", "type": "type", "user_id": "user_id"})
         message_id = request.query_params.get("message_id")
         if message_id:
-            sql += f" AND {BY_MESSAGE_ID}"
-            params.append(message_id)
+            condition, times = by_message_id(db.dialect)
+            sql += f" AND {condition}"
+            params.extend([message_id] * times)
 
         def row(r: Any) -> dict[str, Any]:
             return {"id": r["id"], "source": r["source"], "filtered": r["filtered"],
@@ -149,8 +150,9 @@ def routes(rt: Runtime) -> list[BaseRoute]:
 
         def run(conn: Any) -> dict[str, Any]:
             # through the event's inbox rows: the outbox has no index on message_id
-            sql = f"SELECT * FROM outbox WHERE inbox_id IN (SELECT id FROM inbox WHERE {BY_MESSAGE_ID})"
-            params: list[Any] = [message_id]
+            condition, times = by_message_id(db.dialect)
+            sql = f"SELECT * FROM outbox WHERE inbox_id IN (SELECT id FROM inbox WHERE {condition})"
+            params: list[Any] = [message_id] * times
             if dest:
                 sql += " AND destination = ?"
                 params.append(dest)

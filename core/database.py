@@ -17,11 +17,13 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .dedupe import InboxDedupe
 from .errors import StorageUnavailable
 
 T = TypeVar("T")
@@ -32,9 +34,19 @@ WRITER_CACHE_KIB = -65536  # negative: KiB, i.e. 64 MiB
 WRITER_CHECKPOINT_PAGES = 40_000
 
 
-def connect(path: str | Path, synchronous: str = "full") -> sqlite3.Connection:
+class WriterConnection(sqlite3.Connection):
+    """The writer thread's connection: carries the inbox dedupe (see :mod:`hookyard.dedupe`),
+    which the insert code finds as ``conn.dedupe``."""
+
+    dedupe: InboxDedupe | None = None
+
+
+def connect(
+    path: str | Path, synchronous: str = "full", factory: type[sqlite3.Connection] = sqlite3.Connection
+) -> sqlite3.Connection:
     """A connection in WAL mode, autocommit (transactions are explicit), 10 s busy timeout."""
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10,
+                           factory=factory)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -54,6 +66,9 @@ class GroupedWrite:
 
     one_statement: bool = False
     log_row: tuple[Any, ...] | None = None
+    dedupe_keys: list[tuple[str, str]] | None = None
+    """The inbox keys ``(source, message_id)`` the job will store: looked up for the whole
+    group at once before its jobs run."""
 
     def statement(self, conn: sqlite3.Connection) -> Any:
         raise NotImplementedError
@@ -260,19 +275,21 @@ class Database(GroupCommitWriter):
             self._stop_writer()
 
     def _writer_loop(self) -> None:
-        conn = connect(self.path, self.synchronous)
-        # The writer dirties a random page of the (source, message_id) index per event: a 64 MiB
-        # page cache (default 2 MiB) keeps the index in memory instead of re-reading it, and a
-        # checkpoint every ~160 MB of WAL (default ~4 MB) writes a page rewritten by several
-        # commits back to the database file once: the commit, where most of the writer's time
-        # goes, costs 9 instead of 12 us per event (10,000 pages), batch ingest +20%; the WAL
-        # file stays that large. Memory is only used as the database grows.
+        conn = connect(self.path, self.synchronous, factory=WriterConnection)
+        dedupe = conn.dedupe = InboxDedupe()  # type: ignore[attr-defined]
+        # A 64 MiB page cache (default 2 MiB) keeps the dedupe table's pages (hookyard.dedupe)
+        # in memory instead of re-reading them; a checkpoint every ~160 MB of WAL (default
+        # ~4 MB) writes a page rewritten by several commits back to the database file once.
+        # Memory is only used as the database grows.
         conn.execute(f"PRAGMA cache_size={WRITER_CACHE_KIB}")
         conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
+        conn.execute("PRAGMA temp_store=MEMORY")  # the dedupe merge's sorted batch, a few MB
         try:
             while (group := self._next_group()) is not None:
                 jobs, stop = group
-                self._run_group(conn, jobs)
+                self._run_group(conn, jobs, dedupe)
+                if dedupe.merge_due():
+                    self._merge_step(conn, dedupe)
                 if stop:
                     return
         finally:
@@ -288,21 +305,51 @@ class Database(GroupCommitWriter):
             conn.execute(f"PRAGMA synchronous={mode}")
             self._sync_mode = mode
 
-    def _run_group(self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob]) -> None:
+    def _merge_step(self, conn: sqlite3.Connection, dedupe: InboxDedupe) -> None:
+        """One step of moving the dedupe tail into ``inbox_ids`` (see :mod:`hookyard.dedupe`),
+        in a commit of its own that need not wait for the disk: after a power cut the tail is
+        rebuilt from the inbox and merged again."""
+        try:
+            started = time.perf_counter()
+            self._set_sync_mode(conn, [])
+            conn.execute("BEGIN IMMEDIATE")
+            keys = dedupe.merge_step(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.warning("could not merge the dedupe tail (%d keys), will retry: %s",
+                        len(dedupe.merging), exc)
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            dedupe.merge_failed()
+            return
+        dedupe.merge_committed()
+        log.debug("dedupe merge step: %d keys in %.1f ms", keys, (time.perf_counter() - started) * 1000)
+
+    def _run_group(
+        self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob], dedupe: InboxDedupe
+    ) -> None:
         results: list[tuple[_Job | _AsyncJob, bool, Any]] = []
         try:
             self._set_sync_mode(conn, jobs)
             conn.execute("BEGIN IMMEDIATE")
+            dedupe.start_group(conn, [key for job in jobs if isinstance(job.fn, GroupedWrite)
+                                      and job.fn.dedupe_keys for key in job.fn.dedupe_keys])
         except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             self._fail_all(jobs, exc)
             return
         log_rows: list[tuple[Any, ...]] = []
         for job in jobs:
             fn = job.fn
+            dedupe.start_job()
             if isinstance(fn, GroupedWrite) and fn.one_statement:
                 try:
                     value = fn.statement(conn)
                 except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting caller
+                    dedupe.job_failed()
                     results.append((job, False, exc))
                 else:
                     if fn.log_row is not None:
@@ -313,6 +360,7 @@ class Database(GroupCommitWriter):
                     conn.execute("SAVEPOINT job")
                     value = fn(conn)
                 except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting caller
+                    dedupe.job_failed()
                     try:
                         conn.execute("ROLLBACK TO job")
                         conn.execute("RELEASE job")
@@ -325,6 +373,7 @@ class Database(GroupCommitWriter):
             if not conn.in_transaction:
                 # an error (disk full, I/O) made SQLite roll the whole transaction back: later
                 # jobs would run outside it, so the group fails as a whole
+                dedupe.rolled_back()
                 self._fail_all(jobs, results[-1][2] if not results[-1][1] else
                                sqlite3.OperationalError("transaction rolled back"))
                 return
@@ -334,14 +383,17 @@ class Database(GroupCommitWriter):
             except sqlite3.Error as exc:  # the API log must not fail the requests it records
                 log.warning("could not store %d api_log rows: %s", len(log_rows), exc)
         try:
+            dedupe.before_commit(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            dedupe.rolled_back()
             self._fail_all(jobs, exc)
             return
+        dedupe.committed()
         self._deliver([(job, ok, value if ok else _storage_error(value))
                        for job, ok, value in results])
 

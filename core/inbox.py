@@ -39,14 +39,29 @@ INSERT_LOG = (
 
 # The inbox's distinct sources, one index seek each (a "loose index scan" of the
 # (source, received_at) index, SQLite and PostgreSQL alike): with it, a lookup by messageId
-# alone goes through the unique (source, message_id) index instead of reading every row.
+# alone goes through the (source, message_id) index (PostgreSQL) or table (SQLite: inbox_ids)
+# instead of reading every row.
 INBOX_SOURCES = (
     "WITH RECURSIVE s(v) AS (SELECT min(source) FROM inbox UNION ALL"
     " SELECT (SELECT min(source) FROM inbox WHERE source > s.v) FROM s WHERE s.v IS NOT NULL)"
     " SELECT v FROM s WHERE v IS NOT NULL"
 )
-BY_MESSAGE_ID = f"source IN ({INBOX_SOURCES}) AND message_id = ?"
-"""A WHERE condition on the inbox: the events with messageId ``?`` (any source), indexed."""
+_BY_MESSAGE_ID_INDEXED = f"source IN ({INBOX_SOURCES}) AND message_id = ?"
+# SQLite has no (source, message_id) index on the inbox (see hookyard.dedupe): the merged
+# keys are in inbox_ids, the newer rows (at most dedupe.MERGE_ROWS) are read by id range
+_BY_MESSAGE_ID_SQLITE = (
+    f"id IN (SELECT inbox_id FROM inbox_ids WHERE source IN ({INBOX_SOURCES}) AND message_id = ?"
+    " UNION ALL SELECT id FROM inbox WHERE id > (SELECT merged_id FROM dedupe_state)"
+    " AND message_id = ?)"
+)
+
+
+def by_message_id(dialect: str) -> tuple[str, int]:
+    """A WHERE condition on the inbox: the events with messageId ``?`` (any source), indexed;
+    and how many times the messageId is to be passed as a parameter."""
+    if dialect == "sqlite":
+        return _BY_MESSAGE_ID_SQLITE, 2
+    return _BY_MESSAGE_ID_INDEXED, 1
 
 
 def new_message_ids(n: int) -> list[str]:
@@ -121,6 +136,9 @@ def insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], log: Lo
 
     Returns how many events were new.
     """
+    dedupe = getattr(conn, "dedupe", None)  # the SQLite writer's (PostgreSQL: unique index)
+    if dedupe is not None:
+        rows = dedupe.admit(conn, rows)
     before = conn.total_changes
     for start in range(0, len(rows), INSERT_CHUNK):
         chunk = rows[start:start + INSERT_CHUNK]
@@ -138,11 +156,12 @@ class InsertEvents(GroupedWrite):
     stores ``log_row`` with the other log lines of its group commit.
     """
 
-    __slots__ = ("rows", "log", "one_statement", "log_row", "_sql", "_params")
+    __slots__ = ("rows", "log", "one_statement", "log_row", "dedupe_keys", "_sql", "_params")
 
     def __init__(self, rows: list[tuple[Any, ...]], log: LogEntry) -> None:
         self.rows = rows
         self.log = log
+        self.dedupe_keys = [(row[0], row[1]) for row in rows]
         self.one_statement = 0 < len(rows) <= INSERT_CHUNK
         self.log_row = log.row()
         # built here, on the caller's thread: the writer thread is the bottleneck
@@ -150,8 +169,16 @@ class InsertEvents(GroupedWrite):
         self._params = [v for row in rows for v in row] if self.one_statement else []
 
     def statement(self, conn: sqlite3.Connection) -> int:
+        sql, params = self._sql, self._params
+        dedupe = getattr(conn, "dedupe", None)
+        if dedupe is not None:
+            rows = dedupe.admit(conn, self.rows)
+            if not rows:
+                return 0
+            if len(rows) < len(self.rows):  # repeats: rebuild the statement without them
+                sql, params = _insert_many_sql(len(rows)), [v for row in rows for v in row]
         before = conn.total_changes
-        conn.execute(self._sql, self._params)
+        conn.execute(sql, params)
         return conn.total_changes - before
 
     def __call__(self, conn: sqlite3.Connection) -> int:

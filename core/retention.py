@@ -81,7 +81,14 @@ def purge_inbox(conn: Any, before: str, after_id: int = 0, limit: int = PURGE_LI
         ).fetchall()}
         free = [c for c in chunk if c not in kept]
         if free:
-            conn.execute(f"DELETE FROM inbox WHERE id IN ({','.join('?' * len(free))})", free)
+            marks = ",".join("?" * len(free))
+            if not is_postgres(conn):  # the dedupe keys go with the events (hookyard.dedupe)
+                keys = [tuple(k) for k in conn.execute(
+                    f"SELECT source, message_id FROM inbox WHERE id IN ({marks})", free)]
+                conn.executemany("DELETE FROM inbox_ids WHERE source = ? AND message_id = ?", keys)
+                if (dedupe := getattr(conn, "dedupe", None)) is not None:
+                    dedupe.forget(keys)
+            conn.execute(f"DELETE FROM inbox WHERE id IN ({marks})", free)
             gone += len(free)
     return gone, last_seen, frontier
 

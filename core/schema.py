@@ -5,7 +5,10 @@ applied, so upgrading hookyard upgrades the database at start-up. Inspect a live
 the ``sqlite-utils`` CLI, e.g. ``sqlite-utils tables hookyard-data/hookyard.db --counts``.
 
 Tables:
-    inbox         every accepted event, raw JSON kept verbatim; unique (source, message_id)
+    inbox         every accepted event, raw JSON kept verbatim; one row per (source, message_id)
+    inbox_ids     (source, message_id) -> inbox id, for the rows up to dedupe_state.merged_id
+                  (the newer ones are in the writer's memory; see hookyard.dedupe)
+    dedupe_state  merged_id: how far the inbox's keys are in inbox_ids
     api_log       every ingest request, accepted or refused
     router_state  how far the router has mapped the inbox
     outbox        one row per (event, destination): pending / inflight / done / dead / filtered;
@@ -112,9 +115,32 @@ def _m2_drop_random_message_id_indexes(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS idx_attempts_message_id")
 
 
+def _m3_dedupe_table(db: sqlite_utils.Database) -> None:
+    """Dedupe by messageId through ``inbox_ids`` instead of a unique index on the inbox.
+
+    The index cost every new event a random page write (see :mod:`hookyard.dedupe`); the
+    keys now go into ``inbox_ids`` in large sorted merges, and the writer keeps the newest
+    ones (after ``dedupe_state.merged_id``) in memory."""
+    db.execute(
+        "CREATE TABLE inbox_ids (source TEXT NOT NULL, message_id TEXT NOT NULL,"
+        " inbox_id INTEGER NOT NULL, PRIMARY KEY (source, message_id)) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO inbox_ids (source, message_id, inbox_id)"
+        " SELECT source, message_id, id FROM inbox ORDER BY source, message_id"
+    )
+    db.execute(
+        "CREATE TABLE dedupe_state (id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " merged_id INTEGER NOT NULL)"
+    )
+    db.execute("INSERT INTO dedupe_state (id, merged_id) SELECT 1, coalesce(max(id), 0) FROM inbox")
+    db.execute("DROP INDEX IF EXISTS idx_inbox_source_message_id")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial,
     _m2_drop_random_message_id_indexes,
+    _m3_dedupe_table,
 ]
 
 
