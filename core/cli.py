@@ -6,6 +6,7 @@ Errors are one clear line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -107,6 +108,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         click.echo(f"    curl -u {key}: -H 'Content-Type: application/json' \\")
         click.echo(f"      -d '{{\"userId\":\"u1\",\"traits\":{{\"email\":\"a@example.com\"}}}}' {url}/v1/identify")
     app = create_app(rt, run_workers=False if no_workers else None)  # None: [server] workers
+    tune_gc()
     uvicorn.run(app, host=config.server.host, port=config.server.port,
                 log_level=config.server.log_level, timeout_graceful_shutdown=15,
                 server_header=False, log_config=None, access_log=False)
@@ -142,7 +144,28 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
             await maybe_await(result)
         rt.close()
 
+    tune_gc()
     run_loop(run())
+
+
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Fewer, larger passes of Python's cyclic garbage collector, for a long-running process.
+
+    A ``/v1/batch`` request allocates thousands of container objects (decoded events, rows),
+    so the default threshold (a young-generation pass every 700 allocations) ran the
+    collector constantly, and its full passes walked every long-lived object, such as the
+    dedupe's in-memory keys. Everything that exists after start-up is frozen (never scanned
+    again) and a young pass runs every 50,000 allocations. Reference counting still frees
+    all non-cyclic garbage at once, so memory does not grow. bench: batch ingest +15-25%
+    (2 x 2 alternating 8 s rounds), delivery within the noise (+0-8%).
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, older, oldest)
 
 
 def run_loop(coro: Any) -> Any:

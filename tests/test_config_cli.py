@@ -392,3 +392,18 @@ def test_serve_without_config(serve: Any, tmp_path: Path) -> None:
     assert printed_key(output2) == key  # the key survives a restart
     assert key_file.read_text().strip() == key
     assert admin not in output2
+
+
+def test_tune_gc_freezes_start_up_objects_and_collects_less_often() -> None:
+    import gc
+
+    from hookyard import cli
+
+    before = gc.get_threshold()
+    try:
+        cli.tune_gc()
+        assert gc.get_threshold()[0] == cli.GC_GEN0_THRESHOLD
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
