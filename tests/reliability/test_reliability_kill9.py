@@ -9,6 +9,7 @@ flight at the kill, sent again after the restart) are counted and reported.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -76,3 +77,29 @@ def test_kill9_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
     )
     print(f"kill -9: {len(acked)} acked, 0 lost, {duplicates} duplicate deliveries, "
           f"{unacked_stored} stored without an ack, restart {restart_s:.2f} s")
+
+
+def test_a_retry_after_kill9_is_stored_once(tmp_path: Path) -> None:
+    """The SQLite dedupe keeps the newest messageIds in the writer's memory (hookyard.dedupe):
+    after a SIGKILL they are read back from the inbox, so a client's retry is still a repeat."""
+    import httpx
+
+    config = toml_config([{"name": "web", "plugin": "segment", "write_key": WRITE_KEY}], [],
+                         server={"admin_token": "kill9-admin-token", "log_level": "warning"})
+    proc = HookyardProcess(config, tmp_path / "data")
+    batch = {"batch": [{"type": "track", "userId": f"u{i % 7}", "event": "Clicked",
+                        "messageId": f"retry-{i}"} for i in range(300)]}
+    try:
+        proc.start()
+        assert httpx.post(f"{proc.url}/v1/batch", json=batch, auth=(WRITE_KEY, "")).status_code == 200
+        proc.kill()
+        proc.start()
+        for _ in range(2):  # the client retries the whole batch (its answer was lost)
+            assert httpx.post(f"{proc.url}/v1/batch", json=batch, auth=(WRITE_KEY, "")).status_code == 200
+        conn = sqlite3.connect(f"file:{proc.data_dir / 'hookyard.db'}?mode=ro", uri=True, timeout=10)
+        try:
+            assert conn.execute("SELECT count(*) FROM inbox").fetchone()[0] == 300
+        finally:
+            conn.close()
+    finally:
+        proc.terminate()
