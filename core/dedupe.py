@@ -31,6 +31,9 @@ from typing import Any
 
 MERGE_ROWS = 100_000
 """Tail size at which the writer merges it into ``inbox_ids`` (memory: ~120 bytes per key)."""
+MERGE_SECONDS = 3600.0
+"""A tail older than this is merged whatever its size, so that retention, which deletes only
+merged events (see :func:`hookyard.retention.purge_inbox`), is not held up on a quiet server."""
 MERGE_SLICE = 10_000
 """Keys per merge transaction (in key order: the slices touch different pages)."""
 
@@ -64,6 +67,7 @@ class InboxDedupe:
         self._synced = False  # tail checked against the inbox in this transaction
         self._inserted = False
         self._merge_after = 0.0  # monotonic time: no merge before (after a failed one)
+        self._tail_since: float | None = None  # when the writer first saw a non-empty tail
 
     # -- the writer's side -------------------------------------------------------------------
     def start_group(self, conn: sqlite3.Connection, keys: Iterable[Key]) -> None:
@@ -109,7 +113,13 @@ class InboxDedupe:
         """Whether the writer should run a merge step after this commit."""
         if self._merge_to:
             return True
-        return len(self.tail) >= self.merge_rows and time.monotonic() >= self._merge_after
+        if not self.tail:
+            return False
+        now = time.monotonic()
+        if self._tail_since is None:
+            self._tail_since = now
+        return now >= self._merge_after and (
+            len(self.tail) >= self.merge_rows or now - self._tail_since >= MERGE_SECONDS)
 
     def merge_step(self, conn: sqlite3.Connection) -> int:
         """One step of the merge, inside a write transaction of its own. The tail's keys are
@@ -126,6 +136,7 @@ class InboxDedupe:
                 " PRIMARY KEY (source, message_id)) WITHOUT ROWID")
             self.merging |= self.tail
             self.tail = set()
+            self._tail_since = None
         if self._fill_from < self._merge_to:
             upto = min(self._fill_from + MERGE_SLICE, self._merge_to)
             count = conn.execute(
@@ -137,14 +148,14 @@ class InboxDedupe:
         bound = conn.execute(
             "SELECT source, message_id FROM temp.merge_batch WHERE (source, message_id) > (?, ?)"
             " ORDER BY source, message_id LIMIT 1 OFFSET ?", (*after, MERGE_SLICE - 1)).fetchone()
-        # EXISTS: an event deleted (retention) since the merge began keeps no key
+        # no event of the batch can have been deleted meanwhile: retention deletes only events
+        # up to merged_id, and the batch is the events after it
         moved = conn.execute(
             "INSERT OR IGNORE INTO inbox_ids (source, message_id, inbox_id)"
             " SELECT m.source, m.message_id, m.inbox_id FROM temp.merge_batch m"
             " WHERE (m.source, m.message_id) > (?, ?)"
             + (" AND (m.source, m.message_id) <= (?, ?)" if bound else "")
-            + " AND EXISTS (SELECT 1 FROM inbox WHERE id = m.inbox_id)"
-            " ORDER BY m.source, m.message_id", (*after, *(bound or ()))).rowcount
+            + " ORDER BY m.source, m.message_id", (*after, *(bound or ()))).rowcount
         self._moved_to = (bound[0], bound[1]) if bound else None
         if bound is None:
             conn.execute("UPDATE dedupe_state SET merged_id = max(merged_id, ?)", (self._merge_to,))

@@ -57,8 +57,14 @@ def purge_inbox(conn: Any, before: str, after_id: int = 0, limit: int = PURGE_LI
     # the newest event always stays: SQLite gives a new row max(id) + 1, and an id used again
     # would fall behind the router's cursor and never be delivered
     newest = conn.execute("SELECT MAX(id) FROM inbox").fetchone()[0]
-    # SQLite: the router's cursor; PostgreSQL nodes route out of id order (checked per event below)
-    routed_up_to = newest - 1 if is_postgres(conn) else min(router.cursor(conn), newest - 1)
+    # SQLite: the router's cursor, and only events whose dedupe key is merged (hookyard.dedupe:
+    # a merge in progress never meets a deleted event); PostgreSQL nodes route out of id order
+    # (checked per event below)
+    if is_postgres(conn):
+        routed_up_to = newest - 1
+    else:
+        merged = conn.execute("SELECT merged_id FROM dedupe_state").fetchone()[0]
+        routed_up_to = min(router.cursor(conn), newest - 1, merged)
     candidates: list[int] = []
     frontier = len(rows) < limit
     for event_id, received_at in rows:

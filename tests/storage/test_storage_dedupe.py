@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
-from hookyard import dedupe
+from hookyard import dedupe, retention
 from hookyard.database import Database
+from hookyard.delivery import router
 from hookyard.inbox import InsertEvents, LogEntry, by_message_id
 from hookyard.schema import MIGRATIONS, migrate
 from hookyard.times import now_iso
@@ -154,5 +155,40 @@ def test_a_merge_in_slices_keeps_every_key_known(tmp_path: Path, monkeypatch: py
         merged = db.read_sync(lambda c: c.execute("SELECT merged_id FROM dedupe_state").fetchone()[0])
         assert merged >= 6
         assert _store(db, *[f"k{i}" for i in range(6)], *[f"n{i}" for i in range(8)]) == 0
+    finally:
+        db.stop()
+
+
+def _store_old(db: Database, *mids: str) -> None:
+    rows = [("web", m, "track", "u1", None, "Clicked", "2020-01-01T00:00:00.000Z", b"{}", None) for m in mids]
+    db.write_sync(InsertEvents(rows, _entry(len(rows))))
+
+
+def _purge(db: Database) -> int:
+    def run(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT OR REPLACE INTO router_state (name, last_inbox_id) VALUES (?, ?)",
+                     (router.ROUTER, 10**9))  # as if every event was routed
+        return retention.purge_inbox(conn, retention.cutoff_iso(1))[0]
+
+    return int(db.write_sync(run))
+
+
+def test_retention_deletes_only_merged_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = _open(tmp_path / "h.db")
+    try:
+        _store_old(db, "a", "b", "c")
+        assert _purge(db) == 0  # their keys are only in memory: a merge could not find them
+    finally:
+        db.stop()
+    monkeypatch.setattr(dedupe, "MERGE_SECONDS", 0.0)  # a tail of any age is due
+    db = _open(tmp_path / "h.db")
+    try:
+        _store_old(db, "d")
+        _count(db)  # two more commits: the merge's copy and move steps
+        _count(db)
+        assert _purge(db) == 3  # a, b, c (d, the newest event, always stays)
+        assert _count(db, "inbox_ids") == 1
+        assert _store(db, "a") == 1  # a deleted event's key may be stored again
+        assert _store(db, "d") == 0
     finally:
         db.stop()
