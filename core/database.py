@@ -3,8 +3,9 @@
 Writes are functions ``fn(conn) -> result`` handed to :meth:`Database.write`. The writer thread
 takes every job queued at that moment, runs each inside its own SAVEPOINT (one failing job does
 not undo the others) and commits them together: one fsync for many concurrent requests. The
-awaiting coroutine resumes only after COMMIT returned, which is what lets ingest acknowledge an
-event only once it is on disk.
+awaiting coroutine resumes only after COMMIT returned and, with ``synchronous = "full"``, the
+WAL was fsynced (on a thread of its own while the writer goes on: :mod:`hookyard.wal_sync`),
+which is what lets ingest acknowledge an event only once it is on disk.
 
 A database that cannot commit (disk full, read-only file, locked too long) raises
 :class:`hookyard.errors.StorageUnavailable`, answered 503 by the HTTP layer.
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 from .dedupe import InboxDedupe
 from .errors import StorageUnavailable
+from .wal_sync import WalSyncer
 
 T = TypeVar("T")
 log = logging.getLogger("hookyard.database")
@@ -211,7 +213,7 @@ class GroupCommitWriter:
         of the process) because it is redone from what is durable: the router's outbox rows
         (routed again from the inbox), claims and attempt results (delivered again, which
         at-least-once allows). A group made only of such jobs commits without waiting for
-        the disk (SQLite: ``synchronous = NORMAL`` for that commit; PostgreSQL:
+        the disk (SQLite: answered without waiting for the WAL's fsync; PostgreSQL:
         ``synchronous_commit = off``); a group with any durable job waits as configured.
         """
         if self._thread is None:
@@ -267,7 +269,6 @@ class Database(GroupCommitWriter):
         super().__init__()
         self.path = Path(path)
         self.synchronous = synchronous
-        self._sync_mode = "FULL" if synchronous == "full" else "NORMAL"  # the writer's current
 
     def stop(self) -> None:
         """Finish queued writes and stop the writer thread."""
@@ -275,7 +276,12 @@ class Database(GroupCommitWriter):
             self._stop_writer()
 
     def _writer_loop(self) -> None:
-        conn = connect(self.path, self.synchronous, factory=WriterConnection)
+        # Every commit is written with NORMAL; with synchronous = "full" a group that holds a
+        # durable job is answered after the WalSyncer's fsync of the WAL, while this thread
+        # goes on with the next group (hookyard.wal_sync). A group of bookkeeping only
+        # (durable=False) is answered at once.
+        conn = connect(self.path, "normal", factory=WriterConnection)
+        syncer = WalSyncer(f"{self.path}-wal", self._deliver) if self.synchronous == "full" else None
         dedupe = conn.dedupe = InboxDedupe()  # type: ignore[attr-defined]
         # A 64 MiB page cache (default 2 MiB) keeps the dedupe table's pages (hookyard.dedupe)
         # in memory instead of re-reading them; a checkpoint every ~40 MB of WAL (default ~4 MB)
@@ -288,31 +294,22 @@ class Database(GroupCommitWriter):
         try:
             while (group := self._next_group()) is not None:
                 jobs, stop = group
-                self._run_group(conn, jobs, dedupe)
+                self._run_group(conn, jobs, dedupe, syncer)
                 if dedupe.merge_due():
                     self._merge_step(conn, dedupe)
                 if stop:
                     return
         finally:
+            if syncer is not None:
+                syncer.stop()
             conn.close()
-
-    def _set_sync_mode(self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob]) -> None:
-        """FULL (fsync at COMMIT) when configured and any job of the group is durable;
-        NORMAL otherwise (WAL: safe against a crash of the process, not of the machine)."""
-        if self.synchronous != "full":
-            return
-        mode = "FULL" if self._must_sync(jobs) else "NORMAL"
-        if mode != self._sync_mode:
-            conn.execute(f"PRAGMA synchronous={mode}")
-            self._sync_mode = mode
 
     def _merge_step(self, conn: sqlite3.Connection, dedupe: InboxDedupe) -> None:
         """One step of moving the dedupe tail into ``inbox_ids`` (see :mod:`hookyard.dedupe`),
-        in a commit of its own that need not wait for the disk: after a power cut the tail is
-        rebuilt from the inbox and merged again."""
+        in a commit of its own that nobody waits for: after a power cut the tail is rebuilt
+        from the inbox and merged again."""
         try:
             started = time.perf_counter()
-            self._set_sync_mode(conn, [])
             conn.execute("BEGIN IMMEDIATE")
             keys = dedupe.merge_step(conn)
             conn.execute("COMMIT")
@@ -329,11 +326,11 @@ class Database(GroupCommitWriter):
         log.debug("dedupe merge step: %d keys in %.1f ms", keys, (time.perf_counter() - started) * 1000)
 
     def _run_group(
-        self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob], dedupe: InboxDedupe
+        self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob], dedupe: InboxDedupe,
+        syncer: WalSyncer | None = None,
     ) -> None:
         results: list[tuple[_Job | _AsyncJob, bool, Any]] = []
         try:
-            self._set_sync_mode(conn, jobs)
             conn.execute("BEGIN IMMEDIATE")
             dedupe.start_group(conn, [key for job in jobs if isinstance(job.fn, GroupedWrite)
                                       and job.fn.dedupe_keys for key in job.fn.dedupe_keys])
@@ -395,8 +392,11 @@ class Database(GroupCommitWriter):
             self._fail_all(jobs, exc)
             return
         dedupe.committed()
-        self._deliver([(job, ok, value if ok else _storage_error(value))
-                       for job, ok, value in results])
+        answers = [(job, ok, value if ok else _storage_error(value)) for job, ok, value in results]
+        if syncer is not None and self._must_sync(jobs):
+            syncer.submit(answers)
+        else:
+            self._deliver(answers)
 
     def _fail_all(self, jobs: list[_Job | _AsyncJob], exc: BaseException) -> None:
         log.error("database commit failed: %s", exc)
