@@ -281,7 +281,12 @@ class Database(GroupCommitWriter):
         # goes on with the next group (hookyard.wal_sync). A group of bookkeeping only
         # (durable=False) is answered at once.
         conn = connect(self.path, "normal", factory=WriterConnection)
-        syncer = WalSyncer(f"{self.path}-wal", self._deliver) if self.synchronous == "full" else None
+        syncer = None
+        if self.synchronous == "full":
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                syncer = WalSyncer(f"{self.path}-wal", self._deliver)
+            else:  # a file system without WAL support: SQLite's own fsync at every COMMIT
+                conn.execute("PRAGMA synchronous=FULL")
         dedupe = conn.dedupe = InboxDedupe()  # type: ignore[attr-defined]
         # A 64 MiB page cache (default 2 MiB) keeps the dedupe table's pages (hookyard.dedupe)
         # in memory instead of re-reading them; a checkpoint every ~40 MB of WAL (default ~4 MB)
