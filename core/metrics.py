@@ -6,15 +6,12 @@ state, retry queue depth) are read from the database when Prometheus scrapes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from .delivery import outbox
 
 if TYPE_CHECKING:
     from .delivery.outbox import Outcome
@@ -23,46 +20,19 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-FINISHED_COUNTS_SECONDS = 60.0  # how long the counts that read whole indexes are reused...
-SLOW_COUNT_SECONDS = 0.05  # ...once they take longer than this (below, every scrape counts)
-
-
 class _SizeCollector(Collector):
-    """Sizes read from the database at each scrape. The live outbox states (pending, in
-    flight, dead) and the retry queue are counted every time, through index ranges that grow
-    with the queue only; the inbox and the finished outbox rows need a whole index each
-    (~100 ms at 2 million rows), so once counting them takes over 50 ms they are refreshed
-    at most once a minute."""
+    """Sizes read from the database at each scrape, through the runtime's
+    :class:`hookyard.sizes.SizeCounter` (the slow whole-index counts are reused for a minute)."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        # (when counted, inbox events, finished outbox rows by destination and state, seconds taken)
-        self.finished: tuple[float, int, list[tuple[str, str, int]], float] | None = None
 
     def collect(self) -> Iterable[Any]:
         names = list(self.rt.destinations)
-        cached = self.finished
-        started = time.monotonic()
-        stale = (cached is None or cached[3] < SLOW_COUNT_SECONDS
-                 or started - cached[0] > FINISHED_COUNTS_SECONDS)
-
-        def read(conn: Any) -> tuple[int | None, list[Any], dict[str, int]]:
-            inbox = conn.execute("SELECT count(*) FROM inbox").fetchone()[0] if stale else None
-            return (inbox, *outbox.counts(conn, names, finished=stale))
-
         try:
-            fresh_inbox, counted, retrying = self.rt.db.read_sync(read)
+            inbox, states, retrying = self.rt.db.read_sync(lambda conn: self.rt.sizes.read(conn, names))
         except Exception:  # noqa: BLE001 - a scrape must not fail because of the database
             return
-        if stale:
-            done = [c for c in counted if c[1] not in outbox.LIVE]
-            took = time.monotonic() - started
-            cached = self.finished = (started, int(fresh_inbox or 0), done, took)
-            states = counted
-        else:
-            assert cached is not None
-            states = cached[2] + counted
-        inbox = cached[1]
         yield GaugeMetricFamily("hookyard_inbox_events", "Events stored in the inbox", value=inbox)
         rows = GaugeMetricFamily(
             "hookyard_outbox_rows", "Outbox rows by destination and state",

@@ -23,6 +23,7 @@ from .config import Config, DeliverySettings, DestinationConfig, read_or_create_
 from .connectors import Connector, DestinationContext, SourceContext
 from .errors import ConfigError
 from .plugins import ConnectorRegistry, make_plugin_manager
+from .sizes import SizeCounter
 from .storage import Storage, migrate, open_database
 
 log = logging.getLogger("hookyard")
@@ -106,6 +107,7 @@ class Runtime:
         self.admin_token_created = False
         self.engine: Any = None  # set by hookyard.delivery.engine when workers run
         self.metrics: Any = None  # set by hookyard.app
+        self.sizes = SizeCounter()  # inbox/outbox sizes for /metrics and the dashboard
 
     @classmethod
     def build(cls, config: Config, plugins: list[object] | None = None) -> Runtime:

@@ -173,7 +173,7 @@ async def subscriber(view: Dashboard, call: Call) -> Response:
 # -- destinations, dead letters, plugins --------------------------------------------------------
 async def destinations(view: Dashboard, call: Call) -> Response:
     names = list(view.rt.destinations)
-    health = await view.rt.db.read(lambda conn: destination_health(conn, names))
+    health = await view.rt.db.read(lambda conn: destination_health(conn, names, view.rt.sizes))
     rows = []
     for name, dest in view.rt.destinations.items():
         h = health[name]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from hookyard import metrics
+from hookyard import metrics, sizes
 from hookyard.deliveries import Delivery
 from hookyard.delivery import outbox
 from hookyard.events import encoder
@@ -49,7 +49,7 @@ def test_fast_counts_are_exact_at_every_scrape(runtime: Runtime) -> None:
 
 
 def test_slow_counts_are_reused_live_ones_are_not(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics, "SLOW_COUNT_SECONDS", 0.0)  # every full count counts as slow
+    monkeypatch.setattr(sizes, "SLOW_COUNT_SECONDS", 0.0)  # every full count counts as slow
     collector = metrics._SizeCollector(runtime)
     add(runtime, "done", 3, 0)
     first = scrape(collector)
@@ -62,6 +62,19 @@ def test_slow_counts_are_reused_live_ones_are_not(runtime: Runtime, monkeypatch:
     assert second["hookyard_outbox_rows,seg,done"] == 3
     assert second["hookyard_outbox_rows,seg,pending"] == 4  # live: counted now
     assert second["hookyard_outbox_rows,seg,dead"] == 1
-    monkeypatch.setattr(metrics, "FINISHED_COUNTS_SECONDS", 0.0)
+    monkeypatch.setattr(sizes, "FINISHED_COUNTS_SECONDS", 0.0)
     third = scrape(collector)
     assert third["hookyard_inbox_events"] == 10 and third["hookyard_outbox_rows,seg,done"] == 5
+
+
+def test_the_dashboard_shares_the_slow_counts(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hookyard.dashboard.queries import destination_health
+
+    monkeypatch.setattr(sizes, "SLOW_COUNT_SECONDS", 0.0)
+    collector = metrics._SizeCollector(runtime)
+    add(runtime, "done", 3, 0)
+    assert scrape(collector)["hookyard_outbox_rows,seg,done"] == 3  # counted, and slow
+    add(runtime, "done", 2, 3)
+    add(runtime, "pending", 1, 5)
+    health = runtime.db.read_sync(lambda c: destination_health(c, ["seg"], runtime.sizes))
+    assert health["seg"].states == {"done": 3, "pending": 1}  # finished: the scrape's count
