@@ -79,16 +79,17 @@ class GroupedWrite:
         raise NotImplementedError
 
 
-_LOG_SQL = (
+API_LOG_INSERT = (
     "INSERT INTO api_log (at, source, method, path, status, events, error, duration_ms) VALUES "
 )
+"""The API log's INSERT up to its VALUES (one row: :data:`hookyard.inbox.INSERT_LOG`)."""
 _LOG_CHUNK = 100  # x 8 parameters: under SQLite's oldest variable limit (999)
 
 
 def _insert_log_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     for start in range(0, len(rows), _LOG_CHUNK):
         chunk = rows[start:start + _LOG_CHUNK]
-        conn.execute(_LOG_SQL + ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk)),
+        conn.execute(API_LOG_INSERT + ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk)),
                      [v for row in chunk for v in row])
 
 

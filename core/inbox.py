@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .connectors import ParsedEvent
-from .database import GroupedWrite
+from .database import API_LOG_INSERT, GroupedWrite
 from .events import Track, event_type, raw_dict_decoder
 
 INSERT_EVENT = (
@@ -31,10 +31,7 @@ def _insert_many_sql(n: int) -> str:
         )
         _insert_sql[n] = sql
     return sql
-INSERT_LOG = (
-    "INSERT INTO api_log (at, source, method, path, status, events, error, duration_ms)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
+INSERT_LOG = API_LOG_INSERT + "(?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 # The inbox's distinct sources, one index seek each (a "loose index scan" of the
