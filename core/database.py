@@ -301,7 +301,7 @@ class Database(GroupCommitWriter):
             while (group := self._next_group()) is not None:
                 jobs, stop = group
                 self._run_group(conn, jobs, dedupe, syncer)
-                if dedupe.merge_due():
+                for _ in range(dedupe.merge_steps_due()):
                     self._merge_step(conn, dedupe)
                 if stop:
                     return

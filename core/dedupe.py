@@ -109,6 +109,14 @@ class InboxDedupe:
             self.last_seen = None  # resync with the inbox at the next insert
             self.tail.clear()
 
+    def merge_steps_due(self) -> int:
+        """How many merge steps the writer should run after this commit: one while a merge is
+        in progress, four when a whole new tail has piled up meanwhile (groups so large that
+        one step per group falls behind), none otherwise."""
+        if not self.merge_due():
+            return 0
+        return 4 if self._merge_to and len(self.tail) >= self.merge_rows else 1
+
     def merge_due(self) -> bool:
         """Whether the writer should run a merge step after this commit."""
         if self._merge_to:

@@ -192,3 +192,36 @@ def test_retention_deletes_only_merged_events(tmp_path: Path, monkeypatch: pytes
         assert _store(db, "d") == 0
     finally:
         db.stop()
+
+
+def test_concurrent_repeats_across_many_merges_are_stored_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six threads send overlapping messageIds while the tail is merged again and again."""
+    import random
+
+    monkeypatch.setattr(dedupe, "MERGE_ROWS", 50)
+    monkeypatch.setattr(dedupe, "MERGE_SLICE", 7)
+    db = _open(tmp_path / "h.db")
+    ids = [f"id{i}" for i in range(600)]
+    stored: list[int] = []
+
+    def sender(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(60):
+            stored.append(_store(db, *rng.sample(ids, 20)))
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        rows = db.read_sync(lambda c: [r[0] for r in c.execute("SELECT message_id FROM inbox")])
+        assert len(rows) == len(set(rows)) == sum(stored)
+        for _ in range(100):  # each commit runs merge steps: they catch up
+            if _count(db, "inbox_ids") >= len(rows) - 50:
+                break
+        assert _count(db, "inbox_ids") >= len(rows) - 50  # all but the last tail merged
+    finally:
+        db.stop()
