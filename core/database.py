@@ -341,8 +341,11 @@ class Database(GroupCommitWriter):
             dedupe.start_group(conn, [key for job in jobs if isinstance(job.fn, GroupedWrite)
                                       and job.fn.dedupe_keys for key in job.fn.dedupe_keys])
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            if conn.in_transaction:  # the group's dedupe lookup failed after BEGIN
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             self._fail_all(jobs, exc)
             return
         log_rows: list[tuple[Any, ...]] = []
