@@ -65,3 +65,12 @@ def test_iso_round_trip() -> None:
     assert parsed is not None
     assert iso_utc(parsed) == "2026-01-01T12:00:00.123Z"
     assert parse_iso("garbage") is None
+
+
+def test_replay_reads_times_like_the_other_operator_inputs() -> None:
+    from hookyard.delivery.replay import normalize_time
+
+    assert normalize_time(" 2026-11-01T12:00:00+02:00 ") == "2026-11-01T10:00:00.000Z"
+    assert normalize_time("2026-11-01t10:00:00z") == "2026-11-01T10:00:00.000Z"
+    with pytest.raises(ValueError, match="not an ISO-8601"):
+        normalize_time("nan")

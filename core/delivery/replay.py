@@ -9,11 +9,10 @@ idempotency keys (the profile store, Novu's transactionId) do not duplicate anyt
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from ..times import iso_utc
+from ..times import iso_utc, parse_iso
 from . import outbox, router
 
 if TYPE_CHECKING:
@@ -24,12 +23,9 @@ def normalize_time(value: str | None) -> str | None:
     """An ISO-8601 date or time as the inbox's ``received_at`` format (UTC, ms, ``Z``)."""
     if not value:
         return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an ISO-8601 date or time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
+    when = parse_iso(value)  # the operator's time parser everywhere: no offset means UTC
+    if when is None:
+        raise ValueError(f"{value!r} is not an ISO-8601 date or time")
     return iso_utc(when)
 
 
