@@ -29,6 +29,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from .delivery.outbox import chunks
+
 MERGE_ROWS = 100_000
 """Tail size at which the writer merges it into ``inbox_ids`` (memory: ~120 bytes per key)."""
 MERGE_SECONDS = 3600.0
@@ -189,9 +191,7 @@ class InboxDedupe:
         yet, first copy only; their keys count as stored from now on in this transaction."""
         if not self._synced:
             self._sync(conn)
-        unchecked = [(r[0], r[1]) for r in rows if (r[0], r[1]) not in self._checked]
-        if unchecked:
-            self._lookup(conn, unchecked)
+        self._lookup(conn, ((r[0], r[1]) for r in rows))  # only keys the group did not look up
         fresh = []
         pending, tail, found, merging = self._pending, self.tail, self._found, self.merging
         for row in rows:
@@ -216,10 +216,11 @@ class InboxDedupe:
         previous run stored are read back once)."""
         newest = _newest_id(conn)
         if newest != self.last_seen:
-            start = _merged_id(conn) if self.last_seen is None else self.last_seen
-            if self.last_seen is not None and newest < self.last_seen:
-                start = _merged_id(conn)  # rows went away: read the whole tail again
+            if self.last_seen is None or newest < self.last_seen:  # unknown, or rows went away
                 self.tail.clear()
+                start = _merged_id(conn)
+            else:
+                start = self.last_seen
             self.tail.update(conn.execute(
                 "SELECT source, message_id FROM inbox WHERE id > ?", (start,)))
             self.last_seen = newest
@@ -232,8 +233,7 @@ class InboxDedupe:
                 self._checked.add((source, message_id))
                 by_source.setdefault(source, []).append(message_id)
         for source, ids in by_source.items():
-            for start in range(0, len(ids), _LOOKUP_CHUNK):
-                chunk = ids[start:start + _LOOKUP_CHUNK]
+            for chunk in chunks(ids, _LOOKUP_CHUNK):
                 self._found.update((source, m) for (m,) in conn.execute(
                     "SELECT message_id FROM inbox_ids WHERE source = ? AND message_id IN"
                     f" ({','.join('?' * len(chunk))})", [source, *chunk]))
