@@ -24,8 +24,10 @@ def test_outage_then_recovery_delivers_everything_in_per_user_order(
     fake = fake_destination()
     counter = EventCounter(fake)
     # batch_size 1 and 8 concurrent requests: ordering is the engine's job, not the batch's
+    # 2.2 s of outage with retries every 0.05-0.4 s: a user's first event is tried up to ~18
+    # times, so the default 20 attempts would leave giving up to chance
     dest = forwarder("segment-out", fake.url, ["web"], batch_size=1, concurrency=8,
-                     retry_initial_seconds=0.05, retry_max_seconds=0.4)
+                     retry_initial_seconds=0.05, retry_max_seconds=0.4, max_attempts=100)
     server = hookyard_server({
         "sources": [{"name": "web", "plugin": "segment", "write_key": WRITE_KEY}],
         "destinations": [dest],
