@@ -5,9 +5,9 @@ destination never slows another, nor ingest. A worker picks due outbox rows in i
 deliveries of one ordering key (the user) strictly in order — a user's later event waits while
 an earlier one is retried — groups them into batches of the connector's ``batch_size``, leases
 them, calls the plugin's ``deliver`` hook and records every attempt (:mod:`.retry` decides what
-each result means). A slot frees as soon as the answer arrives (the user stays blocked until
-its result is stored), and about ``concurrency`` deliveries are claimed ahead so that a free
-slot starts at once.
+each result means). A slot frees as soon as the answer arrives and the next claimed batch starts
+in it at once (the user stays blocked until its result is stored); :data:`CLAIM_AHEAD` x
+``concurrency`` deliveries are claimed ahead so that there always is one.
 """
 
 from __future__ import annotations
