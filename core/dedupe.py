@@ -186,20 +186,29 @@ class InboxDedupe:
         self._merge_after = time.monotonic() + 60
 
     # -- the insert code's side --------------------------------------------------------------
-    def admit(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    def admit(
+        self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
+        keys: list[Key] | None = None,
+    ) -> list[tuple[Any, ...]]:
         """The rows (``source`` and ``message_id`` first) whose key the inbox does not hold
-        yet, first copy only; their keys count as stored from now on in this transaction."""
+        yet, first copy only; their keys count as stored from now on in this transaction.
+
+        ``keys``: the rows' keys, when they were given to :meth:`start_group` (already looked
+        up in ``inbox_ids``)."""
         if not self._synced:
             self._sync(conn)
-        self._lookup(conn, ((r[0], r[1]) for r in rows))  # only keys the group did not look up
+        if keys is None:
+            keys = [(r[0], r[1]) for r in rows]
+            self._lookup(conn, keys)  # only keys the group did not look up
         fresh = []
-        pending, tail, found, merging = self._pending, self.tail, self._found, self.merging
-        for row in rows:
-            key = (row[0], row[1])
-            if key in pending or key in tail or key in found or key in merging:
+        pending, tail, found, merging, job = (
+            self._pending, self.tail, self._found, self.merging, self._job)
+        for row, key in zip(rows, keys):
+            if key in pending or key in tail or (found and key in found) or (
+                    merging and key in merging):
                 continue
             pending.add(key)
-            self._job.append(key)
+            job.append(key)
             fresh.append(row)
         if fresh:
             self._inserted = True

@@ -168,8 +168,8 @@ class InsertEvents(GroupedWrite):
     def statement(self, conn: sqlite3.Connection) -> int:
         sql, params = self._sql, self._params
         dedupe = getattr(conn, "dedupe", None)
-        if dedupe is not None:
-            rows = dedupe.admit(conn, self.rows)
+        if dedupe is not None:  # the writer gave dedupe_keys to start_group
+            rows = dedupe.admit(conn, self.rows, self.dedupe_keys)
             if not rows:
                 return 0
             if len(rows) < len(self.rows):  # repeats: rebuild the statement without them
