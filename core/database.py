@@ -43,10 +43,28 @@ class WriterConnection(sqlite3.Connection):
     dedupe: InboxDedupe | None = None
 
 
+def bind_without_lookups() -> None:
+    """Register adapters for ``bytes`` and ``None`` that hand the value back unchanged.
+
+    Python 3.11's sqlite3 binds only exact ``int``, ``float``, ``str`` and ``bytearray``
+    parameters directly. Every ``bytes`` or ``None`` goes through the adaptation protocol,
+    whose two failed attribute lookups (``__adapt__``, ``__conform__``) each build and discard
+    an AttributeError. Under callgrind that is ~5,800 instructions for an inbox row with
+    three such values (the raw JSON, two NULLs): a third of its INSERT, on the writer thread,
+    holding the GIL. With an adapter it is a dict hit and a C call. Both adapters return their
+    argument (``bytes(b) is b``, ``{}.get(None) is None``), so what is stored does not change
+    (BLOB, NULL). Process-wide and idempotent; adapting ``bytes`` or ``None`` does not turn off
+    sqlite3's shortcut for ``int``/``float``/``str``.
+    """
+    sqlite3.register_adapter(bytes, bytes)
+    sqlite3.register_adapter(type(None), {}.get)  # type: ignore[arg-type]  # a C call, no frame
+
+
 def connect(
     path: str | Path, synchronous: str = "full", factory: type[sqlite3.Connection] = sqlite3.Connection
 ) -> sqlite3.Connection:
     """A connection in WAL mode, autocommit (transactions are explicit), 10 s busy timeout."""
+    bind_without_lookups()
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10,
                            factory=factory)
     conn.execute("PRAGMA journal_mode=WAL")
