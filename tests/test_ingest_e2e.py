@@ -491,6 +491,27 @@ def test_nothing_answers_500(server: HookyardServer, http: httpx.Client) -> None
     assert_ok(post(http, "/v1/track", sample_track()))
 
 
+def test_a_host_bug_answers_json_500_and_the_server_goes_on(
+    server: HookyardServer, http: httpx.Client, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ingest requests skip Starlette's middleware (hookyard.app.HookyardApp): a bug in the
+    host's own code still answers a JSON 500 with the CORS header and is logged."""
+    from hookyard import ingest
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ingest, "event_rows", broken)
+    r = post(http, "/v1/track", sample_track())
+    assert r.status_code == 500
+    assert r.json() == {"success": False, "error": "internal server error"}
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "ingest request to /v1/track failed" in caplog.text
+    monkeypatch.undo()
+    assert_ok(post(http, "/v1/track", sample_track()))
+
+
 def test_unroutable_event_does_not_stall_the_pipeline(server: HookyardServer,
                                                       http: httpx.Client) -> None:
     """An out-of-range number in a field the call's Struct does not type (``properties`` on an
