@@ -188,7 +188,7 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent]:
         except _UNDECODABLE as exc:
             raise BadRequest(f"malformed JSON: {_describe(exc)}") from None
         needs_defaults = batch.context or batch.integrations or batch.sentAt
-        sent_at_field = b'"sentAt":' + encoder.encode(batch.sentAt) + b","
+        sent_at_field = b'"sentAt":' + encoder.encode(batch.sentAt) + b"," if needs_defaults else b""
         events = []
         for i, item in enumerate(batch.batch):
             raw = bytes(item)

@@ -206,19 +206,17 @@ class DestinationWorker:
         """Start claimed batches in the free slots; put those that waited too long (a quarter
         of the lease, so a delivery never outlives its lease) in ``stale``, to be given back."""
         stale_after = self.dest.policy.lease_seconds / 4
-        stale: list[int] = []
         now = time.monotonic()
         while self.ready and not self.stopping:
             if now - self.ready[0][0] > stale_after:
                 _, rows, keys = self.ready.popleft()
-                stale.extend(r[0] for r in rows)
+                self.stale.extend(r[0] for r in rows)
                 self.inflight_keys -= keys
                 continue
             if self._free_slots() <= 0:
                 break
             claimed_at, rows, keys = self.ready.popleft()
             self._start(rows, keys, claimed_at)
-        self.stale.extend(stale)
 
     async def _start_ready(self) -> None:
         """:meth:`_start_claimed`, and give back the stale ones (also those found meanwhile)."""
