@@ -74,3 +74,25 @@ def test_replay_reads_times_like_the_other_operator_inputs() -> None:
     assert normalize_time("2026-11-01t10:00:00z") == "2026-11-01T10:00:00.000Z"
     with pytest.raises(ValueError, match="not an ISO-8601"):
         normalize_time("nan")
+
+
+def test_iso_utc_matches_isoformat_cut_to_milliseconds() -> None:
+    """iso_utc formats each second once (cached) and cuts microseconds like isoformat does,
+    for any offset and for years far from 1970."""
+    import random
+    from datetime import UTC, datetime, timedelta, timezone
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        us = rng.randrange(-62_000_000_000 * 10**6, 253_000_000_000 * 10**6)
+        offset = timezone(timedelta(minutes=rng.randrange(-900, 900)))
+        when = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).astimezone(offset)
+        expected = when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert iso_utc(when) == expected
+
+
+def test_parse_iso_fast_and_slow_paths_agree() -> None:
+    assert parse_iso("2026-01-01T10:00:00Z") == parse_iso(" 2026-01-01t10:00:00z ")
+    assert str(parse_iso("2026-01-01")) == "2026-01-01 00:00:00+00:00"
+    assert str(parse_iso("2026-01-01T10:00:00+02:00")) == "2026-01-01 10:00:00+02:00"
+    assert parse_iso("  ") is None

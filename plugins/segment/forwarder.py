@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import functools
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -23,7 +22,7 @@ from hookyard.connectors import DestinationContext
 from hookyard.deliveries import Delivery, DeliveryResult, MapResult
 from hookyard.events import Event, event_type
 from hookyard.http import HttpClient
-from hookyard.times import iso_utc, now_iso, parse_iso
+from hookyard.times import iso_micros, micros, now_iso, parse_iso
 
 BATCH_PATH = "/v1/batch"
 MAX_EVENT_BYTES = 32 * 1024
@@ -60,11 +59,14 @@ class SegmentForwarderSettings(msgspec.Struct, forbid_unknown_fields=True, kw_on
             raise ValueError(f"base_url must start with http:// or https://, not {self.base_url!r}")
 
 
-_parse_text = functools.lru_cache(maxsize=1024)(parse_iso)  # a batch shares sentAt, receivedAt
+@functools.lru_cache(maxsize=1024)  # a batch shares its sentAt, a request its receivedAt
+def _micros_of(text: str) -> int | None:
+    parsed = parse_iso(text)
+    return None if parsed is None else micros(parsed)
 
 
-def _parse_time(value: Any) -> datetime | None:
-    return _parse_text(value) if isinstance(value, str) else None
+def _micros(value: Any) -> int | None:
+    return _micros_of(value) if isinstance(value, str) else None
 
 
 def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
@@ -73,19 +75,19 @@ def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
 
     ``timestamp`` falls back to ``originalTimestamp``; without ``sentAt`` (server libraries,
     historical imports) the event's own time is kept as it is; without either, ``receivedAt``.
-    None when there is nothing to change.
+    None when there is nothing to change. Computed in whole microseconds (no float).
     """
     own_text = raw.get("timestamp") or raw.get("originalTimestamp")
-    own, sent, received = (
-        _parse_time(own_text),
-        _parse_time(raw.get("sentAt")),
-        _parse_time(raw.get("receivedAt")),
-    )
+    own = None
+    if isinstance(own_text, str):
+        parsed = parse_iso(own_text)  # not cached: each event has its own
+        own = None if parsed is None else micros(parsed)
+    sent, received = _micros(raw.get("sentAt")), _micros(raw.get("receivedAt"))
     if own is not None and sent is not None and received is not None:
-        return iso_utc(received - (sent - own))
+        return iso_micros(received - (sent - own))
     if own is not None:
         return None if own_text == raw.get("timestamp") else str(own_text)
-    return iso_utc(received) if received is not None else None
+    return iso_micros(received) if received is not None else None
 
 
 def forwarded_event(raw: Mapping[str, Any]) -> dict[str, Any]:
