@@ -11,8 +11,17 @@ from .deliveries import Delivery
 from .events import Event
 
 
-class IngestOK(msgspec.Struct):
+class RefusedItem(msgspec.Struct):
+    index: int
+    error: str
+
+
+class IngestOK(msgspec.Struct, omit_defaults=True):
+    """``{"success": true}``; a webhook array also lists the events refused alone (anonymous
+    ones), the others being committed."""
+
     success: bool
+    refused: list[RefusedItem] = []
 
 
 class IngestError(msgspec.Struct):

@@ -121,3 +121,14 @@ class ParsedEvent:
     raw: bytes
     event: Event
     filtered: str | None = None
+
+
+@dataclass
+class RefusedEvent:
+    """An event of a multi-event body that a ``parse_events`` hook refuses alone: it is not
+    stored, the other events are, and the 2xx answer lists it
+    (``"refused": [{"index": i, "error": reason}]``). When every event of a body is refused the
+    host answers 400 with the first reason. Raise ``BadRequest`` instead to refuse the whole
+    request (malformed JSON, an invalid event a client must fix)."""
+
+    reason: str

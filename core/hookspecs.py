@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         DestinationContext,
         IngestRequest,
         ParsedEvent,
+        RefusedEvent,
         SourceContext,
     )
     from .deliveries import Delivery, DeliveryResult, MapResult
@@ -66,10 +67,14 @@ def authenticate(source: SourceContext, request: IngestRequest) -> AuthResult | 
 
 
 @hookspec(firstresult=True)
-def parse_events(source: SourceContext, request: IngestRequest) -> list[ParsedEvent] | None:
+def parse_events(
+    source: SourceContext, request: IngestRequest
+) -> list[ParsedEvent | RefusedEvent] | None:
     """Turn an authenticated request body into typed events.
 
-    Return a list of :class:`ParsedEvent` (raw JSON bytes + typed event). Raise
+    Return a list of :class:`ParsedEvent` (raw JSON bytes + typed event); an item of a
+    multi-event body may be a :class:`RefusedEvent` (that event alone is not stored and is
+    listed in the 2xx answer; all refused -> 400). Raise
     :class:`hookyard.errors.BadRequest` (400) for malformed JSON or an invalid event, with a
     reason the client can act on. The host then adds ``messageId`` (if missing) and
     ``receivedAt``, enforces the per-event size limit and commits all events in one

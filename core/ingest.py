@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .connectors import IngestRequest, SourceContext
+from .connectors import IngestRequest, ParsedEvent, RefusedEvent, SourceContext
 from .errors import BadRequest, PayloadTooLarge, RequestError, StorageUnavailable, Unauthorized
 from .events import encoder
 from .inbox import InsertEvents, LogEntry, event_rows, insert_log
@@ -123,6 +123,32 @@ def _error_answer(exc: RequestError) -> Answer:
     return exc.status, body, response.raw_headers
 
 
+def _without_refused(
+    parsed: list[ParsedEvent | RefusedEvent], refused: list[tuple[int, str]]
+) -> list[ParsedEvent]:
+    """The events to store; BadRequest (the first reason) when the hook refused them all."""
+    kept = [ev for ev in parsed if not isinstance(ev, RefusedEvent)]
+    if not kept:
+        index, reason = refused[0]
+        raise BadRequest(reason if len(parsed) == 1 else f"[{index}] {reason} (every event refused)")
+    return kept
+
+
+def _refusal_note(refused: list[tuple[int, str]], stored: int) -> str:
+    """The API log's error column of a partly refused request."""
+    shown = "; ".join(f"[{i}] {reason}" for i, reason in refused[:5])
+    more = f"; and {len(refused) - 5} more" if len(refused) > 5 else ""
+    return f"{len(refused)} of {len(refused) + stored} events refused: {shown}{more}"
+
+
+def _partial_answer(refused: list[tuple[int, str]]) -> Answer:
+    """200 with the events that were refused (the others are committed)."""
+    body = encoder.encode({"success": True, "refused": [
+        {"index": i, "error": reason} for i, reason in refused
+    ]})
+    return 200, body, Response(body, media_type="application/json", headers=CORS_HEADERS).raw_headers
+
+
 class IngestEndpoint:
     """The handler of every ingest path of every source.
 
@@ -207,14 +233,20 @@ class IngestEndpoint:
             except Exception as exc:  # a plugin bug must not become a 500
                 log.exception("parse_events of source %s failed", source.name)
                 raise BadRequest(f"could not parse the body: {type(exc).__name__}") from None
+            refused: list[tuple[int, str]] = []
             for i, ev in enumerate(parsed):
-                if len(ev.raw) > server.max_event_bytes:
+                if isinstance(ev, RefusedEvent):
+                    refused.append((i, ev.reason))
+                elif len(ev.raw) > server.max_event_bytes:
                     where = f"event {i} " if len(parsed) > 1 else "event "
                     raise PayloadTooLarge(f"{where}is larger than {server.max_event_bytes} bytes")
+            if refused:
+                parsed = _without_refused(parsed, refused)
             count = len(parsed)
             received_at = now_iso()
             rows = event_rows(source.name, parsed, received_at)
-            entry = LogEntry(received_at, source.name, req.method, req.path, 200, count, None,
+            entry = LogEntry(received_at, source.name, req.method, req.path, 200, count,
+                             _refusal_note(refused, count) if refused else None,
                              (time.perf_counter() - started) * 1000)
             try:
                 await self.rt.db.write(InsertEvents(rows, entry))
@@ -230,7 +262,7 @@ class IngestEndpoint:
             self.on_commit()
         if self.rt.metrics is not None:
             self.rt.metrics.ingest_ok(source.name, count)
-        return _OK
+        return _partial_answer(refused) if refused else _OK
 
     def _log_refusal(
         self, method: str, path: str, source: SourceContext | None, exc: RequestError,

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from .connectors import AuthResult, IngestRequest, ParsedEvent
+from .connectors import AuthResult, IngestRequest, ParsedEvent, RefusedEvent
 from .errors import BadRequest, NotFound
 from .events import EVENT_TYPES, any_event_decoder, encoder, event_decoders, validate_event
 
@@ -139,7 +139,7 @@ def _decode_event(raw: bytes, call: str | None, where: str | int) -> ParsedEvent
 
 
 def _where(where: str | int) -> str:
-    return f"batch[{where}] " if isinstance(where, int) else where
+    return f"batch[{where}] " if isinstance(where, int) else where or "the event "
 
 
 def _without_write_key(raw: bytes) -> bytes:
@@ -207,27 +207,42 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent]:
     return [parsed]
 
 
-def parse_webhook(body: bytes, *, require_user_id: bool = False) -> list[ParsedEvent]:
-    """Parse a webhook body: one Segment event, or a JSON array of them."""
+def parse_webhook(
+    body: bytes, *, require_user_id: bool = False
+) -> list[ParsedEvent | RefusedEvent]:
+    """Parse a webhook body: one Segment event, or a JSON array of them.
+
+    With ``require_user_id``, an event without ``userId`` is refused: a single event with
+    ``BadRequest("userId is required")``; in an array, that event alone (a
+    :class:`RefusedEvent`), so the identified events of the batch are still stored (Segment
+    does not retry a 400: refusing the whole batch would lose them)."""
     stripped = body.lstrip()
-    if stripped.startswith(b"["):
+    if not stripped.startswith(b"["):
+        return [_decode_event_user(body, "") if require_user_id else _decode_event(body, None, "")]
+    try:
+        items = [bytes(r) for r in _raw_list_decoder.decode(body)]
+    except (msgspec.ValidationError, *_UNDECODABLE) as exc:
+        raise BadRequest(f"malformed JSON: {_describe(exc)}") from None
+    if not items:
+        raise BadRequest("empty array: expected at least one event")
+    events: list[ParsedEvent | RefusedEvent] = []
+    for i, raw in enumerate(items):
+        where = f"[{i}] "
+        if not require_user_id:
+            events.append(_decode_event(raw, None, where))
+            continue
         try:
-            items = [bytes(r) for r in _raw_list_decoder.decode(body)]
-        except (msgspec.ValidationError, *_UNDECODABLE) as exc:
-            raise BadRequest(f"malformed JSON: {_describe(exc)}") from None
-        if not items:
-            raise BadRequest("empty array: expected at least one event")
-        wheres = [f"[{i}] " for i in range(len(items))]
-    else:
-        items, wheres = [body], [""]
-    events = []
-    for raw, where in zip(items, wheres):
-        if require_user_id:
-            parsed = _decode_event_user(raw, where)
-        else:
-            parsed = _decode_event(raw, None, where)
-        events.append(parsed)
+            events.append(_decode_event_user(raw, where))
+        except _NoUserId:
+            events.append(RefusedEvent(USER_ID_REQUIRED))
     return events
+
+
+USER_ID_REQUIRED = "userId is required"
+
+
+class _NoUserId(BadRequest):
+    """An otherwise valid event without ``userId`` (a webhook requires one)."""
 
 
 def _decode_event_user(raw: bytes, where: str) -> ParsedEvent:
@@ -235,8 +250,8 @@ def _decode_event_user(raw: bytes, where: str) -> ParsedEvent:
         parsed = _decode_event(raw, None, where)
     except BadRequest as exc:
         if "userId or anonymousId" in exc.reason:
-            raise BadRequest(f"{where}userId is required") from None
+            raise _NoUserId(f"{where}{USER_ID_REQUIRED}") from None
         raise
     if parsed.event.user_id is None:
-        raise BadRequest(f"{where}userId is required")
+        raise _NoUserId(f"{where}{USER_ID_REQUIRED}")
     return parsed

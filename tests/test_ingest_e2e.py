@@ -380,16 +380,34 @@ def test_webhook_without_user_id_is_400_and_stored_nowhere(server: HookyardServe
     anon = sample_track(userId=None, anonymousId="anon-1")
     r = post(http, "/connector/segment/", anon, bearer(KEY))
     assert_refused(r, 400, "userId is required")
-    good = sample_track(userId="w1")
-    r = post(http, "/connector/segment/", [good, anon], bearer(KEY))
-    assert_refused(r, 400, "userId is required")
+    r = post(http, "/connector/segment/", [anon, sample_identify(userId=None)], bearer(KEY))
+    assert_refused(r, 400, "[0] userId is required (every event refused)")
     server.wait_idle()
     assert inbox_count(server) == 0
-    for message_id in (anon["messageId"], good["messageId"]):
-        assert stored(server, message_id) == []
-        r = server.api(f"/api/deliveries?message_id={message_id}")
-        assert r.json()["deliveries"] == []
+    r = server.api(f"/api/deliveries?message_id={anon['messageId']}")
+    assert r.json()["deliveries"] == []
     assert server.api("/api/subscribers").json()["subscribers"] == []
+
+
+def test_webhook_array_stores_its_identified_events_and_lists_the_anonymous_ones(
+    server: HookyardServer, http: httpx.Client
+) -> None:
+    """Segment's batching webhook does not retry a 400: an anonymous page view in the batch
+    must not lose the identified events next to it."""
+    good = sample_track(userId="w1")
+    anon = sample_track(userId=None, anonymousId="anon-1")
+    r = post(http, "/connector/segment/", [good, anon], bearer(KEY))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"success": True, "refused": [{"index": 1, "error": "userId is required"}]}
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert len(stored(server, good["messageId"])) == 1
+    assert stored(server, anon["messageId"]) == []
+    server.wait_idle()
+    assert server.api("/api/subscribers/w1/events").json()["events"][0]["event"] == good["event"]
+    items = server.api("/api/logs?status=200").json()["items"]
+    [entry] = [i for i in items if i["path"] == "/connector/segment/"]
+    assert (entry["status"], entry["events"]) == (200, 1)
+    assert entry["error"] == "1 of 2 events refused: [1] userId is required"
 
 
 def test_webhook_auth(server: HookyardServer, http: httpx.Client) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import hookyard_segment.plugin as seg
 import msgspec
 import pytest
-from hookyard.connectors import IngestRequest, ParsedEvent
+from hookyard.connectors import IngestRequest, ParsedEvent, RefusedEvent
 from hookyard.errors import BadRequest, NotFound
 from hookyard.events import Alias, Group, Identify, Page, Screen, Track
 from hookyard.testing import (
@@ -359,10 +359,23 @@ def test_webhook_without_user_id_is_refused(body: dict[str, Any]) -> None:
     assert err.value.reason == "userId is required"
 
 
-def test_webhook_array_names_the_event_without_user_id() -> None:
+def test_webhook_array_refuses_only_the_events_without_user_id() -> None:
+    """Segment does not retry a 400: one anonymous page view must not lose its batch."""
+    parsed = parse(webhook([sample_track(), sample_track(userId=None, anonymousId="a")]))
+    assert isinstance(parsed[0], ParsedEvent) and parsed[0].event.user_id == "97980cfea0067"
+    assert parsed[1] == RefusedEvent("userId is required")
+
+
+def test_webhook_array_still_refuses_an_invalid_event_whole() -> None:
     with pytest.raises(BadRequest) as err:
-        parse(webhook([sample_track(), sample_track(userId=None, anonymousId="a")]))
-    assert err.value.reason == "[1] userId is required"
+        parse(webhook([sample_track(), {"type": "track", "userId": "u"}]))
+    assert err.value.reason.startswith("[1] is not a valid Segment event")
+
+
+def test_single_event_error_names_its_subject() -> None:
+    with pytest.raises(BadRequest) as err:
+        parse(webhook({"event": "x", "userId": "u"}))
+    assert err.value.reason.startswith("the event is not a valid Segment event: ")
 
 
 def test_webhook_needs_the_type_field() -> None:

@@ -5,8 +5,9 @@ Source ``segment``:
       Basic auth (write key as user name, empty password) or a ``writeKey`` body field, exactly as
       Segment's own API and libraries send it;
     * webhook ``POST /connector/segment/`` with ``Authorization: Bearer <write key>``, body one
-      event or a JSON array of events (Segment's "Webhooks (Actions)" destination). Events
-      without ``userId`` are refused with 400 ``userId is required``.
+      event or a JSON array of events (Segment's "Webhooks (Actions)" destination). An event
+      without ``userId`` is refused with 400 ``userId is required``; in an array, that event
+      alone (the others are stored, the 200 answer lists it under ``refused``).
 
 Destination ``segment`` (the forwarder): see :mod:`hookyard_segment.forwarder`.
 """
@@ -19,6 +20,7 @@ from hookyard.connectors import (
     Connector,
     IngestRequest,
     ParsedEvent,
+    RefusedEvent,
     SourceContext,
 )
 from hookyard.tracking_api import (
@@ -73,7 +75,9 @@ def authenticate(source: SourceContext, request: IngestRequest) -> AuthResult:
 
 
 @hookimpl
-def parse_events(source: SourceContext, request: IngestRequest) -> list[ParsedEvent]:
+def parse_events(
+    source: SourceContext, request: IngestRequest
+) -> list[ParsedEvent] | list[ParsedEvent | RefusedEvent]:
     if _is_webhook(request):
         return parse_webhook(request.body, require_user_id=True)
     return parse_call(request.path_params["call"], request.body)
