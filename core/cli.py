@@ -6,9 +6,11 @@ Errors are one clear line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +46,32 @@ def _runtime(config: Config) -> Any:
     from .runtime import Runtime
 
     return Runtime.build(config)
+
+
+def _stored_runtime(config_path: str | None, data_dir: str | None) -> Any:
+    """The opened runtime of a command that works on stored data (replay, dlq): refuses to
+    start when there is no database yet, rather than create an empty install in the current
+    directory (a command run from the wrong directory would find nothing and say so quietly)."""
+    from .storage import POSTGRESQL, backend, sqlite_path
+
+    config_path = config_path or os.environ.get("HOOKYARD_CONFIG")
+    if not config_path:  # checked first: the default config creates the data dir's write key
+        where = Path(data_dir or "./hookyard-data").expanduser().resolve()
+        if not (where / "hookyard.db").exists():
+            raise ConfigError(_no_database(where / "hookyard.db"))
+    config = _load(config_path, data_dir=data_dir)
+    if config_path and backend(config.storage) != POSTGRESQL:
+        path = sqlite_path(config.storage, Path(config.server.data_dir).expanduser().resolve())
+        if not path.exists():
+            raise ConfigError(_no_database(path))
+    rt = _runtime(config)
+    rt.open()
+    return rt
+
+
+def _no_database(path: Path) -> str:
+    return (f"no hookyard database at {path}: run this where `hookyard serve` keeps its data,"
+            " or pass --data-dir or --config")
 
 
 def _fail(exc: Exception) -> None:
@@ -83,11 +111,15 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
 
     try:
         config = _load(config_path, host, port, data_dir)
+        # listen before anything is printed or created: a port in use stops here, with one
+        # line, instead of after a banner (and a first-start admin token never shown again)
+        sock = listen(config.server.host, config.server.port)
+        config.server.port = sock.getsockname()[1]  # --port 0: the port the system chose
         rt = _runtime(config)
     except HookyardError as exc:
         _fail(exc)
     _setup_logging(rt)
-    url = f"http://{config.server.host}:{config.server.port}"
+    url = f"http://{_url_host(config.server.host)}:{config.server.port}"
     click.echo(f"hookyard {__version__} listening on {url}")
     click.echo(f"  data dir:    {rt.data_dir}")
     click.echo(f"  storage:     {describe_storage(config.storage, rt.data_dir)}")
@@ -109,9 +141,33 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         click.echo(f"      -d '{{\"userId\":\"u1\",\"traits\":{{\"email\":\"a@example.com\"}}}}' {url}/v1/identify")
     app = create_app(rt, run_workers=False if no_workers else None)  # None: [server] workers
     tune_gc()
-    uvicorn.run(app, host=config.server.host, port=config.server.port,
-                log_level=config.server.log_level, timeout_graceful_shutdown=15,
-                server_header=False, log_config=None, access_log=False)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.server.host, port=config.server.port,
+        log_level=config.server.log_level, timeout_graceful_shutdown=15,
+        server_header=False, log_config=None, access_log=False,
+    ))
+    server.run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (uvicorn listens on it); ConfigError with the
+    reason when that is not possible (port in use, address not on this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = " (another program uses it: choose another with --port)" \
+            if exc.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 @main.command()
@@ -192,10 +248,13 @@ def replay(config_path: str | None, data_dir: str | None, source: str, destinati
     from .delivery.replay import replay as do_replay
 
     try:
-        rt = _runtime(_load(config_path, data_dir=data_dir))
+        rt = _stored_runtime(config_path, data_dir)
         if source not in rt.sources:
+            rt.close()
             raise ConfigError(f"no source named {source!r}; configured: {', '.join(rt.sources) or 'none'}")
-        rt.open()
+        if destination is not None and destination not in rt.destinations:
+            rt.close()
+            raise ConfigError(_unknown_destination(rt, destination))
 
         async def run() -> int:
             total = await count_events(rt, source, since, until)
@@ -233,13 +292,23 @@ def dlq() -> None:
     """Dead letters: deliveries that failed permanently or gave up."""
 
 
-def _dlq_runtime(config_path: str | None, data_dir: str | None) -> Any:
+def _dlq_runtime(config_path: str | None, data_dir: str | None, destination: str | None) -> Any:
     try:
-        rt = _runtime(_load(config_path, data_dir=data_dir))
-        rt.open()
-        return rt
+        rt = _stored_runtime(config_path, data_dir)
     except HookyardError as exc:
         _fail(exc)
+    if destination is not None and destination not in rt.destinations and not rt.db.read_sync(
+        # a destination removed from the config may still have dead letters
+        lambda c: c.execute("SELECT 1 FROM outbox WHERE destination = ? LIMIT 1",
+                            (destination,)).fetchone()
+    ):
+        rt.close()
+        _fail(ConfigError(_unknown_destination(rt, destination)))
+    return rt
+
+
+def _unknown_destination(rt: Any, name: str) -> str:
+    return f"no destination named {name!r}; configured: {', '.join(rt.destinations) or 'none'}"
 
 
 @dlq.command("list")
@@ -248,7 +317,7 @@ def _dlq_runtime(config_path: str | None, data_dir: str | None) -> Any:
 @click.option("--limit", default=50, show_default=True)
 def dlq_list(config_path: str | None, data_dir: str | None, destination: str | None, limit: int) -> None:
     """List dead letters, newest first."""
-    rt = _dlq_runtime(config_path, data_dir)
+    rt = _dlq_runtime(config_path, data_dir, destination)
     sql = "SELECT id, destination, message_id, user_key, attempts, last_status, last_error" \
           " FROM outbox WHERE state = 'dead'"
     params: list[Any] = []
@@ -269,7 +338,7 @@ def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
     from .admin_api import parse_time
     from .delivery import outbox
 
-    rt = _dlq_runtime(config_path, data_dir)
+    rt = _dlq_runtime(config_path, data_dir, destination)
     try:
         when = parse_time(since)
     except ValueError as exc:

@@ -296,17 +296,46 @@ def test_version() -> None:
     assert result.exit_code == 0 and __version__ in result.output
 
 
-def test_dlq_list_on_an_empty_data_dir(tmp_path: Path) -> None:
-    result = run("dlq", "list", "--data-dir", str(tmp_path / "empty"))
+def test_stored_data_commands_refuse_a_missing_database(tmp_path: Path) -> None:
+    """Run from the wrong directory, dlq and replay say so instead of creating an empty
+    install there and reporting nothing to do."""
+    empty = tmp_path / "empty"
+    for args in (["dlq", "list"], ["dlq", "retry"], ["replay", "--source", "default"]):
+        line = one_line_error(run(*args, "--data-dir", str(empty)))
+        assert f"no hookyard database at {empty / 'hookyard.db'}" in line, args
+    assert not empty.exists()
+    path = tmp_path / "hookyard.toml"
+    path.write_text(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY))
+    assert "no hookyard database at" in one_line_error(run("dlq", "list", "--config", str(path)))
+
+
+def _created(tmp_path: Path) -> Path:
+    """A config whose database exists (as after a first `hookyard serve`)."""
+    path = tmp_path / "hookyard.toml"
+    path.write_text(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY))
+    rt = Runtime.build(load_config(path))
+    rt.open()
+    rt.close()
+    return path
+
+
+def test_dlq_list_on_a_new_database(tmp_path: Path) -> None:
+    result = run("dlq", "list", "--config", str(_created(tmp_path)))
     assert result.exit_code == 0, result.output
     assert result.output.strip() == "no dead letters"
 
 
 def test_replay_unknown_source_fails_cleanly(tmp_path: Path) -> None:
-    path = tmp_path / "hookyard.toml"
-    path.write_text(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY))
+    path = _created(tmp_path)
     line = one_line_error(run("replay", "--config", str(path), "--source", "nope"))
     assert "'nope'" in line
+
+
+def test_unknown_destination_fails_cleanly(tmp_path: Path) -> None:
+    path = _created(tmp_path)
+    for args in (["dlq", "retry"], ["dlq", "list"], ["replay", "--source", "web"]):
+        line = one_line_error(run(*args, "--destination", "nope", "--config", str(path)))
+        assert "no destination named 'nope'" in line, args
 
 
 # -- hookyard serve with no config file ----------------------------------------------------------
@@ -407,3 +436,25 @@ def test_tune_gc_freezes_start_up_objects_and_collects_less_often() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_serve_on_a_port_in_use_fails_before_printing_anything(tmp_path: Path) -> None:
+    """The port is taken before anything is printed or created: no banner, no "try it" curl
+    aimed at the other program, and the first-start admin token is not made (it is printed
+    only once, at the first start that really serves)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "HOOKYARD_CONFIG"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "hookyard", "serve", "--port", str(port)],
+            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60,
+        )
+    assert proc.returncode == 1
+    assert "listening on" not in proc.stdout
+    assert proc.stderr.strip() == (f"Error: cannot listen on 127.0.0.1:{port}: Address already in"
+                                   " use (another program uses it: choose another with --port)")
+    assert not (tmp_path / "hookyard-data" / "admin_token").exists()
