@@ -145,6 +145,12 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
     for src in config.sources:
         if len(src.write_key) < 8:
             raise ConfigError(f"{origin}: source {src.name!r} write_key must be at least 8 characters")
+    token = config.server.admin_token
+    if token and len(token.strip()) < 8:  # unset or empty: one is generated
+        raise ConfigError(
+            f"{origin}: server.admin_token must be at least 8 characters (it guards the read API"
+            " and the dashboard); leave it unset to have one generated"
+        )
     return config
 
 

@@ -331,6 +331,17 @@ def test_replay_unknown_source_fails_cleanly(tmp_path: Path) -> None:
     assert "'nope'" in line
 
 
+def test_a_short_admin_token_stops_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "hookyard.toml"
+    path.write_text(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY)
+                    .replace('admin_token = "', 'admin_token = "env:ADM" # "', 1))
+    monkeypatch.setenv("ADM", "x")
+    line = one_line_error(run("check-config", "--config", str(path)))
+    assert "server.admin_token must be at least 8 characters" in line
+    monkeypatch.setenv("ADM", "")  # empty: generated, as when unset
+    assert run("check-config", "--config", str(path)).exit_code == 0
+
+
 def test_unknown_destination_fails_cleanly(tmp_path: Path) -> None:
     path = _created(tmp_path)
     for args in (["dlq", "retry"], ["dlq", "list"], ["replay", "--source", "web"]):
