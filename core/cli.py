@@ -6,11 +6,9 @@ Errors are one clear line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
-import errno
 import gc
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -107,6 +105,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     import uvicorn
 
     from .app import create_app
+    from .serving import http_protocol, listen, url_host
     from .storage import describe as describe_storage
 
     try:
@@ -119,7 +118,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     except HookyardError as exc:
         _fail(exc)
     _setup_logging(rt)
-    url = f"http://{_url_host(config.server.host)}:{config.server.port}"
+    url = f"http://{url_host(config.server.host)}:{config.server.port}"
     click.echo(f"hookyard {__version__} listening on {url}")
     click.echo(f"  data dir:    {rt.data_dir}")
     click.echo(f"  storage:     {describe_storage(config.storage, rt.data_dir)}")
@@ -144,30 +143,9 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.server.host, port=config.server.port,
         log_level=config.server.log_level, timeout_graceful_shutdown=15,
-        server_header=False, log_config=None, access_log=False,
+        server_header=False, log_config=None, access_log=False, http=http_protocol(),
     ))
     server.run(sockets=[sock])
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (uvicorn listens on it); ConfigError with the
-    reason when that is not possible (port in use, address not on this machine)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        hint = " (another program uses it: choose another with --port)" \
-            if exc.errno == errno.EADDRINUSE else ""
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 @main.command()

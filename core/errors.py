@@ -8,6 +8,7 @@
     │   ├── BadRequest          400    malformed JSON, not a Segment event, userId missing
     │   ├── Unauthorized        401    missing or wrong key / admin token
     │   ├── NotFound            404    no such ingest call (e.g. /v1/nonsense)
+    │   ├── RequestTimeout      408    the body did not arrive in time (a stalled client)
     │   ├── PayloadTooLarge     413    event > 32 KB, request > 500 KB (after gunzip too)
     │   └── StorageUnavailable  503    the database cannot take writes right now
     └── DeliveryError                  raised (or returned as a result) by a deliver hook
@@ -46,6 +47,12 @@ class BadRequest(RequestError):
     """400: the body is not valid JSON or not a valid event for this endpoint."""
 
     status = 400
+
+
+class RequestTimeout(RequestError):
+    """408: the client stopped sending its body (it must not hold memory and a connection)."""
+
+    status = 408
 
 
 class Unauthorized(RequestError):

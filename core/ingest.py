@@ -8,6 +8,7 @@ Every request, accepted or refused, leaves a line in the API log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -19,7 +20,14 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .connectors import IngestRequest, ParsedEvent, RefusedEvent, SourceContext
-from .errors import BadRequest, PayloadTooLarge, RequestError, StorageUnavailable, Unauthorized
+from .errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestError,
+    RequestTimeout,
+    StorageUnavailable,
+    Unauthorized,
+)
 from .events import encoder
 from .inbox import InsertEvents, LogEntry, event_rows, insert_log
 from .times import now_iso
@@ -38,6 +46,10 @@ PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
     "Access-Control-Max-Age": "86400",
 }
+BODY_TIMEOUT_SECONDS = 60  # a body that stalls longer is answered 408 and its memory freed
+MAX_CACHED_PATH = 256
+MAX_LOGGED_PATH = 512  # refusals are logged without authentication: kept short
+MAX_LOGGED_ERROR = 1000
 RawHeaders = list[tuple[bytes, bytes]]
 Answer = tuple[int, bytes, RawHeaders]
 """An ingest response as the ASGI messages carry it: status, body, raw headers."""
@@ -55,18 +67,24 @@ async def receive_body(receive: Receive, content_length: str | None, limit: int)
             raise BadRequest("invalid Content-Length") from None
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # http.disconnect
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # http.disconnect
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {BODY_TIMEOUT_SECONDS} s"
+        ) from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -82,16 +100,25 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise BadRequest(f"unsupported Content-Encoding {encoding!r}: use gzip or none")
     wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"invalid {encoding} body: {exc}") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"decompressed body is larger than {limit} bytes")
-    if not inflater.eof:
-        raise BadRequest(f"truncated {encoding} body")
-    return out
+    parts: list[bytes] = []
+    size = 0
+    while True:  # gzip allows several members, one after the other (RFC 1952)
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1 - size)
+        except zlib.error as exc:
+            raise BadRequest(f"invalid {encoding} body: {exc}") from None
+        size += len(out)
+        if size > limit:
+            raise PayloadTooLarge(f"decompressed body is larger than {limit} bytes")
+        if not inflater.eof:
+            raise BadRequest(f"truncated {encoding} body")
+        parts.append(out)
+        body = inflater.unused_data
+        if not body:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        if wbits == zlib.MAX_WBITS or not body.startswith(b"\x1f\x8b"):
+            raise BadRequest(f"unexpected data after the {encoding} body")
 
 
 _OK: Answer = (
@@ -121,6 +148,10 @@ def _error_answer(exc: RequestError) -> Answer:
         headers["WWW-Authenticate"] = 'Basic realm="hookyard"'
     response = Response(body, status_code=exc.status, media_type="application/json", headers=headers)
     return exc.status, body, response.raw_headers
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _without_refused(
@@ -167,7 +198,9 @@ class IngestEndpoint:
         found = self._candidates.get(path)
         if found is None:
             found = self.rt.sources_for(path)
-            if len(self._candidates) < 4096:
+            # any POST path lands here: only short ones are remembered (a client must not be
+            # able to fill the memory with 64 KB paths)
+            if len(path) <= MAX_CACHED_PATH and len(self._candidates) < 4096:
                 self._candidates[path] = found
         return found
 
@@ -200,10 +233,13 @@ class IngestEndpoint:
         except ClientDisconnect:
             return  # nobody left to answer
         except Exception:  # noqa: BLE001 - what Starlette's ServerErrorMiddleware would do
-            log.exception("ingest request to %s failed", scope["path"])
+            log.exception("ingest request to %s failed", scope["path"][:MAX_LOGGED_PATH])
             status, body, headers = _INTERNAL_ERROR
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        except (OSError, RuntimeError):  # the client went away meanwhile (a closed transport)
+            log.debug("client of %s left before the answer", scope["path"][:MAX_LOGGED_PATH])
 
     async def handle(self, scope: Scope, receive: Receive) -> Answer:
         """Read, authenticate, parse and commit one ingest request; the answer to send."""
@@ -272,10 +308,10 @@ class IngestEndpoint:
             now_iso(),
             source.name if source else None,
             method,
-            path,
+            _clip(path, MAX_LOGGED_PATH),
             exc.status,
             0,
-            exc.reason,
+            _clip(exc.reason, MAX_LOGGED_ERROR),
             (time.perf_counter() - started) * 1000,
         )
         if self.rt.metrics is not None:

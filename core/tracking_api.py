@@ -129,31 +129,36 @@ def _decode_event(raw: bytes, call: str | None, where: str | int) -> ParsedEvent
         msg = _clean(str(exc))
         if call is None and "type" in msg:
             msg = f"type must be one of {', '.join(EVENT_TYPES)} ({msg})"
-        raise BadRequest(f"{_where(where)}is not a valid Segment event: {msg}") from None
+        raise BadRequest(f"{_where(where) or 'the event '}is not a valid Segment event: {msg}") from None
     except _UNDECODABLE as exc:
         raise BadRequest(f"{_where(where)}malformed JSON: {_describe(exc)}") from None
     problem = validate_event(event)
     if problem:
         raise BadRequest(f"{_where(where)}{problem}")
-    return ParsedEvent(raw=raw, event=event)
+    return ParsedEvent(raw=_without_write_key(raw), event=event)
 
 
 def _where(where: str | int) -> str:
-    return f"batch[{where}] " if isinstance(where, int) else where or "the event "
+    return f"batch[{where}] " if isinstance(where, int) else where
 
 
 def _without_write_key(raw: bytes) -> bytes:
+    """``raw`` without a top-level ``writeKey`` (a key is never stored nor forwarded). Looks
+    only at events whose bytes may hold one: the name as such, or any ``\\u`` escape (a name
+    may be spelled ``"write\\u004bey"``)."""
+    if raw.find(b'"writeKey"') < 0 and raw.find(b"\\u") < 0:
+        return raw
     data = _dict_decoder.decode(raw)
-    data.pop("writeKey", None)
+    if "writeKey" not in data:
+        return raw
+    del data["writeKey"]
     return encoder.encode(data)
 
 
 def _with_batch_defaults(raw: bytes, body: _BatchBody, sent_at_field: bytes) -> bytes:
     """The event with the batch's ``context``/``integrations`` merged under its own and the
     batch's ``sentAt`` when it has none (``sent_at_field``: ``"sentAt":"...",`` encoded)."""
-    if body.context is None and body.integrations is None:
-        if raw.find(b'"sentAt"') >= 0:
-            return raw
+    if body.context is None and body.integrations is None and raw.find(b'"sentAt"') < 0:
         # only the batch's sentAt to add, and the event has none: splice it in front of the
         # event's own keys (a valid event has at least "type") instead of decode + encode
         start = raw.index(b"{") + 1
@@ -194,17 +199,13 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent]:
             raw = bytes(item)
             parsed = _decode_event(raw, None, i)
             if needs_defaults:
-                parsed.raw = _with_batch_defaults(raw, batch, sent_at_field)
-            if raw.find(b'"writeKey"') >= 0:  # a key inside an item is never stored nor forwarded
-                parsed.raw = _without_write_key(parsed.raw)
+                parsed.raw = _with_batch_defaults(parsed.raw, batch, sent_at_field)
             events.append(parsed)
         return events
     if call not in EVENT_TYPES:
-        raise NotFound(f"unknown call /v1/{call}; expected one of {', '.join(EVENT_TYPES + BATCH_CALLS)}")
-    parsed = _decode_event(body, call, "")
-    if body.find(b'"writeKey"') >= 0:
-        parsed.raw = _without_write_key(body)
-    return [parsed]
+        shown = call if len(call) <= 40 else call[:40] + "…"
+        raise NotFound(f"unknown call /v1/{shown}; expected one of {', '.join(EVENT_TYPES + BATCH_CALLS)}")
+    return [_decode_event(body, call, "")]
 
 
 def parse_webhook(
@@ -249,8 +250,8 @@ def _decode_event_user(raw: bytes, where: str) -> ParsedEvent:
     try:
         parsed = _decode_event(raw, None, where)
     except BadRequest as exc:
-        if "userId or anonymousId" in exc.reason:
-            raise _NoUserId(f"{where}{USER_ID_REQUIRED}") from None
+        if "userId or anonymousId" in exc.reason or USER_ID_REQUIRED in exc.reason:
+            raise _NoUserId(f"{where}{USER_ID_REQUIRED}") from None  # (alias: "... for alias")
         raise
     if parsed.event.user_id is None:
         raise _NoUserId(f"{where}{USER_ID_REQUIRED}")

@@ -469,3 +469,39 @@ def test_serve_on_a_port_in_use_fails_before_printing_anything(tmp_path: Path) -
     assert proc.stderr.strip() == (f"Error: cannot listen on 127.0.0.1:{port}: Address already in"
                                    " use (another program uses it: choose another with --port)")
     assert not (tmp_path / "hookyard-data" / "admin_token").exists()
+
+
+def test_serve_closes_a_connection_that_sends_nothing(serve: Any) -> None:
+    """uvicorn arms its idle timeout only after a first response; hookyard arms it when the
+    connection opens, so silent connections cannot pile up until the descriptors run out."""
+    import socket
+
+    url, _proc, _out = serve("idle")
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as idle:
+        idle.settimeout(30)
+        started = time.monotonic()
+        assert idle.recv(1) == b""  # closed by the server
+        assert 3 < time.monotonic() - started < 20
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_a_stalled_body_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from hookyard import ingest
+    from hookyard.errors import RequestTimeout
+
+    monkeypatch.setattr(ingest, "BODY_TIMEOUT_SECONDS", 0.2)
+    sent = iter([{"type": "http.request", "body": b"{", "more_body": True}])
+
+    async def receive() -> dict[str, Any]:
+        try:
+            return next(sent)
+        except StopIteration:
+            await asyncio.sleep(3600)  # the client stopped sending
+            raise AssertionError("not reached") from None
+
+    with pytest.raises(RequestTimeout) as err:
+        asyncio.run(ingest.receive_body(receive, "100", 1000))
+    assert err.value.status == 408 and "0.2 s" in err.value.reason

@@ -565,3 +565,20 @@ def test_operator_api_never_answers_500(server: HookyardServer, method: str, pat
                                         body: Any) -> None:
     r = server.api(path, method, json=body) if body is not None else server.api(path, method)
     assert r.status_code in (400, 404), (r.status_code, r.text)
+
+
+def test_long_paths_are_logged_short_and_not_remembered(server: HookyardServer,
+                                                         http: httpx.Client) -> None:
+    """Refusals are logged without authentication: a client must not fill the disk (API log)
+    or the memory (the per-path source cache) with 64 KB paths."""
+    assert_ok(post(http, "/v1/track", sample_track()))
+    call = "a" * 5000
+    r = post(http, f"/v1/{call}", sample_track())
+    assert r.status_code == 404 and len(r.json()["error"]) < 200
+    deadline = time.monotonic() + 5
+    while not (items := server.api("/api/logs?status=404").json()["items"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert len(items[0]["path"]) <= 513 and items[0]["path"].endswith("…")
+    ingest = server._server.config.app.ingest  # type: ignore[union-attr]
+    assert list(ingest._candidates) == ["/v1/track"]

@@ -138,3 +138,21 @@ def test_batch_context_still_merges_with_sent_at() -> None:
     raw = msgspec.json.decode(parsed.raw)
     assert raw["context"] == {"ip": "192.0.2.9", "locale": "de"}
     assert raw["sentAt"] == "2026-03-03T00:00:00.000Z"
+
+
+def test_gzip_bodies_of_several_members_and_trailing_data() -> None:
+    """RFC 1952 allows several gzip members in a row (all decoded, the limit counting them
+    all); anything else after the body is refused, never silently dropped."""
+    import gzip
+    import zlib
+
+    from hookyard.errors import BadRequest, PayloadTooLarge
+    from hookyard.ingest import decode_content
+
+    assert decode_content(gzip.compress(b'{"a":') + gzip.compress(b"1}"), "gzip", 100) == b'{"a":1}'
+    with pytest.raises(PayloadTooLarge):
+        decode_content(gzip.compress(b"x" * 60) + gzip.compress(b"y" * 60), "gzip", 100)
+    for body, encoding in ((gzip.compress(b"{}") + b"junk", "gzip"),
+                           (zlib.compress(b"{}") + b"x", "deflate")):
+        with pytest.raises(BadRequest, match=f"unexpected data after the {encoding} body"):
+            decode_content(body, encoding, 100)

@@ -395,3 +395,33 @@ def test_webhook_malformed_body(body: bytes, reason: str) -> None:
     with pytest.raises(BadRequest) as err:
         parse(webhook(body))
     assert reason in err.value.reason
+
+
+def test_webhook_array_refuses_an_anonymous_alias_alone() -> None:
+    alias = {"type": "alias", "previousId": "p", "anonymousId": "x"}
+    parsed = parse(webhook([sample_identify(), alias]))
+    assert parsed[1] == RefusedEvent("userId is required")
+
+
+def test_malformed_single_event_reason_reads_well() -> None:
+    for body in (b'{"userId":', b"{"):
+        with pytest.raises(BadRequest) as err:
+            parse(webhook(body))
+        assert err.value.reason == "malformed JSON: Input data was truncated"
+
+
+@pytest.mark.parametrize("name", ["writeKey", "write\\u004bey"])
+def test_a_write_key_in_the_body_is_never_stored(name: str) -> None:
+    """Neither through the webhook nor under an escaped name on the tracking API."""
+    body = f'{{"type":"identify","userId":"x","{name}":"secret-key-1","traits":{{"n":"J\\u00f6"}}}}'
+    for parsed in (parse(webhook(body.encode())), parse(v1("identify", body.encode()))):
+        assert b"secret-key-1" not in parsed[0].raw
+        assert msgspec.json.decode(parsed[0].raw)["traits"] == {"n": "Jö"}
+
+
+def test_a_nested_sent_at_does_not_hide_the_batch_sent_at() -> None:
+    body = {"batch": [{"type": "identify", "userId": "u", "traits": {"sentAt": 1}}],
+            "sentAt": "2026-01-01T00:00:00.000Z"}
+    [parsed] = parse(v1("batch", body))
+    raw = raw_of(parsed)
+    assert raw["sentAt"] == "2026-01-01T00:00:00.000Z" and raw["traits"] == {"sentAt": 1}

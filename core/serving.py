@@ -1,0 +1,59 @@
+"""How ``hookyard serve`` runs uvicorn: its socket, bound before anything is printed, and an
+HTTP protocol that does not keep silent connections open.
+
+uvicorn arms its keep-alive timeout (``timeout_keep_alive``, 5 s) only after a response: a
+client that connects and sends nothing holds a connection, and a file descriptor, forever (an
+outside audit held 20,000 that way and the server stopped answering). Here the timer is also
+armed when the connection opens; the first byte disarms it, as it does between requests. A
+body that stalls is answered 408 by the ingest endpoint (:data:`hookyard.ingest.BODY_TIMEOUT_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Any
+
+from .errors import ConfigError
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (uvicorn listens on it); ConfigError with the
+    reason when that is not possible (port in use, address not on this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = " (another program uses it: choose another with --port)" \
+            if exc.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_host(host: str) -> str:
+    """``host`` as written in a URL (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def http_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools when installed, else h11), with the idle timeout
+    armed from the moment a connection opens."""
+    base: Any
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:  # pragma: no cover - uvicorn[standard] installs httptools
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+
+    class IdleTimeoutProtocol(base):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    return IdleTimeoutProtocol
