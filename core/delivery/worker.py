@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hookyard.delivery")
 IDLE_POLL = 1.0
 MAX_SCAN_PAGES = 40  # rows waiting for a retry are skipped over, this many pages at most
+DEEP_SCAN_SECONDS = 5.0  # how often a scan goes on past a page of blocked users only
 CLAIM_AHEAD = 4
 """Deliveries kept claimed ahead, in multiples of ``concurrency`` (at least one batch): a
 dispatch round takes two trips to the database threads (1-3 ms under load), longer than a
@@ -83,6 +84,7 @@ class DestinationWorker:
         self.scan_after = 0
         self.scan_blocked: set[str] = set()
         self.scan_due = 0.0
+        self.deep_scan_due = 0.0  # (monotonic) the next scan that may look past a fruitless page
 
     async def run(self) -> None:
         while not self.stopping:
@@ -129,6 +131,9 @@ class DestinationWorker:
         if incremental:
             blocked |= self.scan_blocked
             next_due = self.scan_due
+        deep = time.monotonic() >= self.deep_scan_due
+        if deep:
+            self.deep_scan_due = time.monotonic() + DEEP_SCAN_SECONDS
         batches: list[list[int]] = []
         key_batch: dict[str, int] = {}
         key_of: dict[int, str] = {}
@@ -140,6 +145,11 @@ class DestinationWorker:
                 page = await self.rt.db.read(
                     lambda conn: outbox.pending(conn, name, page_size, after)  # noqa: B023
                 )
+            # a page that adds no row and shows no new user ends the scan (the rest is most
+            # likely more rows of the same blocked users), except in a deep scan, at most every
+            # DEEP_SCAN_SECONDS, which looks further for a user stuck behind a busy one. Deep
+            # scans every round made 50 busy users with 100,000 rows deliver 200 events/s
+            before = (len(key_of), len(blocked), len(key_batch))
             for c in page:
                 key = c.user_key
                 if key in blocked:
@@ -168,6 +178,8 @@ class DestinationWorker:
             if page:
                 after = page[-1].id
             if len(page) < page_size:
+                break
+            if before == (len(key_of), len(blocked), len(key_batch)) and not deep:
                 break
         if not batches or self.stopping:
             self.scan_after, self.scan_blocked, self.scan_due = after, blocked, next_due

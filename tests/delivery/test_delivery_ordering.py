@@ -6,6 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+import pytest
 from delivery_kit import (
     BATCH_SIZE,
     PLUGIN,
@@ -18,6 +19,7 @@ from delivery_kit import (
     track,
     wait_until,
 )
+from hookyard.delivery import worker
 from hookyard.testing.fake_server import FakeServer
 from hookyard.testing.server import HookyardServer
 
@@ -121,3 +123,30 @@ def test_outage_then_everything_delivered_once_in_per_user_order(
     assert sorted(delivered) == sorted(e["messageId"] for e in events)  # each exactly once
     assert per_user(delivered) == {f"user{u}": list(range(20)) for u in range(10)}
     assert all(len(items(r)) <= BATCH_SIZE for r in fake.requests)
+
+
+def test_a_user_behind_pages_of_a_waiting_users_rows_is_not_held_up(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scan stops at a page that holds only rows of blocked users (scanning on made 50 busy
+    users deliver 200 events/s); a deep scan, at most every DEEP_SCAN_SECONDS, still finds a
+    user queued behind them, so "a" waiting for its retry does not hold "z" back."""
+    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 0.5)
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.fail("a-1", (503, None, {"Retry-After": "30"}))
+    server = hookyard_server(
+        {"destinations": [recorder(fake.url, per_item=True,
+                                   delivery={"batch_size": 1, "concurrency": 1,
+                                             "retry_max_seconds": 60})]},
+        plugins=[PLUGIN])
+    busy = [track("a", i) for i in range(1, 301)]
+    assert send(server, "/v1/batch", {"batch": busy}).status_code == 200
+    wait_until(lambda: len(fake.requests) == 1, what="a-1 tried")
+    time.sleep(1.0)  # full rescans meet a-1's retry wait and 299 blocked rows
+    assert send(server, "/v1/batch", {"batch": [track("b", 1)]}).status_code == 200
+    wait_until(lambda: "b-1" in peer.accepted_ids(), timeout=5, what="b-1 delivered")
+    assert send(server, "/v1/track", track("z", 1)).status_code == 200
+    wait_until(lambda: "z-1" in peer.accepted_ids(), timeout=5, what="z-1 delivered")
+    assert [r.json()["messageId"] for r in fake.requests].count("a-1") == 1  # still waiting
