@@ -145,7 +145,10 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         log_level=config.server.log_level, timeout_graceful_shutdown=15,
         server_header=False, log_config=None, access_log=False, http=http_protocol(),
     ))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises SIGINT after its graceful shutdown
+        sys.exit(128 + signal.SIGINT)  # 130, not click's "Aborted!" and 1
 
 
 @main.command()
@@ -169,8 +172,12 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
         await engine.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        def on_signal(sig: int) -> None:
+            caught.append(sig)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         click.echo(f"hookyard worker: delivering for {', '.join(rt.destinations) or 'no destinations'}")
         await stop.wait()
         await engine.stop()
@@ -178,8 +185,11 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
             await maybe_await(result)
         rt.close()
 
+    caught: list[int] = []
     tune_gc()
     run_loop(run())
+    if caught:  # stopped by a signal: exit with its status, as serve does (143 after SIGTERM)
+        sys.exit(128 + caught[0])
 
 
 GC_GEN0_THRESHOLD = 50_000

@@ -145,6 +145,17 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
     for src in config.sources:
         if len(src.write_key) < 8:
             raise ConfigError(f"{origin}: source {src.name!r} write_key must be at least 8 characters")
+    for dest in config.destinations:
+        policy = dest.delivery
+        if policy.lease_seconds * 0.9 < policy.total_timeout_seconds:
+            raise ConfigError(
+                f"{origin}: destination {dest.name!r}: delivery.lease_seconds"
+                f" ({policy.lease_seconds:g}) is too short for delivery.total_timeout_seconds"
+                f" ({policy.total_timeout_seconds:g}): a deliver call is given up at 90 % of the"
+                " lease, before its HTTP timeout, and sent again although the destination may"
+                f" have it. Use a lease of at least {policy.total_timeout_seconds / 0.9:.4g} s"
+                " or a shorter total_timeout_seconds"
+            )
     token = config.server.admin_token
     if token and len(token.strip()) < 8:  # unset or empty: one is generated
         raise ConfigError(

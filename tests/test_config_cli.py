@@ -505,3 +505,26 @@ def test_a_stalled_body_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(RequestTimeout) as err:
         asyncio.run(ingest.receive_body(receive, "100", 1000))
     assert err.value.status == 408 and "0.2 s" in err.value.reason
+
+
+def test_serve_stopped_by_sigint_exits_130_quietly(serve: Any) -> None:
+    """Ctrl-C: the same graceful stop as SIGTERM, and the shell's status for SIGINT (not
+    click's "Aborted!" and 1)."""
+    _url, proc, out = serve("sigint")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 128 + signal.SIGINT
+    assert "Aborted" not in out.read_text()
+
+
+def test_a_lease_shorter_than_the_http_timeout_stops_boot(tmp_path: Path) -> None:
+    """A deliver call is given up at 90 % of the lease: a lease under the HTTP timeout would
+    resend deliveries the destination may already have, with no crash at all."""
+    data = {"sources": [{"name": "web", "plugin": "segment", "write_key": KEY}],
+            "destinations": [{"name": "seg", "plugin": "segment", "sources": ["web"],
+                              "settings": {"write_key": KEY, "base_url": "http://127.0.0.1:9"},
+                              "delivery": {"lease_seconds": 5}}]}
+    with pytest.raises(ConfigError, match=r"lease_seconds \(5\) is too short for "
+                       r"delivery.total_timeout_seconds \(15\).*at least 16.67 s"):
+        parse_config(data)
+    data["destinations"][0]["delivery"]["total_timeout_seconds"] = 4  # type: ignore[index]
+    parse_config(data)

@@ -224,8 +224,8 @@ base_url = "{fake.url}"
         assert sorted(e["messageId"] for e in sent) == sorted(e["messageId"] for e in events)
         assert all(r.headers["authorization"] == basic_auth("downstream-key")["Authorization"]
                    for r in fake.requests)
-        worker.send_signal(signal.SIGTERM)  # graceful: exits by itself
-        assert worker.wait(timeout=15) == 0
+        worker.send_signal(signal.SIGTERM)  # graceful: exits by itself, with the signal's status
+        assert worker.wait(timeout=15) == 128 + signal.SIGTERM
     finally:
         for proc in (worker, serve):
             if proc is not None and proc.poll() is None:
@@ -250,7 +250,8 @@ def test_deliveries_claimed_ahead_are_given_back_when_they_wait_too_long(
     fake.hang(0.4, times=2)  # the first two requests take 0.4 s: the batch claimed ahead goes stale
     server = hookyard_server({"destinations": [recorder(
         fake.url, per_item=True,
-        delivery={"batch_size": 1, "concurrency": 1, "lease_seconds": 0.8})]}, plugins=[PLUGIN])
+        delivery={"batch_size": 1, "concurrency": 1, "lease_seconds": 0.8,
+                                                "total_timeout_seconds": 0.7})]}, plugins=[PLUGIN])
     events = [track(u, s) for s in (1, 2) for u in ("a", "b", "c")]
     assert send(server, "/v1/batch", {"batch": events}).status_code == 200
     wait_until(lambda: states(server) == {"done": 6}, what="6 deliveries")

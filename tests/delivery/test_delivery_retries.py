@@ -188,7 +188,7 @@ def test_a_misbehaving_deliver_hook_never_loses_the_event(
         "retryable": ("dead", 2, "rate limited"),
         "permanent": ("dead", 1, "account suspended"),
     }
-    policy = {"max_attempts": 2, "lease_seconds": 0.5}
+    policy = {"max_attempts": 2, "lease_seconds": 0.5, "total_timeout_seconds": 0.4}
     server = hookyard_server({"destinations": [
         recorder(fake.url, name=mode, misbehave=mode, delivery=policy) for mode in modes]},
         plugins=[PLUGIN])
