@@ -35,9 +35,15 @@ def basic_auth(write_key: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def wait_until_up(url: str, timeout: float = 15.0) -> None:
+def wait_until_up(url: str, timeout: float = 15.0,
+                  proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+    """Wait for ``/healthz``; when ``proc`` (the server's process) exits meanwhile, fail at
+    once with the end of its ``log`` (a config error, a port in use) instead of timing out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log is not None else ""
+            raise RuntimeError(f"hookyard exited with {proc.returncode} before it started:\n{tail}")
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return
@@ -156,7 +162,7 @@ class HookyardProcess:
                "--port", str(self.port), "--host", "127.0.0.1", "--data-dir", str(self.data_dir)]
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        wait_until_up(self.url, timeout=30)
+        wait_until_up(self.url, timeout=30, proc=self.proc, log=self.data_dir / "server.log")
         return self
 
     def kill(self) -> None:

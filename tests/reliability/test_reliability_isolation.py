@@ -45,7 +45,8 @@ class Phase:
         dests: list[dict[str, Any]] = [
             forwarder("fast", self.fast.url, ["web"], batch_size=FAST_BATCH)]
         if stuck is not None:
-            dests.append(forwarder("stuck", stuck.url, ["web"], total_timeout_seconds=60.0))
+            dests.append(forwarder("stuck", stuck.url, ["web"], total_timeout_seconds=60.0,
+                                   lease_seconds=70.0))
         else:
             # the same second destination, but it sends nothing: every event is filtered out.
             # Both servers then route every event to two destinations (one outbox row each), so
