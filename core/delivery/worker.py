@@ -51,6 +51,31 @@ _delivery_decoder = msgspec.json.Decoder(Delivery)
 _raw_body_decoder = msgspec.json.Decoder(_RawBodyDelivery)
 
 
+def pack(
+    collected: dict[str, list[int]], batches: int, size: int
+) -> tuple[list[list[int]], dict[int, str]]:
+    """Fill at most ``batches`` batches of at most ``size`` rows, one after the other, with
+    whole users: in the order they were found, each user's rows together and in order (the
+    first ones when the batch has less room left; the rest wait for a later round).
+
+    Returns (batches of outbox ids, the user of each id). Filling row by row in scan order,
+    as before, put a row of every user of a 50-user backlog into the first batch, and no
+    other batch could start (per-user order allows one batch per user in flight)."""
+    out: list[list[int]] = []
+    key_of: dict[int, str] = {}
+    for key, ids in collected.items():
+        if not out or len(out[-1]) >= size:
+            if len(out) >= batches:
+                break
+            out.append([])
+        batch = out[-1]
+        taken = ids[: size - len(batch)]
+        batch.extend(taken)
+        for i in taken:
+            key_of[i] = key
+    return out, key_of
+
+
 class DestinationWorker:
     """Delivers one destination's outbox rows."""
 
@@ -134,13 +159,14 @@ class DestinationWorker:
         deep = time.monotonic() >= self.deep_scan_due
         if deep:
             self.deep_scan_due = time.monotonic() + DEEP_SCAN_SECONDS
-        batches: list[list[int]] = []
-        key_batch: dict[str, int] = {}
-        key_of: dict[int, str] = {}
-        full = False
+        # the first pending rows of each user that may start (at most `size` each: a user's
+        # rows go into one batch, in order), until a new user is found when there are rows
+        # enough for every free batch (rows of users already found are still taken: they let
+        # pack fill the batches)
+        collected: dict[str, list[int]] = {}
+        capacity, total = free * size, 0
+        enough = False
         for scanned in range(MAX_SCAN_PAGES):
-            if full:
-                break
             if scanned:
                 page = await self.rt.db.read(
                     lambda conn: outbox.pending(conn, name, page_size, after)  # noqa: B023
@@ -149,7 +175,7 @@ class DestinationWorker:
             # likely more rows of the same blocked users), except in a deep scan, at most every
             # DEEP_SCAN_SECONDS, which looks further for a user stuck behind a busy one. Deep
             # scans every round made 50 busy users with 100,000 rows deliver 200 events/s
-            before = (len(key_of), len(blocked), len(key_batch))
+            before = (total, len(blocked))
             for c in page:
                 key = c.user_key
                 if key in blocked:
@@ -158,29 +184,25 @@ class DestinationWorker:
                     blocked.add(key)
                     next_due = min(next_due, c.next_at)
                     continue
-                b = key_batch.get(key)
-                if b is not None:  # same user: same batch (kept in order) or a later round
-                    if len(batches[b]) < size:
-                        batches[b].append(c.id)
-                        key_of[c.id] = key
-                    else:
-                        blocked.add(key)
+                ids = collected.get(key)
+                if ids is None:
+                    if total >= capacity:
+                        enough = True
+                        break
+                    collected[key] = [c.id]
+                elif len(ids) < size:
+                    ids.append(c.id)
+                else:  # its later rows wait for a later round
+                    blocked.add(key)
                     continue
-                if batches and len(batches[-1]) < size:
-                    batches[-1].append(c.id)
-                elif len(batches) < free:
-                    batches.append([c.id])
-                else:
-                    full = True
-                    break
-                key_batch[key] = len(batches) - 1
-                key_of[c.id] = key
+                total += 1
             if page:
                 after = page[-1].id
-            if len(page) < page_size:
+            if enough or len(page) < page_size:
                 break
-            if before == (len(key_of), len(blocked), len(key_batch)) and not deep:
+            if before == (total, len(blocked)) and not deep:
                 break
+        batches, key_of = pack(collected, free, size)
         if not batches or self.stopping:
             self.scan_after, self.scan_blocked, self.scan_due = after, blocked, next_due
             return max(0.01, next_due - now)
