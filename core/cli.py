@@ -377,9 +377,14 @@ def plugins() -> None:
 @main.command("check-config")
 @config_options
 def check_config(config_path: str | None, data_dir: str | None) -> None:
-    """Validate a config file against the installed plugins."""
+    """Validate a config file against the installed plugins (nothing is created on disk)."""
+    from .runtime import Runtime
+
+    if not (config_path or os.environ.get("HOOKYARD_CONFIG")):
+        _fail(ConfigError("no config file to check: pass --config FILE (or set HOOKYARD_CONFIG);"
+                          " without one, serve uses the default config"))
     try:
-        rt = _runtime(_load(config_path, data_dir=data_dir))
+        rt = Runtime.build(_load(config_path, data_dir=data_dir), prepare=False)
     except HookyardError as exc:
         _fail(exc)
     click.echo(f"config ok: {len(rt.sources)} sources, {len(rt.destinations)} destinations")

@@ -110,13 +110,17 @@ class Runtime:
         self.sizes = SizeCounter()  # inbox/outbox sizes for /metrics and the dashboard
 
     @classmethod
-    def build(cls, config: Config, plugins: list[object] | None = None) -> Runtime:
-        """Validate ``config`` against the installed plugins and prepare the data dir."""
+    def build(
+        cls, config: Config, plugins: list[object] | None = None, *, prepare: bool = True
+    ) -> Runtime:
+        """Validate ``config`` against the installed plugins and prepare the data dir (with
+        ``prepare=False``, as ``check-config`` does, nothing is created on disk)."""
         pm = make_plugin_manager(plugins or ())
         registry = ConnectorRegistry(pm)
         data_dir = Path(config.server.data_dir).expanduser().resolve()
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            if prepare:
+                data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create data dir {data_dir}: {exc}") from None
         rt = cls(config, pm, registry, data_dir)
@@ -153,7 +157,7 @@ class Runtime:
             )
         if config.server.admin_token:
             rt.admin_token = config.server.admin_token
-        else:
+        elif prepare:
             rt.admin_token, rt.admin_token_created = read_or_create_secret(
                 data_dir / "admin_token", "adm"
             )

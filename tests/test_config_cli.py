@@ -256,6 +256,14 @@ def test_check_config_ok(tmp_path: Path) -> None:
     result = run("check-config", "--config", str(path))
     assert result.exit_code == 0, result.output
     assert result.output.strip() == "config ok: 1 sources, 1 destinations"
+    assert not (tmp_path / "data").exists()  # checking creates nothing
+
+
+def test_check_config_needs_a_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOOKYARD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert "no config file to check" in one_line_error(run("check-config"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_check_config_ok_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
