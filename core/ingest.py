@@ -180,6 +180,10 @@ def _partial_answer(refused: list[tuple[int, str]]) -> Answer:
     return 200, body, Response(body, media_type="application/json", headers=CORS_HEADERS).raw_headers
 
 
+# a request cut off by shutdown (its body still arriving when the grace ran out): 503 + Retry-After
+_SHUTTING_DOWN = _error_answer(StorageUnavailable("the server is shutting down: retry"))
+
+
 class IngestEndpoint:
     """The handler of every ingest path of every source.
 
@@ -232,6 +236,9 @@ class IngestEndpoint:
             status, body, headers = await self.handle(scope, receive)
         except ClientDisconnect:
             return  # nobody left to answer
+        except asyncio.CancelledError:  # the server stops and its grace ran out (a slow body)
+            log.info("ingest request to %s cut off by shutdown", scope["path"][:MAX_LOGGED_PATH])
+            status, body, headers = _SHUTTING_DOWN  # answered, not a traceback: retry later
         except Exception:  # noqa: BLE001 - what Starlette's ServerErrorMiddleware would do
             log.exception("ingest request to %s failed", scope["path"][:MAX_LOGGED_PATH])
             status, body, headers = _INTERNAL_ERROR

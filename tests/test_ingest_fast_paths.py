@@ -156,3 +156,33 @@ def test_gzip_bodies_of_several_members_and_trailing_data() -> None:
                            (zlib.compress(b"{}") + b"x", "deflate")):
         with pytest.raises(BadRequest, match=f"unexpected data after the {encoding} body"):
             decode_content(body, encoding, 100)
+
+
+def test_a_request_cut_off_by_shutdown_is_answered_503(tmp_path: Path) -> None:
+    """uvicorn cancels requests still running when its shutdown grace runs out (a body still
+    trickling in): the client gets 503 + Retry-After instead of a logged traceback."""
+    from hookyard.config import default_config
+    from hookyard.ingest import IngestEndpoint
+    from hookyard.runtime import Runtime
+
+    endpoint = IngestEndpoint(Runtime.build(default_config(tmp_path)))
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)  # the body never completes
+        raise AssertionError("not reached")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        scope = {"type": "http", "method": "POST", "path": "/v1/track", "headers": [],
+                 "query_string": b""}
+        task = asyncio.create_task(endpoint.asgi(scope, receive, send))
+        await asyncio.sleep(0.05)
+        task.cancel()  # what uvicorn does when timeout_graceful_shutdown runs out
+        await task
+
+    asyncio.run(main())
+    assert sent[0]["status"] == 503 and (b"retry-after", b"5") in sent[0]["headers"]
+    assert b"shutting down" in sent[1]["body"]
