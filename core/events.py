@@ -32,6 +32,9 @@ class _Common(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True
     receivedAt: str | None = None
     originalTimestamp: str | None = None
     version: int | float | str | None = None
+    # a source's write key sent in the body (Segment's API accepts it there): decoded only so
+    # the host sees it, escaped names included, and strips it; never stored nor forwarded
+    writeKey: Any = None
 
     @property
     def user_id(self) -> str | None:

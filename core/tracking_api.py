@@ -135,7 +135,10 @@ def _decode_event(raw: bytes, call: str | None, where: str | int) -> ParsedEvent
     problem = validate_event(event)
     if problem:
         raise BadRequest(f"{_where(where)}{problem}")
-    return ParsedEvent(raw=_without_write_key(raw), event=event)
+    if event.writeKey is not None:  # the typed decode found one (also under an escaped name)
+        event.writeKey = None
+        raw = _without_write_key(raw)
+    return ParsedEvent(raw=raw, event=event)
 
 
 def _where(where: str | int) -> str:
@@ -143,11 +146,7 @@ def _where(where: str | int) -> str:
 
 
 def _without_write_key(raw: bytes) -> bytes:
-    """``raw`` without a top-level ``writeKey`` (a key is never stored nor forwarded). Looks
-    only at events whose bytes may hold one: the name as such, or any ``\\u`` escape (a name
-    may be spelled ``"write\\u004bey"``)."""
-    if raw.find(b'"writeKey"') < 0 and raw.find(b"\\u") < 0:
-        return raw
+    """``raw`` without its top-level ``writeKey`` (a key is never stored nor forwarded)."""
     data = _dict_decoder.decode(raw)
     if "writeKey" not in data:
         return raw
