@@ -19,6 +19,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from . import body_deadline
+from .body_deadline import deadlines
 from .connectors import IngestRequest, ParsedEvent, RefusedEvent, SourceContext
 from .errors import (
     BadRequest,
@@ -46,7 +48,6 @@ PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
     "Access-Control-Max-Age": "86400",
 }
-BODY_TIMEOUT_SECONDS = 60  # a body that stalls longer is answered 408 and its memory freed
 MAX_CACHED_PATH = 256
 MAX_LOGGED_PATH = 512  # refusals are logged without authentication: kept short
 MAX_LOGGED_ERROR = 1000
@@ -67,24 +68,33 @@ async def receive_body(receive: Receive, content_length: str | None, limit: int)
             raise BadRequest("invalid Content-Length") from None
     chunks: list[bytes] = []
     size = 0
+    task = asyncio.current_task()
+    watch = deadlines()
+    if task is not None:
+        watch.begin(task)
     try:
-        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":  # http.disconnect
-                    raise ClientDisconnect()
-                chunk = message.get("body", b"")
-                if chunk:
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-                    chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    except TimeoutError:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except asyncio.CancelledError:
+        if task is None or not watch.end(task):
+            raise
+        task.uncancel()
         raise RequestTimeout(
-            f"the request body did not arrive within {BODY_TIMEOUT_SECONDS} s"
+            f"the request body did not arrive within {body_deadline.BODY_TIMEOUT_SECONDS:g} s"
         ) from None
+    finally:
+        if task is not None:
+            watch.end(task)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

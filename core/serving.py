@@ -5,7 +5,7 @@ uvicorn arms its keep-alive timeout (``timeout_keep_alive``, 5 s) only after a r
 client that connects and sends nothing holds a connection, and a file descriptor, forever (an
 outside audit held 20,000 that way and the server stopped answering). Here the timer is also
 armed when the connection opens; the first byte disarms it, as it does between requests. A
-body that stalls is answered 408 by the ingest endpoint (:data:`hookyard.ingest.BODY_TIMEOUT_SECONDS`).
+body that stalls is answered 408 (:mod:`hookyard.body_deadline`).
 """
 
 from __future__ import annotations

@@ -497,10 +497,10 @@ def test_serve_closes_a_connection_that_sends_nothing(serve: Any) -> None:
 def test_a_stalled_body_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from hookyard import ingest
+    from hookyard import body_deadline, ingest
     from hookyard.errors import RequestTimeout
 
-    monkeypatch.setattr(ingest, "BODY_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(body_deadline, "BODY_TIMEOUT_SECONDS", 0.2)
     sent = iter([{"type": "http.request", "body": b"{", "more_body": True}])
 
     async def receive() -> dict[str, Any]:
@@ -510,9 +510,23 @@ def test_a_stalled_body_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None
             await asyncio.sleep(3600)  # the client stopped sending
             raise AssertionError("not reached") from None
 
-    with pytest.raises(RequestTimeout) as err:
-        asyncio.run(ingest.receive_body(receive, "100", 1000))
-    assert err.value.status == 408 and "0.2 s" in err.value.reason
+    async def main() -> None:
+        with pytest.raises(RequestTimeout) as err:
+            await ingest.receive_body(receive, "100", 1000)
+        assert err.value.status == 408 and "0.2 s" in err.value.reason
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0  # the cancel was taken back
+        await asyncio.sleep(0)  # and the task goes on normally
+        # a request that completes in time is untouched, and nothing is left being watched
+        quick = iter([{"type": "http.request", "body": b"{}", "more_body": False}])
+
+        async def receive_quick() -> dict[str, Any]:
+            return next(quick)
+
+        assert await ingest.receive_body(receive_quick, "2", 1000) == b"{}"
+        assert not body_deadline.deadlines().reading
+
+    asyncio.run(main())
 
 
 def test_serve_stopped_by_sigint_exits_130_quietly(serve: Any) -> None:
