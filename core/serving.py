@@ -4,8 +4,9 @@ HTTP protocol that does not keep silent connections open.
 uvicorn arms its keep-alive timeout (``timeout_keep_alive``, 5 s) only after a response: a
 client that connects and sends nothing holds a connection, and a file descriptor, forever (an
 outside audit held 20,000 that way and the server stopped answering). Here the timer is also
-armed when the connection opens; the first byte disarms it, as it does between requests. A
-body that stalls is answered 408 (:mod:`hookyard.body_deadline`).
+armed when the connection opens, and (httptools) it is disarmed when a request's headers are
+complete rather than at its first byte: a client that trickles its headers is cut off after the
+same 5 s. A body that stalls is answered 408 (:mod:`hookyard.body_deadline`).
 """
 
 from __future__ import annotations
@@ -50,10 +51,33 @@ def http_protocol() -> type[asyncio.Protocol]:
         from uvicorn.protocols.http.h11_impl import H11Protocol as base
 
     class IdleTimeoutProtocol(base):  # type: ignore[misc, valid-type]
+        header_timer: asyncio.TimerHandle | None = None
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
 
+        def data_received(self, data: bytes) -> None:
+            # uvicorn disarms the idle timer at the first byte; it stays armed here until the
+            # request's headers are complete, so headers trickled byte by byte are cut off too
+            if self.timeout_keep_alive_task is not None and trickle_guard:
+                self.header_timer, self.timeout_keep_alive_task = self.timeout_keep_alive_task, None
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_timer()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def _disarm_header_timer(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+    trickle_guard = hasattr(base, "on_headers_complete")  # httptools' parser callbacks
     return IdleTimeoutProtocol

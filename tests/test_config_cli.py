@@ -550,3 +550,33 @@ def test_a_lease_shorter_than_the_http_timeout_stops_boot(tmp_path: Path) -> Non
         parse_config(data)
     data["destinations"][0]["delivery"]["total_timeout_seconds"] = 4  # type: ignore[index]
     parse_config(data)
+
+
+def test_serve_cuts_off_headers_trickled_byte_by_byte(serve: Any) -> None:
+    """The idle timer stays armed until a request's headers are complete (uvicorn disarms it at
+    the first byte): a client sending one header byte at a time is closed after the same 5 s,
+    while a keep-alive client making requests is not."""
+    import socket
+
+    url, _proc, _out = serve("trickle")
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as slow:
+        slow.settimeout(0.3)
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+            try:
+                slow.sendall(bytes([byte]))
+                if slow.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed and 3 < time.monotonic() - started < 20
+    with httpx.Client(base_url=url) as keep_alive:  # one connection, requests 4 s apart
+        for _ in range(3):
+            assert keep_alive.get("/healthz").status_code == 200
+            time.sleep(1.5)
