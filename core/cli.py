@@ -50,13 +50,15 @@ def _stored_runtime(config_path: str | None, data_dir: str | None) -> Any:
     """The opened runtime of a command that works on stored data (replay, dlq): refuses to
     start when there is no database yet, rather than create an empty install in the current
     directory (a command run from the wrong directory would find nothing and say so quietly)."""
+    from .config import StorageSettings
     from .storage import POSTGRESQL, backend, sqlite_path
 
     config_path = config_path or os.environ.get("HOOKYARD_CONFIG")
     if not config_path:  # checked first: the default config creates the data dir's write key
         where = Path(data_dir or "./hookyard-data").expanduser().resolve()
-        if not (where / "hookyard.db").exists():
-            raise ConfigError(_no_database(where / "hookyard.db"))
+        default = sqlite_path(StorageSettings(), where)
+        if not default.exists():
+            raise ConfigError(_no_database(default))
     config = _load(config_path, data_dir=data_dir)
     if config_path and backend(config.storage) != POSTGRESQL:
         path = sqlite_path(config.storage, Path(config.server.data_dir).expanduser().resolve())

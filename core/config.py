@@ -52,6 +52,10 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     inbox_retention_days: float = 0.0
 
 
+HOOK_LEASE_SHARE = 0.9
+"""The part of ``lease_seconds`` a ``deliver`` call has to answer (counted from the claim)."""
+
+
 class DeliverySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Per-destination delivery policy (``[destinations.delivery]``)."""
 
@@ -147,13 +151,13 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
             raise ConfigError(f"{origin}: source {src.name!r} write_key must be at least 8 characters")
     for dest in config.destinations:
         policy = dest.delivery
-        if policy.lease_seconds * 0.9 < policy.total_timeout_seconds:
+        if policy.lease_seconds * HOOK_LEASE_SHARE < policy.total_timeout_seconds:
             raise ConfigError(
                 f"{origin}: destination {dest.name!r}: delivery.lease_seconds"
                 f" ({policy.lease_seconds:g}) is too short for delivery.total_timeout_seconds"
                 f" ({policy.total_timeout_seconds:g}): a deliver call is given up at 90 % of the"
                 " lease, before its HTTP timeout, and sent again although the destination may"
-                f" have it. Use a lease of at least {policy.total_timeout_seconds / 0.9:.4g} s"
+                f" have it. Use a lease of at least {policy.total_timeout_seconds / HOOK_LEASE_SHARE:.4g} s"
                 " or a shorter total_timeout_seconds"
             )
     token = config.server.admin_token

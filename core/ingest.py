@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from . import body_deadline
 from .body_deadline import deadlines
 from .connectors import IngestRequest, ParsedEvent, RefusedEvent, SourceContext
+from .delivery.retry import clip
 from .errors import (
     BadRequest,
     PayloadTooLarge,
@@ -131,13 +132,14 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
             raise BadRequest(f"unexpected data after the {encoding} body")
 
 
-_OK: Answer = (
-    200, OK_BODY, Response(OK_BODY, media_type="application/json", headers=CORS_HEADERS).raw_headers
-)
-_INTERNAL_ERROR_BODY = b'{"success":false,"error":"internal server error"}'
-_INTERNAL_ERROR: Answer = (500, _INTERNAL_ERROR_BODY, Response(
-    _INTERNAL_ERROR_BODY, status_code=500, media_type="application/json", headers=CORS_HEADERS
-).raw_headers)
+def _json_answer(status: int, body: bytes, headers: dict[str, str] = CORS_HEADERS) -> Answer:
+    """A JSON answer with its headers rendered (content-type, length, ``headers``)."""
+    rendered = Response(body, status_code=status, media_type="application/json", headers=headers)
+    return status, body, rendered.raw_headers
+
+
+_OK = _json_answer(200, OK_BODY)
+_INTERNAL_ERROR = _json_answer(500, b'{"success":false,"error":"internal server error"}')
 
 
 class _RawResponse(Response):
@@ -156,12 +158,7 @@ def _error_answer(exc: RequestError) -> Answer:
         headers["Retry-After"] = "5"
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Basic realm="hookyard"'
-    response = Response(body, status_code=exc.status, media_type="application/json", headers=headers)
-    return exc.status, body, response.raw_headers
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
+    return _json_answer(exc.status, body, headers)
 
 
 def _without_refused(
@@ -184,10 +181,9 @@ def _refusal_note(refused: list[tuple[int, str]], stored: int) -> str:
 
 def _partial_answer(refused: list[tuple[int, str]]) -> Answer:
     """200 with the events that were refused (the others are committed)."""
-    body = encoder.encode({"success": True, "refused": [
+    return _json_answer(200, encoder.encode({"success": True, "refused": [
         {"index": i, "error": reason} for i, reason in refused
-    ]})
-    return 200, body, Response(body, media_type="application/json", headers=CORS_HEADERS).raw_headers
+    ]}))
 
 
 # a request cut off by shutdown (its body still arriving when the grace ran out): 503 + Retry-After
@@ -325,10 +321,10 @@ class IngestEndpoint:
             now_iso(),
             source.name if source else None,
             method,
-            _clip(path, MAX_LOGGED_PATH),
+            clip(path, MAX_LOGGED_PATH),
             exc.status,
             0,
-            _clip(exc.reason, MAX_LOGGED_ERROR),
+            clip(exc.reason, MAX_LOGGED_ERROR),
             (time.perf_counter() - started) * 1000,
         )
         if self.rt.metrics is not None:

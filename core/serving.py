@@ -49,6 +49,7 @@ def http_protocol() -> type[asyncio.Protocol]:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:  # pragma: no cover - uvicorn[standard] installs httptools
         from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    trickle_guard = hasattr(base, "on_headers_complete")  # httptools' parser callbacks
 
     class IdleTimeoutProtocol(base):  # type: ignore[misc, valid-type]
         header_timer: asyncio.TimerHandle | None = None
@@ -79,5 +80,4 @@ def http_protocol() -> type[asyncio.Protocol]:
                 self.header_timer.cancel()
                 self.header_timer = None
 
-    trickle_guard = hasattr(base, "on_headers_complete")  # httptools' parser callbacks
     return IdleTimeoutProtocol

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from ..deliveries import RESPONSE_BODY_LIMIT, DeliveryResult
 from .outbox import Outcome
@@ -37,8 +37,17 @@ def seconds_text(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+@overload
+def clip(text: str, limit: int = RESPONSE_BODY_LIMIT) -> str: ...
+@overload
+def clip(text: None, limit: int = RESPONSE_BODY_LIMIT) -> None: ...
+@overload
+def clip(text: str | None, limit: int = RESPONSE_BODY_LIMIT) -> str | None: ...
+
+
 def clip(text: str | None, limit: int = RESPONSE_BODY_LIMIT) -> str | None:
-    """Operators' copies of response bodies and errors are kept short."""
+    """Operators' copies of response bodies, errors, and the ingest log's refused paths and
+    reasons are kept short."""
     if text is None or len(text) <= limit:
         return text
     return text[:limit] + "…"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ..config import HOOK_LEASE_SHARE
 from ..deliveries import Delivery, DeliveryResult
 from ..errors import PermanentError, RetryableError
 from ..http import HttpClient
@@ -355,7 +356,7 @@ class DestinationWorker:
 
         The hook has until 90 % of the lease (counted from the claim) to answer, so a hung
         plugin cannot outlive its lease and have the same rows delivered twice at once."""
-        budget = self.dest.policy.lease_seconds * 0.9
+        budget = self.dest.policy.lease_seconds * HOOK_LEASE_SHARE
         limit = max(0.1, budget - (time.monotonic() - claimed_at))
         try:
             async with asyncio.timeout(limit):

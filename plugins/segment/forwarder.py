@@ -59,10 +59,12 @@ class SegmentForwarderSettings(msgspec.Struct, forbid_unknown_fields=True, kw_on
             raise ValueError(f"base_url must start with http:// or https://, not {self.base_url!r}")
 
 
-@functools.lru_cache(maxsize=1024)  # a batch shares its sentAt, a request its receivedAt
-def _micros_of(text: str) -> int | None:
+def _to_micros(text: str) -> int | None:
     parsed = parse_iso(text)
     return None if parsed is None else micros(parsed)
+
+
+_micros_of = functools.lru_cache(maxsize=1024)(_to_micros)  # a batch shares sentAt, receivedAt
 
 
 def _micros(value: Any) -> int | None:
@@ -78,10 +80,7 @@ def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
     None when there is nothing to change. Computed in whole microseconds (no float).
     """
     own_text = raw.get("timestamp") or raw.get("originalTimestamp")
-    own = None
-    if isinstance(own_text, str):
-        parsed = parse_iso(own_text)  # not cached: each event has its own
-        own = None if parsed is None else micros(parsed)
+    own = _to_micros(own_text) if isinstance(own_text, str) else None  # each event its own
     sent, received = _micros(raw.get("sentAt")), _micros(raw.get("receivedAt"))
     if own is not None and sent is not None and received is not None:
         return iso_micros(received - (sent - own))
