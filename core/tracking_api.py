@@ -117,9 +117,12 @@ def _describe(exc: Exception) -> str:
     return _clean(str(exc))
 
 
-def _decode_event(raw: bytes, call: str | None, where: str | int) -> ParsedEvent:
+def _decode_event(
+    raw: bytes, call: str | None, where: str | int, require_user_id: bool = False
+) -> ParsedEvent:
     """Decode and validate one event; ``where`` prefixes error messages (an int ``i`` stands
-    for ``"batch[i] "``, formatted only when there is an error)."""
+    for ``"batch[i] "``, formatted only when there is an error). With ``require_user_id``, a
+    well-formed event without ``userId`` raises :class:`_NoUserId`."""
     try:
         if call is None:
             event = any_event_decoder.decode(raw)
@@ -132,6 +135,8 @@ def _decode_event(raw: bytes, call: str | None, where: str | int) -> ParsedEvent
         raise BadRequest(f"{_where(where) or 'the event '}is not a valid Segment event: {msg}") from None
     except _UNDECODABLE as exc:
         raise BadRequest(f"{_where(where)}malformed JSON: {_describe(exc)}") from None
+    if require_user_id and event.user_id is None:
+        raise _NoUserId(f"{_where(where)}{USER_ID_REQUIRED}")
     problem = validate_event(event)
     if problem:
         raise BadRequest(f"{_where(where)}{problem}")
@@ -218,7 +223,7 @@ def parse_webhook(
     does not retry a 400: refusing the whole batch would lose them)."""
     stripped = body.lstrip()
     if not stripped.startswith(b"["):
-        return [_decode_event_user(body, "") if require_user_id else _decode_event(body, None, "")]
+        return [_decode_event(body, None, "", require_user_id)]
     try:
         items = [bytes(r) for r in _raw_list_decoder.decode(body)]
     except (msgspec.ValidationError, *_UNDECODABLE) as exc:
@@ -227,12 +232,8 @@ def parse_webhook(
         raise BadRequest("empty array: expected at least one event")
     events: list[ParsedEvent | RefusedEvent] = []
     for i, raw in enumerate(items):
-        where = f"[{i}] "
-        if not require_user_id:
-            events.append(_decode_event(raw, None, where))
-            continue
         try:
-            events.append(_decode_event_user(raw, where))
+            events.append(_decode_event(raw, None, f"[{i}] ", require_user_id))
         except _NoUserId:
             events.append(RefusedEvent(USER_ID_REQUIRED))
     return events
@@ -244,14 +245,3 @@ USER_ID_REQUIRED = "userId is required"
 class _NoUserId(BadRequest):
     """An otherwise valid event without ``userId`` (a webhook requires one)."""
 
-
-def _decode_event_user(raw: bytes, where: str) -> ParsedEvent:
-    try:
-        parsed = _decode_event(raw, None, where)
-    except BadRequest as exc:
-        if "userId or anonymousId" in exc.reason or USER_ID_REQUIRED in exc.reason:
-            raise _NoUserId(f"{where}{USER_ID_REQUIRED}") from None  # (alias: "... for alias")
-        raise
-    if parsed.event.user_id is None:
-        raise _NoUserId(f"{where}{USER_ID_REQUIRED}")
-    return parsed
