@@ -479,21 +479,6 @@ def test_serve_on_a_port_in_use_fails_before_printing_anything(tmp_path: Path) -
     assert not (tmp_path / "hookyard-data" / "admin_token").exists()
 
 
-def test_serve_closes_a_connection_that_sends_nothing(serve: Any) -> None:
-    """uvicorn arms its idle timeout only after a first response; hookyard arms it when the
-    connection opens, so silent connections cannot pile up until the descriptors run out."""
-    import socket
-
-    url, _proc, _out = serve("idle")
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as idle:
-        idle.settimeout(30)
-        started = time.monotonic()
-        assert idle.recv(1) == b""  # closed by the server
-        assert 3 < time.monotonic() - started < 20
-    assert httpx.get(f"{url}/healthz").status_code == 200
-
-
 def test_a_stalled_body_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
@@ -552,31 +537,50 @@ def test_a_lease_shorter_than_the_http_timeout_stops_boot(tmp_path: Path) -> Non
     parse_config(data)
 
 
-def test_serve_cuts_off_headers_trickled_byte_by_byte(serve: Any) -> None:
-    """The idle timer stays armed until a request's headers are complete (uvicorn disarms it at
-    the first byte): a client sending one header byte at a time is closed after the same 5 s,
-    while a keep-alive client making requests is not."""
+def test_serve_closes_silent_and_trickling_connections_not_keep_alive_ones(serve: Any) -> None:
+    """The idle timer runs from the moment a connection opens until a request's headers are
+    complete. uvicorn arms it only after a first response and disarms it at the first byte;
+    without the change, silent connections pile up until the descriptors run out. So a
+    connection that sends nothing and one that sends a header byte at a time are both closed
+    after the same 5 s, while a keep-alive client making requests 1.5 s apart is not (the
+    three run side by side)."""
     import socket
+    from concurrent.futures import ThreadPoolExecutor
 
-    url, _proc, _out = serve("trickle")
+    url, _proc, _out = serve("idle")
     host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as slow:
-        slow.settimeout(0.3)
-        started = time.monotonic()
-        closed = False
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
-            try:
-                slow.sendall(bytes([byte]))
-                if slow.recv(1) == b"":
-                    closed = True
-                    break
-            except TimeoutError:
-                continue
-            except OSError:
-                closed = True
-                break
-        assert closed and 3 < time.monotonic() - started < 20
-    with httpx.Client(base_url=url) as keep_alive:  # one connection, requests 4 s apart
-        for _ in range(3):
-            assert keep_alive.get("/healthz").status_code == 200
-            time.sleep(1.5)
+
+    def silent() -> float:
+        with socket.create_connection((host, int(port))) as idle:
+            idle.settimeout(30)
+            started = time.monotonic()
+            assert idle.recv(1) == b""  # closed by the server
+            return time.monotonic() - started
+
+    def trickle() -> float:
+        with socket.create_connection((host, int(port))) as slow:
+            slow.settimeout(0.3)
+            started = time.monotonic()
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+                try:
+                    slow.sendall(bytes([byte]))
+                    if slow.recv(1) == b"":
+                        return time.monotonic() - started
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return time.monotonic() - started
+            raise AssertionError("a trickling client was never closed")
+
+    def keep_alive() -> None:
+        with httpx.Client(base_url=url) as client:  # one connection, requests 1.5 s apart
+            for _ in range(4):
+                assert client.get("/healthz").status_code == 200
+                time.sleep(1.5)
+
+    with ThreadPoolExecutor(3) as pool:
+        waits = [pool.submit(silent), pool.submit(trickle)]
+        kept = pool.submit(keep_alive)
+        assert all(3 < w.result() < 20 for w in waits)
+        kept.result()
+    assert httpx.get(f"{url}/healthz").status_code == 200
