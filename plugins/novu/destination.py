@@ -64,14 +64,34 @@ def decode(body: bytes) -> Any:
 
 
 def error_message(body: bytes) -> str | None:
-    """Novu's ``message`` from an error answer (a string or a list of strings)."""
+    """Novu's ``message`` from an error answer (a string or a list of strings), followed by the
+    field details of a validation error (``errors: {field: {messages: [...]}}``, where the
+    ``message`` alone may be just ``Validation Error`` or missing)."""
     value = decode(body)
     if not isinstance(value, dict):
         return None
     message = value.get("message")
     if isinstance(message, list):
         message = "; ".join(str(m) for m in message)
-    return message if isinstance(message, str) and message else None
+    parts = [message] if isinstance(message, str) and message else []
+    errors = value.get("errors")
+    if isinstance(errors, dict):
+        parts.extend(_field_errors(errors))
+    return "; ".join(parts) or None
+
+
+def _field_errors(errors: dict[str, Any]) -> list[str]:
+    out = []
+    for field, detail in errors.items():
+        messages = detail.get("messages") if isinstance(detail, dict) else detail
+        if isinstance(messages, str):
+            messages = [messages]
+        if not isinstance(messages, list):
+            continue
+        for m in messages:
+            text = str(m)
+            out.append(text if str(field) in text else f"{field}: {text}")
+    return out
 
 
 def is_duplicate(text: str | None) -> bool:

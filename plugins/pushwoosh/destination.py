@@ -138,6 +138,11 @@ def map_track(settings: PushwooshSettings, event: Track, raw: Mapping[str, Any])
         "timestampUTC": timestamp,
         who[0]: who[1],
     }
+    device = _as_id(get_path(raw, "context.device.id"))
+    if who[0] == "userId" and device is not None:
+        # with the userId, the device too: Pushwoosh enters a user into a Customer Journey
+        # only when postEvent names the HWID (its own SDKs always send both)
+        request["hwid"] = device
     return MapResult.send(
         Delivery(
             kind="postEvent",

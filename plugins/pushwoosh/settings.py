@@ -19,7 +19,7 @@ DEFAULT_BASE_URL = "https://api.pushwoosh.com"
 class PushwooshSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Destination ``pushwoosh``.
 
-    api_key:       API access token (Pushwoosh Control Panel, Settings > API Access); sent as
+    api_key:       a Device API token (Pushwoosh Control Panel, Settings > API Access); sent as
                    ``Authorization: Token <api_key>``. Use ``"env:PUSHWOOSH_API_KEY"``.
     application:   the application code (``XXXXX-XXXXX``).
     base_url:      API root; tests point it at a loopback fake.

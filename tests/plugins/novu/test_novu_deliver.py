@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from hookyard.deliveries import Delivery, DeliveryResult
 from hookyard.http import HttpClient
@@ -92,6 +93,18 @@ def test_decode_and_error_message() -> None:
     assert decode(b"") is None and decode(b"<html>") is None
     assert error_message(b'{"statusCode": 422, "message": ["a", "b"]}') == "a; b"
     assert error_message(b'{"message": ""}') is None and error_message(b"[]") is None
+
+
+def test_error_message_of_a_validation_error_names_the_fields() -> None:
+    """novu-py's ValidationErrorDto: the details are under ``errors`` (``message`` optional)."""
+    errors = {"to.email": {"messages": ["to.email must be an email"], "value": "nope"},
+              "payload": {"messages": ["must be an object"]}}
+    body = msgspec.json.encode({"statusCode": 422, "path": "/v1/events/trigger", "errors": errors})
+    assert error_message(body) == "to.email must be an email; payload: must be an object"
+    generic = msgspec.json.encode({"statusCode": 422, "message": "Validation Error", "errors": errors})
+    assert error_message(generic) == (
+        "Validation Error; to.email must be an email; payload: must be an object")
+    assert error_message(b'{"errors": {"x": {"value": 1}}, "message": "m"}') == "m"
 
 
 def test_trigger_item_results() -> None:

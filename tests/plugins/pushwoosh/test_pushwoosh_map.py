@@ -243,6 +243,17 @@ def test_track_falls_back_to_hwid_then_anonymous_id() -> None:
     assert run(anonymous).deliveries[0].ordering_key == "8f65b16df378e7a6"
 
 
+def test_track_with_a_user_id_also_names_the_device() -> None:
+    """Pushwoosh starts a Customer Journey from postEvent only with the HWID; its SDKs send
+    both. An anonymousId (a web library's random id) is never sent beside a userId."""
+    raw = sample_track(anonymousId="anon-1", context={"device": {"id": "HW-9"}})
+    request = request_of(run(raw))
+    assert request["userId"] == raw["userId"] and request["hwid"] == "HW-9"
+    assert "hwid" not in request_of(run(sample_track(anonymousId="anon-1")))
+    identify = sample_identify(context={"device": {"id": "HW-9"}})
+    assert "hwid" not in request_of(run(identify))  # setTags: the user's tags, by userId
+
+
 def test_track_without_user_or_device_is_skipped() -> None:
     result = run(sample_track(userId=None))
     assert result.deliveries == []
