@@ -38,17 +38,22 @@ class _Common(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True
 
     @property
     def user_id(self) -> str | None:
-        """``userId`` as a string, or None when missing or empty."""
-        if self.userId is None or self.userId == "":
-            return None
-        return str(self.userId)
+        """``userId`` as a string, or None when missing, empty or only whitespace (a blank id
+        would make one profile of unrelated people)."""
+        return _id_text(self.userId)
 
     @property
     def anonymous_id(self) -> str | None:
-        """``anonymousId`` as a string, or None when missing or empty."""
-        if self.anonymousId is None or self.anonymousId == "":
-            return None
-        return str(self.anonymousId)
+        """``anonymousId`` as a string, or None when missing, empty or only whitespace."""
+        return _id_text(self.anonymousId)
+
+
+def _id_text(value: str | int | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value if not value.isspace() else None
+    return str(value)
 
 
 class Identify(_Common, tag="identify"):

@@ -1,14 +1,16 @@
 """Timestamps as the Segment spec writes them: ISO-8601, UTC, milliseconds, ``Z``.
 
-Shared by the core (``receivedAt``, replay windows) and connectors (the Segment forwarder's
-``sentAt`` and corrected ``timestamp``, Pushwoosh's dates).
+Shared by the core (``receivedAt``, replay windows, the profile store's event times) and
+connectors (the Segment forwarder's ``sentAt`` and corrected ``timestamp``, Pushwoosh's dates).
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 _second: tuple[int, str] = (0, "")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -77,3 +79,55 @@ def parse_iso(value: str) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _to_micros(text: str) -> int | None:
+    parsed = parse_iso(text)
+    if parsed is None:
+        return None
+    try:
+        us = micros(parsed)
+        iso_micros(us)  # representable (years 1-9999 in UTC)
+    except OverflowError:
+        return None
+    return us
+
+
+_micros_of = functools.lru_cache(maxsize=1024)(_to_micros)  # a batch shares sentAt, receivedAt
+
+
+def _micros(value: Any) -> int | None:
+    return _micros_of(value) if isinstance(value, str) else None
+
+
+def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
+    """When a Segment event happened, corrected for the client's clock the way Segment does
+    it, but at the time hookyard received it: ``receivedAt - (sentAt - timestamp)``.
+
+    ``timestamp`` falls back to ``originalTimestamp``; without ``sentAt`` (server libraries,
+    historical imports) the event's own time is kept as it is; without either, ``receivedAt``.
+    None when there is nothing to change. Computed in whole microseconds (no float).
+    """
+    own_text = raw.get("timestamp") or raw.get("originalTimestamp")
+    own = _to_micros(own_text) if isinstance(own_text, str) else None  # each event its own
+    sent, received = _micros(raw.get("sentAt")), _micros(raw.get("receivedAt"))
+    if own is not None and sent is not None and received is not None:
+        try:
+            return iso_micros(received - (sent - own))
+        except OverflowError:  # a skew that moves the time out of the years 1-9999
+            return iso_micros(own)
+    if own is not None:
+        return None if own_text == raw.get("timestamp") else str(own_text)
+    return iso_micros(received) if received is not None else None
+
+
+def event_time(raw: Mapping[str, Any]) -> str | None:
+    """:func:`corrected_timestamp` always written the same way (UTC, milliseconds, ``Z``): the
+    event's time, whatever offset or precision the client used; ``receivedAt`` when the event's
+    own time is missing or not a time (``"yesterday"``); None without either."""
+    corrected = corrected_timestamp(raw)
+    text = corrected if corrected is not None else raw.get("timestamp")
+    us = _micros(text)
+    if us is None:
+        us = _micros(raw.get("receivedAt"))
+    return iso_micros(us) if us is not None else None

@@ -152,6 +152,26 @@ def test_subscribers_paging_and_search(server: HookyardServer) -> None:
         == ["other"]
     assert len(get(server, "/api/subscribers?q=user-")["subscribers"]) == 5  # by distinct_id
     assert get(server, "/api/subscribers?q=nobody@example.com")["subscribers"] == []
+    # LIKE wildcards in the search text match themselves, not everything
+    assert get(server, "/api/subscribers?q=%25")["subscribers"] == []
+    assert get(server, "/api/subscribers?q=_")["subscribers"] == []
+
+
+def test_an_id_with_a_slash_is_read_when_sent_encoded(server: HookyardServer) -> None:
+    send(server, identify("a", email="a@example.com"), identify("a/events", email="b@example.com"),
+         sample_track(userId="a", messageId="a-track"))
+    assert get(server, "/api/subscribers/a%2Fevents")["distinct_id"] == "a/events"
+    assert [e["messageId"] for e in get(server, "/api/subscribers/a/events")["events"]] == ["a-track"]
+    assert get(server, "/api/subscribers/a%2Fevents/events")["events"] == []
+
+
+def test_a_blank_user_id_is_refused_at_ingest(server: HookyardServer) -> None:
+    r = server.post("/v1/identify", identify("   ", email="blank@example.com"))
+    assert r.status_code == 400 and "userId or anonymousId is required" in r.text
+    hook = server.client.post(f"{server.url}/connector/segment/",
+                              json=identify(" ", email="blank@example.com"),
+                              headers={"Authorization": f"Bearer {KEY}"})
+    assert hook.status_code == 400 and "userId is required" in hook.text
 
 
 def test_unknown_subscriber_is_404(server: HookyardServer) -> None:

@@ -210,6 +210,7 @@ def test_empty_channel_mapping_switches_defaults_off(make_ctx: Make) -> None:
 def test_custom_channel_mapping(make_ctx: Make) -> None:
     ctx = make_ctx({"channels": {
         "$email": "email",
+        "$sms": [],  # a default switched off: an empty list
         "$whatsapp": "whatsapp",
         "$slack": ["slackEmail", "slackUserID"],
         "$androidpush": ["fcmAndroidpush", "xiaomiAndroidpush"],
@@ -217,7 +218,7 @@ def test_custom_channel_mapping(make_ctx: Make) -> None:
     }})
     sync(ctx, sample_identify(traits={
         "email": "p@example.com",
-        "phone": "+15555555555",  # no $sms in a custom mapping
+        "phone": "+15555555555",  # "$sms" = []: not a channel
         "whatsapp": "+15551112222",
         "slackEmail": "p@slack.example.com",
         "slackUserID": "U012AB3CD",
@@ -232,6 +233,75 @@ def test_custom_channel_mapping(make_ctx: Make) -> None:
         "$androidpush": ["fcm-token-1", "mi-token-1"],
         "$iospush": ["apns-token-1"],
     }
+
+
+def test_a_mapping_adds_to_the_default_channels(make_ctx: Make) -> None:
+    """001: email -> Email and phone -> SMS by default, "you can add the mapping of other
+    channels in the similar way": mapping $whatsapp keeps the defaults."""
+    ctx = make_ctx({"channels": {"$whatsapp": "whatsapp"}})
+    sync(ctx, sample_identify(traits={"email": "p@example.com", "phone": "+15555555555",
+                                      "whatsapp": "+15550000000"}))
+    assert profile(ctx)["channels"] == {"$email": ["p@example.com"], "$sms": ["+15555555555"],
+                                        "$whatsapp": ["+15550000000"]}
+
+
+def test_one_address_is_one_channel_value(make_ctx: Make) -> None:
+    """An email address in any case, a phone number in any punctuation: one value."""
+    ctx = make_ctx({"channels": {"$whatsapp": "phone"}})
+    for email, phone in (("Peter@Example.com", "+1 (555) 555-5555"),
+                         ("peter@example.com", "+1.555.555.5555"),
+                         ("PETER@EXAMPLE.COM", "+15555555555")):
+        sync(ctx, sample_identify(traits={"email": email, "phone": phone}))
+    assert profile(ctx)["channels"] == {"$email": ["peter@example.com"],
+                                        "$sms": ["+15555555555"], "$whatsapp": ["+15555555555"]}
+
+
+def test_values_that_are_no_address_are_ignored_with_a_note(
+    make_ctx: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx = make_ctx()
+    with caplog.at_level(logging.INFO, logger="hookyard.profiles"):
+        sync(ctx, sample_identify(traits={"email": "not-an-email", "phone": "call me maybe"}))
+    p = profile(ctx)
+    assert p["channels"] == {}
+    assert p["properties"]["email"] == "not-an-email"  # the trait itself is kept
+    assert "$email ignored: 'not-an-email' (trait email) is not an email address" in caplog.text
+    assert "$sms ignored: 'call me maybe' (trait phone) is not a phone number" in caplog.text
+
+
+def test_an_older_identify_never_rolls_newer_values_back(make_ctx: Make) -> None:
+    """A replay of a past window applies past identifies again: they fill in what is missing
+    (and add channels), but the values of a newer identify stay."""
+    ctx = make_ctx({"preferences": {"$locale": "lang", "$timezone": "tz"}})
+    old = sample_identify(timestamp="2026-01-01T00:00:00.000Z", traits={
+        "plan": "basic", "lang": "de", "tz": "Europe/Berlin", "email": "old@example.com",
+        "first_seen": "jan"})
+    new = sample_identify(timestamp="2026-02-01T00:00:00.000Z", traits={
+        "plan": "premium", "lang": "fr", "email": "new@example.com"})
+    sync(ctx, old)
+    sync(ctx, new)
+    sync(ctx, old)  # the replay
+    p = profile(ctx)
+    assert p["properties"] == {"plan": "premium", "lang": "fr", "email": "new@example.com",
+                               "tz": "Europe/Berlin", "first_seen": "jan"}
+    assert p["preferences"] == {"$locale": "fr", "$timezone": "Europe/Berlin"}
+    assert p["channels"] == {"$email": ["old@example.com", "new@example.com"]}
+    newest = sample_identify(timestamp="2026-03-01T00:00:00.000Z", traits={"plan": "pro"})
+    sync(ctx, newest)
+    assert profile(ctx)["properties"]["plan"] == "pro"
+
+
+def test_a_blank_user_id_is_anonymous(make_ctx: Make) -> None:
+    result = sync(make_ctx(), sample_identify(userId="   ", anonymousId="a-1"))
+    assert result.deliveries == []
+    assert result.filtered == "userId is required: anonymous events are not stored"
+
+
+def test_localtime_is_no_time_zone(make_ctx: Make) -> None:
+    ctx = make_ctx({"preferences": {"$timezone": "tz"}})
+    for tz in ("localtime", "posixrules", "Factory"):
+        sync(ctx, sample_identify(traits={"tz": tz}))
+        assert profile(ctx)["preferences"]["$timezone"] is None
 
 
 def test_channel_trait_holding_a_list(make_ctx: Make) -> None:
@@ -271,6 +341,35 @@ def test_track_is_stored_with_properties_as_is(make_ctx: Make) -> None:
     assert ev["messageId"] == raw["messageId"]
     assert ev["timestamp"] == raw["timestamp"]
     assert profile(ctx)["properties"] == {}  # a track alone creates the user, no properties
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [({"timestamp": "2026-01-01T05:30:00+05:30"}, "2026-01-01T00:00:00.000Z"),
+     ({"timestamp": "2026-01-01T00:00:00"}, "2026-01-01T00:00:00.000Z"),
+     ({"timestamp": "yesterday"}, "2026-01-02T00:00:00.000Z"),  # not a time: receivedAt
+     # the client's clock 10 s ahead: corrected as Segment does (receivedAt - (sentAt - ts))
+     ({"timestamp": None, "originalTimestamp": "2026-01-01T23:59:50.000Z",
+       "sentAt": "2026-01-02T00:00:10.000Z"}, "2026-01-01T23:59:40.000Z")],
+    ids=["offset", "no-zone", "not-a-time", "clock-skew"],
+)
+def test_track_time_is_stored_in_utc(
+    make_ctx: Make, fields: dict[str, Any], expected: str
+) -> None:
+    ctx = make_ctx()
+    raw = {**sample_track(receivedAt="2026-01-02T00:00:00.000Z"), **fields}
+    raw = {k: v for k, v in raw.items() if v is not None}
+    sync(ctx, raw)
+    assert events_of(ctx)[0]["timestamp"] == expected
+
+
+def test_a_replayed_track_is_stored_as_the_mapping_now_makes_it(make_ctx: Make) -> None:
+    raw = sample_track()
+    sync(make_ctx(name="p"), raw)
+    ctx = make_ctx({"event_prefix": True}, name="p")  # the same store, a new prefix
+    sync(ctx, raw)
+    [ev] = events_of(ctx)
+    assert ev["event"] == "segment : User Registered"
 
 
 def test_track_without_properties(make_ctx: Make) -> None:

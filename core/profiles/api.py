@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -32,6 +33,29 @@ def _int(value: str | None, default: int | None, lo: int = 0, hi: int = 10**12) 
         return default
     number = int(value)  # ValueError answered 400 by the caller
     return max(lo, min(hi, number))
+
+
+SUBSCRIBERS = "/api/subscribers/"
+EVENTS_SUFFIX = "/events"
+
+
+def subscriber_path(request: Request) -> tuple[str, bool]:
+    """The distinct_id of ``/api/subscribers/{distinct_id}[/events]`` and whether the events
+    are asked for, read from the path as sent: an id with a slash, sent encoded (``a%2Fevents``),
+    is that user's profile, not the events of user ``a``."""
+    raw = request.scope.get("raw_path")
+    if not raw:  # a server that does not pass the raw path: the decoded one
+        path = request.url.path
+        tail = path[path.rfind(SUBSCRIBERS) + len(SUBSCRIBERS):]
+        if tail.endswith(EVENTS_SUFFIX):
+            return tail[: -len(EVENTS_SUFFIX)], True
+        return tail, False
+    text = raw.decode("latin-1")
+    tail = text[text.rfind(SUBSCRIBERS) + len(SUBSCRIBERS):]
+    events = tail.endswith(EVENTS_SUFFIX)
+    if events:
+        tail = tail[: -len(EVENTS_SUFFIX)]
+    return unquote_to_bytes(tail).decode("utf-8", "replace"), events
 
 
 def routes(runtime: Runtime) -> list[BaseRoute]:
@@ -67,12 +91,13 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
 
         return await run(request, fn)
 
-    async def get_subscriber(request: Request) -> JSONResponse:
-        uid = request.path_params["distinct_id"]
+    async def one_subscriber(request: Request) -> JSONResponse:
+        uid, events = subscriber_path(request)
+        if events:
+            return await subscriber_events(request, uid)
         return await run(request, lambda store, dest: store.subscriber(dest, uid))
 
-    async def subscriber_events(request: Request) -> JSONResponse:
-        uid = request.path_params["distinct_id"]
+    async def subscriber_events(request: Request, uid: str) -> JSONResponse:
         q = request.query_params
 
         def fn(store: Any, dest: str) -> dict[str, Any] | None:
@@ -99,7 +124,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
 
     return [
         Route("/api/subscribers", list_subscribers, methods=["GET"]),
-        Route("/api/subscribers/{distinct_id:path}/events", subscriber_events, methods=["GET"]),
-        Route("/api/subscribers/{distinct_id:path}", get_subscriber, methods=["GET"]),
+        # one route: the decoded path cannot tell ``a%2Fevents`` from ``a/events``
+        Route("/api/subscribers/{distinct_id:path}", one_subscriber, methods=["GET"]),
         Route("/api/workflow-runs", workflow_runs, methods=["GET"]),
     ]

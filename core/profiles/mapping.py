@@ -9,14 +9,20 @@ Behaviour (reference documents 000/001):
   other value is ignored with a note.
 * channels: ``$email``, ``$sms``, ``$whatsapp``, ``$slack``, ``$androidpush``, ``$iospush`` take
   their values from the traits named in the mapping. Values are appended, never overridden.
-  With no mapping configured, 001's defaults apply (``email`` -> ``$email``, ``phone`` ->
-  ``$sms``); ``channels = {}`` switches them off.
-* track: stored as the user's event, name optionally prefixed ``segment : ``; every workflow
-  linked to the event records a run.
+  001's defaults (``email`` -> ``$email``, ``phone`` -> ``$sms``) apply unless the mapping
+  names that channel (``"$sms" = []`` switches one off); ``channels = {}`` switches both off.
+  An email address is kept in lower case, a phone number without its spaces, dashes, dots and
+  brackets, so one address is one channel value; a value that is neither is ignored with a note.
+* track: stored as the user's event, name optionally prefixed ``segment : ``, at the event's
+  time in UTC (corrected for the client's clock as Segment does); every workflow linked to the
+  event records a run.
+* identify and replay: an identify older than the one that last set a profile (a replay of a
+  past window) fills in what is missing but never rolls newer values back.
 """
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from functools import lru_cache
 from typing import Any
@@ -25,6 +31,7 @@ import msgspec
 
 from ..deliveries import Delivery, MapResult
 from ..events import Event, Identify, Track
+from ..times import event_time
 
 ISO_639_1 = frozenset(
     "aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy"
@@ -65,7 +72,14 @@ class ProfileSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     @property
     def channel_map(self) -> dict[str, str | list[str]]:
-        return DEFAULT_CHANNELS if self.channels is None else self.channels
+        """The channels to fill and their traits: 001's defaults, unless the mapping names that
+        channel (an empty list switches it off); ``channels = {}`` switches every default off."""
+        if self.channels is None:
+            return DEFAULT_CHANNELS
+        if not self.channels:
+            return {}
+        merged = {**DEFAULT_CHANNELS, **self.channels}
+        return {channel: source for channel, source in merged.items() if source}
 
     @property
     def prefix(self) -> str:
@@ -74,9 +88,14 @@ class ProfileSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return self.event_prefix or ""
 
 
+# Files of the system's zoneinfo directory that are not time zones: ``localtime`` is whatever
+# the server's clock is set to, ``posixrules`` a default rule, ``Factory`` "zone unknown".
+NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
 @lru_cache(maxsize=1)
 def _timezones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+    return frozenset(zoneinfo.available_timezones()) - NOT_ZONES
 
 
 def valid_locale(value: Any) -> str | None:
@@ -93,18 +112,46 @@ def valid_timezone(value: Any) -> str | None:
     return None
 
 
-def _channel_values(traits: dict[str, Any], source: str | list[str]) -> list[str]:
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+PHONE_SEPARATORS = re.compile(r"[\s().\-]")
+PHONE = re.compile(r"\+?[0-9]{5,15}")
+PHONE_CHANNELS = ("$sms", "$whatsapp")
+
+
+def channel_value(channel: str, value: str) -> str | None:
+    """The value as the channel keeps it, or None when it cannot be one: an email address in
+    lower case (``Peter@Example.com`` and ``peter@example.com`` are one address), a phone
+    number without separators (``+1 (555) 555-5555`` is ``+15555555555``); other channels'
+    values (Slack ids, push tokens) as they are."""
+    if channel == "$email":
+        return value.lower() if EMAIL.fullmatch(value) else None
+    if channel in PHONE_CHANNELS:
+        number = PHONE_SEPARATORS.sub("", value)
+        return number if PHONE.fullmatch(number) else None
+    return value
+
+
+def _channel_values(
+    traits: dict[str, Any], channel: str, source: str | list[str], notes: list[str]
+) -> list[str]:
     out = []
     for trait in [source] if isinstance(source, str) else source:
         value = traits.get(trait)
         values = value if isinstance(value, list) else [value]
         for v in values:
             if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip():
-                out.append(str(v).strip())
+                kept = channel_value(channel, str(v).strip())
+                if kept is None:
+                    kind = "an email address" if channel == "$email" else "a phone number"
+                    notes.append(f"{channel} ignored: {v!r} (trait {trait}) is not {kind}")
+                elif kept not in out:
+                    out.append(kept)
     return out
 
 
-def map_identify(settings: ProfileSettings, event: Identify, distinct_id: str) -> Delivery:
+def map_identify(
+    settings: ProfileSettings, event: Identify, distinct_id: str, raw: dict[str, Any]
+) -> Delivery:
     traits = event.traits or {}
     notes: list[str] = []
     preferences: dict[str, str] = {}
@@ -120,7 +167,7 @@ def map_identify(settings: ProfileSettings, event: Identify, distinct_id: str) -
             preferences[pref] = value
     channels = {}
     for channel, source in settings.channel_map.items():
-        values = _channel_values(traits, source)
+        values = _channel_values(traits, channel, source, notes)
         if values:
             channels[channel] = values
     body = {
@@ -129,6 +176,7 @@ def map_identify(settings: ProfileSettings, event: Identify, distinct_id: str) -
         "channels": channels,
         "preferences": preferences,
         "notes": notes,
+        "at": event_time(raw),  # an older identify (a replay) never rolls newer values back
     }
     return Delivery(kind="identify", body=body)
 
@@ -140,7 +188,7 @@ def map_track(settings: ProfileSettings, event: Track, distinct_id: str, raw: di
         "distinct_id": distinct_id,
         "event": name,
         "properties": event.properties or {},
-        "timestamp": event.timestamp or event.originalTimestamp or raw.get("receivedAt"),
+        "timestamp": event_time(raw),
         "received_at": raw.get("receivedAt"),
         "message_id": raw.get("messageId"),
         "workflows": workflows,
@@ -154,7 +202,7 @@ def map_profile_event(settings: ProfileSettings, event: Event, raw: dict[str, An
     if distinct_id is None:
         return MapResult.skip("userId is required: anonymous events are not stored")
     if isinstance(event, Identify):
-        return MapResult.send(map_identify(settings, event, distinct_id))
+        return MapResult.send(map_identify(settings, event, distinct_id, raw))
     if isinstance(event, Track):
         return MapResult.send(map_track(settings, event, distinct_id, raw))
     return MapResult.skip(f"{raw.get('type')} events are not stored by the profile store")

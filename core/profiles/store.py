@@ -33,10 +33,14 @@ _dec = msgspec.json.Decoder(dict[str, Any])
 def _migrate(conn: sqlite3.Connection) -> None:
     db = sqlite_utils.Database(conn)
     if "subscribers" in db.table_names():
+        if "identified_at" not in db["subscribers"].columns_dict:
+            conn.execute("ALTER TABLE subscribers ADD COLUMN identified_at TEXT")
         return
     db["subscribers"].create(  # type: ignore[union-attr]
         {"destination": str, "distinct_id": str, "properties": str, "locale": str,
-         "timezone": str, "created_at": float, "updated_at": float},
+         "timezone": str, "created_at": float, "updated_at": float,
+         # the time (UTC ISO text, ordered as text) of the identify that last set the profile
+         "identified_at": str},
         pk=("destination", "distinct_id"),
     )
     db["channels"].create(  # type: ignore[union-attr]
@@ -97,7 +101,8 @@ class _PrefixedConnection:
 PG_TABLES = [
     """CREATE TABLE IF NOT EXISTS subscribers (destination text NOT NULL, distinct_id text NOT NULL,
     properties text, locale text, timezone text, created_at double precision,
-    updated_at double precision, PRIMARY KEY (destination, distinct_id))""",
+    updated_at double precision, identified_at text, PRIMARY KEY (destination, distinct_id))""",
+    "ALTER TABLE subscribers ADD COLUMN IF NOT EXISTS identified_at text",
     """CREATE TABLE IF NOT EXISTS channels (destination text NOT NULL, distinct_id text NOT NULL,
     channel text NOT NULL, value text NOT NULL, added_at double precision,
     seq bigint GENERATED ALWAYS AS IDENTITY, PRIMARY KEY (destination, distinct_id, channel, value))""",
@@ -119,6 +124,11 @@ def _migrate_pg(conn: Any) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("hookyard.profiles",))
     for statement in PG_TABLES:
         conn.execute(statement)
+
+
+def _like_escape(text: str) -> str:
+    """``text`` for a LIKE pattern with ``ESCAPE '\\'``: its wildcards taken literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class ProfileStore:
@@ -205,26 +215,35 @@ class ProfileStore:
                 raise
 
     def _identify(self, conn: Any, dest: str, body: dict[str, Any]) -> None:
+        """Merge an identify into the profile. An identify older than the one that last set
+        the profile (a replay of a past window) only fills in what the profile lacks: its
+        properties and preferences never roll newer values back; channels are added either way."""
         now = time.time()
         uid = body["distinct_id"]
+        at = body.get("at")
         for note in body.get("notes") or ():
             log.info("profile %s: %s", uid, note)
         row = conn.execute(
-            "SELECT properties FROM subscribers WHERE destination = ? AND distinct_id = ?",
+            "SELECT properties, identified_at FROM subscribers WHERE destination = ? AND distinct_id = ?",
             (dest, uid),
         ).fetchone()
         props = _dec.decode(row[0]) if row and row[0] else {}
-        props.update(body.get("properties") or {})
+        older = row is not None and row[1] is not None and (at is None or at < row[1])
+        new = body.get("properties") or {}
+        props = {**new, **props} if older else {**props, **new}
         prefs = body.get("preferences") or {}
+        # an older identify's preferences only fill a preference that is not set
+        first, second = ("subscribers", "excluded") if older else ("excluded", "subscribers")
         conn.execute(
             "INSERT INTO subscribers (destination, distinct_id, properties, locale, timezone,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " created_at, updated_at, identified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(destination, distinct_id) DO UPDATE SET properties = excluded.properties,"
-            " locale = COALESCE(excluded.locale, subscribers.locale),"
-            " timezone = COALESCE(excluded.timezone, subscribers.timezone),"
+            f" locale = COALESCE({first}.locale, {second}.locale),"
+            f" timezone = COALESCE({first}.timezone, {second}.timezone),"
+            f" identified_at = COALESCE({first}.identified_at, {second}.identified_at),"
             " updated_at = excluded.updated_at",
             (dest, uid, _enc.encode(props).decode(), prefs.get("$locale"), prefs.get("$timezone"),
-             now, now),
+             now, now, at),
         )
         conn.executemany(
             "INSERT OR IGNORE INTO channels (destination, distinct_id, channel, value, added_at)"
@@ -242,9 +261,12 @@ class ProfileStore:
             (dest, uid, now, now),
         )
         props = _enc.encode(body.get("properties") or {}).decode()
+        # a replay stores the event as the mapping now makes it (a new prefix, say)
         conn.execute(
-            "INSERT OR IGNORE INTO events (destination, distinct_id, message_id, event, properties,"
-            " timestamp, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (destination, distinct_id, message_id, event, properties,"
+            " timestamp, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (destination, message_id) DO UPDATE SET event = excluded.event,"
+            " properties = excluded.properties, timestamp = excluded.timestamp",
             (dest, uid, body.get("message_id"), body["event"], props, body.get("timestamp"),
              body.get("received_at")),
         )
@@ -287,9 +309,12 @@ class ProfileStore:
         params: list[Any] = [dest]
         if query:
             like = self._sql_like
-            sql += (f" AND (distinct_id {like} ? OR EXISTS (SELECT 1 FROM channels c WHERE"
-                    f" c.destination = s.destination AND c.distinct_id = s.distinct_id AND c.value {like} ?))")
-            params += [f"%{query}%", f"%{query}%"]
+            # the text as typed: % and _ match themselves, not any text / any character
+            sql += (f" AND (distinct_id {like} ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM channels c"
+                    " WHERE c.destination = s.destination AND c.distinct_id = s.distinct_id"
+                    f" AND c.value {like} ? ESCAPE '\\'))")
+            pattern = "%" + _like_escape(query) + "%"
+            params += [pattern, pattern]
         if after:
             sql += " AND distinct_id > ?"
             params.append(after)

@@ -22,7 +22,7 @@ from hookyard.connectors import DestinationContext
 from hookyard.deliveries import Delivery, DeliveryResult, MapResult
 from hookyard.events import Event, event_type
 from hookyard.http import HttpClient
-from hookyard.times import iso_micros, micros, now_iso, parse_iso
+from hookyard.times import corrected_timestamp, now_iso
 
 BATCH_PATH = "/v1/batch"
 MAX_EVENT_BYTES = 32 * 1024
@@ -57,36 +57,6 @@ class SegmentForwarderSettings(msgspec.Struct, forbid_unknown_fields=True, kw_on
             raise ValueError("write_key must not be blank")
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, not {self.base_url!r}")
-
-
-def _to_micros(text: str) -> int | None:
-    parsed = parse_iso(text)
-    return None if parsed is None else micros(parsed)
-
-
-_micros_of = functools.lru_cache(maxsize=1024)(_to_micros)  # a batch shares sentAt, receivedAt
-
-
-def _micros(value: Any) -> int | None:
-    return _micros_of(value) if isinstance(value, str) else None
-
-
-def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
-    """When the event happened, corrected for the client's clock the way Segment does it, but
-    at the time hookyard received it: ``receivedAt - (sentAt - timestamp)``.
-
-    ``timestamp`` falls back to ``originalTimestamp``; without ``sentAt`` (server libraries,
-    historical imports) the event's own time is kept as it is; without either, ``receivedAt``.
-    None when there is nothing to change. Computed in whole microseconds (no float).
-    """
-    own_text = raw.get("timestamp") or raw.get("originalTimestamp")
-    own = _to_micros(own_text) if isinstance(own_text, str) else None  # each event its own
-    sent, received = _micros(raw.get("sentAt")), _micros(raw.get("receivedAt"))
-    if own is not None and sent is not None and received is not None:
-        return iso_micros(received - (sent - own))
-    if own is not None:
-        return None if own_text == raw.get("timestamp") else str(own_text)
-    return iso_micros(received) if received is not None else None
 
 
 def forwarded_event(raw: Mapping[str, Any]) -> dict[str, Any]:
