@@ -4,15 +4,14 @@
     GET  /api/events?source=&type=&cursor=          the inbox, newest first
     GET  /api/deliveries?message_id=&destination=   every outbox row and attempt of an event
     GET  /api/dead-letters?destination=&cursor=     failed deliveries
-    POST /api/dead-letters/retry    {"destination"?, "since"?, "ids"?}
-    POST /api/dead-letters/discard  {"destination"?, "since"?, "ids"?}
+    POST /api/dead-letters/retry    {"destination"?, "since"?, "ids"?, "all"?}
+    POST /api/dead-letters/discard  {"destination"?, "since"?, "ids"?} or {"all": true}
     POST /api/destinations/{name}/preview   body: a Segment event -> what would be sent
     POST /api/replay  {"source", "destination"?, "since"?, "until"?}
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .api_models import DeadLetterRequest
+from .api_models import DeadLetterRequest, ReplayRequest
 from .delivery import outbox, router
 from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
 from .inbox import by_message_id, decode_row
 from .ingest import read_body
-from .times import parse_iso
+from .operator_input import dead_letter_filter
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -62,25 +61,6 @@ def _limit(request: Request) -> int:
 
 def _cursor(request: Request) -> int | None:
     return _int_param(request, "cursor")
-
-
-def parse_time(value: Any) -> float | None:
-    """An ISO-8601 date or time, or Unix seconds, as Unix seconds. A time without an offset is
-    UTC, as everywhere in hookyard (never the server's local time zone)."""
-    if value is None or value == "":
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        parsed = parse_iso(str(value))
-        if parsed is None:
-            raise ValueError(
-                f"invalid time {value!r}: use ISO-8601 (2026-01-31T12:00:00Z) or Unix seconds"
-            ) from None
-        return parsed.timestamp()
-    if not math.isfinite(seconds):
-        raise ValueError(f"invalid time {value!r}: not a finite number of seconds")
-    return seconds
 
 
 ADMIN_BODY_LIMIT = 1_000_000  # bytes: a dead-letter id list, a preview event, a replay request
@@ -185,12 +165,15 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             return _error(404, f"unknown action {action!r}: use retry or discard")
         try:
             body = msgspec.convert(await _body(request), DeadLetterRequest)
-            since = parse_time(body.since)
-            ids = body.ids or []
+            destination, since, ids = dead_letter_filter(
+                action, body.destination, body.since, body.ids, body.every)
         except (ValueError, TypeError, msgspec.ValidationError) as exc:
             return _error(400, str(exc))
+        if action == "retry" and destination is not None and destination not in rt.destinations:
+            return _error(400, f"destination {destination!r} is not in the config, so no worker"
+                               " would deliver its dead letters: add it back first, or discard them")
         fn = outbox.retry_dead if action == "retry" else outbox.discard_dead
-        count = await db.write(lambda c: fn(c, body.destination, since, ids or None))
+        count = await db.write(lambda c: fn(c, destination, since, ids))
         if rt.engine is not None:
             rt.engine.wake_all()
         return _json({"action": action, "count": count})
@@ -207,21 +190,17 @@ def routes(rt: Runtime) -> list[BaseRoute]:
 
     async def replay_endpoint(request: Request) -> Response:
         try:
-            body = await _body(request)
-            source = body.get("source")
-            if not isinstance(source, str):
+            raw = await _body(request)
+            if not isinstance(raw.get("source"), str):
                 return _error(400, "invalid replay request: source (a source name) is required")
-            destination, since, until = body.get("destination"), body.get("since"), body.get("until")
-            for name, value in (("destination", destination), ("since", since), ("until", until)):
-                if value is not None and not isinstance(value, str):
-                    return _error(400, f"invalid replay request: {name} must be a string")
-            if source not in rt.sources:
-                return _error(404, f"no source named {source!r}")
+            body = msgspec.convert(raw, ReplayRequest)
+            if body.source not in rt.sources:
+                return _error(404, f"no source named {body.source!r}")
             started = time.time()
-            count = await replay(rt, source, destination, since, until)
+            count = await replay(rt, body.source, body.destination, body.since, body.until)
         except ConfigError as exc:
             return _error(404, str(exc))
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, msgspec.ValidationError) as exc:
             return _error(400, f"invalid replay request: {exc}")
         if rt.engine is not None:
             rt.engine.wake_all()

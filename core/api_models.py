@@ -184,10 +184,17 @@ class DeadLetterPage(msgspec.Struct):
     next: str | None
 
 
-class DeadLetterRequest(msgspec.Struct):
+class DeadLetterRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Which dead letters to retry or discard. Unknown keys and an empty ``ids`` are a 400;
+    ``discard`` needs a filter or ``"all": true`` (``retry`` with none retries them all)."""
+
     destination: str | None = None
+    # ISO-8601 (UTC when no zone is given) or Unix seconds: dead letters that failed since then
     since: str | float | None = None
-    ids: list[Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]] | None = None  # outbox row ids
+    ids: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]], msgspec.Meta(min_length=1)
+    ] | None = None  # outbox row ids
+    every: bool = msgspec.field(default=False, name="all")  # every dead letter, explicitly
 
 
 class DeadLetterResult(msgspec.Struct):
@@ -220,11 +227,14 @@ class PreviewResult(msgspec.Struct):
     deliveries: list[Delivery]
 
 
-class ReplayRequest(msgspec.Struct):
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Unknown keys are a 400. ``since`` / ``until``: ISO-8601 (UTC when no zone is given) or
+    Unix seconds, on the time an event was received; ``until`` is exclusive."""
+
     source: str
     destination: str | None = None
-    since: str | None = None
-    until: str | None = None
+    since: str | float | None = None
+    until: str | float | None = None
 
 
 class ReplayResult(msgspec.Struct):

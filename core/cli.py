@@ -22,6 +22,9 @@ from .errors import ConfigError, HookyardError
 from .send_test import send_test as send_test_command
 
 CONFIG_HELP = "TOML config file (default: $HOOKYARD_CONFIG, else one Segment source -> profile store)"
+TIME_HELP = "ISO-8601 (2026-11-01 or 2026-11-01T10:00:00Z; UTC when no zone is given) or Unix seconds"
+DLQ_DESTINATION_HELP = "Only this destination's dead letters"
+DLQ_SINCE_HELP = f"Only dead letters that last failed at or after this time: {TIME_HELP}"
 
 
 def _load(config_path: str | None, host: str | None = None, port: int | None = None,
@@ -229,15 +232,17 @@ def run_loop(coro: Any) -> Any:
 @config_options
 @click.option("--source", required=True, help="Source whose stored events are replayed")
 @click.option("--destination", help="Only this destination (default: every connected one)")
-@click.option("--since", help="Received at or after (ISO-8601 date or time)")
-@click.option("--until", help="Received before (ISO-8601 date or time)")
+@click.option("--since", help=f"Received at or after this time: {TIME_HELP}")
+@click.option("--until", help=f"Received before this time: {TIME_HELP}")
 def replay(config_path: str | None, data_dir: str | None, source: str, destination: str | None,
            since: str | None, until: str | None) -> None:
     """Map stored events again and queue their deliveries (mapping changes reach the past)."""
     from .delivery.replay import count_events
     from .delivery.replay import replay as do_replay
+    from .operator_input import window
 
     try:
+        window(since, until)  # a bad time or window stops here, before the database is opened
         rt = _stored_runtime(config_path, data_dir)
         if source not in rt.sources:
             rt.close()
@@ -303,8 +308,9 @@ def _unknown_destination(rt: Any, name: str) -> str:
 
 @dlq.command("list")
 @config_options
-@click.option("--destination")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--destination", help=DLQ_DESTINATION_HELP)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="At most this many, newest first")
 def dlq_list(config_path: str | None, data_dir: str | None, destination: str | None, limit: int) -> None:
     """List dead letters, newest first."""
     rt = _dlq_runtime(config_path, data_dir, destination)
@@ -324,37 +330,54 @@ def dlq_list(config_path: str | None, data_dir: str | None, destination: str | N
 
 
 def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
-                destination: str | None, since: str | None) -> None:
-    from .admin_api import parse_time
+                destination: str | None, since: str | None, ids: tuple[int, ...],
+                every: bool) -> None:
     from .delivery import outbox
+    from .operator_input import dead_letter_filter
 
-    rt = _dlq_runtime(config_path, data_dir, destination)
     try:
-        when = parse_time(since)
+        destination, when, id_list = dead_letter_filter(
+            action, destination, since, list(ids) or None, every, cli=True)
     except ValueError as exc:
         _fail(exc)
+    rt = _dlq_runtime(config_path, data_dir, destination)
+    if action == "retry" and destination is not None and destination not in rt.destinations:
+        rt.close()  # its dead letters would be pending for ever: no worker delivers for it
+        _fail(ConfigError(
+            f"destination {destination!r} is not in the config, so no worker would deliver its"
+            " dead letters: add it back first, or discard them"))
     fn = outbox.retry_dead if action == "retry" else outbox.discard_dead
-    count = rt.db.write_sync(lambda c: fn(c, destination, when))
+    count = rt.db.write_sync(lambda c: fn(c, destination, when, id_list))
     rt.close()
     click.echo(f"{action}: {count} dead letters" + (" queued again" if action == "retry" else " discarded"))
 
 
+def dlq_filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--all", "every", is_flag=True,
+                      help="Every dead letter (discard refuses to run without a filter or this)")(fn)
+    fn = click.option("--id", "ids", multiple=True, type=click.IntRange(1, 2**63 - 1),
+                      help="Only this dead letter (its id in `dlq list`; repeatable)")(fn)
+    fn = click.option("--since", help=DLQ_SINCE_HELP)(fn)
+    fn = click.option("--destination", help=DLQ_DESTINATION_HELP)(fn)
+    return fn
+
+
 @dlq.command("retry")
 @config_options
-@click.option("--destination")
-@click.option("--since", help="Only dead letters that failed at or after this time")
-def dlq_retry(config_path: str | None, data_dir: str | None, destination: str | None, since: str | None) -> None:
-    """Queue dead letters for delivery again."""
-    _dlq_action("retry", config_path, data_dir, destination, since)
+@dlq_filter_options
+def dlq_retry(config_path: str | None, data_dir: str | None, destination: str | None,
+              since: str | None, ids: tuple[int, ...], every: bool) -> None:
+    """Queue dead letters for delivery again (all of them when no filter is given)."""
+    _dlq_action("retry", config_path, data_dir, destination, since, ids, every)
 
 
 @dlq.command("discard")
 @config_options
-@click.option("--destination")
-@click.option("--since")
-def dlq_discard(config_path: str | None, data_dir: str | None, destination: str | None, since: str | None) -> None:
-    """Discard dead letters (kept for the record, never retried)."""
-    _dlq_action("discard", config_path, data_dir, destination, since)
+@dlq_filter_options
+def dlq_discard(config_path: str | None, data_dir: str | None, destination: str | None,
+                since: str | None, ids: tuple[int, ...], every: bool) -> None:
+    """Discard dead letters (kept for the record, never retried). Needs a filter, or --all."""
+    _dlq_action("discard", config_path, data_dir, destination, since, ids, every)
 
 
 @main.command()

@@ -12,27 +12,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from ..times import iso_utc, parse_iso
+from ..operator_input import window
 from . import outbox, router
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
 
-def normalize_time(value: str | None) -> str | None:
-    """An ISO-8601 date or time as the inbox's ``received_at`` format (UTC, ms, ``Z``)."""
-    if not value:
-        return None
-    when = parse_iso(value)  # the operator's time parser everywhere: no offset means UTC
-    if when is None:
-        raise ValueError(f"{value!r} is not an ISO-8601 date or time")
-    return iso_utc(when)
+Time = str | float | None
+"""``since`` / ``until``: ISO-8601 (UTC when no zone is given) or Unix seconds."""
 
 
-async def count_events(rt: Runtime, source: str, since: str | None, until: str | None) -> int:
+async def count_events(rt: Runtime, source: str, since: Time, until: Time) -> int:
     sql = "SELECT count(*) FROM inbox WHERE source = ?"
     params: list[str] = [source]
-    for op, val in ((">=", normalize_time(since)), ("<", normalize_time(until))):
+    for op, val in zip((">=", "<"), window(since, until), strict=True):
         if val:
             sql += f" AND received_at {op} ?"
             params.append(val)
@@ -43,11 +37,12 @@ async def replay(
     rt: Runtime,
     source: str,
     destination: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
+    since: Time = None,
+    until: Time = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Queue deliveries again for ``source``'s events in [since, until); returns the count."""
+    """Queue deliveries again for ``source``'s events in [since, until); returns the count.
+    A bad time or a window that ends before it starts raises ValueError."""
     if source not in rt.sources:
         raise ConfigError(f"no source named {source!r}")
     connected = {d.name for d in rt.destinations_for(source)}
@@ -59,7 +54,7 @@ async def replay(
         only = {destination}
     else:
         only = connected
-    lo, hi = normalize_time(since), normalize_time(until)
+    lo, hi = window(since, until)
     after, total = 0, 0
     while True:
         rows = await rt.db.read(

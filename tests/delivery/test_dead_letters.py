@@ -62,6 +62,21 @@ def test_api_list_retry_and_discard(
     rest = admin(server, "/api/dead-letters", params={"limit": 3, "cursor": page["next"]}).json()
     assert len(rest["items"]) == 1 and rest["next"] is None
 
+    # a mistyped or empty filter acts on nothing: 400 naming the problem; discarding every
+    # dead letter takes an explicit "all": true
+    for action, body, reason in (
+        ("discard", {"destinaton": "a"}, "destinaton"), ("retry", {"destinaton": "a"}, "destinaton"),
+        ("discard", {}, '"all": true'), ("discard", {"ids": []}, "ids"),
+        ("retry", {"ids": []}, "ids"), ("discard", {"destination": ""}, "destination is empty"),
+        ("discard", {"since": ""}, "since is empty"), ("discard", {"since": " "}, "since is empty"),
+        ("discard", {"all": True, "destination": "a"}, "cannot be combined"),
+        ("discard", {"all": "yes"}, "all"),
+        ("retry", {"destination": "gone"}, "'gone' is not in the config"),
+    ):
+        r = admin(server, f"/api/dead-letters/{action}", "POST", json=body)
+        assert r.status_code == 400 and reason in r.json()["error"], (action, body, r.text)
+    assert len(dead_letters(server)) == 4
+
     cutoff = time.time() + 0.05
     time.sleep(0.1)
     assert send(server, "/v1/track", track("u3", 1)).status_code == 200
@@ -90,6 +105,8 @@ def test_api_list_retry_and_discard(
     assert "u1-1" in bodies  # its first (failed) attempt only
     r = admin(server, "/api/dead-letters/retry", "POST", json={})
     assert r.json()["count"] == 0  # a discarded letter is never retried
+    r = admin(server, "/api/dead-letters/discard", "POST", json={"all": True})
+    assert r.status_code == 200 and r.json() == {"action": "discard", "count": 0}
 
 
 def test_api_bad_dead_letter_requests_are_400(
@@ -196,8 +213,35 @@ def test_dlq_commands(
     delivered = [e["messageId"] for r in fake.requests if r.path == "/one/v1/batch"
                  and r.headers["authorization"] for e in r.json()["batch"]]
     assert delivered.count("c1-1") == 2 and delivered.count("c2-1") == 2  # failed once, then ok
-    assert "discard: 2 dead letters discarded" in cli(path, data, "dlq", "discard",
-                                                      "--destination", "two")
+    def refused(*args: str) -> str:
+        result = CliRunner().invoke(main, [*args, "--config", str(path), "--data-dir", str(data)])
+        assert result.exit_code != 0 and result.exception is not None
+        assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+        assert "Traceback" not in result.output
+        line = result.output.strip().splitlines()[-1]  # after click's usage lines, if any
+        assert line.startswith("Error: "), result.output
+        return line
+
+    assert "--all to discard every dead letter" in refused("dlq", "discard")
+    assert "since is empty" in refused("dlq", "discard", "--since", "")
+    assert "cannot be combined" in refused("dlq", "discard", "--all", "--destination", "two")
+    assert "x>=1" in refused("dlq", "list", "--limit", "0")
+    assert "x>=1" in refused("dlq", "list", "--limit", "-1")
+    assert "not in the range 1<=x" in refused("dlq", "retry", "--id", "0")
+    assert len(cli(path, data, "dlq", "list").splitlines()) == 2  # nothing was discarded
+    assert len(cli(path, data, "dlq", "list", "--limit", "1").splitlines()) == 1
+    without_two = tmp_path / "without-two.toml"
+    without_two.write_text(toml({**config, "destinations": config["destinations"][:1]}))
+    gone = CliRunner().invoke(main, ["dlq", "retry", "--destination", "two", "--config",
+                                     str(without_two), "--data-dir", str(data)])
+    assert gone.exit_code != 0 and "'two' is not in the config" in gone.output
+
+    first, second = (line.split()[0] for line in cli(path, data, "dlq", "list").splitlines())
+    assert "discard: 1 dead letters discarded" in cli(path, data, "dlq", "discard", "--id", first)
+    assert "discard: 0 dead letters discarded" in cli(path, data, "dlq", "discard",
+                                                      "--destination", "one")
+    assert "discard: 1 dead letters discarded" in cli(path, data, "dlq", "discard", "--all")
+    assert second not in cli(path, data, "dlq", "list")
     assert cli(path, data, "dlq", "list").strip() == "no dead letters"
     assert "retry: 0 dead letters" in cli(path, data, "dlq", "retry")
     assert states(server) == {"done": 2, "discarded": 2}

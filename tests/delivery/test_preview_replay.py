@@ -4,6 +4,7 @@ replay re-applying changed filters and field mappings to stored events."""
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -191,7 +192,7 @@ def test_replay_applies_changed_filter_and_mapping_to_past_events(
     def config(version: int) -> tuple[Path, dict[str, Any]]:
         text = REPLAY_TOML.format(
             url=fake.url, policy=policy,
-            channels='{ "$email" = "email" }' if version == 1
+            channels='{ "$email" = "email", "$sms" = [] }' if version == 1
             else '{ "$email" = "email", "$sms" = "phone" }',
             filter=f"filter = '{FILTER}'" if version == 1 else "")
         path = tmp_path / f"v{version}.toml"
@@ -236,6 +237,13 @@ def test_replay_applies_changed_filter_and_mapping_to_past_events(
     assert len([r for r in trace(server, "id-1") if r["destination"] == "profiles"]) == 2
     code, out = run_cli("replay", "--source", "web", "--destination", "nope", *opts)
     assert code != 0 and "nope" in out
+    for args, reason in ((["--since", ""], "since is empty"),
+                         (["--until", "0001-01-01T00:00:00+01:00"], "out of range"),
+                         (["--since", "9999-12-31T23:59:59-05:00"], "out of range"),
+                         (["--since", "2026-11-02", "--until", "2026-11-01"], "since is after until")):
+        code, out = run_cli("replay", "--source", "web", *args, *opts)
+        assert code != 0 and out.startswith("Error: ") and reason in out, (args, out)
+        assert len(out.strip().splitlines()) == 1, out  # one line, no traceback
 
 
 def test_api_replay_applies_a_changed_field_mapping(
@@ -257,7 +265,20 @@ def test_api_replay_applies_a_changed_field_mapping(
     server = hookyard_server(
         {"destinations": [recorder(fake.url, fields={"email": "$.traits.mail"}, **strict)]},
         plugins=[PLUGIN], data_dir=data)
-    r = admin(server, "/api/replay", "POST", json={"source": "web", "destination": "rec"})
+    for body, reason in (
+        ({"source": "web", "destinaton": "rec"}, "destinaton"),
+        ({"source": "web", "since": "9999-12-31T23:59:59-05:00"}, "out of range"),
+        ({"source": "web", "until": "0001-01-01T00:00:00+01:00"}, "out of range"),
+        ({"source": "web", "since": ""}, "since is empty"),
+        ({"source": "web", "since": "2026-11-02", "until": "2026-11-01"}, "since is after until"),
+        ({"source": "web", "since": [1]}, "since"),
+        ({"destination": "rec"}, "source (a source name) is required"),
+    ):
+        r = admin(server, "/api/replay", "POST", json=body)
+        assert r.status_code == 400 and reason in r.json()["error"], (body, r.text)
+    assert states(server) == {"filtered": 1}  # none of them queued anything
+    r = admin(server, "/api/replay", "POST", json={"source": "web", "destination": "rec",
+                                                   "since": time.time() - 3600})  # Unix seconds
     assert r.status_code == 200 and r.json()["events"] == 1
     server.wait_idle()
     assert [r["state"] for r in trace(server, "f1-1")] == ["filtered", "done"]

@@ -1,0 +1,85 @@
+"""What operators give the ``replay`` and ``dlq`` commands and the operator API: times and
+dead-letter filters, checked the same way in both places (a bad value is a ``ValueError`` with a
+one-line reason: a 400 in the API, an ``Error:`` line in the CLI)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from .times import iso_utc, parse_iso
+
+TIME_FORMATS = "ISO-8601 (2026-01-31 or 2026-01-31T12:00:00Z, UTC when no zone is given) or Unix seconds"
+
+
+def operator_time(value: Any, name: str = "time") -> datetime | None:
+    """``value`` (an ISO-8601 date or time, or Unix seconds as a number or a string) as an aware
+    datetime; None when ``value`` is None. A time without an offset is UTC. Empty, unreadable
+    and unrepresentable times (outside the years 1-9999 in UTC) raise ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{name} must be a string or a number, got {type(value).__name__}")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{name} is empty: use {TIME_FORMATS}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = parse_iso(value) if isinstance(value, str) else None
+        if parsed is None:
+            raise ValueError(f"invalid {name} {value!r}: use {TIME_FORMATS}") from None
+    else:
+        if not math.isfinite(seconds):
+            raise ValueError(f"invalid {name} {value!r}: not a finite number of seconds")
+        try:
+            parsed = datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"{name} {value!r} is out of range (years 1-9999)") from None
+    try:
+        iso_utc(parsed)  # representable in UTC
+    except (OverflowError, ValueError):
+        raise ValueError(f"{name} {value!r} is out of range (years 1-9999)") from None
+    return parsed
+
+
+def parse_time(value: Any, name: str = "since") -> float | None:
+    """:func:`operator_time` as Unix seconds (None stays None)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        operator_time(value, name)  # the checks
+        return float(value)
+    parsed = operator_time(value, name)
+    return None if parsed is None else parsed.timestamp()
+
+
+def window(since: Any, until: Any) -> tuple[str | None, str | None]:
+    """A replay window ``[since, until)`` as the inbox's ``received_at`` texts (UTC, ms, ``Z``).
+    Raises ValueError for a bad time or a window whose start is after its end."""
+    lo, hi = operator_time(since, "since"), operator_time(until, "until")
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"since is after until ({since} > {until})")
+    return (None if lo is None else iso_utc(lo)), (None if hi is None else iso_utc(hi))
+
+
+def dead_letter_filter(
+    action: str, destination: str | None, since: Any, ids: list[int] | None, every: bool,
+    *, cli: bool = False,
+) -> tuple[str | None, float | None, list[int] | None]:
+    """The checked filter of a dead-letter ``retry`` or ``discard``: (destination, since as Unix
+    seconds, ids). Discarding with no filter at all needs ``all``, so a mistyped or empty filter
+    never discards every dead letter; retrying everything loses nothing and needs no flag."""
+    if destination is not None and not destination:
+        raise ValueError("destination is empty")
+    if ids is not None and not ids:
+        raise ValueError("ids is empty: list the dead letters' ids, or leave ids out")
+    when = parse_time(since, "since")
+    narrowed = destination is not None or when is not None or ids is not None
+    all_name = "--all" if cli else '"all": true'
+    if every and narrowed:
+        raise ValueError(f"{all_name} cannot be combined with a filter (destination, since, ids)")
+    if action == "discard" and not narrowed and not every:
+        filters = "--destination, --since or --id" if cli else "destination, since or ids"
+        raise ValueError(
+            f"discard needs a filter ({filters}), or {all_name} to discard every dead letter"
+        )
+    return destination, when, ids
