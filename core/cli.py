@@ -102,7 +102,8 @@ def _setup_logging(rt: Any) -> None:
 @main.command()
 @config_options
 @click.option("--host", help="Interface to listen on (overrides [server] host)")
-@click.option("--port", type=int, help="Port to listen on (overrides [server] port)")
+@click.option("--port", type=click.IntRange(0, 65535),
+              help="Port to listen on, 0 for any free one (overrides [server] port)")
 @click.option("--no-workers", is_flag=True, help="Ingest only; run delivery in `hookyard worker`")
 def serve(config_path: str | None, data_dir: str | None, host: str | None, port: int | None,
           no_workers: bool) -> None:

@@ -8,12 +8,13 @@ missing variable is a config error). Plugin settings (``[sources.settings]``,
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -21,14 +22,31 @@ from .errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+# Range-checked values: a bad one is a config error at start-up naming the key (msgspec says
+# "Expected `int` >= 1 - at `$.destinations[0].delivery.concurrency`"), not a server that
+# never delivers or crashes later. Floats must also be finite (see _finite).
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Days = Annotated[float, msgspec.Meta(ge=0)]
+
+
+def _finite(settings: msgspec.Struct, prefix: str) -> None:
+    """Refuse NaN and infinity in a settings Struct's floats (TOML reads ``nan`` and ``inf``;
+    ``gt``/``ge`` reject NaN but not infinity). Raised from ``__post_init__``, msgspec adds where."""
+    for field in settings.__struct_fields__:
+        value = getattr(settings, field)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{prefix}.{field} must be a finite number, got {value}")
+
 
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: Port = 8000
     data_dir: str = "./hookyard-data"
     admin_token: str | None = None
-    max_request_bytes: int = 512_000
-    max_event_bytes: int = 32_768
+    max_request_bytes: Positive = 512_000
+    max_event_bytes: Positive = 32_768
     workers: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
@@ -44,12 +62,15 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # crash (kill -9) but a power cut may lose the last commits. See docs/configuration.md.
     synchronous: Literal["full", "normal"] = "full"
     # how long a finished delivery's outbox row and attempts are kept (days; 0 = forever)
-    retention_days: float = 7.0
+    retention_days: Days = 7.0
     # how long API log lines are kept (days; 0 = forever)
-    api_log_retention_days: float = 7.0
+    api_log_retention_days: Days = 7.0
     # how long received events are kept (days; 0 = forever, the default): an event stays while
     # any outbox row refers to it. Replay and messageId dedupe reach back as far as the inbox.
-    inbox_retention_days: float = 0.0
+    inbox_retention_days: Days = 0.0
+
+    def __post_init__(self) -> None:
+        _finite(self, "storage")
 
 
 HOOK_LEASE_SHARE = 0.9
@@ -59,15 +80,23 @@ HOOK_LEASE_SHARE = 0.9
 class DeliverySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Per-destination delivery policy (``[destinations.delivery]``)."""
 
-    concurrency: int = 8
-    batch_size: int | None = None
-    retry_initial_seconds: float = 5.0
-    retry_max_seconds: float = 600.0
-    give_up_after_seconds: float = 86_400.0
-    max_attempts: int = 20
-    connect_timeout_seconds: float = 5.0
-    total_timeout_seconds: float = 15.0
-    lease_seconds: float = 60.0
+    concurrency: Positive = 8
+    batch_size: Positive | None = None
+    retry_initial_seconds: Seconds = 5.0
+    retry_max_seconds: Seconds = 600.0
+    give_up_after_seconds: Seconds = 86_400.0
+    max_attempts: Positive = 20
+    connect_timeout_seconds: Seconds = 5.0
+    total_timeout_seconds: Seconds = 15.0
+    lease_seconds: Seconds = 60.0
+
+    def __post_init__(self) -> None:
+        _finite(self, "delivery")
+        if self.retry_initial_seconds > self.retry_max_seconds:
+            raise ValueError(
+                f"delivery.retry_initial_seconds ({self.retry_initial_seconds:g}) is larger than"
+                f" delivery.retry_max_seconds ({self.retry_max_seconds:g}), the longest wait"
+            )
 
 
 class SourceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

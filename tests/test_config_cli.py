@@ -183,6 +183,43 @@ def test_other_config_errors(tmp_path: Path, mutate: Any, expected: str) -> None
     assert expected in config_error(data)
 
 
+@pytest.mark.parametrize(
+    ("table", "key", "value", "expected"),
+    [
+        ("delivery", "concurrency", 0, ">= 1"),
+        ("delivery", "max_attempts", -1, ">= 1"),
+        ("delivery", "batch_size", 0, ">= 1"),
+        ("delivery", "batch_size", -3, ">= 1"),
+        ("delivery", "retry_initial_seconds", -5, "> 0"),
+        ("delivery", "retry_max_seconds", 0, "> 0"),
+        ("delivery", "total_timeout_seconds", float("nan"), "> 0"),
+        ("delivery", "give_up_after_seconds", float("inf"), "must be a finite number"),
+        ("delivery", "lease_seconds", -1, "> 0"),
+        ("storage", "retention_days", -3, ">= 0"),
+        ("storage", "inbox_retention_days", float("inf"), "must be a finite number"),
+        ("server", "max_request_bytes", -1, ">= 1"),
+        ("server", "max_event_bytes", 0, ">= 1"),
+        ("server", "port", 99999, "<= 65535"),
+        ("server", "port", -1, ">= 0"),
+    ],
+)
+def test_out_of_range_values_stop_boot(
+    tmp_path: Path, table: str, key: str, value: float, expected: str
+) -> None:
+    data = config(tmp_path)
+    where = data["destinations"][0] if table == "delivery" else data
+    where.setdefault(table, {})[key] = value
+    message = config_error(data)
+    assert expected in message and key in message, message
+
+
+def test_retry_initial_must_not_exceed_retry_max(tmp_path: Path) -> None:
+    data = config(tmp_path)
+    data["destinations"][0]["delivery"] = {"retry_initial_seconds": 100, "retry_max_seconds": 1}
+    message = config_error(data)
+    assert "delivery.retry_initial_seconds (100) is larger than delivery.retry_max_seconds" in message
+
+
 def test_env_values_are_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HY_TEST_WRITE_KEY", "from-the-environment")
     monkeypatch.setenv("HY_TEST_ADMIN", "admin-from-env")
@@ -290,6 +327,16 @@ def test_check_config_fails_with_one_clear_line(tmp_path: Path, edit: Any, expec
     path.write_text(edit(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY)))
     line = one_line_error(run("check-config", "--config", str(path)))
     assert expected in line
+
+
+def test_serve_port_flag_is_range_checked(tmp_path: Path) -> None:
+    path = tmp_path / "hookyard.toml"
+    path.write_text(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY))
+    for port in ("70000", "-1"):
+        result = run("serve", "--config", str(path), "--port", port)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert "'--port'" in result.stderr and "0<=x<=65535" in result.stderr
+    assert not (tmp_path / "data").exists()
 
 
 def test_check_config_missing_file(tmp_path: Path) -> None:
