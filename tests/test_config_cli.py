@@ -344,6 +344,18 @@ def test_check_config_missing_file(tmp_path: Path) -> None:
     assert "does not exist" in line
 
 
+def test_a_directory_or_non_utf8_config_is_one_line(tmp_path: Path) -> None:
+    line = one_line_error(run("check-config", "--config", str(tmp_path)))
+    assert f"config file {tmp_path} is a directory" in line
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY).encode()
+                       + b'# caf\xe9\n')
+    for command in ("check-config", "serve"):
+        line = one_line_error(run(command, "--config", str(latin1)))
+        assert "latin1.toml: not UTF-8 text" in line, command
+    assert not (tmp_path / "data").exists()
+
+
 def test_version() -> None:
     result = run("version")
     assert result.exit_code == 0 and result.output.strip() == __version__
