@@ -28,12 +28,13 @@ DLQ_SINCE_HELP = f"Only dead letters that last failed at or after this time: {TI
 
 
 def _load(config_path: str | None, host: str | None = None, port: int | None = None,
-          data_dir: str | None = None) -> Config:
+          data_dir: str | None = None, *, create: bool = True) -> Config:
     config_path = config_path or os.environ.get("HOOKYARD_CONFIG")
     if config_path:
         config = load_config(config_path)
     else:
-        config = default_config(Path(data_dir or "./hookyard-data").expanduser().resolve())
+        config = default_config(Path(data_dir or "./hookyard-data").expanduser().resolve(),
+                                create=create)
     if host:
         config.server.host = host
     if port is not None:
@@ -275,10 +276,11 @@ def preview(config_path: str | None, data_dir: str | None, destination: str, eve
     Prints the same JSON as POST /api/destinations/{name}/preview.
     """
     from .delivery.preview import preview_cli
+    from .runtime import Runtime
 
-    try:
-        click.echo(preview_cli(_runtime(_load(config_path, data_dir=data_dir)), destination,
-                               event_file.read()))
+    try:  # nothing is created: no data dir, no generated write key or admin token
+        rt = Runtime.build(_load(config_path, data_dir=data_dir, create=False), prepare=False)
+        click.echo(preview_cli(rt, destination, event_file.read()))
     except HookyardError as exc:
         _fail(exc)
 

@@ -232,9 +232,15 @@ def read_or_create_secret(path: Path, prefix: str) -> tuple[str, bool]:
     return value, True
 
 
-def default_config(data_dir: Path) -> Config:
-    """The config used when no file is given: one Segment source -> the profile store."""
-    write_key, _ = read_or_create_secret(data_dir / "write_key", "wk")
+def default_config(data_dir: Path, *, create: bool = True) -> Config:
+    """The config used when no file is given: one Segment source -> the profile store. With
+    ``create=False`` (``hookyard preview``) nothing is written: the write key is read if it
+    exists, else a throwaway one is used."""
+    key_file = data_dir / "write_key"
+    if create:
+        write_key, _ = read_or_create_secret(key_file, "wk")
+    else:
+        write_key = key_file.read_text().strip() if key_file.is_file() else new_secret("wk")
     return Config(
         server=ServerSettings(data_dir=str(data_dir)),
         sources=[SourceConfig(name="default", plugin="segment", write_key=write_key)],

@@ -118,11 +118,6 @@ class Runtime:
         pm = make_plugin_manager(plugins or ())
         registry = ConnectorRegistry(pm)
         data_dir = Path(config.server.data_dir).expanduser().resolve()
-        try:
-            if prepare:
-                data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create data dir {data_dir}: {exc}") from None
         rt = cls(config, pm, registry, data_dir)
         by_pattern: dict[str, IngestRoute] = {}
         for src in config.sources:
@@ -155,6 +150,11 @@ class Runtime:
                 filter=_compile(dest.filter, f"{where}.filter"),
                 trigger=_compile(dest.trigger, f"{where}.trigger"),
             )
+        try:  # only once everything else is valid: a bad config leaves no empty data dir
+            if prepare:
+                data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create data dir {data_dir}: {exc}") from None
         if config.server.admin_token:
             rt.admin_token = config.server.admin_token
         elif prepare:

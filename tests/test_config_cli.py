@@ -339,6 +339,20 @@ def test_serve_port_flag_is_range_checked(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [lambda t: t.replace('plugin = "profiles"', 'plugin = "profile"'),
+     lambda t: t.replace("event_prefix = true", "event_prefx = true"),
+     lambda t: t.replace('sources = ["web"]', 'sources = ["web"]\nfilter = "type = ("')],
+    ids=["plugin", "settings", "filter"],
+)
+def test_serve_with_a_bad_config_creates_no_data_dir(tmp_path: Path, edit: Any) -> None:
+    path = tmp_path / "hookyard.toml"
+    path.write_text(edit(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY)))
+    one_line_error(run("serve", "--config", str(path), "--port", "0"))
+    assert not (tmp_path / "data").exists()
+
+
 def test_check_config_missing_file(tmp_path: Path) -> None:
     line = one_line_error(run("check-config", "--config", str(tmp_path / "nope.toml")))
     assert "does not exist" in line

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from delivery_kit import FAST, PLUGIN, admin, recorder, send, states, trace, track, wait_until
 from hookyard.cli import main
@@ -151,6 +152,22 @@ def test_cli_preview_prints_what_the_api_answers(
     assert code != 0 and "JSON object" in out
     code, out = run_cli("preview", *opts, stdin='{"type": "track", "event": "E"}')
     assert code != 0 and "userId or anonymousId is required" in out
+
+
+def test_cli_preview_creates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is sent or stored: not even a data dir, with a config or without one (the
+    default config's write key and admin token are not generated either)."""
+    monkeypatch.delenv("HOOKYARD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    event = json.dumps({"type": "identify", "userId": "p", "traits": {"email": "p@example.com"}})
+    code, out = run_cli("preview", "--destination", "profiles", stdin=event)
+    assert code == 0 and json.loads(out)["sent"], out
+    config = tmp_path / "hookyard.toml"
+    config.write_text(SEGMENT_TOML.format(url="http://127.0.0.1:9"))
+    code, out = run_cli("preview", "--config", str(config), "--data-dir", str(tmp_path / "data"),
+                        "--destination", "seg", stdin=json.dumps(track("p", 1)))
+    assert code == 0 and json.loads(out)["destination"] == "seg", out
+    assert [p.name for p in tmp_path.iterdir()] == ["hookyard.toml"]
 
 
 REPLAY_TOML = """
