@@ -130,6 +130,9 @@ def resolve_env(value: Any, where: str = "") -> Any:
     """Replace every ``env:VAR`` string inside ``value`` by the variable's value."""
     if isinstance(value, str) and value.startswith("env:"):
         var = value[4:]
+        if not var.strip():
+            raise ConfigError(f"{where or 'a setting'} is {value!r}: name the environment"
+                              " variable after env: (env:VAR_NAME)")
         if var not in os.environ:
             raise ConfigError(f"{where or 'a setting'} refers to environment variable {var}, which is not set")
         return os.environ[var]
@@ -175,9 +178,16 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
             f" (keep forever) or at least storage.retention_days ({storage.retention_days:g}):"
             " an event stays in the inbox while its deliveries are in the outbox"
         )
+    key_owner: dict[str, str] = {}
     for src in config.sources:
         if len(src.write_key) < 8:
             raise ConfigError(f"{origin}: source {src.name!r} write_key must be at least 8 characters")
+        first = key_owner.setdefault(src.write_key, src.name)
+        if first != src.name:
+            raise ConfigError(
+                f"{origin}: sources {first!r} and {src.name!r} have the same write_key: a request"
+                f" carrying it goes to {first!r}, so {src.name!r} would never receive an event"
+            )
     for dest in config.destinations:
         policy = dest.delivery
         if policy.lease_seconds * HOOK_LEASE_SHARE < policy.total_timeout_seconds:
@@ -190,6 +200,12 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
                 " or a shorter total_timeout_seconds"
             )
     token = config.server.admin_token
+    raw_token = (data.get("server") or {}).get("admin_token") if isinstance(data, dict) else None
+    if isinstance(raw_token, str) and raw_token.startswith("env:") and not (token or "").strip():
+        raise ConfigError(
+            f"{origin}: server.admin_token is {raw_token!r} but environment variable"
+            f" {raw_token[4:]} is empty: set it, or leave admin_token unset to have one generated"
+        )
     if token and len(token.strip()) < 8:  # unset or empty: one is generated
         raise ConfigError(
             f"{origin}: server.admin_token must be at least 8 characters (it guards the read API"

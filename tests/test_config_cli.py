@@ -419,8 +419,20 @@ def test_a_short_admin_token_stops_boot(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("ADM", "x")
     line = one_line_error(run("check-config", "--config", str(path)))
     assert "server.admin_token must be at least 8 characters" in line
-    monkeypatch.setenv("ADM", "")  # empty: generated, as when unset
-    assert run("check-config", "--config", str(path)).exit_code == 0
+    monkeypatch.setenv("ADM", "")  # empty: a mistake (a secret not filled in), not "generate one"
+    line = one_line_error(run("check-config", "--config", str(path)))
+    assert "server.admin_token is 'env:ADM' but environment variable ADM is empty" in line
+    path.write_text(path.read_text().replace('"env:ADM"', '"env:"'))
+    line = one_line_error(run("check-config", "--config", str(path)))
+    assert "server.admin_token is 'env:': name the environment variable" in line
+
+
+def test_two_sources_with_one_write_key(tmp_path: Path) -> None:
+    data = config(tmp_path)
+    data["sources"].append({"name": "app", "plugin": "segment", "write_key": KEY})
+    message = config_error(data)
+    assert "sources 'web' and 'app' have the same write_key" in message
+    assert KEY not in message  # a secret
 
 
 def test_unknown_destination_fails_cleanly(tmp_path: Path) -> None:
