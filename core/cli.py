@@ -403,7 +403,9 @@ def plugins() -> None:
 
 
 @main.command("check-config")
-@config_options
+@click.option("--config", "-c", "config_path",
+              help="TOML config file to check (default: $HOOKYARD_CONFIG; one of them is required)")
+@click.option("--data-dir", help="Data directory (overrides [server] data_dir)")
 def check_config(config_path: str | None, data_dir: str | None) -> None:
     """Validate a config file against the installed plugins (nothing is created on disk)."""
     from .runtime import Runtime

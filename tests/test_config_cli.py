@@ -370,6 +370,17 @@ def test_a_directory_or_non_utf8_config_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+def test_help_texts_say_what_is_accepted() -> None:
+    check = " ".join(run("check-config", "--help").output.split())
+    assert "profile store" not in check and "one of them is required" in check
+    for command in ("list", "retry", "discard"):
+        text = " ".join(run("dlq", command, "--help").output.split())
+        assert "--destination TEXT Only this destination's dead letters" in text, command
+        if command != "list":
+            assert "ISO-8601" in text and "Unix seconds" in text, command
+    assert "Unix seconds" in " ".join(run("replay", "--help").output.split())
+
+
 def test_version() -> None:
     result = run("version")
     assert result.exit_code == 0 and result.output.strip() == __version__
