@@ -3,7 +3,7 @@
     GET  /api/logs?source=&status=&cursor=          the API log, newest first
     GET  /api/events?source=&type=&cursor=          the inbox, newest first
     GET  /api/deliveries?message_id=&destination=   every outbox row and attempt of an event
-    GET  /api/dead-letters?destination=&cursor=     failed deliveries
+    GET  /api/dead-letters?destination=&since=&cursor=   failed deliveries
     POST /api/dead-letters/retry    {"destination"?, "since"?, "ids"?, "all"?}
     POST /api/dead-letters/discard  {"destination"?, "since"?, "ids"?} or {"all": true}
     POST /api/destinations/{name}/preview   body: a Segment event -> what would be sent
@@ -26,7 +26,7 @@ from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
 from .inbox import by_message_id, decode_row
 from .ingest import read_body
-from .operator_input import dead_letter_filter
+from .operator_input import dead_letter_filter, parse_time
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -55,8 +55,17 @@ def _int_param(request: Request, name: str) -> int | None:
     return number
 
 
+PAGE_DEFAULT, PAGE_MAX = 50, 500
+
+
 def _limit(request: Request) -> int:
-    return max(1, min(500, _int_param(request, "limit") or 50))
+    """``limit``: the page size, 1-500 (default 50); outside that range a 400, not a clamp."""
+    limit = _int_param(request, "limit")
+    if limit is None:
+        return PAGE_DEFAULT
+    if not 1 <= limit <= PAGE_MAX:
+        raise BadRequest(f"query parameter limit must be 1-{PAGE_MAX}, got {limit}")
+    return limit
 
 
 def _cursor(request: Request) -> int | None:
@@ -151,6 +160,13 @@ def routes(rt: Runtime) -> list[BaseRoute]:
     async def dead_letters(request: Request) -> Response:
         sql, params = where(request, {"destination": "destination"})
         sql += " AND state = 'dead'"
+        if "since" in request.query_params:  # failed at or after, as for retry and discard
+            try:
+                since = parse_time(request.query_params["since"], "since")
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            sql += " AND updated_at >= ?"
+            params.append(since)
 
         def row(r: Any) -> dict[str, Any]:
             return {k: r[k] for k in ("id", "destination", "message_id", "user_key", "kind",

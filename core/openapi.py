@@ -56,7 +56,8 @@ def _ingest_ops(rt: Runtime) -> list[Op]:
 
 def operations(rt: Runtime) -> list[Op]:
     paging = [("cursor", "query", "cursor from the previous page's `next`"),
-              ("limit", "query", "page size, 1-500")]
+              ("limit", "query", "page size, 1-500 (default 50; other values are a 400)")]
+    clamped = [paging[0], ("limit", "query", "page size, 1-500 (default 50)")]
     err = {400: m.ApiError, 401: m.ApiError}
     too_large = {413: m.ApiError}  # operator request bodies: 1 MB at most
     ops = _ingest_ops(rt) + [
@@ -74,7 +75,10 @@ def operations(rt: Runtime) -> list[Op]:
            {200: m.DeliveryTrace, **err},
            [("message_id", "query", "required"), ("destination", "query", "")]),
         Op("get", "/api/dead-letters", "Dead letters, newest first", "admin", None,
-           {200: m.DeadLetterPage, **err}, paging + [("destination", "query", "")]),
+           {200: m.DeadLetterPage, **err},
+           paging + [("destination", "query", ""),
+                     ("since", "query", "failed at or after: ISO-8601 (UTC when no zone is given)"
+                                        " or Unix seconds")]),
         Op("post", "/api/dead-letters/retry", "Queue dead letters again", "admin",
            m.DeadLetterRequest, {200: m.DeadLetterResult, **err, **too_large}),
         Op("post", "/api/dead-letters/discard", "Discard dead letters", "admin",
@@ -90,16 +94,16 @@ def operations(rt: Runtime) -> list[Op]:
         ops += [
             Op("get", "/api/subscribers", "Subscribers (search by id or channel value)",
                "profiles", None, {200: m.SubscriberPage, 404: m.ApiError, **err},
-               paging + dest + [("q", "query", "search")]),
+               clamped + dest + [("q", "query", "search")]),
             Op("get", "/api/subscribers/{distinct_id}", "One subscriber", "profiles", None,
                {200: m.Subscriber, 404: m.ApiError, **err},
                dest + [("distinct_id", "path", "the Segment userId")]),
             Op("get", "/api/subscribers/{distinct_id}/events", "A subscriber's events",
                "profiles", None, {200: m.UserEventPage, 404: m.ApiError, **err},
-               paging + dest + [("distinct_id", "path", "the Segment userId")]),
+               clamped + dest + [("distinct_id", "path", "the Segment userId")]),
             Op("get", "/api/workflow-runs", "Workflow runs, newest first", "profiles", None,
                {200: m.WorkflowRunPage, 404: m.ApiError, **err},
-               paging + dest + [("distinct_id", "query", ""), ("workflow", "query", "")]),
+               clamped + dest + [("distinct_id", "query", ""), ("workflow", "query", "")]),
         ]
     return ops
 

@@ -55,6 +55,9 @@ def test_api_list_retry_and_discard(
     assert all(d["attempts"] == 1 and d["last_status"] == 400 for d in dead)
     assert all('"invalid payload"' in d["response_body"] for d in dead)
     assert [d["destination"] for d in dead_letters(server, destination="a")] == ["a", "a"]
+    assert admin(server, "/api/dead-letters", params={"since": time.time() + 60}).json() == {
+        "items": [], "next": None}  # none failed after that
+    assert len(admin(server, "/api/dead-letters", params={"since": "2020-01-01"}).json()["items"]) == 4
 
     # paging: newest first, cursor
     page = admin(server, "/api/dead-letters", params={"limit": 3}).json()
@@ -121,6 +124,15 @@ def test_api_bad_dead_letter_requests_are_400(
         assert r.json()["error"]
     assert admin(server, "/api/dead-letters/nope", "POST", json={}).status_code == 404
     assert admin(server, "/api/dead-letters?cursor=x").status_code == 400
+    for query, reason in (("since=garbage", "invalid since 'garbage'"), ("since=", "since is empty"),
+                          ("since=9999-12-31T23:59:59-05:00", "out of range"),
+                          ("limit=0", "limit must be 1-500"), ("limit=-5", "limit must be 1-500"),
+                          ("limit=100000", "limit must be 1-500")):
+        r = admin(server, f"/api/dead-letters?{query}")
+        assert r.status_code == 400 and reason in r.json()["error"], (query, r.text)
+    for path in ("/api/events", "/api/logs"):
+        assert admin(server, f"{path}?limit=501").status_code == 400
+        assert admin(server, f"{path}?limit=500").status_code == 200
 
 
 def test_a_failed_map_is_mapped_again_on_retry(
