@@ -26,7 +26,7 @@ from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
 from .inbox import by_message_id, decode_row
 from .ingest import read_body
-from .operator_input import dead_letter_filter, parse_time
+from .operator_input import dead_letter_filter, int_param, page_limit, parse_time
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -43,29 +43,18 @@ def _error(status: int, message: str) -> Response:
 
 
 def _int_param(request: Request, name: str) -> int | None:
-    value = request.query_params.get(name)
-    if not value:
-        return None
     try:
-        number = int(value)
-    except ValueError:
-        raise BadRequest(f"query parameter {name} must be an integer, got {value!r}") from None
-    if not -(2**63) <= number < 2**63:  # what SQLite can bind; larger is a 400, not a 500
-        raise BadRequest(f"query parameter {name} is out of range: {value!r}")
-    return number
-
-
-PAGE_DEFAULT, PAGE_MAX = 50, 500
+        return int_param(request.query_params, name)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _limit(request: Request) -> int:
     """``limit``: the page size, 1-500 (default 50); outside that range a 400, not a clamp."""
-    limit = _int_param(request, "limit")
-    if limit is None:
-        return PAGE_DEFAULT
-    if not 1 <= limit <= PAGE_MAX:
-        raise BadRequest(f"query parameter limit must be 1-{PAGE_MAX}, got {limit}")
-    return limit
+    try:
+        return page_limit(request.query_params)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _cursor(request: Request) -> int | None:

@@ -57,7 +57,6 @@ def _ingest_ops(rt: Runtime) -> list[Op]:
 def operations(rt: Runtime) -> list[Op]:
     paging = [("cursor", "query", "cursor from the previous page's `next`"),
               ("limit", "query", "page size, 1-500 (default 50; other values are a 400)")]
-    clamped = [paging[0], ("limit", "query", "page size, 1-500 (default 50)")]
     err = {400: m.ApiError, 401: m.ApiError}
     too_large = {413: m.ApiError}  # operator request bodies: 1 MB at most
     ops = _ingest_ops(rt) + [
@@ -94,16 +93,16 @@ def operations(rt: Runtime) -> list[Op]:
         ops += [
             Op("get", "/api/subscribers", "Subscribers (search by id or channel value)",
                "profiles", None, {200: m.SubscriberPage, 404: m.ApiError, **err},
-               clamped + dest + [("q", "query", "search")]),
+               paging + dest + [("q", "query", "search")]),
             Op("get", "/api/subscribers/{distinct_id}", "One subscriber", "profiles", None,
                {200: m.Subscriber, 404: m.ApiError, **err},
-               dest + [("distinct_id", "path", "the Segment userId")]),
+               dest + [("distinct_id", "path", "the Segment userId (a `/` in it sent as %2F)")]),
             Op("get", "/api/subscribers/{distinct_id}/events", "A subscriber's events",
                "profiles", None, {200: m.UserEventPage, 404: m.ApiError, **err},
-               clamped + dest + [("distinct_id", "path", "the Segment userId")]),
+               paging + dest + [("distinct_id", "path", "the Segment userId (a `/` in it sent as %2F)")]),
             Op("get", "/api/workflow-runs", "Workflow runs, newest first", "profiles", None,
                {200: m.WorkflowRunPage, 404: m.ApiError, **err},
-               clamped + dest + [("distinct_id", "query", ""), ("workflow", "query", "")]),
+               paging + dest + [("distinct_id", "query", ""), ("workflow", "query", "")]),
         ]
     return ops
 

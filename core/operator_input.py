@@ -1,10 +1,11 @@
-"""What operators give the ``replay`` and ``dlq`` commands and the operator API: times and
-dead-letter filters, checked the same way in both places (a bad value is a ``ValueError`` with a
-one-line reason: a 400 in the API, an ``Error:`` line in the CLI)."""
+"""What operators give the ``replay`` and ``dlq`` commands and the operator API: times,
+dead-letter filters and page parameters, checked the same way everywhere (a bad value is a
+``ValueError`` with a one-line reason: a 400 in the API, an ``Error:`` line in the CLI)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,3 +84,31 @@ def dead_letter_filter(
             f"discard needs a filter ({filters}), or {all_name} to discard every dead letter"
         )
     return destination, when, ids
+
+
+PAGE_DEFAULT, PAGE_MAX = 50, 500
+
+
+def int_param(query: Mapping[str, str], name: str) -> int | None:
+    """The integer query parameter ``name`` (None when absent or empty), within what SQLite can
+    bind."""
+    value = query.get(name)
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"query parameter {name} must be an integer, got {value!r}") from None
+    if not -(2**63) <= number < 2**63:  # what SQLite can bind; larger is a 400, not a 500
+        raise ValueError(f"query parameter {name} is out of range: {value!r}")
+    return number
+
+
+def page_limit(query: Mapping[str, str]) -> int:
+    """``limit``: the page size, 1-500 (default 50); outside that range an error, not a clamp."""
+    limit = int_param(query, "limit")
+    if limit is None:
+        return PAGE_DEFAULT
+    if not 1 <= limit <= PAGE_MAX:
+        raise ValueError(f"query parameter limit must be 1-{PAGE_MAX}, got {limit}")
+    return limit

@@ -174,6 +174,17 @@ def test_a_blank_user_id_is_refused_at_ingest(server: HookyardServer) -> None:
     assert hook.status_code == 400 and "userId is required" in hook.text
 
 
+def test_page_parameters_out_of_range_are_400_like_every_list(server: HookyardServer) -> None:
+    send(server, identify("p1", email="p1@example.com"))
+    for path in ("/api/subscribers?limit=0", "/api/subscribers?limit=501",
+                 "/api/subscribers/p1/events?limit=-5", "/api/workflow-runs?limit=100000"):
+        assert "limit must be 1-500" in get(server, path, 400)["error"], path
+    assert get(server, "/api/subscribers/p1/events?cursor=abc", 400)["error"] == (
+        "query parameter cursor must be an integer, got 'abc'")
+    assert "configured: profiles, prefixed" in get(
+        server, "/api/subscribers?destination=nope", 404)["error"]
+
+
 def test_unknown_subscriber_is_404(server: HookyardServer) -> None:
     assert "not found" in get(server, "/api/subscribers/nobody", 404)["error"]
     assert "not found" in get(server, "/api/subscribers/nobody/events", 404)["error"]

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from ..connectors import DestinationContext
+from ..operator_input import int_param, page_limit
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -26,13 +27,6 @@ if TYPE_CHECKING:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-def _int(value: str | None, default: int | None, lo: int = 0, hi: int = 10**12) -> int | None:
-    if value is None or value == "":
-        return default
-    number = int(value)  # ValueError answered 400 by the caller
-    return max(lo, min(hi, number))
 
 
 SUBSCRIBERS = "/api/subscribers/"
@@ -71,11 +65,17 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
     async def run(request: Request, fn: Any) -> JSONResponse:
         ctx = destination(request)
         if ctx is None:
+            wanted = request.query_params.get("destination")
+            if wanted is not None:
+                names = [d.name for d in runtime.destinations.values()
+                         if d.config.plugin == "profiles"]
+                return _error(404, f"no profile store destination {wanted!r}"
+                              f" (configured: {', '.join(names) or 'none'})")
             return _error(404, "no profile store destination is configured")
         try:
             result = await asyncio.to_thread(fn, store_for(ctx), ctx.name)
-        except ValueError as exc:
-            return _error(400, f"invalid parameter: {exc}")
+        except ValueError as exc:  # a page parameter (hookyard.operator_input)
+            return _error(400, str(exc))
         if result is None:
             return _error(404, "subscriber not found")
         return JSONResponse(result)
@@ -85,7 +85,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
 
         def fn(store: Any, dest: str) -> dict[str, Any]:
             items, nxt = store.subscribers(
-                dest, query=q.get("q"), after=q.get("cursor"), limit=_int(q.get("limit"), 50, 1, 500)
+                dest, query=q.get("q"), after=q.get("cursor"), limit=page_limit(q)
             )
             return {"subscribers": items, "next": nxt}
 
@@ -104,7 +104,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
             if store.subscriber(dest, uid) is None:
                 return None
             items, nxt = store.events(
-                dest, uid, before=_int(q.get("cursor"), None), limit=_int(q.get("limit"), 50, 1, 500)
+                dest, uid, before=int_param(q, "cursor"), limit=page_limit(q)
             )
             return {"events": items, "next": str(nxt) if nxt is not None else None}
 
@@ -116,7 +116,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
         def fn(store: Any, dest: str) -> dict[str, Any]:
             items, nxt = store.workflow_runs(
                 dest, distinct_id=q.get("distinct_id"), workflow=q.get("workflow"),
-                before=_int(q.get("cursor"), None), limit=_int(q.get("limit"), 50, 1, 500),
+                before=int_param(q, "cursor"), limit=page_limit(q),
             )
             return {"runs": items, "next": str(nxt) if nxt is not None else None}
 
