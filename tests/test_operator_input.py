@@ -4,23 +4,10 @@ unrepresentable values are refused with a reason (a 400 / an ``Error:`` line, ne
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
 import pytest
 from hookyard.operator_input import dead_letter_filter, parse_time, window
 
 NOON_UTC = 1767268800.0  # 2026-01-01T12:00:00Z
-
-
-@pytest.fixture()
-def far_time_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The server runs at UTC-10: a naive time read as local would be 10 hours off."""
-    monkeypatch.setenv("TZ", "Pacific/Honolulu")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 @pytest.mark.parametrize("text", [

@@ -3,24 +3,10 @@ zone is (operators' ``--since`` / ``"since"``: tests/test_operator_input.py)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
-import pytest
 from hookyard.dashboard.render import when
 from hookyard.times import iso_utc, parse_iso
 
 NOON_UTC = 1767268800.0  # 2026-01-01T12:00:00Z
-
-
-@pytest.fixture()
-def far_time_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The server runs at UTC-10: a naive time read as local would be 10 hours off."""
-    monkeypatch.setenv("TZ", "Pacific/Honolulu")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def test_dashboard_when_shows_naive_times_as_utc(far_time_zone: None) -> None:
