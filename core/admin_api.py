@@ -177,8 +177,12 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         if action == "retry" and destination is not None and destination not in rt.destinations:
             return _error(400, f"destination {destination!r} is not in the config, so no worker"
                                " would deliver its dead letters: add it back first, or discard them")
-        fn = outbox.retry_dead if action == "retry" else outbox.discard_dead
-        count = await db.write(lambda c: fn(c, destination, since, ids))
+        names = list(rt.destinations)
+        if action == "retry":  # only configured destinations: no worker delivers the others'
+            count = await db.write(lambda c: outbox.retry_dead(
+                c, destination, since, ids, configured=names))
+        else:
+            count = await db.write(lambda c: outbox.discard_dead(c, destination, since, ids))
         if rt.engine is not None:
             rt.engine.wake_all()
         return _json({"action": action, "count": count})

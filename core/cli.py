@@ -349,10 +349,20 @@ def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
         _fail(ConfigError(
             f"destination {destination!r} is not in the config, so no worker would deliver its"
             " dead letters: add it back first, or discard them"))
-    fn = outbox.retry_dead if action == "retry" else outbox.discard_dead
-    count = rt.db.write_sync(lambda c: fn(c, destination, when, id_list))
+    if action == "retry":
+        names = list(rt.destinations)
+        count = rt.db.write_sync(lambda c: outbox.retry_dead(
+            c, destination, when, id_list, configured=names))
+        left = rt.db.read_sync(lambda c: outbox.dead_elsewhere(c, names, when, id_list))
+    else:
+        count = rt.db.write_sync(lambda c: outbox.discard_dead(c, destination, when, id_list))
+        left = {}
     rt.close()
     click.echo(f"{action}: {count} dead letters" + (" queued again" if action == "retry" else " discarded"))
+    if left:
+        click.echo("left dead: " + ", ".join(f"{n} of {d}" for d, n in left.items())
+                   + " (not in the config: no worker would deliver them; discard them, or add"
+                   " the destination back and retry)")
 
 
 def dlq_filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -264,17 +264,35 @@ def _alive(pid: int) -> bool:
 
 def retry_dead(
     conn: sqlite3.Connection, destination: str | None = None, since: float | None = None,
-    ids: list[int] | None = None,
+    ids: list[int] | None = None, *, configured: list[str] | None = None,
 ) -> int:
-    """Move dead letters back to pending with a fresh attempt budget."""
+    """Move dead letters back to pending with a fresh attempt budget. With ``configured``,
+    only those of these destinations (a removed destination's would wait for ever: no worker
+    delivers for it)."""
     sql = "UPDATE outbox SET state = 'pending', attempts = 0, next_at = 0, created_at = ?," \
           " updated_at = ? WHERE state = 'dead'"
     now = time.time()
     params: list[Any] = [now, now]
     sql, params = _narrow(sql, params, destination, since, ids)
+    if configured is not None:
+        sql += f" AND destination IN ({','.join('?' * len(configured)) or 'NULL'})"
+        params.extend(configured)
     before = conn.total_changes
     conn.execute(sql, params)
     return conn.total_changes - before
+
+
+def dead_elsewhere(
+    conn: sqlite3.Connection, configured: list[str], since: float | None = None,
+    ids: list[int] | None = None,
+) -> dict[str, int]:
+    """Dead letters matching the filter whose destination is not in ``configured``, by
+    destination (what ``retry`` leaves alone)."""
+    sql = "SELECT destination, count(*) FROM outbox WHERE state = 'dead'"
+    sql, params = _narrow(sql, [], None, since, ids)
+    sql += f" AND destination NOT IN ({','.join('?' * len(configured)) or 'NULL'})"
+    sql += " GROUP BY destination ORDER BY destination"
+    return {row[0]: int(row[1]) for row in conn.execute(sql, [*params, *configured])}
 
 
 def discard_dead(

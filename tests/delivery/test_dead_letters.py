@@ -247,6 +247,11 @@ def test_dlq_commands(
     gone = CliRunner().invoke(main, ["dlq", "retry", "--destination", "two", "--config",
                                      str(without_two), "--data-dir", str(data)])
     assert gone.exit_code != 0 and "'two' is not in the config" in gone.output
+    everything = CliRunner().invoke(main, ["dlq", "retry", "--config", str(without_two),
+                                           "--data-dir", str(data)])
+    assert everything.exit_code == 0, everything.output
+    assert "retry: 0 dead letters queued again" in everything.output  # none of two's
+    assert "left dead: 2 of two (not in the config" in everything.output
 
     first, second = (line.split()[0] for line in cli(path, data, "dlq", "list").splitlines())
     assert "discard: 1 dead letters discarded" in cli(path, data, "dlq", "discard", "--id", first)
