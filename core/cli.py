@@ -23,8 +23,6 @@ from .send_test import send_test as send_test_command
 
 CONFIG_HELP = "TOML config file (default: $HOOKYARD_CONFIG, else one Segment source -> profile store)"
 TIME_HELP = "ISO-8601 (2026-11-01 or 2026-11-01T10:00:00Z; UTC when no zone is given) or Unix seconds"
-DLQ_DESTINATION_HELP = "Only this destination's dead letters"
-DLQ_SINCE_HELP = f"Only dead letters that last failed at or after this time: {TIME_HELP}"
 
 
 def _load(config_path: str | None, host: str | None = None, port: int | None = None,
@@ -76,6 +74,10 @@ def _stored_runtime(config_path: str | None, data_dir: str | None) -> Any:
 def _no_database(path: Path) -> str:
     return (f"no hookyard database at {path}: run this where `hookyard serve` keeps its data,"
             " or pass --data-dir or --config")
+
+
+def _unknown_destination(rt: Any, name: str) -> str:
+    return f"no destination named {name!r}; configured: {', '.join(rt.destinations) or 'none'}"
 
 
 def _fail(exc: Exception) -> None:
@@ -285,114 +287,6 @@ def preview(config_path: str | None, data_dir: str | None, destination: str, eve
         _fail(exc)
 
 
-@main.group()
-def dlq() -> None:
-    """Dead letters: deliveries that failed permanently or gave up."""
-
-
-def _dlq_runtime(config_path: str | None, data_dir: str | None, destination: str | None) -> Any:
-    try:
-        rt = _stored_runtime(config_path, data_dir)
-    except HookyardError as exc:
-        _fail(exc)
-    if destination is not None and destination not in rt.destinations and not rt.db.read_sync(
-        # a destination removed from the config may still have dead letters
-        lambda c: c.execute("SELECT 1 FROM outbox WHERE destination = ? LIMIT 1",
-                            (destination,)).fetchone()
-    ):
-        rt.close()
-        _fail(ConfigError(_unknown_destination(rt, destination)))
-    return rt
-
-
-def _unknown_destination(rt: Any, name: str) -> str:
-    return f"no destination named {name!r}; configured: {', '.join(rt.destinations) or 'none'}"
-
-
-@dlq.command("list")
-@config_options
-@click.option("--destination", help=DLQ_DESTINATION_HELP)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
-              help="At most this many, newest first")
-def dlq_list(config_path: str | None, data_dir: str | None, destination: str | None, limit: int) -> None:
-    """List dead letters, newest first."""
-    rt = _dlq_runtime(config_path, data_dir, destination)
-    sql = "SELECT id, destination, message_id, user_key, attempts, last_status, last_error" \
-          " FROM outbox WHERE state = 'dead'"
-    params: list[Any] = []
-    if destination:
-        sql += " AND destination = ?"
-        params.append(destination)
-    rows = rt.db.read_sync(lambda c: c.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall())
-    if not rows:
-        click.echo("no dead letters")
-    for r in rows:
-        click.echo(f"{r['id']:>8}  {r['destination']:<16} {r['message_id']:<38} user={r['user_key']}"
-                   f"  attempts={r['attempts']} status={r['last_status']}  {r['last_error']}")
-    rt.close()
-
-
-def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
-                destination: str | None, since: str | None, ids: tuple[int, ...],
-                every: bool) -> None:
-    from .delivery import outbox
-    from .operator_input import dead_letter_filter
-
-    try:
-        destination, when, id_list = dead_letter_filter(
-            action, destination, since, list(ids) or None, every, cli=True)
-    except ValueError as exc:
-        _fail(exc)
-    rt = _dlq_runtime(config_path, data_dir, destination)
-    if action == "retry" and destination is not None and destination not in rt.destinations:
-        rt.close()  # its dead letters would be pending for ever: no worker delivers for it
-        _fail(ConfigError(
-            f"destination {destination!r} is not in the config, so no worker would deliver its"
-            " dead letters: add it back first, or discard them"))
-    if action == "retry":
-        names = list(rt.destinations)
-        count = rt.db.write_sync(lambda c: outbox.retry_dead(
-            c, destination, when, id_list, configured=names))
-        left = rt.db.read_sync(lambda c: outbox.dead_elsewhere(c, names, when, id_list))
-    else:
-        count = rt.db.write_sync(lambda c: outbox.discard_dead(c, destination, when, id_list))
-        left = {}
-    rt.close()
-    click.echo(f"{action}: {count} dead letters" + (" queued again" if action == "retry" else " discarded"))
-    if left:
-        click.echo("left dead: " + ", ".join(f"{n} of {d}" for d, n in left.items())
-                   + " (not in the config: no worker would deliver them; discard them, or add"
-                   " the destination back and retry)")
-
-
-def dlq_filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--all", "every", is_flag=True,
-                      help="Every dead letter (discard refuses to run without a filter or this)")(fn)
-    fn = click.option("--id", "ids", multiple=True, type=click.IntRange(1, 2**63 - 1),
-                      help="Only this dead letter (its id in `dlq list`; repeatable)")(fn)
-    fn = click.option("--since", help=DLQ_SINCE_HELP)(fn)
-    fn = click.option("--destination", help=DLQ_DESTINATION_HELP)(fn)
-    return fn
-
-
-@dlq.command("retry")
-@config_options
-@dlq_filter_options
-def dlq_retry(config_path: str | None, data_dir: str | None, destination: str | None,
-              since: str | None, ids: tuple[int, ...], every: bool) -> None:
-    """Queue dead letters for delivery again (all of them when no filter is given)."""
-    _dlq_action("retry", config_path, data_dir, destination, since, ids, every)
-
-
-@dlq.command("discard")
-@config_options
-@dlq_filter_options
-def dlq_discard(config_path: str | None, data_dir: str | None, destination: str | None,
-                since: str | None, ids: tuple[int, ...], every: bool) -> None:
-    """Discard dead letters (kept for the record, never retried). Needs a filter, or --all."""
-    _dlq_action("discard", config_path, data_dir, destination, since, ids, every)
-
-
 @main.command()
 def plugins() -> None:
     """List installed connector plugins."""
@@ -455,3 +349,6 @@ def version() -> None:
 
 
 main.add_command(send_test_command)
+
+
+from . import dlq_cli  # noqa: E402, F401 - registers `hookyard dlq` on main

@@ -1,0 +1,119 @@
+"""``hookyard dlq``: list, retry and discard dead letters from the command line (the same
+actions as ``/api/dead-letters``, checked by :mod:`hookyard.operator_input`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .cli import TIME_HELP, _fail, _stored_runtime, _unknown_destination, config_options, main
+from .errors import ConfigError, HookyardError
+
+DLQ_DESTINATION_HELP = "Only this destination's dead letters"
+DLQ_SINCE_HELP = f"Only dead letters that last failed at or after this time: {TIME_HELP}"
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: deliveries that failed permanently or gave up."""
+
+
+def _dlq_runtime(config_path: str | None, data_dir: str | None, destination: str | None) -> Any:
+    try:
+        rt = _stored_runtime(config_path, data_dir)
+    except HookyardError as exc:
+        _fail(exc)
+    if destination is not None and destination not in rt.destinations and not rt.db.read_sync(
+        # a destination removed from the config may still have dead letters
+        lambda c: c.execute("SELECT 1 FROM outbox WHERE destination = ? LIMIT 1",
+                            (destination,)).fetchone()
+    ):
+        rt.close()
+        _fail(ConfigError(_unknown_destination(rt, destination)))
+    return rt
+
+
+@dlq.command("list")
+@config_options
+@click.option("--destination", help=DLQ_DESTINATION_HELP)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="At most this many, newest first")
+def dlq_list(config_path: str | None, data_dir: str | None, destination: str | None, limit: int) -> None:
+    """List dead letters, newest first."""
+    rt = _dlq_runtime(config_path, data_dir, destination)
+    sql = "SELECT id, destination, message_id, user_key, attempts, last_status, last_error" \
+          " FROM outbox WHERE state = 'dead'"
+    params: list[Any] = []
+    if destination:
+        sql += " AND destination = ?"
+        params.append(destination)
+    rows = rt.db.read_sync(lambda c: c.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall())
+    if not rows:
+        click.echo("no dead letters")
+    for r in rows:
+        click.echo(f"{r['id']:>8}  {r['destination']:<16} {r['message_id']:<38} user={r['user_key']}"
+                   f"  attempts={r['attempts']} status={r['last_status']}  {r['last_error']}")
+    rt.close()
+
+
+def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
+                destination: str | None, since: str | None, ids: tuple[int, ...],
+                every: bool) -> None:
+    from .delivery import outbox
+    from .operator_input import dead_letter_filter
+
+    try:
+        destination, when, id_list = dead_letter_filter(
+            action, destination, since, list(ids) or None, every, cli=True)
+    except ValueError as exc:
+        _fail(exc)
+    rt = _dlq_runtime(config_path, data_dir, destination)
+    if action == "retry" and destination is not None and destination not in rt.destinations:
+        rt.close()  # its dead letters would be pending for ever: no worker delivers for it
+        _fail(ConfigError(
+            f"destination {destination!r} is not in the config, so no worker would deliver its"
+            " dead letters: add it back first, or discard them"))
+    if action == "retry":
+        names = list(rt.destinations)
+        count = rt.db.write_sync(lambda c: outbox.retry_dead(
+            c, destination, when, id_list, configured=names))
+        left = rt.db.read_sync(lambda c: outbox.dead_elsewhere(c, names, when, id_list))
+    else:
+        count = rt.db.write_sync(lambda c: outbox.discard_dead(c, destination, when, id_list))
+        left = {}
+    rt.close()
+    click.echo(f"{action}: {count} dead letters" + (" queued again" if action == "retry" else " discarded"))
+    if left:
+        click.echo("left dead: " + ", ".join(f"{n} of {d}" for d, n in left.items())
+                   + " (not in the config: no worker would deliver them; discard them, or add"
+                   " the destination back and retry)")
+
+
+def dlq_filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--all", "every", is_flag=True,
+                      help="Every dead letter (discard refuses to run without a filter or this)")(fn)
+    fn = click.option("--id", "ids", multiple=True, type=click.IntRange(1, 2**63 - 1),
+                      help="Only this dead letter (its id in `dlq list`; repeatable)")(fn)
+    fn = click.option("--since", help=DLQ_SINCE_HELP)(fn)
+    fn = click.option("--destination", help=DLQ_DESTINATION_HELP)(fn)
+    return fn
+
+
+@dlq.command("retry")
+@config_options
+@dlq_filter_options
+def dlq_retry(config_path: str | None, data_dir: str | None, destination: str | None,
+              since: str | None, ids: tuple[int, ...], every: bool) -> None:
+    """Queue dead letters for delivery again (all of them when no filter is given)."""
+    _dlq_action("retry", config_path, data_dir, destination, since, ids, every)
+
+
+@dlq.command("discard")
+@config_options
+@dlq_filter_options
+def dlq_discard(config_path: str | None, data_dir: str | None, destination: str | None,
+                since: str | None, ids: tuple[int, ...], every: bool) -> None:
+    """Discard dead letters (kept for the record, never retried). Needs a filter, or --all."""
+    _dlq_action("discard", config_path, data_dir, destination, since, ids, every)
