@@ -494,3 +494,45 @@ def test_settings_defaults() -> None:
     assert settings.prefix == ""
     assert settings.channel_map == {"$email": "email", "$sms": "phone"}
     assert settings.workflows == [] and settings.preferences == {}
+
+
+def test_a_profiles_db_of_an_earlier_version_is_migrated(tmp_path: Path) -> None:
+    """subscribers.identified_at is added to an existing profiles.db; a delivery routed before
+    the upgrade (no "at") is applied as it was then: newer, never held back."""
+    import sqlite3
+
+    from hookyard.deliveries import Delivery
+    from hookyard.profiles.store import ProfileStore
+
+    path = tmp_path / "profiles.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE subscribers (destination TEXT, distinct_id TEXT, properties TEXT,
+            locale TEXT, timezone TEXT, created_at FLOAT, updated_at FLOAT,
+            PRIMARY KEY (destination, distinct_id));
+        CREATE TABLE channels (destination TEXT, distinct_id TEXT, channel TEXT, value TEXT,
+            added_at FLOAT, PRIMARY KEY (destination, distinct_id, channel, value));
+        CREATE TABLE events (id INTEGER PRIMARY KEY, destination TEXT, distinct_id TEXT,
+            message_id TEXT, event TEXT, properties TEXT, timestamp TEXT, received_at TEXT);
+        CREATE UNIQUE INDEX events_message_id ON events (destination, message_id);
+        CREATE TABLE workflow_runs (id INTEGER PRIMARY KEY, destination TEXT, workflow TEXT,
+            distinct_id TEXT, event TEXT, message_id TEXT, payload TEXT, created_at FLOAT);
+        INSERT INTO subscribers VALUES ('p', 'u1', '{"plan": "old"}', 'de', NULL, 1, 1);
+    """)
+    conn.close()
+    store = ProfileStore.sqlite(path)
+    try:
+        def identify(plan: str, at: str | None) -> None:
+            body = {"distinct_id": "u1", "properties": {"plan": plan}, "channels": {},
+                    "preferences": {}, **({"at": at} if at else {})}
+            store.apply("p", [Delivery(kind="identify", body=body)])
+
+        identify("new", "2026-02-01T00:00:00.000Z")
+        identify("replayed", "2026-01-01T00:00:00.000Z")
+        assert (store.subscriber("p", "u1") or {})["properties"] == {"plan": "new"}
+        identify("queued before the upgrade", None)
+        found = store.subscriber("p", "u1") or {}
+        assert found["properties"] == {"plan": "queued before the upgrade"}
+        assert found["preferences"]["$locale"] == "de"
+    finally:
+        store.close()

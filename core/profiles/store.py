@@ -228,7 +228,8 @@ class ProfileStore:
             (dest, uid),
         ).fetchone()
         props = _dec.decode(row[0]) if row and row[0] else {}
-        older = row is not None and row[1] is not None and (at is None or at < row[1])
+        # (a delivery routed before identified_at existed has no "at": applied as before)
+        older = row is not None and row[1] is not None and at is not None and at < row[1]
         new = body.get("properties") or {}
         props = {**new, **props} if older else {**props, **new}
         prefs = body.get("preferences") or {}
