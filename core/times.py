@@ -81,16 +81,17 @@ def parse_iso(value: str) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+# the times iso_micros can write: the years 1-9999 in UTC
+_MIN_US = micros(datetime(1, 1, 1, tzinfo=UTC))
+_MAX_US = micros(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+
+
 def _to_micros(text: str) -> int | None:
     parsed = parse_iso(text)
     if parsed is None:
         return None
-    try:
-        us = micros(parsed)
-        iso_micros(us)  # representable (years 1-9999 in UTC)
-    except OverflowError:
-        return None
-    return us
+    us = micros(parsed)
+    return us if _MIN_US <= us <= _MAX_US else None
 
 
 _micros_of = functools.lru_cache(maxsize=1024)(_to_micros)  # a batch shares sentAt, receivedAt
@@ -98,6 +99,23 @@ _micros_of = functools.lru_cache(maxsize=1024)(_to_micros)  # a batch shares sen
 
 def _micros(value: Any) -> int | None:
     return _micros_of(value) if isinstance(value, str) else None
+
+
+def _event_micros(raw: Mapping[str, Any]) -> tuple[int | None, bool]:
+    """When a Segment event happened, in :func:`micros`, and whether that is the event's own
+    time as it stands (no ``sentAt`` to correct it with): ``receivedAt - (sentAt - timestamp)``
+    (``timestamp`` falling back to ``originalTimestamp``); without ``sentAt``, the event's own
+    time; without one, ``receivedAt``; None without either."""
+    own_text = raw.get("timestamp") or raw.get("originalTimestamp")
+    own = _to_micros(own_text) if isinstance(own_text, str) else None  # each event its own
+    sent, received = _micros(raw.get("sentAt")), _micros(raw.get("receivedAt"))
+    if own is not None and sent is not None and received is not None:
+        corrected = received - (sent - own)
+        # a skew that moves the time out of the years 1-9999: the event's own time, written anew
+        return (corrected if _MIN_US <= corrected <= _MAX_US else own), False
+    if own is not None:
+        return own, True
+    return received, False
 
 
 def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
@@ -108,26 +126,16 @@ def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
     historical imports) the event's own time is kept as it is; without either, ``receivedAt``.
     None when there is nothing to change. Computed in whole microseconds (no float).
     """
-    own_text = raw.get("timestamp") or raw.get("originalTimestamp")
-    own = _to_micros(own_text) if isinstance(own_text, str) else None  # each event its own
-    sent, received = _micros(raw.get("sentAt")), _micros(raw.get("receivedAt"))
-    if own is not None and sent is not None and received is not None:
-        try:
-            return iso_micros(received - (sent - own))
-        except OverflowError:  # a skew that moves the time out of the years 1-9999
-            return iso_micros(own)
-    if own is not None:
+    us, as_sent = _event_micros(raw)
+    if as_sent:
+        own_text = raw.get("timestamp") or raw.get("originalTimestamp")
         return None if own_text == raw.get("timestamp") else str(own_text)
-    return iso_micros(received) if received is not None else None
+    return iso_micros(us) if us is not None else None
 
 
 def event_time(raw: Mapping[str, Any]) -> str | None:
-    """:func:`corrected_timestamp` always written the same way (UTC, milliseconds, ``Z``): the
-    event's time, whatever offset or precision the client used; ``receivedAt`` when the event's
-    own time is missing or not a time (``"yesterday"``); None without either."""
-    corrected = corrected_timestamp(raw)
-    text = corrected if corrected is not None else raw.get("timestamp")
-    us = _micros(text)
-    if us is None:
-        us = _micros(raw.get("receivedAt"))
+    """The event's time as :func:`corrected_timestamp` finds it, always written the same way
+    (UTC, milliseconds, ``Z``), whatever offset or precision the client used: ``receivedAt``
+    when the event's own time is missing or not a time (``"yesterday"``); None without either."""
+    us, _ = _event_micros(raw)
     return iso_micros(us) if us is not None else None
