@@ -37,19 +37,13 @@ def subscriber_path(request: Request) -> tuple[str, bool]:
     """The distinct_id of ``/api/subscribers/{distinct_id}[/events]`` and whether the events
     are asked for, read from the path as sent: an id with a slash, sent encoded (``a%2Fevents``),
     is that user's profile, not the events of user ``a``."""
-    raw = request.scope.get("raw_path")
-    if not raw:  # a server that does not pass the raw path: the decoded one
-        path = request.url.path
-        tail = path[path.rfind(SUBSCRIBERS) + len(SUBSCRIBERS):]
-        if tail.endswith(EVENTS_SUFFIX):
-            return tail[: -len(EVENTS_SUFFIX)], True
-        return tail, False
-    text = raw.decode("latin-1")
-    tail = text[text.rfind(SUBSCRIBERS) + len(SUBSCRIBERS):]
+    raw = request.scope.get("raw_path")  # None from a server that does not pass it: decoded
+    path = raw.decode("latin-1") if raw else request.url.path
+    tail = path[path.rfind(SUBSCRIBERS) + len(SUBSCRIBERS):]
     events = tail.endswith(EVENTS_SUFFIX)
     if events:
         tail = tail[: -len(EVENTS_SUFFIX)]
-    return unquote_to_bytes(tail).decode("utf-8", "replace"), events
+    return (unquote_to_bytes(tail).decode("utf-8", "replace") if raw else tail), events
 
 
 def routes(runtime: Runtime) -> list[BaseRoute]:
