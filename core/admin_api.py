@@ -26,7 +26,7 @@ from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
 from .inbox import by_message_id, decode_row
 from .ingest import read_body
-from .operator_input import dead_letter_filter, int_param, page_limit, parse_time
+from .operator_input import dead_letter_filter, int_param, page_limit, parse_time, retry_refusal
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -174,9 +174,9 @@ def routes(rt: Runtime) -> list[BaseRoute]:
                 action, body.destination, body.since, body.ids, body.every)
         except (ValueError, TypeError, msgspec.ValidationError) as exc:
             return _error(400, str(exc))
-        if action == "retry" and destination is not None and destination not in rt.destinations:
-            return _error(400, f"destination {destination!r} is not in the config, so no worker"
-                               " would deliver its dead letters: add it back first, or discard them")
+        refusal = retry_refusal(destination, rt.destinations) if action == "retry" else None
+        if refusal is not None:
+            return _error(400, refusal)
         names = list(rt.destinations)
         if action == "retry":  # only configured destinations: no worker delivers the others'
             count = await db.write(lambda c: outbox.retry_dead(

@@ -62,7 +62,7 @@ def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
                 destination: str | None, since: str | None, ids: tuple[int, ...],
                 every: bool) -> None:
     from .delivery import outbox
-    from .operator_input import dead_letter_filter
+    from .operator_input import dead_letter_filter, retry_refusal
 
     try:
         destination, when, id_list = dead_letter_filter(
@@ -70,11 +70,10 @@ def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
     except ValueError as exc:
         _fail(exc)
     rt = _dlq_runtime(config_path, data_dir, destination)
-    if action == "retry" and destination is not None and destination not in rt.destinations:
-        rt.close()  # its dead letters would be pending for ever: no worker delivers for it
-        _fail(ConfigError(
-            f"destination {destination!r} is not in the config, so no worker would deliver its"
-            " dead letters: add it back first, or discard them"))
+    refusal = retry_refusal(destination, rt.destinations) if action == "retry" else None
+    if refusal is not None:
+        rt.close()
+        _fail(ConfigError(refusal))
     if action == "retry":
         names = list(rt.destinations)
         count = rt.db.write_sync(lambda c: outbox.retry_dead(

@@ -5,7 +5,7 @@ dead-letter filters and page parameters, checked the same way everywhere (a bad 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,6 +84,15 @@ def dead_letter_filter(
             f"discard needs a filter ({filters}), or {all_name} to discard every dead letter"
         )
     return destination, when, ids
+
+
+def retry_refusal(destination: str | None, configured: Collection[str]) -> str | None:
+    """Why dead letters of ``destination`` may not be retried, or None: a destination no longer
+    in the config has no worker, so they would be pending for ever."""
+    if destination is not None and destination not in configured:
+        return (f"destination {destination!r} is not in the config, so no worker would deliver"
+                " its dead letters: add it back first, or discard them")
+    return None
 
 
 PAGE_DEFAULT, PAGE_MAX = 50, 500
