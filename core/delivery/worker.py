@@ -26,6 +26,7 @@ from ..errors import PermanentError, RetryableError
 from ..http import HttpClient
 from ..plugins import maybe_await
 from . import outbox, router
+from .results import ResultWriter
 from .retry import decide, seconds_text
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class DestinationWorker:
             collections.deque()
         )
         self.stale: list[int] = []  # claimed ahead for too long, to be given back
+        self.results = ResultWriter(rt, dest.name, dest.policy.lease_seconds)
         self.runner: asyncio.Task[None] | None = None  # the run() loop, set by the Engine
         self.stopping = False
         # an idle scan (nothing startable) is remembered so the router's wake-ups only look at
@@ -308,7 +310,7 @@ class DestinationWorker:
                 decide(policy, name, row, d.message_id, res, latency)
                 for row, d, res in zip(rows, deliveries_or_blank, results)
             ]
-            await self._record(outcomes)
+            await self.results.store(outcomes)
             debug = log.isEnabledFor(logging.DEBUG)
             for o in outcomes:
                 if o.outcome == "ok" and not debug:
@@ -332,24 +334,6 @@ class DestinationWorker:
             self.inflight_keys -= keys
             self.inflight_ids -= {r[0] for r in rows}
             self.wake.set()
-
-    async def _record(self, outcomes: list[Any]) -> None:
-        """Store the results, retrying a storage blip (disk full, locked) for most of the lease:
-        giving up at once would leave the user's later events waiting for the lease to expire."""
-        deadline = time.monotonic() + self.dest.policy.lease_seconds * 0.8
-        pause = 0.1
-        while True:
-            try:
-                # not durable: lost only with the machine, and then delivered again (at least once)
-                await self.rt.db.write(lambda conn: outbox.record(conn, outcomes), durable=False)
-                return
-            except Exception:
-                if self.stopping or time.monotonic() + pause > deadline:
-                    raise
-                log.warning("recording results of %s failed; retrying in %.1f s",
-                            self.dest.name, pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
 
     async def _call_hook(self, deliveries: list[Delivery], claimed_at: float) -> list[DeliveryResult]:
         """The plugin's answers, one per delivery; never raises (a plugin bug is retryable).
@@ -399,6 +383,7 @@ class DestinationWorker:
             await asyncio.wait({self.runner}, timeout=grace)
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=max(0.0, deadline - time.monotonic()))
+        self.results.close()
         leftover = list(self.inflight_ids)
         for task in list(self.tasks):
             task.cancel()
