@@ -155,3 +155,54 @@ def test_a_lost_lease_is_claimed_by_another_node_after_expiry(
     monkeypatch.undo()
     row = alive.db.read_sync(lambda c: c.execute("SELECT state, lease_owner FROM outbox").fetchone())
     assert row["state"] == "inflight" and row["lease_owner"] == outbox.OWNER
+
+
+def test_results_arriving_together_share_one_write_and_all_are_stored(runtime: Runtime) -> None:
+    """ResultWriter: results stored while a write is in flight go together into the next one;
+    each caller returns once its own results are committed."""
+    import asyncio
+
+    from hookyard.delivery.results import ResultWriter
+
+    ids = add_rows(runtime, *(f"u{i}" for i in range(6)))
+    claim(runtime, ids)
+    writes: list[int] = []
+    real_write = runtime.db.write
+
+    async def counting_write(fn: Any, **kw: Any) -> Any:
+        writes.append(1)
+        return await real_write(fn, **kw)
+
+    async def main() -> None:
+        writer = ResultWriter(runtime, "seg", lease_seconds=60)
+        runtime.db.write = counting_write  # type: ignore[method-assign]
+        try:
+            await asyncio.gather(*(writer.store([outcome(i, "done")]) for i in ids))
+        finally:
+            del runtime.db.write
+        writer.close()
+
+    asyncio.run(main())
+    assert set(states(runtime).values()) == {"done"}
+    assert 1 <= len(writes) <= 2  # the first result alone, then the five that queued meanwhile
+
+
+def test_a_failed_results_write_is_raised_to_every_waiter(runtime: Runtime) -> None:
+    import asyncio
+
+    from hookyard.delivery.results import ResultWriter
+
+    [a, b] = add_rows(runtime, "u1", "u2")
+    claim(runtime, [a, b])
+    bad = Outcome(outbox_id=a, destination="seg", message_id="m", attempt=1, outcome="ok",
+                  state="done", next_at=0.0, http_status=200, error=None,
+                  response_body=object(), latency_ms=1.0)  # type: ignore[arg-type]
+
+    async def main() -> tuple[Any, ...]:
+        writer = ResultWriter(runtime, "seg", lease_seconds=0.01)  # no time to retry
+        return await asyncio.gather(writer.store([bad]), writer.store([outcome(b, "done")]),
+                                    return_exceptions=True)
+
+    results = asyncio.run(main())  # both queued before the first write: one write, one error
+    assert [isinstance(r, Exception) for r in results] == [True, True]
+    assert states(runtime)[a] == states(runtime)[b] == "inflight"  # delivered again after expiry
