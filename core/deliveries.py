@@ -7,9 +7,10 @@ the deliver hook adds credentials from the settings when it sends.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -129,3 +130,51 @@ def classify_http(
     return DeliveryResult(
         outcome="permanent", http_status=status, error=f"HTTP {status}", response_body=text
     )
+
+
+HELD_BACK = "not sent: an earlier delivery with the same ordering key failed and will be retried"
+
+
+def held_back(failed: DeliveryResult) -> DeliveryResult:
+    """The answer for a delivery not sent because an earlier one of its ordering key failed
+    with ``failed`` (retryable): retryable too, at the same ``retry_after``."""
+    return DeliveryResult.retryable(HELD_BACK, retry_after=failed.retry_after)
+
+
+async def send_in_order(
+    deliveries: list[Delivery],
+    send: Callable[[Delivery], Awaitable[DeliveryResult]],
+    *,
+    concurrency: int = 8,
+) -> list[DeliveryResult]:
+    """Send ``deliveries`` one request each with ``send``, keeping the engine's per-user order.
+
+    Deliveries with the same ``ordering_key`` are sent one after another, in order; different
+    keys concurrently, at most ``concurrency`` requests at a time. Once a key's delivery fails
+    with a retryable result, that key's later deliveries in this call are not sent: they are
+    answered :func:`held_back` (retryable, same ``retry_after``), so the retry can never land
+    after a newer update of the same user. A permanent failure does not hold the key back (it
+    becomes a dead letter; the user's later events go on, as in the engine).
+
+    For a deliver hook that sends a batch as separate requests (``batch_size`` > 1); a hook
+    that sends the whole batch in one request keeps the order anyway. An exception from
+    ``send`` propagates (the engine then retries the whole call)."""
+    results: list[DeliveryResult] = [DeliveryResult.retryable("not sent")] * len(deliveries)
+    keys: dict[str, list[int]] = {}
+    for i, delivery in enumerate(deliveries):
+        keys.setdefault(delivery.ordering_key or f"\x00{i}", []).append(i)
+    slots = asyncio.Semaphore(max(1, concurrency))
+
+    async def one_key(indexes: list[int]) -> None:
+        failed: DeliveryResult | None = None
+        for i in indexes:
+            if failed is not None:
+                results[i] = held_back(failed)
+                continue
+            async with slots:
+                results[i] = await send(deliveries[i])
+            if results[i].outcome == "retryable":
+                failed = results[i]
+
+    await asyncio.gather(*(one_key(indexes) for indexes in keys.values()))
+    return results

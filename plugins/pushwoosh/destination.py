@@ -12,13 +12,18 @@ requests", "rate limit", "throttled"), permanent otherwise (bad API token, argum
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-from hookyard.deliveries import Delivery, DeliveryResult, MapResult, parse_retry_after
+from hookyard.deliveries import (
+    Delivery,
+    DeliveryResult,
+    MapResult,
+    parse_retry_after,
+    send_in_order,
+)
 from hookyard.events import Event, Identify, Track, event_type
 from hookyard.fields import get_path
 from hookyard.http import HttpClient, HttpResponse
@@ -30,7 +35,6 @@ from .tags import as_text, build_tags
 SET_TAGS_PATH = "/json/1.3/setTags"
 POST_EVENT_PATH = "/json/1.3/postEvent"
 TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
-HELD_BACK = "not sent: an earlier delivery with the same ordering key failed and will be retried"
 RATE_LIMITED = re.compile(r"too many requests|rate.?limit|throttl|quota", re.IGNORECASE)
 """A ``status_message`` saying the API refused for load, whatever its ``status_code``."""
 
@@ -226,21 +230,9 @@ async def deliver_pushwoosh(
 ) -> list[DeliveryResult]:
     """One request per delivery: ordering keys concurrently, each key's deliveries in order.
     After a retryable failure the key's later deliveries are held back (retryable too), so a
-    retry never lands after a newer update of the same user."""
-    results: list[DeliveryResult] = [DeliveryResult.retryable(HELD_BACK)] * len(deliveries)
-    groups: dict[str, list[int]] = {}
-    for i, delivery in enumerate(deliveries):
-        groups.setdefault(delivery.ordering_key or f"\x00{i}", []).append(i)
+    retry never lands after a newer update of the same user (:func:`send_in_order`)."""
 
-    async def run(indexes: list[int]) -> None:
-        failed: DeliveryResult | None = None
-        for i in indexes:
-            if failed is not None:
-                results[i] = DeliveryResult.retryable(HELD_BACK, retry_after=failed.retry_after)
-                continue
-            results[i] = await send_one(settings, deliveries[i], client)
-            if results[i].outcome == "retryable":
-                failed = results[i]
+    async def send(delivery: Delivery) -> DeliveryResult:
+        return await send_one(settings, delivery, client)
 
-    await asyncio.gather(*(run(indexes) for indexes in groups.values()))
-    return results
+    return await send_in_order(deliveries, send, concurrency=len(deliveries))
