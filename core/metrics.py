@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .sizes import unrouted_events
+
 if TYPE_CHECKING:
     from .delivery.outbox import Outcome
     from .runtime import Runtime
@@ -30,10 +32,14 @@ class _SizeCollector(Collector):
     def collect(self) -> Iterable[Any]:
         names = list(self.rt.destinations)
         try:
-            inbox, states, retrying = self.rt.db.read_sync(lambda conn: self.rt.sizes.read(conn, names))
+            (inbox, states, retrying), unrouted = self.rt.db.read_sync(
+                lambda conn: (self.rt.sizes.read(conn, names), unrouted_events(conn)))
         except Exception:  # noqa: BLE001 - a scrape must not fail because of the database
             return
         yield GaugeMetricFamily("hookyard_inbox_events", "Events stored in the inbox", value=inbox)
+        yield GaugeMetricFamily(
+            "hookyard_unrouted_events", "Inbox events not routed to the destinations yet",
+            value=unrouted)
         rows = GaugeMetricFamily(
             "hookyard_outbox_rows", "Outbox rows by destination and state",
             labels=["destination", "state"],

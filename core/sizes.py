@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from .delivery import outbox
+from .storage.base import is_postgres
 
 FINISHED_COUNTS_SECONDS = 60.0  # how long the counts that read whole indexes are reused...
 SLOW_COUNT_SECONDS = 0.05  # ...once they take longer than this (below, every call counts)
@@ -47,3 +48,17 @@ class SizeCounter:
             return Sizes(int(inbox), counted, retrying)
         assert cached is not None
         return Sizes(cached[1], cached[2] + counted, retrying)
+
+
+def unrouted_events(conn: Any) -> int:
+    """Inbox events the router has not mapped yet: grows while routing is stuck (a
+    ``map_event`` or the database failing) or behind. SQLite: the newest inbox id past the
+    router's cursor (no count: one index seek each); PostgreSQL: the unrouted rows (a
+    partial index of exactly those)."""
+    if is_postgres(conn):
+        return int(conn.execute("SELECT count(*) FROM inbox WHERE NOT routed").fetchone()[0])
+    newest = conn.execute("SELECT coalesce(max(id), 0) FROM inbox").fetchone()[0]
+    cursor = conn.execute(
+        "SELECT coalesce(max(last_inbox_id), 0) FROM router_state WHERE name = 'main'"
+    ).fetchone()[0]
+    return max(0, int(newest) - int(cursor))

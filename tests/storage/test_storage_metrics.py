@@ -78,3 +78,22 @@ def test_the_dashboard_shares_the_slow_counts(runtime: Runtime, monkeypatch: pyt
     add(runtime, "pending", 1, 5)
     health = runtime.db.read_sync(lambda c: destination_health(c, ["seg"], runtime.sizes))
     assert health["seg"].states == {"done": 3, "pending": 1}  # finished: the scrape's count
+
+
+def test_unrouted_events_count_what_the_router_has_not_mapped(runtime: Runtime) -> None:
+    """hookyard_unrouted_events: grows while routing is stuck or behind, 0 once routed."""
+    import asyncio
+
+    from hookyard.delivery import router
+
+    collector = metrics._SizeCollector(runtime)
+    assert scrape(collector)["hookyard_unrouted_events"] == 0
+    raws = [sample_track(messageId=f"r{i}", userId="u") for i in range(5)]
+    rows = event_rows("web", [parsed(r) for r in raws], now_iso())
+    runtime.db.write_sync(lambda c: insert_events(c, rows, log_entry(5)))
+    assert scrape(collector)["hookyard_unrouted_events"] == 5
+    assert asyncio.run(router.route_batch(runtime, limit=3))[0] == 3
+    assert scrape(collector)["hookyard_unrouted_events"] == 2
+    while asyncio.run(router.route_batch(runtime))[0]:
+        pass
+    assert scrape(collector)["hookyard_unrouted_events"] == 0
