@@ -33,7 +33,7 @@ from ..deliveries import Delivery
 from ..errors import BadRequest, ConfigError
 from ..events import Event, validate_event
 from ..times import now_iso
-from .router import map_one
+from .router import map_one, requests_of
 
 if TYPE_CHECKING:
     from ..runtime import DestinationRuntime, Runtime
@@ -76,7 +76,8 @@ def preview_event(rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any]) ->
 
     ``messageId`` and ``receivedAt`` are filled in like ingest does when missing. Raises
     :class:`BadRequest` when ``raw`` is not a valid Segment event; a crashing ``map_event``
-    hook is reported in ``reason``, never raised.
+    hook, or a delivery that cannot be encoded as JSON (the router dead-letters both), is
+    reported in ``reason``, never raised.
     """
     raw = dict(raw)
     event = _event(raw)
@@ -89,6 +90,7 @@ def preview_event(rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any]) ->
     if reason is None:
         try:
             result = map_one(rt, dest, raw, event)
+            requests_of(result)  # a delivery the router could not store fails like a raise
         except Exception as exc:  # noqa: BLE001 - the router turns this into a dead letter
             log.warning("map_event of %s failed in a preview: %s", dest.name, exc)
             reason = f"map_event failed: {type(exc).__name__}: {exc}"

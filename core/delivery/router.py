@@ -58,6 +58,25 @@ def map_one(
     return result
 
 
+def requests_of(result: MapResult) -> list[bytes]:
+    """The stored request (JSON) of each delivery of ``result``.
+
+    Raises (``TypeError``...) when one cannot be encoded, say a body holding an object that is
+    not JSON: a plugin bug, handled by the callers like a ``map_event`` that raised."""
+    return [encoder.encode(d) for d in result.deliveries]
+
+
+def user_of(raw: dict[str, Any] | None) -> str:
+    """The user (``userId``, else ``anonymousId``) of a raw event, for its dead letters."""
+    if raw is None:
+        return ""
+    for field in ("userId", "anonymousId"):
+        value = raw.get(field)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 def typed_event(row: tuple[Any, ...], raw: dict[str, Any]) -> Event:
     """The typed event of an inbox row whose raw dict is ``raw`` (from :func:`decode_row`).
 
@@ -86,14 +105,16 @@ def map_rows(
     for row in rows:
         if row[6]:  # filtered by the source itself
             continue
+        raw: dict[str, Any] | None = None
         try:
             raw = decode_row(row)
             event = typed_event(row, raw)
         except Exception as exc:  # noqa: BLE001 - one undecodable row must not stall the router
             log.error("inbox event %s cannot be decoded: %s", row[0], exc)
+            user = user_of(raw)
             for dest in rt.destinations_for(row[1]):
                 if only is None or dest.name in only:
-                    out.append((dest.name, row[0], row[2], "", "", None, "dead", now, now,
+                    out.append((dest.name, row[0], row[2], user, "", None, "dead", now, now,
                                 f"stored event cannot be decoded: {type(exc).__name__}: {exc}"))
             continue
         for dest in rt.destinations_for(row[1]):
@@ -101,18 +122,20 @@ def map_rows(
                 continue
             try:
                 result = map_one(rt, dest, raw, event)
+                requests = requests_of(result)
             except Exception as exc:  # noqa: BLE001 - a plugin bug becomes a dead letter
                 log.exception("map_event of %s failed for %s", dest.name, row[2])
-                out.append((dest.name, row[0], row[2], "", "", None, "dead", now, now,
+                user = event.user_id or event.anonymous_id or ""
+                out.append((dest.name, row[0], row[2], user, "", None, "dead", now, now,
                             f"map_event failed: {type(exc).__name__}: {exc}"))
                 continue
             if not result.deliveries:
                 out.append((dest.name, row[0], row[2], "", "", None, "filtered", now, now,
                             result.filtered or "no deliveries"))
                 continue
-            for d in result.deliveries:
+            for d, request in zip(result.deliveries, requests, strict=True):
                 out.append((dest.name, row[0], d.message_id, d.ordering_key, d.kind,
-                            encoder.encode(d), "pending", now, now, None))
+                            request, "pending", now, now, None))
     return out
 
 
@@ -263,7 +286,8 @@ SELECT_REMAP = (
     " FROM outbox o LEFT JOIN inbox i ON i.id = o.inbox_id WHERE o.id IN ({})"
 )
 UPDATE_REMAPPED = (
-    "UPDATE outbox SET message_id = COALESCE(NULLIF(?, ''), message_id), user_key = ?, kind = ?, request = ?, state = ?,"
+    "UPDATE outbox SET message_id = COALESCE(NULLIF(?, ''), message_id),"
+    " user_key = COALESCE(NULLIF(?, ''), user_key), kind = ?, request = ?, state = ?,"
     " next_at = 0, lease_until = NULL, lease_owner = NULL, updated_at = ?, last_error = ?"
     " WHERE id = ? AND state = 'inflight'"
 )
