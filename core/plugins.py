@@ -2,7 +2,10 @@
 
 ``make_plugin_manager()`` is a factory (nothing is built at import): it loads the ``hookyard``
 entry-point group (built-in connectors are registered there exactly like third-party ones), adds
-any plugin objects passed in, and runs ``check_pending()`` so a misspelt hook name fails loudly.
+any plugin objects passed in, and checks every hook so a misspelt hook name fails loudly. A broken
+plugin (a module that fails to import, an unknown hook, an argument the hookspec lacks) is a
+:class:`ConfigError` of one line naming the entry point and the problem, not pluggy's
+traceback, so every command stops the way it does for a bad config.
 
 :class:`ConnectorRegistry` remembers which plugin registered which connector. A step hook for
 connector ``novu`` is called through a pluggy *subset* hook caller that leaves out every other
@@ -12,13 +15,18 @@ plugin's non-wrapper implementation: only the owner answers, while wrappers
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import importlib.metadata
 import inspect
+import re
 import sys
+import traceback
 from collections.abc import Iterable
 from typing import Any
 
 import pluggy
+from pluggy import PluginValidationError
 
 from . import hookspecs
 from .connectors import Connector, ConnectorKind
@@ -26,6 +34,12 @@ from .errors import ConfigError
 
 ENTRY_POINT_GROUP = "hookyard"
 STEP_HOOKS = ("authenticate", "parse_events", "map_event", "deliver")
+STEP_RESULTS = {
+    "authenticate": "an AuthResult",
+    "parse_events": "a list of ParsedEvent",
+    "map_event": "a MapResult",
+    "deliver": "a list of DeliveryResult",
+}
 
 # The built-in plugins by entry-point name, as in ``[project.entry-points.hookyard]`` of
 # pyproject.toml. A frozen single-file binary (PyInstaller) carries no entry-point metadata, so
@@ -50,18 +64,117 @@ def register_builtin_plugins(pm: pluggy.PluginManager) -> None:
 def make_plugin_manager(
     plugins: Iterable[object] = (), *, load_entry_points: bool = True
 ) -> pluggy.PluginManager:
-    """A new plugin manager with the hookyard hookspecs and the installed plugins."""
+    """A new plugin manager with the hookyard hookspecs and the installed plugins.
+
+    Raises :class:`ConfigError` (one line: which plugin, what is wrong) when a plugin cannot be
+    imported, implements a hook that does not exist, or takes an argument its hook lacks."""
     pm = pluggy.PluginManager("hookyard")
     pm.add_hookspecs(hookspecs)
+    labels: dict[int, str] = {}  # id(plugin) -> how errors name it
     if load_entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        load_entry_point_plugins(pm, labels)
         if getattr(sys, "frozen", False):
             register_builtin_plugins(pm)
     for plugin in plugins:
         if not pm.is_registered(plugin):
-            pm.register(plugin)
-    pm.check_pending()
+            _register(pm, plugin, None, _object_label(plugin))
+    check_hooks(pm, labels)
     return pm
+
+
+def load_entry_point_plugins(pm: pluggy.PluginManager, labels: dict[int, str]) -> None:
+    """Register every plugin of the ``hookyard`` entry-point group, as pluggy's
+    ``load_setuptools_entrypoints`` does, but each failure named after its entry point."""
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue  # a second distribution with the same name: the first one wins
+        label = _entry_point_label(ep)
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import-time error of a third-party module
+            raise ConfigError(f"{label}: could not be imported: {_exception_text(exc)}") from exc
+        labels[id(plugin)] = label
+        _register(pm, plugin, ep.name, label)
+
+
+def _entry_point_label(ep: importlib.metadata.EntryPoint) -> str:
+    """``plugin 'acme' (hookyard_acme.plugin, distribution hookyard-acme 0.1.0)``."""
+    dist = getattr(ep, "dist", None)
+    where = f", distribution {dist.name} {dist.version}" if dist is not None else ""
+    return f"plugin {ep.name!r} ({ep.value}{where})"
+
+
+def _object_label(plugin: object) -> str:
+    if inspect.ismodule(plugin):
+        return f"plugin {plugin.__name__!r}"
+    return f"plugin {type(plugin).__name__!r} object"
+
+
+def plugin_label(pm: pluggy.PluginManager, plugin: object) -> str:
+    """``plugin 'novu'`` for a plugin loaded from its entry point, else after its type."""
+    name = pm.get_name(plugin)
+    return _object_label(plugin) if name in (None, str(id(plugin))) else f"plugin {name!r}"
+
+
+def _exception_text(exc: BaseException) -> str:
+    """``NameError: name 'x' is not defined (at .../plugin.py:12)``: the innermost frame."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<frozen ") and "importlib" not in f.filename]
+    if frames and not isinstance(exc, SyntaxError):  # a SyntaxError names its line itself
+        text += f" (at {frames[-1].filename}:{frames[-1].lineno})"
+    return text
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str | None, label: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except PluginValidationError as exc:
+        raise ConfigError(f"{label}: {_validation_problem(pm, str(exc))}") from exc
+
+
+def _validation_problem(pm: pluggy.PluginManager, message: str) -> str:
+    """pluggy's several-line validation message as one line."""
+    hook = re.search(r"hook '(\w+)'", message)
+    args = re.search(r"Argument\(s\) \{(.*)\} are declared", message)
+    if hook and args:
+        spec = getattr(pm.hook, hook[1]).spec
+        takes = ", ".join(spec.argnames) if spec is not None else "?"
+        plural = "s" if "," in args[1] else ""
+        return f"hook {hook[1]!r} has no argument{plural} {args[1]} (it takes: {takes})"
+    last = message.strip().splitlines()[-1]
+    return f"hook {hook[1]!r}: {last}" if hook else " ".join(message.split())
+
+
+def hook_names() -> list[str]:
+    """The names of hookyard's hooks (the hookspecs)."""
+    return sorted(n for n, f in vars(hookspecs).items() if hasattr(f, "hookyard_spec"))
+
+
+def _unknown_hook(name: str) -> str:
+    close = difflib.get_close_matches(name, hook_names(), n=1)
+    if close:
+        return f"unknown hook {name!r} (did you mean {close[0]!r}?)"
+    return f"unknown hook {name!r} (hookyard's hooks: {', '.join(hook_names())})"
+
+
+def check_hooks(pm: pluggy.PluginManager, labels: dict[int, str]) -> None:
+    """Refuse a plugin implementing hooks that do not exist, naming every such hook of it
+    (pluggy's ``check_pending`` stops at the first one and shows the module's repr)."""
+    unknown: dict[int, list[str]] = {}
+    plugins: dict[int, object] = {}
+    for name, caller in vars(pm.hook).items():
+        if name.startswith("_") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                unknown.setdefault(id(impl.plugin), []).append(name)
+                plugins[id(impl.plugin)] = impl.plugin
+    if unknown:  # the first plugin with unknown hooks, every one of them
+        key, names = next(iter(unknown.items()))
+        label = labels.get(key) or _object_label(plugins[key])
+        raise ConfigError(f"{label}: {'; '.join(_unknown_hook(name) for name in sorted(names))}")
+    pm.check_pending()  # anything the loop above does not know about
 
 
 async def maybe_await(value: Any) -> Any:
@@ -82,7 +195,13 @@ class ConnectorRegistry:
         for impl in pm.hook.register_connectors.get_hookimpls():
             if impl.wrapper or impl.hookwrapper:
                 continue  # the registry reads every plugin's list itself; wrappers have nothing to add
-            connectors: list[Connector] = impl.function() or []  # type: ignore[assignment]
+            try:
+                connectors: list[Connector] = impl.function() or []  # type: ignore[assignment]
+            except Exception as exc:  # noqa: BLE001 - a plugin bug: one line, not a traceback
+                raise ConfigError(
+                    f"{plugin_label(pm, impl.plugin)}: register_connectors failed: "
+                    f"{_exception_text(exc)}"
+                ) from exc
             for connector in connectors:
                 key = (connector.kind, connector.name)
                 if key in self._connectors:
@@ -159,7 +278,20 @@ class ConnectorRegistry:
         else:
             result = self.caller(hook_name, kind, name)(**kwargs)
         if result is None:
-            raise ConfigError(
+            raise self._no_answer(hook_name, kind, name)
+        return result
+
+    def _no_answer(self, hook_name: str, kind: ConnectorKind, name: str) -> Exception:
+        """Why a step hook call answered None: the owner lacks the hook (ConfigError), or its
+        implementation returned None (a forgotten ``return``: TypeError)."""
+        owner = self._connectors[(kind, name)][1]
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        if not any(i.plugin is owner and not (i.wrapper or i.hookwrapper) for i in impls):
+            return ConfigError(
                 f"plugin of {kind} connector {name!r} does not implement hook {hook_name!r}"
             )
-        return result
+        expected = STEP_RESULTS.get(hook_name, "a result")
+        return TypeError(
+            f"{hook_name} of {plugin_label(self.pm, owner)} ({kind} connector {name!r}) "
+            f"returned None, not {expected} (a missing return?)"
+        )

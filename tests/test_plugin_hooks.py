@@ -401,6 +401,34 @@ def test_step_hook_not_implemented_is_a_clear_error() -> None:
         map_with(destination_context("lonely", reg=reg), sample_track(), reg)
 
 
+def test_step_hook_returning_none_says_so() -> None:
+    """A forgotten ``return`` is not reported as a hook that is not implemented (the text a
+    dead letter shows: ``map_event failed: TypeError: ...``), with or without wrappers."""
+
+    class Forgetful:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="forgetful", kind="destination")]
+
+        @hookimpl
+        def map_event(self, destination: DestinationContext) -> MapResult:
+            MapResult.send(Delivery(kind="track"))  # its `return` forgotten
+
+    class PassThrough:
+        @hookimpl(wrapper=True)
+        def map_event(self) -> Generator[None, MapResult, MapResult]:
+            return (yield)
+
+    expected = (
+        r"^map_event of plugin 'Forgetful' object \(destination connector 'forgetful'\) "
+        r"returned None, not a MapResult \(a missing return\?\)$"
+    )
+    for plugins in ([Forgetful()], [Forgetful(), PassThrough()]):  # direct call, then through pluggy
+        reg = registry(plugins)
+        with pytest.raises(TypeError, match=expected):
+            map_with(destination_context("forgetful", reg=reg), sample_track(), reg)
+
+
 # -- the example plugin through the real host --------------------------------------------------
 def test_relay_plugin_end_to_end(
     hookyard_server: Start, fake_destination: Callable[[], FakeServer]

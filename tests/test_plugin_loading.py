@@ -1,0 +1,196 @@
+"""A broken plugin stops hookyard with one ``Error:`` line naming it, never pluggy's traceback.
+
+Installed plugins are simulated without installing anything: a package and a ``*.dist-info``
+directory (METADATA + entry_points.txt) in a temporary directory put on ``sys.path``, which is
+how ``importlib.metadata`` finds any installed distribution. Plugin objects are registered the
+way tests register plugins (``registry([...])``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hookyard import hookimpl
+from hookyard.cli import main
+from hookyard.connectors import Connector, DestinationContext
+from hookyard.deliveries import Delivery, DeliveryResult
+from hookyard.errors import ConfigError
+from hookyard.plugins import make_plugin_manager
+from hookyard.testing import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+LABEL = "plugin 'broken' (hookyard_broken.plugin, distribution hookyard-broken 0.1.0)"
+MISSPELT = """\
+from hookyard import hookimpl
+
+
+@hookimpl
+def map_events(destination, event, raw):
+    return None
+"""
+WRONG_ARGUMENT = """\
+from hookyard import hookimpl
+
+
+@hookimpl
+async def deliver(destination, deliveries, http):
+    return []
+"""
+IMPORT_FAILS = """\
+from hookyard import hookimpl
+import hookyard_no_such_dependency
+"""
+BROKEN = {
+    "misspelt": (MISSPELT, f"{LABEL}: unknown hook 'map_events' (did you mean 'map_event'?)"),
+    "argument": (
+        WRONG_ARGUMENT,
+        f"{LABEL}: hook 'deliver' has no argument 'http' (it takes: destination, deliveries, "
+        "client)",
+    ),
+    "import": (
+        IMPORT_FAILS,
+        f"{LABEL}: could not be imported: ModuleNotFoundError: No module named "
+        "'hookyard_no_such_dependency' (at ",
+    ),
+}
+
+
+def write_distribution(where: Path, plugin_source: str) -> Path:
+    """``hookyard_broken`` with entry point ``broken``, as pip would leave it in site-packages."""
+    package = where / "hookyard_broken"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "plugin.py").write_text(plugin_source)
+    info = where / "hookyard_broken-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hookyard-broken\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[hookyard]\nbroken = hookyard_broken.plugin\n")
+    return where
+
+
+@pytest.fixture
+def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Path]]:
+    """``install(source)``: the broken distribution on ``sys.path`` for this test only."""
+
+    def put(source: str) -> Path:
+        where = write_distribution(tmp_path / "site", source)
+        monkeypatch.syspath_prepend(str(where))
+        return where
+
+    yield put
+    for name in [m for m in sys.modules if m.split(".")[0] == "hookyard_broken"]:
+        del sys.modules[name]
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_installed_plugin_is_one_line_naming_it(
+    case: str, install: Callable[[str], Path]
+) -> None:
+    source, expected = BROKEN[case]
+    install(source)
+    with pytest.raises(ConfigError) as err:
+        make_plugin_manager()
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+    if case == "import":  # where it failed, to go and look
+        assert str(err.value).endswith(f"{os.sep}hookyard_broken{os.sep}plugin.py:2)")
+
+
+@pytest.mark.parametrize("command", [["plugins"], ["check-config"], ["serve", "--port", "0"],
+                                     ["worker"]])
+def test_every_command_stops_with_one_error_line(
+    command: list[str], install: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Even a config that does not use the broken plugin: a misspelt hook is never ignored."""
+    install(MISSPELT)
+    config = tmp_path / "hookyard.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nadmin_token = "test-admin-token"\n'
+        '[[sources]]\nname = "web"\nplugin = "segment"\nwrite_key = "test-write-key"\n'
+    )
+    args = command if command == ["plugins"] else [*command, "--config", str(config)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: {BROKEN['misspelt'][1]}\n"
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_real_command_prints_no_traceback(tmp_path: Path) -> None:
+    where = write_distribution(tmp_path / "site", WRONG_ARGUMENT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(where), *sys.path])}
+    env.pop("HOOKYARD_CONFIG", None)
+    run = subprocess.run([sys.executable, "-m", "hookyard", "plugins"], capture_output=True,
+                         text=True, env=env, timeout=60, cwd=tmp_path)
+    assert run.returncode == 1
+    assert run.stderr == f"Error: {BROKEN['argument'][1]}\n" and run.stdout == ""
+
+
+# -- plugin objects (as tests and Runtime.build(config, plugins) register them) ----------------
+class Misspelt:
+    @hookimpl
+    def register_connectors(self) -> list[Connector]:
+        return [Connector(name="misspelt", kind="destination")]
+
+    @hookimpl
+    def map_events(self, destination: DestinationContext) -> None: ...
+
+    @hookimpl
+    def delivery(self, destination: DestinationContext) -> None: ...
+
+
+class WrongArgument:
+    @hookimpl
+    def deliver(self, destination: DestinationContext, deliveries: list[Delivery],
+                http: Any, retries: int) -> list[DeliveryResult]:
+        return []
+
+
+class RegisterFails:
+    @hookimpl
+    def register_connectors(self) -> list[Connector]:
+        raise KeyError("base_url")
+
+
+def test_plugin_objects_are_named_with_every_unknown_hook() -> None:
+    with pytest.raises(ConfigError) as err:
+        registry([Misspelt()])
+    assert str(err.value) == (
+        "plugin 'Misspelt' object: unknown hook 'delivery' (did you mean 'deliver'?); "
+        "unknown hook 'map_events' (did you mean 'map_event'?)"
+    )
+
+
+def test_an_unknown_hook_without_a_close_name_lists_the_hooks() -> None:
+    class Odd:
+        @hookimpl
+        def frobnicate(self) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"unknown hook 'frobnicate' \(hookyard's hooks: "
+                                          r"authenticate, deliver, map_event, parse_events, "):
+        registry([Odd()])
+
+
+def test_wrong_argument_names_are_named() -> None:
+    with pytest.raises(ConfigError) as err:
+        registry([WrongArgument()])
+    message = str(err.value)
+    assert message.startswith("plugin 'WrongArgument' object: hook 'deliver' has no arguments ")
+    assert "'http'" in message and "'retries'" in message
+    assert message.endswith("(it takes: destination, deliveries, client)")
+
+
+def test_register_connectors_raising_is_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"^plugin 'RegisterFails' object: register_connectors failed: "
+                                          r"KeyError: 'base_url' \(at .*test_plugin_loading"):
+        registry([RegisterFails()])
+
+
+def test_built_in_plugins_load_cleanly() -> None:
+    names = {name for name, _ in make_plugin_manager().list_name_plugin()}
+    assert {"profiles", "segment", "pushwoosh", "novu"} <= names
