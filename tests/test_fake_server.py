@@ -6,10 +6,12 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import aiohttp
 import httpx
 import pytest
+from hookyard.http import HttpClient
 from hookyard.testing.fake_server import FakeServer, RecordedRequest
 
 
@@ -168,3 +170,23 @@ def test_wait_for_timeout_says_what_was_recorded(fake: FakeServer) -> None:
 def test_only_loopback_addresses() -> None:
     with pytest.raises(ValueError):
         FakeServer(host="0.0.0.0")
+
+
+def test_raw_path_is_the_path_as_sent(fake: FakeServer) -> None:
+    """``path`` is decoded, so only ``raw_path`` shows whether a plugin percent-encoded a user
+    id it put in a path (``a/b`` must go out as ``a%2Fb``, not as two path segments)."""
+    async def send(paths: list[str]) -> None:
+        client = HttpClient(connect_timeout=2, total_timeout=5)
+        try:
+            for path in paths:
+                result, _ = await client.send("POST", fake.url + path, json={})
+                assert result.outcome == "ok"
+        finally:
+            await client.close()
+
+    asyncio.run(send([f"/users/{quote('a/b', safe='')}", "/users/a/b", "/users/a b"]))
+    encoded, forgotten, spaced = fake.requests
+    assert (encoded.path, encoded.raw_path) == ("/users/a/b", "/users/a%2Fb")
+    assert (forgotten.path, forgotten.raw_path) == ("/users/a/b", "/users/a/b")
+    assert (spaced.path, spaced.raw_path) == ("/users/a b", "/users/a%20b")  # aiohttp escaped it
+    assert [r.raw_path for r in fake.requests_to("/users/a/b")] == ["/users/a%2Fb", "/users/a/b"]

@@ -36,12 +36,21 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 @dataclass
 class RecordedRequest:
+    """One request as the fake received it.
+
+    ``path`` is URL-decoded (``/users/a%2Fb`` is recorded as ``/users/a/b``): rules and
+    ``requests_to``/``wait_for(path=)`` match on it. ``raw_path`` is the path exactly as sent,
+    percent-escapes kept, so a test can check that a plugin encodes what it puts in a path
+    (``assert req.raw_path == "/users/a%2Fb"``). ``query`` is the raw query string.
+    """
+
     method: str
     path: str
     query: str
     headers: dict[str, str]  # lower-case keys; repeated headers joined with ", "
     body: bytes
     received_at: float
+    raw_path: str = ""
 
     def json(self) -> Any:
         return msgspec.json.decode(self.body)
@@ -236,9 +245,10 @@ class FakeServer:
         headers: dict[str, str] = {}
         for key, value in request.headers.items():
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
         rec = RecordedRequest(request.method, request.url.path,
                               request.scope.get("query_string", b"").decode("latin-1"), headers,
-                              await request.body(), time.time())
+                              await request.body(), time.time(), raw_path.decode("latin-1"))
         with self._cond:
             self._records.append(rec)
             self._cond.notify_all()

@@ -18,6 +18,7 @@ import msgspec
 from ..connectors import AuthResult, DestinationContext, IngestRequest, ParsedEvent, SourceContext
 from ..deliveries import Delivery, DeliveryResult, MapResult
 from ..events import Event
+from ..fields import FieldMissing
 from ..http import HttpClient
 from ..plugins import ConnectorRegistry, make_plugin_manager, maybe_await
 
@@ -131,22 +132,44 @@ def parse_with(
 def map_with(
     ctx: DestinationContext, raw: dict[str, Any], reg: ConnectorRegistry | None = None
 ) -> MapResult:
-    """Call the destination plugin's ``map_event`` hook (deterministic dispatch, no server)."""
+    """Call the destination plugin's ``map_event`` hook as the router does (no server).
+
+    Like ``hookyard.delivery.router.map_one`` (without the filter and trigger): a
+    ``hookyard.fields.FieldMissing`` raised by the hook is the skip
+    ``MapResult.skip(exc.reason)``, and each delivery without a ``message_id`` /
+    ``ordering_key`` gets the event's ``messageId`` / ``userId`` (else ``anonymousId``)."""
     reg = reg or registry()
-    result: MapResult = reg.call("map_event", "destination", ctx.plugin, destination=ctx,
-                                 event=as_event(raw), raw=raw)
+    event = as_event(raw)
+    try:
+        result: MapResult = reg.call("map_event", "destination", ctx.plugin, destination=ctx,
+                                     event=event, raw=raw)
+    except FieldMissing as exc:
+        return MapResult.skip(exc.reason)
+    key = event.user_id or event.anonymous_id or ""
+    for d in result.deliveries:
+        if not d.message_id:
+            d.message_id = raw.get("messageId") or ""
+        if not d.ordering_key:
+            d.ordering_key = key
     return result
 
 
 def deliver_with(
     ctx: DestinationContext, deliveries: list[Delivery], reg: ConnectorRegistry | None = None,
-    client: HttpClient | None = None,
+    client: HttpClient | None = None, *, connect_timeout: float = 2.0,
+    total_timeout: float = 5.0,
 ) -> list[DeliveryResult]:
-    """Call the plugin's ``deliver`` hook and wait for it (uses a fresh HttpClient)."""
+    """Call the plugin's ``deliver`` hook and wait for it.
+
+    The hook gets ``client``, else a fresh ``HttpClient`` (closed afterwards) whose requests
+    time out after ``connect_timeout`` seconds to connect and ``total_timeout`` seconds in all
+    (short defaults for tests; a server uses ``[destinations.delivery]``
+    ``connect_timeout_seconds`` / ``total_timeout_seconds``, 5 and 15 by default).
+    ``client.send`` answers a request that timed out with a retryable result."""
     reg = reg or registry()
 
     async def run() -> list[DeliveryResult]:
-        http = client or HttpClient(connect_timeout=2, total_timeout=5)
+        http = client or HttpClient(connect_timeout=connect_timeout, total_timeout=total_timeout)
         try:
             return await maybe_await(  # type: ignore[no-any-return]
                 reg.call("deliver", "destination", ctx.plugin, destination=ctx,
