@@ -8,6 +8,10 @@ same loopback peer on a 2-core machine httpx's AsyncClient made 250–500 reques
 :meth:`HttpClient.send` removes the credentials a request carried (``Authorization`` and similar
 headers) from the response body and error it keeps: a destination that echoes them in an error
 page must not put them in the outbox, the operator API or the dashboard.
+
+Redirects are never followed: aiohttp would re-send a POST as a body-less ``GET`` to the new
+location (custom headers included), and the peer's ``200`` there would mark an event delivered
+that never arrived. A 3xx is a permanent failure whose error names the ``Location``.
 """
 
 from __future__ import annotations
@@ -63,6 +67,14 @@ def redact(text: str | None, secrets: list[str]) -> str | None:
     return text
 
 
+def redirect_error(resp: HttpResponse) -> str:
+    """The error of a 3xx answer: redirects are not followed (the request went to a wrong URL)."""
+    location = resp.headers.get("Location")
+    where = f"redirect to {location}; " if location else ""
+    return (f"HTTP {resp.status} ({where}redirects are not followed:"
+            " fix the destination's base_url)")
+
+
 @dataclass(frozen=True)
 class HttpResponse:
     status: int
@@ -100,12 +112,15 @@ class HttpClient:
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> HttpResponse:
-        """Send one request; network errors and timeouts raise (see :meth:`send`)."""
+        """Send one request; network errors and timeouts raise (see :meth:`send`). A redirect
+        is returned as it is, never followed."""
         hdrs = dict(headers or {})
         if json is not None:
             data = _encoder.encode(json)
             hdrs.setdefault("Content-Type", "application/json")
-        async with self._get_session().request(method, url, data=data, headers=hdrs) as resp:
+        async with self._get_session().request(
+            method, url, data=data, headers=hdrs, allow_redirects=False
+        ) as resp:
             body = await resp.read()
             return HttpResponse(resp.status, resp.headers, body)
 
@@ -129,6 +144,8 @@ class HttpClient:
         except aiohttp.ClientError as exc:
             return DeliveryResult.retryable(f"connection error: {type(exc).__name__}: {exc}"), None
         result = classify_http(resp.status, resp.headers, resp.body)
+        if 300 <= resp.status < 400:
+            result = msgspec.structs.replace(result, error=redirect_error(resp))
         if result.response_body or result.error:  # only what is kept needs redacting
             secrets = credentials(headers)
             if secrets:

@@ -37,6 +37,17 @@ def seconds_text(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def wrong_answer(results: object, deliveries: int) -> str:
+    """The error of a deliver hook that did not answer a list of one result per delivery."""
+    got = (_count(len(results), "result", "results") if isinstance(results, list)
+           else f"{type(results).__name__}, not a list,")
+    return f"deliver hook returned {got} for {_count(deliveries, 'delivery', 'deliveries')}"
+
+
 @overload
 def clip(text: str, limit: int = RESPONSE_BODY_LIMIT) -> str: ...
 @overload

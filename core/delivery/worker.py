@@ -27,7 +27,7 @@ from ..http import HttpClient
 from ..plugins import maybe_await
 from . import outbox, router
 from .results import ResultWriter
-from .retry import decide, seconds_text
+from .retry import decide, seconds_text, wrong_answer
 
 if TYPE_CHECKING:
     from ..runtime import DestinationRuntime, Runtime
@@ -365,9 +365,10 @@ class DestinationWorker:
                 deliveries
             )
         if not isinstance(results, list) or len(results) != len(deliveries):
-            return [DeliveryResult.retryable("deliver hook returned the wrong number of results")] * len(
-                deliveries
-            )
+            error = wrong_answer(results, len(deliveries))
+            log.warning("destination %s: %s", self.dest.name, error,
+                        extra={"destination": self.dest.name})
+            return [DeliveryResult.retryable(error)] * len(deliveries)
         return [
             r if isinstance(r, DeliveryResult)
             else DeliveryResult.retryable(f"deliver hook returned {type(r).__name__}, not a DeliveryResult")

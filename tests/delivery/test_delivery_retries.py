@@ -186,7 +186,7 @@ def test_a_misbehaving_deliver_hook_never_loses_the_event(
         "hang": ("dead", 2, "deliver hook did not answer within 0.45 s"),
         "raise": ("dead", 2, "deliver hook raised KeyError: 'oops'"),
         "none": ("dead", 2, "deliver hook returned NoneType, not a DeliveryResult"),
-        "short": ("dead", 2, "deliver hook returned the wrong number of results"),
+        "short": ("dead", 2, "deliver hook returned 0 results for 1 delivery"),
         "retryable": ("dead", 2, "rate limited"),
         "permanent": ("dead", 1, "account suspended"),
     }

@@ -1,0 +1,126 @@
+"""The common HTTP rules against real loopback peers: redirects are never followed (a 3xx is a
+permanent failure naming its Location, the request is not re-sent anywhere), and a deliver hook
+that answers the wrong number of results is told how many, with a warning naming the
+destination."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pytest
+from delivery_kit import PLUGIN, dead_letters, recorder, send, trace, track, wait_until
+from hookyard import hookimpl
+from hookyard.connectors import Connector, DestinationContext
+from hookyard.deliveries import Delivery, DeliveryResult, MapResult
+from hookyard.events import Event, event_type
+from hookyard.http import HttpClient
+from hookyard.testing.fake_server import FakeServer
+from hookyard.testing.server import HookyardServer
+
+Start = Callable[..., HookyardServer]
+NOT_FOLLOWED = "redirects are not followed: fix the destination's base_url"
+
+
+async def _send(url: str, **kw: Any) -> DeliveryResult:
+    client = HttpClient(connect_timeout=1, total_timeout=2)
+    try:
+        result, _ = await client.send("POST", url, **kw)
+    finally:
+        await client.close()
+    return result
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_send_does_not_follow_a_redirect(
+    fake_destination: Callable[[], FakeServer], status: int
+) -> None:
+    fake = fake_destination()
+    fake.respond(status, None, {"Location": "/landing"}, path="/hook")
+    result = asyncio.run(_send(fake.url + "/hook", json={"x": 1},
+                               headers={"X-Acme-Key": "acme-key-0123456789"}))
+    assert (result.outcome, result.http_status) == ("permanent", status)
+    assert result.error == f"HTTP {status} (redirect to /landing; {NOT_FOLLOWED})"
+    [req] = fake.requests  # one request, and nothing sent to /landing (nor its headers)
+    assert (req.method, req.path, req.json()) == ("POST", "/hook", {"x": 1})
+
+
+def test_a_3xx_without_location_is_permanent_too(fake_destination: Callable[[], FakeServer]) -> None:
+    fake = fake_destination()
+    fake.respond(300, b"choose")
+    result = asyncio.run(_send(fake.url + "/hook", data=b"{}"))
+    assert (result.outcome, result.http_status, result.response_body) == ("permanent", 300, "choose")
+    assert result.error == f"HTTP 300 ({NOT_FOLLOWED})"
+
+
+def test_a_redirecting_destination_gets_dead_letters_not_deliveries(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake = fake_destination()
+    fake.respond(302, None, {"Location": f"{fake.url}/landing"}, path="/batch")
+    server = hookyard_server({"destinations": [recorder(fake.url)]}, plugins=[PLUGIN])
+    assert send(server, "/v1/track", track("r1", 1)).status_code == 200
+    [dl] = wait_until(lambda: dead_letters(server), what="a dead letter")
+    assert (dl["message_id"], dl["attempts"], dl["last_status"]) == ("r1-1", 1, 302)
+    assert dl["last_error"] == f"HTTP 302 (redirect to {fake.url}/landing; {NOT_FOLLOWED})"
+    [row] = trace(server, "r1-1")
+    assert [(a["outcome"], a["http_status"]) for a in row["attempts_log"]] == [("permanent", 302)]
+    assert [r.path for r in fake.requests] == ["/batch"]
+
+
+class MiscountSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    answer: str  # "extra": one result too many; "tuple": the right results in a tuple
+
+
+class MiscountPlugin:
+    """A destination whose deliver hook answers the wrong shape (sends nothing)."""
+
+    @hookimpl
+    def register_connectors(self) -> list[Connector]:
+        return [Connector(name="miscount", kind="destination", settings=MiscountSettings,
+                          batch_size=5, description="test destination")]
+
+    @hookimpl
+    def map_event(self, destination: DestinationContext, event: Event,
+                  raw: dict[str, Any]) -> MapResult:
+        return MapResult.send(Delivery(kind=event_type(event), body={"id": raw["messageId"]}))
+
+    @hookimpl
+    async def deliver(self, destination: DestinationContext, deliveries: list[Delivery],
+                      client: HttpClient) -> Any:
+        results = [DeliveryResult.ok()] * len(deliveries)
+        if destination.settings.answer == "extra":
+            return results + [DeliveryResult.ok()]
+        return tuple(results)
+
+
+def test_a_wrong_number_of_results_is_counted_and_logged(
+    hookyard_server: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="hookyard.delivery")
+    policy = {"max_attempts": 1}
+    server = hookyard_server({"destinations": [
+        {"name": name, "plugin": "miscount", "sources": ["web"], "settings": {"answer": name},
+         "delivery": policy} for name in ("extra", "tuple")]}, plugins=[MiscountPlugin()])
+    events = [track(f"m{i}", 1) for i in range(5)]
+    assert send(server, "/v1/batch", {"batch": events}).status_code == 200
+    wait_until(lambda: len(dead_letters(server)) == 10, what="10 dead letters")
+    # max_attempts = 1: "gave up after 1 attempts: <the attempt's error>"
+    errors = {(d["destination"], d["last_error"].partition(": ")[2]) for d in dead_letters(server)}
+    counted = re.compile(r"deliver hook returned (\d+) results? for (\d+) deliver(y|ies)")
+    for dest, error in errors:
+        if dest == "extra":
+            match = counted.fullmatch(error)
+            assert match and int(match[1]) == int(match[2]) + 1, error
+        else:
+            assert re.fullmatch(r"deliver hook returned tuple, not a list, for \d deliver(y|ies)",
+                                error), error
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and "deliver hook returned" in r.getMessage()]
+    assert any(w.startswith("destination extra: deliver hook returned ") for w in warnings)
+    assert any(w.startswith("destination tuple: deliver hook returned tuple") for w in warnings)
+    assert not [r for r in caplog.records if r.exc_info and "deliver hook" in r.getMessage()]
