@@ -7,7 +7,9 @@ same loopback peer on a 2-core machine httpx's AsyncClient made 250–500 reques
 
 :meth:`HttpClient.send` removes the credentials a request carried (``Authorization`` and similar
 headers) from the response body and error it keeps: a destination that echoes them in an error
-page must not put them in the outbox, the operator API or the dashboard.
+page must not put them in the outbox, the operator API or the dashboard. (The delivery worker
+also replaces every configured secret in every attempt's outcome: see
+:mod:`hookyard.delivery.scrub`.)
 
 Redirects are never followed: aiohttp would re-send a POST as a body-less ``GET`` to the new
 location (custom headers included), and the peer's ``200`` there would mark an event delivered

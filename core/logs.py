@@ -78,13 +78,35 @@ def setup_logging(level: str = "info", secrets: Iterable[str] = (), json_lines: 
         logger.propagate = True
 
 
+SECRET_WORDS = ("key", "token", "secret", "password")
+"""A plugin setting whose name contains one of these holds a secret."""
+
+
+def setting_secrets(value: Any, secret: bool = False) -> list[str]:
+    """The secret strings of plugin settings: those under a name containing one of
+    :data:`SECRET_WORDS`, at any depth (``headers = {"X-Acme-Key": "..."}`` included; a table
+    or list under such a name is secret whole)."""
+    if isinstance(value, str):
+        return [value] if secret else []
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            named = secret or any(w in str(key).lower() for w in SECRET_WORDS)
+            found += setting_secrets(item, named)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            found += setting_secrets(item, secret)
+    return found
+
+
 def config_secrets(rt: Any) -> list[str]:
-    """Every secret of a runtime: write keys, admin token, plugin settings named like keys."""
+    """Every secret of a runtime: write keys, admin token, plugin settings named like keys
+    (sources' and destinations'), the database password."""
     found = [s.write_key for s in rt.sources.values()] + [rt.admin_token]
+    for source in rt.config.sources:
+        found += setting_secrets(source.settings or {})
     for dest in rt.destinations.values():
-        for key, value in (dest.config.settings or {}).items():
-            if isinstance(value, str) and any(w in key.lower() for w in ("key", "token", "secret", "password")):
-                found.append(value)
+        found += setting_secrets(dest.config.settings or {})
     url = rt.config.storage.url or ""
     if "@" in url:  # a PostgreSQL URL with a password
         from urllib.parse import urlsplit

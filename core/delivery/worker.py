@@ -24,10 +24,12 @@ from ..config import HOOK_LEASE_SHARE
 from ..deliveries import Delivery, DeliveryResult
 from ..errors import PermanentError, RetryableError
 from ..http import HttpClient
+from ..logs import config_secrets
 from ..plugins import maybe_await
 from . import outbox, router
 from .results import ResultWriter
 from .retry import decide, seconds_text, wrong_answer
+from .scrub import Scrubber
 
 if TYPE_CHECKING:
     from ..runtime import DestinationRuntime, Runtime
@@ -89,6 +91,7 @@ class DestinationWorker:
             total_timeout=dest.policy.total_timeout_seconds,
         )
         self.decoder = _raw_body_decoder if dest.connector.raw_bodies else _delivery_decoder
+        self.scrub = Scrubber(config_secrets(rt)).result  # secrets out of bodies and errors
         self.wake = asyncio.Event()
         self.inflight_keys: set[str] = set()
         self.inflight_ids: set[int] = set()
@@ -305,9 +308,9 @@ class DestinationWorker:
                 d if isinstance(d, Delivery) else Delivery(kind="") for d in decoded
             ]
             latency = (time.perf_counter() - started) * 1000
-            policy, name = self.dest.policy, self.dest.name
+            policy, name, scrub = self.dest.policy, self.dest.name, self.scrub
             outcomes = [
-                decide(policy, name, row, d.message_id, res, latency)
+                decide(policy, name, row, d.message_id, scrub(res), latency)
                 for row, d, res in zip(rows, deliveries_or_blank, results)
             ]
             await self.results.store(outcomes)

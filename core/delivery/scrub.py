@@ -1,0 +1,77 @@
+"""Secrets out of what an attempt leaves behind: its response body and error.
+
+A destination may echo what it was sent (a custom ``X-Acme-Key`` header, a key in the body) in
+an error page; a plugin's exception text may quote its settings. The worker passes every
+attempt's result through its destination's :class:`Scrubber` before the outcome is stored in
+the outbox and attempts tables (and so before the operator API, the dashboard and the logs see
+it): every configured secret (:func:`hookyard.logs.config_secrets`, the set the log filter
+uses) is replaced by ``[redacted]``, also in its base64 form (a ``Basic`` header) and where a
+clipped body ends in the middle of one.
+
+The scrubber is built once per destination; a result without a body or error costs nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+
+import msgspec
+
+from ..deliveries import DeliveryResult
+
+REDACTED = "[redacted]"
+MIN_LENGTH = 6  # shorter values are not treated as secrets (as in the log filter)
+MIN_TAIL = 4  # a clipped body ending in this much of a secret loses that end
+
+
+def _forms(secret: str) -> list[str]:
+    """A secret as a peer may echo it: as is, and base64-encoded at the start of a value
+    (``Basic base64(key:)``), cut after the last whole group of 3 bytes so that it matches
+    whatever followed the secret."""
+    raw = secret.encode()
+    whole = len(raw) // 3 * 3
+    forms = [secret]
+    if whole >= MIN_LENGTH:
+        forms.append(base64.b64encode(raw[:whole]).decode("ascii"))
+    return forms
+
+
+class Scrubber:
+    """Replaces a fixed set of secrets in attempt results."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        found = {f for s in secrets if s and len(s) >= MIN_LENGTH for f in _forms(s)}
+        self.secrets = sorted(found, key=len, reverse=True)  # a longer one may hold a shorter
+
+    def text(self, text: str | None) -> str | None:
+        """``text`` without the secrets; a clipped text (ending in ``…``) also loses a trailing
+        piece of a secret."""
+        if not text:
+            return text
+        # `in` per secret: with 8 of them ~0.4 us for a small body and ~4 us for 2,000
+        # characters of text (one regex of them all: 0.4 and 17 us)
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        if text.endswith("…"):
+            text = self._tail(text)
+        return text
+
+    def _tail(self, text: str) -> str:
+        body = text[:-1]
+        for secret in self.secrets:
+            for cut in range(len(secret) - 1, MIN_TAIL - 1, -1):
+                if body.endswith(secret[:cut]):
+                    return body[:-cut] + REDACTED + "…"
+        return text
+
+    def result(self, res: DeliveryResult) -> DeliveryResult:
+        """``res`` with its response body and error scrubbed (the same object when there is
+        nothing to scrub)."""
+        if not self.secrets or not (res.response_body or res.error):
+            return res
+        body, error = self.text(res.response_body), self.text(res.error)
+        if body == res.response_body and error == res.error:
+            return res
+        return msgspec.structs.replace(res, response_body=body, error=error)
