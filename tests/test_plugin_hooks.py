@@ -28,7 +28,7 @@ from hookyard.connectors import (
     ParsedEvent,
     SourceContext,
 )
-from hookyard.deliveries import Delivery, DeliveryResult, MapResult
+from hookyard.deliveries import HELD_BACK, Delivery, DeliveryResult, MapResult, send_in_order
 from hookyard.errors import BadRequest, ConfigError
 from hookyard.events import Event
 from hookyard.http import HttpClient
@@ -122,13 +122,16 @@ class RelayPlugin:
     ) -> list[DeliveryResult]:
         settings: RelaySettings = destination.settings
         headers = {"X-Relay-Secret": settings.secret} if settings.secret else {}
-        results = []
-        for d in deliveries:  # in order: deliveries of one user must not overtake each other
+
+        async def send(d: Delivery) -> DeliveryResult:
             result, _response = await client.send(
                 "POST", settings.url, json=d.body, headers=headers
             )
-            results.append(result)
-        return results
+            return result
+
+        # each user's in order, users concurrently; a user's later deliveries are not sent
+        # after one of theirs failed retryable
+        return await send_in_order(deliveries, send)
 
 
 def relay_source(name: str = "in") -> SourceContext:
@@ -236,18 +239,25 @@ def test_deliver() -> None:
             "relay", {"url": fake.url + "/hook", "secret": "s3cret-value"}, reg=reg
         )
         events = [sample_track(userId=f"u{i}") for i in range(3)]
+        events.insert(2, sample_identify(userId="u1"))  # u0, u1, u1, u2
         deliveries = [d for e in events for d in map_with(ctx, e, reg).deliveries]
-        fake.respond(400, {"error": "bad event"}, times=1, path="/hook")  # answers in this order
-        fake.respond(200, {"ok": True}, times=1, path="/hook")
-        fake.fail(503, times=1, retry_after="7", path="/hook")
-        fake.respond(200, {"ok": True}, times=1, path="/hook")
+        fake.respond(400, {"error": "bad event"}, times=1, path="/hook")
         [first] = deliver_with(ctx, deliveries[:1], reg)
         assert first.outcome == "permanent" and first.http_status == 400  # 4xx: dead letter
+
+        def answer(request: Any) -> tuple[int, Any, dict[str, str]]:  # u1's first fails
+            if request.json()["messageId"] == events[1]["messageId"]:
+                return 503, {"error": "busy"}, {"Retry-After": "7"}
+            return 200, {"ok": True}, {}
+
+        fake.set_handler(answer, path="/hook")
         results = deliver_with(ctx, deliveries, reg)
-        assert [r.outcome for r in results] == ["ok", "retryable", "ok"]
+        assert [r.outcome for r in results] == ["ok", "retryable", "retryable", "ok"]
         assert results[1].http_status == 503 and results[1].retry_after == 7.0
+        # u1's identify is held back, not sent after its failed track: no overtaking
+        assert (results[2].error, results[2].retry_after) == (HELD_BACK, 7.0)
         requests = fake.requests_to("/hook")
-        assert [r.json()["userId"] for r in requests] == ["u0", "u0", "u1", "u2"]
+        assert sorted(r.json()["userId"] for r in requests) == ["u0", "u0", "u1", "u2"]
         assert {r.headers["x-relay-secret"] for r in requests} == {"s3cret-value"}
 
 

@@ -62,31 +62,35 @@ BROKEN = {
 }
 
 
-def write_distribution(where: Path, plugin_source: str) -> Path:
-    """``hookyard_broken`` with entry point ``broken``, as pip would leave it in site-packages."""
-    package = where / "hookyard_broken"
+def write_distribution(where: Path, plugin_source: str, name: str = "broken") -> Path:
+    """``hookyard_<name>`` with entry point ``<name>``, as pip would leave it in site-packages."""
+    package = where / f"hookyard_{name}"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "plugin.py").write_text(plugin_source)
-    info = where / "hookyard_broken-0.1.0.dist-info"
+    info = where / f"hookyard_{name}-0.1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hookyard-broken\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[hookyard]\nbroken = hookyard_broken.plugin\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: hookyard-{name}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[hookyard]\n{name} = hookyard_{name}.plugin\n")
     return where
 
 
 @pytest.fixture
-def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Path]]:
-    """``install(source)``: the broken distribution on ``sys.path`` for this test only."""
+def install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Path]]:
+    """``install(source, name="broken")``: that distribution on ``sys.path`` for this test."""
+    names: list[str] = []
 
-    def put(source: str) -> Path:
-        where = write_distribution(tmp_path / "site", source)
+    def put(source: str, name: str = "broken") -> Path:
+        where = write_distribution(tmp_path / f"site-{name}", source, name)
         monkeypatch.syspath_prepend(str(where))
+        names.append(f"hookyard_{name}")
         return where
 
     yield put
-    for name in [m for m in sys.modules if m.split(".")[0] == "hookyard_broken"]:
-        del sys.modules[name]
+    for module in [m for m in sys.modules if m.split(".")[0] in names]:
+        del sys.modules[module]
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
@@ -194,3 +198,30 @@ def test_register_connectors_raising_is_one_line() -> None:
 def test_built_in_plugins_load_cleanly() -> None:
     names = {name for name, _ in make_plugin_manager().list_name_plugin()}
     assert {"profiles", "segment", "pushwoosh", "novu"} <= names
+
+
+@pytest.mark.parametrize("doc", ["plugin-hooks.md", "configuration.md"])
+def test_documented_plugin_errors_are_real(doc: str, tmp_path: Path) -> None:
+    """The ``Error: plugin 'relay' ...`` lines of the docs are what hookyard prints."""
+    text = (ROOT / "docs" / doc).read_text()
+    shown = [line for line in text.splitlines() if line.startswith("Error: plugin 'relay' (")]
+    assert shown, f"docs/{doc} shows no plugin error"
+    sources = {"unknown hook": MISSPELT, "has no argument": WRONG_ARGUMENT,
+               "could not be imported": "from hookyard import hookimpl\n\nimport requests_not_here\n"}
+    for i, line in enumerate(shown):
+        [source] = [src for problem, src in sources.items() if problem in line]
+        where = str(write_distribution(tmp_path / f"site{i}", source, "relay"))
+        sys.path.insert(0, where)
+        try:
+            with pytest.raises(ConfigError) as err:
+                make_plugin_manager()
+        finally:
+            sys.path.remove(where)
+            for module in [m for m in sys.modules if m.split(".")[0] == "hookyard_relay"]:
+                del sys.modules[module]
+        got = f"Error: {err.value}"
+        if "could not be imported" in line:  # another module and path: the same shape
+            assert got.startswith(line.split("No module named")[0]) and line.endswith(".py:3)")
+            assert got.endswith(f"{os.sep}hookyard_relay{os.sep}plugin.py:3)")
+        else:
+            assert got == line
