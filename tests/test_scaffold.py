@@ -3,11 +3,14 @@ tests pass (in a throwaway venv layered on this environment, so nothing is left 
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,8 @@ from click.testing import CliRunner
 from hookyard.cli import main
 from hookyard.errors import ConfigError
 from hookyard.scaffold import files, module_name, scaffold
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def can_build_without_isolation() -> bool:
@@ -51,6 +56,44 @@ def test_files_of_each_kind() -> None:
     assert 'PATH = "/connector/acme"' in source and "def parse_events" in source
     with pytest.raises(ConfigError, match="kind"):
         files("acme", "sink")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["destination", "source"])
+def test_the_test_extra_brings_what_the_tests_import(kind: str) -> None:
+    """``pip install hookyard`` brings neither pytest nor httpx: the generated tests (and
+    hookyard.testing) need them, so the package's ``test`` extra does, and the README says
+    to install it."""
+    generated = files("acme", kind)  # type: ignore[arg-type]
+    project = tomllib.loads(generated["pyproject.toml"])["project"]
+    extra = [re.split(r"[<>=\[ ]", req)[0] for req in project["optional-dependencies"]["test"]]
+    assert sorted(extra) == ["httpx", "pytest"]
+    imported = {
+        node.names[0].name.split(".")[0] if isinstance(node, ast.Import) else node.module.split(".")[0]
+        for text in generated.values() if text.startswith('"""')
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.module)
+    }
+    third_party = imported - set(sys.stdlib_module_names) - {"hookyard", "msgspec", "hookyard_acme"}
+    assert third_party <= set(extra), third_party
+    assert "pip install -e '.[test]'" in generated["README.md"]
+
+
+def test_destination_settings_and_deliver() -> None:
+    """``base_url`` (the name preview joins with a delivery's path), and a deliver hook that
+    keeps each user's order when it sends a batch as separate requests."""
+    plugin = files("acme", "destination")["hookyard_acme/plugin.py"]
+    assert "    base_url: Annotated[str" in plugin and "    url:" not in plugin
+    assert "from hookyard.deliveries import Delivery, DeliveryResult, MapResult, send_in_order" in plugin
+    assert "return await send_in_order(deliveries, send)" in plugin
+    tests = files("acme", "destination")["tests/test_acme_destination.py"]
+    assert "def test_deliver_keeps_each_users_order(" in tests
+
+
+def test_docs_install_line_installs_the_test_extra() -> None:
+    doc = (ROOT / "docs" / "writing-a-connector.md").read_text()
+    assert "pip install -e './hookyard-acme[test]'" in doc
+    commands = re.findall(r"^hookyard new-plugin (\S+)", doc, re.M)
+    assert len(commands) == len(set(commands)) >= 2, "each example scaffolds its own package"
 
 
 def test_cli_creates_the_package_and_refuses_to_overwrite(tmp_path: Path) -> None:
@@ -138,7 +181,7 @@ def test_generated_packages_install_and_their_tests_pass(tmp_path: Path) -> None
         env=env,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "9 passed" in run.stdout
+    assert "10 passed" in run.stdout
     plugins = subprocess.run(
         [python, "-m", "hookyard", "plugins"], capture_output=True, text=True, timeout=60
     )
