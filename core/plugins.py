@@ -70,31 +70,47 @@ def make_plugin_manager(
     imported, implements a hook that does not exist, or takes an argument its hook lacks."""
     pm = pluggy.PluginManager("hookyard")
     pm.add_hookspecs(hookspecs)
-    labels: dict[int, str] = {}  # id(plugin) -> how errors name it
     if load_entry_points:
-        load_entry_point_plugins(pm, labels)
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except Exception as exc:  # noqa: BLE001 - any import-time error of a third-party module
+            raise entry_point_error(pm, exc) from exc
         if getattr(sys, "frozen", False):
             register_builtin_plugins(pm)
     for plugin in plugins:
         if not pm.is_registered(plugin):
             _register(pm, plugin, None, _object_label(plugin))
-    check_hooks(pm, labels)
+    check_hooks(pm)
     return pm
 
 
-def load_entry_point_plugins(pm: pluggy.PluginManager, labels: dict[int, str]) -> None:
-    """Register every plugin of the ``hookyard`` entry-point group, as pluggy's
-    ``load_setuptools_entrypoints`` does, but each failure named after its entry point."""
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+def entry_point_error(pm: pluggy.PluginManager, exc: Exception) -> ConfigError:
+    """The one-line error for ``exc``, raised by pluggy's ``load_setuptools_entrypoints``.
+
+    pluggy does not say which entry point failed. A plugin that fails validation is the
+    exception's ``plugin``, left registered under its entry point's name; for an import error,
+    the entry points not registered yet are loaded again, one by one, until one fails (an
+    import that failed is not cached: it fails again)."""
+    entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    if isinstance(exc, PluginValidationError):
+        name = pm.get_name(exc.plugin)
+        for ep in entry_points:
+            if ep.name == name:
+                return ConfigError(f"{_entry_point_label(ep)}: {_validation_problem(pm, str(exc))}")
+    for ep in entry_points:
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
-            continue  # a second distribution with the same name: the first one wins
+            continue
         label = _entry_point_label(ep)
         try:
             plugin = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any import-time error of a third-party module
-            raise ConfigError(f"{label}: could not be imported: {_exception_text(exc)}") from exc
-        labels[id(plugin)] = label
-        _register(pm, plugin, ep.name, label)
+        except Exception as again:  # noqa: BLE001
+            return ConfigError(f"{label}: could not be imported: {_exception_text(again)}")
+        try:
+            pm.register(plugin, name=ep.name)
+        except PluginValidationError as invalid:
+            return ConfigError(f"{label}: {_validation_problem(pm, str(invalid))}")
+    text = " ".join(_exception_text(exc).split())
+    return ConfigError(f"loading the {ENTRY_POINT_GROUP!r} plugins failed: {text}")
 
 
 def _entry_point_label(ep: importlib.metadata.EntryPoint) -> str:
@@ -102,6 +118,17 @@ def _entry_point_label(ep: importlib.metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     where = f", distribution {dist.name} {dist.version}" if dist is not None else ""
     return f"plugin {ep.name!r} ({ep.value}{where})"
+
+
+def _installed_label(pm: pluggy.PluginManager, plugin: object) -> str | None:
+    """The entry-point label of ``plugin`` when pluggy loaded it from one, else None."""
+    name = pm.get_name(plugin)
+    for loaded, dist in pm.list_plugin_distinfo():
+        if loaded is plugin:
+            for ep in dist.entry_points:
+                if ep.group == ENTRY_POINT_GROUP and ep.name == name:
+                    return _entry_point_label(ep)
+    return None
 
 
 def _object_label(plugin: object) -> str:
@@ -158,7 +185,7 @@ def _unknown_hook(name: str) -> str:
     return f"unknown hook {name!r} (hookyard's hooks: {', '.join(hook_names())})"
 
 
-def check_hooks(pm: pluggy.PluginManager, labels: dict[int, str]) -> None:
+def check_hooks(pm: pluggy.PluginManager) -> None:
     """Refuse a plugin implementing hooks that do not exist, naming every such hook of it
     (pluggy's ``check_pending`` stops at the first one and shows the module's repr)."""
     unknown: dict[int, list[str]] = {}
@@ -172,7 +199,8 @@ def check_hooks(pm: pluggy.PluginManager, labels: dict[int, str]) -> None:
                 plugins[id(impl.plugin)] = impl.plugin
     if unknown:  # the first plugin with unknown hooks, every one of them
         key, names = next(iter(unknown.items()))
-        label = labels.get(key) or _object_label(plugins[key])
+        plugin = plugins[key]
+        label = _installed_label(pm, plugin) or _object_label(plugin)
         raise ConfigError(f"{label}: {'; '.join(_unknown_hook(name) for name in sorted(names))}")
     pm.check_pending()  # anything the loop above does not know about
 
