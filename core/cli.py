@@ -339,7 +339,7 @@ def new_plugin(name: str, kind: str, directory: str) -> None:
     except HookyardError as exc:
         _fail(exc)
     click.echo(f"created {root} ({kind} plugin {name!r}, package {module_name(name)})")
-    click.echo(f"  pip install -e {root} && python -m pytest {root}")
+    click.echo(f"  pip install -e '{root}[test]' && python -m pytest {root}")
 
 
 @main.command()

@@ -22,7 +22,7 @@ class Delivery(msgspec.Struct, kw_only=True):
     """One request to a destination.
 
     kind:         what the request does, shown to operators (``"identify"``, ``"trigger"``...).
-    method, path: the HTTP request line, ``path`` relative to the destination's base URL.
+    method, path: the HTTP request line; the deliver hook joins ``path`` to its own base URL.
     body:         the JSON body (any JSON-serialisable value).
     message_id:   the Segment messageId it came from (filled in by the host when empty).
     ordering_key: deliveries with the same key go out in order (default: userId/anonymousId).
