@@ -126,8 +126,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     generated: bool = False
 
 
+ENV_VALUES: set[str] = set()
+"""Every value this process read through ``env:`` (what :func:`hookyard.logs.config_secrets`
+treats as secret whatever the setting's name: ``env:`` is how the docs say to pass secrets)."""
+
+
 def resolve_env(value: Any, where: str = "") -> Any:
-    """Replace every ``env:VAR`` string inside ``value`` by the variable's value."""
+    """Replace every ``env:VAR`` string inside ``value`` by the variable's value (noted in
+    :data:`ENV_VALUES`)."""
     if isinstance(value, str) and value.startswith("env:"):
         var = value[4:]
         if not var.strip():
@@ -135,6 +141,7 @@ def resolve_env(value: Any, where: str = "") -> Any:
                               " variable after env: (env:VAR_NAME)")
         if var not in os.environ:
             raise ConfigError(f"{where or 'a setting'} refers to environment variable {var}, which is not set")
+        ENV_VALUES.add(os.environ[var])
         return os.environ[var]
     if isinstance(value, dict):
         return {k: resolve_env(v, f"{where}.{k}" if where else k) for k, v in value.items()}

@@ -101,12 +101,16 @@ def setting_secrets(value: Any, secret: bool = False) -> list[str]:
 
 def config_secrets(rt: Any) -> list[str]:
     """Every secret of a runtime: write keys, admin token, plugin settings named like keys
-    (sources' and destinations'), the database password."""
+    (sources' and destinations'), values given as ``env:VAR``, the database password."""
     found = [s.write_key for s in rt.sources.values()] + [rt.admin_token]
     for source in rt.config.sources:
         found += setting_secrets(source.settings or {})
     for dest in rt.destinations.values():
         found += setting_secrets(dest.config.settings or {})
+    from .config import ENV_VALUES
+
+    # values given as env:VAR, but not short ones or plain URLs (base_url = "env:NOVU_URL")
+    found += [v for v in ENV_VALUES if len(v) >= 8 and ("@" in v or "://" not in v)]
     url = rt.config.storage.url or ""
     if "@" in url:  # a PostgreSQL URL with a password
         from urllib.parse import urlsplit

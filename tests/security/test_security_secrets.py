@@ -208,3 +208,27 @@ def test_http_client_redacts_the_credentials_a_request_carried() -> None:
 
 def _leaks_any(text: str, secrets: list[str]) -> bool:
     return any(s in text for s in secrets)
+
+
+def test_values_given_as_env_are_secret_whatever_the_setting_is_called(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``env:`` is how the docs say to pass secrets: such a value is redacted even under a
+    name without key/token/secret/password; short values and plain URLs are not."""
+    from hookyard.config import parse_config, resolve_env
+    from hookyard.logs import config_secrets
+    from hookyard.runtime import Runtime
+
+    monkeypatch.setenv("HY_TEST_CREDENTIAL", "cr_5Tq8Wm2Xz7Lp4Nd")
+    monkeypatch.setenv("HY_TEST_URL", "http://127.0.0.1:9/base")
+    monkeypatch.setenv("HY_TEST_SHORT", "10")
+    rt = Runtime.build(parse_config({
+        "server": {"data_dir": str(tmp_path), "admin_token": "adm_0123456789"},
+        "sources": [{"name": "web", "plugin": "segment", "write_key": "wk_0123456789"}],
+        "destinations": [{"name": "seg", "plugin": "segment", "sources": ["web"], "settings": {
+            "write_key": "env:HY_TEST_CREDENTIAL", "base_url": "env:HY_TEST_URL"}}],
+    }))
+    assert resolve_env({"a": "env:HY_TEST_SHORT"}) == {"a": "10"}
+    secrets = config_secrets(rt)
+    assert "cr_5Tq8Wm2Xz7Lp4Nd" in secrets
+    assert "http://127.0.0.1:9/base" not in secrets and "10" not in secrets
