@@ -177,6 +177,14 @@ def admin(server: HookyardServer, path: str, method: str = "GET", **kw: Any) -> 
     return api(server).request(method, path, **kw)
 
 
+def preview(server: HookyardServer, dest: str, event: Any) -> dict[str, Any]:
+    """``POST /api/destinations/{dest}/preview`` of ``event``: what the destination would do."""
+    r = admin(server, f"/api/destinations/{dest}/preview", "POST", json=event)
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
 def send(server: HookyardServer, path: str, body: Any) -> httpx.Response:
     """POST an event (or batch) with the first source's write key, over a keep-alive client."""
     headers = basic_auth(server.write_key())

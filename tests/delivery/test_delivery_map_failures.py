@@ -27,6 +27,7 @@ from delivery_kit import (
     Peer,
     admin,
     dead_letters,
+    preview,
     recorder,
     send,
     states,
@@ -208,13 +209,6 @@ def test_a_stored_event_that_cannot_be_decoded_keeps_its_user(
     assert {m: d["user_key"] for m, d in dead.items()} == {"old-1": "u9", "old-2": "anon-9"}
     assert all(d["last_error"].startswith("stored event cannot be decoded: ValidationError")
                for d in dead.values()), dead
-
-
-def preview(server: HookyardServer, dest: str, event: Any) -> dict[str, Any]:
-    r = admin(server, f"/api/destinations/{dest}/preview", "POST", json=event)
-    assert r.status_code == 200, r.text
-    result: dict[str, Any] = r.json()
-    return result
 
 
 def test_preview_reports_an_unencodable_delivery_like_a_raising_hook(

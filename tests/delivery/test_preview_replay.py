@@ -12,7 +12,18 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from delivery_kit import FAST, PLUGIN, admin, recorder, send, states, trace, track, wait_until
+from delivery_kit import (
+    FAST,
+    PLUGIN,
+    admin,
+    preview,
+    recorder,
+    send,
+    states,
+    trace,
+    track,
+    wait_until,
+)
 from hookyard.cli import main
 from hookyard.testing.fake_server import FakeServer
 from hookyard.testing.server import HookyardServer
@@ -20,13 +31,6 @@ from hookyard.testing.server import HookyardServer
 Start = Callable[..., HookyardServer]
 FILTER = 'properties.plan = "free"'
 TRIGGER = 'type = "track" or type = "identify"'
-
-
-def preview(server: HookyardServer, dest: str, event: Any) -> dict[str, Any]:
-    r = admin(server, f"/api/destinations/{dest}/preview", "POST", json=event)
-    assert r.status_code == 200, r.text
-    result: dict[str, Any] = r.json()
-    return result
 
 
 def test_preview_filter_trigger_field_missing_and_requests(
