@@ -466,9 +466,12 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         port = free_port()
         out = tmp_path / f"{name}.out"
         with out.open("wb") as fh:
+            # SIGINT as in a terminal: a test run started in the background (`cmd &` in a
+            # script) ignores it, and the child would inherit that (no Ctrl-C to test)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hookyard", "serve", "--port", str(port)],
                 cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
