@@ -77,7 +77,9 @@ def test_batches_respect_the_connector_batch_size(
     server.wait_idle()
     sizes = [len(items(r)) for r in fake.requests]
     assert sizes[0] == 1 and max(sizes) == BATCH_SIZE and all(s <= BATCH_SIZE for s in sizes)
-    assert sum(sizes) == 24 and len(sizes) == 1 + 5  # 23 = 5 + 5 + 5 + 5 + 3
+    # 23 in batches of at most 5: 5 requests, or 6 when a user is still blocked by the
+    # record of its previous batch as the next one is packed (results are stored together)
+    assert sum(sizes) == 24 and 1 + 5 <= len(sizes) <= 1 + 6
     delivered = [it["messageId"] for r in fake.requests for it in items(r)]
     assert sorted(delivered) == sorted(e["messageId"] for e in [track("u0", 0), *backlog])
     for user, seqs in per_user(delivered).items():
