@@ -26,6 +26,8 @@ from ..inbox import decode_row
 from . import outbox
 
 if TYPE_CHECKING:
+    from ..connectors import DestinationContext
+    from ..plugins import ConnectorRegistry
     from ..runtime import DestinationRuntime, Runtime
 
 log = logging.getLogger("hookyard.router")
@@ -42,17 +44,26 @@ def map_one(
     reason = dest.gate(raw)
     if reason is not None:
         return MapResult.skip(reason)
+    return call_map_event(rt.registry, dest.context, raw, event)
+
+
+def call_map_event(
+    registry: ConnectorRegistry, ctx: DestinationContext, raw: dict[str, Any], event: Event
+) -> MapResult:
+    """The ``map_event`` hook of ``ctx``'s plugin, as the router takes its answer: a
+    ``FieldMissing`` is the skip with its reason, and each delivery without a ``message_id``
+    / ``ordering_key`` gets the event's messageId / userId (else anonymousId). Shared with
+    ``hookyard.testing.map_with``, so plugin tests see what the router does."""
     try:
-        result: MapResult = rt.registry.call(
-            "map_event", "destination", dest.config.plugin,
-            destination=dest.context, event=event, raw=raw,
+        result: MapResult = registry.call(
+            "map_event", "destination", ctx.plugin, destination=ctx, event=event, raw=raw,
         )
     except FieldMissing as exc:
         return MapResult.skip(exc.reason)
     key = event.user_id or event.anonymous_id or ""
     for d in result.deliveries:
         if not d.message_id:
-            d.message_id = raw["messageId"]
+            d.message_id = raw.get("messageId") or ""
         if not d.ordering_key:
             d.ordering_key = key
     return result

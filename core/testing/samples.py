@@ -17,8 +17,8 @@ import msgspec
 
 from ..connectors import AuthResult, DestinationContext, IngestRequest, ParsedEvent, SourceContext
 from ..deliveries import Delivery, DeliveryResult, MapResult
+from ..delivery.router import call_map_event
 from ..events import Event
-from ..fields import FieldMissing
 from ..http import HttpClient
 from ..plugins import ConnectorRegistry, make_plugin_manager, maybe_await
 
@@ -132,26 +132,12 @@ def parse_with(
 def map_with(
     ctx: DestinationContext, raw: dict[str, Any], reg: ConnectorRegistry | None = None
 ) -> MapResult:
-    """Call the destination plugin's ``map_event`` hook as the router does (no server).
-
-    Like ``hookyard.delivery.router.map_one`` (without the filter and trigger): a
+    """Call the destination plugin's ``map_event`` hook as the router does (no server),
+    without the filter and trigger: ``hookyard.delivery.router.call_map_event`` (a
     ``hookyard.fields.FieldMissing`` raised by the hook is the skip
-    ``MapResult.skip(exc.reason)``, and each delivery without a ``message_id`` /
-    ``ordering_key`` gets the event's ``messageId`` / ``userId`` (else ``anonymousId``)."""
-    reg = reg or registry()
-    event = as_event(raw)
-    try:
-        result: MapResult = reg.call("map_event", "destination", ctx.plugin, destination=ctx,
-                                     event=event, raw=raw)
-    except FieldMissing as exc:
-        return MapResult.skip(exc.reason)
-    key = event.user_id or event.anonymous_id or ""
-    for d in result.deliveries:
-        if not d.message_id:
-            d.message_id = raw.get("messageId") or ""
-        if not d.ordering_key:
-            d.ordering_key = key
-    return result
+    ``MapResult.skip(exc.reason)``; each delivery without a ``message_id`` / ``ordering_key``
+    gets the event's ``messageId`` / ``userId``, else ``anonymousId``)."""
+    return call_map_event(reg or registry(), ctx, raw, as_event(raw))
 
 
 def deliver_with(
