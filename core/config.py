@@ -48,6 +48,9 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_request_bytes: Positive = 512_000
     max_event_bytes: Positive = 32_768
     workers: bool = True
+    # map events for the destinations in a helper process, on another core (SQLite only;
+    # ignored on a one-core machine). See docs/delivery.md.
+    map_process: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
 

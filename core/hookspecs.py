@@ -89,7 +89,8 @@ def map_event(destination: DestinationContext, event: Event, raw: dict[str, Any]
     ``event`` is the typed Segment event, ``raw`` its full JSON (unknown fields included,
     ``messageId``/``receivedAt`` filled in). Return ``MapResult.send(*deliveries)``, or
     ``MapResult.skip(reason)`` when the event does not apply (recorded, never retried). Must
-    be pure: no I/O, it also runs for previews and replays.
+    be pure: no I/O, it also runs for previews and replays, and in the router's helper process
+    (``hookyard.delivery.map_process``), where ``startup`` has not run.
     """
 
 

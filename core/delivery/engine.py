@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import retention
 from . import outbox, router
+from .map_process import MapProcess
 from .retry import backoff
 from .worker import IDLE_POLL, DestinationWorker
 
@@ -38,7 +39,7 @@ class Engine:
         self.tasks: list[asyncio.Task[Any]] = []
         self.stopping = False
         self.observers: list[Any] = []
-        self.router = router.Router(rt)
+        self.router = router.Router(rt, mapper=MapProcess.wanted(rt))
         # the inbox purge's position: events up to it were looked at (those it kept are still
         # referred to by the outbox, and are looked at again from 0 every INBOX_RESCAN_SECONDS)
         self.inbox_scan = 0

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..connectors import DestinationContext
     from ..plugins import ConnectorRegistry
     from ..runtime import DestinationRuntime, Runtime
+    from .map_process import MapProcess
 
 log = logging.getLogger("hookyard.router")
 ROUTER = "main"
@@ -170,7 +171,7 @@ def cursor(conn: sqlite3.Connection) -> int:
     return found[0] if found else 0
 
 
-def _read_batch(
+def read_batch(
     conn: sqlite3.Connection, after: int | None, limit: int
 ) -> tuple[int, list[tuple[Any, ...]]]:
     """(cursor, up to ``limit`` inbox rows after it); ``after`` None: the stored cursor."""
@@ -180,17 +181,18 @@ def _read_batch(
 
 
 async def _store_batch(
-    rt: Runtime, last: int, rows: list[tuple[Any, ...]], new_rows: list[tuple[Any, ...]]
+    rt: Runtime, last: int, new_last: int, count: int, new_rows: list[tuple[Any, ...]]
 ) -> tuple[int, set[str]]:
-    """Commit the outbox rows of inbox ``rows`` read after cursor ``last`` with the new cursor;
-    (events routed, destinations touched), or (0, set()) when the stored cursor had moved."""
+    """Commit the outbox rows of the ``count`` inbox rows after cursor ``last`` (up to id
+    ``new_last``) with the new cursor; (events routed, destinations touched), or (0, set())
+    when the stored cursor had moved."""
     stored = await rt.db.write(
-        lambda conn: _store(conn, last, rows[-1][0], new_rows),
+        lambda conn: _store(conn, last, new_last, new_rows),
         durable=False,  # redone from the inbox after a power cut
     )
     if not stored:
         return 0, set()
-    return len(rows), {r[0] for r in new_rows if r[6] == "pending"}
+    return count, {r[0] for r in new_rows if r[6] == "pending"}
 
 
 async def route_batch(rt: Runtime, limit: int = 1000) -> tuple[int, set[str]]:
@@ -199,10 +201,10 @@ async def route_batch(rt: Runtime, limit: int = 1000) -> tuple[int, set[str]]:
         from ..storage import pg_queue
 
         return await pg_queue.route_batch(rt, limit)
-    last, rows = await rt.db.read(lambda conn: _read_batch(conn, None, limit))
+    last, rows = await rt.db.read(lambda conn: read_batch(conn, None, limit))
     if not rows:
         return 0, set()
-    return await _store_batch(rt, last, rows, map_rows(rt, rows))
+    return await _store_batch(rt, last, rows[-1][0], len(rows), map_rows(rt, rows))
 
 
 class Router:
@@ -213,12 +215,15 @@ class Router:
     read starts from the previous batch's last id (in memory); its write is queued behind the
     previous one and still checks the stored cursor, so if anything went wrong (another process
     routed, a failed commit) it is refused and the router starts again from the stored cursor.
-    PostgreSQL (several nodes claiming inbox rows) routes one batch at a time.
+    With a :class:`~.map_process.MapProcess` (``mapper``), the reading and mapping happen in
+    that process whenever it is ready. PostgreSQL (several nodes claiming inbox rows) routes
+    one batch at a time.
     """
 
-    def __init__(self, rt: Runtime, limit: int = 1000) -> None:
+    def __init__(self, rt: Runtime, limit: int = 1000, mapper: MapProcess | None = None) -> None:
         self.rt = rt
         self.limit = limit
+        self.mapper = mapper
         self._writing: asyncio.Task[tuple[int, set[str]]] | None = None
         self._after: int | None = None  # the last id of the batch being committed
 
@@ -227,17 +232,29 @@ class Router:
         rt = self.rt
         if rt.db.dialect == "postgresql":
             return await route_batch(rt, self.limit)
-        after, limit = self._after, self.limit
+        after = self._after
         try:
-            last, rows = await rt.db.read(lambda conn: _read_batch(conn, after, limit))
-            new_rows = await self._map(rows)
+            last, count, new_last, new_rows = await self._next(after)
         finally:
             done = await self._committed()
-        if not rows or (self._after is None and after is not None):
+        if not count or (self._after is None and after is not None):
             return done  # nothing new, or the previous commit was refused: read again
-        self._after = rows[-1][0]
-        self._writing = asyncio.create_task(_store_batch(rt, last, rows, new_rows))
+        self._after = new_last
+        self._writing = asyncio.create_task(_store_batch(rt, last, new_last, count, new_rows))
         return done
+
+    async def _next(self, after: int | None) -> tuple[int, int, int, list[tuple[Any, ...]]]:
+        """(stored cursor, inbox rows read, the last one's id, their outbox rows)."""
+        if self.mapper is not None:
+            if not self.mapper.ready:
+                self.mapper.start()  # no-op while it starts, or shortly after it failed
+            else:
+                batch = await self.mapper.map(after, self.limit)
+                if batch is not None:
+                    return batch
+        limit = self.limit
+        last, rows = await self.rt.db.read(lambda conn: read_batch(conn, after, limit))
+        return last, len(rows), rows[-1][0] if rows else last, await self._map(rows)
 
     async def _map(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """:func:`map_rows` in slices of :data:`MAP_SLICE` rows, letting the event loop run
@@ -270,8 +287,12 @@ class Router:
         return self._writing is not None
 
     async def close(self) -> None:
-        """Wait for the last batch's commit (at shutdown)."""
-        await self._committed()
+        """Wait for the last batch's commit (at shutdown), stop the map process."""
+        try:
+            await self._committed()
+        finally:
+            if self.mapper is not None:
+                await self.mapper.close()
 
 
 def replay_rows(

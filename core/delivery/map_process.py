@@ -1,0 +1,291 @@
+"""Mapping on another core: the router's ``map_event`` calls in a helper process.
+
+``map_event`` hooks are pure (no I/O, see the hookspec), so a child process built from the
+same config and plugins maps inbox rows exactly as the worker would. The child reads the rows
+itself (one more reader of the SQLite file: it never writes), calls
+:func:`~hookyard.delivery.router.map_rows` and sends the outbox rows back; the worker's writer
+stores them with the router's cursor in one transaction, as before. The child holds no state
+of its own: when it is not running yet, cannot start, or dies, the router maps in its own
+process again, from the same cursor, and nothing is lost or routed twice.
+
+Why: decoding, mapping and encoding an event costs the worker 15-20 us of its one core (the
+GIL), about as much as delivering it. With the child, routing and delivering run side by side
+on a machine with two or more cores (``bench/README.md``). Used for the SQLite backend only
+(PostgreSQL nodes scale out instead), when ``[server] map_process`` is on (the default) and
+the machine has more than one core; plugins given as objects rather than installed (as tests
+do) keep mapping in-process, since a child could not load them.
+
+Protocol (pickled messages over the child's stdin and stdout; its stderr is the worker's):
+``init`` -> ``("ready",)`` or ``("error", text)``; then ``(after, limit)`` ->
+``("ok", cursor, rows_read, last_id, outbox_rows)`` or ``("error", text)``; EOF or ``None``
+ends the child. The child gives up with its parent: its stdin closes when the parent dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = logging.getLogger("hookyard.router")
+START_TIMEOUT = 60.0  # seconds the child may take to load the plugins and answer "ready"
+RESTART_AFTER = 30.0  # seconds before a child that died is started again
+
+Batch = tuple[int, int, int, list[tuple[Any, ...]]]
+"""(stored cursor, inbox rows read, the last row's id, their outbox rows)."""
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def plugin_modules(rt: Runtime) -> list[str] | None:
+    """The modules a child must import to have ``rt``'s plugins besides the installed ones
+    (entry points, which it loads itself); None when one of them is not a module."""
+    installed = {id(plugin) for plugin, _ in rt.pm.list_plugin_distinfo()}
+    names = []
+    for _, plugin in rt.pm.list_name_plugin():
+        if id(plugin) in installed or plugin is None:
+            continue
+        if not isinstance(plugin, types.ModuleType):
+            return None
+        names.append(plugin.__name__)
+    return names
+
+
+class MapProcess:
+    """The worker's side: starts the child and asks it for the outbox rows of inbox batches.
+
+    :attr:`ready` says whether :meth:`map` may be called; it answers None whenever the child
+    failed, and the caller maps in-process then (the child is started again later)."""
+
+    def __init__(self, rt: Runtime, modules: list[str]) -> None:
+        self.rt = rt
+        self.modules = modules
+        self.ready = False
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._send: Connection | None = None
+        self._recv: Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="hookyard-map")
+        self._starting: asyncio.Future[None] | None = None
+        self._failed_at = 0.0
+
+    @classmethod
+    def wanted(cls, rt: Runtime) -> MapProcess | None:
+        """A map process for ``rt``, or None when mapping stays in-process (see the module)."""
+        if (not rt.config.server.map_process or not rt.destinations
+                or rt.db.dialect != "sqlite" or cores() < 2):
+            return None
+        modules = plugin_modules(rt)
+        return None if modules is None else cls(rt, modules)
+
+    def start(self) -> None:
+        """Start the child; :attr:`ready` turns true once it has loaded the plugins."""
+        if self._starting is not None or time.monotonic() - self._failed_at < RESTART_AFTER:
+            return
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hookyard.delivery.map_process"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            start_new_session=True,  # a Ctrl-C in the terminal is the parent's to handle
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._send = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
+        self._recv = Connection(os.dup(self.proc.stdout.fileno()), writable=False)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        init = (self.rt.config, str(self.rt.db.path), self.modules, _log_setup())  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        self._starting = loop.run_in_executor(self._thread, self._handshake, init)
+        self._starting.add_done_callback(self._started)
+
+    def _handshake(self, init: tuple[Any, ...]) -> None:
+        assert self._send is not None and self._recv is not None
+        self._send.send(init)
+        if not self._recv.poll(START_TIMEOUT):
+            raise RuntimeError(f"no answer within {START_TIMEOUT:g} s")
+        answer = self._recv.recv()
+        if answer[0] != "ready":
+            raise RuntimeError(answer[1])
+
+    def _started(self, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.ready = True
+            log.debug("map process %s ready", self.proc.pid if self.proc else "?")
+        else:
+            self._gone(f"could not start: {exc}")
+
+    async def map(self, after: int | None, limit: int) -> Batch | None:
+        """The outbox rows of the next ``limit`` inbox rows after ``after`` (None: the stored
+        cursor); None when the child failed (the caller maps in-process)."""
+        if not self.ready:
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            answer = await loop.run_in_executor(self._thread, self._roundtrip, after, limit)
+        except (EOFError, OSError) as exc:
+            self._gone(f"stopped ({self._exit_status() or type(exc).__name__})")
+            return None
+        if answer[0] != "ok":
+            log.warning("map process: %s; mapping this batch in the worker", answer[1])
+            return None
+        _, cursor, count, last_id, rows = answer
+        return cursor, count, last_id, rows
+
+    def _roundtrip(self, after: int | None, limit: int) -> Any:
+        assert self._send is not None and self._recv is not None
+        self._send.send((after, limit))
+        return self._recv.recv()
+
+    def _exit_status(self) -> str:
+        if self.proc is None:
+            return ""
+        try:
+            code = self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return ""
+        return f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
+
+    def _gone(self, why: str) -> None:
+        log.warning("map process %s; mapping in the worker process (trying again in %g s)",
+                    why, RESTART_AFTER)
+        self.ready = False
+        self._failed_at = time.monotonic()
+        self._starting = None
+        self._stop_child()
+
+    def _stop_child(self) -> None:
+        for conn in (self._send, self._recv):
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+        self._send = self._recv = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL did not work
+                pass
+        self.proc = None
+
+    async def close(self) -> None:
+        """Stop the child (at shutdown); a batch it is mapping is not needed any more."""
+        self.ready = False
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # its pending answer, if any, ends the thread's recv with EOF
+            try:
+                await asyncio.to_thread(proc.wait, 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        self._stop_child()
+
+
+def _log_setup() -> tuple[int, list[Any]]:
+    """The root logger's level and its handlers' secret redaction, for the child."""
+    from ..logs import RedactSecrets
+
+    root = logging.getLogger()
+    filters = [f for h in root.handlers for f in h.filters if isinstance(f, RedactSecrets)]
+    return root.level, filters
+
+
+# -- the child ---------------------------------------------------------------------------------
+def _child(recv: Connection, send: Connection) -> int:
+    from ..runtime import Runtime
+
+    try:
+        config, db_path, modules, (level, filters) = recv.recv()
+    except EOFError:
+        return 0
+    try:
+        _child_logging(level, filters)
+        plugins: list[object] = [importlib.import_module(name) for name in modules]
+        rt = Runtime.build(config, plugins, prepare=False)
+        conn = sqlite3.connect(db_path, isolation_level=None, timeout=10)
+        conn.execute("PRAGMA query_only = 1")
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which maps itself
+        send.send(("error", f"{type(exc).__name__}: {exc}"))
+        return 1
+    send.send(("ready",))
+    ahead: tuple[tuple[int, int], tuple[Any, ...]] | None = None
+    while True:
+        try:
+            request = recv.recv()
+        except EOFError:
+            return 0
+        if request is None:
+            return 0
+        after, limit = request
+        if ahead is not None and ahead[0] == (after, limit):
+            answer = ahead[1]
+        else:
+            answer = _map_batch(rt, conn, after, limit)
+        send.send(answer)
+        ahead = None
+        if answer[0] == "ok" and answer[2] == limit:  # a full batch: more rows are waiting
+            ahead = ((answer[3], limit), _map_batch(rt, conn, answer[3], limit))
+
+
+def _map_batch(rt: Runtime, conn: sqlite3.Connection, after: int | None, limit: int) -> tuple[Any, ...]:
+    """The answer to ``(after, limit)``: ``("ok", cursor, rows read, last id, outbox rows)``."""
+    from .router import map_rows, read_batch
+
+    try:
+        cursor, rows = read_batch(conn, after, limit)
+        return "ok", cursor, len(rows), rows[-1][0] if rows else cursor, map_rows(rt, rows)
+    except Exception as exc:  # noqa: BLE001 - e.g. the database is locked for 10 s
+        return "error", f"{type(exc).__name__}: {exc}"
+
+
+def _child_logging(level: int, filters: list[Any]) -> None:
+    from ..logs import setup_logging
+
+    setup_logging(logging.getLevelName(level).lower())
+    for handler in logging.getLogger().handlers:
+        for f in filters:
+            handler.addFilter(f)
+
+
+def main() -> int:
+    """The child's entry point: protocol on the original stdin/stdout; stray prints of a
+    plugin go to stderr instead of into the protocol."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    recv = Connection(os.dup(0), writable=False)
+    send = Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    try:
+        return _child(recv, send)
+    except (BrokenPipeError, EOFError):  # the parent is gone
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The router's map process (hookyard.delivery.map_process): mapping on another core.
+
+It must route exactly as the worker maps in-process, lose nothing when it dies (the worker maps
+again itself), stop with the worker, and stay out of the way where it cannot work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from delivery_kit import FAST, RecorderPlugin, track, wait_until
+from hookyard.config import parse_config
+from hookyard.delivery import map_process, router
+from hookyard.delivery.map_process import MapProcess, plugin_modules
+from hookyard.runtime import Runtime
+from hookyard.testing.fake_server import FakeServer
+from hookyard.testing.server import HookyardServer, free_port, wait_until_up
+
+pytestmark = pytest.mark.skipif(map_process.cores() < 2, reason="the map process needs 2 cores")
+
+
+def forwarder(url: str, **server: Any) -> dict[str, Any]:
+    return {
+        "server": server,
+        "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"}],
+        "destinations": [{"name": "fwd", "plugin": "segment", "sources": ["web"],
+                          "settings": {"write_key": "fwd-key", "base_url": url},
+                          "delivery": {**FAST, "batch_size": 50}}],
+    }
+
+
+def mapper_of(server: HookyardServer) -> MapProcess | None:
+    return server.runtime.engine.router.mapper  # type: ignore[no-any-return]
+
+
+def ready(server: HookyardServer) -> MapProcess:
+    mapper = mapper_of(server)
+    assert mapper is not None
+    wait_until(lambda: mapper.ready, timeout=30, what="the map process to be ready")
+    return mapper
+
+
+def forwarded_ids(peer: FakeServer) -> list[str]:
+    return [e["messageId"] for body in peer.json_bodies("/v1/batch") for e in body["batch"]]
+
+
+def post_batches(server: HookyardServer, users: int, per_user: int, tag: str) -> list[str]:
+    events = [track(f"u{u}", seq, messageId=f"{tag}-{u}-{seq}")
+              for seq in range(per_user) for u in range(users)]
+    for start in range(0, len(events), 100):
+        assert server.post("/v1/batch", {"batch": events[start:start + 100]}).status_code == 200
+    return [e["messageId"] for e in events]
+
+
+def test_map_process_routes_exactly_as_the_worker_maps(tmp_path: Path) -> None:
+    with FakeServer() as peer, HookyardServer(forwarder(peer.url), tmp_path) as server:
+        mapper = ready(server)
+        sent = post_batches(server, users=20, per_user=30, tag="m")
+        server.wait_idle(timeout=30)
+        got = forwarded_ids(peer)
+        assert sorted(got) == sorted(sent)  # each once
+        for u in range(20):  # and each user's events in order
+            mine = [m for m in got if m.startswith(f"m-{u}-")]
+            assert mine == [f"m-{u}-{seq}" for seq in range(30)]
+        assert mapper.ready and mapper.proc is not None and mapper.proc.poll() is None
+
+        # what the child stored is what the worker's own map_rows makes of the same rows
+        rt = server.runtime
+        def both(conn: Any) -> tuple[list[Any], list[Any]]:
+            rows = [tuple(r) for r in conn.execute(f"{router.SELECT_INBOX} ORDER BY id")]
+            stored = [tuple(r) for r in conn.execute(
+                "SELECT destination, inbox_id, message_id, user_key, kind, request, state"
+                " FROM outbox ORDER BY id")]
+            return rows, stored
+        rows, stored = rt.db.read_sync(both)
+        expected = [r[:6] + ("done",) for r in router.map_rows(rt, rows)]
+        assert stored == expected
+
+
+def test_a_killed_map_process_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="hookyard.router")
+    with FakeServer() as peer, HookyardServer(forwarder(peer.url), tmp_path) as server:
+        mapper = ready(server)
+        first = post_batches(server, users=10, per_user=10, tag="a")
+        assert mapper.proc is not None
+        os.kill(mapper.proc.pid, signal.SIGKILL)
+        later = post_batches(server, users=10, per_user=20, tag="b")
+        server.wait_idle(timeout=30)
+        assert sorted(forwarded_ids(peer)) == sorted(first + later)
+        assert not mapper.ready
+        assert "map process stopped (killed by signal 9)" in caplog.text
+        assert "mapping in the worker process" in caplog.text
+
+
+def test_the_map_process_stops_with_the_server(tmp_path: Path) -> None:
+    with FakeServer() as peer:
+        server = HookyardServer(forwarder(peer.url), tmp_path).start()
+        proc = ready(server).proc
+        assert proc is not None
+        server.stop()
+        assert proc.poll() is not None
+
+
+def state(pid: int) -> str | None:
+    """The process's state letter (``Z``: a zombie), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def children_running(pid: int, module: str) -> list[int]:
+    """Live processes whose parent is ``pid`` and whose command line names ``module``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and module.encode() in cmdline and state(int(entry.name)) not in (None, "Z"):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_map_process_exits_when_the_worker_is_killed(tmp_path: Path) -> None:
+    """kill -9 of `hookyard serve` leaves no map process behind: its stdin closes."""
+    port = free_port()
+    config = tmp_path / "hookyard.toml"
+    config.write_text(
+        f'[server]\nport = {port}\nadmin_token = "t-admin-0123456789"\n'
+        '[[sources]]\nname = "web"\nplugin = "segment"\nwrite_key = "test-write-key"\n'
+        '[[destinations]]\nname = "fwd"\nplugin = "segment"\nsources = ["web"]\n'
+        '[destinations.settings]\nwrite_key = "fwd-key"\nbase_url = "http://127.0.0.1:9"\n'
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hookyard", "serve", "--config", str(config),
+             "--data-dir", str(tmp_path / "data")], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", proc=proc, log=log)
+        children = wait_until(
+            lambda: children_running(proc.pid, "hookyard.delivery.map_process"),
+            timeout=30, what="the map process")
+        proc.kill()
+        proc.wait(timeout=10)
+        wait_until(lambda: all(state(c) in (None, "Z") for c in children),
+                   timeout=15, what="the orphaned map process to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_map_process_off_maps_in_the_worker(tmp_path: Path) -> None:
+    with FakeServer() as peer, HookyardServer(
+            forwarder(peer.url, map_process=False), tmp_path) as server:
+        assert mapper_of(server) is None
+        sent = post_batches(server, users=3, per_user=3, tag="off")
+        server.wait_idle(timeout=30)
+        assert sorted(forwarded_ids(peer)) == sorted(sent)
+
+
+def test_plugins_given_as_objects_keep_mapping_in_the_worker(tmp_path: Path) -> None:
+    config = parse_config({**forwarder("http://127.0.0.1:9"),
+                           "server": {"data_dir": str(tmp_path)}})
+    assert plugin_modules(Runtime.build(config, prepare=False)) == []
+    assert plugin_modules(Runtime.build(config, [RecorderPlugin()], prepare=False)) is None
+    module = types.ModuleType("hookyard_test_empty_plugin")
+    assert plugin_modules(Runtime.build(config, [module], prepare=False)) == [module.__name__]
+    assert MapProcess.wanted(Runtime.build(config, [RecorderPlugin()], prepare=False)) is None
+
+
+def test_a_child_that_cannot_start_leaves_mapping_to_the_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plugin module the child cannot import (here: one that exists only in the parent)."""
+    caplog.set_level(logging.WARNING, logger="hookyard.router")
+    config = parse_config({**forwarder("http://127.0.0.1:9"), "server": {"data_dir": str(tmp_path)}})
+    rt = Runtime.build(config)
+    rt.open()
+    try:
+        mapper = MapProcess(rt, ["hookyard_no_such_module_here"])
+
+        async def go() -> tuple[bool, Any]:
+            mapper.start()
+            assert mapper._starting is not None
+            await asyncio.wait([mapper._starting], timeout=30)
+            answer = await mapper.map(None, 10)
+            await mapper.close()
+            return mapper.ready, answer
+
+        assert asyncio.run(go()) == (False, None)
+        assert "map process could not start: ModuleNotFoundError" in caplog.text
+        started = time.monotonic()
+        mapper.start()  # not again right away
+        assert mapper.proc is None and time.monotonic() - started < 1
+    finally:
+        rt.close()
