@@ -93,6 +93,7 @@ class EngineRun:
     seconds: float
     route_seconds: float
     cpu_s: float
+    map_cpu_s: float  # the worker's map process (hookyard.delivery.map_process)
     done: int
     requests: int
 
@@ -203,7 +204,8 @@ def _run_engine(data: Path, config: Path, events: int, timeout: float) -> Engine
                 print(f"  timeout: {_progress(data)[1]} of {events} delivered after {timeout:g} s")
                 break
             time.sleep(0.05)
-        cpu = _cpu(proc.popen.pid) - cpu0
+        cpu_end = _cpu(proc.popen.pid)
+        cpu, map_cpu = cpu_end[0] - cpu0[0], cpu_end[1] - cpu0[1]
     finally:
         proc.stop()
     conn = _db(data)
@@ -214,14 +216,23 @@ def _run_engine(data: Path, config: Path, events: int, timeout: float) -> Engine
         routed = conn.execute("SELECT max(created_at) FROM outbox").fetchone()[0]
     finally:
         conn.close()
-    return EngineRun((last or time.time()) - started, (routed or started) - started, cpu,
+    return EngineRun((last or time.time()) - started, (routed or started) - started, cpu, map_cpu,
                      _progress(data)[1], int(requests or 0))
 
 
-def _cpu(pid: int) -> float:
+def _cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of the worker and of its child processes (the map process)."""
     from .common import Served
 
-    return Served("", pid).cpu_seconds()
+    children = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                    children += Served("", int(entry.name)).cpu_seconds()
+            except (OSError, ValueError, IndexError):
+                continue
+    return Served("", pid).cpu_seconds(), children
 
 
 # -- the baseline ------------------------------------------------------------------------------
@@ -332,7 +343,8 @@ def _run_case(case: Case, peer: str, work: Path, concurrency: int, timeout: floa
             "events": fmt_int(engine.done), "requests": fmt_int(engine_requests),
             "seconds": f"{engine.seconds:.2f}", "events/s": fmt_int(eng_rate),
             "route ev/s": fmt_int(route_rate),
-            "cpu us/event": f"{engine.cpu_s / max(1, engine.done) * 1e6:.0f}",
+            "cpu us/event": f"{engine.cpu_s / max(1, engine.done) * 1e6:.0f}"
+                            f" + {engine.map_cpu_s / max(1, engine.done) * 1e6:.0f}",
             "vs baseline": fmt_ratio(ratio), "target": target,
         }),
     ]

@@ -130,7 +130,8 @@ class MapProcess:
         exc = fut.exception()
         if exc is None:
             self.ready = True
-            log.debug("map process %s ready", self.proc.pid if self.proc else "?")
+            log.info("map process %s ready: events are mapped on another core",
+                     self.proc.pid if self.proc else "?")
         else:
             self._gone(f"could not start: {exc}")
 
