@@ -85,6 +85,7 @@ class MapProcess:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="hookyard-map")
         self._starting: asyncio.Future[None] | None = None
         self._failed_at = 0.0
+        self._closing = False
 
     @classmethod
     def wanted(cls, rt: Runtime) -> MapProcess | None:
@@ -97,7 +98,8 @@ class MapProcess:
 
     def start(self) -> None:
         """Start the child; :attr:`ready` turns true once it has loaded the plugins."""
-        if self._starting is not None or time.monotonic() - self._failed_at < RESTART_AFTER:
+        if (self._closing or self._starting is not None
+                or time.monotonic() - self._failed_at < RESTART_AFTER):
             return
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self.proc = subprocess.Popen(
@@ -128,6 +130,8 @@ class MapProcess:
         if fut.cancelled():
             return
         exc = fut.exception()
+        if self._closing:  # stopped while it started: nothing to report
+            return
         if exc is None:
             self.ready = True
             log.info("map process %s ready: events are mapped on another core",
@@ -194,14 +198,17 @@ class MapProcess:
     async def close(self) -> None:
         """Stop the child (at shutdown); a batch it is mapping is not needed any more."""
         self.ready = False
+        self._closing = True
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            proc.terminate()  # its pending answer, if any, ends the thread's recv with EOF
+            proc.terminate()
             try:
                 await asyncio.to_thread(proc.wait, 5)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        # the child is gone, so a recv in progress ends (EOF): let the thread finish while the
+        # loop still runs to take its answer
+        await asyncio.to_thread(self._thread.shutdown, True)
         self._stop_child()
 
 

@@ -113,6 +113,20 @@ def test_the_map_process_stops_with_the_server(tmp_path: Path) -> None:
         assert proc.poll() is not None
 
 
+def test_a_server_stopped_while_its_map_process_starts_says_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hookyard.router")
+    with FakeServer() as peer:
+        server = HookyardServer(forwarder(peer.url), tmp_path).start()
+        mapper = mapper_of(server)
+        assert mapper is not None
+        wait_until(lambda: mapper.proc is not None, what="the map process to start")
+        server.stop()
+        assert mapper.proc is None and not mapper.ready
+    assert "map process" not in caplog.text
+
+
 def state(pid: int) -> str | None:
     """The process's state letter (``Z``: a zombie), None when it is gone."""
     try:
