@@ -12,8 +12,9 @@ Why: decoding, mapping and encoding an event costs the worker 15-20 us of its on
 GIL), about as much as delivering it. With the child, routing and delivering run side by side
 on a machine with two or more cores (``bench/README.md``). Used for the SQLite backend only
 (PostgreSQL nodes scale out instead), when ``[server] map_process`` is on (the default) and
-the machine has more than one core; plugins given as objects rather than installed (as tests
-do) keep mapping in-process, since a child could not load them.
+the machine has more than one core (container CPU quotas counted), on POSIX systems and not in
+the single-file binary; plugins given as objects rather than installed (as tests do) keep
+mapping in-process, since a child could not load them.
 
 Protocol (pickled messages over the child's stdin and stdout; its stderr is the worker's):
 ``init`` -> ``("ready",)`` or ``("error", text)``; then ``(after, limit)`` ->
@@ -47,12 +48,20 @@ Batch = tuple[int, int, int, list[tuple[Any, ...]]]
 """(stored cursor, inbox rows read, the last row's id, their outbox rows)."""
 
 
-def cores() -> int:
-    """The cores this process may run on."""
+def cores(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may use: those it may run on, fewer under a container's CPU
+    quota (cgroup v2 ``cpu.max``, as ``docker run --cpus 1`` sets it)."""
     try:
-        return len(os.sched_getaffinity(0))
+        count = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    try:
+        quota, period = open(cgroup).read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))  # rounded up
+    except (OSError, ValueError):
+        pass
+    return count
 
 
 def plugin_modules(rt: Runtime) -> list[str] | None:
@@ -90,7 +99,8 @@ class MapProcess:
     @classmethod
     def wanted(cls, rt: Runtime) -> MapProcess | None:
         """A map process for ``rt``, or None when mapping stays in-process (see the module)."""
-        if (not rt.config.server.map_process or not rt.destinations
+        if (not rt.config.server.map_process or not rt.destinations or os.name != "posix"
+                or getattr(sys, "frozen", False)  # the single-file binary: no ``python -m``
                 or rt.db.dialect != "sqlite" or cores() < 2):
             return None
         modules = plugin_modules(rt)
@@ -102,11 +112,15 @@ class MapProcess:
                 or time.monotonic() - self._failed_at < RESTART_AFTER):
             return
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hookyard.delivery.map_process"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-            start_new_session=True,  # a Ctrl-C in the terminal is the parent's to handle
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hookyard.delivery.map_process"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                start_new_session=True,  # a Ctrl-C in the terminal is the parent's to handle
+            )
+        except OSError as exc:  # no processes left, a frozen binary without -m...
+            self._gone(f"could not start: {exc}")
+            return
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._send = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
         self._recv = Connection(os.dup(self.proc.stdout.fileno()), writable=False)

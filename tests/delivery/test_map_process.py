@@ -226,3 +226,16 @@ def test_a_child_that_cannot_start_leaves_mapping_to_the_worker(
         assert mapper.proc is None and time.monotonic() - started < 1
     finally:
         rt.close()
+
+
+def test_cores_counts_a_container_cpu_quota(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    everything = map_process.cores(str(tmp_path / "missing"))
+    cpu_max.write_text("max 100000\n")
+    assert map_process.cores(str(cpu_max)) == everything
+    cpu_max.write_text("100000 100000\n")  # docker run --cpus 1
+    assert map_process.cores(str(cpu_max)) == 1
+    cpu_max.write_text("150000 100000\n")  # --cpus 1.5: two cores, partly
+    assert map_process.cores(str(cpu_max)) == min(2, everything)
+    cpu_max.write_text("garbage\n")
+    assert map_process.cores(str(cpu_max)) == everything
