@@ -8,6 +8,7 @@ before the server listens, so bad config stops boot, not a delivery.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from collections.abc import Callable
@@ -68,10 +69,30 @@ class IngestRoute:
 
 
 def _settings(connector: Connector, data: dict[str, Any], where: str) -> Any:
+    unknown = _unknown_setting(connector.settings, data)
+    if unknown is not None:
+        raise ConfigError(f"{where}.settings: {unknown}")
     try:
         return msgspec.convert(data, connector.settings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{where}.settings: {str(exc).replace('`', '')}") from None
+
+
+def _unknown_setting(settings: Any, data: Any) -> str | None:
+    """What is wrong when ``data`` holds a key the settings Struct does not have (a typo);
+    checked whether or not the plugin's Struct forbids unknown fields, since a setting that
+    is silently ignored is a delivery that goes wrong later."""
+    if not (isinstance(settings, type) and issubclass(settings, msgspec.Struct)
+            and isinstance(data, dict)):
+        return None
+    names = [f.encode_name for f in msgspec.structs.fields(settings)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(names) or "none"
+            return f"unknown setting {key!r}{hint}; the settings are: {known}"
+    return None
 
 
 def _compile(expr: str | None, where: str) -> Predicate | None:

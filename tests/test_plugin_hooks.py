@@ -171,7 +171,8 @@ def test_register_connectors(tmp_path: Path) -> None:
     assert rt.destinations["out"].context.settings == RelaySettings(
         url="http://127.0.0.1:9/hook", types=["track"]
     )
-    with pytest.raises(ConfigError, match=r"destinations\[out\]\.settings: .*unknown field urll"):
+    with pytest.raises(ConfigError, match=r"destinations\[out\]\.settings: unknown setting 'urll'"
+                       r" \(did you mean 'url'\?\); the settings are: url, types"):
         build({"urll": "http://127.0.0.1:9/hook"})
 
     # two plugins declaring the same (name, kind) stop start-up
@@ -475,3 +476,33 @@ def test_relay_plugin_end_to_end(
     assert [(r["state"], r["last_error"]) for r in rows] == [
         ("filtered", "type 'page' is not in types")
     ]
+
+
+def test_unknown_settings_stop_boot_even_without_forbid_unknown_fields(tmp_path: Path) -> None:
+    """A plugin Struct without ``forbid_unknown_fields`` would drop a misspelt key silently."""
+
+    class LaxSettings(msgspec.Struct, kw_only=True):
+        url: str = ""
+
+    class Lax:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="lax", kind="destination", settings=LaxSettings)]
+
+        @hookimpl
+        def map_event(self, destination: Any, event: Any, raw: Any) -> MapResult:
+            return MapResult.skip("no")
+
+        @hookimpl
+        def deliver(self, destination: Any, deliveries: Any, client: Any) -> list[Any]:
+            return []
+
+    config = parse_config({
+        "server": {"data_dir": str(tmp_path)},
+        "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"}],
+        "destinations": [{"name": "out", "plugin": "lax", "sources": ["web"],
+                          "settings": {"ulr": "http://127.0.0.1:9"}}],
+    })
+    with pytest.raises(ConfigError, match=r"destinations\[out\]\.settings: unknown setting 'ulr'"
+                       r" \(did you mean 'url'\?\); the settings are: url"):
+        Runtime.build(config, [Lax()], prepare=False)
