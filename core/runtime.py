@@ -9,12 +9,13 @@ before the server listens, so bad config stops boot, not a delivery.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pluggy
@@ -26,6 +27,9 @@ from .errors import ConfigError
 from .plugins import ConnectorRegistry, make_plugin_manager
 from .sizes import SizeCounter
 from .storage import Storage, migrate, open_database
+
+if TYPE_CHECKING:
+    from .delivery.scrub import Scrubber
 
 log = logging.getLogger("hookyard")
 
@@ -183,6 +187,14 @@ class Runtime:
                 data_dir / "admin_token", "adm"
             )
         return rt
+
+    @functools.cached_property
+    def scrubber(self) -> Scrubber:
+        """Every configured secret out of stored texts (attempt results, mapping errors)."""
+        from .delivery.scrub import Scrubber
+        from .logs import config_secrets
+
+        return Scrubber(config_secrets(self))
 
     def open(self) -> None:
         """Create or migrate the database and start its writer."""

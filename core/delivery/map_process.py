@@ -108,6 +108,8 @@ class MapProcess:
 
     def start(self) -> None:
         """Start the child; :attr:`ready` turns true once it has loaded the plugins."""
+        from ..logs import config_secrets
+
         if (self._closing or self._starting is not None
                 or time.monotonic() - self._failed_at < RESTART_AFTER):
             return
@@ -126,7 +128,8 @@ class MapProcess:
         self._recv = Connection(os.dup(self.proc.stdout.fileno()), writable=False)
         self.proc.stdin.close()
         self.proc.stdout.close()
-        init = (self.rt.config, str(self.rt.db.path), self.modules, _log_setup())  # type: ignore[attr-defined]
+        init = (self.rt.config, str(self.rt.db.path), self.modules, _log_setup(),  # type: ignore[attr-defined]
+                config_secrets(self.rt))
         loop = asyncio.get_running_loop()
         self._starting = loop.run_in_executor(self._thread, self._handshake, init)
         self._starting.add_done_callback(self._started)
@@ -238,15 +241,17 @@ def _log_setup() -> tuple[int, list[Any]]:
 # -- the child ---------------------------------------------------------------------------------
 def _child(recv: Connection, send: Connection) -> int:
     from ..runtime import Runtime
+    from .scrub import Scrubber
 
     try:
-        config, db_path, modules, (level, filters) = recv.recv()
+        config, db_path, modules, (level, filters), secrets = recv.recv()
     except EOFError:
         return 0
     try:
         _child_logging(level, filters)
         plugins: list[object] = [importlib.import_module(name) for name in modules]
         rt = Runtime.build(config, plugins, prepare=False)
+        rt.scrubber = Scrubber(secrets)  # the worker's: its admin token, its env: values
         conn = sqlite3.connect(db_path, isolation_level=None, timeout=10)
         conn.execute("PRAGMA query_only = 1")
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which maps itself

@@ -127,7 +127,8 @@ def map_rows(
             for dest in rt.destinations_for(row[1]):
                 if only is None or dest.name in only:
                     out.append((dest.name, row[0], row[2], user, "", None, "dead", now, now,
-                                f"stored event cannot be decoded: {type(exc).__name__}: {exc}"))
+                                rt.scrubber.text(f"stored event cannot be decoded:"
+                                                 f" {type(exc).__name__}: {exc}")))
             continue
         for dest in rt.destinations_for(row[1]):
             if only is not None and dest.name not in only:
@@ -139,7 +140,7 @@ def map_rows(
                 log.exception("map_event of %s failed for %s", dest.name, row[2])
                 user = event.user_id or event.anonymous_id or ""
                 out.append((dest.name, row[0], row[2], user, "", None, "dead", now, now,
-                            f"map_event failed: {type(exc).__name__}: {exc}"))
+                            rt.scrubber.text(f"map_event failed: {type(exc).__name__}: {exc}")))
                 continue
             if not result.deliveries:
                 out.append((dest.name, row[0], row[2], "", "", None, "filtered", now, now,

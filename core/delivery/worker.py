@@ -24,12 +24,10 @@ from ..config import HOOK_LEASE_SHARE
 from ..deliveries import Delivery, DeliveryResult
 from ..errors import PermanentError, RetryableError
 from ..http import HttpClient
-from ..logs import config_secrets
 from ..plugins import maybe_await
 from . import outbox, router
 from .results import ResultWriter
 from .retry import decide, seconds_text, wrong_answer
-from .scrub import Scrubber
 
 if TYPE_CHECKING:
     from ..runtime import DestinationRuntime, Runtime
@@ -91,7 +89,7 @@ class DestinationWorker:
             total_timeout=dest.policy.total_timeout_seconds,
         )
         self.decoder = _raw_body_decoder if dest.connector.raw_bodies else _delivery_decoder
-        self.scrub = Scrubber(config_secrets(rt)).result  # secrets out of bodies and errors
+        self.scrub = rt.scrubber.result  # secrets out of bodies and errors
         self.wake = asyncio.Event()
         self.inflight_keys: set[str] = set()
         self.inflight_ids: set[int] = set()

@@ -311,3 +311,45 @@ def test_cli_preview_replay_and_dlq_list(
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 2, out
     assert all(" bad " in line and "user=c " in line and line.endswith(ERROR) for line in lines), out
+
+
+class LeakySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    api_key: str
+
+
+class LeakyPlugin:
+    """A ``map_event`` whose exception quotes its settings, secret included."""
+
+    @hookimpl
+    def register_connectors(self) -> list[Connector]:
+        return [Connector(name="leaky", kind="destination", settings=LeakySettings)]
+
+    @hookimpl
+    def map_event(self, destination: DestinationContext, event: Event,
+                  raw: dict[str, Any]) -> MapResult:
+        raise ValueError(f"cannot map with {destination.settings!r}")
+
+    @hookimpl
+    def deliver(self, destination: DestinationContext, deliveries: list[Delivery],
+                client: HttpClient) -> list[DeliveryResult]:
+        return [DeliveryResult.ok() for _ in deliveries]
+
+
+def test_a_map_failure_quoting_a_secret_is_stored_without_it(tmp_path: Path) -> None:
+    from hookyard.config import parse_config
+    from hookyard.delivery.router import map_rows
+    from hookyard.runtime import Runtime
+
+    secret = "leaky-api-key-0123456789"
+    rt = Runtime.build(parse_config({
+        "server": {"data_dir": str(tmp_path)},
+        "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"}],
+        "destinations": [{"name": "leaky", "plugin": "leaky", "sources": ["web"],
+                          "settings": {"api_key": secret}}],
+    }), [LeakyPlugin()], prepare=False)
+    raw = {"type": "track", "event": "E", "userId": "u1", "messageId": "m1",
+           "receivedAt": "2026-01-01T00:00:00.000Z"}
+    row = (1, "web", "m1", "track", raw["receivedAt"], msgspec.json.encode(raw), None)
+    (out,) = map_rows(rt, [row])
+    assert out[6] == "dead"
+    assert out[9] == "map_event failed: ValueError: cannot map with LeakySettings(api_key='[redacted]')"
