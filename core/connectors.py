@@ -8,6 +8,8 @@ called in a unit test by building one by hand (see ``hookyard.testing``).
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -132,3 +134,45 @@ class RefusedEvent:
     request (malformed JSON, an invalid event a client must fix)."""
 
     reason: str
+
+
+def settings_table(settings: type[msgspec.Struct]) -> list[tuple[str, str, str]]:
+    """(key, type, default) of each setting of a connector's settings Struct, as a user writes
+    them in the config; the default is ``required`` when there is none (``hookyard plugins
+    --settings``)."""
+    rows = []
+    for f in msgspec.structs.fields(settings):
+        if f.default is not msgspec.NODEFAULT:
+            default = msgspec.json.encode(f.default).decode() if _plain(f.default) else repr(f.default)
+        elif f.default_factory is not msgspec.NODEFAULT:
+            made = f.default_factory()
+            default = msgspec.json.encode(made).decode() if _plain(made) else type(made).__name__
+        else:
+            default = "required"
+        rows.append((f.encode_name, _type_name(f.type), default))
+    return rows
+
+
+def _plain(value: Any) -> bool:
+    try:
+        msgspec.json.encode(value)
+    except (TypeError, msgspec.EncodeError):
+        return False
+    return True
+
+
+def _type_name(tp: Any) -> str:
+    """``str``, ``int | None``, ``list[str]``, ``'us' | 'eu'``... as a user reads a type
+    (no module paths, no ``Annotated`` constraints)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
+    if tp is type(None):
+        return "None"
+    return tp.__name__ if isinstance(tp, type) else str(tp)

@@ -287,6 +287,20 @@ def test_plugins_lists_novu() -> None:
     assert re.search(r"^novu\b", result.output, re.MULTILINE), result.output
 
 
+def test_plugins_settings_shows_each_connectors_settings_and_package() -> None:
+    result = run("plugins", "--settings")
+    assert result.exit_code == 0, result.output
+    text = result.output
+    pushwoosh = text[text.index("pushwoosh    destination"):]
+    assert "    package: hookyard " in pushwoosh
+    assert "    api_key: str (required)\n" in pushwoosh
+    assert '    base_url: str = "https://api.pushwoosh.com"\n' in pushwoosh
+    assert "    region: 'us' | 'eu' = \"us\"\n" in text  # novu
+    assert "    workflows: list[WorkflowLink] = []\n" in text  # profiles
+    segment_source = text[text.index("segment      source"):]
+    assert segment_source.splitlines()[2] == "    (no settings)"
+
+
 def test_check_config_ok(tmp_path: Path) -> None:
     path = tmp_path / "hookyard.toml"
     path.write_text(GOOD_TOML.format(data_dir=tmp_path / "data", key=KEY))
