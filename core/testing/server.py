@@ -54,7 +54,10 @@ def wait_until_up(url: str, timeout: float = 15.0,
 
 
 class HookyardServer:
-    """A hookyard app served by uvicorn in a background thread (same process)."""
+    """A hookyard app served by uvicorn in a background thread (same process).
+
+    ``[server] map_process`` defaults to false here: the router maps in the test's process
+    (no helper process per test server); a config may turn it on."""
 
     def __init__(self, config: dict[str, Any], data_dir: Path, plugins: list[object] | None = None) -> None:
         config = dict(config)
@@ -63,6 +66,7 @@ class HookyardServer:
         server.setdefault("port", free_port())
         server.setdefault("host", "127.0.0.1")
         server.setdefault("admin_token", "test-admin-token")
+        server.setdefault("map_process", False)
         config["server"] = server
         self.config = parse_config(config)
         self.runtime = Runtime.build(self.config, plugins)

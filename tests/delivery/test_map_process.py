@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(map_process.cores() < 2, reason="the map process
 
 def forwarder(url: str, **server: Any) -> dict[str, Any]:
     return {
-        "server": server,
+        "server": {"map_process": True, **server},
         "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"}],
         "destinations": [{"name": "fwd", "plugin": "segment", "sources": ["web"],
                           "settings": {"write_key": "fwd-key", "base_url": url},
