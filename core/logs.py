@@ -33,9 +33,19 @@ class RedactSecrets(logging.Filter):
         if self.secrets:
             record.msg = self.redact(record.getMessage())
             record.args = None
+            if record.exc_info and not record.exc_text:  # formatted here, so it can be redacted
+                record.exc_text = _TRACEBACKS.formatException(record.exc_info)
             if record.exc_text:
                 record.exc_text = self.redact(record.exc_text)
+            if record.stack_info:
+                record.stack_info = self.redact(record.stack_info)
+            for key, value in vars(record).items():  # extra={...} fields
+                if key not in _STANDARD and isinstance(value, str):
+                    setattr(record, key, self.redact(value))
         return True
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,7 +62,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_") and key != "color_message":
                 data[key] = value
-        if record.exc_info:
+        if record.exc_text:  # formatted (and redacted) by RedactSecrets
+            data["exception"] = record.exc_text
+        elif record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str)
 

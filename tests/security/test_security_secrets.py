@@ -232,3 +232,33 @@ def test_values_given_as_env_are_secret_whatever_the_setting_is_called(
     secrets = config_secrets(rt)
     assert "cr_5Tq8Wm2Xz7Lp4Nd" in secrets
     assert "http://127.0.0.1:9/base" not in secrets and "10" not in secrets
+
+
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_tracebacks_in_the_logs_are_redacted_too(json_lines: bool) -> None:
+    """A plugin exception quoting a secret, logged with log.exception (as the router and the
+    workers do): the traceback is redacted like the message, in both log formats."""
+    import io
+    import logging
+
+    from hookyard.logs import JsonFormatter, RedactSecrets
+
+    secret = "sekrit-api-key-0123456789"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(message)s"))
+    handler.addFilter(RedactSecrets([secret]))
+    log = logging.getLogger("hookyard.test.redact")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        try:
+            raise ValueError(f"cannot map with key {secret}")
+        except ValueError:
+            log.exception("map_event failed for %s", secret, extra={"detail": f"k={secret}"})
+        log.warning("stack", stack_info=True, extra={"detail": secret})
+    finally:
+        log.removeHandler(handler)
+    out = stream.getvalue()
+    assert secret not in out
+    assert "ValueError: cannot map with key [redacted]" in out
