@@ -90,7 +90,8 @@ def map_event(destination: DestinationContext, event: Event, raw: dict[str, Any]
     ``messageId``/``receivedAt`` filled in). Return ``MapResult.send(*deliveries)``, or
     ``MapResult.skip(reason)`` when the event does not apply (recorded, never retried). Must
     be pure: no I/O, it also runs for previews and replays, and in the router's helper process
-    (``hookyard.delivery.map_process``), where ``startup`` has not run.
+    (``hookyard.delivery.map_process``), which runs no ``startup`` hooks (a plugin that has
+    one is mapped in the worker's process, with the ``destination.state`` it prepared).
     """
 
 

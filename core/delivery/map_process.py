@@ -14,7 +14,8 @@ on a machine with two or more cores (``bench/README.md``). Used for the SQLite b
 (PostgreSQL nodes scale out instead), when ``[server] map_process`` is on (the default) and
 the machine has more than one core (container CPU quotas counted), on POSIX systems and not in
 the single-file binary; plugins given as objects rather than installed (as tests do) keep
-mapping in-process, since a child could not load them.
+mapping in-process, since a child could not load them, and so do configs with a third-party
+plugin that has a ``startup`` hook (:func:`startup_plugins`).
 
 Protocol (pickled messages over the child's stdin and stdout; its stderr is the worker's):
 ``init`` -> ``("ready",)`` or ``("error", text)``; then ``(after, limit)`` ->
@@ -78,6 +79,18 @@ def plugin_modules(rt: Runtime) -> list[str] | None:
     return names
 
 
+def startup_plugins(rt: Runtime) -> list[str]:
+    """The plugins, other than hookyard's own, with a ``startup`` hook: it may put into
+    ``destination.state`` what their ``map_event`` reads, and the child runs no ``startup``
+    (it is no host: a second run of a plugin's start-up I/O is not ours to start). Mapping
+    stays in the worker with them, so it gives the same answer wherever it runs."""
+    own = {id(p) for p, dist in rt.pm.list_plugin_distinfo() if dist.project_name == "hookyard"}
+    return sorted({
+        rt.pm.get_name(impl.plugin) or "?" for impl in rt.pm.hook.startup.get_hookimpls()
+        if id(impl.plugin) not in own
+    })
+
+
 class MapProcess:
     """The worker's side: starts the child and asks it for the outbox rows of inbox batches.
 
@@ -104,7 +117,15 @@ class MapProcess:
                 or rt.db.dialect != "sqlite" or cores() < 2):
             return None
         modules = plugin_modules(rt)
-        return None if modules is None else cls(rt, modules)
+        if modules is None:
+            return None
+        prepared = startup_plugins(rt)
+        if prepared:
+            log.info("mapping in the worker process: plugin %s implements startup, which may"
+                     " prepare destination.state for map_event (the map process runs no"
+                     " startup hooks)", ", ".join(repr(p) for p in prepared))
+            return None
+        return cls(rt, modules)
 
     def start(self) -> None:
         """Start the child; :attr:`ready` turns true once it has loaded the plugins."""

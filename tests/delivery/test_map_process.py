@@ -239,3 +239,27 @@ def test_cores_counts_a_container_cpu_quota(tmp_path: Path) -> None:
     assert map_process.cores(str(cpu_max)) == min(2, everything)
     cpu_max.write_text("garbage\n")
     assert map_process.cores(str(cpu_max)) == everything
+
+
+def test_a_plugin_with_a_startup_hook_keeps_mapping_in_the_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its map_event may read what startup put into destination.state; the helper runs no
+    startup, so mapping there could answer differently."""
+    from hookyard import hookimpl
+
+    module = types.ModuleType("hookyard_test_startup_plugin")
+
+    @hookimpl
+    def startup(runtime: Any) -> None:
+        for dest in runtime.destinations.values():
+            dest.context.state["tag"] = "prepared"
+
+    module.startup = startup  # type: ignore[attr-defined]
+    caplog.set_level(logging.INFO, logger="hookyard.router")
+    config = parse_config({**forwarder("http://127.0.0.1:9"), "server": {"data_dir": str(tmp_path)}})
+    rt = Runtime.build(config, [module], prepare=False)
+    assert map_process.startup_plugins(rt) == ["hookyard_test_startup_plugin"]
+    assert MapProcess.wanted(rt) is None
+    assert "plugin 'hookyard_test_startup_plugin' implements startup" in caplog.text
+    assert map_process.startup_plugins(Runtime.build(config, prepare=False)) == []  # built-ins
