@@ -17,7 +17,8 @@ the single-file binary; plugins given as objects rather than installed (as tests
 mapping in-process, since a child could not load them, and so do configs with a third-party
 plugin that has a ``startup`` hook (:func:`startup_plugins`).
 
-Protocol (pickled messages over the child's stdin and stdout; its stderr is the worker's):
+Protocol (pickled messages: requests on the child's stdin, answers on a pipe of their own;
+its stdout and stderr are the worker's):
 ``init`` -> ``("ready",)`` or ``("error", text)``; then ``(after, limit)`` ->
 ``("ok", cursor, rows_read, last_id, outbox_rows)`` or ``("error", text)``; EOF or ``None``
 ends the child. The child gives up with its parent: its stdin closes when the parent dies.
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hookyard.router")
 START_TIMEOUT = 60.0  # seconds the child may take to load the plugins and answer "ready"
 RESTART_AFTER = 30.0  # seconds before a child that died is started again
+ANSWER_FD = "HOOKYARD_MAP_ANSWER_FD"  # environment: the child's descriptor for its answers
 
 Batch = tuple[int, int, int, list[tuple[Any, ...]]]
 """(stored cursor, inbox rows read, the last row's id, their outbox rows)."""
@@ -134,21 +136,25 @@ class MapProcess:
         if (self._closing or self._starting is not None
                 or time.monotonic() - self._failed_at < RESTART_AFTER):
             return
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        answers, child_end = os.pipe()  # the child's stdout stays the worker's (prints)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+                   **{ANSWER_FD: str(child_end)})
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hookyard.delivery.map_process"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                stdin=subprocess.PIPE, pass_fds=(child_end,), env=env,
                 start_new_session=True,  # a Ctrl-C in the terminal is the parent's to handle
             )
         except OSError as exc:  # no processes left, a frozen binary without -m...
+            os.close(answers)
             self._gone(f"could not start: {exc}")
             return
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        finally:
+            os.close(child_end)
+        assert self.proc.stdin is not None
         self._send = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
-        self._recv = Connection(os.dup(self.proc.stdout.fileno()), writable=False)
+        self._recv = Connection(answers, writable=False)
         self.proc.stdin.close()
-        self.proc.stdout.close()
         init = (self.rt.config, str(self.rt.db.path), self.modules, _log_setup(),  # type: ignore[attr-defined]
                 config_secrets(self.rt))
         loop = asyncio.get_running_loop()
@@ -319,16 +325,18 @@ def _child_logging(level: int, filters: list[Any]) -> None:
 
 
 def main() -> int:
-    """The child's entry point: protocol on the original stdin/stdout; stray prints of a
-    plugin go to stderr instead of into the protocol."""
+    """The child's entry point: requests on stdin, answers on the descriptor named by
+    :data:`ANSWER_FD`; stdout and stderr are the worker's (a plugin's print lands where it
+    would in the worker, line by line)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     recv = Connection(os.dup(0), writable=False)
-    send = Connection(os.dup(1), readable=False)
-    os.dup2(2, 1)
+    send = Connection(int(os.environ.pop(ANSWER_FD)), readable=False)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         return _child(recv, send)
     except (BrokenPipeError, EOFError):  # the parent is gone
