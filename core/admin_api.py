@@ -206,14 +206,16 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             if body.source not in rt.sources:
                 return _error(404, f"no source named {body.source!r}")
             started = time.time()
-            count = await replay(rt, body.source, body.destination, body.since, body.until)
+            done = await replay(rt, body.source, body.destination, body.since, body.until)
         except ConfigError as exc:
             return _error(404, str(exc))
         except (KeyError, ValueError, TypeError, msgspec.ValidationError) as exc:
             return _error(400, f"invalid replay request: {exc}")
         if rt.engine is not None:
             rt.engine.wake_all()
-        return _json({"events": count, "seconds": round(time.time() - started, 3)})
+        return _json({"events": done.events, "deliveries": done.deliveries,
+                      "filtered": done.filtered, "failed": done.failed,
+                      "seconds": round(time.time() - started, 3)})
 
     return [
         Route("/api/logs", logs, methods=["GET"]),

@@ -238,5 +238,11 @@ class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ReplayResult(msgspec.Struct):
+    """``events`` read; the outbox rows their mapping made: ``deliveries`` queued,
+    ``filtered`` (reason recorded), ``failed`` (``map_event`` raised: dead letters)."""
+
     events: int
+    deliveries: int
+    filtered: int
+    failed: int
     seconds: float

@@ -241,7 +241,7 @@ def run_loop(coro: Any) -> Any:
 def replay(config_path: str | None, data_dir: str | None, source: str, destination: str | None,
            since: str | None, until: str | None) -> None:
     """Map stored events again and queue their deliveries (mapping changes reach the past)."""
-    from .delivery.replay import count_events
+    from .delivery.replay import Replayed, count_events
     from .delivery.replay import replay as do_replay
     from .operator_input import window
 
@@ -255,16 +255,18 @@ def replay(config_path: str | None, data_dir: str | None, source: str, destinati
             rt.close()
             raise ConfigError(_unknown_destination(rt, destination))
 
-        async def run() -> int:
+        async def run() -> Replayed:
             total = await count_events(rt, source, since, until)
             with click.progressbar(length=total, label=f"replaying {source}", file=sys.stderr) as bar:
                 return await do_replay(rt, source, destination, since, until, bar.update)
 
-        count = run_loop(run())
+        done = run_loop(run())
         rt.close()
     except (HookyardError, ValueError) as exc:
         _fail(exc)
-    click.echo(f"queued {count} events for delivery")
+    click.echo(done.summary())
+    if done.failed:  # dead letters made: a script should notice
+        sys.exit(1)
 
 
 @main.command()

@@ -54,7 +54,7 @@ def dlq_list(config_path: str | None, data_dir: str | None, destination: str | N
         click.echo("no dead letters")
     for r in rows:
         click.echo(f"{r['id']:>8}  {r['destination']:<16} {r['message_id']:<38} user={r['user_key']}"
-                   f"  attempts={r['attempts']} status={r['last_status']}  {r['last_error']}")
+                   f"  attempts={r['attempts']} status={r['last_status'] or '-'}  {r['last_error']}")
     rt.close()
 
 

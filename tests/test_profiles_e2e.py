@@ -265,7 +265,7 @@ def test_replay_after_a_mapping_change(hookyard_server: Start, tmp_path: Path) -
         capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert "queued 2 events" in done.stdout  # bob's and carol's identifies
+    assert "replayed 2 events: 2 deliveries queued" in done.stdout  # bob's and carol's identifies
     new.wait_idle()
     assert get(new, "/api/subscribers/bob")["channels"] == {
         "$email": ["bob@example.com"], "$whatsapp": ["+15550000002"]}

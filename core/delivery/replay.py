@@ -9,7 +9,8 @@ idempotency keys (the profile store, Novu's transactionId) do not duplicate anyt
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..operator_input import window
@@ -21,6 +22,34 @@ if TYPE_CHECKING:
 
 Time = str | float | None
 """``since`` / ``until``: ISO-8601 (UTC when no zone is given) or Unix seconds."""
+
+
+@dataclass
+class Replayed:
+    """What a replay did: events read, and the outbox rows their mapping made."""
+
+    events: int = 0
+    deliveries: int = 0  # queued (pending)
+    filtered: int = 0  # the filter, trigger or map_event skipped them (reason recorded)
+    failed: int = 0  # map_event raised, or the event could not be decoded: dead letters
+
+    def add(self, rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            state = row[6]
+            if state == "pending":
+                self.deliveries += 1
+            elif state == "filtered":
+                self.filtered += 1
+            else:
+                self.failed += 1
+
+    def summary(self) -> str:
+        text = (f"replayed {self.events} events: {self.deliveries} deliveries queued,"
+                f" {self.filtered} filtered")
+        if self.failed:
+            text += (f", {self.failed} failed to map (dead letters, with the error:"
+                     " hookyard dlq list)")
+        return text
 
 
 async def count_events(rt: Runtime, source: str, since: Time, until: Time) -> int:
@@ -40,8 +69,8 @@ async def replay(
     since: Time = None,
     until: Time = None,
     progress: Callable[[int], None] | None = None,
-) -> int:
-    """Queue deliveries again for ``source``'s events in [since, until); returns the count.
+) -> Replayed:
+    """Queue deliveries again for ``source``'s events in [since, until); returns what it did.
     A bad time or a window that ends before it starts raises ValueError."""
     if source not in rt.sources:
         raise ConfigError(f"no source named {source!r}")
@@ -55,16 +84,17 @@ async def replay(
     else:
         only = connected
     lo, hi = window(since, until)
-    after, total = 0, 0
+    after, done = 0, Replayed()
     while True:
         rows = await rt.db.read(
             lambda c: router.replay_rows(rt, c, source, lo, hi, only, after)  # noqa: B023
         )
         if not rows:
-            return total
+            return done
         new = router.map_rows(rt, rows, only)
         await rt.db.write(lambda c: outbox.insert_rows(c, new))  # noqa: B023
         after = rows[-1][0]
-        total += len(rows)
+        done.events += len(rows)
+        done.add(new)
         if progress is not None:
             progress(len(rows))

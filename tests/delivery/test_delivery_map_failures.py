@@ -301,7 +301,9 @@ def test_cli_preview_replay_and_dlq_list(
     settled(server)
 
     code, out = run_cli("replay", "--source", "web", *opts)
-    assert code == 0 and "queued 1 events for delivery" in out, out
+    assert code == 1, out  # a dead letter was made: scripts notice
+    assert ("replayed 1 events: 1 deliveries queued, 0 filtered, 1 failed to map (dead letters,"
+            " with the error: hookyard dlq list)") in out, out
     dead_by_message(server, "bad", 2)
     settled(server)
     forwarded = [e["messageId"] for req in fake.requests for e in req.json()["batch"]]
