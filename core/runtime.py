@@ -72,12 +72,19 @@ class IngestRoute:
     sources: list[SourceContext]
 
 
-def _settings(connector: Connector, data: dict[str, Any], where: str) -> Any:
+def convert_settings(connector: Connector, data: dict[str, Any]) -> Any:
+    """``data`` as the connector's settings Struct; raises ``msgspec.ValidationError``, also
+    for a key the Struct does not have (see :func:`_unknown_setting`). Shared with
+    ``hookyard.testing``, so a plugin's tests refuse what the server refuses."""
     unknown = _unknown_setting(connector.settings, data)
     if unknown is not None:
-        raise ConfigError(f"{where}.settings: {unknown}")
+        raise msgspec.ValidationError(unknown)
+    return msgspec.convert(data, connector.settings)
+
+
+def _settings(connector: Connector, data: dict[str, Any], where: str) -> Any:
     try:
-        return msgspec.convert(data, connector.settings)
+        return convert_settings(connector, data)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{where}.settings: {str(exc).replace('`', '')}") from None
 

@@ -100,3 +100,13 @@ def test_deliver_with_timeouts(fake_destination: Callable[[], FakeServer]) -> No
     assert result.outcome == "retryable" and time.monotonic() - started < 1.2
     [result] = deliver_with(ctx, deliveries, reg, connect_timeout=1, total_timeout=3)
     assert result.outcome == "ok"
+
+
+def test_contexts_refuse_a_misspelt_setting_as_the_server_does() -> None:
+    import msgspec
+    import pytest
+    from hookyard.testing import destination_context
+
+    with pytest.raises(msgspec.ValidationError,
+                       match=r"unknown setting 'regoin' \(did you mean 'region'\?\)"):
+        destination_context("novu", {"api_key": "novu-key-0123", "regoin": "eu"})

@@ -21,6 +21,7 @@ from ..delivery.router import call_map_event
 from ..events import Event
 from ..http import HttpClient
 from ..plugins import ConnectorRegistry, make_plugin_manager, maybe_await
+from ..runtime import convert_settings
 
 TIMESTAMP = "2026-01-01T00:00:00.000Z"
 
@@ -87,7 +88,7 @@ def destination_context(
     connector = reg.get("destination", plugin)
     return DestinationContext(
         name=name or plugin, plugin=plugin,
-        settings=msgspec.convert(settings or {}, connector.settings), data_dir=Path(data_dir),
+        settings=convert_settings(connector, settings or {}), data_dir=Path(data_dir),
     )
 
 
@@ -98,7 +99,7 @@ def source_context(
     reg = reg or registry()
     connector = reg.get("source", plugin)
     return SourceContext(name=name or plugin, plugin=plugin, write_key=write_key,
-                         settings=msgspec.convert(settings or {}, connector.settings))
+                         settings=convert_settings(connector, settings or {}))
 
 
 def ingest_request(
