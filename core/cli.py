@@ -293,7 +293,8 @@ def preview(config_path: str | None, data_dir: str | None, destination: str, eve
 @click.option("--settings", "show_settings", is_flag=True,
               help="Also list each connector's settings (key, type, default) and its package")
 def plugins(show_settings: bool) -> None:
-    """List installed connector plugins."""
+    """List installed connectors: the name a config's ``plugin =`` takes, its kind, and the
+    plugin (entry point) it comes from."""
     from .connectors import settings_table
     from .plugins import ConnectorRegistry, make_plugin_manager
 
@@ -306,19 +307,23 @@ def plugins(show_settings: bool) -> None:
     listed = set()
     for connector, plugin in sorted(registry.all(), key=lambda c: (c[0].name, c[0].kind)):
         listed.add(plugin)
-        click.echo(f"{connector.name:<12} {connector.kind:<12} plugin={plugin:<10} {connector.description}")
+        click.echo(f"{connector.name:<12} {connector.kind:<12} from={plugin:<10} {connector.description}")
         if show_settings:
             package = packages.get(id(pm.get_plugin(plugin)), "not installed: registered in code")
             click.echo(f"    package: {package}")
             rows = settings_table(connector.settings)
             for key, type_name, default in rows:
-                click.echo(f"    {key}: {type_name}" + (" (required)" if default == "required"
-                                                        else f" = {default}"))
+                if default != "required":
+                    click.echo(f"    {key}: {type_name} = {default}")
+                elif type_name.endswith(")"):  # str (min_length=16) -> (min_length=16, required)
+                    click.echo(f"    {key}: {type_name[:-1]}, required)")
+                else:
+                    click.echo(f"    {key}: {type_name} (required)")
             if not rows:
                 click.echo("    (no settings)")
     for name, _plugin in sorted(pm.list_name_plugin()):
         if name not in listed and not name.startswith("hookyard.") and name != "builtins":
-            click.echo(f"{name:<12} {'(hooks)':<12} plugin={name:<10} registers no connector")
+            click.echo(f"{name:<12} {'(hooks)':<12} from={name:<10} registers no connector")
 
 
 @main.command("check-config")

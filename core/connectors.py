@@ -149,8 +149,21 @@ def settings_table(settings: type[msgspec.Struct]) -> list[tuple[str, str, str]]
             default = msgspec.json.encode(made).decode() if _plain(made) else type(made).__name__
         else:
             default = "required"
-        rows.append((f.encode_name, _type_name(f.type), default))
+        rows.append((f.encode_name, _type_name(f.type) + _constraints(f.type), default))
     return rows
+
+
+_CONSTRAINTS = ("ge", "gt", "le", "lt", "min_length", "max_length", "pattern")
+
+
+def _constraints(tp: Any) -> str:
+    """`` (min_length=16)``: the ``msgspec.Meta`` constraints of an ``Annotated`` type."""
+    if typing.get_origin(tp) is not typing.Annotated:
+        return ""
+    found = [f"{name}={getattr(meta, name)!r}" for meta in typing.get_args(tp)[1:]
+             if isinstance(meta, msgspec.Meta) for name in _CONSTRAINTS
+             if getattr(meta, name, None) is not None]
+    return f" ({', '.join(found)})" if found else ""
 
 
 def _plain(value: Any) -> bool:

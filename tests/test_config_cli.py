@@ -293,10 +293,12 @@ def test_plugins_settings_shows_each_connectors_settings_and_package() -> None:
     text = result.output
     pushwoosh = text[text.index("pushwoosh    destination"):]
     assert "    package: hookyard " in pushwoosh
-    assert "    api_key: str (required)\n" in pushwoosh
-    assert '    base_url: str = "https://api.pushwoosh.com"\n' in pushwoosh
+    assert "    api_key: str (min_length=1, required)\n" in pushwoosh
+    assert '    base_url: str (min_length=1) = "https://api.pushwoosh.com"\n' in pushwoosh
     assert "    region: 'us' | 'eu' = \"us\"\n" in text  # novu
     assert "    workflows: list[WorkflowLink] = []\n" in text  # profiles
+    webhook = text[text.index("webhook      destination"):]  # examples/hookyard-webhook
+    assert "    secret: str (min_length=16, required)\n" in webhook
     segment_source = text[text.index("segment      source"):]
     assert segment_source.splitlines()[2] == "    (no settings)"
 
