@@ -6,6 +6,7 @@ Errors are one clear line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -284,7 +285,9 @@ def preview(config_path: str | None, data_dir: str | None, destination: str, eve
 
     try:  # nothing is created: no data dir, no generated write key or admin token
         rt = Runtime.build(_load(config_path, data_dir=data_dir, create=False), prepare=False)
-        click.echo(preview_cli(rt, destination, event_file.read()))
+        with contextlib.redirect_stdout(sys.stderr):  # a plugin's print: not into the JSON
+            answer = preview_cli(rt, destination, event_file.read())
+        click.echo(answer)
     except HookyardError as exc:
         _fail(exc)
 
