@@ -198,8 +198,20 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
     caught: list[int] = []
     tune_gc()
     run_loop(run())
-    if caught:  # stopped by a signal: exit with its status, as serve does (143 after SIGTERM)
-        sys.exit(128 + caught[0])
+    if caught:
+        end_like_the_signal(caught[0])
+
+
+def end_like_the_signal(sig: int) -> None:
+    """After a graceful stop: SIGTERM ends the process by that signal again, as uvicorn does
+    for ``serve`` (systemd and Kubernetes count death by SIGTERM as a clean stop, but not
+    exit status 143; a shell shows 143 either way); SIGINT (Ctrl-C) exits with 130, quietly."""
+    if sig == signal.SIGTERM:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    sys.exit(128 + sig)
 
 
 GC_GEN0_THRESHOLD = 50_000

@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("hookyard.router")
 START_TIMEOUT = 60.0  # seconds the child may take to load the plugins and answer "ready"
 RESTART_AFTER = 30.0  # seconds before a child that died is started again
+ANSWER_TIMEOUT = 15.0
+"""Seconds a batch may take in the child (1,000 rows take 20-50 ms): a child that is stuck
+(a stopped process, a plugin in an endless loop, swapping) is killed instead of holding up
+routing for every destination, and the worker maps itself."""
 ANSWER_FD = "HOOKYARD_MAP_ANSWER_FD"  # environment: the child's descriptor for its answers
 
 Batch = tuple[int, int, int, list[tuple[Any, ...]]]
@@ -110,6 +114,7 @@ class MapProcess:
         self._starting: asyncio.Future[None] | None = None
         self._failed_at = 0.0
         self._closing = False
+        self.answer_timeout = ANSWER_TIMEOUT
 
     @classmethod
     def wanted(cls, rt: Runtime) -> MapProcess | None:
@@ -191,6 +196,9 @@ class MapProcess:
         loop = asyncio.get_running_loop()
         try:
             answer = await loop.run_in_executor(self._thread, self._roundtrip, after, limit)
+        except TimeoutError:
+            self._gone(f"did not answer within {self.answer_timeout:g} s, killed")
+            return None
         except (EOFError, OSError) as exc:
             self._gone(f"stopped ({self._exit_status() or type(exc).__name__})")
             return None
@@ -203,6 +211,8 @@ class MapProcess:
     def _roundtrip(self, after: int | None, limit: int) -> Any:
         assert self._send is not None and self._recv is not None
         self._send.send((after, limit))
+        if not self._recv.poll(self.answer_timeout):
+            raise TimeoutError
         return self._recv.recv()
 
     def _exit_status(self) -> str:

@@ -104,6 +104,23 @@ def test_a_killed_map_process_loses_nothing(
         assert "mapping in the worker process" in caplog.text
 
 
+def test_a_stuck_map_process_is_killed_and_the_worker_maps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stopped child (SIGSTOP, like a plugin in an endless loop) must not stall routing."""
+    caplog.set_level(logging.WARNING, logger="hookyard.router")
+    with FakeServer() as peer, HookyardServer(forwarder(peer.url), tmp_path) as server:
+        mapper = ready(server)
+        mapper.answer_timeout = 1.0
+        assert mapper.proc is not None
+        os.kill(mapper.proc.pid, signal.SIGSTOP)
+        sent = post_batches(server, users=5, per_user=10, tag="s")
+        server.wait_idle(timeout=30)
+        assert sorted(forwarded_ids(peer)) == sorted(sent)
+        assert "map process did not answer within 1 s, killed" in caplog.text
+        assert not mapper.ready and mapper.proc is None
+
+
 def test_the_map_process_stops_with_the_server(tmp_path: Path) -> None:
     with FakeServer() as peer:
         server = HookyardServer(forwarder(peer.url), tmp_path).start()
