@@ -30,6 +30,13 @@ class _SizeCollector(Collector):
         self.rt = rt
 
     def collect(self) -> Iterable[Any]:
+        mapper = getattr(getattr(self.rt.engine, "router", None), "mapper", None)
+        if mapper is not None:  # see docs/delivery.md, "Where mapping runs"
+            yield GaugeMetricFamily(
+                "hookyard_map_process_up",
+                "1 while the router's map process maps the events, 0 while the worker maps"
+                " them itself (the helper is starting, or restarting after a failure)",
+                value=1 if mapper.ready else 0)
         names = list(self.rt.destinations)
         try:
             (inbox, states, retrying), unrouted = self.rt.db.read_sync(

@@ -73,6 +73,7 @@ def test_map_process_routes_exactly_as_the_worker_maps(tmp_path: Path) -> None:
             mine = [m for m in got if m.startswith(f"m-{u}-")]
             assert mine == [f"m-{u}-{seq}" for seq in range(30)]
         assert mapper.ready and mapper.proc is not None and mapper.proc.poll() is None
+        assert "\nhookyard_map_process_up 1.0\n" in server.client.get(f"{server.url}/metrics").text
 
         # what the child stored is what the worker's own map_rows makes of the same rows
         rt = server.runtime
@@ -106,6 +107,7 @@ def test_a_killed_or_stuck_map_process_loses_nothing(
         server.wait_idle(timeout=30)
         assert sorted(forwarded_ids(peer)) == sorted(first + later)
         assert not mapper.ready and mapper.proc is None
+        assert "\nhookyard_map_process_up 0.0\n" in server.client.get(f"{server.url}/metrics").text
         assert warning in caplog.text
         assert "mapping in the worker process (trying again in 30 s)" in caplog.text
 
@@ -191,6 +193,7 @@ def test_map_process_off_maps_in_the_worker(tmp_path: Path) -> None:
     with FakeServer() as peer, HookyardServer(
             forwarder(peer.url, map_process=False), tmp_path) as server:
         assert mapper_of(server) is None
+        assert "hookyard_map_process_up" not in server.client.get(f"{server.url}/metrics").text
         sent = post_batches(server, users=3, per_user=3, tag="off")
         server.wait_idle(timeout=30)
         assert sorted(forwarded_ids(peer)) == sorted(sent)
