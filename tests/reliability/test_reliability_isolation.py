@@ -7,18 +7,19 @@ backlog grows every round). Rounds of the same events go to each server in turn 
 beside, ...), so both phases see the same background load.
 
 Two figures per round: the wall-clock rate (first ingest request to last delivery at ``fast``)
-and the rate per CPU second of the server process. On a shared 2-core machine the wall-clock
-rate of identical rounds varies by +-30% with whatever else runs, while the CPU cost per event
-does not; a stuck destination that makes the server do extra work (rescanning its backlog,
-say) shows up there without noise. So: the CPU-normalised rate beside the stuck destination
-must be >= 80% of the rate alone (the isolation criterion), and the best wall-clock round must
-be >= 60% of the best alone (which catches any blocking: a stuck destination holding a shared
-resource stalls ``fast`` outright).
+and the rate per CPU second of the server process (with its map process). On a shared 2-core machine the wall-clock
+rate of identical rounds varies by +-30% with whatever else runs; the CPU cost per event varies
+less, and a stuck destination that makes the server do extra work (rescanning its backlog,
+say) shows up there. So: the CPU-normalised rate beside the stuck destination, compared round
+by round with the rate alone (median of the pairs), must be >= 80% (the isolation criterion),
+and the best wall-clock round must be >= 60% of the best alone (which catches any blocking: a
+stuck destination holding a shared resource stalls ``fast`` outright).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,27 @@ class Phase:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and of its children: the router's map process
+    (docs/delivery.md, "Where mapping runs") does part of the server's work (Linux /proc)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def paired(beside: list[float], alone: list[float]) -> float:
+    """The median over rounds of beside's rate / alone's rate in the same round. The rounds
+    alternate, so the two rates of a pair share the machine's state; this VM's CPU cost per
+    event drifts by up to 1.5x within minutes (bench/README.md), and a comparison of the best
+    round of each phase took one fast ``alone`` round for a cost of the stuck destination."""
+    return statistics.median(b / a for b, a in zip(beside, alone, strict=True))
 
 
 def test_stuck_destination_does_not_slow_another(tmp_path: Path) -> None:
@@ -107,20 +126,19 @@ def test_stuck_destination_does_not_slow_another(tmp_path: Path) -> None:
         try:
             alone.start()
             beside.start()
-            # rates are best-of-rounds: other load on a 2-core machine only ever slows a round
-            # down. When the first ROUNDS leave the ratio short, up to ROUNDS more are measured
+            # When the first ROUNDS leave the ratio short, up to ROUNDS more are measured
             # before judging (noise gets more samples; a real slowdown stays short).
             for n in range(2 * ROUNDS):
                 alone.round(n)
                 beside.round(n)
-                if n + 1 >= ROUNDS and max(beside.cpu_rates) >= 0.8 * max(alone.cpu_rates):
+                if n + 1 >= ROUNDS and paired(beside.cpu_rates, alone.cpu_rates) >= 0.8:
                     break
             assert stuck.requests, "the stuck destination was never tried"
         finally:
             alone.close()
             beside.close()
-    wall = max(beside.rates) / max(alone.rates)
-    cpu = max(beside.cpu_rates) / max(alone.cpu_rates)
+    wall = max(beside.rates) / max(alone.rates)  # best of rounds: noise only slows a round
+    cpu = paired(beside.cpu_rates, alone.cpu_rates)
     record_figures("slow destination isolation", events_per_round=EVENTS, rounds=len(alone.rates),
                    alone_events_per_s=[round(r) for r in alone.rates],
                    beside_stuck_events_per_s=[round(r) for r in beside.rates],
