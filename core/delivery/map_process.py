@@ -160,8 +160,8 @@ class MapProcess:
         self._send = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
         self._recv = Connection(answers, writable=False)
         self.proc.stdin.close()
-        init = (self.rt.config, str(self.rt.db.path), self.modules, _log_setup(),  # type: ignore[attr-defined]
-                config_secrets(self.rt))
+        init = (self.rt.config, str(self.rt.db.path), self.modules,  # type: ignore[attr-defined]
+                logging.getLogger().level, config_secrets(self.rt))
         loop = asyncio.get_running_loop()
         self._starting = loop.run_in_executor(self._thread, self._handshake, init)
         self._starting.add_done_callback(self._started)
@@ -266,26 +266,19 @@ class MapProcess:
         self._stop_child()
 
 
-def _log_setup() -> tuple[int, list[Any]]:
-    """The root logger's level and its handlers' secret redaction, for the child."""
-    from ..logs import RedactSecrets
-
-    root = logging.getLogger()
-    filters = [f for h in root.handlers for f in h.filters if isinstance(f, RedactSecrets)]
-    return root.level, filters
-
-
 # -- the child ---------------------------------------------------------------------------------
 def _child(recv: Connection, send: Connection) -> int:
+    from ..logs import setup_logging
     from ..runtime import Runtime
     from .scrub import Scrubber
 
     try:
-        config, db_path, modules, (level, filters), secrets = recv.recv()
+        config, db_path, modules, level, secrets = recv.recv()
     except EOFError:
         return 0
     try:
-        _child_logging(level, filters)
+        # the worker's level, and its secrets redacted as in its own logs and stored texts
+        setup_logging(logging.getLevelName(level).lower(), secrets)
         plugins: list[object] = [importlib.import_module(name) for name in modules]
         rt = Runtime.build(config, plugins, prepare=False)
         rt.scrubber = Scrubber(secrets)  # the worker's: its admin token, its env: values
@@ -323,15 +316,6 @@ def _map_batch(rt: Runtime, conn: sqlite3.Connection, after: int | None, limit: 
         return "ok", cursor, len(rows), rows[-1][0] if rows else cursor, map_rows(rt, rows)
     except Exception as exc:  # noqa: BLE001 - e.g. the database is locked for 10 s
         return "error", f"{type(exc).__name__}: {exc}"
-
-
-def _child_logging(level: int, filters: list[Any]) -> None:
-    from ..logs import setup_logging
-
-    setup_logging(logging.getLevelName(level).lower())
-    for handler in logging.getLogger().handlers:
-        for f in filters:
-            handler.addFilter(f)
 
 
 def main() -> int:
