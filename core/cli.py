@@ -310,7 +310,7 @@ def preview(config_path: str | None, data_dir: str | None, destination: str, eve
 def plugins(show_settings: bool) -> None:
     """List installed connectors: the name a config's ``plugin =`` takes, its kind, and the
     plugin (entry point) it comes from."""
-    from .connectors import settings_table
+    from .connectors import settings_lines
     from .plugins import ConnectorRegistry, make_plugin_manager
 
     try:
@@ -326,16 +326,8 @@ def plugins(show_settings: bool) -> None:
         if show_settings:
             package = packages.get(id(pm.get_plugin(plugin)), "not installed: registered in code")
             click.echo(f"    package: {package}")
-            rows = settings_table(connector.settings)
-            for key, type_name, default in rows:
-                if default != "required":
-                    click.echo(f"    {key}: {type_name} = {default}")
-                elif type_name.endswith(")"):  # str (min_length=16) -> (min_length=16, required)
-                    click.echo(f"    {key}: {type_name[:-1]}, required)")
-                else:
-                    click.echo(f"    {key}: {type_name} (required)")
-            if not rows:
-                click.echo("    (no settings)")
+            for line in settings_lines(connector.settings) or ["(no settings)"]:
+                click.echo(f"    {line}")
     for name, _plugin in sorted(pm.list_name_plugin()):
         if name not in listed and not name.startswith("hookyard.") and name != "builtins":
             click.echo(f"{name:<12} {'(hooks)':<12} from={name:<10} registers no connector")

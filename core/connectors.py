@@ -136,42 +136,45 @@ class RefusedEvent:
     reason: str
 
 
-def settings_table(settings: type[msgspec.Struct]) -> list[tuple[str, str, str]]:
-    """(key, type, default) of each setting of a connector's settings Struct, as a user writes
-    them in the config; the default is ``required`` when there is none (``hookyard plugins
-    --settings``)."""
-    rows = []
+def settings_lines(settings: type[msgspec.Struct]) -> list[str]:
+    """Each setting of a connector's settings Struct as a user writes it in the config:
+    ``key: type (constraints) = default``, or ``key: type (constraints, required)`` when it has
+    no default (``hookyard plugins --settings``)."""
+    lines = []
     for f in msgspec.structs.fields(settings):
+        notes = _constraints(f.type)
         if f.default is not msgspec.NODEFAULT:
-            default = msgspec.json.encode(f.default).decode() if _plain(f.default) else repr(f.default)
+            default: str | None = _shown(f.default, repr(f.default))
         elif f.default_factory is not msgspec.NODEFAULT:
             made = f.default_factory()
-            default = msgspec.json.encode(made).decode() if _plain(made) else type(made).__name__
+            default = _shown(made, type(made).__name__)
         else:
-            default = "required"
-        rows.append((f.encode_name, _type_name(f.type) + _constraints(f.type), default))
-    return rows
+            default, notes = None, [*notes, "required"]
+        line = f"{f.encode_name}: {_type_name(f.type)}"
+        if notes:
+            line += f" ({', '.join(notes)})"
+        lines.append(line if default is None else f"{line} = {default}")
+    return lines
 
 
 _CONSTRAINTS = ("ge", "gt", "le", "lt", "min_length", "max_length", "pattern")
 
 
-def _constraints(tp: Any) -> str:
-    """`` (min_length=16)``: the ``msgspec.Meta`` constraints of an ``Annotated`` type."""
+def _constraints(tp: Any) -> list[str]:
+    """``["min_length=16"]``: the ``msgspec.Meta`` constraints of an ``Annotated`` type."""
     if typing.get_origin(tp) is not typing.Annotated:
-        return ""
-    found = [f"{name}={getattr(meta, name)!r}" for meta in typing.get_args(tp)[1:]
-             if isinstance(meta, msgspec.Meta) for name in _CONSTRAINTS
-             if getattr(meta, name, None) is not None]
-    return f" ({', '.join(found)})" if found else ""
+        return []
+    return [f"{name}={getattr(meta, name)!r}" for meta in typing.get_args(tp)[1:]
+            if isinstance(meta, msgspec.Meta) for name in _CONSTRAINTS
+            if getattr(meta, name, None) is not None]
 
 
-def _plain(value: Any) -> bool:
+def _shown(value: Any, otherwise: str) -> str:
+    """``value`` as JSON (as it would be written in the config), else ``otherwise``."""
     try:
-        msgspec.json.encode(value)
+        return msgspec.json.encode(value).decode()
     except (TypeError, msgspec.EncodeError):
-        return False
-    return True
+        return otherwise
 
 
 def _type_name(tp: Any) -> str:
