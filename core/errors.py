@@ -24,6 +24,9 @@ plugin has a bug, the event must not be lost) and logged with its traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class HookyardError(Exception):
     """Base class of every error hookyard raises on purpose."""
@@ -31,6 +34,13 @@ class HookyardError(Exception):
 
 class ConfigError(HookyardError):
     """The configuration is invalid. Raised at start-up so bad config stops boot."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` with the closest of ``choices`` to a misspelt ``word``, or
+    "" when none is close: the hint of a :class:`ConfigError` (unknown hook, setting...)."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class RequestError(HookyardError):

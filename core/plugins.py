@@ -15,7 +15,6 @@ plugin's non-wrapper implementation: only the owner answers, while wrappers
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.metadata
 import inspect
@@ -30,7 +29,7 @@ from pluggy import PluginValidationError
 
 from . import hookspecs
 from .connectors import Connector, ConnectorKind
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 ENTRY_POINT_GROUP = "hookyard"
 STEP_HOOKS = ("authenticate", "parse_events", "map_event", "deliver")
@@ -179,9 +178,9 @@ def hook_names() -> list[str]:
 
 
 def _unknown_hook(name: str) -> str:
-    close = difflib.get_close_matches(name, hook_names(), n=1)
-    if close:
-        return f"unknown hook {name!r} (did you mean {close[0]!r}?)"
+    hint = did_you_mean(name, hook_names())
+    if hint:
+        return f"unknown hook {name!r}{hint}"
     return f"unknown hook {name!r} (hookyard's hooks: {', '.join(hook_names())})"
 
 

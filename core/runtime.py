@@ -8,7 +8,6 @@ before the server listens, so bad config stops boot, not a delivery.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import re
@@ -23,7 +22,7 @@ from starlette.routing import compile_path
 
 from .config import Config, DeliverySettings, DestinationConfig, read_or_create_secret
 from .connectors import Connector, DestinationContext, SourceContext
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .plugins import ConnectorRegistry, make_plugin_manager
 from .sizes import SizeCounter
 from .storage import Storage, migrate, open_database
@@ -99,10 +98,8 @@ def _unknown_setting(settings: Any, data: Any) -> str | None:
     names = [f.encode_name for f in msgspec.structs.fields(settings)]
     for key in data:
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             known = ", ".join(names) or "none"
-            return f"unknown setting {key!r}{hint}; the settings are: {known}"
+            return f"unknown setting {key!r}{did_you_mean(str(key), names)}; the settings are: {known}"
     return None
 
 
