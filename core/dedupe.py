@@ -214,6 +214,10 @@ class InboxDedupe:
             self._inserted = True
         return fresh
 
+    def unadmit(self, keys: Iterable[Key]) -> None:
+        """These admitted keys were not stored after all (their INSERT failed)."""
+        self._pending.difference_update(keys)
+
     def forget(self, keys: Iterable[Key]) -> None:
         """These events are deleted in this transaction (retention): their keys may be
         stored again once it commits."""

@@ -178,6 +178,15 @@ class InsertEvents(GroupedWrite):
         conn.execute(sql, params)
         return conn.total_changes - before
 
+    def shared_rows(self, conn: sqlite3.Connection) -> list[tuple[Any, ...]] | None:
+        dedupe = getattr(conn, "dedupe", None)
+        if dedupe is None:
+            return None
+        return dedupe.admit(conn, self.rows, self.dedupe_keys)
+
+    shared_insert = staticmethod(_insert_many_sql)
+    SHARED_CHUNK = INSERT_CHUNK
+
     def __call__(self, conn: sqlite3.Connection) -> int:
         return insert_events(conn, self.rows, self.log)
 

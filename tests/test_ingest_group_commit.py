@@ -1,4 +1,5 @@
-"""The SQLite writer's savepoint-free path for ingest jobs (``InsertEvents``, one statement).
+"""The SQLite writer's savepoint-free path for ingest jobs (``InsertEvents``: one INSERT shared
+by the group's jobs).
 
 A failing ingest job in a group commit must not take the other jobs of the group with it,
 and its API log line must not be stored; the log lines of the others are.
@@ -50,5 +51,34 @@ def test_failing_job_leaves_the_rest_of_its_group(tmp_path: Path) -> None:
         assert sorted(ids)[:3] == ["a", "c", "m0"] and len(ids) == INSERT_CHUNK + 3
         logged = db.read_sync(lambda c: [r[0] for r in c.execute("SELECT events FROM api_log")])
         assert sorted(logged) == [1, 2, INSERT_CHUNK + 1]
+    finally:
+        db.stop()
+
+
+def test_a_group_of_ingest_jobs_stores_its_events_with_one_insert(tmp_path: Path) -> None:
+    db = Database(tmp_path / "h.db")
+    db.write_sync(migrate)
+    statements: list[str] = []
+    gate, holding = threading.Event(), threading.Event()
+
+    def trace_and_hold(conn: sqlite3.Connection) -> bool:
+        conn.set_trace_callback(statements.append)
+        holding.set()
+        return gate.wait(5)
+
+    blocker = db.submit(trace_and_hold)
+    assert holding.wait(5)  # the writer runs it: the next jobs queue up as one group
+    futures = [db.submit(InsertEvents([_row(f"s{i}")], _entry(1))) for i in range(30)]
+    futures.append(db.submit(InsertEvents([_row("s0"), _row("t")], _entry(2))))  # s0: a repeat
+    gate.set()
+    try:
+        assert blocker.result(10) is True
+        assert [f.result(10) for f in futures] == [1] * 31
+        db.write_sync(lambda conn: conn.set_trace_callback(None))
+        inserts = [s for s in statements if s.startswith("INSERT OR IGNORE INTO inbox")]
+        assert len(inserts) == 1  # 31 requests, 31 new events, one statement
+        assert db.read_sync(lambda c: c.execute("SELECT count(*) FROM inbox").fetchone()[0]) == 31
+        logged = db.read_sync(lambda c: c.execute("SELECT count(*) FROM api_log").fetchone()[0])
+        assert logged == 31
     finally:
         db.stop()
