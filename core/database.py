@@ -402,15 +402,36 @@ class Database(GroupCommitWriter):
         try:
             while (group := self._next_group()) is not None:
                 jobs, stop = group
-                self._run_group(conn, jobs, dedupe, syncer)
-                for _ in range(dedupe.merge_steps_due()):
-                    self._merge_step(conn, dedupe)
+                try:
+                    self._run_group(conn, jobs, dedupe, syncer)
+                    for _ in range(dedupe.merge_steps_due()):
+                        self._merge_step(conn, dedupe)
+                except Exception as exc:  # noqa: BLE001 - the writer must outlive a bug
+                    self._group_crashed(conn, jobs, dedupe, exc)
                 if stop:
                     return
         finally:
             if syncer is not None:
                 syncer.stop()
             conn.close()
+
+    def _group_crashed(self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob],
+                       dedupe: InboxDedupe, exc: Exception) -> None:
+        """A bug outside the jobs (the writer's own code) raised: undo the open transaction,
+        answer the group's jobs that are still waiting with a retryable error (503 for ingest;
+        a job already answered keeps its answer), rebuild the dedupe tail from the inbox, and
+        go on with the next group. Without this the writer thread died and every later write
+        waited forever."""
+        log.error("the database writer failed on a group of %d jobs; they are answered as"
+                  " errors and it goes on", len(jobs), exc_info=exc)
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        dedupe.reset()
+        err = StorageUnavailable(f"storage unavailable: internal error in the writer ({type(exc).__name__})")
+        self._deliver([(job, False, err) for job in jobs])
 
     def _merge_step(self, conn: sqlite3.Connection, dedupe: InboxDedupe) -> None:
         """One step of moving the dedupe tail into ``inbox_ids`` (see :mod:`hookyard.dedupe`),

@@ -111,6 +111,18 @@ class InboxDedupe:
             self.last_seen = None  # resync with the inbox at the next insert
             self.tail.clear()
 
+    def reset(self) -> None:
+        """Forget what is known: the tail is read back from the inbox at the next insert, and a
+        merge in progress starts over (after a failure the writer cannot reason about)."""
+        self._pending.clear()
+        self._forget.clear()
+        self.tail.clear()
+        self.merging.clear()
+        self.last_seen = None
+        self._merge_to = 0
+        self._fill_from = 0
+        self._moved_to = None
+
     def merge_steps_due(self) -> int:
         """How many merge steps the writer should run after this commit: one while a merge is
         in progress, four when a whole new tail has piled up meanwhile (groups so large that

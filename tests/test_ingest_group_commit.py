@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from hookyard.database import Database
+from hookyard.dedupe import InboxDedupe
+from hookyard.errors import StorageUnavailable
 from hookyard.inbox import INSERT_CHUNK, InsertEvents, LogEntry
 from hookyard.schema import migrate
 from hookyard.times import now_iso
@@ -80,5 +82,34 @@ def test_a_group_of_ingest_jobs_stores_its_events_with_one_insert(tmp_path: Path
         assert db.read_sync(lambda c: c.execute("SELECT count(*) FROM inbox").fetchone()[0]) == 31
         logged = db.read_sync(lambda c: c.execute("SELECT count(*) FROM api_log").fetchone()[0])
         assert logged == 31
+    finally:
+        db.stop()
+
+
+def test_a_bug_in_the_writer_fails_its_group_and_the_writer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = Database(tmp_path / "h.db")
+    db.write_sync(migrate)
+    assert db.submit(InsertEvents([_row("before")], _entry(1))).result(10) == 1
+    real = InboxDedupe.start_group
+    calls = []
+
+    def broken_once(self: InboxDedupe, conn: sqlite3.Connection, keys: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise IndexError("a bug in the writer's own code")
+        real(self, conn, keys)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(InboxDedupe, "start_group", broken_once)
+    try:
+        with pytest.raises(StorageUnavailable, match="internal error in the writer"):
+            db.submit(InsertEvents([_row("lost")], _entry(1))).result(10)
+        assert "the database writer failed on a group" in caplog.text
+        # the writer lives on, and its dedupe was rebuilt from the inbox
+        assert db.submit(InsertEvents([_row("after"), _row("before")], _entry(2))).result(10) == 1
+        assert db.submit(InsertEvents([_row("lost")], _entry(1))).result(10) == 1  # sent again
+        ids = db.read_sync(lambda c: sorted(r[0] for r in c.execute("SELECT message_id FROM inbox")))
+        assert ids == ["after", "before", "lost"]
     finally:
         db.stop()
