@@ -530,13 +530,7 @@ class Database(GroupCommitWriter):
             dedupe.before_commit(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            dedupe.rolled_back()
-            self._fail_all(jobs, exc)
-            return
+            return self._roll_back_group(conn, jobs, dedupe, exc)
         dedupe.committed()
         answers = [(job, ok, value if ok else _storage_error(value)) for job, ok, value in results]
         if syncer is not None and self._must_sync(jobs):
@@ -546,8 +540,8 @@ class Database(GroupCommitWriter):
 
     def _roll_back_group(self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob],
                          dedupe: InboxDedupe, exc: BaseException) -> None:
-        """A shared INSERT failed and SQLite rolled the whole transaction back (I/O error,
-        disk full): every job of the group fails (ingest answers 503, clients send again)."""
+        """A shared INSERT or the COMMIT failed (I/O error, disk full): the transaction is
+        undone and every job of the group fails (ingest answers 503, clients send again)."""
         try:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
