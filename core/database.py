@@ -475,16 +475,20 @@ class Database(GroupCommitWriter):
         shared = _SharedInsert()
         for job in jobs:
             fn = job.fn
-            dedupe.start_job()
             try:
-                if isinstance(fn, GroupedWrite) and fn.one_statement and (
-                        rows := fn.shared_rows(conn)) is not None:
-                    shared.add(conn, fn, len(results), rows, results, log_rows, dedupe)
-                    results.append((job, True, len(rows)))
-                    continue
+                if isinstance(fn, GroupedWrite) and fn.one_statement:
+                    dedupe.start_job()
+                    rows = fn.shared_rows(conn)
+                    if rows is not None:
+                        shared.add(conn, fn, len(results), rows, results, log_rows, dedupe)
+                        results.append((job, True, len(rows)))
+                        continue
+                # the rows shared so far go in before this job runs (and before its
+                # start_job: a failure of this job must not take back their dedupe keys)
                 shared.flush(conn, results, log_rows, dedupe)
             except sqlite3.Error as exc:
                 return self._roll_back_group(conn, jobs, dedupe, exc)
+            dedupe.start_job()
             if isinstance(fn, GroupedWrite) and fn.one_statement:
                 try:
                     value = fn.statement(conn)
