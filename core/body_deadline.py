@@ -9,6 +9,7 @@ deadline has its task cancelled; :func:`hookyard.ingest.receive_body` turns that
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from typing import Any
 
@@ -67,3 +68,26 @@ def deadlines() -> BodyDeadlines:
     if found is None:
         found = _by_loop[loop] = BodyDeadlines(loop)
     return found
+
+
+class _Last(threading.local):
+    watch: BodyDeadlines | None = None
+
+
+_last = _Last()
+
+
+def watch_current_task() -> tuple[asyncio.Task[Any] | None, BodyDeadlines]:
+    """The running task and its loop's :class:`BodyDeadlines`.
+
+    ``asyncio.current_task()`` and ``get_running_loop()`` each make a ``getpid()`` system
+    call (CPython checks that the loop was not inherited through a fork), two per ingest
+    request. The loop this thread ran last is remembered instead: ``current_task(loop)``
+    with that loop needs no system call, and finds no task when another loop runs now."""
+    watch = _last.watch
+    if watch is not None:
+        task = asyncio.current_task(watch.loop)
+        if task is not None:
+            return task, watch
+    watch = _last.watch = deadlines()
+    return asyncio.current_task(watch.loop), watch

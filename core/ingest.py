@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from . import body_deadline
-from .body_deadline import deadlines
+from .body_deadline import watch_current_task
 from .connectors import IngestRequest, ParsedEvent, RefusedEvent, SourceContext
 from .delivery.retry import clip
 from .errors import (
@@ -69,8 +69,7 @@ async def receive_body(receive: Receive, content_length: str | None, limit: int)
             raise BadRequest("invalid Content-Length") from None
     chunks: list[bytes] = []
     size = 0
-    task = asyncio.current_task()
-    watch = deadlines()
+    task, watch = watch_current_task()
     if task is not None:
         watch.begin(task)
     try:

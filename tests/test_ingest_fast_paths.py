@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -186,3 +187,31 @@ def test_a_request_cut_off_by_shutdown_is_answered_503(tmp_path: Path) -> None:
     asyncio.run(main())
     assert sent[0]["status"] == 503 and (b"retry-after", b"5") in sent[0]["headers"]
     assert b"shutting down" in sent[1]["body"]
+
+
+def test_the_body_watch_follows_the_running_loop_and_thread() -> None:
+    """``watch_current_task`` remembers the loop a thread ran last (no getpid() per request),
+    yet always answers with the task and loop running now."""
+    from hookyard import body_deadline
+
+    async def probe() -> bool:
+        task, watch = body_deadline.watch_current_task()
+        return task is asyncio.current_task() and watch.loop is asyncio.get_running_loop()
+
+    assert asyncio.run(probe())
+    assert asyncio.run(probe())  # a new loop in the same thread: not the remembered one
+    other: list[bool] = []
+    busy, done = threading.Event(), threading.Event()
+
+    async def hold() -> bool:  # a task of another loop, running meanwhile in another thread
+        busy.set()
+        await asyncio.get_running_loop().run_in_executor(None, done.wait, 5)
+        return await probe()
+
+    thread = threading.Thread(target=lambda: other.append(asyncio.run(hold())))
+    thread.start()
+    assert busy.wait(5)
+    assert asyncio.run(probe())
+    done.set()
+    thread.join(5)
+    assert other == [True]
