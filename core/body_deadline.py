@@ -9,9 +9,10 @@ deadline has its task cancelled; :func:`hookyard.ingest.receive_body` turns that
 from __future__ import annotations
 
 import asyncio
-import threading
 import weakref
 from typing import Any
+
+from .loops import running
 
 BODY_TIMEOUT_SECONDS = 60.0
 
@@ -63,31 +64,14 @@ _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BodyDeadlines] = 
 
 def deadlines() -> BodyDeadlines:
     """The running loop's :class:`BodyDeadlines`."""
-    loop = asyncio.get_running_loop()
-    found = _by_loop.get(loop)
-    if found is None:
-        found = _by_loop[loop] = BodyDeadlines(loop)
-    return found
-
-
-class _Last(threading.local):
-    watch: BodyDeadlines | None = None
-
-
-_last = _Last()
+    return watch_current_task()[1]
 
 
 def watch_current_task() -> tuple[asyncio.Task[Any] | None, BodyDeadlines]:
-    """The running task and its loop's :class:`BodyDeadlines`.
-
-    ``asyncio.current_task()`` and ``get_running_loop()`` each make a ``getpid()`` system
-    call (CPython checks that the loop was not inherited through a fork), two per ingest
-    request. The loop this thread ran last is remembered instead: ``current_task(loop)``
-    with that loop needs no system call, and finds no task when another loop runs now."""
-    watch = _last.watch
-    if watch is not None:
-        task = asyncio.current_task(watch.loop)
-        if task is not None:
-            return task, watch
-    watch = _last.watch = deadlines()
-    return asyncio.current_task(watch.loop), watch
+    """The running task and its loop's :class:`BodyDeadlines` (without a ``getpid()`` system
+    call: see :mod:`hookyard.loops`)."""
+    loop, task = running()
+    found = _by_loop.get(loop)
+    if found is None:
+        found = _by_loop[loop] = BodyDeadlines(loop)
+    return task, found

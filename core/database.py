@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from .dedupe import InboxDedupe
 from .errors import StorageUnavailable
+from .loops import running_loop
 from .wal_sync import WalSyncer
 
 T = TypeVar("T")
@@ -321,7 +322,7 @@ class GroupCommitWriter:
         """
         if self._thread is None:
             self.start()
-        job = _AsyncJob(fn, asyncio.get_running_loop(), durable)
+        job = _AsyncJob(fn, running_loop(), durable)
         self._queue.put(job)
         return await job.future  # type: ignore[no-any-return]
 

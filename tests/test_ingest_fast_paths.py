@@ -190,13 +190,15 @@ def test_a_request_cut_off_by_shutdown_is_answered_503(tmp_path: Path) -> None:
 
 
 def test_the_body_watch_follows_the_running_loop_and_thread() -> None:
-    """``watch_current_task`` remembers the loop a thread ran last (no getpid() per request),
-    yet always answers with the task and loop running now."""
-    from hookyard import body_deadline
+    """``hookyard.loops`` remembers the loop a thread ran last (no getpid() per request), yet
+    always answers with the task and loop running now."""
+    from hookyard import body_deadline, loops
 
     async def probe() -> bool:
         task, watch = body_deadline.watch_current_task()
-        return task is asyncio.current_task() and watch.loop is asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        return (task is asyncio.current_task() and watch.loop is loop
+                and loops.running_loop() is loop)
 
     assert asyncio.run(probe())
     assert asyncio.run(probe())  # a new loop in the same thread: not the remembered one
