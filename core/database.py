@@ -125,6 +125,16 @@ def _insert_log_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> N
                      [v for row in chunk for v in row])
 
 
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Undo the open transaction, if any; an error doing so changes nothing for the caller,
+    which is already handling the error that made it roll back."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 class _SharedInsert:
     """Rows of consecutive :class:`GroupedWrite` jobs of one class, stored by one multi-row
     INSERT (per ``SHARED_CHUNK`` rows) when a job of another kind comes or the group ends: a
@@ -425,11 +435,7 @@ class Database(GroupCommitWriter):
         waited forever."""
         log.error("the database writer failed on a group of %d jobs; they are answered as"
                   " errors and it goes on", len(jobs), exc_info=exc)
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+        _roll_back(conn)
         dedupe.reset()
         err = StorageUnavailable(f"storage unavailable: internal error in the writer ({type(exc).__name__})")
         self._deliver([(job, False, err) for job in jobs])
@@ -446,10 +452,7 @@ class Database(GroupCommitWriter):
         except sqlite3.Error as exc:
             log.warning("could not merge the dedupe tail (%d keys), will retry: %s",
                         len(dedupe.merging), exc)
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            _roll_back(conn)
             dedupe.merge_failed()
             return
         dedupe.merge_committed()
@@ -464,12 +467,8 @@ class Database(GroupCommitWriter):
             conn.execute("BEGIN IMMEDIATE")
             dedupe.start_group(conn, [key for job in jobs if isinstance(job.fn, GroupedWrite)
                                       and job.fn.dedupe_keys for key in job.fn.dedupe_keys])
-        except sqlite3.Error as exc:
-            if conn.in_transaction:  # the group's dedupe lookup failed after BEGIN
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+        except sqlite3.Error as exc:  # BEGIN, or the group's dedupe lookup after it
+            _roll_back(conn)  # (the dedupe holds nothing of this group yet)
             self._fail_all(jobs, exc)
             return
         log_rows: list[tuple[Any, ...]] = []
@@ -547,10 +546,7 @@ class Database(GroupCommitWriter):
                          dedupe: InboxDedupe, exc: BaseException) -> None:
         """A shared INSERT or the COMMIT failed (I/O error, disk full): the transaction is
         undone and every job of the group fails (ingest answers 503, clients send again)."""
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        _roll_back(conn)
         dedupe.rolled_back()
         self._fail_all(jobs, exc)
 
