@@ -4,7 +4,9 @@
 checks that the loop was not inherited through a fork): three system calls per single-event
 ingest request, which bare Starlette does not make. Each thread remembers the loop it ran last
 instead: ``asyncio.current_task(loop)`` with an explicit loop is a dict lookup, and it finds a
-task only while that loop runs a task in this thread, so a new loop (or none) is noticed.
+task only while that loop runs a task, so a new loop (or none) in this thread is noticed.
+This assumes what asyncio.run() and uvicorn do: a loop runs in the thread that first ran it
+(a loop handed to another thread while this one runs a new loop would be mistaken for it).
 """
 
 from __future__ import annotations
