@@ -51,6 +51,9 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # map events for the destinations in a helper process, on another core (SQLite only;
     # ignored on a one-core machine). See docs/delivery.md.
     map_process: bool = True
+    # send the HTTP requests of destinations whose connector allows it (deliver_anywhere) from
+    # a helper process, on another core (ignored on a one-core machine). See docs/delivery.md.
+    deliver_process: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
 

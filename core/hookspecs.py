@@ -104,7 +104,9 @@ def deliver(
     Return one :class:`DeliveryResult` per delivery, in order: ``ok``, ``retryable`` or
     ``permanent``. Use ``client`` (a shared keep-alive aiohttp session with timeouts) for HTTP;
     ``client.send`` already applies the common rules (2xx ok; 408/429/5xx/timeouts retryable,
-    honouring Retry-After; other 4xx permanent). May be ``async def``.
+    honouring Retry-After; other 4xx permanent). May be ``async def``. When the connector
+    sets ``deliver_anywhere``, this may run in hookyard's deliver process
+    (``hookyard.delivery.deliver_process``), which runs no ``startup`` hooks.
     """
 
 

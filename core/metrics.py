@@ -37,6 +37,14 @@ class _SizeCollector(Collector):
                 "1 while the router's map process maps the events, 0 while the worker maps"
                 " them itself (the helper is starting, or restarting after a failure)",
                 value=1 if mapper.ready else 0)
+        deliverer = getattr(self.rt.engine, "deliverer", None)
+        if deliverer is not None:  # see docs/delivery.md, "Where deliveries are sent from"
+            yield GaugeMetricFamily(
+                "hookyard_deliver_process_up",
+                "1 while the deliver process sends the requests of the destinations that allow"
+                " it, 0 while the worker sends them itself (the helper is starting, or"
+                " restarting after a failure)",
+                value=1 if deliverer.ready else 0)
         names = list(self.rt.destinations)
         try:
             (inbox, states, retrying), unrouted = self.rt.db.read_sync(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import retention
 from . import outbox, router
+from .deliver_process import DeliverProcess
 from .map_process import MapProcess
 from .retry import backoff
 from .worker import IDLE_POLL, DestinationWorker
@@ -40,6 +41,10 @@ class Engine:
         self.stopping = False
         self.observers: list[Any] = []
         self.router = router.Router(rt, mapper=MapProcess.wanted(rt))
+        self.deliverer = DeliverProcess.wanted(rt)
+        if self.deliverer is not None:
+            for name in self.deliverer.destinations:
+                self.workers[name].deliverer = self.deliverer
         # the inbox purge's position: events up to it were looked at (those it kept are still
         # referred to by the outbox, and are looked at again from 0 every INBOX_RESCAN_SECONDS)
         self.inbox_scan = 0
@@ -62,6 +67,8 @@ class Engine:
         listen = getattr(self.rt.db, "listen", None)
         if listen is not None:  # PostgreSQL: deliveries routed by another node wake this one
             listen(asyncio.get_running_loop(), self.wake_all)
+        if self.deliverer is not None:
+            await self.deliverer.start_and_wait()
         self.tasks.append(asyncio.create_task(self._route_loop(), name="hookyard-router"))
         self.tasks.append(asyncio.create_task(self._maintenance_loop(), name="hookyard-maintenance"))
         for worker in self.workers.values():
@@ -151,6 +158,8 @@ class Engine:
         self.stopping = True
         self.route_wake.set()
         await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
+        if self.deliverer is not None:
+            await self.deliverer.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -18,16 +18,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from ..config import HOOK_LEASE_SHARE
-from ..deliveries import Delivery, DeliveryResult
-from ..errors import PermanentError, RetryableError
 from ..http import HttpClient
-from ..plugins import maybe_await
 from . import outbox, router
+from .calling import deliver_rows
+from .deliver_process import NOT_STARTED, DeliverProcess
 from .results import ResultWriter
-from .retry import decide, seconds_text, wrong_answer
+from .retry import decide
 
 if TYPE_CHECKING:
     from ..runtime import DestinationRuntime, Runtime
@@ -41,16 +38,6 @@ CLAIM_AHEAD = 4
 dispatch round takes two trips to the database threads (1-3 ms under load), longer than a
 fast destination takes to answer, so the next deliveries must be claimed before the slots
 free. bench/delivery.py, single: ~1.2x with 4 (1 x kept the 8 slots 40 % busy)."""
-
-
-class _RawBodyDelivery(Delivery, kw_only=True):
-    """A Delivery whose body stays the stored JSON (``Connector.raw_bodies``)."""
-
-    body: msgspec.Raw = msgspec.Raw(b"null")
-
-
-_delivery_decoder = msgspec.json.Decoder(Delivery)
-_raw_body_decoder = msgspec.json.Decoder(_RawBodyDelivery)
 
 
 def pack(
@@ -88,8 +75,8 @@ class DestinationWorker:
             connect_timeout=dest.policy.connect_timeout_seconds,
             total_timeout=dest.policy.total_timeout_seconds,
         )
-        self.decoder = _raw_body_decoder if dest.connector.raw_bodies else _delivery_decoder
         self.scrub = rt.scrubber.result  # secrets out of bodies and errors
+        self.deliverer: DeliverProcess | None = None  # set by the Engine when one is used
         self.wake = asyncio.Event()
         self.inflight_keys: set[str] = set()
         self.inflight_ids: set[int] = set()
@@ -138,8 +125,12 @@ class DestinationWorker:
         # batches to claim: one per free slot, plus enough to keep about `limit` deliveries
         # ready (whole batches: at least one). Not more: a user with a claimed row cannot be in
         # another batch, so holding many users back would make the next batches small.
-        free = self._free_slots() + self._ahead() - len(self.ready)
+        free = self._free_slots() + (0 if self._in_child() else self._ahead()) - len(self.ready)
         if free <= 0 or self.stopping:
+            return IDLE_POLL
+        if self._in_child() and len(self.tasks) >= limit and free < self._ahead() // 2:
+            # the child still has a queue to send: claim in fewer, larger rounds (each round
+            # reads a page of rows; one per answer cost 60 us of the readers per delivery)
             return IDLE_POLL
         name = self.dest.name
         # twice the rows the free slots can take, at least 64: each row read here costs ~0.5 us
@@ -236,9 +227,16 @@ class DestinationWorker:
 
     def _free_slots(self) -> int:
         """Batches that may start now: at most `concurrency` waiting for an answer, and at most
-        `concurrency` + :meth:`_ahead` tasks in all (those still storing results included)."""
+        `concurrency` + :meth:`_ahead` tasks in all (those still storing results included).
+        With the deliver process every claimed batch is handed to it at once: it queues them
+        and sends `concurrency` at a time (a slot is refilled there, not by a trip back here)."""
         limit = self.dest.policy.concurrency
+        if self._in_child():
+            return limit + self._ahead() - len(self.tasks)
         return min(limit - self.sending, limit + self._ahead() - len(self.tasks))
+
+    def _in_child(self) -> bool:
+        return self.deliverer is not None and self.deliverer.ready
 
     def _start_claimed(self) -> None:
         """Start claimed batches in the free slots; put those that waited too long (a quarter
@@ -289,27 +287,32 @@ class DestinationWorker:
         started = time.perf_counter()
         answered = False
         try:
-            decoded: list[Delivery | DeliveryResult] = []
-            for row in rows:
-                try:
-                    decoded.append(self.decoder.decode(row[1]))
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    decoded.append(DeliveryResult.permanent(f"stored request cannot be decoded: {exc}"))
-            deliveries = [d for d in decoded if isinstance(d, Delivery)]
-            sent = iter(await self._call_hook(deliveries, claimed_at) if deliveries else [])
+            policy = self.dest.policy
+            deadline = claimed_at + policy.lease_seconds * HOOK_LEASE_SHARE
+            requests = [row[1] for row in rows]
+            answer = None
+            if self.deliverer is not None:
+                answer = await self.deliverer.deliver(
+                    self.dest.name, requests, claimed_at + policy.lease_seconds / 4, deadline)
+                if answer is NOT_STARTED:  # waited too long in the child, or stopping
+                    answered = True
+                    self.sending -= 1
+                    await self.rt.db.write(lambda conn: outbox.release(conn, [r[0] for r in rows]))
+                    return
+            if answer is None:  # in this process
+                limit = max(0.1, deadline - time.monotonic())
+                sent = await deliver_rows(self.rt, self.dest, self.client, requests, limit)
+                latency = (time.perf_counter() - started) * 1000
+            else:
+                latency, sent = answer
             answered = True
             self.sending -= 1  # the slot is free; the rows' users wait for the record
             self._start_claimed()  # at once: a dispatch round may be waiting for the database
             self.wake.set()
-            results = [d if isinstance(d, DeliveryResult) else next(sent) for d in decoded]
-            deliveries_or_blank = [
-                d if isinstance(d, Delivery) else Delivery(kind="") for d in decoded
-            ]
-            latency = (time.perf_counter() - started) * 1000
-            policy, name, scrub = self.dest.policy, self.dest.name, self.scrub
+            name, scrub = self.dest.name, self.scrub
             outcomes = [
-                decide(policy, name, row, d.message_id, scrub(res), latency)
-                for row, d, res in zip(rows, deliveries_or_blank, results)
+                decide(policy, name, row, message_id, scrub(res), latency)
+                for row, (message_id, res) in zip(rows, sent)
             ]
             await self.results.store(outcomes)
             debug = log.isEnabledFor(logging.DEBUG)
@@ -336,50 +339,12 @@ class DestinationWorker:
             self.inflight_ids -= {r[0] for r in rows}
             self.wake.set()
 
-    async def _call_hook(self, deliveries: list[Delivery], claimed_at: float) -> list[DeliveryResult]:
-        """The plugin's answers, one per delivery; never raises (a plugin bug is retryable).
-
-        The hook has until 90 % of the lease (counted from the claim) to answer, so a hung
-        plugin cannot outlive its lease and have the same rows delivered twice at once."""
-        budget = self.dest.policy.lease_seconds * HOOK_LEASE_SHARE
-        limit = max(0.1, budget - (time.monotonic() - claimed_at))
-        try:
-            async with asyncio.timeout(limit):
-                results = await maybe_await(
-                    self.rt.registry.call(
-                        "deliver", "destination", self.dest.config.plugin,
-                        destination=self.dest.context, deliveries=deliveries, client=self.client,
-                    )
-                )
-        except TimeoutError:
-            return [DeliveryResult.retryable(f"deliver hook did not answer within {seconds_text(budget)} s")] * len(
-                deliveries
-            )
-        except RetryableError as exc:
-            return [DeliveryResult.retryable(str(exc), http_status=exc.http_status,
-                                             retry_after=exc.retry_after)] * len(deliveries)
-        except PermanentError as exc:
-            return [DeliveryResult.permanent(str(exc), http_status=exc.http_status)] * len(deliveries)
-        except Exception as exc:  # noqa: BLE001 - a plugin bug must not lose the event
-            log.exception("deliver hook of %s raised", self.dest.name)
-            return [DeliveryResult.retryable(f"deliver hook raised {type(exc).__name__}: {exc}")] * len(
-                deliveries
-            )
-        if not isinstance(results, list) or len(results) != len(deliveries):
-            error = wrong_answer(results, len(deliveries))
-            log.warning("destination %s: %s", self.dest.name, error,
-                        extra={"destination": self.dest.name})
-            return [DeliveryResult.retryable(error)] * len(deliveries)
-        return [
-            r if isinstance(r, DeliveryResult)
-            else DeliveryResult.retryable(f"deliver hook returned {type(r).__name__}, not a DeliveryResult")
-            for r in results
-        ]
-
     async def stop(self, grace: float) -> None:
         """Stop picking rows; wait ``grace`` seconds for in-flight deliveries, release the rest."""
         self.stopping = True
         self.wake.set()
+        if self.deliverer is not None:  # batches it has not started are given back
+            self.deliverer.stop_starting(self.dest.name)
         deadline = time.monotonic() + grace
         if self.runner is not None:  # let a dispatch round in progress finish its claims
             await asyncio.wait({self.runner}, timeout=grace)

@@ -56,8 +56,9 @@ def wait_until_up(url: str, timeout: float = 15.0,
 class HookyardServer:
     """A hookyard app served by uvicorn in a background thread (same process).
 
-    ``[server] map_process`` defaults to false here: the router maps in the test's process
-    (no helper process per test server); a config may turn it on."""
+    ``[server] map_process`` and ``deliver_process`` default to false here: the router maps
+    and the workers deliver in the test's process (no helper processes per test server); a
+    config may turn them on."""
 
     def __init__(self, config: dict[str, Any], data_dir: Path, plugins: list[object] | None = None) -> None:
         config = dict(config)
@@ -67,6 +68,7 @@ class HookyardServer:
         server.setdefault("host", "127.0.0.1")
         server.setdefault("admin_token", "test-admin-token")
         server.setdefault("map_process", False)
+        server.setdefault("deliver_process", False)
         config["server"] = server
         self.config = parse_config(config)
         self.runtime = Runtime.build(self.config, plugins)

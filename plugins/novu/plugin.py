@@ -34,6 +34,7 @@ def register_connectors() -> list[Connector]:
             kind="destination",
             settings=NovuSettings,
             batch_size=BATCH_SIZE,
+            deliver_anywhere=True,  # deliver needs only its settings and the HTTP client
             description="Novu: identify -> subscribers (/v2/subscribers), track -> workflow "
             "triggers (/v1/events/trigger, /bulk), group -> topics",
         ),

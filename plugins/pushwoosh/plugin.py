@@ -44,6 +44,7 @@ def register_connectors() -> list[Connector]:
             kind="destination",
             settings=PushwooshSettings,
             batch_size=BATCH_SIZE,
+            deliver_anywhere=True,  # deliver needs only its settings and the HTTP client
             description="Pushwoosh: identify -> tags (/json/1.3/setTags), "
             "track -> events (/json/1.3/postEvent)",
         ),

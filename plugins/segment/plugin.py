@@ -53,6 +53,7 @@ def register_connectors() -> list[Connector]:
             settings=SegmentForwarderSettings,
             batch_size=100,
             raw_bodies=True,  # events are forwarded as stored: no parse + re-encode per event
+            deliver_anywhere=True,  # deliver needs only its settings and the HTTP client
             description="Forwards events to Segment's tracking API (/v1/batch)",
         ),
     ]

@@ -85,6 +85,7 @@ def register_connectors() -> list[Connector]:
             kind="destination",
             settings=WebhookSettings,
             batch_size=BATCH_SIZE,
+            deliver_anywhere=True,  # deliver needs only its settings and the HTTP client
             description="Any URL: events as JSON batches signed with HMAC-SHA256",
         )
     ]

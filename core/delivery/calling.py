@@ -1,0 +1,115 @@
+"""Calling a destination's ``deliver`` hook: one answer per delivery, whatever the plugin does.
+
+Used by the delivery worker and by the deliver process (:mod:`.deliver_process`), so both turn
+a plugin's exceptions, hangs and wrong answers into results the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ..config import HOOK_LEASE_SHARE
+from ..deliveries import Delivery, DeliveryResult
+from ..errors import PermanentError, RetryableError
+from ..http import HttpClient
+from ..plugins import maybe_await
+from .retry import seconds_text, wrong_answer
+
+if TYPE_CHECKING:
+    from ..runtime import DestinationRuntime, Runtime
+
+log = logging.getLogger("hookyard.delivery")
+
+
+class _RawBodyDelivery(Delivery, kw_only=True):
+    """A Delivery whose body stays the stored JSON (``Connector.raw_bodies``)."""
+
+    body: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_delivery_decoder = msgspec.json.Decoder(Delivery)
+_raw_body_decoder = msgspec.json.Decoder(_RawBodyDelivery)
+
+
+def decoder_for(dest: DestinationRuntime) -> msgspec.json.Decoder[Delivery]:
+    """How ``dest``'s stored requests are decoded (bodies kept raw when its connector asks)."""
+    return _raw_body_decoder if dest.connector.raw_bodies else _delivery_decoder  # type: ignore[return-value]
+
+
+def decode_rows(
+    decoder: msgspec.json.Decoder[Delivery], requests: list[bytes]
+) -> list[Delivery | DeliveryResult]:
+    """Each stored request decoded, or the permanent result of one that cannot be."""
+    decoded: list[Delivery | DeliveryResult] = []
+    for request in requests:
+        try:
+            decoded.append(decoder.decode(request))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            decoded.append(DeliveryResult.permanent(f"stored request cannot be decoded: {exc}"))
+    return decoded
+
+
+async def call_deliver(
+    rt: Runtime, dest: DestinationRuntime, client: HttpClient, deliveries: list[Delivery],
+    limit: float,
+) -> list[DeliveryResult]:
+    """The plugin's answers, one per delivery; never raises (a plugin bug is retryable).
+
+    The hook has ``limit`` seconds to answer (the worker gives it until 90 % of the lease,
+    counted from the claim), so a hung plugin cannot outlive its lease and have the same rows
+    delivered twice at once."""
+    name = dest.name
+    try:
+        async with asyncio.timeout(limit):
+            results = await maybe_await(
+                rt.registry.call(
+                    "deliver", "destination", dest.config.plugin,
+                    destination=dest.context, deliveries=deliveries, client=client,
+                )
+            )
+    except TimeoutError:
+        budget = dest.policy.lease_seconds * HOOK_LEASE_SHARE
+        return [DeliveryResult.retryable(
+            f"deliver hook did not answer within {seconds_text(budget)} s")] * len(deliveries)
+    except RetryableError as exc:
+        return [DeliveryResult.retryable(str(exc), http_status=exc.http_status,
+                                         retry_after=exc.retry_after)] * len(deliveries)
+    except PermanentError as exc:
+        return [DeliveryResult.permanent(str(exc), http_status=exc.http_status)] * len(deliveries)
+    except Exception as exc:  # noqa: BLE001 - a plugin bug must not lose the event
+        log.exception("deliver hook of %s raised", name)
+        return [DeliveryResult.retryable(f"deliver hook raised {type(exc).__name__}: {exc}")] * len(
+            deliveries
+        )
+    if not isinstance(results, list) or len(results) != len(deliveries):
+        error = wrong_answer(results, len(deliveries))
+        log.warning("destination %s: %s", name, error, extra={"destination": name})
+        return [DeliveryResult.retryable(error)] * len(deliveries)
+    return [
+        r if isinstance(r, DeliveryResult)
+        else DeliveryResult.retryable(f"deliver hook returned {type(r).__name__}, not a DeliveryResult")
+        for r in results
+    ]
+
+
+async def deliver_rows(
+    rt: Runtime, dest: DestinationRuntime, client: HttpClient, requests: list[bytes], limit: float,
+) -> list[tuple[str, DeliveryResult]]:
+    """Decode the stored requests and deliver them: (message id, result) for each, in order."""
+    decoded = decode_rows(decoder_for(dest), requests)
+    deliveries = [d for d in decoded if isinstance(d, Delivery)]
+    sent = iter(await call_deliver(rt, dest, client, deliveries, limit) if deliveries else [])
+    return [("", d) if isinstance(d, DeliveryResult) else (d.message_id, next(sent))
+            for d in decoded]
+
+
+def failed(dest: DestinationRuntime, requests: list[bytes], result: DeliveryResult,
+           ) -> list[tuple[str, DeliveryResult]]:
+    """``result`` for every stored request, each with its messageId (for a batch whose
+    answer was lost: the deliver process stopped)."""
+    return [("" if isinstance(d, DeliveryResult) else d.message_id, result)
+            for d in decode_rows(decoder_for(dest), requests)]

@@ -1,0 +1,288 @@
+"""The deliver process (hookyard.delivery.deliver_process): deliver hooks on another core.
+
+It must deliver exactly what the worker would (each event once, each user's in order, the same
+outcomes and dead letters), keep to the destination's concurrency, lose nothing when it dies or
+hangs (the worker delivers itself meanwhile), give back what it did not start when the worker
+stops, and stay out of the way where it cannot or must not work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from delivery_kit import FAST, track, wait_until
+from hookyard.config import parse_config
+from hookyard.connectors import Connector
+from hookyard.delivery import deliver_process
+from hookyard.delivery.deliver_process import DeliverProcess
+from hookyard.http import HttpClient
+from hookyard.runtime import Runtime
+from hookyard.testing.fake_server import FakeServer
+from hookyard.testing.server import HookyardServer
+
+pytestmark = pytest.mark.skipif(deliver_process.cores() < 2,
+                                reason="the deliver process needs 2 cores")
+
+
+def forwarder(url: str, batch_size: int = 1, **delivery: Any) -> dict[str, Any]:
+    return {
+        "server": {"deliver_process": True},
+        "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"}],
+        "destinations": [
+            {"name": "fwd", "plugin": "segment", "sources": ["web"],
+             "settings": {"write_key": "fwd-key", "base_url": url},
+             "delivery": {**FAST, "batch_size": batch_size, **delivery}},
+            {"name": "profiles", "plugin": "profiles", "sources": ["web"]},
+        ],
+    }
+
+
+def deliverer_of(server: HookyardServer) -> DeliverProcess:
+    deliverer = server.runtime.engine.deliverer
+    assert deliverer is not None
+    return deliverer  # type: ignore[no-any-return]
+
+
+def forwarded_ids(peer: FakeServer) -> list[str]:
+    return [e["messageId"] for body in peer.json_bodies("/v1/batch") for e in body["batch"]]
+
+
+def post_batches(server: HookyardServer, users: int, per_user: int, tag: str) -> list[str]:
+    events = [track(f"u{u}", seq, messageId=f"{tag}-{u}-{seq}")
+              for seq in range(per_user) for u in range(users)]
+    for start in range(0, len(events), 100):
+        assert server.post("/v1/batch", {"batch": events[start:start + 100]}).status_code == 200
+    return [e["messageId"] for e in events]
+
+
+def in_order(got: list[str], tag: str, users: int, per_user: int) -> None:
+    for u in range(users):
+        mine = [m for m in got if m.startswith(f"{tag}-{u}-")]
+        assert mine == [f"{tag}-{u}-{seq}" for seq in range(per_user)], u
+
+
+def test_the_deliver_process_delivers_exactly_as_the_worker(tmp_path: Path) -> None:
+    with FakeServer() as peer, HookyardServer(forwarder(peer.url), tmp_path) as server:
+        deliverer = deliverer_of(server)
+        assert deliverer.ready and deliverer.destinations == ["fwd"]  # not the profile store
+        assert deliverer.proc is not None and deliverer.proc.poll() is None
+        sent = post_batches(server, users=20, per_user=15, tag="d")
+        server.wait_idle(timeout=30)
+        got = forwarded_ids(peer)
+        assert sorted(got) == sorted(sent)  # each once
+        in_order(got, "d", users=20, per_user=15)
+        assert "\nhookyard_deliver_process_up 1.0\n" in server.client.get(
+            f"{server.url}/metrics").text
+        # the attempts carry the messageIds and latencies the child measured
+        trace = server.api("/api/deliveries", params={"message_id": "d-3-7", "destination": "fwd"}).json()
+        attempts = [a for d in trace["deliveries"] for a in d["attempts_log"]]
+        assert [a["outcome"] for a in attempts] == ["ok"]
+        assert 0 < attempts[0]["latency_ms"] < 5000
+        # the profile store (no deliver_anywhere) delivered in the worker
+        assert server.api("/api/subscribers/u3").json()["distinct_id"] == "u3"
+
+
+def test_outcomes_through_the_deliver_process(tmp_path: Path) -> None:
+    """Retries (500), dead letters (400, with the body kept) as in the worker."""
+    with FakeServer() as peer, HookyardServer(
+            forwarder(peer.url, max_attempts=3), tmp_path) as server:
+        peer.fail(500, times=2)
+        assert server.post("/v1/track", track("u1", 1, messageId="retried")).status_code == 200
+        server.wait_idle(timeout=30)
+        assert forwarded_ids(peer) == ["retried"] * 3  # two 500s, then 200
+        peer.respond(400, {"error": "bad event"})
+        assert server.post("/v1/track", track("u2", 1, messageId="refused")).status_code == 200
+        server.wait_idle(timeout=30)
+        dead = server.api("/api/dead-letters").json()["items"]
+        assert [(d["message_id"], d["last_status"]) for d in dead] == [("refused", 400)]
+        assert "bad event" in dead[0]["response_body"]
+        trace = server.api("/api/deliveries", params={"message_id": "retried", "destination": "fwd"}).json()
+        outcomes = [a["outcome"] for d in trace["deliveries"] for a in d["attempts_log"]]
+        assert outcomes == ["retryable", "retryable", "ok"]
+
+
+def test_the_deliver_process_keeps_to_the_concurrency(tmp_path: Path) -> None:
+    """Every claimed batch is handed over at once; the child sends `concurrency` at a time."""
+    with FakeServer() as peer, HookyardServer(
+            forwarder(peer.url, concurrency=2), tmp_path) as server:
+        peer.hang(1.0, times=2)
+        sent = post_batches(server, users=30, per_user=1, tag="c")
+        peer.wait_for(2)
+        time.sleep(0.5)
+        assert len(peer.requests) == 2  # the others wait in the child's queue
+        server.wait_idle(timeout=30)
+        assert sorted(forwarded_ids(peer)) == sorted(sent)
+
+
+@pytest.mark.parametrize(("sig", "warning"), [
+    (signal.SIGKILL, "deliver process stopped (killed by signal 9)"),
+    # stopped: like a plugin blocking its event loop, it must not stall delivery
+    (signal.SIGSTOP, "did not answer within 0.5 s of a deliver hook's time limit, killed"),
+])
+def test_a_killed_or_stuck_deliver_process_loses_nothing(
+    sig: int, warning: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="hookyard.delivery")
+    config = forwarder("", lease_seconds=3)
+    with FakeServer() as peer:
+        config["destinations"][0]["settings"]["base_url"] = peer.url
+        with HookyardServer(config, tmp_path) as server:
+            deliverer = deliverer_of(server)
+            deliverer.answer_grace = 0.5
+            peer.hang(0.3)  # requests in flight when the signal comes
+            first = post_batches(server, users=10, per_user=3, tag="a")
+            peer.wait_for(1)
+            assert deliverer.proc is not None
+            os.kill(deliverer.proc.pid, sig)
+            peer.reset()
+            later = post_batches(server, users=10, per_user=3, tag="b")
+            server.wait_idle(timeout=30)
+            got = forwarded_ids(peer)
+            assert set(got) == set(first + later)  # none lost (in-flight ones may repeat)
+            assert not deliverer.ready and deliverer.proc is None
+            assert "\nhookyard_deliver_process_up 0.0\n" in server.client.get(
+                f"{server.url}/metrics").text
+    assert warning in caplog.text
+    assert "delivering in the worker process (trying again in 30 s)" in caplog.text
+    stopped = [r for r in caplog.records if "deliver process stopped before answering" in
+               r.getMessage()]
+    assert all("attempt 1" in r.getMessage() for r in stopped)  # retried, with its messageId
+
+
+def test_a_dead_deliver_process_is_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deliver_process, "RESTART_AFTER", 0.2)
+    with FakeServer() as peer, HookyardServer(forwarder(peer.url), tmp_path) as server:
+        deliverer = deliverer_of(server)
+        first = deliverer.proc
+        assert first is not None
+        first.kill()
+        wait_until(lambda: not deliverer.ready, what="the worker to notice")
+        time.sleep(0.3)
+        sent = post_batches(server, users=5, per_user=40, tag="r")
+        wait_until(lambda: deliverer.ready, timeout=30, what="a new deliver process")
+        server.wait_idle(timeout=30)
+        assert sorted(forwarded_ids(peer)) == sorted(sent)
+        assert deliverer.proc is not None and deliverer.proc.pid != first.pid
+
+
+class Sent:
+    """Stands in for the child's end of the socket: collects the answers."""
+
+    def __init__(self) -> None:
+        self.answers: list[Any] = []
+
+    def send(self, payload: bytes) -> None:
+        self.answers.append(msgspec.msgpack.decode(payload))
+
+
+def test_the_child_does_not_start_late_batches_nor_any_once_told_to_stop() -> None:
+    """A batch that waited in the child past its start-by time is not sent (its lease may run
+    out); after ``stop`` none is. Both are answered as not started: the worker gives their rows
+    back without counting an attempt."""
+    rt = Runtime.build(parse_config(forwarder("http://127.0.0.1:9")), prepare=False)
+    proto = Sent()
+
+    async def scenario() -> None:
+        lane = deliver_process._Lane(rt, rt.destinations["fwd"], HttpClient(), proto)  # type: ignore[arg-type]
+        now = time.monotonic()
+        lane.queue.append((1, now - 1, now + 5, [b"{}"]))
+        lane.pump()
+        assert proto.answers == [[1, False, 0.0, []]]
+        lane.stop()
+        lane.queue.append((2, now + 5, now + 5, [b"{}"]))
+        lane.pump()
+        assert proto.answers[-1] == [2, False, 0.0, []]
+        assert lane.running == 0
+        await lane.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_deliver_process_stops_with_the_server(tmp_path: Path) -> None:
+    with FakeServer() as peer:
+        server = HookyardServer(forwarder(peer.url), tmp_path).start()
+        proc = deliverer_of(server).proc
+        assert proc is not None
+        server.stop()
+        assert proc.poll() is not None
+
+
+def test_a_stopping_worker_gives_back_what_the_child_has_not_started(tmp_path: Path) -> None:
+    with FakeServer() as peer:
+        server = HookyardServer(forwarder(peer.url, concurrency=1), tmp_path).start()
+        try:
+            peer.hang(0.5)
+            post_batches(server, users=20, per_user=1, tag="s")
+            peer.wait_for(1)
+        finally:
+            server.stop()
+        states = server.runtime.db.read_sync(lambda conn: dict(conn.execute(
+            "SELECT state, count(*) FROM outbox WHERE destination = 'fwd' GROUP BY state")))
+        # the one in flight finished (or was released); the rest went back to pending at once,
+        # not sent during the grace period
+        assert states.get("inflight", 0) == 0
+        assert len(peer.requests) <= 2
+        assert states.get("pending", 0) >= 18
+
+
+def test_deliver_process_off_or_not_allowed(tmp_path: Path) -> None:
+    config = forwarder("http://127.0.0.1:9")
+    config["server"]["deliver_process"] = False
+    assert DeliverProcess.wanted(Runtime.build(parse_config(config), prepare=False)) is None
+    only_profiles = forwarder("http://127.0.0.1:9")
+    del only_profiles["destinations"][0]
+    assert DeliverProcess.wanted(Runtime.build(parse_config(only_profiles), prepare=False)) is None
+    with FakeServer() as peer, HookyardServer(
+            {**forwarder(peer.url), "server": {"deliver_process": False}}, tmp_path) as server:
+        assert server.runtime.engine.deliverer is None
+        assert "hookyard_deliver_process_up" not in server.client.get(
+            f"{server.url}/metrics").text
+        sent = post_batches(server, users=3, per_user=3, tag="off")
+        server.wait_idle(timeout=30)
+        assert sorted(forwarded_ids(peer)) == sorted(sent)
+
+
+def test_plugins_given_as_objects_keep_delivering_in_the_worker(tmp_path: Path) -> None:
+    module = types.ModuleType("hookyard_test_not_importable")
+    rt = Runtime.build(parse_config(forwarder("http://127.0.0.1:9")), [object(), module],
+                       prepare=False)
+    assert DeliverProcess.wanted(rt) is None
+
+
+def test_a_child_that_cannot_start_leaves_delivery_to_the_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="hookyard.delivery")
+    config = parse_config({**forwarder("http://127.0.0.1:9"),
+                           "server": {"data_dir": str(tmp_path)}})
+    rt = Runtime.build(config, prepare=False)
+    deliverer = DeliverProcess(rt, ["hookyard_no_such_module"], ["fwd"])
+
+    async def attempt() -> Any:
+        await deliverer.start_and_wait()
+        answer = await deliverer.deliver("fwd", [b"{}"], time.monotonic() + 5, time.monotonic() + 5)
+        await deliverer.close()
+        return answer
+
+    assert asyncio.run(attempt()) is None  # the caller delivers in-process
+    assert not deliverer.ready
+    assert "deliver process could not start: ModuleNotFoundError" in caplog.text
+
+
+def test_connectors_say_whether_deliver_may_run_anywhere() -> None:
+    rt = Runtime.build(parse_config(forwarder("http://127.0.0.1:9")), prepare=False)
+    allowed = {c.name for c, _ in rt.registry.all() if c.kind == "destination" and c.deliver_anywhere}
+    assert {"segment", "novu", "pushwoosh"} <= allowed
+    assert "profiles" not in allowed  # it writes this host's profile database
+    assert Connector(name="x", kind="destination").deliver_anywhere is False  # opt-in
