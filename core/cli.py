@@ -179,7 +179,7 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
         for result in rt.pm.hook.startup(runtime=rt):
             await maybe_await(result)
         engine = Engine(rt)
-        await engine.start()
+        await engine.start(wait_for_helpers=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         def on_signal(sig: int) -> None:

@@ -59,7 +59,11 @@ class Engine:
         for fn in self.observers:
             fn(destination, outcomes)
 
-    async def start(self) -> None:
+    async def start(self, wait_for_helpers: bool = False) -> None:
+        """Start the router, the workers and maintenance. ``wait_for_helpers`` (``hookyard
+        worker``, which has no requests to take meanwhile): first wait, up to 10 s, for the
+        deliver process, so that deliveries start where they are cheapest; ``serve`` starts at
+        once and its workers deliver themselves until the helper is ready."""
         names = list(self.workers)
         recovered = await self.rt.db.write(lambda c: outbox.recover_leases(c, names))
         if recovered:
@@ -68,7 +72,10 @@ class Engine:
         if listen is not None:  # PostgreSQL: deliveries routed by another node wake this one
             listen(asyncio.get_running_loop(), self.wake_all)
         if self.deliverer is not None:
-            await self.deliverer.start_and_wait()
+            if wait_for_helpers:
+                await self.deliverer.start_and_wait()
+            else:
+                self.deliverer.start()
         self.tasks.append(asyncio.create_task(self._route_loop(), name="hookyard-router"))
         self.tasks.append(asyncio.create_task(self._maintenance_loop(), name="hookyard-maintenance"))
         for worker in self.workers.values():

@@ -12,6 +12,8 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -28,6 +30,7 @@ from hookyard.http import HttpClient
 from hookyard.runtime import Runtime
 from hookyard.testing.fake_server import FakeServer
 from hookyard.testing.server import HookyardServer
+from test_map_process import children_running, state
 
 pytestmark = pytest.mark.skipif(deliver_process.cores() < 2,
                                 reason="the deliver process needs 2 cores")
@@ -47,9 +50,11 @@ def forwarder(url: str, batch_size: int = 1, **delivery: Any) -> dict[str, Any]:
 
 
 def deliverer_of(server: HookyardServer) -> DeliverProcess:
-    deliverer = server.runtime.engine.deliverer
+    """The server's deliver process, once it is ready (``serve`` does not wait for it)."""
+    deliverer: DeliverProcess | None = server.runtime.engine.deliverer
     assert deliverer is not None
-    return deliverer  # type: ignore[no-any-return]
+    wait_until(lambda: deliverer.ready, timeout=30, what="the deliver process to be ready")
+    return deliverer
 
 
 def forwarded_ids(peer: FakeServer) -> list[str]:
@@ -234,6 +239,35 @@ def test_a_stopping_worker_gives_back_what_the_child_has_not_started(tmp_path: P
         assert states.get("inflight", 0) == 0
         assert len(peer.requests) <= 2
         assert states.get("pending", 0) >= 18
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_deliver_process_exits_when_the_worker_is_killed(tmp_path: Path) -> None:
+    """kill -9 of `hookyard worker` leaves no deliver process behind: its socket closes."""
+    config = tmp_path / "hookyard.toml"
+    config.write_text(
+        '[server]\nadmin_token = "t-admin-0123456789"\n'
+        '[[sources]]\nname = "web"\nplugin = "segment"\nwrite_key = "test-write-key"\n'
+        '[[destinations]]\nname = "fwd"\nplugin = "segment"\nsources = ["web"]\n'
+        '[destinations.settings]\nwrite_key = "fwd-key"\nbase_url = "http://127.0.0.1:9"\n'
+    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hookyard", "worker", "--config", str(config),
+             "--data-dir", str(tmp_path / "data")], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: b"delivering for fwd" in log.read_bytes(), timeout=30,
+                   what="the worker to start")
+        children = children_running(proc.pid, "hookyard.delivery.deliver_process")
+        assert children, log.read_text()  # the worker waited for it
+        proc.kill()
+        proc.wait(timeout=10)
+        wait_until(lambda: all(state(c) in (None, "Z") for c in children),
+                   timeout=15, what="the orphaned deliver process to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_deliver_process_off_or_not_allowed(tmp_path: Path) -> None:
