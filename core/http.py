@@ -116,10 +116,10 @@ class HttpClient:
     ) -> HttpResponse:
         """Send one request; network errors and timeouts raise (see :meth:`send`). A redirect
         is returned as it is, never followed."""
-        hdrs = dict(headers or {})
+        hdrs = headers
         if json is not None:
             data = _encoder.encode(json)
-            hdrs.setdefault("Content-Type", "application/json")
+            hdrs = {"Content-Type": "application/json", **(headers or {})}
         async with self._get_session().request(
             method, url, data=data, headers=hdrs, allow_redirects=False
         ) as resp:

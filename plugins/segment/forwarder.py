@@ -72,6 +72,13 @@ def forwarded_event(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)  # one per configured destination, built once
+@functools.lru_cache(maxsize=64)
+def request_target(base_url: str, write_key: str) -> tuple[str, dict[str, str]]:
+    """The ``/v1/batch`` URL and headers of a destination (made once, not per request)."""
+    return (base_url.rstrip("/") + BATCH_PATH,
+            {"Authorization": basic_auth(write_key), "Content-Type": "application/json"})
+
+
 def basic_auth(write_key: str) -> str:
     """Segment's ``Authorization`` value: Basic base64(write key + ":")."""
     return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode("ascii")
@@ -133,8 +140,7 @@ async def deliver(
         else:
             encoded[i] = data
     sent = sent_at()
-    url = settings.base_url.rstrip("/") + BATCH_PATH
-    headers = {"Authorization": basic_auth(settings.write_key), "Content-Type": "application/json"}
+    url, headers = request_target(settings.base_url, settings.write_key)
     failed: DeliveryResult | None = None
     for group in pack([(i, len(data)) for i, data in encoded.items()], sent):
         if failed is not None:
