@@ -24,7 +24,7 @@ import pytest
 from delivery_kit import FAST, track, wait_until
 from hookyard.config import parse_config
 from hookyard.connectors import Connector
-from hookyard.delivery import deliver_process
+from hookyard.delivery import deliver_child, deliver_process
 from hookyard.delivery.deliver_process import DeliverProcess
 from hookyard.http import HttpClient
 from hookyard.runtime import Runtime
@@ -199,7 +199,7 @@ def test_the_child_does_not_start_late_batches_nor_any_once_told_to_stop() -> No
     proto = Sent()
 
     async def scenario() -> None:
-        lane = deliver_process._Lane(rt, rt.destinations["fwd"], HttpClient(), proto)  # type: ignore[arg-type]
+        lane = deliver_child.Lane(rt, rt.destinations["fwd"], HttpClient(), proto)  # type: ignore[arg-type]
         now = time.monotonic()
         lane.queue.append((1, now - 1, now + 5, [b"{}"]))
         lane.pump()
@@ -259,7 +259,7 @@ def test_the_deliver_process_exits_when_the_worker_is_killed(tmp_path: Path) -> 
     try:
         wait_until(lambda: b"delivering for fwd" in log.read_bytes(), timeout=30,
                    what="the worker to start")
-        children = children_running(proc.pid, "hookyard.delivery.deliver_process")
+        children = children_running(proc.pid, "hookyard.delivery.deliver_child")
         assert children, log.read_text()  # the worker waited for it
         proc.kill()
         proc.wait(timeout=10)

@@ -1,0 +1,158 @@
+"""The deliver process itself: ``python -m hookyard.delivery.deliver_child``.
+
+Started by :class:`~.deliver_process.DeliverProcess` (read its docstring first). It builds a
+runtime from the worker's config and plugins, opens an HTTP client per destination, and then
+delivers the batches the worker hands it: per destination in the order they came and at most
+``concurrency`` at once (:class:`Lane`), starting the next as soon as one is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import importlib
+import logging
+import os
+import pickle
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..deliveries import DeliveryResult
+from ..http import HttpClient
+from .calling import deliver_rows
+from .frames import ANSWER_DELAY, Framed, encoder, request_decoder
+
+if TYPE_CHECKING:
+    from ..runtime import DestinationRuntime, Runtime
+
+log = logging.getLogger("hookyard.delivery")
+SOCKET_FD = "HOOKYARD_DELIVER_FD"  # environment: the child's end of the socket pair
+
+
+async def _serve(sock: socket.socket) -> None:
+    from ..logs import setup_logging
+    from ..runtime import Runtime
+
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+    state: dict[str, Any] = {}
+    lanes: dict[str, Lane] = {}
+
+    def on_frame(frame: bytes) -> None:
+        if "rt" not in state:
+            rt = state["rt"] = _init(frame, proto, setup_logging, Runtime)
+            if rt is None:
+                proto.close()  # after writing the error
+                return
+            for name, dest in rt.destinations.items():
+                client = HttpClient(connect_timeout=dest.policy.connect_timeout_seconds,
+                                    total_timeout=dest.policy.total_timeout_seconds)
+                lanes[name] = Lane(rt, dest, client, proto)
+            return
+        req_id, name, start_by, deadline, requests = request_decoder.decode(frame)
+        lane = lanes.get(name)
+        if lane is None:
+            error = DeliveryResult.retryable(f"unknown destination {name!r}")
+            proto.send(encoder.encode((req_id, True, 0.0, [("", error)] * len(requests))))
+        elif req_id == 0:
+            lane.stop()
+        else:
+            lane.queue.append((req_id, start_by, deadline, requests))
+            lane.pump()
+
+    def on_lost() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    proto = Framed(on_frame, on_lost, ANSWER_DELAY)
+    await loop.connect_accepted_socket(lambda: proto, sock)
+    await ended
+    for lane in lanes.values():
+        await lane.close()
+
+
+class Lane:
+    """One destination in the child: its batches in order, ``concurrency`` at once."""
+
+    def __init__(self, rt: Runtime, dest: DestinationRuntime, client: HttpClient,
+                 proto: Framed) -> None:
+        self.rt, self.dest, self.client, self.proto = rt, dest, client, proto
+        self.limit = dest.policy.concurrency
+        self.stopping = False
+        self.queue: collections.deque[tuple[int, float, float, list[bytes]]] = collections.deque()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.running = 0
+
+    def pump(self) -> None:
+        """Start the queued batches that fit (at once when one ends: as the baseline of a
+        bare aiohttp loop does, not a trip to the worker and back)."""
+        while self.queue and self.running < self.limit:
+            req_id, start_by, deadline, requests = self.queue.popleft()
+            now = time.monotonic()
+            if now > start_by or self.stopping:
+                self.proto.send(encoder.encode((req_id, False, 0.0, [])))
+                continue
+            self.running += 1
+            task = asyncio.get_running_loop().create_task(
+                self._run(req_id, requests, max(0.1, deadline - now)))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def stop(self) -> None:
+        self.stopping = True
+        while self.queue:
+            self.proto.send(encoder.encode((self.queue.popleft()[0], False, 0.0, [])))
+
+    async def _run(self, req_id: int, requests: list[bytes], limit: float) -> None:
+        started = time.perf_counter()
+        try:
+            sent = await deliver_rows(self.rt, self.dest, self.client, requests, limit)
+        except Exception as exc:  # noqa: BLE001 - deliver_rows handles the plugin's; a bug here
+            log.exception("deliver process: delivering %d rows of %s failed",
+                          len(requests), self.dest.name)
+            sent = [("", DeliveryResult.retryable(f"deliver process: {type(exc).__name__}: {exc}"))
+                    ] * len(requests)
+        finally:
+            self.running -= 1
+        latency = (time.perf_counter() - started) * 1000
+        self.proto.send(encoder.encode((req_id, True, latency, sent)))
+        self.pump()
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await self.client.close()
+
+
+def _init(frame: bytes, proto: Framed, setup_logging: Any, runtime: Any) -> Any:
+    try:
+        config, modules, level, secrets = pickle.loads(frame)
+        setup_logging(logging.getLevelName(level).lower(), secrets)
+        plugins: list[object] = [importlib.import_module(name) for name in modules]
+        rt = runtime.build(config, plugins, prepare=False)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which delivers itself
+        proto.send(f"error: {type(exc).__name__}: {exc}".encode())
+        return None
+    proto.send(b"ready")
+    return rt
+
+
+def main() -> int:
+    """The child's entry point: the socket named by :data:`SOCKET_FD`; stdout and stderr are
+    the worker's."""
+    import signal
+
+    from ..cli import run_loop
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(os.environ.pop(SOCKET_FD)))
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    run_loop(_serve(sock))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
