@@ -93,7 +93,7 @@ class EngineRun:
     seconds: float
     route_seconds: float
     cpu_s: float
-    map_cpu_s: float  # the worker's map process (hookyard.delivery.map_process)
+    map_cpu_s: float  # the worker's helper processes (map process, deliver process)
     done: int
     requests: int
 
@@ -221,7 +221,7 @@ def _run_engine(data: Path, config: Path, events: int, timeout: float) -> Engine
 
 
 def _cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds of the worker and of its child processes (the map process)."""
+    """CPU seconds of the worker and of its child processes (the map and deliver processes)."""
     from .common import Served
 
     children = 0.0
