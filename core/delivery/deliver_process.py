@@ -39,7 +39,7 @@ from ..deliveries import DeliveryResult
 from .calling import failed
 from .deliver_child import SOCKET_FD
 from .frames import Framed, answer_decoder, encoder
-from .map_process import cores, plugin_modules
+from .helper_processes import cores, exit_status, plugin_modules, reap
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -153,7 +153,7 @@ class DeliverProcess:
             self._gone(f"could not start: no answer within {START_TIMEOUT:g} s")
             return
         except ConnectionError:
-            self._gone(f"could not start ({self._exit_status() or 'connection closed'})")
+            self._gone(f"could not start ({exit_status(self.proc) or 'connection closed'})")
             return
         if answer != b"ready":
             self._gone(f"could not start: {answer.decode(errors='replace').removeprefix('error: ')}")
@@ -175,7 +175,7 @@ class DeliverProcess:
 
     def _lost(self) -> None:
         if self.ready and not self._closing:
-            self._gone(f"stopped ({self._exit_status() or 'connection closed'})")
+            self._gone(f"stopped ({exit_status(self.proc) or 'connection closed'})")
         else:
             self.ready = False
             self._fail_waiting()
@@ -221,15 +221,6 @@ class DeliverProcess:
             if not fut.done():
                 fut.set_exception(ConnectionError(STOPPED))
 
-    def _exit_status(self) -> str:
-        if self.proc is None:
-            return ""
-        try:
-            code = self.proc.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            return ""
-        return f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
-
     def _gone(self, why: str) -> None:
         log.warning("deliver process %s; delivering in the worker process (trying again in %g s)",
                     why, RESTART_AFTER)
@@ -243,13 +234,7 @@ class DeliverProcess:
         if self.proto is not None and self.proto.transport is not None:
             self.proto.transport.close()
         self.proto = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL did not work
-                pass
+        reap(self.proc)
         self.proc = None
 
     async def close(self) -> None:

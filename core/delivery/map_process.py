@@ -34,10 +34,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-import types
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
+
+from .helper_processes import cores, exit_status, plugin_modules, reap
+
+__all__ = ["MapProcess", "cores", "plugin_modules", "startup_plugins"]
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -53,36 +56,6 @@ ANSWER_FD = "HOOKYARD_MAP_ANSWER_FD"  # environment: the child's descriptor for 
 
 Batch = tuple[int, int, int, list[tuple[Any, ...]]]
 """(stored cursor, inbox rows read, the last row's id, their outbox rows)."""
-
-
-def cores(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:
-    """The cores this process may use: those it may run on, fewer under a container's CPU
-    quota (cgroup v2 ``cpu.max``, as ``docker run --cpus 1`` sets it)."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        count = os.cpu_count() or 1
-    try:
-        quota, period = open(cgroup).read().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, -(-int(quota) // int(period))))  # rounded up
-    except (OSError, ValueError):
-        pass
-    return count
-
-
-def plugin_modules(rt: Runtime) -> list[str] | None:
-    """The modules a child must import to have ``rt``'s plugins besides the installed ones
-    (entry points, which it loads itself); None when one of them is not a module."""
-    installed = {id(plugin) for plugin, _ in rt.pm.list_plugin_distinfo()}
-    names = []
-    for _, plugin in rt.pm.list_name_plugin():
-        if id(plugin) in installed or plugin is None:
-            continue
-        if not isinstance(plugin, types.ModuleType):
-            return None
-        names.append(plugin.__name__)
-    return names
 
 
 def startup_plugins(rt: Runtime) -> list[str]:
@@ -200,7 +173,7 @@ class MapProcess:
             self._gone(f"did not answer within {self.answer_timeout:g} s, killed")
             return None
         except (EOFError, OSError) as exc:
-            self._gone(f"stopped ({self._exit_status() or type(exc).__name__})")
+            self._gone(f"stopped ({exit_status(self.proc) or type(exc).__name__})")
             return None
         if answer[0] != "ok":
             log.warning("map process: %s; mapping this batch in the worker", answer[1])
@@ -214,15 +187,6 @@ class MapProcess:
         if not self._recv.poll(self.answer_timeout):
             raise TimeoutError
         return self._recv.recv()
-
-    def _exit_status(self) -> str:
-        if self.proc is None:
-            return ""
-        try:
-            code = self.proc.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            return ""
-        return f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
 
     def _gone(self, why: str) -> None:
         log.warning("map process %s; mapping in the worker process (trying again in %g s)",
@@ -240,13 +204,7 @@ class MapProcess:
                 except OSError:
                     pass
         self._send = self._recv = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL did not work
-                pass
+        reap(self.proc)
         self.proc = None
 
     async def close(self) -> None:

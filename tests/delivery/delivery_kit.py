@@ -16,8 +16,11 @@ the core helper (``hookyard.fields.resolve_fields``), so a missing required fiel
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +33,7 @@ from hookyard.events import Event, event_type
 from hookyard.fields import resolve_fields
 from hookyard.http import HttpClient
 from hookyard.testing.cluster import wait_for
-from hookyard.testing.fake_server import RecordedRequest
+from hookyard.testing.fake_server import FakeServer, RecordedRequest
 from hookyard.testing.server import HookyardServer, basic_auth
 
 BATCH_SIZE = 5
@@ -211,3 +214,72 @@ def dead_letters(server: HookyardServer, **params: Any) -> list[dict[str, Any]]:
     assert r.status_code == 200, r.text
     found: list[dict[str, Any]] = r.json()["items"]
     return found
+
+
+# -- helper processes (map process, deliver process) --------------------------------------
+def forwarded_ids(peer: FakeServer) -> list[str]:
+    return [e["messageId"] for body in peer.json_bodies("/v1/batch") for e in body["batch"]]
+
+
+def post_batches(server: HookyardServer, users: int, per_user: int, tag: str) -> list[str]:
+    events = [track(f"u{u}", seq, messageId=f"{tag}-{u}-{seq}")
+              for seq in range(per_user) for u in range(users)]
+    for start in range(0, len(events), 100):
+        assert server.post("/v1/batch", {"batch": events[start:start + 100]}).status_code == 200
+    return [e["messageId"] for e in events]
+
+
+def state(pid: int) -> str | None:
+    """The process's state letter (``Z``: a zombie), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def children_running(pid: int, module: str) -> list[int]:
+    """Live processes whose parent is ``pid`` and whose command line names ``module``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and module.encode() in cmdline and state(int(entry.name)) not in (None, "Z"):
+            found.append(int(entry.name))
+    return found
+
+
+FORWARDER_TOML = (
+    '[[sources]]\nname = "web"\nplugin = "segment"\nwrite_key = "test-write-key"\n'
+    '[[destinations]]\nname = "fwd"\nplugin = "segment"\nsources = ["web"]\n'
+    '[destinations.settings]\nwrite_key = "fwd-key"\nbase_url = "http://127.0.0.1:9"\n'
+)
+"""A Segment forwarder to a closed port, for tests of whole ``hookyard`` processes."""
+
+
+def spawn_hookyard(tmp_path: Path, command: str, server_toml: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """``hookyard <command>`` (serve, worker) with :data:`FORWARDER_TOML` in a subprocess;
+    returns the process and its log file."""
+    config = tmp_path / "hookyard.toml"
+    config.write_text(f'[server]\nadmin_token = "t-admin-0123456789"\n{server_toml}{FORWARDER_TOML}')
+    log = tmp_path / f"{command}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hookyard", command, "--config", str(config),
+             "--data-dir", str(tmp_path / "data")], stdout=out, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def kill_leaves_no_helpers(proc: subprocess.Popen[bytes], modules: list[str]) -> None:
+    """kill -9 ``proc`` once a child runs each of ``modules``; then every one must exit by
+    itself (its input from the killed parent closes)."""
+    children = [wait_until(lambda m=m: children_running(proc.pid, m),  # type: ignore[misc]
+                           timeout=30, what=m) for m in modules]
+    proc.kill()
+    proc.wait(timeout=10)
+    wait_until(lambda: all(state(c) in (None, "Z") for found in children for c in found),
+               timeout=15, what="the orphaned helper processes to exit")

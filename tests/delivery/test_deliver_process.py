@@ -12,8 +12,6 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 import types
 from pathlib import Path
@@ -21,7 +19,16 @@ from typing import Any
 
 import msgspec
 import pytest
-from delivery_kit import FAST, track, wait_until
+from delivery_kit import (
+    FAST,
+    children_running,
+    forwarded_ids,
+    kill_leaves_no_helpers,
+    post_batches,
+    spawn_hookyard,
+    track,
+    wait_until,
+)
 from hookyard.config import parse_config
 from hookyard.connectors import Connector
 from hookyard.delivery import deliver_child, deliver_process
@@ -30,7 +37,6 @@ from hookyard.http import HttpClient
 from hookyard.runtime import Runtime
 from hookyard.testing.fake_server import FakeServer
 from hookyard.testing.server import HookyardServer
-from test_map_process import children_running, state
 
 pytestmark = pytest.mark.skipif(deliver_process.cores() < 2,
                                 reason="the deliver process needs 2 cores")
@@ -55,18 +61,6 @@ def deliverer_of(server: HookyardServer) -> DeliverProcess:
     assert deliverer is not None
     wait_until(lambda: deliverer.ready, timeout=30, what="the deliver process to be ready")
     return deliverer
-
-
-def forwarded_ids(peer: FakeServer) -> list[str]:
-    return [e["messageId"] for body in peer.json_bodies("/v1/batch") for e in body["batch"]]
-
-
-def post_batches(server: HookyardServer, users: int, per_user: int, tag: str) -> list[str]:
-    events = [track(f"u{u}", seq, messageId=f"{tag}-{u}-{seq}")
-              for seq in range(per_user) for u in range(users)]
-    for start in range(0, len(events), 100):
-        assert server.post("/v1/batch", {"batch": events[start:start + 100]}).status_code == 200
-    return [e["messageId"] for e in events]
 
 
 def in_order(got: list[str], tag: str, users: int, per_user: int) -> None:
@@ -242,29 +236,15 @@ def test_a_stopping_worker_gives_back_what_the_child_has_not_started(tmp_path: P
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_the_deliver_process_exits_when_the_worker_is_killed(tmp_path: Path) -> None:
-    """kill -9 of `hookyard worker` leaves no deliver process behind: its socket closes."""
-    config = tmp_path / "hookyard.toml"
-    config.write_text(
-        '[server]\nadmin_token = "t-admin-0123456789"\n'
-        '[[sources]]\nname = "web"\nplugin = "segment"\nwrite_key = "test-write-key"\n'
-        '[[destinations]]\nname = "fwd"\nplugin = "segment"\nsources = ["web"]\n'
-        '[destinations.settings]\nwrite_key = "fwd-key"\nbase_url = "http://127.0.0.1:9"\n'
-    )
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hookyard", "worker", "--config", str(config),
-             "--data-dir", str(tmp_path / "data")], stdout=out, stderr=subprocess.STDOUT)
+def test_hookyard_worker_waits_for_its_deliver_process(tmp_path: Path) -> None:
+    """`hookyard worker` says it delivers once its deliver process runs; kill -9 of the worker
+    leaves no deliver process behind (see test_map_process for `serve`)."""
+    proc, log = spawn_hookyard(tmp_path, "worker", "")
     try:
         wait_until(lambda: b"delivering for fwd" in log.read_bytes(), timeout=30,
                    what="the worker to start")
-        children = children_running(proc.pid, "hookyard.delivery.deliver_child")
-        assert children, log.read_text()  # the worker waited for it
-        proc.kill()
-        proc.wait(timeout=10)
-        wait_until(lambda: all(state(c) in (None, "Z") for c in children),
-                   timeout=15, what="the orphaned deliver process to exit")
+        assert children_running(proc.pid, "hookyard.delivery.deliver_child"), log.read_text()
+        kill_leaves_no_helpers(proc, ["hookyard.delivery.deliver_child"])
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -10,15 +10,21 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 import types
 from pathlib import Path
 from typing import Any
 
 import pytest
-from delivery_kit import FAST, RecorderPlugin, track, wait_until
+from delivery_kit import (
+    FAST,
+    RecorderPlugin,
+    forwarded_ids,
+    kill_leaves_no_helpers,
+    post_batches,
+    spawn_hookyard,
+    wait_until,
+)
 from hookyard.config import parse_config
 from hookyard.delivery import map_process, router
 from hookyard.delivery.map_process import MapProcess, plugin_modules
@@ -48,18 +54,6 @@ def ready(server: HookyardServer) -> MapProcess:
     assert mapper is not None
     wait_until(lambda: mapper.ready, timeout=30, what="the map process to be ready")
     return mapper
-
-
-def forwarded_ids(peer: FakeServer) -> list[str]:
-    return [e["messageId"] for body in peer.json_bodies("/v1/batch") for e in body["batch"]]
-
-
-def post_batches(server: HookyardServer, users: int, per_user: int, tag: str) -> list[str]:
-    events = [track(f"u{u}", seq, messageId=f"{tag}-{u}-{seq}")
-              for seq in range(per_user) for u in range(users)]
-    for start in range(0, len(events), 100):
-        assert server.post("/v1/batch", {"batch": events[start:start + 100]}).status_code == 200
-    return [e["messageId"] for e in events]
 
 
 def test_map_process_routes_exactly_as_the_worker_maps(tmp_path: Path) -> None:
@@ -135,55 +129,16 @@ def test_a_server_stopped_while_its_map_process_starts_says_nothing(
     assert "map process" not in caplog.text
 
 
-def state(pid: int) -> str | None:
-    """The process's state letter (``Z``: a zombie), None when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def children_running(pid: int, module: str) -> list[int]:
-    """Live processes whose parent is ``pid`` and whose command line names ``module``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid and module.encode() in cmdline and state(int(entry.name)) not in (None, "Z"):
-            found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_the_map_process_exits_when_the_worker_is_killed(tmp_path: Path) -> None:
-    """kill -9 of `hookyard serve` leaves no map process behind: its stdin closes."""
+def test_the_helper_processes_exit_when_serve_is_killed(tmp_path: Path) -> None:
+    """kill -9 of `hookyard serve` leaves no map process and no deliver process behind: their
+    input closes."""
     port = free_port()
-    config = tmp_path / "hookyard.toml"
-    config.write_text(
-        f'[server]\nport = {port}\nadmin_token = "t-admin-0123456789"\n'
-        '[[sources]]\nname = "web"\nplugin = "segment"\nwrite_key = "test-write-key"\n'
-        '[[destinations]]\nname = "fwd"\nplugin = "segment"\nsources = ["web"]\n'
-        '[destinations.settings]\nwrite_key = "fwd-key"\nbase_url = "http://127.0.0.1:9"\n'
-    )
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hookyard", "serve", "--config", str(config),
-             "--data-dir", str(tmp_path / "data")], stdout=out, stderr=subprocess.STDOUT)
+    proc, log = spawn_hookyard(tmp_path, "serve", f"port = {port}\n")
     try:
         wait_until_up(f"http://127.0.0.1:{port}", proc=proc, log=log)
-        children = wait_until(
-            lambda: children_running(proc.pid, "hookyard.delivery.map_process"),
-            timeout=30, what="the map process")
-        proc.kill()
-        proc.wait(timeout=10)
-        wait_until(lambda: all(state(c) in (None, "Z") for c in children),
-                   timeout=15, what="the orphaned map process to exit")
+        kill_leaves_no_helpers(
+            proc, ["hookyard.delivery.map_process", "hookyard.delivery.deliver_child"])
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,67 @@
+"""What the worker's helper processes (:mod:`.map_process`, :mod:`.deliver_process`) share:
+whether there is a core for them, which plugin modules they must import, and how a child that
+ended is described and reaped."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import types
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+
+def cores(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may use: those it may run on, fewer under a container's CPU
+    quota (cgroup v2 ``cpu.max``, as ``docker run --cpus 1`` sets it)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = open(cgroup).read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))  # rounded up
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+def plugin_modules(rt: Runtime) -> list[str] | None:
+    """The modules a child must import to have ``rt``'s plugins besides the installed ones
+    (entry points, which it loads itself); None when one of them is not a module."""
+    installed = {id(plugin) for plugin, _ in rt.pm.list_plugin_distinfo()}
+    names = []
+    for _, plugin in rt.pm.list_name_plugin():
+        if id(plugin) in installed or plugin is None:
+            continue
+        if not isinstance(plugin, types.ModuleType):
+            return None
+        names.append(plugin.__name__)
+    return names
+
+
+def exit_status(proc: subprocess.Popen[bytes] | None) -> str:
+    """How ``proc`` ended ("exit status 1", "killed by signal 9"); "" while it runs on (it is
+    given a second to end)."""
+    if proc is None:
+        return ""
+    try:
+        code = proc.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        return ""
+    return f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
+
+
+def reap(proc: subprocess.Popen[bytes] | None) -> None:
+    """Kill ``proc`` if it still runs and wait for it (no zombie left behind)."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL did not work
+        pass
