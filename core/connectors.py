@@ -41,12 +41,12 @@ class Connector:
                 the stored JSON not parsed (``msgspec.json.decode`` it to look inside). For a
                 connector that sends the body as it is: msgspec and ``HttpClient.send(json=...)``
                 encode a Raw verbatim, which saves parsing and re-encoding every body.
+    description: one line shown by ``hookyard plugins``.
     deliver_anywhere: destinations only: ``deliver`` needs nothing but its arguments (the
                 settings, the deliveries, the HTTP client): no ``destination.state`` a
                 ``startup`` hook prepared, no files or databases of this host. The engine may
                 then call it in its helper process, on another core
                 (``hookyard.delivery.deliver_process``; docs/delivery.md).
-    description: one line shown by ``hookyard plugins``.
     """
 
     name: str
@@ -55,8 +55,8 @@ class Connector:
     paths: tuple[str, ...] = ()
     batch_size: int = 1
     raw_bodies: bool = False
-    deliver_anywhere: bool = False
     description: str = ""
+    deliver_anywhere: bool = False  # last: fields before it may be given by position
 
 
 @dataclass
