@@ -104,6 +104,9 @@ def register_connectors() -> list[Connector]:
             # (users concurrently, each user's in order)
             batch_size=10,
             description="$name destination",
+            # deliver uses only its arguments, so hookyard may run it in its deliver process,
+            # on another core (set False if it comes to need state from a startup hook)
+            deliver_anywhere=True,
         )
     ]
 
