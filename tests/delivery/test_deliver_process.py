@@ -21,16 +21,19 @@ import msgspec
 import pytest
 from delivery_kit import (
     FAST,
+    PLUGIN,
     children_running,
     forwarded_ids,
     kill_leaves_no_helpers,
     post_batches,
+    recorder,
     spawn_hookyard,
     track,
     wait_until,
 )
 from hookyard.config import parse_config
 from hookyard.connectors import Connector
+from hookyard.deliveries import Delivery
 from hookyard.delivery import deliver_child, deliver_process
 from hookyard.delivery.deliver_process import DeliverProcess
 from hookyard.http import HttpClient
@@ -206,6 +209,32 @@ def test_the_child_does_not_start_late_batches_nor_any_once_told_to_stop() -> No
         await lane.close()
 
     asyncio.run(scenario())
+
+
+def test_the_child_cancels_a_hook_past_its_time_limit() -> None:
+    """The child gives each call until its deadline: a hung hook is then
+    cancelled and answered retryable, with the messageIds, and the lane goes on."""
+    config = {"sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"}],
+              "destinations": [recorder("http://127.0.0.1:9", misbehave="hang")]}
+    rt = Runtime.build(parse_config(config), [PLUGIN], prepare=False)
+    proto = Sent()
+    stored = [msgspec.json.encode(Delivery(kind="track", message_id=f"m{i}")) for i in (1, 2)]
+
+    async def scenario() -> None:
+        lane = deliver_child.Lane(rt, rt.destinations["rec"], HttpClient(), proto)  # type: ignore[arg-type]
+        now = time.monotonic()
+        lane.queue.append((1, now + 5, now + 0.2, stored))
+        lane.pump()
+        await asyncio.sleep(0.5)
+        assert lane.running == 0 and not lane.tasks
+        await lane.close()
+
+    asyncio.run(scenario())
+    [(req_id, started, latency, sent)] = proto.answers
+    assert (req_id, started) == (1, True) and 150 < latency < 450
+    assert [m for m, _ in sent] == ["m1", "m2"]
+    assert {r["outcome"] for _, r in sent} == {"retryable"}
+    assert sent[0][1]["error"].startswith("deliver hook did not answer within")
 
 
 def test_the_deliver_process_stops_with_the_server(tmp_path: Path) -> None:
