@@ -85,6 +85,7 @@ class DestinationWorker:
         # A task whose answer came is only recording it; its slot is free for the next batch
         # (its users stay blocked until the result is stored, so per-user order holds).
         self.sending = 0
+        self.sending_here = 0  # of those, sent by this process (not by the deliver process)
         # batches claimed ahead, started as soon as a slot frees without a trip to the
         # database: (monotonic claim time, rows, keys); their users are blocked like in-flight ones
         self.ready: collections.deque[tuple[float, list[tuple[int, bytes, int, float]], set[str]]] = (
@@ -236,7 +237,10 @@ class DestinationWorker:
         return min(limit - self.sending, limit + self._ahead() - len(self.tasks))
 
     def _in_child(self) -> bool:
-        return self.deliverer is not None and self.deliverer.ready
+        """Whether new batches go to the deliver process: it is ready, and none of this
+        worker's own requests is still waiting (the two together could exceed `concurrency`
+        while the helper starts)."""
+        return self.deliverer is not None and self.deliverer.ready and self.sending_here == 0
 
     def _start_claimed(self) -> None:
         """Start claimed batches in the free slots; put those that waited too long (a quarter
@@ -277,36 +281,43 @@ class DestinationWorker:
         self, rows: list[tuple[int, bytes, int, float]], keys: set[str], claimed_at: float
     ) -> None:
         self.sending += 1
-        task = asyncio.create_task(self._deliver(rows, keys, claimed_at))
+        here = not self._in_child()
+        self.sending_here += here
+        if here and self.deliverer is not None:
+            self.deliverer.start()  # again, once RESTART_AFTER has passed since it failed
+        task = asyncio.create_task(self._deliver(rows, keys, claimed_at, here))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _deliver(
-        self, rows: list[tuple[int, bytes, int, float]], keys: set[str], claimed_at: float
+        self, rows: list[tuple[int, bytes, int, float]], keys: set[str], claimed_at: float,
+        here: bool,
     ) -> None:
+        """Deliver a claimed batch (``here``: in this process, else by the deliver process) and
+        store the outcome."""
         started = time.perf_counter()
         answered = False
         try:
             policy = self.dest.policy
             deadline = claimed_at + policy.lease_seconds * HOOK_LEASE_SHARE
             requests = [row[1] for row in rows]
-            answer = None
-            if self.deliverer is not None:
-                answer = await self.deliverer.deliver(
-                    self.dest.name, requests, claimed_at + policy.lease_seconds / 4, deadline)
-                if answer is NOT_STARTED:  # waited too long in the child, or stopping
-                    answered = True
-                    self.sending -= 1
-                    await self.rt.db.write(lambda conn: outbox.release(conn, [r[0] for r in rows]))
-                    return
-            if answer is None:  # in this process
+            if here:
                 limit = max(0.1, deadline - time.monotonic())
                 sent = await deliver_rows(self.rt, self.dest, self.client, requests, limit)
                 latency = (time.perf_counter() - started) * 1000
             else:
+                assert self.deliverer is not None
+                answer = await self.deliverer.deliver(
+                    self.dest.name, requests, claimed_at + policy.lease_seconds / 4, deadline)
+                if answer is None or answer is NOT_STARTED:  # not sent: give the rows back
+                    answered = True  # (it waited too long there, the worker stops, or the
+                    self.sending -= 1  # helper stopped before it was handed over)
+                    await self.rt.db.write(lambda conn: outbox.release(conn, [r[0] for r in rows]))
+                    return
                 latency, sent = answer
             answered = True
             self.sending -= 1  # the slot is free; the rows' users wait for the record
+            self.sending_here -= here
             self._start_claimed()  # at once: a dispatch round may be waiting for the database
             self.wake.set()
             name, scrub = self.dest.name, self.scrub
@@ -334,6 +345,7 @@ class DestinationWorker:
         finally:
             if not answered:
                 self.sending -= 1
+                self.sending_here -= here
             self.rescan = True
             self.inflight_keys -= keys
             self.inflight_ids -= {r[0] for r in rows}

@@ -125,6 +125,33 @@ def test_the_deliver_process_keeps_to_the_concurrency(tmp_path: Path) -> None:
         assert sorted(forwarded_ids(peer)) == sorted(sent)
 
 
+def test_the_concurrency_holds_while_the_deliver_process_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` does not wait for the helper: its workers send the first requests themselves.
+    The helper takes over only once none of those is waiting, so the two never send more
+    than `concurrency` at once between them."""
+    original = DeliverProcess._start
+
+    async def late_start(self: DeliverProcess) -> None:
+        await asyncio.sleep(0.5)
+        await original(self)
+
+    monkeypatch.setattr(DeliverProcess, "_start", late_start)
+    with FakeServer() as peer, HookyardServer(
+            forwarder(peer.url, concurrency=2), tmp_path) as server:
+        peer.hang(1.5, times=2)  # (under the 2 s HTTP timeout of the test policy)
+        deliverer = server.runtime.engine.deliverer
+        sent = post_batches(server, users=30, per_user=1, tag="t")
+        peer.wait_for(2)
+        assert not deliverer.ready  # these two went out from the worker itself
+        wait_until(lambda: deliverer.ready, timeout=30, what="the deliver process")
+        time.sleep(0.5)
+        assert len(peer.requests) == 2  # the helper waits for them to be answered
+        server.wait_idle(timeout=30)
+        assert sorted(forwarded_ids(peer)) == sorted(sent)
+
+
 @pytest.mark.parametrize(("sig", "warning"), [
     (signal.SIGKILL, "deliver process stopped (killed by signal 9)"),
     # stopped: like a plugin blocking its event loop, it must not stall delivery
