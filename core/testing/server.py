@@ -127,6 +127,20 @@ class HookyardServer:
             self._client = httpx.Client(timeout=10)
         return self._client
 
+    def wait_for_deliver_process(self, timeout: float = 30.0) -> None:
+        """Wait until the deliver process (``[server] deliver_process = true``) sends the
+        requests of the destinations that allow it: ``serve`` starts without waiting for it."""
+        engine = self.runtime.engine
+        deliverer = getattr(engine, "deliverer", None)
+        if deliverer is None:
+            raise AssertionError("no deliver process: set [server] deliver_process = true and"
+                                 " use a connector with deliver_anywhere, installed as a plugin")
+        deadline = time.monotonic() + timeout
+        while not deliverer.ready:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the deliver process was not ready within {timeout:g} s")
+            time.sleep(0.02)
+
     def wait_idle(self, timeout: float = 15.0) -> None:
         """Wait until every inbox event is routed and no delivery is pending or in flight."""
         deadline = time.monotonic() + timeout

@@ -20,10 +20,12 @@ FAST_RETRIES = {"retry_initial_seconds": 0.05, "retry_max_seconds": 2.0, "max_at
 
 
 def start(
-    hookyard_server: Callable[..., HookyardServer], fake: FakeServer, **settings: Any
+    hookyard_server: Callable[..., HookyardServer], fake: FakeServer,
+    deliver_process: bool = False, **settings: Any
 ) -> HookyardServer:
-    return hookyard_server(
+    server = hookyard_server(
         {
+            "server": {"deliver_process": deliver_process},
             "destinations": [
                 {
                     "name": "novu",
@@ -40,6 +42,9 @@ def start(
             ],
         }
     )
+    if deliver_process:  # its requests go out from the deliver process
+        server.wait_for_deliver_process()
+    return server
 
 
 @pytest.fixture
@@ -58,10 +63,11 @@ def delivery(server: HookyardServer, message_id: str) -> dict[str, Any]:
     return row  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("deliver_process", [False, True], ids=["worker", "deliver-process"])
 def test_identify_track_group_reach_novu_and_the_rest_is_filtered(
-    hookyard_server: Callable[..., HookyardServer], novu: FakeServer
+    hookyard_server: Callable[..., HookyardServer], novu: FakeServer, deliver_process: bool
 ) -> None:
-    server = start(hookyard_server, novu)
+    server = start(hookyard_server, novu, deliver_process)
     identify, track, group = sample_identify(), sample_track(), sample_group()
     page, anonymous = sample_page(), sample_track(userId=None, anonymousId="anon-1")
     for path, body in (

@@ -25,9 +25,11 @@ def start(
     hookyard_server: Callable[..., HookyardServer],
     fake: FakeServer,
     pw_events: str = "Email Sent, Push Delivered",
+    deliver_process: bool = False,
 ) -> HookyardServer:
-    return hookyard_server(
+    server = hookyard_server(
         {
+            "server": {"deliver_process": deliver_process},
             "sources": [
                 {"name": "web", "plugin": "segment", "write_key": WEB_KEY},
                 {
@@ -52,6 +54,9 @@ def start(
             ],
         }
     )
+    if deliver_process:  # its requests go out from the deliver process
+        server.wait_for_deliver_process()
+    return server
 
 
 @pytest.fixture
@@ -74,10 +79,11 @@ def stored(server: HookyardServer, message_id: str) -> dict[str, Any]:
     return row  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("deliver_process", [False, True], ids=["worker", "deliver-process"])
 def test_sources_share_the_path_and_events_reach_pushwoosh(
-    hookyard_server: Callable[..., HookyardServer], pushwoosh: FakeServer
+    hookyard_server: Callable[..., HookyardServer], pushwoosh: FakeServer, deliver_process: bool
 ) -> None:
-    server = start(hookyard_server, pushwoosh)
+    server = start(hookyard_server, pushwoosh, deliver_process=deliver_process)
     post = httpx.Client(base_url=server.url, timeout=10)
     identify = {
         "userId": "u1",
