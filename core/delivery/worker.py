@@ -102,6 +102,9 @@ class DestinationWorker:
         self.scan_blocked: set[str] = set()
         self.scan_due = 0.0
         self.deep_scan_due = 0.0  # (monotonic) the next scan that may look past a fruitless page
+        # how far incremental scans got, seeing only blocked users, since anything last changed
+        # here (a result, a claim): a rescan on the timer alone goes on from there
+        self.walked_to = 0
 
     async def run(self) -> None:
         while not self.stopping:
@@ -138,8 +141,11 @@ class DestinationWorker:
         # of the event loop's time, and most dispatches start one or two batches
         page_size = max(64, free * size * 2)
         now = time.time()
-        incremental = not self.rescan and now < self.scan_due
+        changed = self.rescan
+        incremental = not changed and now < self.scan_due
         self.rescan = False
+        if changed:
+            self.walked_to = 0
         after = self.scan_after if incremental else 0
         # the leased keys and the first page in one trip to a reader thread (each trip waits
         # for the busy event loop's GIL: about half a millisecond under load)
@@ -161,7 +167,7 @@ class DestinationWorker:
         # pack fill the batches)
         collected: dict[str, list[int]] = {}
         capacity, total = free * size, 0
-        enough = False
+        enough = cut_short = False
         for scanned in range(MAX_SCAN_PAGES):
             if scanned:
                 page = await self.rt.db.read(
@@ -197,9 +203,18 @@ class DestinationWorker:
             if enough or len(page) < page_size:
                 break
             if before == (total, len(blocked)) and not deep:
+                cut_short = True
                 break
         batches, key_of = pack(collected, free, size)
         if not batches or self.stopping:
+            if incremental:  # every row up to here: a blocked user's
+                self.walked_to = after
+            elif cut_short and not changed and self.walked_to > after:
+                # a rescan on the timer alone (no result, no claim since the last one) found
+                # the same blocked users: the incremental scans go on from where they got, not
+                # through the backlog again (a stuck destination re-read all of it every
+                # second, a page per routing wake); the deep scan still looks at every row
+                after = self.walked_to
             self.scan_after, self.scan_blocked, self.scan_due = after, blocked, next_due
             return max(0.01, next_due - now)
         self.rescan = True

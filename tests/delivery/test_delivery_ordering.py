@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from delivery_kit import (
@@ -19,7 +20,7 @@ from delivery_kit import (
     track,
     wait_until,
 )
-from hookyard.delivery import worker
+from hookyard.delivery import outbox, worker
 from hookyard.testing.fake_server import FakeServer
 from hookyard.testing.server import HookyardServer
 
@@ -152,3 +153,46 @@ def test_a_user_behind_pages_of_a_waiting_users_rows_is_not_held_up(
     assert send(server, "/v1/track", track("z", 1)).status_code == 200
     wait_until(lambda: "z-1" in peer.accepted_ids(), timeout=5, what="z-1 delivered")
     assert [r.json()["messageId"] for r in fake.requests].count("a-1") == 1  # still waiting
+
+
+def test_a_stuck_destination_does_not_read_its_backlog_again_and_again(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every user waits for an answer that does not come. Once a scan has got through the
+    backlog finding only blocked users, a rescan on the timer (nothing changed here since)
+    goes on from there: reading on from its first page re-read the whole backlog every
+    second, a page per routing wake (the isolation test's stuck destination)."""
+    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 60.0)  # no deep scan in this window
+    fake = fake_destination()
+    fake.hang(20.0)
+    read = {"rows": 0}
+    pending = outbox.pending
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        rows = pending(*args, **kwargs)
+        read["rows"] += len(rows)
+        return rows
+
+    monkeypatch.setattr(outbox, "pending", counted)
+    server = hookyard_server(
+        {"destinations": [recorder(fake.url, delivery={
+            "batch_size": 1, "concurrency": 8, "total_timeout_seconds": 20.0,
+            "lease_seconds": 30.0})]},
+        plugins=[PLUGIN])
+    backlog = [track(f"u{u}", i) for i in range(1, 201) for u in range(5)]
+    for start in range(0, len(backlog), 100):
+        assert send(server, "/v1/batch", {"batch": backlog[start:start + 100]}).status_code == 200
+    wait_until(lambda: len(fake.requests) == 5, what="each user's first event in flight")
+
+    def wakes(first: int, count: int) -> None:
+        """Routing wakes: one more row of a blocked user every 40 ms."""
+        for i in range(first, first + count):
+            assert send(server, "/v1/track", track("u0", i)).status_code == 200
+            time.sleep(0.04)
+
+    wakes(1000, 30)  # the scans get through the 995 rows of blocked users
+    read["rows"] = 0
+    wakes(2000, 60)  # 2.4 s: two or three rescans on the timer
+    assert read["rows"] < 600, read["rows"]  # (reading on from each first page: ~2,000)
+    assert len(fake.requests) == 5
