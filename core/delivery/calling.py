@@ -35,6 +35,13 @@ _delivery_decoder = msgspec.json.Decoder(Delivery)
 _raw_body_decoder = msgspec.json.Decoder(_RawBodyDelivery)
 
 
+def client_for(dest: DestinationRuntime) -> HttpClient:
+    """The HTTP client of ``dest`` (its connect and total timeouts); the worker and the deliver
+    process each open one."""
+    return HttpClient(connect_timeout=dest.policy.connect_timeout_seconds,
+                      total_timeout=dest.policy.total_timeout_seconds)
+
+
 def decoder_for(dest: DestinationRuntime) -> msgspec.json.Decoder[Delivery]:
     """How ``dest``'s stored requests are decoded (bodies kept raw when its connector asks)."""
     return _raw_body_decoder if dest.connector.raw_bodies else _delivery_decoder  # type: ignore[return-value]

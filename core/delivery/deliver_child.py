@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..deliveries import DeliveryResult
 from ..http import HttpClient
-from .calling import deliver_rows
+from .calling import client_for, deliver_rows
 from .frames import ANSWER_DELAY, Framed, encoder, request_decoder
 
 if TYPE_CHECKING:
@@ -47,9 +47,7 @@ async def _serve(sock: socket.socket) -> None:
                 proto.close()  # after writing the error
                 return
             for name, dest in rt.destinations.items():
-                client = HttpClient(connect_timeout=dest.policy.connect_timeout_seconds,
-                                    total_timeout=dest.policy.total_timeout_seconds)
-                lanes[name] = Lane(rt, dest, client, proto)
+                lanes[name] = Lane(rt, dest, client_for(dest), proto)
             return
         req_id, name, start_by, deadline, requests = request_decoder.decode(frame)
         lane = lanes.get(name)

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import socket
 import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -39,7 +37,7 @@ from ..deliveries import DeliveryResult
 from .calling import failed
 from .deliver_child import SOCKET_FD
 from .frames import Framed, answer_decoder, encoder
-from .helper_processes import cores, exit_status, plugin_modules, reap
+from .helper_processes import exit_status, helper_modules, reap, spawn
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -87,10 +85,9 @@ class DeliverProcess:
         """A deliver process for ``rt``'s destinations whose connector allows it, or None."""
         names = [n for n, d in rt.destinations.items()
                  if d.connector.deliver_anywhere and d.config.enabled]
-        if (not names or not rt.config.server.deliver_process or os.name != "posix"
-                or getattr(sys, "frozen", False) or cores() < 2):
+        if not names or not rt.config.server.deliver_process:
             return None
-        modules = plugin_modules(rt)
+        modules = helper_modules(rt)
         if modules is None:
             return None
         return cls(rt, modules, names)
@@ -114,14 +111,8 @@ class DeliverProcess:
         from ..logs import config_secrets
 
         ours, theirs = socket.socketpair()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-                   **{SOCKET_FD: str(theirs.fileno())})
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hookyard.delivery.deliver_child"],
-                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=env,
-                start_new_session=True,  # a Ctrl-C in the terminal is the parent's to handle
-            )
+            self.proc = spawn("hookyard.delivery.deliver_child", theirs.fileno(), SOCKET_FD)
         except OSError as exc:
             ours.close()
             self._gone(f"could not start: {exc}")
@@ -185,9 +176,10 @@ class DeliverProcess:
     ) -> Answer | None:
         """The latency and the (messageId, result) of each stored request, delivered by the
         child, which runs at most the destination's ``concurrency`` batches at once, in the
-        order they came, and gives the hook until ``deadline`` (``time.monotonic()``: one clock for every process
-        of the machine). :data:`NOT_STARTED` when the batch waited in the child past
-        ``start_by``; None when the child is not ready (the caller delivers in-process)."""
+        order they came, and gives the hook until ``deadline`` (``time.monotonic()``: one clock
+        for every process of the machine). :data:`NOT_STARTED` when the batch waited in the
+        child past ``start_by``; None when the child is not ready (the caller delivers
+        in-process)."""
         if not self.ready or self.proto is None:
             self.start()
             return None

@@ -1,11 +1,12 @@
 """What the worker's helper processes (:mod:`.map_process`, :mod:`.deliver_process`) share:
-whether there is a core for them, which plugin modules they must import, and how a child that
-ended is described and reaped."""
+whether one can run here and which plugin modules it must import, how it is launched, and how
+a child that ended is described and reaped."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import types
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,26 @@ def plugin_modules(rt: Runtime) -> list[str] | None:
             return None
         names.append(plugin.__name__)
     return names
+
+
+def helper_modules(rt: Runtime) -> list[str] | None:
+    """The plugin modules a helper process must import (see :func:`plugin_modules`), or None
+    when no helper can run here: not a POSIX system, the single-file binary (no ``python -m``),
+    one core (a container's CPU quota counts), or a plugin handed over as an object."""
+    if os.name != "posix" or getattr(sys, "frozen", False) or cores() < 2:
+        return None
+    return plugin_modules(rt)
+
+
+def spawn(module: str, fd: int, fd_env: str, stdin: int = subprocess.DEVNULL,
+          ) -> subprocess.Popen[bytes]:
+    """``python -m <module>`` with this process's import path, the descriptor ``fd`` passed
+    on and named by the environment variable ``fd_env``, in a session of its own (a Ctrl-C in
+    the terminal is the parent's to handle). Raises OSError when it cannot be started."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+               **{fd_env: str(fd)})
+    return subprocess.Popen([sys.executable, "-m", module], stdin=stdin, pass_fds=(fd,),
+                            env=env, start_new_session=True)
 
 
 def exit_status(proc: subprocess.Popen[bytes] | None) -> str:

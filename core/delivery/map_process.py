@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from .helper_processes import cores, exit_status, plugin_modules, reap
+from .helper_processes import cores, exit_status, helper_modules, plugin_modules, reap, spawn
 
 __all__ = ["MapProcess", "cores", "plugin_modules", "startup_plugins"]
 
@@ -92,11 +92,9 @@ class MapProcess:
     @classmethod
     def wanted(cls, rt: Runtime) -> MapProcess | None:
         """A map process for ``rt``, or None when mapping stays in-process (see the module)."""
-        if (not rt.config.server.map_process or not rt.destinations or os.name != "posix"
-                or getattr(sys, "frozen", False)  # the single-file binary: no ``python -m``
-                or rt.db.dialect != "sqlite" or cores() < 2):
+        if not rt.config.server.map_process or not rt.destinations or rt.db.dialect != "sqlite":
             return None
-        modules = plugin_modules(rt)
+        modules = helper_modules(rt)
         if modules is None:
             return None
         prepared = startup_plugins(rt)
@@ -115,14 +113,9 @@ class MapProcess:
                 or time.monotonic() - self._failed_at < RESTART_AFTER):
             return
         answers, child_end = os.pipe()  # the child's stdout stays the worker's (prints)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-                   **{ANSWER_FD: str(child_end)})
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hookyard.delivery.map_process"],
-                stdin=subprocess.PIPE, pass_fds=(child_end,), env=env,
-                start_new_session=True,  # a Ctrl-C in the terminal is the parent's to handle
-            )
+            self.proc = spawn("hookyard.delivery.map_process", child_end, ANSWER_FD,
+                              stdin=subprocess.PIPE)
         except OSError as exc:  # no processes left, a frozen binary without -m...
             os.close(answers)
             self._gone(f"could not start: {exc}")

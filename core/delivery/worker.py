@@ -19,9 +19,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..config import HOOK_LEASE_SHARE
-from ..http import HttpClient
 from . import outbox, router
-from .calling import deliver_rows
+from .calling import client_for, deliver_rows
 from .deliver_process import NOT_STARTED, DeliverProcess
 from .results import ResultWriter
 from .retry import decide
@@ -71,10 +70,7 @@ class DestinationWorker:
     def __init__(self, rt: Runtime, dest: DestinationRuntime) -> None:
         self.rt = rt
         self.dest = dest
-        self.client = HttpClient(
-            connect_timeout=dest.policy.connect_timeout_seconds,
-            total_timeout=dest.policy.total_timeout_seconds,
-        )
+        self.client = client_for(dest)
         self.scrub = rt.scrubber.result  # secrets out of bodies and errors
         self.deliverer: DeliverProcess | None = None  # set by the Engine when one is used
         self.wake = asyncio.Event()

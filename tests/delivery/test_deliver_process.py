@@ -34,14 +34,14 @@ from delivery_kit import (
 from hookyard.config import parse_config
 from hookyard.connectors import Connector
 from hookyard.deliveries import Delivery
-from hookyard.delivery import deliver_child, deliver_process
+from hookyard.delivery import deliver_child, deliver_process, helper_processes
 from hookyard.delivery.deliver_process import DeliverProcess
 from hookyard.http import HttpClient
 from hookyard.runtime import Runtime
 from hookyard.testing.fake_server import FakeServer
 from hookyard.testing.server import HookyardServer
 
-pytestmark = pytest.mark.skipif(deliver_process.cores() < 2,
+pytestmark = pytest.mark.skipif(helper_processes.cores() < 2,
                                 reason="the deliver process needs 2 cores")
 
 
