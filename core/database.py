@@ -1,7 +1,8 @@
 """SQLite access: one writer thread doing group commits, and per-thread read connections.
 
-Writes are functions ``fn(conn) -> result`` handed to :meth:`Database.write`. The writer thread
-takes every job queued at that moment, runs each inside its own SAVEPOINT (one failing job does
+Writes are functions ``fn(conn) -> result`` handed to :meth:`Database.write` (the job queue and
+the writer thread's life: :mod:`hookyard.group_commit`). The writer thread takes every job
+queued at that moment, runs each inside its own SAVEPOINT (one failing job does
 not undo the others) and commits them together: one fsync for many concurrent requests. The
 awaiting coroutine resumes only after COMMIT returned and, with ``synchronous = "full"``, the
 WAL was fsynced (on a thread of its own while the writer goes on: :mod:`hookyard.wal_sync`),
@@ -15,24 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .dedupe import InboxDedupe
 from .errors import StorageUnavailable
-from .loops import running_loop
+from .group_commit import GroupCommitWriter, Job
 from .wal_sync import WalSyncer
 
 T = TypeVar("T")
 log = logging.getLogger("hookyard.database")
 
-MAX_JOBS_PER_COMMIT = 2000
 WRITER_CACHE_KIB = -65536  # negative: KiB, i.e. 64 MiB
 WRITER_CHECKPOINT_PAGES = 10_000
 
@@ -206,174 +203,6 @@ def _insert_chunks(conn: sqlite3.Connection, kind: type[GroupedWrite],
         conn.execute(kind.shared_insert(len(part)), [v for row in part for v in row])
 
 
-class _Job:
-    __slots__ = ("fn", "future", "durable")
-
-    def __init__(self, fn: Callable[[Any], Any], durable: bool = True) -> None:
-        self.fn = fn
-        self.durable = durable
-        self.future: Future[Any] = Future()
-
-
-class _AsyncJob:
-    """A job awaited by a coroutine: settled on its event loop, one wake-up per group commit."""
-
-    __slots__ = ("fn", "loop", "future", "durable")
-
-    def __init__(
-        self, fn: Callable[[Any], Any], loop: asyncio.AbstractEventLoop, durable: bool = True
-    ) -> None:
-        self.fn = fn
-        self.loop = loop
-        self.durable = durable
-        self.future: asyncio.Future[Any] = loop.create_future()
-
-
-_Settled = dict[asyncio.AbstractEventLoop, list[tuple["asyncio.Future[Any]", bool, Any]]]
-
-
-def _settle_async(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    """Runs on the awaiting loop; a future whose awaiter was cancelled is skipped."""
-    for fut, ok, value in outcomes:
-        if fut.done():
-            continue
-        if ok:
-            fut.set_result(value)
-            continue
-        try:
-            fut.set_exception(value)
-        except TypeError:  # StopIteration cannot be set on a future
-            fut.set_exception(RuntimeError(f"write job raised {value!r}"))
-
-
-def _settle(job: _Job | _AsyncJob, ok: bool, value: Any, by_loop: _Settled) -> None:
-    if isinstance(job, _AsyncJob):
-        by_loop.setdefault(job.loop, []).append((job.future, ok, value))
-        return
-    if job.future.done():  # cancelled by its waiter: nothing to tell
-        return
-    try:
-        if ok:
-            job.future.set_result(value)
-        else:
-            job.future.set_exception(value)
-    except InvalidStateError:  # cancelled meanwhile
-        pass
-
-
-Job = _Job | _AsyncJob
-"""A queued write job (sync waiter or coroutine), as the backends' writer loops see it."""
-
-
-def _wake_loops(by_loop: _Settled) -> None:
-    for loop, outcomes in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle_async, outcomes)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
-
-
-class GroupCommitWriter:
-    """The writer-thread half shared by every backend (SQLite here, PostgreSQL in
-    :mod:`hookyard.storage.postgres`): the job queue, the thread's lifecycle, taking every job
-    queued at that moment as one group, and handing each job's result to its waiter.
-
-    A subclass implements ``_writer_loop`` (open its connection, then run
-    :meth:`_next_group` groups in one transaction each) and settles them with :meth:`_deliver`.
-    """
-
-    WRITER_NAME = "hookyard-db-writer"
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[_Job | _AsyncJob | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._local = threading.local()
-        self._lock = threading.Lock()
-
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the writer thread (idempotent)."""
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._writer_loop, name=self.WRITER_NAME, daemon=True
-                )
-                self._thread.start()
-
-    def _stop_writer(self) -> None:
-        """Let the writer finish the queued jobs and end; call with ``self._lock`` held."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _writer_loop(self) -> None:
-        raise NotImplementedError
-
-    # -- writes ------------------------------------------------------------------------------
-    def submit(self, fn: Callable[[Any], T], *, durable: bool = True) -> Future[T]:
-        """Queue a write job; the returned future resolves after its commit (``durable``:
-        see :meth:`write`)."""
-        if self._thread is None:
-            self.start()
-        job = _Job(fn, durable)
-        self._queue.put(job)
-        return job.future
-
-    async def write(self, fn: Callable[[Any], T], *, durable: bool = True) -> T:
-        """Run ``fn(conn)`` in the next group commit and return its result once committed.
-
-        ``durable=False`` is for bookkeeping that may be lost in a power cut (not in a crash
-        of the process) because it is redone from what is durable: the router's outbox rows
-        (routed again from the inbox), claims and attempt results (delivered again, which
-        at-least-once allows). A group made only of such jobs commits without waiting for
-        the disk (SQLite: answered without waiting for the WAL's fsync; PostgreSQL:
-        ``synchronous_commit = off``); a group with any durable job waits as configured.
-        """
-        if self._thread is None:
-            self.start()
-        job = _AsyncJob(fn, running_loop(), durable)
-        self._queue.put(job)
-        return await job.future  # type: ignore[no-any-return]
-
-    def write_sync(self, fn: Callable[[Any], T]) -> T:
-        """Blocking :meth:`write`, for the CLI and tests."""
-        return self.submit(fn).result()
-
-    # -- the writer thread's side ------------------------------------------------------------
-    def _next_group(self) -> tuple[list[_Job | _AsyncJob], bool] | None:
-        """Block for the next job, then take every job queued behind it (up to
-        ``MAX_JOBS_PER_COMMIT``). Returns the group and whether a stop request ended it, or
-        None when the stop request came first."""
-        job = self._queue.get()
-        if job is None:
-            return None
-        jobs: list[_Job | _AsyncJob] = [job]
-        while len(jobs) < MAX_JOBS_PER_COMMIT:
-            try:
-                nxt = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if nxt is None:
-                return jobs, True
-            jobs.append(nxt)
-        return jobs, False
-
-    @staticmethod
-    def _must_sync(jobs: list[_Job | _AsyncJob]) -> bool:
-        """Whether the group's commit must wait for the disk: any job in it is durable
-        (see :meth:`write`)."""
-        return any(job.durable for job in jobs)
-
-    @staticmethod
-    def _deliver(results: list[tuple[_Job | _AsyncJob, bool, Any]]) -> None:
-        """Give each waiter its result or error (one wake-up per event loop)."""
-        by_loop: _Settled = {}
-        for job, ok, value in results:
-            _settle(job, ok, value, by_loop)
-        _wake_loops(by_loop)
-
-
 class Database(GroupCommitWriter):
     """The hookyard SQLite database (inbox, outbox, logs)."""
 
@@ -426,7 +255,7 @@ class Database(GroupCommitWriter):
                 syncer.stop()
             conn.close()
 
-    def _group_crashed(self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob],
+    def _group_crashed(self, conn: sqlite3.Connection, jobs: list[Job],
                        dedupe: InboxDedupe, exc: Exception) -> None:
         """A bug outside the jobs (the writer's own code) raised: undo the open transaction,
         answer the group's jobs that are still waiting with a retryable error (503 for ingest;
@@ -459,10 +288,10 @@ class Database(GroupCommitWriter):
         log.debug("dedupe merge step: %d keys in %.1f ms", keys, (time.perf_counter() - started) * 1000)
 
     def _run_group(
-        self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob], dedupe: InboxDedupe,
+        self, conn: sqlite3.Connection, jobs: list[Job], dedupe: InboxDedupe,
         syncer: WalSyncer | None = None,
     ) -> None:
-        results: list[tuple[_Job | _AsyncJob, bool, Any]] = []
+        results: list[tuple[Job, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             dedupe.start_group(conn, [key for job in jobs if isinstance(job.fn, GroupedWrite)
@@ -542,7 +371,7 @@ class Database(GroupCommitWriter):
         else:
             self._deliver(answers)
 
-    def _roll_back_group(self, conn: sqlite3.Connection, jobs: list[_Job | _AsyncJob],
+    def _roll_back_group(self, conn: sqlite3.Connection, jobs: list[Job],
                          dedupe: InboxDedupe, exc: BaseException) -> None:
         """A shared INSERT or the COMMIT failed (I/O error, disk full): the transaction is
         undone and every job of the group fails (ingest answers 503, clients send again)."""
@@ -550,7 +379,7 @@ class Database(GroupCommitWriter):
         dedupe.rolled_back()
         self._fail_all(jobs, exc)
 
-    def _fail_all(self, jobs: list[_Job | _AsyncJob], exc: BaseException) -> None:
+    def _fail_all(self, jobs: list[Job], exc: BaseException) -> None:
         log.error("database commit failed: %s", exc)
         err = _storage_error(exc)
         self._deliver([(job, False, err) for job in jobs])

@@ -1,4 +1,4 @@
-"""PostgreSQL storage: the group-commit writer shared with SQLite (:class:`hookyard.database.GroupCommitWriter`), per-thread readers.
+"""PostgreSQL storage: the group-commit writer shared with SQLite (:class:`hookyard.group_commit.GroupCommitWriter`), per-thread readers.
 
 Several hookyard nodes share one PostgreSQL database. Each node has one writer connection
 (a thread that runs every queued ``fn(conn)`` job in its own SAVEPOINT and commits them
@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql as pgsql
 
-from ..database import GroupCommitWriter, Job
 from ..errors import BadRequest, StorageUnavailable
+from ..group_commit import GroupCommitWriter, Job
 from .base import POSTGRESQL
 from .pg_conn import PgConnection
 

@@ -1,0 +1,192 @@
+"""The group-commit writer thread shared by every storage backend (SQLite in
+:mod:`hookyard.database`, PostgreSQL in :mod:`hookyard.storage.postgres`).
+
+Writes are functions ``fn(conn) -> result``. Callers queue them (:meth:`GroupCommitWriter.write`
+from a coroutine, :meth:`GroupCommitWriter.submit` from a thread); the writer thread takes every
+job queued at that moment as one group and commits it in one transaction, then hands each job's
+result (or error) to its waiter: one wake-up per event loop and group. The backend's
+``_writer_loop`` opens the connection and runs the groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, TypeVar
+
+from .loops import running_loop
+
+T = TypeVar("T")
+
+MAX_JOBS_PER_COMMIT = 2000
+
+
+class _Job:
+    __slots__ = ("fn", "future", "durable")
+
+    def __init__(self, fn: Callable[[Any], Any], durable: bool = True) -> None:
+        self.fn = fn
+        self.durable = durable
+        self.future: Future[Any] = Future()
+
+
+class _AsyncJob:
+    """A job awaited by a coroutine: settled on its event loop, one wake-up per group commit."""
+
+    __slots__ = ("fn", "loop", "future", "durable")
+
+    def __init__(
+        self, fn: Callable[[Any], Any], loop: asyncio.AbstractEventLoop, durable: bool = True
+    ) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.durable = durable
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+
+_Settled = dict[asyncio.AbstractEventLoop, list[tuple["asyncio.Future[Any]", bool, Any]]]
+
+
+def _settle_async(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Runs on the awaiting loop; a future whose awaiter was cancelled is skipped."""
+    for fut, ok, value in outcomes:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+            continue
+        try:
+            fut.set_exception(value)
+        except TypeError:  # StopIteration cannot be set on a future
+            fut.set_exception(RuntimeError(f"write job raised {value!r}"))
+
+
+def _settle(job: _Job | _AsyncJob, ok: bool, value: Any, by_loop: _Settled) -> None:
+    if isinstance(job, _AsyncJob):
+        by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        return
+    if job.future.done():  # cancelled by its waiter: nothing to tell
+        return
+    try:
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
+    except InvalidStateError:  # cancelled meanwhile
+        pass
+
+
+Job = _Job | _AsyncJob
+"""A queued write job (sync waiter or coroutine), as the backends' writer loops see it."""
+
+
+def _wake_loops(by_loop: _Settled) -> None:
+    for loop, outcomes in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_async, outcomes)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+class GroupCommitWriter:
+    """The writer-thread half shared by every backend (SQLite here, PostgreSQL in
+    :mod:`hookyard.storage.postgres`): the job queue, the thread's lifecycle, taking every job
+    queued at that moment as one group, and handing each job's result to its waiter.
+
+    A subclass implements ``_writer_loop`` (open its connection, then run
+    :meth:`_next_group` groups in one transaction each) and settles them with :meth:`_deliver`.
+    """
+
+    WRITER_NAME = "hookyard-db-writer"
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Job | _AsyncJob | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._writer_loop, name=self.WRITER_NAME, daemon=True
+                )
+                self._thread.start()
+
+    def _stop_writer(self) -> None:
+        """Let the writer finish the queued jobs and end; call with ``self._lock`` held."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _writer_loop(self) -> None:
+        raise NotImplementedError
+
+    # -- writes ------------------------------------------------------------------------------
+    def submit(self, fn: Callable[[Any], T], *, durable: bool = True) -> Future[T]:
+        """Queue a write job; the returned future resolves after its commit (``durable``:
+        see :meth:`write`)."""
+        if self._thread is None:
+            self.start()
+        job = _Job(fn, durable)
+        self._queue.put(job)
+        return job.future
+
+    async def write(self, fn: Callable[[Any], T], *, durable: bool = True) -> T:
+        """Run ``fn(conn)`` in the next group commit and return its result once committed.
+
+        ``durable=False`` is for bookkeeping that may be lost in a power cut (not in a crash
+        of the process) because it is redone from what is durable: the router's outbox rows
+        (routed again from the inbox), claims and attempt results (delivered again, which
+        at-least-once allows). A group made only of such jobs commits without waiting for
+        the disk (SQLite: answered without waiting for the WAL's fsync; PostgreSQL:
+        ``synchronous_commit = off``); a group with any durable job waits as configured.
+        """
+        if self._thread is None:
+            self.start()
+        job = _AsyncJob(fn, running_loop(), durable)
+        self._queue.put(job)
+        return await job.future  # type: ignore[no-any-return]
+
+    def write_sync(self, fn: Callable[[Any], T]) -> T:
+        """Blocking :meth:`write`, for the CLI and tests."""
+        return self.submit(fn).result()
+
+    # -- the writer thread's side ------------------------------------------------------------
+    def _next_group(self) -> tuple[list[_Job | _AsyncJob], bool] | None:
+        """Block for the next job, then take every job queued behind it (up to
+        ``MAX_JOBS_PER_COMMIT``). Returns the group and whether a stop request ended it, or
+        None when the stop request came first."""
+        job = self._queue.get()
+        if job is None:
+            return None
+        jobs: list[_Job | _AsyncJob] = [job]
+        while len(jobs) < MAX_JOBS_PER_COMMIT:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                return jobs, True
+            jobs.append(nxt)
+        return jobs, False
+
+    @staticmethod
+    def _must_sync(jobs: list[_Job | _AsyncJob]) -> bool:
+        """Whether the group's commit must wait for the disk: any job in it is durable
+        (see :meth:`write`)."""
+        return any(job.durable for job in jobs)
+
+    @staticmethod
+    def _deliver(results: list[tuple[_Job | _AsyncJob, bool, Any]]) -> None:
+        """Give each waiter its result or error (one wake-up per event loop)."""
+        by_loop: _Settled = {}
+        for job, ok, value in results:
+            _settle(job, ok, value, by_loop)
+        _wake_loops(by_loop)
