@@ -37,14 +37,13 @@ from ..deliveries import DeliveryResult
 from .calling import failed
 from .deliver_child import SOCKET_FD
 from .frames import Framed, answer_decoder, encoder
-from .helper_processes import exit_status, helper_modules, reap, spawn
+from .helper_processes import START_WAIT, exit_status, helper_modules, reap, spawn
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
 log = logging.getLogger("hookyard.delivery")
 START_TIMEOUT = 60.0  # seconds the child may take to load the plugins and answer "ready"
-START_WAIT = 10.0  # seconds the engine waits for the child at start-up before it delivers
 RESTART_AFTER = 30.0  # seconds before a child that died is started again
 ANSWER_GRACE = 5.0
 """Seconds past a request's own time limit before the child counts as stuck (a plugin blocking

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
+START_WAIT = 10.0
+"""Seconds ``hookyard worker`` waits at start-up for its helper processes to be ready."""
+
 
 def cores(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:
     """The cores this process may use: those it may run on, fewer under a container's CPU

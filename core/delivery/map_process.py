@@ -38,7 +38,15 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from .helper_processes import cores, exit_status, helper_modules, plugin_modules, reap, spawn
+from .helper_processes import (
+    START_WAIT,
+    cores,
+    exit_status,
+    helper_modules,
+    plugin_modules,
+    reap,
+    spawn,
+)
 
 __all__ = ["MapProcess", "cores", "plugin_modules", "startup_plugins"]
 
@@ -104,6 +112,13 @@ class MapProcess:
                      " startup hooks)", ", ".join(repr(p) for p in prepared))
             return None
         return cls(rt, modules)
+
+    async def start_and_wait(self, timeout: float = START_WAIT) -> None:
+        """Start the child and wait until it is ready (at most ``timeout`` seconds; the router
+        maps in-process until then)."""
+        self.start()
+        if self._starting is not None:
+            await asyncio.wait({self._starting}, timeout=timeout)
 
     def start(self) -> None:
         """Start the child; :attr:`ready` turns true once it has loaded the plugins."""
