@@ -292,15 +292,20 @@ def test_a_stopping_worker_gives_back_what_the_child_has_not_started(tmp_path: P
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_hookyard_worker_waits_for_its_deliver_process(tmp_path: Path) -> None:
-    """`hookyard worker` says it delivers once its deliver process runs; kill -9 of the worker
-    leaves no deliver process behind (see test_map_process for `serve`)."""
+def test_hookyard_worker_waits_for_its_helper_processes(tmp_path: Path) -> None:
+    """`hookyard worker` says it delivers once its deliver process and its map process are
+    ready (their start-up does not compete with the first deliveries); kill -9 of the worker
+    leaves neither behind (see test_map_process for `serve`)."""
     proc, log = spawn_hookyard(tmp_path, "worker", "")
     try:
         wait_until(lambda: b"delivering for fwd" in log.read_bytes(), timeout=30,
                    what="the worker to start")
-        assert children_running(proc.pid, "hookyard.delivery.deliver_child"), log.read_text()
-        kill_leaves_no_helpers(proc, ["hookyard.delivery.deliver_child"])
+        text = log.read_text()
+        assert children_running(proc.pid, "hookyard.delivery.deliver_child"), text
+        assert children_running(proc.pid, "hookyard.delivery.map_process"), text
+        assert "events are mapped on another core" in text.partition("delivering for fwd")[0]
+        kill_leaves_no_helpers(proc, ["hookyard.delivery.deliver_child",
+                                      "hookyard.delivery.map_process"])
     finally:
         if proc.poll() is None:
             proc.kill()
