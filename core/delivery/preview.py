@@ -93,7 +93,7 @@ def preview_event(rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any]) ->
             requests_of(result)  # a delivery the router could not store fails like a raise
         except Exception as exc:  # noqa: BLE001 - the router turns this into a dead letter
             log.warning("map_event of %s failed in a preview: %s", dest.name, exc)
-            reason = f"map_event failed: {type(exc).__name__}: {exc}"
+            reason = rt.scrubber.text(f"map_event failed: {type(exc).__name__}: {exc}")
         else:
             deliveries = result.deliveries
             if not deliveries:

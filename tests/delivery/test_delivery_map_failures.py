@@ -338,7 +338,9 @@ class LeakyPlugin:
 
 
 def test_a_map_failure_quoting_a_secret_is_stored_without_it(tmp_path: Path) -> None:
+    """...and is shown without it by a preview (``POST /api/destinations/D/preview``)."""
     from hookyard.config import parse_config
+    from hookyard.delivery.preview import preview_event
     from hookyard.delivery.router import map_rows
     from hookyard.runtime import Runtime
 
@@ -354,4 +356,6 @@ def test_a_map_failure_quoting_a_secret_is_stored_without_it(tmp_path: Path) -> 
     row = (1, "web", "m1", "track", raw["receivedAt"], msgspec.json.encode(raw), None)
     (out,) = map_rows(rt, [row])
     assert out[6] == "dead"
-    assert out[9] == "map_event failed: ValueError: cannot map with LeakySettings(api_key='[redacted]')"
+    expected = "map_event failed: ValueError: cannot map with LeakySettings(api_key='[redacted]')"
+    assert out[9] == expected
+    assert preview_event(rt, rt.destinations["leaky"], raw)["reason"] == expected
