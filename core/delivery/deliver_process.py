@@ -37,7 +37,7 @@ from ..deliveries import DeliveryResult
 from .calling import failed
 from .deliver_child import SOCKET_FD
 from .frames import Framed, answer_decoder, encoder
-from .helper_processes import START_WAIT, exit_status, helper_modules, reap, spawn
+from .helper_processes import HelperProcess, exit_status, helper_modules, reap, spawn
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -59,24 +59,20 @@ NOT_STARTED: Answer = (0.0, [])
 the worker is stopping): the caller gives its rows back, no attempt was made."""
 
 
-class DeliverProcess:
+class DeliverProcess(HelperProcess):
     """The worker's side: starts the child and has it deliver claimed rows.
 
     :meth:`deliver` answers None whenever the child is not ready (the caller delivers
     in-process then; the child is started again later)."""
 
     def __init__(self, rt: Runtime, modules: list[str], destinations: list[str]) -> None:
+        super().__init__(RESTART_AFTER)
         self.rt = rt
         self.modules = modules
         self.destinations = destinations
-        self.ready = False
-        self.proc: subprocess.Popen[bytes] | None = None
         self.proto: Framed | None = None
         self.waiting: dict[int, asyncio.Future[Answer]] = {}
         self.next_id = 0
-        self._starting: asyncio.Task[None] | None = None
-        self._failed_at = 0.0
-        self._closing = False
         self.answer_grace = ANSWER_GRACE
 
     @classmethod
@@ -92,17 +88,9 @@ class DeliverProcess:
         return cls(rt, modules, names)
 
     # -- the worker's side ------------------------------------------------------------------
-    async def start_and_wait(self, timeout: float = START_WAIT) -> None:
-        """Start the child and wait until it is ready (at most ``timeout`` seconds; the worker
-        delivers in-process until then), so that deliveries do not start on the slower path."""
-        self.start()
-        if self._starting is not None:
-            await asyncio.wait({self._starting}, timeout=timeout)
-
     def start(self) -> None:
         """Start the child in the background; :meth:`deliver` uses it once it is ready."""
-        if (self._closing or self._starting is not None or self.ready
-                or time.monotonic() - self._failed_at < RESTART_AFTER):
+        if not self.may_start():
             return
         self._starting = asyncio.get_running_loop().create_task(self._start())
 
@@ -214,10 +202,8 @@ class DeliverProcess:
 
     def _gone(self, why: str) -> None:
         log.warning("deliver process %s; delivering in the worker process (trying again in %g s)",
-                    why, RESTART_AFTER)
-        self.ready = False
-        self._failed_at = time.monotonic()
-        self._starting = None
+                    why, self.restart_after)
+        self.failed()
         self._stop_child()
         self._fail_waiting()
 

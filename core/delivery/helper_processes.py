@@ -4,9 +4,11 @@ a child that ended is described and reaped."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
 import types
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,42 @@ if TYPE_CHECKING:
 
 START_WAIT = 10.0
 """Seconds ``hookyard worker`` waits at start-up for its helper processes to be ready."""
+
+
+class HelperProcess:
+    """The worker's side of a helper process, as both kinds keep it: :attr:`ready` once the
+    child answered, the start in progress, and when it last failed (it is started again
+    ``restart_after`` seconds later). A subclass implements :meth:`start` (which returns at
+    once unless :meth:`may_start`) and calls :meth:`failed` when the child is gone."""
+
+    def __init__(self, restart_after: float) -> None:
+        self.restart_after = restart_after
+        self.ready = False
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._starting: asyncio.Future[None] | None = None
+        self._failed_at = 0.0
+        self._closing = False
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def may_start(self) -> bool:
+        """Not stopping, not running or starting, and not failed within ``restart_after``."""
+        return not (self._closing or self._starting is not None or self.ready
+                    or time.monotonic() - self._failed_at < self.restart_after)
+
+    async def start_and_wait(self, timeout: float = START_WAIT) -> None:
+        """Start the child and wait until it is ready (at most ``timeout`` seconds; the worker
+        does its work in-process until then)."""
+        self.start()
+        if self._starting is not None:
+            await asyncio.wait({self._starting}, timeout=timeout)
+
+    def failed(self) -> None:
+        """The child is gone: not ready, started again ``restart_after`` seconds from now."""
+        self.ready = False
+        self._failed_at = time.monotonic()
+        self._starting = None
 
 
 def cores(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:

@@ -33,13 +33,12 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from .helper_processes import (
-    START_WAIT,
+    HelperProcess,
     cores,
     exit_status,
     helper_modules,
@@ -78,23 +77,19 @@ def startup_plugins(rt: Runtime) -> list[str]:
     })
 
 
-class MapProcess:
+class MapProcess(HelperProcess):
     """The worker's side: starts the child and asks it for the outbox rows of inbox batches.
 
     :attr:`ready` says whether :meth:`map` may be called; it answers None whenever the child
     failed, and the caller maps in-process then (the child is started again later)."""
 
     def __init__(self, rt: Runtime, modules: list[str]) -> None:
+        super().__init__(RESTART_AFTER)
         self.rt = rt
         self.modules = modules
-        self.ready = False
-        self.proc: subprocess.Popen[bytes] | None = None
         self._send: Connection | None = None
         self._recv: Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="hookyard-map")
-        self._starting: asyncio.Future[None] | None = None
-        self._failed_at = 0.0
-        self._closing = False
         self.answer_timeout = ANSWER_TIMEOUT
 
     @classmethod
@@ -113,19 +108,11 @@ class MapProcess:
             return None
         return cls(rt, modules)
 
-    async def start_and_wait(self, timeout: float = START_WAIT) -> None:
-        """Start the child and wait until it is ready (at most ``timeout`` seconds; the router
-        maps in-process until then)."""
-        self.start()
-        if self._starting is not None:
-            await asyncio.wait({self._starting}, timeout=timeout)
-
     def start(self) -> None:
         """Start the child; :attr:`ready` turns true once it has loaded the plugins."""
         from ..logs import config_secrets
 
-        if (self._closing or self._starting is not None
-                or time.monotonic() - self._failed_at < RESTART_AFTER):
+        if not self.may_start():
             return
         answers, child_end = os.pipe()  # the child's stdout stays the worker's (prints)
         try:
@@ -198,10 +185,8 @@ class MapProcess:
 
     def _gone(self, why: str) -> None:
         log.warning("map process %s; mapping in the worker process (trying again in %g s)",
-                    why, RESTART_AFTER)
-        self.ready = False
-        self._failed_at = time.monotonic()
-        self._starting = None
+                    why, self.restart_after)
+        self.failed()
         self._stop_child()
 
     def _stop_child(self) -> None:
