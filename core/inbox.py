@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from .connectors import ParsedEvent
 from .database import API_LOG_INSERT, GroupedWrite
 from .events import Track, event_type, raw_dict_decoder
@@ -199,9 +201,18 @@ def decode_row(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
     """The full event JSON of an inbox row (id, source, message_id, type, received_at, raw)."""
     named = hasattr(row, "keys")  # sqlite3.Row or a PostgreSQL row (SELECT * order differs)
     r: Any = row
-    raw = raw_dict_decoder.decode(r["raw"] if named else row[5])
+    raw = _raw_dict(r["raw"] if named else row[5])
     if named:
         raw["type"], raw["messageId"], raw["receivedAt"] = r["type"], r["message_id"], r["received_at"]
     else:
         raw["type"], raw["messageId"], raw["receivedAt"] = row[3], row[2], row[4]
     return raw
+
+
+def _raw_dict(raw: bytes) -> dict[str, Any]:
+    try:
+        return raw_dict_decoder.decode(raw)
+    except msgspec.DecodeError:
+        # invalid UTF-8 in a field no Struct names, stored before ingest checked every byte
+        # (hookyard.tracking_api.json_text): shown with U+FFFD instead of failing the page
+        return raw_dict_decoder.decode(bytes(raw).decode("utf-8", "replace").encode())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +47,43 @@ _dict_decoder = msgspec.json.Decoder(dict[str, Any])
 # What decoding untrusted bytes may raise besides msgspec's own errors: invalid UTF-8 inside
 # strings and nesting deeper than the decoder's recursion limit.
 _UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError)
+
+# A JSON escape, as a scan from the left sees them (so an escaped backslash is one token): a
+# UTF-16 surrogate pair, a lone half of one, or any other escape.
+_ESCAPES = re.compile(
+    rb"(\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})"
+    rb"|\\.",
+    re.DOTALL,
+)
+_LONE_HALF = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_half_replaced(match: re.Match[bytes]) -> bytes:
+    return b"\\ufffd" if match.group(2) else match.group(0)
+
+
+def json_text(body: bytes) -> bytes:
+    """``body`` as JSON text every later step can decode, or :class:`BadRequest`.
+
+    * Invalid UTF-8 is refused here, wherever it is: msgspec skips the fields a Struct does not
+      name without checking their bytes, and such an event could be stored but never read
+      back (``/api/events``, the router).
+    * A lone half of a UTF-16 surrogate pair (``"\\ud83c"``: JavaScript's
+      ``JSON.stringify`` of a string cut in the middle of an emoji) becomes U+FFFD, the
+      replacement character, as a browser's ``TextEncoder`` makes of it. msgspec refuses it,
+      which would refuse every event of the batch it came in (and the Segment libraries drop
+      a batch answered 400).
+    """
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"malformed JSON: invalid UTF-8 at byte {exc.start}") from None
+    if body.find(b"\\u") >= 0 and _LONE_HALF.search(body) is not None:
+        body = _ESCAPES.sub(_lone_half_replaced, body)
+    return body
+
 
 # Substring tests on request bytes use ``bytes.find``, not ``in``: CPython's ``bytes.__contains__``
 # first tries the operand as an integer and raises and clears a TypeError for every bytes
@@ -189,6 +227,7 @@ SHORT_CALLS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "
 def parse_call(call: str, body: bytes) -> list[ParsedEvent]:
     """Parse a tracking-API call body (``call`` is the last path segment, long or short form)."""
     call = SHORT_CALLS.get(call, call)
+    body = json_text(body)
     if call in BATCH_CALLS:
         try:
             batch = _batch_decoder.decode(body)
@@ -221,6 +260,7 @@ def parse_webhook(
     ``BadRequest("userId is required")``; in an array, that event alone (a
     :class:`RefusedEvent`), so the identified events of the batch are still stored (Segment
     does not retry a 400: refusing the whole batch would lose them)."""
+    body = json_text(body)
     stripped = body.lstrip()
     if not stripped.startswith(b"["):
         return [_decode_event(body, None, "", require_user_id)]

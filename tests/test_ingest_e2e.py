@@ -509,6 +509,26 @@ def test_nothing_answers_500(server: HookyardServer, http: httpx.Client) -> None
     assert_ok(post(http, "/v1/track", sample_track()))
 
 
+def test_invalid_utf8_anywhere_is_refused_and_an_old_stored_one_still_reads(
+    server: HookyardServer, http: httpx.Client
+) -> None:
+    """A bad byte in a field no Struct names used to be stored (200), then failed every read
+    of it: /api/events answered 500. Now it is refused; a row stored that way before still
+    reads, with U+FFFD."""
+    from hookyard.inbox import LogEntry, insert_events
+
+    bad = b'{"userId":"u8","event":"x","extra":"\xff"}'
+    assert_refused(post(http, "/v1/track", bad), 400, "invalid UTF-8")
+    raw = b'{"type":"track","userId":"old-u8","event":"x","extra":"\xff"}'
+    row = ("web", mid(), "track", "old-u8", None, "x", "2026-01-01T00:00:00.000Z", raw, 0)
+    log = LogEntry("2026-01-01T00:00:00.000Z", "web", "POST", "/v1/track", 200, 1, None, 1.0)
+    server.runtime.db.write_sync(lambda conn: insert_events(conn, [row], log))
+    r = server.api("/api/events?user_id=old-u8")
+    assert r.status_code == 200, r.text
+    assert r.json()["items"][0]["event"]["extra"] == "\ufffd"
+    assert server.api("/api/events").status_code == 200
+
+
 def test_a_host_bug_answers_json_500_and_the_server_goes_on(
     server: HookyardServer, http: httpx.Client, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,

@@ -328,6 +328,46 @@ def test_undecodable_body_is_bad_request(body: bytes) -> None:
     assert err.value.reason
 
 
+_BAD_BYTE_IN_AN_UNKNOWN_FIELD = [
+    ("track", b'{"userId":"u","event":"x","extra":"\xff"}'),
+    ("batch", b'{"batch":[{"type":"track","userId":"u","event":"x","extra":"\xff"}]}'),
+    ("batch", b'{"batch":[{"type":"track","userId":"u","event":"x","x":"\xff"}],"context":{}}'),
+    ("track", b'{"userId":"u","event":"x","writeKey":"k","extra":"\xff"}'),
+]
+
+
+@pytest.mark.parametrize(("call", "body"), _BAD_BYTE_IN_AN_UNKNOWN_FIELD)
+def test_invalid_utf8_in_a_field_no_struct_names_is_refused(call: str, body: bytes) -> None:
+    """msgspec skips unknown fields without checking their bytes: such an event would be
+    stored, then fail every read of it (the router, /api/events)."""
+    with pytest.raises(BadRequest, match="invalid UTF-8 at byte"):
+        parse(v1(call, body, basic(KEY)))
+    with pytest.raises(BadRequest, match="invalid UTF-8"):
+        parse(webhook(b'[{"type":"track","userId":"u","event":"x","extra":"\xff"}]'))
+
+
+@pytest.mark.parametrize(
+    ("escaped", "stored"),
+    [
+        (rb"Great deal \ud83c", "Great deal \ufffd"),  # JSON.stringify of an emoji cut in two
+        (rb"\udf89 tail", "\ufffd tail"),
+        (rb"\ud83c\ud83c\udf89", "\ufffd\U0001f389"),  # a lone half, then a whole pair
+        (rb"\\ud83c", "\\ud83c"),  # an escaped backslash: not an escape at all
+        (rb"\\\ud83c", "\\\ufffd"),
+    ],
+)
+def test_a_lone_surrogate_escape_becomes_the_replacement_character(
+    escaped: bytes, stored: str
+) -> None:
+    body = b'{"batch":[{"type":"track","userId":"u","event":"Viewed","properties":{"t":"' + \
+        escaped + b'"}},{"type":"track","userId":"u","event":"Good"}]}'
+    first, second = parse(v1("batch", body, basic(KEY)))
+    assert raw_of(first)["properties"]["t"] == stored
+    assert second.event.event == "Good"
+    [parsed] = parse(webhook(b'{"type":"track","userId":"u","event":"' + escaped + b'"}'))
+    assert parsed.event.event == stored
+
+
 def test_huge_integers_are_kept() -> None:
     big = 10**40
     [parsed] = parse(v1("identify", {"userId": big, "traits": {"n": big}}, basic(KEY)))
