@@ -104,12 +104,14 @@ def _micros(value: Any) -> int | None:
 def _event_micros(raw: Mapping[str, Any]) -> tuple[int | None, bool]:
     """When a Segment event happened, in :func:`micros`, and whether that is the event's own
     time as it stands (no ``sentAt`` to correct it with): ``receivedAt - (sentAt - timestamp)``
-    (``timestamp`` falling back to ``originalTimestamp``); without ``sentAt``, the event's own
-    time; without one, ``receivedAt``; None without either."""
+    (``timestamp`` falling back to ``originalTimestamp``); without ``sentAt`` or with one before
+    the event's own time, the event's own time; without one, ``receivedAt``; None without
+    either."""
     own_text = raw.get("timestamp") or raw.get("originalTimestamp")
     own = _to_micros(own_text) if isinstance(own_text, str) else None  # each event its own
     sent, received = _micros(raw.get("sentAt")), _micros(raw.get("receivedAt"))
-    if own is not None and sent is not None and received is not None:
+    # a sentAt before the event happened is a broken clock, not a skew to correct
+    if own is not None and sent is not None and received is not None and sent >= own:
         corrected = received - (sent - own)
         # a skew that moves the time out of the years 1-9999: the event's own time, written anew
         return (corrected if _MIN_US <= corrected <= _MAX_US else own), False
@@ -122,8 +124,9 @@ def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
     """When a Segment event happened, corrected for the client's clock the way Segment does
     it, but at the time hookyard received it: ``receivedAt - (sentAt - timestamp)``.
 
-    ``timestamp`` falls back to ``originalTimestamp``; without ``sentAt`` (server libraries,
-    historical imports) the event's own time is kept as it is; without either, ``receivedAt``.
+    ``timestamp`` falls back to ``originalTimestamp``; without ``sentAt`` (a raw HTTP call, an
+    import), or with a ``sentAt`` before the event's own time (a broken clock), the event's own
+    time is kept as it is; without either, ``receivedAt``.
     None when there is nothing to change. Computed in whole microseconds (no float).
     """
     us, as_sent = _event_micros(raw)

@@ -160,7 +160,16 @@ def test_write_key_sent_at_and_received_at_are_not_forwarded() -> None:
             },
             "2026-01-01T00:00:02.000Z",
         ),
-        # no sentAt (server library, historical import): the timestamp is kept as it is
+        # a sentAt before the event's own time is a broken clock: the timestamp is kept
+        (
+            {
+                "timestamp": "2024-06-01T00:00:00Z",
+                "sentAt": "0001-01-01T00:00:00Z",
+                "receivedAt": "2026-01-01T00:00:00.000Z",
+            },
+            None,
+        ),
+        # no sentAt (a raw HTTP call, an import): the timestamp is kept as it is
         ({"timestamp": "2020-05-01T10:00:00Z", "receivedAt": "2026-01-01T00:00:00.000Z"}, None),
         ({"timestamp": None, "originalTimestamp": "2020-05-01T10:00:00Z"}, "2020-05-01T10:00:00Z"),
         # no time of its own, or an unreadable one: when hookyard received it
