@@ -163,6 +163,15 @@ def _convert(data: Any, type_: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+_KEY_CHARACTERS = re.compile(r"[!-9;-~]+")  # printable ASCII but space and ':'
+
+
+def _usable_key(key: str) -> bool:
+    """Whether every way a client may send the key can carry it: a Basic-auth user name, a
+    Bearer token, a ``writeKey`` field."""
+    return _KEY_CHARACTERS.fullmatch(key) is not None
+
+
 def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
     """Validate a config dict (as read from TOML). Raises ConfigError naming the bad key."""
     config: Config = _convert(resolve_env(data), Config, origin)
@@ -195,6 +204,12 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
     for src in config.sources:
         if len(src.write_key) < 8:
             raise ConfigError(f"{origin}: source {src.name!r} write_key must be at least 8 characters")
+        if not _usable_key(src.write_key):
+            raise ConfigError(
+                f"{origin}: source {src.name!r} write_key may hold only printable ASCII without"
+                " spaces or ':' (a Basic-auth user name ends at the first ':', and HTTP headers"
+                " carry neither surrounding spaces nor other characters reliably)"
+            )
         first = key_owner.setdefault(src.write_key, src.name)
         if first != src.name:
             raise ConfigError(

@@ -172,10 +172,14 @@ def test_source_settings_are_validated(tmp_path: Path) -> None:
     ("mutate", "expected"),
     [
         (lambda d: d["sources"][0].update(write_key="short"), "at least 8 characters"),
+        # a Basic user name ends at the first ':'; a Bearer token is stripped; headers are latin-1
+        (lambda d: d["sources"][0].update(write_key="abc:defgh12"), "without spaces or ':'"),
+        (lambda d: d["sources"][0].update(write_key=" spacekey1 "), "without spaces or ':'"),
+        (lambda d: d["sources"][0].update(write_key="ключ-секрет-✓"), "printable ASCII"),
         (lambda d: d["sources"].append(dict(d["sources"][0])), "two sources are named 'web'"),
         (lambda d: d["destinations"][0].update(name="my profiles"), "'my profiles'"),
     ],
-    ids=["short-key", "duplicate-name", "bad-name"],
+    ids=["short-key", "colon-key", "spaced-key", "non-ascii-key", "duplicate-name", "bad-name"],
 )
 def test_other_config_errors(tmp_path: Path, mutate: Any, expected: str) -> None:
     data = config(tmp_path)
