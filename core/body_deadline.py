@@ -1,4 +1,6 @@
-"""Request bodies that stop arriving: answered 408 after ``BODY_TIMEOUT_SECONDS``.
+"""Request bodies not complete ``BODY_TIMEOUT_SECONDS`` after they began (stalled, or trickled
+in): answered 408. A deadline for the whole body, not for each pause: a client sending a byte a
+minute would otherwise hold its buffer for ever.
 
 One timer per event loop checks every request still receiving its body, instead of an
 ``asyncio.timeout()`` per request: under uvloop that allocates a libuv timer each time, 11 us
