@@ -119,10 +119,12 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     from .storage import describe as describe_storage
 
     try:
-        config = _load(config_path, host, port, data_dir)
+        config = _load(config_path, host, port, data_dir, create=False)
         # listen before anything is printed or created: a port in use stops here, with one
         # line, instead of after a banner (and a first-start admin token never shown again)
         sock = listen(config.server.host, config.server.port)
+        if config.generated:  # the default config: its write key is kept from now on
+            config = _load(config_path, host, port, data_dir)
         config.server.port = sock.getsockname()[1]  # --port 0: the port the system chose
         rt = _runtime(config)
     except HookyardError as exc:

@@ -595,7 +595,7 @@ def test_serve_on_a_port_in_use_fails_before_printing_anything(tmp_path: Path) -
     assert "listening on" not in proc.stdout
     assert proc.stderr.strip() == (f"Error: cannot listen on 127.0.0.1:{port}: Address already in"
                                    " use (another program uses it: choose another with --port)")
-    assert not (tmp_path / "hookyard-data" / "admin_token").exists()
+    assert not (tmp_path / "hookyard-data").exists()  # no write key, no admin token
 
 
 def test_a_stalled_body_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None:
