@@ -207,6 +207,7 @@ class Sender:
         body = {"events": [self.deliveries[i].body for i in indexes]}
         result, response = await self.post(BULK_TRIGGER_PATH, body)
         if response is None or result.outcome == "retryable":
+            result = with_message(result, response)
             return {i: msgspec.structs.replace(result) for i in indexes}
         if result.outcome == "permanent":
             if response.status in AUTH_STATUSES:

@@ -336,6 +336,7 @@ def test_bulk_failing_as_a_whole(
     assert {(r.outcome, r.http_status, r.retry_after) for r in results} == {
         (outcome, status, retry_after)
     }
+    assert {r.error for r in results} == {f"HTTP {status}: no"}  # Novu's message, as novu.md says
     assert len(fake.requests) == 1
 
 
