@@ -74,7 +74,7 @@ def redirect_error(resp: HttpResponse) -> str:
     location = resp.headers.get("Location")
     where = f"redirect to {location}; " if location else ""
     return (f"HTTP {resp.status} ({where}redirects are not followed:"
-            " fix the destination's base_url)")
+            " fix the destination's URL setting)")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from hookyard.testing.fake_server import FakeServer
 from hookyard.testing.server import HookyardServer
 
 Start = Callable[..., HookyardServer]
-NOT_FOLLOWED = "redirects are not followed: fix the destination's base_url"
+NOT_FOLLOWED = "redirects are not followed: fix the destination's URL setting"
 
 
 async def _send(url: str, **kw: Any) -> DeliveryResult:
