@@ -137,7 +137,7 @@ class RefusedEvent:
     stored, the other events are, and the 2xx answer lists it
     (``"refused": [{"index": i, "error": reason}]``). When every event of a body is refused the
     host answers 400 with the first reason. Raise ``BadRequest`` instead to refuse the whole
-    request (malformed JSON, an invalid event a client must fix)."""
+    request (a body that is not JSON, a single event a client must fix)."""
 
     reason: str
 

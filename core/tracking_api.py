@@ -155,12 +155,9 @@ def _describe(exc: Exception) -> str:
     return _clean(str(exc))
 
 
-def _decode_event(
-    raw: bytes, call: str | None, where: str | int, require_user_id: bool = False
-) -> ParsedEvent:
-    """Decode and validate one event; ``where`` prefixes error messages (an int ``i`` stands
-    for ``"batch[i] "``, formatted only when there is an error). With ``require_user_id``, a
-    well-formed event without ``userId`` raises :class:`_NoUserId`."""
+def _decode_event(raw: bytes, call: str | None, require_user_id: bool = False) -> ParsedEvent:
+    """Decode and validate one event (:class:`BadRequest` with the reason). With
+    ``require_user_id``, a well-formed event without ``userId`` raises :class:`_NoUserId`."""
     try:
         if call is None:
             event = any_event_decoder.decode(raw)
@@ -170,22 +167,18 @@ def _decode_event(
         msg = _clean(str(exc))
         if call is None and "type" in msg:
             msg = f"type must be one of {', '.join(EVENT_TYPES)} ({msg})"
-        raise BadRequest(f"{_where(where) or 'the event '}is not a valid Segment event: {msg}") from None
+        raise BadRequest(f"the event is not a valid Segment event: {msg}") from None
     except _UNDECODABLE as exc:
-        raise BadRequest(f"{_where(where)}malformed JSON: {_describe(exc)}") from None
+        raise BadRequest(f"malformed JSON: {_describe(exc)}") from None
     if require_user_id and event.user_id is None:
-        raise _NoUserId(f"{_where(where)}{USER_ID_REQUIRED}")
+        raise _NoUserId(USER_ID_REQUIRED)
     problem = validate_event(event)
     if problem:
-        raise BadRequest(f"{_where(where)}{problem}")
+        raise BadRequest(problem)
     if event.writeKey is not None:  # the typed decode found one (also under an escaped name)
         event.writeKey = None
         raw = _without_write_key(raw)
     return ParsedEvent(raw=raw, event=event)
-
-
-def _where(where: str | int) -> str:
-    return f"batch[{where}] " if isinstance(where, int) else where
 
 
 def _without_write_key(raw: bytes) -> bytes:
@@ -224,8 +217,14 @@ SHORT_CALLS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "
                "a": "alias", "b": "batch"}
 
 
-def parse_call(call: str, body: bytes) -> list[ParsedEvent]:
-    """Parse a tracking-API call body (``call`` is the last path segment, long or short form)."""
+def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
+    """Parse a tracking-API call body (``call`` is the last path segment, long or short form).
+
+    A body that is not JSON, or a single call that is not a valid event, raises
+    :class:`BadRequest`. In a batch, an invalid event is refused alone (a
+    :class:`RefusedEvent`): the others are stored and the answer lists it, where Segment's own
+    API answers 200 and drops it unseen. The Segment libraries drop a whole batch answered 400,
+    so refusing the batch would lose every valid event in it."""
     call = SHORT_CALLS.get(call, call)
     body = json_text(body)
     if call in BATCH_CALLS:
@@ -237,10 +236,13 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent]:
             raise BadRequest(f"malformed JSON: {_describe(exc)}") from None
         needs_defaults = batch.context or batch.integrations or batch.sentAt
         sent_at_field = b'"sentAt":' + encoder.encode(batch.sentAt) + b"," if needs_defaults else b""
-        events = []
-        for i, item in enumerate(batch.batch):
-            raw = bytes(item)
-            parsed = _decode_event(raw, None, i)
+        events: list[ParsedEvent | RefusedEvent] = []
+        for item in batch.batch:
+            try:
+                parsed = _decode_event(bytes(item), None)
+            except BadRequest as exc:  # this event alone (Segment's API: 200, event rejected)
+                events.append(RefusedEvent(exc.reason))
+                continue
             if needs_defaults:
                 parsed.raw = _with_batch_defaults(parsed.raw, batch, sent_at_field)
             events.append(parsed)
@@ -248,7 +250,7 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent]:
     if call not in EVENT_TYPES:
         shown = call if len(call) <= 40 else call[:40] + "…"
         raise NotFound(f"unknown call /v1/{shown}; expected one of {', '.join(EVENT_TYPES + BATCH_CALLS)}")
-    return [_decode_event(body, call, "")]
+    return [_decode_event(body, call)]
 
 
 def parse_webhook(
@@ -259,11 +261,12 @@ def parse_webhook(
     With ``require_user_id``, an event without ``userId`` is refused: a single event with
     ``BadRequest("userId is required")``; in an array, that event alone (a
     :class:`RefusedEvent`), so the identified events of the batch are still stored (Segment
-    does not retry a 400: refusing the whole batch would lose them)."""
+    does not retry a 400: refusing the whole batch would lose them). An invalid event in an
+    array is refused alone the same way."""
     body = json_text(body)
     stripped = body.lstrip()
     if not stripped.startswith(b"["):
-        return [_decode_event(body, None, "", require_user_id)]
+        return [_decode_event(body, None, require_user_id)]
     try:
         items = [bytes(r) for r in _raw_list_decoder.decode(body)]
     except (msgspec.ValidationError, *_UNDECODABLE) as exc:
@@ -271,11 +274,11 @@ def parse_webhook(
     if not items:
         raise BadRequest("empty array: expected at least one event")
     events: list[ParsedEvent | RefusedEvent] = []
-    for i, raw in enumerate(items):
+    for raw in items:
         try:
-            events.append(_decode_event(raw, None, f"[{i}] ", require_user_id))
-        except _NoUserId:
-            events.append(RefusedEvent(USER_ID_REQUIRED))
+            events.append(_decode_event(raw, None, require_user_id))
+        except BadRequest as exc:  # _NoUserId included
+            events.append(RefusedEvent(exc.reason))
     return events
 
 

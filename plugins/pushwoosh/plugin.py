@@ -20,6 +20,7 @@ from hookyard.connectors import (
     DestinationContext,
     IngestRequest,
     ParsedEvent,
+    RefusedEvent,
     SourceContext,
 )
 from hookyard.deliveries import Delivery, DeliveryResult, MapResult
@@ -65,7 +66,9 @@ def authenticate(source: SourceContext, request: IngestRequest) -> AuthResult:
 
 
 @hookimpl
-def parse_events(source: SourceContext, request: IngestRequest) -> list[ParsedEvent]:
+def parse_events(
+    source: SourceContext, request: IngestRequest
+) -> list[ParsedEvent | RefusedEvent]:
     settings = source.settings
     if not isinstance(settings, PushwooshSourceSettings):
         settings = PushwooshSourceSettings()

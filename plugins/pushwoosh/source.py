@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from hookyard.connectors import IngestRequest, ParsedEvent
-from hookyard.errors import BadRequest, NotFound
+from hookyard.connectors import IngestRequest, ParsedEvent, RefusedEvent
+from hookyard.errors import NotFound
 from hookyard.events import Track, event_type
 from hookyard.tracking_api import parse_call
 
@@ -46,18 +46,23 @@ def filtered_reason(settings: PushwooshSourceSettings, name: str) -> str | None:
     return f'event "{name}" is not in this source\'s events list'
 
 
-def parse_pushwoosh(settings: PushwooshSourceSettings, request: IngestRequest) -> list[ParsedEvent]:
-    """Parse ``/v1/track`` or ``/v1/batch`` (track events only) and apply the events list."""
+def parse_pushwoosh(
+    settings: PushwooshSourceSettings, request: IngestRequest
+) -> list[ParsedEvent | RefusedEvent]:
+    """Parse ``/v1/track`` or ``/v1/batch`` (track events only; in a batch, another type is
+    refused alone, as an invalid event is) and apply the events list."""
     call = request.path_params.get("call", "")
     if call not in ACCEPTED_CALLS:
         raise NotFound(f"a Pushwoosh source takes /v1/track and /v1/batch only, not /v1/{call}")
     parsed = parse_call(call, request.body)
     for i, item in enumerate(parsed):
+        if isinstance(item, RefusedEvent):
+            continue
         if not isinstance(item.event, Track):
-            where = f"batch[{i}] " if call == "batch" else ""
-            raise BadRequest(
-                f"{where}type {event_type(item.event)} is not accepted: a Pushwoosh source "
-                "takes track events only"
+            parsed[i] = RefusedEvent(
+                f"type {event_type(item.event)} is not accepted: a Pushwoosh source takes"
+                " track events only"
             )
+            continue
         item.filtered = filtered_reason(settings, item.event.event)
     return parsed
