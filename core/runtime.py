@@ -209,10 +209,14 @@ class Runtime:
         self.db.stop()
 
     def sources_for(self, path: str) -> list[tuple[SourceContext, dict[str, str]]]:
-        """The sources accepting on ``path`` (config order) with their path parameters."""
+        """The sources accepting on ``path`` (config order) with their path parameters; a
+        trailing slash more or less still matches (``/v1/track/``), as a client expects of an
+        API rather than a redirect it may not follow with its body."""
         found: dict[str, tuple[SourceContext, dict[str, str]]] = {}
+        other = path[:-1] if path.endswith("/") and len(path) > 1 else path + "/"
         for route in self.routes:
-            match = _pattern_regex(route.pattern).match(path)
+            regex = _pattern_regex(route.pattern)
+            match = regex.match(path) or regex.match(other)
             if match:
                 for s in route.sources:
                     found.setdefault(s.name, (s, match.groupdict()))

@@ -516,6 +516,15 @@ def test_nothing_answers_500(server: HookyardServer, http: httpx.Client) -> None
     assert_ok(post(http, "/v1/track", sample_track()))
 
 
+def test_a_trailing_slash_is_the_same_call(server: HookyardServer, http: httpx.Client) -> None:
+    """Not a 307 to an http:// URL (wrong behind a TLS proxy, and not every client follows a
+    redirect of a POST with its body)."""
+    event = sample_track()
+    assert_ok(post(http, "/v1/track/", event))
+    assert len(stored(server, event["messageId"])) == 1
+    assert post(http, "/v1/tracks/", sample_track()).status_code == 404
+
+
 def test_invalid_utf8_anywhere_is_refused_and_an_old_stored_one_still_reads(
     server: HookyardServer, http: httpx.Client
 ) -> None:
