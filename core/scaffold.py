@@ -225,14 +225,22 @@ SOURCE = '''\
 
 Accepts ``POST /connector/$name`` with ``Authorization: Bearer <write key>``; the body is one
 Segment event or a JSON array of them. ``authenticate`` decides who may write, ``parse_events``
-turns the body into typed events (raise ``BadRequest`` for anything malformed: answered 400).
+turns the body into typed events (raise ``BadRequest`` for anything malformed: answered 400;
+a ``RefusedEvent`` in the list refuses one event of an array alone).
 """
 
 from __future__ import annotations
 
 import msgspec
 from hookyard import hookimpl
-from hookyard.connectors import AuthResult, Connector, IngestRequest, ParsedEvent, SourceContext
+from hookyard.connectors import (
+    AuthResult,
+    Connector,
+    IngestRequest,
+    ParsedEvent,
+    RefusedEvent,
+    SourceContext,
+)
 from hookyard.tracking_api import bearer_token, keys_match, parse_webhook
 
 PATH = "/connector/$name"
@@ -268,7 +276,10 @@ def authenticate(source: SourceContext, request: IngestRequest) -> AuthResult:
 
 
 @hookimpl
-def parse_events(source: SourceContext, request: IngestRequest) -> list[ParsedEvent]:
+def parse_events(
+    source: SourceContext, request: IngestRequest
+) -> list[ParsedEvent | RefusedEvent]:
+    """One event or an array of them; in an array, an invalid event is refused alone."""
     settings: Settings = source.settings
     return parse_webhook(request.body, require_user_id=settings.require_user_id)
 '''
