@@ -60,6 +60,14 @@ def storage_error(exc: BaseException) -> BaseException:
     return exc
 
 
+LOST_RACE_RETRIES = 3
+"""How often a job that lost a race with another node's transaction runs again (in the same
+transaction, from a savepoint) before it fails. Two nodes storing the same messageIds in
+different orders wait on each other's unique-index entries; PostgreSQL ends one transaction's
+statement with a deadlock error, and the other goes on."""
+LOST_RACES = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
 class PgDatabase(GroupCommitWriter):
     """hookyard's tables in a PostgreSQL database (``[storage] url = "postgresql://..."``)."""
 
@@ -119,28 +127,34 @@ class PgDatabase(GroupCommitWriter):
         results: list[tuple[Job, bool, Any]] = []
         single = len(jobs) == 1  # one job: its transaction is its savepoint
         try:
-            conn.execute("BEGIN")
-            if not self._must_sync(jobs):  # bookkeeping only: see GroupCommitWriter.write
-                conn.execute("SET LOCAL synchronous_commit = off")
+            self._begin(conn, jobs)
             for job in jobs:
-                if not single:
-                    conn.execute("SAVEPOINT job")
-                try:
-                    value = job.fn(conn)
-                except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting caller
-                    if isinstance(exc, psycopg.OperationalError) and conn.closed:
-                        raise
-                    if single:
-                        conn.execute("ROLLBACK")
-                        self._settle([(job, False, exc)])
-                        return True
-                    conn.execute("ROLLBACK TO SAVEPOINT job")
-                    conn.execute("RELEASE SAVEPOINT job")
-                    results.append((job, False, exc))
-                else:
+                for tries_left in range(LOST_RACE_RETRIES, -1, -1):
                     if not single:
+                        conn.execute("SAVEPOINT job")
+                    try:
+                        value = job.fn(conn)
+                    except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting caller
+                        if isinstance(exc, psycopg.OperationalError) and conn.closed:
+                            raise
+                        again = tries_left > 0 and isinstance(exc, LOST_RACES)
+                        if single:
+                            conn.execute("ROLLBACK")
+                            if again:  # the other transaction goes on; this job runs again
+                                self._begin(conn, jobs)
+                                continue
+                            self._settle([(job, False, exc)])
+                            return True
+                        conn.execute("ROLLBACK TO SAVEPOINT job")
                         conn.execute("RELEASE SAVEPOINT job")
-                    results.append((job, True, value))
+                        if again:
+                            continue
+                        results.append((job, False, exc))
+                    else:
+                        if not single:
+                            conn.execute("RELEASE SAVEPOINT job")
+                        results.append((job, True, value))
+                    break
             conn.execute("COMMIT")
         except psycopg.Error as exc:
             try:
@@ -151,6 +165,11 @@ class PgDatabase(GroupCommitWriter):
             return not conn.closed
         self._settle(results)
         return True
+
+    def _begin(self, conn: PgConnection, jobs: list[Job]) -> None:
+        conn.execute("BEGIN")
+        if not self._must_sync(jobs):  # bookkeeping only: see GroupCommitWriter.write
+            conn.execute("SET LOCAL synchronous_commit = off")
 
     def _settle(self, results: list[tuple[Job, bool, Any]]) -> None:
         self._deliver([(job, ok, value if ok else storage_error(value))
