@@ -26,7 +26,14 @@ from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
 from .inbox import by_message_id, decode_row
 from .ingest import read_body
-from .operator_input import dead_letter_filter, int_param, page_limit, parse_time, retry_refusal
+from .operator_input import (
+    check_query,
+    dead_letter_filter,
+    int_param,
+    page_limit,
+    parse_time,
+    retry_refusal,
+)
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -61,6 +68,17 @@ def _cursor(request: Request) -> int | None:
     return _int_param(request, "cursor")
 
 
+PAGING = ("cursor", "limit")
+
+
+def _query(request: Request, *allowed: str) -> None:
+    """400 for a query parameter the route does not take, or one given twice."""
+    try:
+        check_query(request.query_params, allowed)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 ADMIN_BODY_LIMIT = 1_000_000  # bytes: a dead-letter id list, a preview event, a replay request
 
 
@@ -93,21 +111,29 @@ def routes(rt: Runtime) -> list[BaseRoute]:
 
         return db.read(run)
 
-    def where(request: Request, columns: dict[str, str]) -> tuple[str, list[Any]]:
+    def where(request: Request, columns: dict[str, str], *more: str,
+              integers: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
+        """The route's equality filters (``integers`` among them checked as such); 400 for a
+        parameter outside ``columns``, ``more`` and paging."""
+        _query(request, *columns, *more, *PAGING)
         sql, params = " WHERE 1=1", []
         for param, column in columns.items():
-            value = request.query_params.get(param)
-            if value:
+            value: Any = request.query_params.get(param)
+            if param in integers:
+                value = _int_param(request, param)
+            if value or value == 0:
                 sql += f" AND {column} = ?"
                 params.append(value)
         return sql, params
 
     async def logs(request: Request) -> Response:
-        sql, params = where(request, {"source": "source", "status": "status"})
+        sql, params = where(request, {"source": "source", "status": "status"},
+                            integers=("status",))
         return _json(await paged(f"SELECT * FROM api_log{sql}", params, request, dict))
 
     async def events(request: Request) -> Response:
-        sql, params = where(request, {"source": "source", "type": "type", "user_id": "user_id"})
+        sql, params = where(request, {"source": "source", "type": "type", "user_id": "user_id"},
+                            "message_id")
         message_id = request.query_params.get("message_id")
         if message_id:
             condition, times = by_message_id(db.dialect)
@@ -121,6 +147,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         return _json(await paged(f"SELECT * FROM inbox{sql}", params, request, row))
 
     async def deliveries(request: Request) -> Response:
+        _query(request, "message_id", "destination")
         message_id = request.query_params.get("message_id")
         if not message_id:
             return _error(400, "message_id is required")
@@ -147,7 +174,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         return _json(await db.read(run))
 
     async def dead_letters(request: Request) -> Response:
-        sql, params = where(request, {"destination": "destination"})
+        sql, params = where(request, {"destination": "destination"}, "since")
         sql += " AND state = 'dead'"
         if "since" in request.query_params:  # failed at or after, as for retry and discard
             try:

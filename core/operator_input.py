@@ -5,11 +5,15 @@ dead-letter filters and page parameters, checked the same way everywhere (a bad 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .times import iso_utc, parse_iso
+
+if TYPE_CHECKING:
+    from starlette.datastructures import QueryParams
 
 TIME_FORMATS = "ISO-8601 (2026-01-31 or 2026-01-31T12:00:00Z, UTC when no zone is given) or Unix seconds"
 
@@ -96,6 +100,21 @@ def retry_refusal(destination: str | None, configured: Collection[str]) -> str |
 
 
 PAGE_DEFAULT, PAGE_MAX = 50, 500
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def check_query(query: QueryParams, allowed: Collection[str]) -> None:
+    """ValueError for a query parameter the route does not take, or one given twice: an
+    operator who asks for ``?since=`` where there is no such filter must not get everything
+    back as if it had applied."""
+    seen: set[str] = set()
+    for name, _ in query.multi_items():
+        if name not in allowed:
+            takes = ", ".join(sorted(allowed)) or "none"
+            raise ValueError(f"unknown query parameter {name!r} (this route takes: {takes})")
+        if name in seen:
+            raise ValueError(f"query parameter {name!r} is given more than once")
+        seen.add(name)
 
 
 def int_param(query: Mapping[str, str], name: str) -> int | None:
@@ -104,10 +123,9 @@ def int_param(query: Mapping[str, str], name: str) -> int | None:
     value = query.get(name)
     if not value:
         return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"query parameter {name} must be an integer, got {value!r}") from None
+    if _INTEGER.fullmatch(value) is None:  # not int()'s "+5", " 5", "1_0" or other scripts' digits
+        raise ValueError(f"query parameter {name} must be an integer, got {value!r}")
+    number = int(value)
     if not -(2**63) <= number < 2**63:  # what SQLite can bind; larger is a 400, not a 500
         raise ValueError(f"query parameter {name} is out of range: {value!r}")
     return number

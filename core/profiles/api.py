@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from ..connectors import DestinationContext
-from ..operator_input import int_param, page_limit
+from ..operator_input import check_query, int_param, page_limit
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -56,7 +56,11 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
                 return d.context
         return None
 
-    async def run(request: Request, fn: Any) -> JSONResponse:
+    async def run(request: Request, fn: Any, *allowed: str) -> JSONResponse:
+        try:
+            check_query(request.query_params, ("destination", *allowed))
+        except ValueError as exc:
+            return _error(400, str(exc))
         ctx = destination(request)
         if ctx is None:
             wanted = request.query_params.get("destination")
@@ -83,7 +87,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
             )
             return {"subscribers": items, "next": nxt}
 
-        return await run(request, fn)
+        return await run(request, fn, "q", "cursor", "limit")
 
     async def one_subscriber(request: Request) -> JSONResponse:
         uid, events = subscriber_path(request)
@@ -102,7 +106,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
             )
             return {"events": items, "next": str(nxt) if nxt is not None else None}
 
-        return await run(request, fn)
+        return await run(request, fn, "cursor", "limit")
 
     async def workflow_runs(request: Request) -> JSONResponse:
         q = request.query_params
@@ -114,7 +118,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
             )
             return {"runs": items, "next": str(nxt) if nxt is not None else None}
 
-        return await run(request, fn)
+        return await run(request, fn, "distinct_id", "workflow", "cursor", "limit")
 
     return [
         Route("/api/subscribers", list_subscribers, methods=["GET"]),

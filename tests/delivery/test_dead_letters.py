@@ -133,6 +133,22 @@ def test_api_bad_dead_letter_requests_are_400(
     for path in ("/api/events", "/api/logs"):
         assert admin(server, f"{path}?limit=501").status_code == 400
         assert admin(server, f"{path}?limit=500").status_code == 200
+    # found by an outside audit: a filter a route does not have was ignored (everything came
+    # back), an integer column compared to text, int()'s "+5", "1_0" and Arabic-Indic digits
+    for path, reason in (
+        ("/api/events?since=2030-01-01", "unknown query parameter 'since'"),
+        ("/api/logs?since=2030-01-01", "unknown query parameter 'since'"),
+        ("/api/events?type=track&type=identify", "'type' is given more than once"),
+        ("/api/logs?status=abc", "status must be an integer"),
+        ("/api/logs?limit=%D9%A5", "limit must be an integer"),
+        ("/api/logs?limit=1_0", "limit must be an integer"),
+        ("/api/logs?limit=%2B5", "limit must be an integer"),
+        ("/api/deliveries?message_id=m&dest=x", "unknown query parameter 'dest'"),
+        ("/api/subscribers?limt=5", "unknown query parameter 'limt'"),
+    ):
+        r = admin(server, path)
+        assert r.status_code == 400 and reason in r.json()["error"], (path, r.text)
+    assert admin(server, "/api/logs?status=200&source=web").status_code == 200
 
 
 def test_a_failed_map_is_mapped_again_on_retry(
