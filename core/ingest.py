@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from . import body_deadline
 from .body_deadline import watch_current_task
-from .connectors import IngestRequest, ParsedEvent, RefusedEvent, SourceContext
+from .connectors import AuthResult, IngestRequest, ParsedEvent, RefusedEvent, SourceContext
 from .delivery.retry import clip
 from .errors import (
     BadRequest,
@@ -31,7 +31,7 @@ from .errors import (
     StorageUnavailable,
     Unauthorized,
 )
-from .events import encoder
+from .events import EVENT_CLASSES, encoder
 from .inbox import InsertEvents, LogEntry, event_rows, insert_log
 from .times import now_iso
 
@@ -160,6 +160,38 @@ def _error_answer(exc: RequestError) -> Answer:
     return _json_answer(exc.status, body, headers)
 
 
+_EVENT_TYPES = tuple(EVENT_CLASSES.values())
+
+
+def _wrong_type(value: Any, expected: str) -> str:
+    """How a hook's answer of the wrong type is reported (a coroutine is closed, so Python
+    does not add a "never awaited" warning: these hooks are not awaited)."""
+    if asyncio.iscoroutine(value):
+        value.close()
+        return f"is async: it must be a plain def returning {expected}"
+    return f"returned {type(value).__name__}, not {expected}"
+
+
+def _check_parsed(parsed: Any) -> None:
+    """TypeError when a ``parse_events`` answer is not a list of ParsedEvent (raw bytes, a
+    typed event) or RefusedEvent: a plugin bug is a 400 with its traceback logged, as an
+    exception in the hook is, never a 500 or a storage error."""
+    if not isinstance(parsed, list):
+        raise TypeError("parse_events " + _wrong_type(parsed, "a list of ParsedEvent"))
+    for i, item in enumerate(parsed):
+        if isinstance(item, RefusedEvent):
+            continue
+        if not isinstance(item, ParsedEvent):
+            raise TypeError(f"parse_events returned a {type(item).__name__} at [{i}],"
+                            " not a ParsedEvent or RefusedEvent")
+        if not isinstance(item.raw, bytes):
+            raise TypeError(f"parse_events returned a ParsedEvent at [{i}] whose raw is"
+                            f" {type(item.raw).__name__} (must be bytes: the event's JSON)")
+        if not isinstance(item.event, _EVENT_TYPES):
+            raise TypeError(f"parse_events returned a ParsedEvent at [{i}] whose event is"
+                            f" {type(item.event).__name__} (must be a hookyard.events type)")
+
+
 def _without_refused(
     parsed: list[ParsedEvent | RefusedEvent], refused: list[tuple[int, str]]
 ) -> list[ParsedEvent]:
@@ -224,6 +256,10 @@ class IngestEndpoint:
             except Exception:  # noqa: BLE001 - a plugin bug must refuse the request, not 500
                 log.exception("authenticate hook of source %s failed", source.name)
                 continue
+            if not isinstance(result, AuthResult):
+                log.error("authenticate hook of source %s %s", source.name, _wrong_type(
+                    result, "an AuthResult (hookyard.connectors.AuthResult.accept() or .refuse())"))
+                continue
             if result.accepted:
                 return source
             if i == 0:
@@ -276,6 +312,7 @@ class IngestEndpoint:
                 parsed = self.rt.registry.call(
                     "parse_events", "source", source.plugin, source=source, request=req
                 )
+                _check_parsed(parsed)
             except RequestError:
                 raise
             except Exception as exc:  # a plugin bug must not become a 500
