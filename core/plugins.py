@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
 import pluggy
 from pluggy import PluginValidationError
 
@@ -202,6 +203,42 @@ def check_hooks(pm: pluggy.PluginManager) -> None:
         label = _installed_label(pm, plugin) or _object_label(plugin)
         raise ConfigError(f"{label}: {'; '.join(_unknown_hook(name) for name in sorted(names))}")
     pm.check_pending()  # anything the loop above does not know about
+    check_not_async(pm)
+
+
+def _connector_problem(connector: Any) -> str | None:
+    """What is wrong with a registered ``Connector`` that would otherwise only show later (a
+    misspelt kind: "no destination plugin named ..."; a settings class that is not a Struct:
+    unknown keys silently dropped)."""
+    if not isinstance(connector, Connector):
+        return f"register_connectors returned a {type(connector).__name__}, not a Connector"
+    if connector.kind not in ("source", "destination"):
+        return (f"connector {connector.name!r} has kind {connector.kind!r}:"
+                " use 'source' or 'destination'")
+    settings = connector.settings
+    if not (isinstance(settings, type) and issubclass(settings, msgspec.Struct)):
+        return (f"connector {connector.name!r}: settings must be a msgspec.Struct class,"
+                f" not {settings!r}")
+    return None
+
+
+ASYNC_HOOKS = ("deliver", "startup", "shutdown")
+"""The hooks the host awaits; the others are called as plain functions."""
+
+
+def check_not_async(pm: pluggy.PluginManager) -> None:
+    """Refuse an ``async def`` implementation of a hook that is not awaited (its coroutine
+    would be used as the answer: a 500, or every event dead-lettered, found only at run time)."""
+    for name, caller in vars(pm.hook).items():
+        if name.startswith("_") or name in ASYNC_HOOKS or not caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if inspect.iscoroutinefunction(impl.function):
+                label = _installed_label(pm, impl.plugin) or _object_label(impl.plugin)
+                raise ConfigError(
+                    f"{label}: hook {name!r} is an async def, but hookyard calls it without"
+                    f" awaiting: make it a plain def (only {', '.join(ASYNC_HOOKS)} may be async)"
+                )
 
 
 async def maybe_await(value: Any) -> Any:
@@ -230,6 +267,9 @@ class ConnectorRegistry:
                     f"{_exception_text(exc)}"
                 ) from exc
             for connector in connectors:
+                problem = _connector_problem(connector)
+                if problem:
+                    raise ConfigError(f"{plugin_label(pm, impl.plugin)}: {problem}")
                 key = (connector.kind, connector.name)
                 if key in self._connectors:
                     other = pm.get_name(self._connectors[key][1])
@@ -239,15 +279,26 @@ class ConnectorRegistry:
                     )
                 self._connectors[key] = (connector, impl.plugin)
 
-    def get(self, kind: ConnectorKind, name: str) -> Connector:
-        """The connector of that kind and name, or a ConfigError listing what exists."""
+    def get(self, kind: ConnectorKind, name: str, needs: Iterable[str] = ()) -> Connector:
+        """The connector of that kind and name, or a ConfigError listing what exists; also
+        a ConfigError when its plugin lacks one of the hooks ``needs`` (so a destination
+        without ``deliver`` stops start-up instead of retrying every event)."""
         try:
-            return self._connectors[(kind, name)][0]
+            connector, owner = self._connectors[(kind, name)]
         except KeyError:
             known = ", ".join(sorted(n for k, n in self._connectors if k == kind)) or "none"
             raise ConfigError(
                 f"no {kind} plugin named {name!r} is installed (installed: {known})"
             ) from None
+        missing = [hook for hook in needs if not any(
+            i.plugin is owner and not (i.wrapper or i.hookwrapper)
+            for i in getattr(self.pm.hook, hook).get_hookimpls())]
+        if missing:
+            raise ConfigError(
+                f"{plugin_label(self.pm, owner)} ({kind} connector {name!r}) does not implement"
+                f" {' or '.join(repr(h) for h in missing)} (a missing @hookimpl?)"
+            )
+        return connector
 
     def all(self) -> list[tuple[Connector, str]]:
         """Every connector with the name of the plugin that registered it."""

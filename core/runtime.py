@@ -150,7 +150,7 @@ class Runtime:
         rt = cls(config, pm, registry, data_dir)
         by_pattern: dict[str, IngestRoute] = {}
         for src in config.sources:
-            connector = registry.get("source", src.plugin)
+            connector = registry.get("source", src.plugin, needs=("authenticate", "parse_events"))
             ctx = SourceContext(
                 name=src.name,
                 plugin=src.plugin,
@@ -163,7 +163,7 @@ class Runtime:
         rt.routes = list(by_pattern.values())
         for dest in config.destinations:
             where = f"destinations[{dest.name}]"
-            connector = registry.get("destination", dest.plugin)
+            connector = registry.get("destination", dest.plugin, needs=("map_event", "deliver"))
             dctx = DestinationContext(
                 name=dest.name,
                 plugin=dest.plugin,

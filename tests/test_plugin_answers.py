@@ -1,17 +1,25 @@
-"""A source plugin's hooks answering the wrong type (an ``async def``, a bool, dicts, a raw
-that is not bytes): the request is refused (401 or 400, the plugin's error logged), never a
-500 nor a 503 that blames storage (found by an outside audit)."""
+"""Plugin mistakes an outside audit found reported late or as a server error: a source hook
+answering the wrong type (a bool, dicts, a raw that is not bytes) is a refused request (401 or
+400, the plugin's error logged), never a 500 nor a 503 that blames storage; an ``async def``
+where hookyard does not await, a misspelt connector kind, settings that are not a Struct and a
+destination without ``deliver`` stop start-up with one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hookyard import hookimpl
+from hookyard.config import parse_config
 from hookyard.connectors import AuthResult, Connector, IngestRequest, ParsedEvent, SourceContext
-from hookyard.testing import sample_track
+from hookyard.errors import ConfigError
+from hookyard.runtime import Runtime
+from hookyard.testing import registry, sample_track
 from hookyard.testing.server import HookyardServer
 from hookyard.tracking_api import parse_webhook
 
@@ -66,9 +74,7 @@ def parse_dict_raw(self: Any, source: SourceContext, request: IngestRequest) -> 
 @pytest.mark.parametrize(
     ("auth", "parser", "status", "logged"),
     [
-        (accept_async, parse, 401, "authenticate hook of source in is async"),
         (accept_bool, parse, 401, "authenticate hook of source in returned bool, not an AuthResult"),
-        (accept, parse_async, 400, "parse_events is async"),
         (accept, parse_dicts, 400, "returned a dict at [0]"),
         (accept, parse_one, 400, "parse_events returned ParsedEvent, not a list"),
         (accept, parse_dict_raw, 400, "whose raw is dict (must be bytes"),
@@ -88,3 +94,57 @@ def test_a_source_hook_of_the_wrong_type_refuses_the_request(
     while not (logs := server.api("/api/logs").json()["items"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [log["status"] for log in logs] == [status]
+
+
+def test_an_async_def_of_a_hook_that_is_not_awaited_stops_start_up() -> None:
+    for plugin in (source_plugin(accept_async, parse), source_plugin(accept, parse_async)):
+        with pytest.raises(ConfigError, match="is an async def, but hookyard calls it without"
+                                              " awaiting: make it a plain def"):
+            registry([plugin])
+
+
+class Settings(msgspec.Struct):
+    url: str = ""
+
+
+@dataclasses.dataclass
+class NotAStruct:
+    url: str = ""
+
+
+@pytest.mark.parametrize(
+    ("connector", "message"),
+    [
+        (Connector(name="acme", kind="destinaton"),  # type: ignore[arg-type]
+         "kind 'destinaton': use 'source' or 'destination'"),
+        (Connector(name="acme", kind="destination", settings=NotAStruct),  # type: ignore[arg-type]
+         "settings must be a msgspec.Struct class"),
+    ],
+)
+def test_a_connector_declared_wrong_stops_start_up(connector: Connector, message: str) -> None:
+    class Declares:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [connector]
+
+    with pytest.raises(ConfigError, match=message):
+        registry([Declares()])
+
+
+def test_a_configured_destination_without_deliver_stops_start_up(tmp_path: Path) -> None:
+    class NoDeliver:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="nodeliver", kind="destination", settings=Settings)]
+
+        def map_event(self) -> None:  # no @hookimpl: not registered
+            ...
+
+    config = parse_config({
+        "server": {"data_dir": str(tmp_path)},
+        "sources": [{"name": "web", "plugin": "segment", "write_key": KEY}],
+        "destinations": [{"name": "d", "plugin": "nodeliver", "sources": ["web"]}],
+    })
+    with pytest.raises(ConfigError, match="does not implement 'map_event' or 'deliver'"
+                                          r" \(a missing @hookimpl\?\)"):
+        Runtime.build(config, [NoDeliver()])
