@@ -71,6 +71,7 @@ def make_plugin_manager(
     pm = pluggy.PluginManager("hookyard")
     pm.add_hookspecs(hookspecs)
     if load_entry_points:
+        _check_entry_point_names()
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except Exception as exc:  # noqa: BLE001 - any import-time error of a third-party module
@@ -111,6 +112,21 @@ def entry_point_error(pm: pluggy.PluginManager, exc: Exception) -> ConfigError:
             return ConfigError(f"{label}: {_validation_problem(pm, str(invalid))}")
     text = " ".join(_exception_text(exc).split())
     return ConfigError(f"loading the {ENTRY_POINT_GROUP!r} plugins failed: {text}")
+
+
+def _check_entry_point_names() -> None:
+    """Refuse two distributions that use one entry-point name: pluggy would load the first
+    one it is given and skip the other without a word (a third-party plugin named ``novu``
+    could even stand in for the built-in one)."""
+    seen: dict[str, importlib.metadata.EntryPoint] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        first = seen.setdefault(ep.name, ep)
+        if first.value != ep.value:
+            raise ConfigError(
+                f"two plugins use the entry-point name {ep.name!r}: {_entry_point_label(first)}"
+                f" and {_entry_point_label(ep)}; only one of them would load: rename one"
+                " ([project.entry-points.hookyard] in its pyproject.toml) or uninstall it"
+            )
 
 
 def _entry_point_label(ep: importlib.metadata.EntryPoint) -> str:

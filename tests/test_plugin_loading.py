@@ -106,6 +106,29 @@ def test_a_broken_installed_plugin_is_one_line_naming_it(
         assert str(err.value).endswith(f"{os.sep}hookyard_broken{os.sep}plugin.py:2)")
 
 
+def test_two_distributions_with_one_entry_point_name_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pluggy loads the first and skips the other silently (found by an outside audit)."""
+    for package in ("hookyard_acme", "hookyard_acme_dest"):
+        where = tmp_path / f"site-{package}"
+        (where / package).mkdir(parents=True)
+        (where / package / "__init__.py").write_text("")
+        (where / package / "plugin.py").write_text("")
+        info = where / f"{package}-0.1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {package.replace('_', '-')}\nVersion: 0.1.0\n")
+        (info / "entry_points.txt").write_text(f"[hookyard]\nacme = {package}.plugin\n")
+        monkeypatch.syspath_prepend(str(where))
+    with pytest.raises(ConfigError) as err:
+        make_plugin_manager()
+    message = str(err.value)
+    assert message.startswith("two plugins use the entry-point name 'acme': plugin 'acme' (")
+    assert "distribution hookyard-acme 0.1.0" in message
+    assert "distribution hookyard-acme-dest 0.1.0" in message and "only one of them would load" in message
+
+
 @pytest.mark.parametrize("command", [["plugins"], ["check-config"], ["serve", "--port", "0"],
                                      ["worker"]])
 def test_every_command_stops_with_one_error_line(
