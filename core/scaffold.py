@@ -379,11 +379,34 @@ def files(name: str, kind: Kind) -> dict[str, str]:
     return {path: Template(text).substitute(values) for path, text in templates.items()}
 
 
+def _name_taken(name: str) -> str | None:
+    """Why ``name`` cannot be a new plugin's: an installed entry point already uses it (only
+    one of the two would load), or its package name is importable (the new package would be
+    shadowed, as ``hookyard_novu`` is by the built-in Novu plugin)."""
+    import importlib.metadata
+    import importlib.util
+
+    for ep in importlib.metadata.entry_points(group="hookyard"):
+        if ep.name == name:
+            return f"an installed plugin is named so ({ep.value})"
+    module = module_name(name)
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    if found is not None:
+        return f"the package {module} is already importable ({found.origin or 'a namespace'})"
+    return None
+
+
 def scaffold(name: str, kind: Kind = "destination", directory: str | Path = ".") -> Path:
     """Write the package ``hookyard-<name>/`` under ``directory``; return its path.
 
     Refuses to write into an existing non-empty directory."""
     generated = files(name, kind)
+    taken = _name_taken(name)
+    if taken:
+        raise ConfigError(f"plugin name {name!r} is taken: {taken}; choose another")
     root = Path(directory) / f"hookyard-{name}"
     if root.exists() and any(root.iterdir()):
         raise ConfigError(f"{root} already exists and is not empty")

@@ -96,6 +96,18 @@ def test_docs_install_line_installs_the_test_extra() -> None:
     assert len(commands) == len(set(commands)) >= 2, "each example scaffolds its own package"
 
 
+@pytest.mark.parametrize(("name", "why"), [
+    ("novu", "an installed plugin is named so (hookyard_novu.plugin)"),
+    ("segment", "an installed plugin is named so"),
+])
+def test_a_name_that_is_taken_is_refused(name: str, why: str, tmp_path: Path) -> None:
+    """The new package would be shadowed by the installed one, or skipped when loading
+    (found by an outside audit: its generated tests then failed)."""
+    with pytest.raises(ConfigError, match=f"plugin name '{name}' is taken: {re.escape(why)}"):
+        scaffold(name, "destination", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_creates_the_package_and_refuses_to_overwrite(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["new-plugin", "acme", "--kind", "source", "--dir", str(tmp_path)])
