@@ -440,6 +440,23 @@ def test_step_hook_returning_none_says_so() -> None:
             map_with(destination_context("forgetful", reg=reg), sample_track(), reg)
 
 
+def test_map_event_returning_a_list_says_what_it_must_return() -> None:
+    """Not ``AttributeError: 'list' object has no attribute 'deliveries'`` (an outside audit)."""
+
+    class Listy:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="listy", kind="destination")]
+
+        @hookimpl
+        def map_event(self, destination: DestinationContext) -> Any:
+            return [Delivery(kind="track")]
+
+    reg = registry([Listy()])
+    with pytest.raises(TypeError, match=r"returned list, not a MapResult \(MapResult.send"):
+        map_with(destination_context("listy", reg=reg), sample_track(), reg)
+
+
 # -- the example plugin through the real host --------------------------------------------------
 def test_relay_plugin_end_to_end(
     hookyard_server: Start, fake_destination: Callable[[], FakeServer]

@@ -61,6 +61,10 @@ def call_map_event(
         )
     except FieldMissing as exc:
         return MapResult.skip(exc.reason)
+    if not isinstance(result, MapResult):  # say, [Delivery(...)] for MapResult.send(...)
+        raise TypeError(f"map_event of destination {ctx.name!r} returned"
+                        f" {type(result).__name__}, not a MapResult (MapResult.send(...) or"
+                        " MapResult.skip(reason))")
     key = event.user_id or event.anonymous_id or ""
     for d in result.deliveries:
         if not d.message_id:
