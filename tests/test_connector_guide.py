@@ -105,7 +105,7 @@ def test_field_mapping_example() -> None:
 
 def test_helper_descriptions_match_the_code() -> None:
     text = DOC.read_text()
-    assert "deliver_with(ctx, deliveries, connect_timeout=2, total_timeout=5)" in text
+    assert "deliver_with(ctx, deliveries, *, connect_timeout=2, total_timeout=5)" in text
     assert "`.raw_path`" in text and "hookyard.deliveries.send_in_order" in text
     assert "`core/errors.py`" in text or "core/errors.py" in text
     assert "hookyard/errors.py" not in text

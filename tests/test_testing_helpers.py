@@ -110,3 +110,23 @@ def test_contexts_refuse_a_misspelt_setting_as_the_server_does() -> None:
     with pytest.raises(msgspec.ValidationError,
                        match=r"unknown setting 'regoin' \(did you mean 'region'\?\)"):
         destination_context("novu", {"api_key": "novu-key-0123", "regoin": "eu"})
+
+
+def test_deliver_with_hands_a_raw_bodies_connector_raw_bodies() -> None:
+    """As the server's outbox does: ``d.body["x"]`` passing a hook test and failing in
+    production was an outside audit's finding."""
+    seen: list[Any] = []
+
+    class RawSender:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="rawsender", kind="destination", raw_bodies=True)]
+
+        @hookimpl
+        def deliver(self, deliveries: list[Delivery]) -> list[DeliveryResult]:
+            seen.extend(d.body for d in deliveries)
+            return [DeliveryResult(outcome="ok") for _ in deliveries]
+
+    reg = registry([RawSender()])
+    deliver_with(destination_context("rawsender", reg=reg), [Delivery(kind="t", body={"x": 1})], reg)
+    assert isinstance(seen[0], msgspec.Raw) and msgspec.json.decode(seen[0]) == {"x": 1}

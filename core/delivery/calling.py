@@ -47,6 +47,16 @@ def decoder_for(dest: DestinationRuntime) -> msgspec.json.Decoder[Delivery]:
     return _raw_body_decoder if dest.connector.raw_bodies else _delivery_decoder  # type: ignore[return-value]
 
 
+def as_stored(deliveries: list[Delivery], raw_bodies: bool) -> list[Delivery]:
+    """``deliveries`` as ``deliver`` gets them from the outbox: with ``raw_bodies`` (see
+    ``Connector.raw_bodies``) each body is the stored JSON as ``msgspec.Raw``. For
+    ``hookyard.testing.deliver_with``, so a plugin's tests see what the server hands it."""
+    if not raw_bodies:
+        return deliveries
+    return [d if isinstance(d.body, msgspec.Raw) else _raw_body_decoder.decode(msgspec.json.encode(d))
+            for d in deliveries]
+
+
 def decode_rows(
     decoder: msgspec.json.Decoder[Delivery], requests: list[bytes]
 ) -> list[Delivery | DeliveryResult]:

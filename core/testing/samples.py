@@ -17,6 +17,7 @@ import msgspec
 
 from ..connectors import AuthResult, DestinationContext, IngestRequest, ParsedEvent, SourceContext
 from ..deliveries import Delivery, DeliveryResult, MapResult
+from ..delivery.calling import as_stored
 from ..delivery.router import call_map_event
 from ..events import Event
 from ..http import HttpClient
@@ -152,8 +153,10 @@ def deliver_with(
     time out after ``connect_timeout`` seconds to connect and ``total_timeout`` seconds in all
     (short defaults for tests; a server uses ``[destinations.delivery]``
     ``connect_timeout_seconds`` / ``total_timeout_seconds``, 5 and 15 by default).
-    ``client.send`` answers a request that timed out with a retryable result."""
+    ``client.send`` answers a request that timed out with a retryable result. A connector
+    with ``raw_bodies`` gets each body as ``msgspec.Raw``, as from the server's outbox."""
     reg = reg or registry()
+    deliveries = as_stored(deliveries, reg.get("destination", ctx.plugin).raw_bodies)
 
     async def run() -> list[DeliveryResult]:
         http = client or HttpClient(connect_timeout=connect_timeout, total_timeout=total_timeout)
