@@ -13,6 +13,14 @@ from .errors import ConfigError, HookyardError
 
 DLQ_DESTINATION_HELP = "Only this destination's dead letters"
 DLQ_SINCE_HELP = f"Only dead letters that last failed at or after this time: {TIME_HELP}"
+# control characters (C0, DEL, C1) as escapes: an event's messageId or userId is client data,
+# and a CR, LF or escape sequence in it must not rewrite the operator's terminal
+_ESCAPED = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def shown(value: Any) -> str:
+    """``value`` for one line of a terminal: control characters escaped (``\\x0d``)."""
+    return "" if value is None else str(value).translate(_ESCAPED)
 
 
 @main.group()
@@ -53,8 +61,9 @@ def dlq_list(config_path: str | None, data_dir: str | None, destination: str | N
     if not rows:
         click.echo("no dead letters")
     for r in rows:
-        click.echo(f"{r['id']:>8}  {r['destination']:<16} {r['message_id']:<38} user={r['user_key']}"
-                   f"  attempts={r['attempts']} status={r['last_status'] or '-'}  {r['last_error']}")
+        click.echo(f"{r['id']:>8}  {r['destination']:<16} {shown(r['message_id']):<38}"
+                   f" user={shown(r['user_key'])}  attempts={r['attempts']}"
+                   f" status={r['last_status'] or '-'}  {shown(r['last_error'])}")
     rt.close()
 
 

@@ -282,3 +282,12 @@ def test_dlq_commands(
     bad = CliRunner().invoke(main, ["dlq", "retry", "--since", "last week", "--config", str(path),
                                     "--data-dir", str(data)])
     assert bad.exit_code != 0 and "last week" in bad.output
+
+
+def test_dlq_list_escapes_control_characters_of_client_data() -> None:
+    """A messageId or userId is client data: a CR, LF or escape sequence in it must not split
+    or rewrite the operator's terminal line (an outside audit's finding)."""
+    from hookyard.dlq_cli import shown
+
+    assert shown("ansi-\x1b[2J\nnew\rline é\x85") == "ansi-\\x1b[2J\\x0anew\\x0dline é\\x85"
+    assert shown(None) == "" and shown(400) == "400"
