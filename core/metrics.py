@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+LIVE_STATES = ("pending", "inflight", "dead")
+"""The outbox states every configured destination reports, 0 when it has none."""
+
+
 class _SizeCollector(Collector):
     """Sizes read from the database at each scrape, through the runtime's
     :class:`hookyard.sizes.SizeCounter` (the slow whole-index counts are reused for a minute)."""
@@ -59,14 +63,20 @@ class _SizeCollector(Collector):
             "hookyard_outbox_rows", "Outbox rows by destination and state",
             labels=["destination", "state"],
         )
-        for dest, state, count in states:
+        # every configured destination has a sample for each live state and its retry depth,
+        # 0 included: an alert on them sees 0, not "no data"
+        counts = {(dest, state): count for dest, state, count in states}
+        for dest in names:
+            for state in LIVE_STATES:
+                counts.setdefault((dest, state), 0)
+        for (dest, state), count in sorted(counts.items()):
             rows.add_metric([dest, state], count)
         yield rows
         depth = GaugeMetricFamily(
             "hookyard_retry_queue_depth", "Deliveries waiting for a retry", labels=["destination"]
         )
-        for dest, count in retrying.items():
-            depth.add_metric([dest], count)
+        for dest in sorted({*names, *retrying}):
+            depth.add_metric([dest], retrying.get(dest, 0))
         yield depth
 
 

@@ -46,6 +46,9 @@ def test_fast_counts_are_exact_at_every_scrape(runtime: Runtime) -> None:
     now = scrape(collector)
     assert now["hookyard_inbox_events"] == 6
     assert now["hookyard_outbox_rows,seg,done"] == 5 and now["hookyard_outbox_rows,seg,pending"] == 1
+    # a live state with no rows, and no retries: a 0 sample, not "no data" (an outside audit)
+    assert now["hookyard_outbox_rows,seg,dead"] == 0 and now["hookyard_outbox_rows,seg,inflight"] == 0
+    assert now["hookyard_retry_queue_depth,seg"] == 0
 
 
 def test_slow_counts_are_reused_live_ones_are_not(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
