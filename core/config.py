@@ -268,7 +268,7 @@ def read_or_create_secret(path: Path, prefix: str) -> tuple[str, bool]:
     """A secret kept in the data dir: (value, created_now)."""
     if path.exists():
         return path.read_text().strip(), False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir: see Runtime.build
     value = new_secret(prefix)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:

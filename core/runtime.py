@@ -180,8 +180,8 @@ class Runtime:
                 trigger=_compile(dest.trigger, f"{where}.trigger"),
             )
         try:  # only once everything else is valid: a bad config leaves no empty data dir
-            if prepare:
-                data_dir.mkdir(parents=True, exist_ok=True)
+            if prepare:  # its own user only: the databases in it hold customer data
+                data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create data dir {data_dir}: {exc}") from None
         if config.server.admin_token:

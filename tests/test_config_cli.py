@@ -703,3 +703,17 @@ def test_serve_closes_silent_and_trickling_connections_not_keep_alive_ones(serve
         assert all(3 < w.result() < 20 for w in waits)
         kept.result()
     assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_the_data_dir_is_created_for_its_user_only(tmp_path: Path) -> None:
+    """The databases in it hold customer data; they follow the umask (0644), so the directory
+    keeps other users out (an outside audit found it 0755)."""
+    import stat
+
+    from hookyard.config import default_config
+    from hookyard.runtime import Runtime
+
+    data = tmp_path / "nested" / "hookyard-data"
+    Runtime.build(default_config(data))
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "write_key").stat().st_mode) == 0o600
