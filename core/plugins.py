@@ -154,7 +154,11 @@ def _object_label(plugin: object) -> str:
 
 
 def plugin_label(pm: pluggy.PluginManager, plugin: object) -> str:
-    """``plugin 'novu'`` for a plugin loaded from its entry point, else after its type."""
+    """``plugin 'acme' (hookyard_acme.plugin, distribution hookyard-acme 0.1.0)`` for a plugin
+    loaded from its entry point, else after its type (for error messages)."""
+    installed = _installed_label(pm, plugin)
+    if installed:
+        return installed
     name = pm.get_name(plugin)
     return _object_label(plugin) if name in (None, str(id(plugin))) else f"plugin {name!r}"
 
@@ -288,10 +292,10 @@ class ConnectorRegistry:
                     raise ConfigError(f"{plugin_label(pm, impl.plugin)}: {problem}")
                 key = (connector.kind, connector.name)
                 if key in self._connectors:
-                    other = pm.get_name(self._connectors[key][1])
+                    other = self._connectors[key][1]
                     raise ConfigError(
                         f"{connector.kind} connector {connector.name!r} is registered by both "
-                        f"plugin {other!r} and plugin {impl.plugin_name!r}"
+                        f"{plugin_label(pm, other)} and {plugin_label(pm, impl.plugin)}"
                     )
                 self._connectors[key] = (connector, impl.plugin)
 
