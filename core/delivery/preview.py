@@ -44,6 +44,8 @@ _object = msgspec.json.Decoder(dict[str, Any])
 
 def load_event(data: bytes) -> dict[str, Any]:
     """Decode a JSON object; :class:`BadRequest` names what is wrong."""
+    if not data.strip():
+        raise BadRequest("no event given: pass --file FILE, or the event's JSON on stdin")
     try:
         return _object.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError) as exc:

@@ -154,6 +154,8 @@ def test_cli_preview_prints_what_the_api_answers(
     assert code != 0 and "no destination named 'nope'" in out and "seg" in out
     code, out = run_cli("preview", *opts, stdin="{not json")
     assert code != 0 and "JSON object" in out
+    code, out = run_cli("preview", *opts, stdin="")  # not "Input data was truncated"
+    assert code != 0 and "no event given: pass --file FILE" in out
     code, out = run_cli("preview", *opts, stdin='{"type": "track", "event": "E"}')
     assert code != 0 and "userId or anonymousId is required" in out
 
