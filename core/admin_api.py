@@ -88,8 +88,10 @@ async def _body(request: Request) -> dict[str, Any]:
         return {}
     try:
         return _dec.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError) as exc:
+    except msgspec.ValidationError as exc:
         raise ValueError(f"body must be a JSON object: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"body is not valid JSON: {exc}") from None
 
 
 def routes(rt: Runtime) -> list[BaseRoute]:

@@ -85,7 +85,7 @@ def test_preview_filter_trigger_field_missing_and_requests(
         ({"userId": "u"}, "not a valid Segment event"),
         ({"type": "track", "userId": "u", "event": 5}, "not a valid Segment event"),
         ([track("p", 1)], "JSON object"),
-        ("{nope", "JSON object"),
+        ("{nope", "body is not valid JSON"),
     ):
         kw = {"content": body} if isinstance(body, str) else {"json": body}
         r = admin(server, "/api/destinations/rec/preview", "POST", **kw)
