@@ -705,6 +705,29 @@ def test_serve_closes_silent_and_trickling_connections_not_keep_alive_ones(serve
     assert httpx.get(f"{url}/healthz").status_code == 200
 
 
+def test_serve_answers_431_to_headers_over_64_kib(serve: Any) -> None:
+    """httptools sets no limit: a 30 MB header was read into memory and answered 200 (an
+    outside audit). Large bodies and many ordinary requests on one connection still pass."""
+    import socket
+
+    url, _proc, _out = serve("headers")
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.settimeout(10)
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"larger than 65536 bytes" in answer
+    with httpx.Client(base_url=url) as client:
+        assert client.get("/healthz", headers={"X-Fine": "a" * 30_000}).status_code == 200
+        for _ in range(50):  # keep-alive: the count starts again with every request
+            assert client.get("/healthz", headers={"X-Fine": "a" * 4_000}).status_code == 200
+        big = client.post("/v1/track", content=b"{" + b" " * 400_000 + b"}",
+                          headers={"Authorization": "Basic eDo="})
+        assert big.status_code == 401  # the body is not a header: read, then refused for the key
+
+
 def test_the_data_dir_is_created_for_its_user_only(tmp_path: Path) -> None:
     """The databases in it hold customer data; they follow the umask (0644), so the directory
     keeps other users out (an outside audit found it 0755)."""
