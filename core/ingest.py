@@ -157,6 +157,10 @@ def _error_answer(exc: RequestError) -> Answer:
         headers["Retry-After"] = "5"
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Basic realm="hookyard"'
+    if isinstance(exc, RequestTimeout | PayloadTooLarge):
+        # the body may be unread, or still coming: what follows on the connection is not a
+        # new request (RFC 9110 15.5.9), so it is closed after the answer
+        headers["Connection"] = "close"
     return _json_answer(exc.status, body, headers)
 
 

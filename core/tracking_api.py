@@ -75,6 +75,8 @@ def json_text(body: bytes) -> bytes:
       which would refuse every event of the batch it came in (and the Segment libraries drop
       a batch answered 400).
     """
+    if not body or body.isspace():  # not strip(): that copies the body
+        raise BadRequest("malformed JSON: the body is empty (expected a JSON object)")
     if not body.isascii():
         try:
             body.decode("utf-8")

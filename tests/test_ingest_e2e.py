@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import segment.analytics as analytics
+from hookyard.errors import BadRequest
 from hookyard.testing import (
     sample_alias,
     sample_group,
@@ -514,6 +515,24 @@ def test_nothing_answers_500(server: HookyardServer, http: httpx.Client) -> None
     assert 400 in statuses and 401 in statuses
     assert http.get("/healthz").status_code == 200
     assert_ok(post(http, "/v1/track", sample_track()))
+
+
+def test_an_empty_body_says_so(server: HookyardServer, http: httpx.Client) -> None:
+    for body in (b"", b"  \n"):
+        assert_refused(post(http, "/v1/track", body), 400, "malformed JSON: the body is empty")
+
+
+def test_a_refused_unread_body_closes_the_connection() -> None:
+    """408 and 413 may leave the body unread or still coming: what follows on the connection
+    is not a new request (RFC 9110 15.5.9; an outside audit saw it parsed as one)."""
+    from hookyard.errors import PayloadTooLarge, RequestTimeout
+    from hookyard.ingest import _error_answer
+
+    for exc in (RequestTimeout("slow"), PayloadTooLarge("big")):
+        status, _body, headers = _error_answer(exc)
+        assert (b"connection", b"close") in headers, status
+    _status, _body, headers = _error_answer(BadRequest("bad"))
+    assert (b"connection", b"close") not in headers
 
 
 def test_a_trailing_slash_is_the_same_call(server: HookyardServer, http: httpx.Client) -> None:
