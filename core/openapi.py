@@ -107,6 +107,20 @@ def operations(rt: Runtime) -> list[Op]:
     return ops
 
 
+_INTEGER_PARAMS: dict[str, dict[str, Any]] = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+    "cursor": {"type": "integer"},  # an id; the subscribers list pages by distinct_id instead
+    "status": {"type": "integer"},
+}
+
+
+def _param_schema(path: str, name: str, required: bool) -> dict[str, Any]:
+    """A query or path parameter as the server checks it (hookyard.operator_input)."""
+    if name in _INTEGER_PARAMS and not (name == "cursor" and path == "/api/subscribers"):
+        return dict(_INTEGER_PARAMS[name])
+    return {"type": "string", "minLength": 1} if required else {"type": "string"}
+
+
 def build_openapi(rt: Runtime) -> dict[str, Any]:
     ops = operations(rt)
     types: list[Any] = []
@@ -128,7 +142,7 @@ def build_openapi(rt: Runtime) -> dict[str, Any]:
         if op.params:
             item["parameters"] = [
                 {"name": n, "in": where, "required": where == "path" or d == "required",
-                 "description": d, "schema": {"type": "string"}}
+                 "description": d, "schema": _param_schema(op.path, n, d == "required")}
                 for n, where, d in op.params
             ]
         if op.body is not None:
