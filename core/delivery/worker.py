@@ -103,8 +103,10 @@ class DestinationWorker:
         self.scan_due = 0.0
         self.deep_scan_due = 0.0  # (monotonic) the next scan that may look past a fruitless page
         # how far incremental scans got, seeing only blocked users, since anything last changed
-        # here (a result, a claim): a rescan on the timer alone goes on from there
+        # here (a result, a claim): a rescan on the timer alone goes on from there, with the
+        # users they found blocked on the way (their later rows must still wait)
         self.walked_to = 0
+        self.walked_blocked: set[str] = set()
 
     async def run(self) -> None:
         while not self.stopping:
@@ -146,6 +148,7 @@ class DestinationWorker:
         self.rescan = False
         if changed:
             self.walked_to = 0
+            self.walked_blocked = set()
         after = self.scan_after if incremental else 0
         # the leased keys and the first page in one trip to a reader thread (each trip waits
         # for the busy event loop's GIL: about half a millisecond under load)
@@ -208,13 +211,16 @@ class DestinationWorker:
         batches, key_of = pack(collected, free, size)
         if not batches or self.stopping:
             if incremental:  # every row up to here: a blocked user's
-                self.walked_to = after
+                self.walked_to, self.walked_blocked = after, set(blocked)
             elif cut_short and not changed and self.walked_to > after:
                 # a rescan on the timer alone (no result, no claim since the last one) found
                 # the same blocked users: the incremental scans go on from where they got, not
                 # through the backlog again (a stuck destination re-read all of it every
-                # second, a page per routing wake); the deep scan still looks at every row
+                # second, a page per routing wake); the deep scan still looks at every row.
+                # The users blocked in the rows it skips stay blocked: one waiting for its
+                # retry there would otherwise have its later rows started first
                 after = self.walked_to
+                blocked |= self.walked_blocked
             self.scan_after, self.scan_blocked, self.scan_due = after, blocked, next_due
             return max(0.01, next_due - now)
         self.rescan = True
