@@ -19,6 +19,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
@@ -27,6 +28,7 @@ from starlette.responses import Response
 SESSION_COOKIE = "hookyard_session"
 LOGIN_COOKIE = "hookyard_login"
 SESSION_SECONDS = 12 * 3600
+REVOKED_SESSIONS = "ui_revoked_sessions"  # in the data dir: sessions logged out before expiry
 FORM_LIMIT = 64 * 1024
 HOME = "/ui/events"
 
@@ -55,10 +57,15 @@ def _b64(data: bytes) -> str:
 class SessionAuth:
     """Signs and checks session cookies and CSRF tokens for one admin token."""
 
-    def __init__(self, admin_token: str, lifetime: float = SESSION_SECONDS) -> None:
+    def __init__(self, admin_token: str, lifetime: float = SESSION_SECONDS,
+                 revoked_file: Path | None = None) -> None:
         self.token = admin_token.encode()
         self.key = hmac.new(self.token, b"hookyard dashboard session v1", hashlib.sha256).digest()
         self.lifetime = lifetime
+        # sessions logged out before they expire (session id -> expiry), kept in the data dir
+        # so that a restart does not bring them back
+        self.revoked_file = revoked_file
+        self.revoked: dict[str, int] = _read_revoked(revoked_file)
 
     def _sign(self, text: str) -> str:
         return _b64(hmac.new(self.key, text.encode(), hashlib.sha256).digest())
@@ -79,7 +86,27 @@ class SessionAuth:
             return None
         if not expiry.isdigit() or int(expiry) < time.time():
             return None
+        if sid in self.revoked:  # logged out
+            return None
         return sid
+
+    def revoke(self, cookie: str | None) -> None:
+        """Log the session of ``cookie`` out for good: a copy of the cookie no longer opens
+        the dashboard (it is a signed value that would otherwise stay valid until it expires)."""
+        sid = self.session_id(cookie)
+        if sid is None or cookie is None:
+            return
+        expiry = int(cookie.split(".")[0])
+        now = time.time()
+        self.revoked = {s: e for s, e in self.revoked.items() if e >= now}
+        self.revoked[sid] = expiry
+        if self.revoked_file is not None:
+            try:
+                text = "".join(f"{e} {s}\n" for s, e in self.revoked.items())
+                self.revoked_file.write_text(text)
+                self.revoked_file.chmod(0o600)
+            except OSError:  # the logout still holds in memory
+                pass
 
     def csrf_for(self, sid: str) -> str:
         return self._sign(f"csrf:{sid}")
@@ -112,6 +139,19 @@ class SessionAuth:
     @staticmethod
     def clear_session(response: Response) -> None:
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+
+
+def _read_revoked(path: Path | None) -> dict[str, int]:
+    """The unexpired entries of a revoked-sessions file (``<expiry> <session id>`` lines)."""
+    if path is None or not path.is_file():
+        return {}
+    now = time.time()
+    found: dict[str, int] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        expiry, _, sid = line.partition(" ")
+        if expiry.isdigit() and sid and int(expiry) >= now:
+            found[sid] = int(expiry)
+    return found
 
 
 def set_login_cookie(response: Response, request: Request, nonce: str) -> None:

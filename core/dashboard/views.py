@@ -21,6 +21,8 @@ from starlette.responses import RedirectResponse, Response
 from .auth import (
     HOME,
     LOGIN_COOKIE,
+    REVOKED_SESSIONS,
+    SESSION_COOKIE,
     Identity,
     Refused,
     SessionAuth,
@@ -68,7 +70,7 @@ class Dashboard:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.auth = SessionAuth(rt.admin_token)
+        self.auth = SessionAuth(rt.admin_token, revoked_file=rt.data_dir / REVOKED_SESSIONS)
         self.renderer = Renderer(rt)
         self.api = LocalApi(rt)
 
@@ -154,6 +156,7 @@ class Dashboard:
         return response
 
     async def logout(self, call: Call) -> Response:
+        self.auth.revoke(call.request.cookies.get(SESSION_COOKIE))
         response = self.redirect("/ui/login")
         self.auth.clear_session(response)
         return response

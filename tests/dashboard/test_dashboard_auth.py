@@ -93,13 +93,23 @@ def test_csrf_required_on_post_with_cookie(client: httpx.Client) -> None:
     assert client.post("/ui/sources/web/write-key").status_code == 403
 
 
-def test_logout(client: httpx.Client) -> None:
+def test_logout(client: httpx.Client, server: HookyardServer) -> None:
     login(client)
     token = csrf_of(client.get("/ui/events").text)
     assert client.post("/ui/logout", data={}).status_code == 403  # CSRF here too
+    copy = client.cookies["hookyard_session"]  # captured before the logout
     out = client.post("/ui/logout", data={"csrf": token})
     assert out.status_code == 303 and out.headers["location"] == "/ui/login"
     assert client.get("/ui/events").status_code == 303
+    # the copy no longer opens the dashboard either (it is signed, not looked up: it stayed
+    # valid for its 12 hours, found by an outside audit), also after a restart
+    with httpx.Client(base_url=str(client.base_url), cookies={"hookyard_session": copy}) as c:
+        assert c.get("/ui/events").status_code == 303
+    from hookyard.dashboard.auth import REVOKED_SESSIONS, SessionAuth
+
+    revoked = server.runtime.data_dir / REVOKED_SESSIONS
+    assert SessionAuth(ADMIN).session_id(copy) is not None  # signed right, unexpired...
+    assert SessionAuth(ADMIN, revoked_file=revoked).session_id(copy) is None  # ...but logged out
 
 
 def test_session_of_another_admin_token_is_refused(server: HookyardServer) -> None:
