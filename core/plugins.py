@@ -327,10 +327,18 @@ class ConnectorRegistry:
             for connector, plugin in self._connectors.values()
         ]
 
+    def _owner(self, kind: ConnectorKind, name: str) -> object:
+        """The plugin that registered connector ``name``; ConfigError listing the installed
+        ones when none did (say, a plugin object a test registered elsewhere)."""
+        found = self._connectors.get((kind, name))
+        if found is None:
+            self.get(kind, name)  # raises
+        return found[1]  # type: ignore[index]
+
     def caller(self, hook_name: str, kind: ConnectorKind, name: str) -> Any:
         """A hook caller for ``hook_name`` that only reaches the owner of connector ``name``
         (plus wrappers from plugins that do not implement the step themselves)."""
-        owner = self._connectors[(kind, name)][1]
+        owner = self._owner(kind, name)
         key = (hook_name, id(owner))
         caller = self._callers.get(key)
         if caller is None:
@@ -357,7 +365,7 @@ class ConnectorRegistry:
         cached = self._direct_cache.get(key)
         if cached is not None and cached[1] == impls:
             return cached[0]
-        owner = self._connectors[(kind, name)][1]
+        owner = self._owner(kind, name)
         mine = [i for i in impls if i.plugin is owner and not (i.wrapper or i.hookwrapper)]
         wrapped = any(i.wrapper or i.hookwrapper for i in impls)
         impl = mine[0] if len(mine) == 1 and not wrapped else None

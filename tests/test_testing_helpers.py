@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from hookyard import hookimpl
 from hookyard.config import parse_config
 from hookyard.connectors import Connector, DestinationContext
 from hookyard.deliveries import Delivery, DeliveryResult, MapResult
 from hookyard.delivery.router import map_one
+from hookyard.errors import ConfigError
 from hookyard.events import Event, event_type
 from hookyard.fields import resolve_fields
 from hookyard.http import HttpClient
@@ -130,3 +132,29 @@ def test_deliver_with_hands_a_raw_bodies_connector_raw_bodies() -> None:
     reg = registry([RawSender()])
     deliver_with(destination_context("rawsender", reg=reg), [Delivery(kind="t", body={"x": 1})], reg)
     assert isinstance(seen[0], msgspec.Raw) and msgspec.json.decode(seen[0]) == {"x": 1}
+
+
+def test_the_with_helpers_use_the_registry_the_context_was_built_with() -> None:
+    """A plugin object that is not installed needed ``reg=`` a second time, and without it
+    the error was a bare ``KeyError: ('destination', 'listmap')`` (an outside audit)."""
+
+    class Listmap:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="listmap", kind="destination")]
+
+        @hookimpl
+        def map_event(self, event: Event) -> MapResult:
+            return MapResult.send(Delivery(kind=event_type(event), body={}))
+
+        @hookimpl
+        def deliver(self, deliveries: list[Delivery]) -> list[DeliveryResult]:
+            return [DeliveryResult(outcome="ok") for _ in deliveries]
+
+    reg = registry([Listmap()])
+    ctx = destination_context("listmap", reg=reg)
+    [delivery] = map_with(ctx, sample_track()).deliveries
+    assert delivery.kind == "track"
+    assert [r.outcome for r in deliver_with(ctx, [delivery])] == ["ok"]
+    with pytest.raises(ConfigError, match="no destination plugin named 'listmap' is installed"):
+        registry().call("map_event", "destination", "listmap")

@@ -80,27 +80,51 @@ def registry(plugins: list[object] | None = None) -> ConnectorRegistry:
     return ConnectorRegistry(make_plugin_manager(plugins or ()))
 
 
+# The registry a context was built with (``reg=``, for plugin objects that are not installed),
+# so the *_with helpers find it without being given it again; the newest contexts only.
+_BUILT_WITH: dict[int, tuple[object, ConnectorRegistry]] = {}
+_BUILT_WITH_MAX = 256
+
+
+def _remember(ctx: object, reg: ConnectorRegistry | None) -> None:
+    if reg is not None:
+        if len(_BUILT_WITH) >= _BUILT_WITH_MAX:
+            del _BUILT_WITH[next(iter(_BUILT_WITH))]
+        _BUILT_WITH[id(ctx)] = (ctx, reg)
+
+
+def _registry_for(ctx: object, reg: ConnectorRegistry | None) -> ConnectorRegistry:
+    """``reg``, else the one ``ctx`` was built with, else the installed plugins'."""
+    if reg is not None:
+        return reg
+    found = _BUILT_WITH.get(id(ctx))
+    return found[1] if found is not None and found[0] is ctx else registry()
+
+
 def destination_context(
     plugin: str, settings: dict[str, Any] | None = None, *, name: str | None = None,
     data_dir: Path | str = ".", reg: ConnectorRegistry | None = None,
 ) -> DestinationContext:
-    """A destination context with settings validated by the plugin's settings Struct."""
-    reg = reg or registry()
-    connector = reg.get("destination", plugin)
-    return DestinationContext(
+    """A destination context with settings validated by the plugin's settings Struct. The
+    ``*_with`` helpers called with it use ``reg`` too, unless given another."""
+    connector = (reg or registry()).get("destination", plugin)
+    ctx = DestinationContext(
         name=name or plugin, plugin=plugin,
         settings=convert_settings(connector, settings or {}), data_dir=Path(data_dir),
     )
+    _remember(ctx, reg)
+    return ctx
 
 
 def source_context(
     plugin: str, write_key: str = "test-write-key", settings: dict[str, Any] | None = None,
     *, name: str | None = None, reg: ConnectorRegistry | None = None,
 ) -> SourceContext:
-    reg = reg or registry()
-    connector = reg.get("source", plugin)
-    return SourceContext(name=name or plugin, plugin=plugin, write_key=write_key,
-                         settings=convert_settings(connector, settings or {}))
+    connector = (reg or registry()).get("source", plugin)
+    ctx = SourceContext(name=name or plugin, plugin=plugin, write_key=write_key,
+                        settings=convert_settings(connector, settings or {}))
+    _remember(ctx, reg)
+    return ctx
 
 
 def ingest_request(
@@ -116,7 +140,7 @@ def authenticate_with(
     ctx: SourceContext, request: IngestRequest, reg: ConnectorRegistry | None = None
 ) -> AuthResult:
     """Call the source plugin's ``authenticate`` hook (deterministic dispatch, no server)."""
-    reg = reg or registry()
+    reg = _registry_for(ctx, reg)
     result: AuthResult = reg.call("authenticate", "source", ctx.plugin, source=ctx, request=request)
     return result
 
@@ -125,7 +149,7 @@ def parse_with(
     ctx: SourceContext, request: IngestRequest, reg: ConnectorRegistry | None = None
 ) -> list[ParsedEvent]:
     """Call the source plugin's ``parse_events`` hook (``BadRequest`` propagates)."""
-    reg = reg or registry()
+    reg = _registry_for(ctx, reg)
     result: list[ParsedEvent] = reg.call("parse_events", "source", ctx.plugin, source=ctx,
                                          request=request)
     return result
@@ -139,7 +163,7 @@ def map_with(
     ``hookyard.fields.FieldMissing`` raised by the hook is the skip
     ``MapResult.skip(exc.reason)``; each delivery without a ``message_id`` / ``ordering_key``
     gets the event's ``messageId`` / ``userId``, else ``anonymousId``)."""
-    return call_map_event(reg or registry(), ctx, raw, as_event(raw))
+    return call_map_event(_registry_for(ctx, reg), ctx, raw, as_event(raw))
 
 
 def deliver_with(
@@ -155,7 +179,7 @@ def deliver_with(
     ``connect_timeout_seconds`` / ``total_timeout_seconds``, 5 and 15 by default).
     ``client.send`` answers a request that timed out with a retryable result. A connector
     with ``raw_bodies`` gets each body as ``msgspec.Raw``, as from the server's outbox."""
-    reg = reg or registry()
+    reg = _registry_for(ctx, reg)
     deliveries = as_stored(deliveries, reg.get("destination", ctx.plugin).raw_bodies)
 
     async def run() -> list[DeliveryResult]:
