@@ -178,7 +178,7 @@ def describe(delivery: dict[str, Any]) -> str:
     parts = [f"{delivery['destination']:<16} {delivery['state']:<9}"]
     if delivery["state"] == "filtered":
         parts.append(f"skipped: {delivery.get('last_error')}")
-        return " ".join(parts)
+        return "  ".join(parts)  # the column after the state as on the other lines
     if attempts:
         last = attempts[-1]
         latency = f", {last['latency_ms']:.0f} ms" if last.get("latency_ms") is not None else ""

@@ -92,3 +92,12 @@ def test_errors_are_one_line(server: HookyardServer, tmp_path: Path) -> None:
         assert err.startswith(expected), (args, err)
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "empty").exists()
+
+
+def test_a_filtered_delivery_lines_up_with_the_others() -> None:
+    """The column after the state starts at the same place on every line (an audit's nit)."""
+    from hookyard.send_test import describe
+
+    filtered = describe({"destination": "profiles", "state": "filtered", "last_error": "anonymous"})
+    done = describe({"destination": "profiles", "state": "done", "attempts_log": [{}]})
+    assert filtered.index("skipped") == done.index("1 attempt")
