@@ -269,6 +269,28 @@ def test_values_that_are_no_address_are_ignored_with_a_note(
     assert "$sms ignored: 'call me maybe' (trait phone) is not a phone number" in caplog.text
 
 
+def test_values_of_the_wrong_kind_are_ignored_with_a_note(
+    make_ctx: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an outside audit: a phone sent as a JSON number (its + lost) became a second
+    value beside the same number as text; true, {} and over-long addresses went in silently
+    or were kept; a Slack email kept its case, so one person got two values."""
+    ctx = make_ctx({"channels": {"$whatsapp": "phone", "$slack": "slackEmail"}})
+    with caplog.at_level(logging.INFO, logger="hookyard.profiles"):
+        sync(ctx, sample_identify(traits={"phone": "+15550001234", "slackEmail": "C2@Slack.com"}))
+        sync(ctx, sample_identify(traits={"phone": 15550001234, "slackEmail": "c2@slack.com"}))
+        sync(ctx, sample_identify(traits={"email": True, "phone": {"a": 1}}))
+        sync(ctx, sample_identify(traits={"email": "a" * 65 + "@example.com", "phone": "  "}))
+    assert profile(ctx)["channels"] == {"$sms": ["+15550001234"], "$whatsapp": ["+15550001234"],
+                                        "$slack": ["c2@slack.com"]}
+    assert "$sms ignored: 15550001234 (trait phone) is a number; send phone numbers as text" \
+        in caplog.text
+    assert "$email ignored: True (trait email) is not text" in caplog.text
+    assert "$sms ignored: {'a': 1} (trait phone) is not text" in caplog.text
+    assert f"$email ignored: '{'a' * 65}@example.com' (trait email) is not an email address" \
+        in caplog.text
+
+
 def test_an_older_identify_never_rolls_newer_values_back(make_ctx: Make) -> None:
     """A replay of a past window applies past identifies again: they fill in what is missing
     (and add channels), but the values of a newer identify stay."""

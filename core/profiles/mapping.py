@@ -118,16 +118,26 @@ PHONE = re.compile(r"\+?[0-9]{5,15}")
 PHONE_CHANNELS = ("$sms", "$whatsapp")
 
 
+def _email(value: str) -> str | None:
+    """An email address in lower case, within RFC 5321's lengths (64 before the ``@``, 254 in
+    all), else None."""
+    if not EMAIL.fullmatch(value) or len(value) > 254 or value.index("@") > 64:
+        return None
+    return value.lower()
+
+
 def channel_value(channel: str, value: str) -> str | None:
     """The value as the channel keeps it, or None when it cannot be one: an email address in
-    lower case (``Peter@Example.com`` and ``peter@example.com`` are one address), a phone
-    number without separators (``+1 (555) 555-5555`` is ``+15555555555``); other channels'
-    values (Slack ids, push tokens) as they are."""
+    lower case (``Peter@Example.com`` and ``peter@example.com`` are one address; a Slack
+    email too), a phone number without separators (``+1 (555) 555-5555`` is
+    ``+15555555555``); other channels' values (Slack user ids, push tokens) as they are."""
     if channel == "$email":
-        return value.lower() if EMAIL.fullmatch(value) else None
+        return _email(value)
     if channel in PHONE_CHANNELS:
         number = PHONE_SEPARATORS.sub("", value)
         return number if PHONE.fullmatch(number) else None
+    if channel == "$slack" and "@" in value:
+        return _email(value) or value
     return value
 
 
@@ -139,13 +149,23 @@ def _channel_values(
         value = traits.get(trait)
         values = value if isinstance(value, list) else [value]
         for v in values:
-            if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip():
-                kept = channel_value(channel, str(v).strip())
-                if kept is None:
-                    kind = "an email address" if channel == "$email" else "a phone number"
-                    notes.append(f"{channel} ignored: {v!r} (trait {trait}) is not {kind}")
-                elif kept not in out:
-                    out.append(kept)
+            if v is None or (isinstance(v, str) and not v.strip()):
+                continue  # no value
+            if isinstance(v, int) and not isinstance(v, bool) and channel in PHONE_CHANNELS:
+                # a JSON number has lost the number's + (and any leading 0): it would be a
+                # second value beside the same number sent as text
+                notes.append(f"{channel} ignored: {v!r} (trait {trait}) is a number; send phone"
+                             " numbers as text, e.g. \"+15555555555\"")
+                continue
+            if not isinstance(v, (str, int)) or isinstance(v, bool):
+                notes.append(f"{channel} ignored: {v!r} (trait {trait}) is not text")
+                continue
+            kept = channel_value(channel, str(v).strip())
+            if kept is None:
+                kind = "an email address" if channel == "$email" else "a phone number"
+                notes.append(f"{channel} ignored: {v!r} (trait {trait}) is not {kind}")
+            elif kept not in out:
+                out.append(kept)
     return out
 
 
