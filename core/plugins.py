@@ -220,7 +220,7 @@ def check_hooks(pm: pluggy.PluginManager) -> None:
     if unknown:  # the first plugin with unknown hooks, every one of them
         key, names = next(iter(unknown.items()))
         plugin = plugins[key]
-        label = _installed_label(pm, plugin) or _object_label(plugin)
+        label = plugin_label(pm, plugin)
         raise ConfigError(f"{label}: {'; '.join(_unknown_hook(name) for name in sorted(names))}")
     pm.check_pending()  # anything the loop above does not know about
     check_not_async(pm)
@@ -254,7 +254,7 @@ def check_not_async(pm: pluggy.PluginManager) -> None:
             continue
         for impl in caller.get_hookimpls():
             if inspect.iscoroutinefunction(impl.function):
-                label = _installed_label(pm, impl.plugin) or _object_label(impl.plugin)
+                label = plugin_label(pm, impl.plugin)
                 raise ConfigError(
                     f"{label}: hook {name!r} is an async def, but hookyard calls it without"
                     f" awaiting: make it a plain def (only {', '.join(ASYNC_HOOKS)} may be async)"
