@@ -8,6 +8,12 @@ armed when the connection opens, and (httptools) it is disarmed when a request's
 complete rather than at its first byte: a client that trickles its headers is cut off after the
 same 5 s, and one whose headers pass :data:`MAX_HEADER_BYTES` is answered 431. A body that
 stalls is answered 408 (:mod:`hookyard.body_deadline`).
+
+httptools is lenient where RFC 9112 is not; :func:`header_problem` refuses what it lets through:
+an HTTP/1.1 request without ``Host`` or with two (400), a transfer coding other than ``chunked``
+(501: ``gzip, chunked`` was read as chunked and the body taken as it came), and two
+``Authorization`` headers (400: the last one won, so a proxy and hookyard could each check a
+different credential).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import asyncio
 import errno
 import socket
 from typing import Any
+
+import msgspec
 
 from .errors import ConfigError
 
@@ -51,6 +59,37 @@ _HEADERS_TOO_LARGE = (
     b"content-length: " + str(len(_HEADERS_BODY)).encode() + b"\r\nconnection: close\r\n\r\n"
     + _HEADERS_BODY
 )
+
+
+def header_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> tuple[int, str] | None:
+    """The status and reason to refuse a request's headers with (names in lower case, as
+    uvicorn keeps them), or None when they are fine."""
+    hosts = auths = 0
+    for name, value in headers:
+        if name == b"host":
+            hosts += 1
+        elif name == b"authorization":
+            auths += 1
+        elif name == b"transfer-encoding" and value.lower() != b"chunked":
+            return 501, "Transfer-Encoding other than chunked is not supported" \
+                        " (use Content-Encoding: gzip for a compressed body)"
+    if hosts > 1 or (hosts == 0 and http_version == "1.1"):
+        return 400, "an HTTP/1.1 request needs exactly one Host header"
+    if auths > 1:
+        return 400, "more than one Authorization header"
+    return None
+
+
+def _error_answer(status: int, reason: str) -> bytes:
+    body = msgspec.json.encode({"success": False, "error": reason})
+    phrase = {400: "Bad Request", 501: "Not Implemented"}[status]
+    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+class _RefusedHeaders(Exception):
+    """Raised in a parser callback: httptools stops, and uvicorn answers 400 through
+    ``send_400_response``, which here writes the stored reason instead of its own."""
 
 
 def http_protocol() -> type[asyncio.Protocol]:
@@ -89,9 +128,21 @@ def http_protocol() -> type[asyncio.Protocol]:
             # the count goes on only while the headers are still incomplete after ``data``
             self.header_bytes = self.header_bytes + len(data) if self.header_timer else 0
 
+        refused: tuple[int, str] | None = None
+
         def on_headers_complete(self) -> None:
             self._disarm_header_timer()
+            self.refused = header_problem(self.headers, self.parser.get_http_version())
+            if self.refused is not None:
+                raise _RefusedHeaders(self.refused[1])
             super().on_headers_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            if self.refused is None:
+                super().send_400_response(msg)
+                return
+            self.transport.write(_error_answer(*self.refused))
+            self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_header_timer()

@@ -728,6 +728,51 @@ def test_serve_answers_431_to_headers_over_64_kib(serve: Any) -> None:
         assert big.status_code == 401  # the body is not a header: read, then refused for the key
 
 
+def test_serve_refuses_what_httptools_lets_through(serve: Any, tmp_path: Path) -> None:
+    """RFC 9112 wants exactly one Host in an HTTP/1.1 request; httptools took none or two, read
+    ``Transfer-Encoding: gzip, chunked`` as chunked (the body taken as it came), and let the
+    last of two Authorization headers win (an outside audit). Each is refused with a reason;
+    HTTP/1.0 without Host, an empty Host and plain chunked bodies still pass."""
+    import socket
+
+    url, _proc, _out = serve("strict-headers")
+    host, port = url.removeprefix("http://").split(":")
+    body = b'{"userId":"u1","event":"E"}'
+    key = (tmp_path / "hookyard-data" / "write_key").read_text().strip()
+    auth = b"Authorization: " + basic_auth(key)["Authorization"].encode() + b"\r\n"
+    sized = b"Content-Length: %d\r\n\r\n" % len(body) + body
+    chunked = b"\r\n%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+
+    def send(request: bytes) -> tuple[bytes, bytes]:
+        with socket.create_connection((host, int(port))) as conn:
+            conn.settimeout(10)
+            conn.sendall(request)
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+                if not (chunk := conn.recv(65536)):
+                    break
+                answer += chunk
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        return head.split(b"\r\n")[0], rest
+
+    start = b"POST /v1/track HTTP/1.1\r\n"
+    refused = {
+        start + auth + sized: (b"400", b"exactly one Host"),
+        start + b"Host: a\r\nHost: b\r\n" + auth + sized: (b"400", b"exactly one Host"),
+        start + b"Host: a\r\n" + auth + auth + sized: (b"400", b"more than one Authorization"),
+        start + b"Host: a\r\n" + auth + b"Transfer-Encoding: gzip, chunked\r\n" + chunked:
+            (b"501", b"Transfer-Encoding other than chunked"),
+    }
+    for request, (status, reason) in refused.items():
+        line, answer = send(request)
+        assert line.split(b" ")[1] == status and reason in answer, (request, line, answer)
+    for request in (b"POST /v1/track HTTP/1.0\r\n" + auth + sized,
+                    start + b"Host:\r\n" + auth + sized,
+                    start + b"Host: a\r\n" + auth + b"Transfer-Encoding: Chunked\r\n" + chunked):
+        line, answer = send(request)
+        assert line.endswith(b" 200 OK") and answer == b'{"success":true}', (request, line)
+
+
 def test_the_data_dir_is_created_for_its_user_only(tmp_path: Path) -> None:
     """The databases in it hold customer data; they follow the umask (0644), so the directory
     keeps other users out (an outside audit found it 0755)."""
