@@ -72,7 +72,6 @@ def forwarded_event(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)  # one per configured destination, built once
-@functools.lru_cache(maxsize=64)
 def request_target(base_url: str, write_key: str) -> tuple[str, dict[str, str]]:
     """The ``/v1/batch`` URL and headers of a destination (made once, not per request)."""
     return (base_url.rstrip("/") + BATCH_PATH,
