@@ -124,11 +124,15 @@ class ParsedEvent:
     event:    the typed, validated event.
     filtered: a reason when the source accepts the event but must not route it (it is still
               stored and answered 2xx, e.g. a Pushwoosh event not in the source's list).
+    sent_bytes: the event's size as the client sent it, when ``raw`` holds more (a batch's
+              shared ``context`` or ``sentAt`` merged in); ``[server] max_event_bytes`` applies
+              to it. None: ``len(raw)``.
     """
 
     raw: bytes
     event: Event
     filtered: str | None = None
+    sent_bytes: int | None = None
 
 
 @dataclass

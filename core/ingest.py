@@ -197,12 +197,15 @@ def _check_parsed(parsed: Any) -> None:
 
 
 def _without_refused(
-    parsed: list[ParsedEvent | RefusedEvent], refused: list[tuple[int, str]]
+    parsed: list[ParsedEvent | RefusedEvent], refused: list[tuple[int, str]], limit: int
 ) -> list[ParsedEvent]:
-    """The events to store; BadRequest (the first reason) when the hook refused them all."""
+    """The events to store; when every event was refused, BadRequest with the first reason
+    (PayloadTooLarge when every one was too large)."""
     kept = [ev for ev in parsed if not isinstance(ev, RefusedEvent)]
     if not kept:
         index, reason = refused[0]
+        if all(r.startswith("event is larger than") for _, r in refused):
+            raise PayloadTooLarge(f"every event is larger than {limit} bytes")
         raise BadRequest(reason if len(parsed) == 1 else f"[{index}] {reason} (every event refused)")
     return kept
 
@@ -326,11 +329,14 @@ class IngestEndpoint:
             for i, ev in enumerate(parsed):
                 if isinstance(ev, RefusedEvent):
                     refused.append((i, ev.reason))
-                elif len(ev.raw) > server.max_event_bytes:
-                    where = f"event {i} " if len(parsed) > 1 else "event "
-                    raise PayloadTooLarge(f"{where}is larger than {server.max_event_bytes} bytes")
+                elif (ev.sent_bytes or len(ev.raw)) > server.max_event_bytes:
+                    too_large = f"event is larger than {server.max_event_bytes} bytes"
+                    if len(parsed) == 1:
+                        raise PayloadTooLarge(too_large)
+                    refused.append((i, too_large))  # alone, as an invalid event of a batch
+                    parsed[i] = RefusedEvent(too_large)
             if refused:
-                parsed = _without_refused(parsed, refused)
+                parsed = _without_refused(parsed, refused, server.max_event_bytes)
             count = len(parsed)
             received_at = now_iso()
             rows = event_rows(source.name, parsed, received_at)

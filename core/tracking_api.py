@@ -245,7 +245,9 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
             except BadRequest as exc:  # this event alone (Segment's API: 200, event rejected)
                 events.append(RefusedEvent(exc.reason))
                 continue
-            if needs_defaults:
+            if needs_defaults:  # the item's limit is on what the client sent (its libraries
+                # check each item at 32 KB; the batch's sentAt alone adds ~40 bytes)
+                parsed.sent_bytes = len(parsed.raw)
                 parsed.raw = _with_batch_defaults(parsed.raw, batch, sent_at_field)
             events.append(parsed)
         return events
