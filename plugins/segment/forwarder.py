@@ -33,6 +33,10 @@ over the limit is refused whole with 400, which would dead-letter up to 100 good
 own libraries stay lower still (analytics-python 475,000 bytes)."""
 OVERSIZE_ERROR = "event is larger than Segment's 32 KB limit"
 HELD_BACK = "not sent: an earlier batch request of this call failed and will be retried"
+SPLIT_ON = (400, 413)
+"""A batch request refused with one of these (an event the API will not take: invalid, or over
+a size limit it counts differently) is sent again one event per request, so that only the
+refused event becomes a dead letter, not the up to 99 good ones beside it."""
 NOT_FORWARDED = ("writeKey", "sentAt", "receivedAt")
 """Never forwarded: a ``writeKey`` is a hookyard source's secret; an event's own ``sentAt`` is
 the original client's clock, which Segment would set against the ``timestamp`` at the time of
@@ -128,7 +132,9 @@ async def deliver(
 ) -> list[DeliveryResult]:
     """Send the deliveries as few ``/v1/batch`` requests as the 500 KB limit allows, in order.
     Once a request fails with a retryable error (429, 5xx, timeout), the later batches of the
-    call are not sent (retryable too, same ``Retry-After``): no hammering a rate-limited API."""
+    call are not sent (retryable too, same ``Retry-After``): no hammering a rate-limited API.
+    A request of several events answered 400 or 413 is sent again one event at a time
+    (:data:`SPLIT_ON`)."""
     settings: SegmentForwarderSettings = destination.settings
     results: list[DeliveryResult | None] = [None] * len(deliveries)
     encoded: dict[int, bytes] = {}
@@ -140,14 +146,23 @@ async def deliver(
             encoded[i] = data
     sent = sent_at()
     url, headers = request_target(settings.base_url, settings.write_key)
+
+    async def post(group: list[int]) -> DeliveryResult:
+        body = batch_body([encoded[i] for i in group], sent)
+        return (await client.send("POST", url, data=body, headers=headers))[0]
+
     failed: DeliveryResult | None = None
-    for group in pack([(i, len(data)) for i, data in encoded.items()], sent):
+    groups = pack([(i, len(data)) for i, data in encoded.items()], sent)
+    while groups:
+        group = groups.pop(0)
         if failed is not None:
             for i in group:
                 results[i] = DeliveryResult.retryable(HELD_BACK, retry_after=failed.retry_after)
             continue
-        body = batch_body([encoded[i] for i in group], sent)
-        result, _ = await client.send("POST", url, data=body, headers=headers)
+        result = await post(group)
+        if result.http_status in SPLIT_ON and len(group) > 1:
+            groups[:0] = [[i] for i in group]  # one event at a time: only a bad one fails
+            continue
         for i in group:
             results[i] = msgspec.structs.replace(result)
         if result.outcome == "retryable":

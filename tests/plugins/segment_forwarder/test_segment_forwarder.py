@@ -255,15 +255,38 @@ def test_batches_are_split_under_500_kb(fake: FakeServer) -> None:
 
 def test_results_follow_the_answer_of_each_request(fake: FakeServer) -> None:
     fake.respond(200, {"success": True}, times=1)
-    fake.respond(400, {"error": "invalid"}, times=1)
+    fake.respond(403, {"error": "forbidden"}, times=1)
     fake.fail(503, times=1, retry_after="3")
     raws = [padded_track(i, 30_000) for i in range(40)]
     results = send(ctx(fake.url), [mapped(r) for r in raws])
     groups = [len(r.json()["batch"]) for r in fake.requests]
     first, second = groups[0], groups[0] + groups[1]
     assert {r.outcome for r in results[:first]} == {"ok"}
-    assert {(r.outcome, r.http_status) for r in results[first:second]} == {("permanent", 400)}
+    assert {(r.outcome, r.http_status) for r in results[first:second]} == {("permanent", 403)}
     assert {(r.outcome, r.retry_after) for r in results[second:]} == {("retryable", 3.0)}
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_a_refused_batch_is_sent_again_one_event_at_a_time(fake: FakeServer, status: int) -> None:
+    """Segment (or a second hookyard) refusing a batch for one event would dead-letter all of
+    it (an outside audit chained two hookyards: one event at the edge of 32 KB took two good
+    ones with it): each is sent alone, and only the refused one fails."""
+    fake.respond(status, {"error": "event 1 is larger than 32768 bytes"}, times=1)  # the batch
+    fake.respond(200, {"success": True}, times=1)
+    fake.respond(status, {"error": "too large"}, times=1)
+    raws = [sample_track(messageId=f"m{i}") for i in range(3)]
+    results = send(ctx(fake.url), [mapped(r) for r in raws])
+    assert [(r.outcome, r.http_status) for r in results] == [
+        ("ok", 200), ("permanent", status), ("ok", 200)]
+    assert [[e["messageId"] for e in r.json()["batch"]] for r in fake.requests] == [
+        ["m0", "m1", "m2"], ["m0"], ["m1"], ["m2"]]
+
+
+def test_an_unauthorized_batch_is_not_sent_again(fake: FakeServer) -> None:
+    fake.respond(401, {"error": "bad write key"}, times=1)
+    results = send(ctx(fake.url), [mapped(sample_track(messageId=f"m{i}")) for i in range(3)])
+    assert {(r.outcome, r.http_status) for r in results} == {("permanent", 401)}
+    assert len(fake.requests) == 1
 
 
 def test_oversize_event_goes_to_dead_letters_and_the_rest_is_sent(fake: FakeServer) -> None:
