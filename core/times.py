@@ -101,14 +101,25 @@ def _micros(value: Any) -> int | None:
     return _micros_of(value) if isinstance(value, str) else None
 
 
+def _own_time(raw: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """The event's own time, text and :func:`micros`: its ``timestamp``, else (missing or not a
+    time) its ``originalTimestamp``; (None, None) when neither is a time."""
+    for field in ("timestamp", "originalTimestamp"):
+        text = raw.get(field)
+        if isinstance(text, str) and text:
+            us = _to_micros(text)  # each event its own
+            if us is not None:
+                return text, us
+    return None, None
+
+
 def _event_micros(raw: Mapping[str, Any]) -> tuple[int | None, bool]:
     """When a Segment event happened, in :func:`micros`, and whether that is the event's own
     time as it stands (no ``sentAt`` to correct it with): ``receivedAt - (sentAt - timestamp)``
     (``timestamp`` falling back to ``originalTimestamp``); without ``sentAt`` or with one before
     the event's own time, the event's own time; without one, ``receivedAt``; None without
     either."""
-    own_text = raw.get("timestamp") or raw.get("originalTimestamp")
-    own = _to_micros(own_text) if isinstance(own_text, str) else None  # each event its own
+    _, own = _own_time(raw)
     sent, received = _micros(raw.get("sentAt")), _micros(raw.get("receivedAt"))
     # a sentAt before the event happened is a broken clock, not a skew to correct
     if own is not None and sent is not None and received is not None and sent >= own:
@@ -131,8 +142,8 @@ def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
     """
     us, as_sent = _event_micros(raw)
     if as_sent:
-        own_text = raw.get("timestamp") or raw.get("originalTimestamp")
-        return None if own_text == raw.get("timestamp") else str(own_text)
+        own_text, _ = _own_time(raw)
+        return None if own_text == raw.get("timestamp") else own_text
     return iso_micros(us) if us is not None else None
 
 

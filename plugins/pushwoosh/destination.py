@@ -1,8 +1,9 @@
 """The ``pushwoosh`` destination: identify -> ``/json/1.3/setTags``, track ->
 ``/json/1.3/postEvent``.
 
-Mapping is pure (no I/O, no clock): ``timestampUTC`` comes from the event's own ``timestamp``,
-else ``originalTimestamp``, else ``receivedAt``. Delivery sends one request per delivery with
+Mapping is pure (no I/O, no clock): ``timestampUTC`` is when the event happened, its
+``timestamp`` (else ``originalTimestamp``) corrected for the client's clock as Segment does, else
+``receivedAt``. Delivery sends one request per delivery with
 ``Authorization: Token <api_key>``; deliveries of one ordering key (one user) go out one after
 the other, different users concurrently. Pushwoosh's JSON API may answer HTTP 200 with an error
 in the body (``{"status_code": 210, "status_message": "Argument error"}``): any ``status_code``
@@ -27,6 +28,7 @@ from hookyard.deliveries import (
 from hookyard.events import Event, Identify, Track, event_type
 from hookyard.fields import get_path
 from hookyard.http import HttpClient, HttpResponse
+from hookyard.times import event_time
 
 from .dates import unix_seconds
 from .settings import PushwooshSettings
@@ -34,7 +36,6 @@ from .tags import as_text, build_tags
 
 SET_TAGS_PATH = "/json/1.3/setTags"
 POST_EVENT_PATH = "/json/1.3/postEvent"
-TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "receivedAt")
 RATE_LIMITED = re.compile(r"too many requests|rate.?limit|throttl|quota", re.IGNORECASE)
 """A ``status_message`` saying the API refused for load, whatever its ``status_code``."""
 
@@ -79,12 +80,10 @@ def _ordering_key(event: Event) -> str:
 
 
 def event_timestamp(raw: Mapping[str, Any]) -> int | None:
-    """Unix seconds of the first valid of ``timestamp``, ``originalTimestamp``, ``receivedAt``."""
-    for field in TIMESTAMP_FIELDS:
-        seconds = unix_seconds(raw.get(field))
-        if seconds is not None:
-            return seconds
-    return None
+    """Unix seconds of when the event happened, as Segment's own destinations get it
+    (:func:`hookyard.times.event_time`): its ``timestamp`` (else ``originalTimestamp``)
+    corrected for the client's clock by the batch's ``sentAt``, else ``receivedAt``."""
+    return unix_seconds(event_time(raw))
 
 
 def attributes(properties: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -216,6 +216,9 @@ def test_track_attributes_are_flattened() -> None:
             JAN_1_2026 + 120,
         ),
         ({"timestamp": None, "receivedAt": "2026-01-01T01:00:00.000Z"}, JAN_1_2026 + 3600),
+        # a device clock six years behind: corrected by sentAt, as Segment does (an outside
+        # audit: Pushwoosh got 2020 while the Segment forwarder sent the corrected time)
+        ({"timestamp": "2020-01-01T00:00:00Z", "sentAt": "2020-01-01T00:00:10Z"}, JAN_1_2026 - 10),
     ],
 )
 def test_track_timestamp_conversion(fields: dict[str, Any], expected: int) -> None:
