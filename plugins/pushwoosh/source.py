@@ -19,7 +19,7 @@ from hookyard.tracking_api import parse_call
 from .settings import PushwooshSourceSettings
 
 TRACKING_PATH = "/v1/{call}"
-ACCEPTED_CALLS = ("track", "batch")
+ACCEPTED_CALLS = ("track", "batch", "import")  # import: batch, as on the Segment source
 KNOWN_EVENTS = (
     "Email Sent",
     "Push Sent",
@@ -53,7 +53,8 @@ def parse_pushwoosh(
     refused alone, as an invalid event is) and apply the events list."""
     call = request.path_params.get("call", "")
     if call not in ACCEPTED_CALLS:
-        raise NotFound(f"a Pushwoosh source takes /v1/track and /v1/batch only, not /v1/{call}")
+        raise NotFound(
+            f"a Pushwoosh source takes /v1/track, /v1/batch and /v1/import only, not /v1/{call}")
     parsed = parse_call(call, request.body)
     for i, item in enumerate(parsed):
         if isinstance(item, RefusedEvent):

@@ -194,10 +194,17 @@ def test_no_settings_means_no_filter() -> None:
     assert parsed.filtered is None
 
 
-@pytest.mark.parametrize("call", ["identify", "page", "group", "import", "nonsense"])
+@pytest.mark.parametrize("call", ["identify", "page", "group", "nonsense"])
 def test_other_calls_are_not_found(call: str) -> None:
-    with pytest.raises(NotFound, match=f"takes /v1/track and /v1/batch only, not /v1/{call}"):
+    with pytest.raises(NotFound, match=f"takes /v1/track, /v1/batch and /v1/import only, not /v1/{call}"):
         parse_events(source=source(), request=request({"userId": "u", "traits": {}}, call))
+
+
+def test_import_is_batch() -> None:
+    """Segment's server libraries (analytics-java) post to /v1/import; an outside audit."""
+    body = {"batch": [message_event("Email Sent"), message_event("Push Delivered")]}
+    parsed = parse_events(source=source(), request=request(body, "import"))
+    assert [p.event.event for p in parsed] == ["Email Sent", "Push Delivered"]
 
 
 def test_batch_with_a_non_track_event_refuses_it_alone() -> None:
