@@ -7,7 +7,7 @@ The "event tester": ``POST /api/destinations/{name}/preview`` and ``hookyard pre
      "passes": true,                       # passes the filter and the trigger
      "filter": null, "dropped_by_filter": false,
      "trigger": "type = \\"track\\"", "matches_trigger": true,
-     "sent": true,                         # at least one request would be sent
+     "sent": true,                         # map_event made at least one delivery
      "reason": null,                       # why nothing would be sent, when sent is false
      "filtered": null,                     # the same reason (older name)
      "requests": [{"kind": "track", "method": "POST", "path": "/v1/batch",
@@ -67,7 +67,8 @@ def request_of(dest: DestinationRuntime, d: Delivery) -> dict[str, Any]:
     """One delivery as the HTTP request it describes."""
     out: dict[str, Any] = {"kind": d.kind, "method": d.method, "path": d.path}
     base = getattr(dest.context.settings, "base_url", None)
-    if isinstance(base, str) and base:
+    if isinstance(base, str) and base and d.path:  # no path: not an HTTP request (Novu's
+        # send_unmapped = "error" fails such a delivery without sending anything)
         out["url"] = base.rstrip("/") + d.path
     out.update(body=d.body, message_id=d.message_id, ordering_key=d.ordering_key)
     return out

@@ -308,3 +308,39 @@ def test_api_replay_applies_a_changed_field_mapping(
     assert [r["state"] for r in trace(server, "f1-1")] == ["filtered", "done"]
     [req] = fake.requests
     assert req.json()["items"] == [{"user": "f1", "email": "f1@example.com", "messageId": "f1-1"}]
+
+
+NOVU_TOML = """
+[[sources]]
+name = "web"
+plugin = "segment"
+write_key = "preview-write-key"
+
+[[destinations]]
+name = "novu"
+plugin = "novu"
+sources = ["web"]
+[destinations.settings]
+api_key = "novu-secret-key"
+base_url = "http://127.0.0.1:9"
+send_unmapped = "error"
+workflows = { "User Registered" = "welcome" }
+"""
+
+
+def test_cli_preview_shows_no_url_for_a_delivery_that_sends_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Novu's ``send_unmapped = "error"`` maps an unmapped event to a delivery that fails
+    without a request: preview showed it a POST to Novu's root URL (an outside audit)."""
+    monkeypatch.delenv("HOOKYARD_CONFIG", raising=False)
+    config = tmp_path / "hookyard.toml"
+    config.write_text(NOVU_TOML)
+    args = ("preview", "--config", str(config), "--data-dir", str(tmp_path / "data"),
+            "--destination", "novu")
+    code, out = run_cli(*args, stdin=json.dumps(track("p", 1, event="Nope")))
+    [request] = json.loads(out)["requests"]
+    assert code == 0 and request["kind"] == "unmapped" and "url" not in request, out
+    code, out = run_cli(*args, stdin=json.dumps(track("p", 1, event="User Registered")))
+    [request] = json.loads(out)["requests"]
+    assert request["url"] == "http://127.0.0.1:9/v1/events/trigger", out
