@@ -240,7 +240,8 @@ def test_dlq_commands(
     wait_until(lambda: states(server).get("done") == 2, what="the retried letters")
     delivered = [e["messageId"] for r in fake.requests if r.path == "/one/v1/batch"
                  and r.headers["authorization"] for e in r.json()["batch"]]
-    assert delivered.count("c1-1") == 2 and delivered.count("c2-1") == 2  # failed once, then ok
+    # refused in their batch, then each alone (the forwarder's SPLIT_ON), then delivered
+    assert delivered.count("c1-1") == 3 and delivered.count("c2-1") == 3
     def refused(*args: str) -> str:
         result = CliRunner().invoke(main, [*args, "--config", str(path), "--data-dir", str(data)])
         assert result.exit_code != 0 and result.exception is not None
