@@ -119,6 +119,7 @@ class DestinationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     enabled: bool = True
     filter: str | None = None
     trigger: str | None = None
+    honor_integrations: bool = True  # each event's "integrations" switches (integration_flags)
     settings: dict[str, Any] = {}
     delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
 

@@ -47,6 +47,10 @@ class Connector:
                 ``startup`` hook prepared, no files or databases of this host. The engine may
                 then call it in its helper process, on another core
                 (``hookyard.delivery.deliver_process``; docs/delivery.md).
+    forwards_integrations: destinations only: the destination hands each event's
+                ``integrations`` object on to a router that applies it (the Segment forwarder),
+                so ``"All": false`` does not stop it here; only a ``false`` under its own name
+                does (:mod:`hookyard.integration_flags`).
     """
 
     name: str
@@ -56,7 +60,8 @@ class Connector:
     batch_size: int = 1
     raw_bodies: bool = False
     description: str = ""
-    deliver_anywhere: bool = False  # last: fields before it may be given by position
+    deliver_anywhere: bool = False  # fields before it may be given by position
+    forwards_integrations: bool = False
 
 
 @dataclass

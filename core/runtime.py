@@ -23,6 +23,7 @@ from starlette.routing import compile_path
 from .config import Config, DeliverySettings, DestinationConfig, read_or_create_secret
 from .connectors import Connector, DestinationContext, SourceContext
 from .errors import ConfigError, did_you_mean
+from .integration_flags import switched_off
 from .plugins import ConnectorRegistry, make_plugin_manager
 from .sizes import SizeCounter
 from .storage import Storage, migrate, open_database
@@ -55,7 +56,14 @@ class DestinationRuntime:
         return max(1, self.policy.batch_size or self.connector.batch_size)
 
     def gate(self, raw: dict[str, Any]) -> str | None:
-        """Why the destination's filter/trigger stops this event, or None to map it."""
+        """Why the event's ``integrations`` switches or the destination's filter/trigger stop
+        this event, or None to map it."""
+        flags = raw.get("integrations")
+        if flags and self.config.honor_integrations:
+            names = (self.config.name.casefold(), self.config.plugin.casefold())
+            off = switched_off(flags, names, not self.connector.forwards_integrations)
+            if off is not None:
+                return off
         if self.filter is not None and self.filter(raw):
             return f"dropped by filter: {self.config.filter}"
         if self.trigger is not None and not self.trigger(raw):

@@ -54,6 +54,7 @@ def register_connectors() -> list[Connector]:
             batch_size=100,
             raw_bodies=True,  # events are forwarded as stored: no parse + re-encode per event
             deliver_anywhere=True,  # deliver needs only its settings and the HTTP client
+            forwards_integrations=True,  # Segment applies each event's "integrations" itself
             description="Forwards events to Segment's tracking API (/v1/batch)",
         ),
     ]

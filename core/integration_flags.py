@@ -1,0 +1,39 @@
+"""An event's ``integrations`` object: Segment's per-event switches for destinations.
+
+A Segment client turns destinations off for one event with ``"integrations": {"Novu": false}``,
+or off for all but some with ``{"All": false, "Pushwoosh": true}`` (consent tools do this).
+Segment matches the keys against its destinations' names; hookyard matches them, ignoring
+case, against a destination's configured ``name`` and its plugin's name, so ``"Novu": false``
+stops every destination of the ``novu`` plugin and ``"novu-eu": false`` that one destination.
+
+* a key naming the destination decides: ``false`` turns it off; ``true`` or an object (a
+  destination's options, as analytics.js sends for ``"Segment.io"``) keeps it on;
+* otherwise ``"All": false`` turns it off, except for a destination that hands the object on
+  to a router which applies it (``Connector.forwards_integrations``: the Segment forwarder);
+* anything else, or no ``integrations`` at all, keeps it on.
+
+``[[destinations]] honor_integrations = false`` ignores the object for that destination.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def switched_off(flags: Any, names: tuple[str, ...], obey_all: bool) -> str | None:
+    """Why ``flags`` (an event's ``integrations`` value) turns off a destination known by
+    ``names`` (case-folded), or None. ``obey_all``: whether ``"All": false`` applies."""
+    if not isinstance(flags, dict) or not flags:
+        return None
+    everything: Any = None
+    for key, value in flags.items():
+        if not isinstance(key, str):
+            continue
+        folded = key.casefold()
+        if folded in names:
+            return f"integrations: {key} is false" if value is False else None
+        if folded == "all":
+            everything = value
+    if everything is False and obey_all:
+        return "integrations: All is false"
+    return None

@@ -1,0 +1,79 @@
+"""An event's ``integrations`` object turns destinations off for that event, as in Segment
+(an outside audit: ``{"All": false}`` and ``{"Novu": false}`` reached every destination)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from delivery_kit import PLUGIN, recorder, send, trace, track
+from hookyard.integration_flags import switched_off
+from hookyard.testing.fake_server import FakeServer
+from hookyard.testing.server import HookyardServer
+
+NAMES = ("novu-eu", "novu")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (None, None),
+    ({}, None),
+    ("nope", None),
+    ({"All": True}, None),
+    ({"Novu": False}, "integrations: Novu is false"),
+    ({"novu-EU": False}, "integrations: novu-EU is false"),
+    ({"Pushwoosh": False}, None),
+    ({"All": False}, "integrations: All is false"),
+    ({"all": False, "Novu": True}, None),
+    ({"All": False, "Novu": {"any": "options"}}, None),  # options: on
+    ({"All": False, "Novu": None}, None),  # named, not false
+    ({"All": False, "Segment.io": {"apiHost": "x"}}, "integrations: All is false"),
+    ({"All": "false"}, None),  # only the JSON false turns anything off
+    ({1: False}, None),
+])
+def test_switched_off(flags: Any, expected: str | None) -> None:
+    assert switched_off(flags, NAMES, obey_all=True) == expected
+
+
+def test_all_false_does_not_stop_a_destination_that_forwards_the_object() -> None:
+    assert switched_off({"All": False}, ("seg", "segment"), obey_all=False) is None
+    assert switched_off({"All": False, "seg": False}, ("seg", "segment"),
+                        obey_all=False) == "integrations: seg is false"
+
+
+def test_integrations_through_the_router(
+    hookyard_server: Callable[..., HookyardServer], fake_destination: Callable[[], FakeServer]
+) -> None:
+    peer, segment = fake_destination(), fake_destination()
+    segment.respond(200, {"success": True})
+    server = hookyard_server({"destinations": [
+        recorder(peer.url),
+        {**recorder(peer.url, name="deaf"), "honor_integrations": False},
+        {"name": "seg", "plugin": "segment", "sources": ["web"],
+         "settings": {"write_key": "downstream-key", "base_url": segment.url}},
+    ]}, plugins=[PLUGIN])
+    events = {
+        "rec-off": {"rec": False},
+        "all-off": {"All": False},
+        "all-off-recorder-on": {"All": False, "Recorder": True},
+        "seg-off": {"SEG": False},
+    }
+    batch = [track(name, 1, integrations=flags) for name, flags in events.items()]
+    assert send(server, "/v1/batch", {"batch": batch}).status_code == 200
+    server.wait_idle()
+
+    def outcome(user: str) -> dict[str, tuple[str, str | None]]:
+        return {r["destination"]: (r["state"], r["last_error"]) for r in trace(server, f"{user}-1")}
+
+    assert outcome("rec-off") == {"rec": ("filtered", "integrations: rec is false"),
+                                  "deaf": ("done", None), "seg": ("done", None)}
+    assert outcome("all-off") == {"rec": ("filtered", "integrations: All is false"),
+                                  "deaf": ("done", None), "seg": ("done", None)}
+    assert outcome("all-off-recorder-on") == {"rec": ("done", None), "deaf": ("done", None),
+                                              "seg": ("done", None)}
+    assert outcome("seg-off") == {"rec": ("done", None), "deaf": ("done", None),
+                                  "seg": ("filtered", "integrations: SEG is false")}
+    forwarded = [e for r in segment.requests for e in r.json()["batch"]]
+    assert sorted(e["messageId"] for e in forwarded) == [
+        "all-off-1", "all-off-recorder-on-1", "rec-off-1"]
+    assert {e["messageId"]: e["integrations"] for e in forwarded}["all-off-1"] == {"All": False}
