@@ -7,7 +7,8 @@ Rules (documented in docs/connectors/pushwoosh.md):
   ``Language`` (reduced to its ISO 639 primary subtag, ``en-US`` -> ``en``), ``timezone`` ->
   ``TimeZone``, ``address.city`` -> ``City``, ``address.country`` -> ``Country``; the other
   ``address`` parts stay together in an ``address`` String tag (JSON);
-* the type is inferred: bool Boolean, int Integer, float Decimal, list List (of strings),
+* the type is inferred: bool Boolean, int Integer (String past 64 bits), float Decimal, list
+  List (of strings),
   ISO-8601 date/datetime string Date (``"YYYY-MM-DD HH:mm"``, UTC), anything else String
   (objects as compact JSON); Version is never inferred;
 * ``tag_types`` forces a type (looked up by tag name, then by trait name) and the value is
@@ -36,6 +37,7 @@ RESERVED_ADDRESS: dict[str, str] = {"city": "City", "country": "Country"}
 
 _json = msgspec.json.Encoder()
 _INT_RE = re.compile(r"^[+-]?\d+$")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _VERSION_RE = re.compile(r"^\d{1,4}(?:\.\d{1,4}){0,3}$")
 _TRUE = frozenset({"true", "1", "yes", "y", "on"})
 _FALSE = frozenset({"false", "0", "no", "n", "off"})
@@ -45,8 +47,8 @@ def infer_type(value: Any) -> TagType:
     """The tag type a trait value gets when ``tag_types`` does not force one."""
     if isinstance(value, bool):
         return "Boolean"
-    if isinstance(value, int):
-        return "Integer"
+    if isinstance(value, int):  # an id past 64 bits (Pushwoosh's Integer) is kept as text
+        return "Integer" if _INT64_MIN <= value <= _INT64_MAX else "String"
     if isinstance(value, float):
         return "Decimal"
     if isinstance(value, list | tuple):
@@ -68,6 +70,11 @@ def as_text(value: Any) -> str:
 
 
 def _to_int(value: Any) -> int | None:
+    number = _to_any_int(value)
+    return number if number is not None and _INT64_MIN <= number <= _INT64_MAX else None
+
+
+def _to_any_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
