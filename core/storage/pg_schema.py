@@ -100,7 +100,18 @@ M2_DROP_RANDOM_MESSAGE_ID_INDEXES = [
     "DROP INDEX IF EXISTS attempts_message_id",
 ]
 
-MIGRATIONS: list[list[str]] = [M1_INITIAL, M2_DROP_RANDOM_MESSAGE_ID_INDEXES]
+# The users with a delivery under lease (``pg_queue.inflight_keys`` and ``SKIP_LEASED``, every
+# dispatch round): without it each round read every pending row of the destination, which with
+# a backlog of 170,000 rows took ~0.2 s per round and held delivery under 200 events/s (an
+# outside audit); with it, the few inflight rows only (0.03 ms).
+M3_INFLIGHT_INDEX = [
+    "CREATE INDEX IF NOT EXISTS outbox_inflight ON outbox (destination, user_key)"
+    " WHERE state = 'inflight'",
+]
+
+MIGRATIONS: list[list[str]] = [
+    M1_INITIAL, M2_DROP_RANDOM_MESSAGE_ID_INDEXES, M3_INFLIGHT_INDEX,
+]
 
 
 def migrate(conn: Any) -> int:

@@ -40,3 +40,15 @@ def test_a_deadlock_between_two_nodes_is_retried_not_answered_503(
     assert sorted([a.result(timeout=30), b.result(timeout=30)]) == [0, 2]  # nothing refused
     count = one.db.read_sync(lambda c: c.execute("SELECT count(*) FROM inbox").fetchone()[0])
     assert count == 2
+
+
+def test_the_users_under_lease_are_found_without_reading_the_backlog(runtime: Runtime) -> None:
+    """Every dispatch round asks which users have a delivery under lease; without an index of
+    the inflight rows that read every pending row (~0.2 s per round at 170,000 rows, delivery
+    under 200 events/s: an outside audit)."""
+    if runtime.db.dialect != "postgresql":
+        pytest.skip("PostgreSQL's query planner")
+    plan = runtime.db.read_sync(lambda c: [r[0] for r in c.execute(
+        "EXPLAIN SELECT DISTINCT user_key FROM outbox WHERE destination = 'seg'"
+        " AND state = 'inflight' AND lease_until >= 0")])
+    assert any("outbox_inflight" in line for line in plan), plan
