@@ -31,6 +31,8 @@ from .plugins import maybe_await
 from .runtime import Runtime
 
 log = logging.getLogger("hookyard")
+READY_AFTER_FAILURE = 10.0
+"""Seconds /readyz answers 503 after a write was refused as "storage unavailable"."""
 
 
 class AdminAuth:
@@ -107,6 +109,11 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
             await runtime.db.write(lambda conn: conn.execute("SELECT 1").fetchone())
         except Exception as exc:  # noqa: BLE001
             return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+        # the database answers, but may refuse the writes ingest needs (permissions, a full
+        # disk): a load balancer should not send events to this node meanwhile
+        failed = runtime.db.recent_failure(READY_AFTER_FAILURE)
+        if failed is not None:
+            return JSONResponse({"status": "unavailable", "error": failed}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     async def metrics_endpoint(request: Request) -> Response:

@@ -74,6 +74,9 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # how long received events are kept (days; 0 = forever, the default): an event stays while
     # any outbox row refers to it. Replay and messageId dedupe reach back as far as the inbox.
     inbox_retention_days: Days = 0.0
+    # seconds a write may take before its waiters get "storage unavailable" (503) instead of
+    # waiting on a database that does not answer (0 = wait forever)
+    write_timeout_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
     def __post_init__(self) -> None:
         _finite(self, "storage")

@@ -6,22 +6,38 @@ from a coroutine, :meth:`GroupCommitWriter.submit` from a thread); the writer th
 job queued at that moment as one group and commits it in one transaction, then hands each job's
 result (or error) to its waiter: one wake-up per event loop and group. The backend's
 ``_writer_loop`` opens the connection and runs the groups.
+
+A database that stops answering without closing the connection (a hung server, a network
+partition behind a proxy) would hold the writer, and every waiter, for as long as it lasts.
+A watchdog thread gives up on a group that has not finished in ``write_timeout`` seconds
+(``[storage] write_timeout_seconds``): its waiters and every job queued behind it fail with
+:class:`~hookyard.errors.StorageUnavailable` (ingest answers 503, the client retries; a job
+of the stuck group may still commit later, which messageId dedupe makes harmless), and new
+writes fail at once until the writer finishes that group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, TypeVar
 
+from .errors import StorageUnavailable
 from .loops import running_loop
 
 T = TypeVar("T")
+log = logging.getLogger("hookyard.database")
 
 MAX_JOBS_PER_COMMIT = 2000
+WRITE_TIMEOUT = 10.0
+"""Seconds a group may take before its waiters are failed (``[storage] write_timeout_seconds``;
+under the 15 s that Segment's libraries wait for an answer, so they get a 503, not a timeout)."""
+WATCH_INTERVAL = 0.5
 
 
 class _Job:
@@ -107,6 +123,11 @@ class GroupCommitWriter:
         self._thread: threading.Thread | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
+        self.write_timeout = WRITE_TIMEOUT  # 0: wait forever (a migration)
+        self._group: tuple[float, list[_Job | _AsyncJob]] | None = None  # (started, jobs)
+        self._stuck: str | None = None  # why writes fail at once, while the writer is stuck
+        self._watch_lock = threading.Lock()
+        self.last_unavailable: tuple[float, str] | None = None  # (monotonic, error) of a failure
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -117,6 +138,43 @@ class GroupCommitWriter:
                     target=self._writer_loop, name=self.WRITER_NAME, daemon=True
                 )
                 self._thread.start()
+                threading.Thread(target=self._watch, args=(self._thread,),
+                                 name=f"{self.WRITER_NAME}-watchdog", daemon=True).start()
+
+    def _watch(self, writer: threading.Thread) -> None:
+        """The watchdog (see the module docstring): runs while ``writer`` does."""
+        while writer.is_alive():
+            writer.join(WATCH_INTERVAL)
+            group, limit = self._group, self.write_timeout
+            if group is not None and limit > 0 and time.monotonic() - group[0] > limit:
+                self._give_up(group)
+
+    def _give_up(self, group: tuple[float, list[_Job | _AsyncJob]]) -> None:
+        """Fail the waiters of a stuck ``group`` (once) and of every job queued meanwhile."""
+        with self._watch_lock:
+            if self._group is not group:  # it finished meanwhile
+                return
+            failing: list[_Job | _AsyncJob] = []
+            if self._stuck is None:
+                self._stuck = (f"storage unavailable: a write has not finished in"
+                               f" {self.write_timeout:g} s (the database does not answer)")
+                log.error("%s; failing its %d waiters and new writes until it does",
+                          self._stuck, len(group[1]))
+                failing = list(group[1])
+            stop = False
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    failing.append(item)
+            if stop:
+                self._queue.put(None)
+            error = StorageUnavailable(self._stuck)
+        self._deliver([(job, False, error) for job in failing])
 
     def _stop_writer(self) -> None:
         """Let the writer finish the queued jobs and end; call with ``self._lock`` held."""
@@ -135,6 +193,9 @@ class GroupCommitWriter:
         if self._thread is None:
             self.start()
         job = _Job(fn, durable)
+        if self._stuck is not None:
+            job.future.set_exception(StorageUnavailable(self._stuck))
+            return job.future
         self._queue.put(job)
         return job.future
 
@@ -150,9 +211,21 @@ class GroupCommitWriter:
         """
         if self._thread is None:
             self.start()
+        if self._stuck is not None:
+            raise StorageUnavailable(self._stuck)
         job = _AsyncJob(fn, running_loop(), durable)
         self._queue.put(job)
         return await job.future  # type: ignore[no-any-return]
+
+    def recent_failure(self, within: float) -> str | None:
+        """The error of a write refused as "storage unavailable" in the last ``within``
+        seconds (``/readyz``: the database answers, but does not take writes), or None."""
+        if self._stuck is not None:
+            return self._stuck
+        failed = self.last_unavailable
+        if failed is not None and time.monotonic() - failed[0] < within:
+            return failed[1]
+        return None
 
     def write_sync(self, fn: Callable[[Any], T]) -> T:
         """Blocking :meth:`write`, for the CLI and tests."""
@@ -163,19 +236,28 @@ class GroupCommitWriter:
         """Block for the next job, then take every job queued behind it (up to
         ``MAX_JOBS_PER_COMMIT``). Returns the group and whether a stop request ended it, or
         None when the stop request came first."""
+        if self._group is not None:  # the previous group is finished
+            with self._watch_lock:
+                self._group = None
+                if self._stuck is not None:
+                    self._stuck = None
+                    log.warning("storage answers again: writes are taken again")
         job = self._queue.get()
         if job is None:
             return None
         jobs: list[_Job | _AsyncJob] = [job]
+        stop = False
         while len(jobs) < MAX_JOBS_PER_COMMIT:
             try:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
                 break
             if nxt is None:
-                return jobs, True
+                stop = True
+                break
             jobs.append(nxt)
-        return jobs, False
+        self._group = (time.monotonic(), jobs)
+        return jobs, stop
 
     @staticmethod
     def _must_sync(jobs: list[_Job | _AsyncJob]) -> bool:
@@ -183,10 +265,11 @@ class GroupCommitWriter:
         (see :meth:`write`)."""
         return any(job.durable for job in jobs)
 
-    @staticmethod
-    def _deliver(results: list[tuple[_Job | _AsyncJob, bool, Any]]) -> None:
+    def _deliver(self, results: list[tuple[_Job | _AsyncJob, bool, Any]]) -> None:
         """Give each waiter its result or error (one wake-up per event loop)."""
         by_loop: _Settled = {}
         for job, ok, value in results:
+            if not ok and isinstance(value, StorageUnavailable):
+                self.last_unavailable = (time.monotonic(), str(value))
             _settle(job, ok, value, by_loop)
         _wake_loops(by_loop)

@@ -210,8 +210,10 @@ class Runtime:
 
     def open(self) -> None:
         """Create or migrate the database and start its writer."""
+        self.db.write_timeout = 0  # a migration (an index on a large table) may take minutes
         self.db.start()
         self.db.write_sync(migrate)
+        self.db.write_timeout = self.config.storage.write_timeout_seconds
 
     def close(self) -> None:
         self.db.stop()

@@ -25,6 +25,7 @@ class Storage(Protocol):
     :class:`hookyard.storage.postgres.PgDatabase`."""
 
     dialect: str
+    write_timeout: float  # seconds before a write's waiters get StorageUnavailable (0: none)
 
     def start(self) -> None: ...
 
@@ -39,6 +40,8 @@ class Storage(Protocol):
     def read_sync(self, fn: Callable[[Any], T]) -> T: ...
 
     async def read(self, fn: Callable[[Any], T]) -> T: ...
+
+    def recent_failure(self, within: float) -> str | None: ...
 
 
 def is_postgres(conn: Any) -> bool:

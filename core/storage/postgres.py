@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..errors import BadRequest, StorageUnavailable
 from ..group_commit import GroupCommitWriter, Job
@@ -34,12 +35,23 @@ log = logging.getLogger("hookyard.database")
 
 CHANNEL = "hookyard"  # NOTIFY channel; the payload is the schema, so schemas do not mix
 CONNECT_TIMEOUT = 10
+NETWORK_DEFAULTS = {
+    "connect_timeout": str(CONNECT_TIMEOUT),
+    "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+    "keepalives_count": "3", "tcp_user_timeout": "30000",
+}
+"""libpq settings that find a dead server or network within about 30 s (TCP keepalives, and
+data the server never acknowledges), instead of the kernel's two hours; a query to a server
+that accepts but never answers is cut by the writer's ``write_timeout`` instead. Each one
+given in ``[storage] url`` (``?keepalives_idle=60``) wins."""
 
 
 def connect(url: str, schema: str) -> PgConnection:
     """An autocommit connection whose ``search_path`` is ``schema`` (which may not exist yet)."""
     try:
-        raw = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+        given = conninfo_to_dict(url)
+        defaults = {k: v for k, v in NETWORK_DEFAULTS.items() if k not in given}
+        raw = psycopg.connect(make_conninfo(url, **defaults), autocommit=True,
                               application_name=f"hookyard {schema}"[:63])
     except psycopg.Error as exc:
         raise StorageUnavailable(f"storage unavailable: cannot connect to PostgreSQL: {exc}") from None
