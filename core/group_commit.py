@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -161,18 +162,8 @@ class GroupCommitWriter:
                 log.error("%s; failing its %d waiters and new writes until it does",
                           self._stuck, len(group[1]))
                 failing = list(group[1])
-            stop = False
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                else:
-                    failing.append(item)
-            if stop:
-                self._queue.put(None)
+            if self._take_queued(failing, limit=sys.maxsize):
+                self._queue.put(None)  # the stop request stays for the writer
             error = StorageUnavailable(self._stuck)
         self._deliver([(job, False, error) for job in failing])
 
@@ -246,18 +237,22 @@ class GroupCommitWriter:
         if job is None:
             return None
         jobs: list[_Job | _AsyncJob] = [job]
-        stop = False
-        while len(jobs) < MAX_JOBS_PER_COMMIT:
+        stop = self._take_queued(jobs, MAX_JOBS_PER_COMMIT)
+        self._group = (time.monotonic(), jobs)
+        return jobs, stop
+
+    def _take_queued(self, jobs: list[_Job | _AsyncJob], limit: int) -> bool:
+        """Move the jobs queued at this moment into ``jobs`` (up to ``limit`` in all); True
+        when a stop request came first."""
+        while len(jobs) < limit:
             try:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return False
             if nxt is None:
-                stop = True
-                break
+                return True
             jobs.append(nxt)
-        self._group = (time.monotonic(), jobs)
-        return jobs, stop
+        return False
 
     @staticmethod
     def _must_sync(jobs: list[_Job | _AsyncJob]) -> bool:
