@@ -112,6 +112,9 @@ class SourceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str
     plugin: str
     write_key: str
+    # whether destinations obey the "integrations" object of this source's events (false for
+    # events that Segment's Webhooks destination sends on: Segment has applied it already)
+    honor_integrations: bool = True
     settings: dict[str, Any] = {}
 
 

@@ -55,11 +55,12 @@ class DestinationRuntime:
     def batch_size(self) -> int:
         return max(1, self.policy.batch_size or self.connector.batch_size)
 
-    def gate(self, raw: dict[str, Any]) -> str | None:
-        """Why the event's ``integrations`` switches or the destination's filter/trigger stop
-        this event, or None to map it."""
+    def gate(self, raw: dict[str, Any], integrations: bool = True) -> str | None:
+        """Why the event's ``integrations`` switches (unless ``integrations`` is false: its
+        source ignores them) or the destination's filter/trigger stop this event, or None to
+        map it."""
         flags = raw.get("integrations")
-        if flags and self.config.honor_integrations:
+        if flags and integrations and self.config.honor_integrations:
             names = (self.config.name.casefold(), self.config.plugin.casefold())
             off = switched_off(flags, names, not self.connector.forwards_integrations)
             if off is not None:
@@ -145,6 +146,8 @@ class Runtime:
         self.engine: Any = None  # set by hookyard.delivery.engine when workers run
         self.metrics: Any = None  # set by hookyard.app
         self.sizes = SizeCounter()  # inbox/outbox sizes for /metrics and the dashboard
+        self.integrations_ignored_from = frozenset(  # sources with honor_integrations = false
+            s.name for s in config.sources if not s.honor_integrations)
 
     @classmethod
     def build(

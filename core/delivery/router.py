@@ -38,11 +38,13 @@ SELECT_INBOX = "SELECT id, source, message_id, type, received_at, raw, filtered 
 
 
 def map_one(
-    rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any], event: Event
+    rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any], event: Event,
+    source: str | None = None,
 ) -> MapResult:
-    """Gate (filter/trigger) then ``map_event`` of one destination; a hook crash is a
-    permanent failure recorded on the event, never an exception."""
-    reason = dest.gate(raw)
+    """Gate (``integrations``, filter, trigger) then ``map_event`` of one destination, for an
+    event of ``source``; a hook crash is a permanent failure recorded on the event, never an
+    exception."""
+    reason = dest.gate(raw, source not in rt.integrations_ignored_from)
     if reason is not None:
         return MapResult.skip(reason)
     return call_map_event(rt.registry, dest.context, raw, event)
@@ -138,7 +140,7 @@ def map_rows(
             if only is not None and dest.name not in only:
                 continue
             try:
-                result = map_one(rt, dest, raw, event)
+                result = map_one(rt, dest, raw, event, row[1])
                 requests = requests_of(result)
             except Exception as exc:  # noqa: BLE001 - a plugin bug becomes a dead letter
                 log.exception("map_event of %s failed for %s", dest.name, row[2])

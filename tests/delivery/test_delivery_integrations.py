@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from delivery_kit import PLUGIN, recorder, send, trace, track
+from delivery_kit import PLUGIN, api, recorder, send, trace, track
 from hookyard.integration_flags import switched_off
 from hookyard.testing.fake_server import FakeServer
 from hookyard.testing.server import HookyardServer
@@ -77,3 +77,27 @@ def test_integrations_through_the_router(
     assert sorted(e["messageId"] for e in forwarded) == [
         "all-off-1", "all-off-recorder-on-1", "rec-off-1"]
     assert {e["messageId"]: e["integrations"] for e in forwarded}["all-off-1"] == {"All": False}
+
+
+def test_a_source_that_ignores_integrations(
+    hookyard_server: Callable[..., HookyardServer], fake_destination: Callable[[], FakeServer]
+) -> None:
+    """Events that Segment's Webhooks destination sends on have had their ``integrations``
+    applied by Segment already (``{"All": false, "Webhooks": true}`` routes them to
+    hookyard): a source with ``honor_integrations = false`` leaves them alone."""
+    peer = fake_destination()
+    server = hookyard_server({
+        "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"},
+                    {"name": "relay", "plugin": "segment", "write_key": "relay-write-key",
+                     "honor_integrations": False}],
+        "destinations": [recorder(peer.url, sources=("web", "relay"))],
+    }, plugins=[PLUGIN])
+    flags = {"All": False, "Webhooks": True}
+    assert send(server, "/v1/track", track("direct", 1, integrations=flags)).status_code == 200
+    relayed = api(server).post("/connector/segment/", json=track("relayed", 1, integrations=flags),
+                               headers={"Authorization": "Bearer relay-write-key"})
+    assert relayed.status_code == 200, relayed.text
+    server.wait_idle()
+    [direct] = trace(server, "direct-1")
+    assert (direct["state"], direct["last_error"]) == ("filtered", "integrations: All is false")
+    assert [r["state"] for r in trace(server, "relayed-1")] == ["done"]
