@@ -12,7 +12,9 @@ stops every destination of the ``novu`` plugin and ``"novu-eu": false`` that one
   to a router which applies it (``Connector.forwards_integrations``: the Segment forwarder);
 * anything else, or no ``integrations`` at all, keeps it on.
 
-``[[destinations]] honor_integrations = false`` ignores the object for that destination.
+``honor_integrations = false`` ignores the object: on a ``[[destinations]]`` entry for that
+destination, on a ``[[sources]]`` entry for that source's events (events that Segment's
+Webhooks destination relays have had it applied by Segment).
 """
 
 from __future__ import annotations
