@@ -256,7 +256,7 @@ def run_loop(coro: Any) -> Any:
 def replay(config_path: str | None, data_dir: str | None, source: str, destination: str | None,
            since: str | None, until: str | None) -> None:
     """Map stored events again and queue their deliveries (mapping changes reach the past)."""
-    from .delivery.replay import Replayed, count_events
+    from .delivery.replay import Replayed, count_events, open_end
     from .delivery.replay import replay as do_replay
     from .operator_input import window
 
@@ -270,10 +270,12 @@ def replay(config_path: str | None, data_dir: str | None, source: str, destinati
             rt.close()
             raise ConfigError(_unknown_destination(rt, destination))
 
+        end = open_end(since, until)  # one end for the count and the replay
+
         async def run() -> Replayed:
-            total = await count_events(rt, source, since, until)
+            total = await count_events(rt, source, since, end)
             with click.progressbar(length=total, label=f"replaying {source}", file=sys.stderr) as bar:
-                return await do_replay(rt, source, destination, since, until, bar.update)
+                return await do_replay(rt, source, destination, since, end, bar.update)
 
         done = run_loop(run())
         rt.close()

@@ -8,12 +8,13 @@ idempotency keys (the profile store, Novu's transactionId) do not duplicate anyt
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..operator_input import window
+from ..operator_input import operator_time, window
 from . import outbox, router
 
 if TYPE_CHECKING:
@@ -52,6 +53,17 @@ class Replayed:
         return text
 
 
+def open_end(since: Time, until: Time) -> Time:
+    """``until``; when it is not given, now, as the replay starts. Events that arrive while
+    it runs are routed anyway: taking them in too sent them twice, and a replay that ingest
+    outpaces would never end (an outside audit). A ``since`` in the future: an empty window."""
+    if until is not None:
+        return until
+    start = operator_time(since, "since")
+    now = time.time()
+    return now if start is None else max(now, start.timestamp())
+
+
 async def count_events(rt: Runtime, source: str, since: Time, until: Time) -> int:
     sql = "SELECT count(*) FROM inbox WHERE source = ?"
     params: list[str] = [source]
@@ -70,8 +82,9 @@ async def replay(
     until: Time = None,
     progress: Callable[[int], None] | None = None,
 ) -> Replayed:
-    """Queue deliveries again for ``source``'s events in [since, until); returns what it did.
-    A bad time or a window that ends before it starts raises ValueError."""
+    """Queue deliveries again for ``source``'s events in [since, until) (``until``: now, when
+    not given, see :func:`open_end`); returns what it did. A bad time or a window that ends
+    before it starts raises ValueError."""
     if source not in rt.sources:
         raise ConfigError(f"no source named {source!r}")
     connected = {d.name for d in rt.destinations_for(source)}
@@ -83,7 +96,7 @@ async def replay(
         only = {destination}
     else:
         only = connected
-    lo, hi = window(since, until)
+    lo, hi = window(since, open_end(since, until))
     after, done = 0, Replayed()
     while True:
         rows = await rt.db.read(
