@@ -49,9 +49,9 @@ def _error(status: int, message: str) -> Response:
     return _json({"error": message}, status)
 
 
-def _int_param(request: Request, name: str) -> int | None:
+def _int_param(request: Request, name: str, minimum: int = 0) -> int | None:
     try:
-        return int_param(request.query_params, name)
+        return int_param(request.query_params, name, minimum)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
 
@@ -65,7 +65,8 @@ def _limit(request: Request) -> int:
 
 
 def _cursor(request: Request) -> int | None:
-    return _int_param(request, "cursor")
+    """``cursor``: the ``next`` of the page before (an id, 1 or more)."""
+    return _int_param(request, "cursor", minimum=1)
 
 
 PAGING = ("cursor", "limit")

@@ -109,8 +109,8 @@ def operations(rt: Runtime) -> list[Op]:
 
 _INTEGER_PARAMS: dict[str, dict[str, Any]] = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 500},
-    "cursor": {"type": "integer"},  # an id; the subscribers list pages by distinct_id instead
-    "status": {"type": "integer"},
+    "cursor": {"type": "integer", "minimum": 1},  # an id; /api/subscribers pages by distinct_id
+    "status": {"type": "integer", "minimum": 0},
 }
 
 

@@ -117,9 +117,10 @@ def check_query(query: QueryParams, allowed: Collection[str]) -> None:
         seen.add(name)
 
 
-def int_param(query: Mapping[str, str], name: str) -> int | None:
-    """The integer query parameter ``name`` (None when absent or empty), within what SQLite can
-    bind."""
+def int_param(query: Mapping[str, str], name: str, minimum: int = 0) -> int | None:
+    """The integer query parameter ``name`` (None when absent or empty): ASCII digits, ``minimum``
+    or more (the API's cursors, statuses and counts are never negative) and within what SQLite
+    can bind."""
     value = query.get(name)
     if not value:
         return None
@@ -128,12 +129,14 @@ def int_param(query: Mapping[str, str], name: str) -> int | None:
     number = int(value)
     if not -(2**63) <= number < 2**63:  # what SQLite can bind; larger is a 400, not a 500
         raise ValueError(f"query parameter {name} is out of range: {value!r}")
+    if number < minimum:
+        raise ValueError(f"query parameter {name} must be at least {minimum}, got {value!r}")
     return number
 
 
 def page_limit(query: Mapping[str, str]) -> int:
     """``limit``: the page size, 1-500 (default 50); outside that range an error, not a clamp."""
-    limit = int_param(query, "limit")
+    limit = int_param(query, "limit", minimum=-(2**63))  # the range below says what is allowed
     if limit is None:
         return PAGE_DEFAULT
     if not 1 <= limit <= PAGE_MAX:

@@ -181,6 +181,8 @@ def test_page_parameters_out_of_range_are_400_like_every_list(server: HookyardSe
         assert "limit must be 1-500" in get(server, path, 400)["error"], path
     assert get(server, "/api/subscribers/p1/events?cursor=abc", 400)["error"] == (
         "query parameter cursor must be an integer, got 'abc'")
+    assert get(server, "/api/subscribers/p1/events?cursor=-1", 400)["error"] == (
+        "query parameter cursor must be at least 1, got '-1'")
     assert "configured: profiles, prefixed" in get(
         server, "/api/subscribers?destination=nope", 404)["error"]
 

@@ -102,7 +102,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
             if store.subscriber(dest, uid) is None:
                 return None
             items, nxt = store.events(
-                dest, uid, before=int_param(q, "cursor"), limit=page_limit(q)
+                dest, uid, before=int_param(q, "cursor", minimum=1), limit=page_limit(q)
             )
             return {"events": items, "next": str(nxt) if nxt is not None else None}
 
@@ -114,7 +114,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
         def fn(store: Any, dest: str) -> dict[str, Any]:
             items, nxt = store.workflow_runs(
                 dest, distinct_id=q.get("distinct_id"), workflow=q.get("workflow"),
-                before=int_param(q, "cursor"), limit=page_limit(q),
+                before=int_param(q, "cursor", minimum=1), limit=page_limit(q),
             )
             return {"runs": items, "next": str(nxt) if nxt is not None else None}
 

@@ -143,6 +143,10 @@ def test_api_bad_dead_letter_requests_are_400(
         ("/api/logs?limit=%D9%A5", "limit must be an integer"),
         ("/api/logs?limit=1_0", "limit must be an integer"),
         ("/api/logs?limit=%2B5", "limit must be an integer"),
+        # and a cursor no page ever gives, or a negative status: an empty page before
+        ("/api/events?cursor=0", "cursor must be at least 1"),
+        ("/api/dead-letters?cursor=-5", "cursor must be at least 1"),
+        ("/api/logs?status=-1", "status must be at least 0"),
         ("/api/deliveries?message_id=m&dest=x", "unknown query parameter 'dest'"),
         ("/api/subscribers?limt=5", "unknown query parameter 'limt'"),
     ):
