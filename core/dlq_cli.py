@@ -46,10 +46,10 @@ def _dlq_runtime(config_path: str | None, data_dir: str | None, destination: str
 @dlq.command("list")
 @config_options
 @click.option("--destination", help=DLQ_DESTINATION_HELP)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1, max=2**63 - 2),
               help="At most this many, newest first")
 def dlq_list(config_path: str | None, data_dir: str | None, destination: str | None, limit: int) -> None:
-    """List dead letters, newest first."""
+    """List dead letters, newest first (by when the delivery was queued)."""
     rt = _dlq_runtime(config_path, data_dir, destination)
     sql = "SELECT id, destination, message_id, user_key, attempts, last_status, last_error" \
           " FROM outbox WHERE state = 'dead'"
@@ -57,13 +57,17 @@ def dlq_list(config_path: str | None, data_dir: str | None, destination: str | N
     if destination:
         sql += " AND destination = ?"
         params.append(destination)
-    rows = rt.db.read_sync(lambda c: c.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall())
+    rows = rt.db.read_sync(
+        lambda c: c.execute(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1]).fetchall())
     if not rows:
         click.echo("no dead letters")
-    for r in rows:
+    for r in rows[:limit]:
         click.echo(f"{r['id']:>8}  {r['destination']:<16} {shown(r['message_id']):<38}"
                    f" user={shown(r['user_key'])}  attempts={r['attempts']}"
                    f" status={r['last_status'] or '-'}  {shown(r['last_error'])}")
+    if len(rows) > limit:  # on stderr: a script reading the list gets the rows only
+        click.echo(f"(more dead letters than --limit {limit}: list more with a larger --limit)",
+                   err=True)
     rt.close()
 
 

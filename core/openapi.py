@@ -73,7 +73,7 @@ def operations(rt: Runtime) -> list[Op]:
         Op("get", "/api/deliveries", "Every delivery and attempt of one event", "admin", None,
            {200: m.DeliveryTrace, **err},
            [("message_id", "query", "required"), ("destination", "query", "")]),
-        Op("get", "/api/dead-letters", "Dead letters, newest first", "admin", None,
+        Op("get", "/api/dead-letters", "Dead letters, the last queued first", "admin", None,
            {200: m.DeadLetterPage, **err},
            paging + [("destination", "query", ""),
                      ("since", "query", "failed at or after: ISO-8601 (UTC when no zone is given)"
@@ -97,7 +97,8 @@ def operations(rt: Runtime) -> list[Op]:
             Op("get", "/api/subscribers/{distinct_id}", "One subscriber", "profiles", None,
                {200: m.Subscriber, 404: m.ApiError, **err},
                dest + [("distinct_id", "path", "the Segment userId (a `/` in it sent as %2F)")]),
-            Op("get", "/api/subscribers/{distinct_id}/events", "A subscriber's events",
+            Op("get", "/api/subscribers/{distinct_id}/events",
+               "A subscriber's events, the last received first (each has its own timestamp)",
                "profiles", None, {200: m.UserEventPage, 404: m.ApiError, **err},
                paging + dest + [("distinct_id", "path", "the Segment userId (a `/` in it sent as %2F)")]),
             Op("get", "/api/workflow-runs", "Workflow runs, newest first", "profiles", None,

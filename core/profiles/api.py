@@ -2,7 +2,7 @@
 
     GET /api/subscribers?q=&cursor=&limit=            paged, searchable by id or channel value
     GET /api/subscribers/{distinct_id}                  properties, channels, preferences
-    GET /api/subscribers/{distinct_id}/events?cursor=   the user's events, newest first
+    GET /api/subscribers/{distinct_id}/events?cursor=   the user's events, last received first
     GET /api/workflow-runs?distinct_id=&workflow=&cursor=
 
 ``?destination=NAME`` picks a profile destination when several are configured.

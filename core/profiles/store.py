@@ -334,7 +334,7 @@ class ProfileStore:
     def events(
         self, dest: str, distinct_id: str, *, before: int | None, limit: int
     ) -> tuple[list[dict[str, Any]], int | None]:
-        """The user's events, newest first."""
+        """The user's events, the last received first (not by their own ``timestamp``)."""
         sql = "SELECT * FROM events WHERE destination = ? AND distinct_id = ?"
         params: list[Any] = [dest, distinct_id]
         if before is not None:
