@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ from .operator_input import (
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+
+log = logging.getLogger("hookyard.replay")
 
 _dec = msgspec.json.Decoder(dict[str, Any])
 
@@ -241,6 +244,10 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             return _error(404, str(exc))
         except (KeyError, ValueError, TypeError, msgspec.ValidationError) as exc:
             return _error(400, f"invalid replay request: {exc}")
+        # logged too: a long replay outlives a client or proxy that stopped waiting for it
+        log.info("replay of source %s%s since %s until %s: %s", body.source,
+                 f" to {body.destination}" if body.destination else "", body.since or "the start",
+                 body.until or "it began", done.summary())
         if rt.engine is not None:
             rt.engine.wake_all()
         return _json({"events": done.events, "deliveries": done.deliveries,
