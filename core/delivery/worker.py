@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import HOOK_LEASE_SHARE
 from . import outbox, router
+from .attempt_log import AttemptLog
 from .calling import client_for, deliver_rows
 from .deliver_process import NOT_STARTED, DeliverProcess
 from .results import ResultWriter
@@ -76,6 +77,7 @@ class DestinationWorker:
         self.dest = dest
         self.client = client_for(dest)
         self.scrub = rt.scrubber.result  # secrets out of bodies and errors
+        self.attempt_log = AttemptLog()
         self.deliverer: DeliverProcess | None = None  # set by the Engine when one is used
         self.wake = asyncio.Event()
         self.inflight_keys: set[str] = set()
@@ -347,16 +349,7 @@ class DestinationWorker:
                 for row, (message_id, res) in zip(rows, sent)
             ]
             await self.results.store(outcomes)
-            debug = log.isEnabledFor(logging.DEBUG)
-            for o in outcomes:
-                if o.outcome == "ok" and not debug:
-                    continue  # (its log record and extra dict cost ~2 us per delivery)
-                level = logging.DEBUG if o.outcome == "ok" else logging.WARNING
-                log.log(level, "delivery %s to %s attempt %d: %s%s", o.message_id, o.destination,
-                        o.attempt, o.outcome, f" ({o.error})" if o.error else "",
-                        extra={"destination": o.destination, "message_id": o.message_id,
-                               "attempt": o.attempt, "outcome": o.outcome, "state": o.state,
-                               "http_status": o.http_status, "latency_ms": round(o.latency_ms, 2)})
+            self.attempt_log.record(outcomes)
             if self.rt.engine is not None:
                 self.rt.engine.observe(self.dest.name, outcomes)
         except asyncio.CancelledError:

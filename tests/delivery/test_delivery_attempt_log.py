@@ -1,0 +1,46 @@
+"""The attempt log lines: a destination that is down is one WARNING line a while, not one per
+event (an outside audit: 25,000 lines a minute at 300 events/s); dead letters are each logged."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from hookyard.delivery import attempt_log
+from hookyard.delivery.attempt_log import AttemptLog
+from hookyard.delivery.outbox import Outcome
+
+
+def outcome(i: int, outcome: str, state: str) -> Outcome:
+    return Outcome(i, "crm", f"m{i}", 1, outcome, state, 0.0, None,
+                   "connection error" if outcome != "ok" else None, None, 1.0)
+
+
+def test_retryable_failures_are_one_line_a_while(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.WARNING, logger="hookyard.delivery")
+    clock = [1000.0]
+    monkeypatch.setattr(attempt_log.time, "monotonic", lambda: clock[0])
+    log = AttemptLog()
+    log.record([outcome(i, "retryable", "pending") for i in range(500)])
+    log.record([outcome(500, "ok", "done"), outcome(501, "permanent", "dead"),
+                outcome(502, "retryable", "dead")])  # given up: a dead letter too
+    clock[0] += 11
+    log.record([outcome(600, "retryable", "pending")])
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "delivery m0 to crm attempt 1: retryable (connection error)",
+        "delivery m501 to crm attempt 1: permanent (connection error)",
+        "delivery m502 to crm attempt 1: retryable (connection error)",
+        "delivery m600 to crm attempt 1: retryable (connection error) [and 499 more failures"
+        " of crm to retry since the last such line, 11 s ago; each is logged at DEBUG]",
+    ]
+    assert caplog.records[0].destination == "crm"  # type: ignore[attr-defined]
+
+
+def test_at_debug_every_attempt_is_a_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="hookyard.delivery")
+    AttemptLog().record([outcome(i, "retryable", "pending") for i in range(3)]
+                        + [outcome(3, "ok", "done")])
+    assert len(caplog.records) == 4
