@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import signal
 import sys
@@ -115,7 +116,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     import uvicorn
 
     from .app import create_app
-    from .serving import http_protocol, listen, url_host
+    from .serving import http_protocol, listen, raise_fd_limit, url_host
     from .storage import describe as describe_storage
 
     try:
@@ -130,6 +131,11 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     except HookyardError as exc:
         _fail(exc)
     _setup_logging(rt)
+    files = raise_fd_limit()  # each connection is an open file
+    if 0 < files < 4096:
+        logging.getLogger("hookyard").warning(
+            "this process may open only %d files (ulimit -n): at most about that many"
+            " connections at once; raise the hard limit (systemd: LimitNOFILE)", files)
     url = f"http://{url_host(config.server.host)}:{config.server.port}"
     click.echo(f"hookyard {__version__} listening on {url}")
     click.echo(f"  data dir:    {rt.data_dir}")

@@ -45,6 +45,26 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit, and return it: every
+    connection is a file, and at the limit new connections (``/healthz`` too) are reset
+    without a log line. Many systems start services at a soft 1,024 under a far higher hard
+    limit, as nginx's ``worker_rlimit_nofile`` and Go's runtime raise it too."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def url_host(host: str) -> str:
     """``host`` as written in a URL (IPv6 in brackets)."""
     return f"[{host}]" if ":" in host else host

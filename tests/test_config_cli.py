@@ -785,3 +785,15 @@ def test_the_data_dir_is_created_for_its_user_only(tmp_path: Path) -> None:
     Runtime.build(default_config(data))
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "write_key").stat().st_mode) == 0o600
+
+
+def test_serve_raises_its_open_files_limit() -> None:
+    """Each connection is an open file; at the soft limit (often 1,024) new connections were
+    reset without a log line (an outside audit). The limit is raised to the hard one."""
+    code = ("import resource; from hookyard.serving import raise_fd_limit;"
+            " soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE);"
+            " resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard));"
+            " print(raise_fd_limit() == resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 256"
+            " or hard <= 256)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr
