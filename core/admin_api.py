@@ -225,8 +225,9 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         if dest is None:
             return _error(404, f"no destination named {request.path_params['name']!r}")
         try:
+            _query(request, "source")
             raw = await _body(request)
-            return _json(router.preview(rt, dest, raw))
+            return _json(router.preview(rt, dest, raw, request.query_params.get("source")))
         except (ValueError, msgspec.ValidationError) as exc:
             return _error(400, f"not a valid Segment event: {exc}")
 

@@ -216,6 +216,7 @@ class PreviewResult(msgspec.Struct):
     destination: str
     plugin: str
     passes: bool
+    integrations: str | None
     filter: str | None
     dropped_by_filter: bool
     trigger: str | None

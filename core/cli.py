@@ -297,7 +297,9 @@ def replay(config_path: str | None, data_dir: str | None, source: str, destinati
 @click.option("--destination", required=True, help="Destination whose filter and mapping are applied")
 @click.option("--file", "event_file", type=click.File("rb"), default="-", show_default=True,
               help="A Segment event as JSON ('-' reads standard input)")
-def preview(config_path: str | None, data_dir: str | None, destination: str, event_file: Any) -> None:
+@click.option("--source", help="The source the event comes from (its honor_integrations applies)")
+def preview(config_path: str | None, data_dir: str | None, destination: str, event_file: Any,
+            source: str | None) -> None:
     """Show what a destination would send for an event, without sending anything.
 
     Prints the same JSON as POST /api/destinations/{name}/preview.
@@ -308,7 +310,7 @@ def preview(config_path: str | None, data_dir: str | None, destination: str, eve
     try:  # nothing is created: no data dir, no generated write key or admin token
         rt = Runtime.build(_load(config_path, data_dir=data_dir, create=False), prepare=False)
         with contextlib.redirect_stdout(sys.stderr):  # a plugin's print: not into the JSON
-            answer = preview_cli(rt, destination, event_file.read())
+            answer = preview_cli(rt, destination, event_file.read(), source)
         click.echo(answer)
     except HookyardError as exc:
         _fail(exc)

@@ -51,6 +51,9 @@ class Connector:
                 ``integrations`` object on to a router that applies it (the Segment forwarder),
                 so ``"All": false`` does not stop it here; only a ``false`` under its own name
                 does (:mod:`hookyard.integration_flags`).
+    integration_names: destinations only: more keys of an event's ``integrations`` that name
+                this connector, besides its ``name`` and the destination's (the Segment
+                forwarder: ``"Segment.io"``, the name analytics.js uses).
     """
 
     name: str
@@ -62,6 +65,7 @@ class Connector:
     description: str = ""
     deliver_anywhere: bool = False  # fields before it may be given by position
     forwards_integrations: bool = False
+    integration_names: tuple[str, ...] = ()
 
 
 @dataclass

@@ -84,7 +84,9 @@ def operations(rt: Runtime) -> list[Op]:
            m.DeadLetterRequest, {200: m.DeadLetterResult, **err, **too_large}),
         Op("post", "/api/destinations/{name}/preview", "What a destination would send", "admin",
            dict[str, Any], {200: m.PreviewResult, 404: m.ApiError, **err, **too_large},
-           [("name", "path", "destination name")]),
+           [("name", "path", "destination name"),
+            ("source", "query", "the source the event comes from (its honor_integrations"
+             " applies)")]),
         Op("post", "/api/replay", "Map stored events again and queue their deliveries", "admin",
            m.ReplayRequest, {200: m.ReplayResult, 404: m.ApiError, **err, **too_large}),
     ]

@@ -239,6 +239,10 @@ def _connector_problem(connector: Any) -> str | None:
     if not (isinstance(settings, type) and issubclass(settings, msgspec.Struct)):
         return (f"connector {connector.name!r}: settings must be a msgspec.Struct class,"
                 f" not {settings!r}")
+    names = connector.integration_names
+    if not isinstance(names, tuple | list) or not all(isinstance(n, str) and n for n in names):
+        return (f"connector {connector.name!r}: integration_names must be a tuple of names,"
+                f" not {names!r}")
     return None
 
 

@@ -51,20 +51,32 @@ class DestinationRuntime:
     def name(self) -> str:
         return self.config.name
 
+    @functools.cached_property
+    def integration_names(self) -> tuple[str, ...]:
+        """The keys of an event's ``integrations`` that name this destination (case-folded):
+        its own name, its plugin's, and the names the connector adds."""
+        names = (self.config.name, self.config.plugin, *self.connector.integration_names)
+        return tuple(n.casefold() for n in names)
+
     @property
     def batch_size(self) -> int:
         return max(1, self.policy.batch_size or self.connector.batch_size)
 
-    def gate(self, raw: dict[str, Any], integrations: bool = True) -> str | None:
-        """Why the event's ``integrations`` switches (unless ``integrations`` is false: its
-        source ignores them) or the destination's filter/trigger stop this event, or None to
-        map it."""
+    def switched_off(self, raw: dict[str, Any], integrations: bool = True) -> str | None:
+        """Why the event's ``integrations`` object turns this destination off (unless
+        ``integrations`` is false: its source ignores them), or None."""
         flags = raw.get("integrations")
         if flags and integrations and self.config.honor_integrations:
-            names = (self.config.name.casefold(), self.config.plugin.casefold())
-            off = switched_off(flags, names, not self.connector.forwards_integrations)
-            if off is not None:
-                return off
+            return switched_off(flags, self.integration_names,
+                                not self.connector.forwards_integrations)
+        return None
+
+    def gate(self, raw: dict[str, Any], integrations: bool = True) -> str | None:
+        """Why the event's ``integrations`` switches (:meth:`switched_off`) or the destination's
+        filter/trigger stop this event, or None to map it."""
+        off = self.switched_off(raw, integrations)
+        if off is not None:
+            return off
         if self.filter is not None and self.filter(raw):
             return f"dropped by filter: {self.config.filter}"
         if self.trigger is not None and not self.trigger(raw):

@@ -119,6 +119,8 @@ class NotAStruct:
          "kind 'destinaton': use 'source' or 'destination'"),
         (Connector(name="acme", kind="destination", settings=NotAStruct),  # type: ignore[arg-type]
          "settings must be a msgspec.Struct class"),
+        (Connector(name="acme", kind="destination", integration_names="Acme"),  # type: ignore[arg-type]
+         "integration_names must be a tuple of names"),
     ],
 )
 def test_a_connector_declared_wrong_stops_start_up(connector: Connector, message: str) -> None:

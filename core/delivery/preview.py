@@ -4,7 +4,8 @@ The "event tester": ``POST /api/destinations/{name}/preview`` and ``hookyard pre
 --destination NAME --file event.json`` both answer with :func:`preview_event`'s document::
 
     {"destination": "segment-out", "plugin": "segment",
-     "passes": true,                       # passes the filter and the trigger
+     "passes": true,                       # passes integrations, the filter and the trigger
+     "integrations": null,                 # why the event's integrations object stops it
      "filter": null, "dropped_by_filter": false,
      "trigger": "type = \\"track\\"", "matches_trigger": true,
      "sent": true,                         # map_event made at least one delivery
@@ -74,25 +75,34 @@ def request_of(dest: DestinationRuntime, d: Delivery) -> dict[str, Any]:
     return out
 
 
-def preview_event(rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any]) -> dict[str, Any]:
-    """What ``dest`` would send for ``raw`` (a Segment event dict); nothing is sent or stored.
+def preview_event(
+    rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any], source: str | None = None
+) -> dict[str, Any]:
+    """What ``dest`` would send for ``raw`` (a Segment event dict) arriving from ``source``
+    (whose ``honor_integrations`` applies; None: a source that honors them); nothing is sent
+    or stored.
 
     ``messageId`` and ``receivedAt`` are filled in like ingest does when missing. Raises
-    :class:`BadRequest` when ``raw`` is not a valid Segment event; a crashing ``map_event``
-    hook, or a delivery that cannot be encoded as JSON (the router dead-letters both), is
-    reported in ``reason``, never raised.
+    :class:`BadRequest` when ``raw`` is not a valid Segment event or ``source`` is not a
+    configured source; a crashing ``map_event`` hook, or a delivery that cannot be encoded as
+    JSON (the router dead-letters both), is reported in ``reason``, never raised.
     """
+    if source is not None and source not in rt.sources:
+        known = ", ".join(rt.sources) or "none"
+        raise BadRequest(f"no source named {source!r} (configured: {known})")
     raw = dict(raw)
     event = _event(raw)
     raw.setdefault("messageId", "preview")
     raw.setdefault("receivedAt", now_iso())
+    honored = source not in rt.integrations_ignored_from
+    off = dest.switched_off(raw, honored)
     dropped = bool(dest.filter(raw)) if dest.filter is not None else False
     matches = bool(dest.trigger(raw)) if dest.trigger is not None else True
     deliveries: list[Delivery] = []
-    reason: str | None = dest.gate(raw)
+    reason: str | None = dest.gate(raw, honored)
     if reason is None:
         try:
-            result = map_one(rt, dest, raw, event)
+            result = map_one(rt, dest, raw, event, source)
             requests_of(result)  # a delivery the router could not store fails like a raise
         except Exception as exc:  # noqa: BLE001 - the router turns this into a dead letter
             log.warning("map_event of %s failed in a preview: %s", dest.name, exc)
@@ -104,7 +114,8 @@ def preview_event(rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any]) ->
     return {
         "destination": dest.name,
         "plugin": dest.config.plugin,
-        "passes": not dropped and matches,
+        "passes": off is None and not dropped and matches,
+        "integrations": off,
         "filter": dest.config.filter,
         "dropped_by_filter": dropped,
         "trigger": dest.config.trigger,
@@ -117,11 +128,11 @@ def preview_event(rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any]) ->
     }
 
 
-def preview_cli(rt: Runtime, destination: str, data: bytes) -> str:
+def preview_cli(rt: Runtime, destination: str, data: bytes, source: str | None = None) -> str:
     """``hookyard preview``: the API's answer as indented JSON; errors raise HookyardError."""
     dest = rt.destinations.get(destination)
     if dest is None:
         known = ", ".join(rt.destinations) or "none"
         raise ConfigError(f"no destination named {destination!r} (configured: {known})")
-    result = preview_event(rt, dest, load_event(data))
+    result = preview_event(rt, dest, load_event(data), source)
     return msgspec.json.format(msgspec.json.encode(result), indent=2).decode()

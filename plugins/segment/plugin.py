@@ -55,6 +55,7 @@ def register_connectors() -> list[Connector]:
             raw_bodies=True,  # events are forwarded as stored: no parse + re-encode per event
             deliver_anywhere=True,  # deliver needs only its settings and the HTTP client
             forwards_integrations=True,  # Segment applies each event's "integrations" itself
+            integration_names=("Segment.io",),  # {"Segment.io": false} stops it too
             description="Forwards events to Segment's tracking API (/v1/batch)",
         ),
     ]

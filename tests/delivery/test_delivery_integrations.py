@@ -30,6 +30,13 @@ NAMES = ("novu-eu", "novu")
     ({"All": False, "Segment.io": {"apiHost": "x"}}, "integrations: All is false"),
     ({"All": "false"}, None),  # only the JSON false turns anything off
     ({1: False}, None),
+    # the destination's own name wins over its plugin's, whatever the order (an outside audit)
+    ({"Novu": True, "novu-eu": False}, "integrations: novu-eu is false"),
+    ({"novu-eu": True, "Novu": False}, None),
+    ({"Novu": False, "novu-eu": True}, None),
+    # two keys for one name: the later, the event's own after a batch's defaults (merged first)
+    ({"novu": False, "Novu": True}, None),
+    ({"Novu": True, "novu": False}, "integrations: novu is false"),
 ])
 def test_switched_off(flags: Any, expected: str | None) -> None:
     assert switched_off(flags, NAMES, obey_all=True) == expected
@@ -57,6 +64,7 @@ def test_integrations_through_the_router(
         "all-off": {"All": False},
         "all-off-recorder-on": {"All": False, "Recorder": True},
         "seg-off": {"SEG": False},
+        "seg-io-off": {"Segment.io": False},  # analytics.js's name for Segment (Connector.integration_names)
     }
     batch = [track(name, 1, integrations=flags) for name, flags in events.items()]
     assert send(server, "/v1/batch", {"batch": batch}).status_code == 200
@@ -73,6 +81,7 @@ def test_integrations_through_the_router(
                                               "seg": ("done", None)}
     assert outcome("seg-off") == {"rec": ("done", None), "deaf": ("done", None),
                                   "seg": ("filtered", "integrations: SEG is false")}
+    assert outcome("seg-io-off")["seg"] == ("filtered", "integrations: Segment.io is false")
     forwarded = [e for r in segment.requests for e in r.json()["batch"]]
     assert sorted(e["messageId"] for e in forwarded) == [
         "all-off-1", "all-off-recorder-on-1", "rec-off-1"]
@@ -101,3 +110,26 @@ def test_a_source_that_ignores_integrations(
     [direct] = trace(server, "direct-1")
     assert (direct["state"], direct["last_error"]) == ("filtered", "integrations: All is false")
     assert [r["state"] for r in trace(server, "relayed-1")] == ["done"]
+
+
+def test_preview_says_what_the_integrations_object_does(
+    hookyard_server: Callable[..., HookyardServer], fake_destination: Callable[[], FakeServer]
+) -> None:
+    """Preview agrees with live routing, for a source that ignores the object too (an outside
+    audit: preview said skipped where the relay source's events were sent)."""
+    peer = fake_destination()
+    server = hookyard_server({
+        "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"},
+                    {"name": "relay", "plugin": "segment", "write_key": "relay-write-key",
+                     "honor_integrations": False}],
+        "destinations": [recorder(peer.url, sources=("web", "relay"))],
+    }, plugins=[PLUGIN])
+    event = track("p", 1, integrations={"All": False})
+    url = "/api/destinations/rec/preview"
+    off = api(server).post(url, json=event).json()
+    assert (off["passes"], off["sent"]) == (False, False)
+    assert off["integrations"] == off["reason"] == "integrations: All is false"
+    relayed = api(server).post(url, params={"source": "relay"}, json=event).json()
+    assert (relayed["passes"], relayed["sent"], relayed["integrations"]) == (True, True, None)
+    r = api(server).post(url, params={"source": "nope"}, json=event)
+    assert r.status_code == 400 and "no source named 'nope'" in r.json()["error"], r.text
