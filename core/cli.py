@@ -116,7 +116,8 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     import uvicorn
 
     from .app import create_app
-    from .serving import http_protocol, listen, raise_fd_limit, url_host
+    from .http_protocol import http_protocol
+    from .serving import listen, raise_fd_limit, url_host
     from .storage import describe as describe_storage
 
     try:

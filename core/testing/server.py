@@ -20,6 +20,7 @@ import uvicorn
 
 from ..app import create_app
 from ..config import parse_config
+from ..http_protocol import http_protocol
 from ..runtime import Runtime
 
 
@@ -89,7 +90,8 @@ class HookyardServer:
     def start(self) -> HookyardServer:
         app = create_app(self.runtime)
         cfg = uvicorn.Config(app, host=self.config.server.host, port=self.config.server.port,
-                             log_level="warning", lifespan="on")
+                             log_level="warning", lifespan="on", server_header=False,
+                             http=http_protocol())  # the protocol ``hookyard serve`` runs
         self._server = uvicorn.Server(cfg)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()

@@ -1,0 +1,241 @@
+"""The HTTP protocol ``hookyard serve`` gives uvicorn: its httptools protocol, with the limits
+httptools does not set and the checks RFC 9112 asks for.
+
+* **Idle connections.** uvicorn arms its keep-alive timeout (``timeout_keep_alive``, 5 s) only
+  after a response: a client that connects and sends nothing holds a file descriptor forever
+  (an outside audit held 20,000 that way). Here the timer is also armed when the connection
+  opens, and it is disarmed when a request's headers are complete rather than at its first
+  byte: headers trickled in are cut off after the same 5 s. A body that stalls is answered 408
+  (:mod:`hookyard.body_deadline`).
+* **Header size.** A request line and headers over :data:`MAX_HEADER_BYTES` are answered 431
+  before httptools reads them (it keeps them whole, copying them on every read).
+* **One request at a time.** What a client sends after a complete request is held, unparsed,
+  until that request is answered; reading stops once :data:`MAX_HEADER_BYTES` are held. The
+  next request then meets the same limits and timer as a first one (an outside audit streamed
+  400 MB of headers behind a slow answer), and its refusal comes after the answer before it,
+  never in its place. (Requests that arrive in one read together are still pipelined by uvicorn,
+  in order.)
+* **Framing and trailers.** Bytes of a chunked body that are not body (chunk sizes, extensions,
+  trailer fields) are limited to :data:`MAX_HEADER_BYTES` plus eight per body byte (431); trailer
+  fields are dropped, never merged into the request's headers (a trailer could otherwise bring
+  the ``Authorization`` that counts).
+* **Ambiguous headers** (:func:`header_problem`): an HTTP version other than 1.0 or 1.1 is 505;
+  an HTTP/1.1 request without ``Host``, or any with two, 400; two ``Authorization`` or
+  ``Content-Encoding`` headers 400; a transfer coding other than ``chunked`` 501 (``gzip,
+  chunked`` was read as chunked), and chunked in HTTP/1.0 400. Such a request is answered by a
+  small ASGI app in its turn, with ``connection: close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+MAX_HEADER_BYTES = 65_536
+"""A request's line and headers together (httptools itself sets no limit: an outside audit's
+30 MB header was read into memory and answered 200). nginx allows 32 KB by default."""
+FRAMING_PER_BODY_BYTE = 8
+"""Chunk framing allowed per body byte on top of :data:`MAX_HEADER_BYTES` (``1\\r\\nx\\r\\n`` is
+five bytes of framing for one of body: even a client sending one-byte chunks passes)."""
+
+Asgi = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
+
+
+def _answer(status: int, phrase: str, reason: str) -> bytes:
+    body = msgspec.json.encode({"success": False, "error": reason})
+    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+_HEADERS_TOO_LARGE = _answer(431, "Request Header Fields Too Large",
+                             f"request headers are larger than {MAX_HEADER_BYTES} bytes")
+_FRAMING_TOO_LARGE = _answer(431, "Request Header Fields Too Large",
+                             "the chunked body's framing and trailers are larger than"
+                             f" {MAX_HEADER_BYTES} bytes")
+
+
+def header_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> tuple[int, str] | None:
+    """The status and reason to refuse a request's headers with (names in lower case, as
+    uvicorn keeps them), or None when they are fine."""
+    if http_version not in ("1.1", "1.0"):
+        return 505, f"HTTP version {http_version} is not supported (use HTTP/1.1)"
+    hosts = auths = encodings = 0
+    for name, value in headers:
+        if name == b"host":
+            hosts += 1
+        elif name == b"authorization":
+            auths += 1
+        elif name == b"content-encoding":
+            encodings += 1
+        elif name == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                return 501, ("Transfer-Encoding other than chunked is not supported"
+                             " (use Content-Encoding: gzip for a compressed body)")
+            if http_version == "1.0":
+                return 400, "Transfer-Encoding: chunked needs HTTP/1.1"
+    if hosts > 1 or (hosts == 0 and http_version == "1.1"):
+        return 400, "a request needs exactly one Host header (HTTP/1.0: at most one)"
+    if auths > 1:
+        return 400, "more than one Authorization header"
+    if encodings > 1:
+        return 400, "more than one Content-Encoding header"
+    return None
+
+
+def refusal_app(status: int, reason: str) -> Asgi:
+    """An ASGI app that answers ``status`` with ``reason`` and closes the connection."""
+    body = msgspec.json.encode({"success": False, "error": reason})
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+
+    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def http_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with the limits and checks of the module docstring (h11's,
+    with the idle timer only, where httptools is missing)."""
+    base: Any
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:  # pragma: no cover - uvicorn[standard] installs httptools
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    httptools = hasattr(base, "on_headers_complete")  # httptools' parser callbacks
+
+    class HardenedProtocol(base):  # type: ignore[misc, valid-type]
+        header_timer: asyncio.TimerHandle | None = None
+        header_bytes = 0  # of the request line and headers being read
+        held: bytearray | None = None  # what came after a request not answered yet
+        headers_done = False  # of the current message: what follows is body (or trailers)
+        message_done = False
+        after_headers = 0  # bytes read since the headers, and of them body:
+        body_bytes = 0
+        header_sum = 0  # the current message's header fields, as httptools hands them over
+        too_large = False
+        open_cycles: list[Any] = []  # requests not answered yet (set per connection)
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.open_cycles = []
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+        def data_received(self, data: bytes) -> None:
+            if not httptools:  # pragma: no cover
+                super().data_received(data)
+                return
+            if self.held is not None or (
+                self.message_done and self.cycle is not None and not self.cycle.response_complete
+            ):
+                self._hold(data)
+                return
+            # uvicorn disarms the idle timer at the first byte; it stays armed here until the
+            # request's headers are complete, so headers trickled byte by byte are cut off too
+            if self.timeout_keep_alive_task is not None:
+                self.header_timer, self.timeout_keep_alive_task = self.timeout_keep_alive_task, None
+            if self.header_timer is not None:  # in a request's line and headers
+                budget = MAX_HEADER_BYTES - self.header_bytes
+                if len(data) > budget and data.find(b"\r\n\r\n", 0, budget + 4) < 0:
+                    self._refuse(_HEADERS_TOO_LARGE)  # before httptools reads them
+                    return
+            in_body = self.headers_done and not self.message_done
+            super().data_received(data)
+            # the count goes on only while the headers are still incomplete after ``data``
+            self.header_bytes = self.header_bytes + len(data) if self.header_timer else 0
+            if in_body and self.headers_done and not self.message_done:
+                self.after_headers += len(data)
+                framing = self.after_headers - self.body_bytes
+                if framing > MAX_HEADER_BYTES + FRAMING_PER_BODY_BYTE * self.body_bytes:
+                    self._refuse(_FRAMING_TOO_LARGE)
+
+        def _hold(self, data: bytes) -> None:
+            if self.held is None:
+                self.held = bytearray()
+            self.held += data
+            if len(self.held) > MAX_HEADER_BYTES:
+                self.flow.pause_reading()  # resumed when the answer is complete
+
+        def _refuse(self, answer: bytes) -> None:
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.disconnected = True  # its app answers nobody now
+            self.transport.write(answer)
+            self.transport.close()
+
+        def on_response_complete(self) -> None:
+            self.open_cycles = [c for c in self.open_cycles if not c.response_complete]
+            super().on_response_complete()
+            if (self.held is not None and not self.pipeline and self.cycle is not None
+                    and self.cycle.response_complete and not self.transport.is_closing()):
+                data, self.held = bytes(self.held), None
+                self.data_received(data)  # the next request, as if it came now
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.headers_done = self.message_done = False
+            self.after_headers = self.body_bytes = self.header_sum = 0
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if self.headers_done:  # a trailer field is never one of the request's headers
+                return
+            self.header_sum += len(name) + len(value) + 4
+            if self.header_sum > MAX_HEADER_BYTES:  # a request read in one go with another
+                self.too_large = True
+                raise ValueError("headers too large")  # stops httptools: send_400_response
+            super().on_header(name, value)
+
+        def send_400_response(self, msg: str) -> None:
+            if self.too_large:
+                self._refuse(_HEADERS_TOO_LARGE)
+            else:
+                super().send_400_response(msg)
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_timer()
+            self.headers_done = True
+            problem = header_problem(self.headers, self.parser.get_http_version())
+            if problem is None:
+                super().on_headers_complete()
+            else:
+                app: Any = getattr(self, "app")  # noqa: B009 - uvicorn's attribute, untyped
+                self.app = refusal_app(*problem)
+                try:  # answered in its turn, after any request still being answered
+                    super().on_headers_complete()
+                finally:
+                    self.app = app
+            if self.cycle is not None:
+                self.open_cycles.append(self.cycle)
+
+        def on_body(self, body: bytes) -> None:
+            self.body_bytes += len(body)
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self.message_done = True
+            super().on_message_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            self.held = None
+            # uvicorn tells only the newest request that the client left; one of those read
+            # with it (pipelined) and still running then wrote to the closed transport and
+            # logged a traceback (an outside audit)
+            for cycle in self.open_cycles:
+                if not cycle.response_complete:
+                    cycle.disconnected = True
+                    cycle.message_event.set()
+            self.open_cycles = []
+            super().connection_lost(exc)
+
+        def _disarm_header_timer(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+    return HardenedProtocol
