@@ -63,7 +63,9 @@ def header_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> tup
     if http_version not in ("1.1", "1.0"):
         return 505, f"HTTP version {http_version} is not supported (use HTTP/1.1)"
     hosts = auths = encodings = 0
+    size = 0
     for name, value in headers:
+        size += len(name) + len(value) + 4
         if name == b"host":
             hosts += 1
         elif name == b"authorization":
@@ -76,6 +78,8 @@ def header_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> tup
                              " (use Content-Encoding: gzip for a compressed body)")
             if http_version == "1.0":
                 return 400, "Transfer-Encoding: chunked needs HTTP/1.1"
+    if size > MAX_HEADER_BYTES:  # read in one go with a request before it
+        return 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes"
     if hosts > 1 or (hosts == 0 and http_version == "1.1"):
         return 400, "a request needs exactly one Host header (HTTP/1.0: at most one)"
     if auths > 1:
@@ -112,13 +116,9 @@ def http_protocol() -> type[asyncio.Protocol]:
         header_timer: asyncio.TimerHandle | None = None
         header_bytes = 0  # of the request line and headers being read
         held: bytearray | None = None  # what came after a request not answered yet
-        headers_done = False  # of the current message: what follows is body (or trailers)
-        message_done = False
-        after_headers = 0  # bytes read since the headers, and of them body:
+        after_headers = 0  # bytes of the current request read since its headers, of them body:
         body_bytes = 0
-        header_sum = 0  # the current message's header fields, as httptools hands them over
-        too_large = False
-        open_cycles: list[Any] = []  # requests not answered yet (set per connection)
+        open_cycles: list[Any] = []  # pipelined requests not answered yet (per connection)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -131,8 +131,9 @@ def http_protocol() -> type[asyncio.Protocol]:
             if not httptools:  # pragma: no cover
                 super().data_received(data)
                 return
+            cycle = self.cycle  # uvicorn's current request: more_body until it is all read
             if self.held is not None or (
-                self.message_done and self.cycle is not None and not self.cycle.response_complete
+                cycle is not None and not cycle.more_body and not cycle.response_complete
             ):
                 self._hold(data)
                 return
@@ -145,11 +146,11 @@ def http_protocol() -> type[asyncio.Protocol]:
                 if len(data) > budget and data.find(b"\r\n\r\n", 0, budget + 4) < 0:
                     self._refuse(_HEADERS_TOO_LARGE)  # before httptools reads them
                     return
-            in_body = self.headers_done and not self.message_done
+            in_body = cycle is not None and cycle.more_body
             super().data_received(data)
             # the count goes on only while the headers are still incomplete after ``data``
             self.header_bytes = self.header_bytes + len(data) if self.header_timer else 0
-            if in_body and self.headers_done and not self.message_done:
+            if in_body and self.cycle is cycle and cycle.more_body:  # all of it body or framing
                 self.after_headers += len(data)
                 framing = self.after_headers - self.body_bytes
                 if framing > MAX_HEADER_BYTES + FRAMING_PER_BODY_BYTE * self.body_bytes:
@@ -169,37 +170,21 @@ def http_protocol() -> type[asyncio.Protocol]:
             self.transport.close()
 
         def on_response_complete(self) -> None:
-            self.open_cycles = [c for c in self.open_cycles if not c.response_complete]
+            if self.open_cycles:
+                self.open_cycles = [c for c in self.open_cycles if not c.response_complete]
             super().on_response_complete()
             if (self.held is not None and not self.pipeline and self.cycle is not None
                     and self.cycle.response_complete and not self.transport.is_closing()):
                 data, self.held = bytes(self.held), None
                 self.data_received(data)  # the next request, as if it came now
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self.headers_done = self.message_done = False
-            self.after_headers = self.body_bytes = self.header_sum = 0
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            if self.headers_done:  # a trailer field is never one of the request's headers
-                return
-            self.header_sum += len(name) + len(value) + 4
-            if self.header_sum > MAX_HEADER_BYTES:  # a request read in one go with another
-                self.too_large = True
-                raise ValueError("headers too large")  # stops httptools: send_400_response
-            super().on_header(name, value)
-
-        def send_400_response(self, msg: str) -> None:
-            if self.too_large:
-                self._refuse(_HEADERS_TOO_LARGE)
-            else:
-                super().send_400_response(msg)
-
         def on_headers_complete(self) -> None:
             self._disarm_header_timer()
-            self.headers_done = True
+            self.after_headers = self.body_bytes = 0
             problem = header_problem(self.headers, self.parser.get_http_version())
+            before = self.cycle
+            if before is not None and not before.response_complete:
+                self.open_cycles.append(before)  # pipelined: uvicorn forgets it (connection_lost)
             if problem is None:
                 super().on_headers_complete()
             else:
@@ -209,16 +194,12 @@ def http_protocol() -> type[asyncio.Protocol]:
                     super().on_headers_complete()
                 finally:
                     self.app = app
-            if self.cycle is not None:
-                self.open_cycles.append(self.cycle)
+            # trailer fields go to a list of their own, never into the request's headers
+            self.headers: list[tuple[bytes, bytes]] = []
 
         def on_body(self, body: bytes) -> None:
             self.body_bytes += len(body)
             super().on_body(body)
-
-        def on_message_complete(self) -> None:
-            self.message_done = True
-            super().on_message_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_header_timer()
@@ -226,7 +207,7 @@ def http_protocol() -> type[asyncio.Protocol]:
             # uvicorn tells only the newest request that the client left; one of those read
             # with it (pipelined) and still running then wrote to the closed transport and
             # logged a traceback (an outside audit)
-            for cycle in self.open_cycles:
+            for cycle in self.open_cycles:  # (uvicorn's own tells the newest)
                 if not cycle.response_complete:
                     cycle.disconnected = True
                     cycle.message_event.set()
