@@ -88,19 +88,23 @@ def test_integrations_through_the_router(
     assert {e["messageId"]: e["integrations"] for e in forwarded}["all-off-1"] == {"All": False}
 
 
+def with_relay(hookyard_server: Callable[..., HookyardServer], peer: FakeServer) -> HookyardServer:
+    """A server with sources ``web`` and ``relay`` (``honor_integrations = false``) -> ``rec``."""
+    return hookyard_server({
+        "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"},
+                    {"name": "relay", "plugin": "segment", "write_key": "relay-write-key",
+                     "honor_integrations": False}],
+        "destinations": [recorder(peer.url, sources=("web", "relay"))],
+    }, plugins=[PLUGIN])
+
+
 def test_a_source_that_ignores_integrations(
     hookyard_server: Callable[..., HookyardServer], fake_destination: Callable[[], FakeServer]
 ) -> None:
     """Events that Segment's Webhooks destination sends on have had their ``integrations``
     applied by Segment already (``{"All": false, "Webhooks": true}`` routes them to
     hookyard): a source with ``honor_integrations = false`` leaves them alone."""
-    peer = fake_destination()
-    server = hookyard_server({
-        "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"},
-                    {"name": "relay", "plugin": "segment", "write_key": "relay-write-key",
-                     "honor_integrations": False}],
-        "destinations": [recorder(peer.url, sources=("web", "relay"))],
-    }, plugins=[PLUGIN])
+    server = with_relay(hookyard_server, fake_destination())
     flags = {"All": False, "Webhooks": True}
     assert send(server, "/v1/track", track("direct", 1, integrations=flags)).status_code == 200
     relayed = api(server).post("/connector/segment/", json=track("relayed", 1, integrations=flags),
@@ -117,13 +121,7 @@ def test_preview_says_what_the_integrations_object_does(
 ) -> None:
     """Preview agrees with live routing, for a source that ignores the object too (an outside
     audit: preview said skipped where the relay source's events were sent)."""
-    peer = fake_destination()
-    server = hookyard_server({
-        "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"},
-                    {"name": "relay", "plugin": "segment", "write_key": "relay-write-key",
-                     "honor_integrations": False}],
-        "destinations": [recorder(peer.url, sources=("web", "relay"))],
-    }, plugins=[PLUGIN])
+    server = with_relay(hookyard_server, fake_destination())
     event = track("p", 1, integrations={"All": False})
     url = "/api/destinations/rec/preview"
     off = api(server).post(url, json=event).json()
