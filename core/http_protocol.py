@@ -14,7 +14,7 @@ httptools does not set and the checks RFC 9112 asks for.
   next request then meets the same limits and timer as a first one (an outside audit streamed
   400 MB of headers behind a slow answer), and its refusal comes after the answer before it,
   never in its place. (Requests that arrive in one read together are still pipelined by uvicorn,
-  in order.)
+  in order; a malformed one among them is refused after the answers before it too.)
 * **Framing and trailers.** Bytes of a chunked body that are not body (chunk sizes, extensions,
   trailer fields) are limited to :data:`MAX_HEADER_BYTES` plus eight per body byte (431); trailer
   fields are dropped, never merged into the request's headers (a trailer could otherwise bring
@@ -169,12 +169,29 @@ def http_protocol() -> type[asyncio.Protocol]:
             self.transport.write(answer)
             self.transport.close()
 
+        deferred_400: str | None = None  # a request httptools refused, behind one in flight
+
+        def send_400_response(self, msg: str) -> None:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # a malformed request read in one go with the one before it: that one is
+                # answered first, then this refusal (it took the place of that answer)
+                self.deferred_400 = msg
+                self.flow.pause_reading()
+                return
+            super().send_400_response(msg)
+
         def on_response_complete(self) -> None:
             if self.open_cycles:
                 self.open_cycles = [c for c in self.open_cycles if not c.response_complete]
             super().on_response_complete()
-            if (self.held is not None and not self.pipeline and self.cycle is not None
-                    and self.cycle.response_complete and not self.transport.is_closing()):
+            if (self.pipeline or self.cycle is None or not self.cycle.response_complete
+                    or self.transport.is_closing()):
+                return
+            if self.deferred_400 is not None:
+                msg, self.deferred_400 = self.deferred_400, None
+                super().send_400_response(msg)  # writes it and closes the connection
+            elif self.held is not None:
                 data, self.held = bytes(self.held), None
                 self.data_received(data)  # the next request, as if it came now
 

@@ -86,6 +86,9 @@ def test_a_refused_request_is_answered_after_the_one_before_it(server: HookyardS
     assert statuses(exchange(server, ok, bad)) == [200, 400]
     healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     assert statuses(exchange(server, healthz * 3, healthz, healthz + bad)) == [200] * 5 + [400]
+    malformed = b"GET /readyz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n"  # httptools' own
+    assert statuses(exchange(server, ok + malformed)) == [200, 400]
+    assert statuses(exchange(server, ok, malformed)) == [200, 400]
 
 
 SIZED = b"Content-Length: %d\r\n\r\n" % len(EVENT) + EVENT
