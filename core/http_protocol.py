@@ -44,14 +44,19 @@ five bytes of framing for one of body: even a client sending one-byte chunks pas
 Asgi = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
 
 
+def _error_body(reason: str) -> bytes:
+    """The JSON of a refusal, as ingest writes its own (``{"success": false, "error": ...}``)."""
+    return msgspec.json.encode({"success": False, "error": reason})
+
+
 def _answer(status: int, phrase: str, reason: str) -> bytes:
-    body = msgspec.json.encode({"success": False, "error": reason})
+    body = _error_body(reason)
     return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
-_HEADERS_TOO_LARGE = _answer(431, "Request Header Fields Too Large",
-                             f"request headers are larger than {MAX_HEADER_BYTES} bytes")
+HEADERS_TOO_LARGE = f"request headers are larger than {MAX_HEADER_BYTES} bytes"
+_HEADERS_TOO_LARGE = _answer(431, "Request Header Fields Too Large", HEADERS_TOO_LARGE)
 _FRAMING_TOO_LARGE = _answer(431, "Request Header Fields Too Large",
                              "the chunked body's framing and trailers are larger than"
                              f" {MAX_HEADER_BYTES} bytes")
@@ -79,7 +84,7 @@ def header_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> tup
             if http_version == "1.0":
                 return 400, "Transfer-Encoding: chunked needs HTTP/1.1"
     if size > MAX_HEADER_BYTES:  # read in one go with a request before it
-        return 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes"
+        return 431, HEADERS_TOO_LARGE
     if hosts > 1 or (hosts == 0 and http_version == "1.1"):
         return 400, "a request needs exactly one Host header (HTTP/1.0: at most one)"
     if auths > 1:
@@ -91,7 +96,7 @@ def header_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> tup
 
 def refusal_app(status: int, reason: str) -> Asgi:
     """An ASGI app that answers ``status`` with ``reason`` and closes the connection."""
-    body = msgspec.json.encode({"success": False, "error": reason})
+    body = _error_body(reason)
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
 

@@ -197,14 +197,15 @@ def _check_parsed(parsed: Any) -> None:
 
 
 def _without_refused(
-    parsed: list[ParsedEvent | RefusedEvent], refused: list[tuple[int, str]], limit: int
+    parsed: list[ParsedEvent | RefusedEvent], refused: list[tuple[int, str]], too_large: int,
+    limit: int,
 ) -> list[ParsedEvent]:
     """The events to store; when every event was refused, BadRequest with the first reason
-    (PayloadTooLarge when every one was too large)."""
+    (PayloadTooLarge when every one was too large: ``too_large`` of them were)."""
     kept = [ev for ev in parsed if not isinstance(ev, RefusedEvent)]
     if not kept:
         index, reason = refused[0]
-        if all(r.startswith("event is larger than") for _, r in refused):
+        if too_large == len(refused):
             raise PayloadTooLarge(f"every event is larger than {limit} bytes")
         raise BadRequest(reason if len(parsed) == 1 else f"[{index}] {reason} (every event refused)")
     return kept
@@ -326,17 +327,19 @@ class IngestEndpoint:
                 log.exception("parse_events of source %s failed", source.name)
                 raise BadRequest(f"could not parse the body: {type(exc).__name__}") from None
             refused: list[tuple[int, str]] = []
+            too_large = 0
             for i, ev in enumerate(parsed):
                 if isinstance(ev, RefusedEvent):
                     refused.append((i, ev.reason))
                 elif (ev.sent_bytes or len(ev.raw)) > server.max_event_bytes:
-                    too_large = f"event is larger than {server.max_event_bytes} bytes"
+                    reason = f"event is larger than {server.max_event_bytes} bytes"
                     if len(parsed) == 1:
-                        raise PayloadTooLarge(too_large)
-                    refused.append((i, too_large))  # alone, as an invalid event of a batch
-                    parsed[i] = RefusedEvent(too_large)
+                        raise PayloadTooLarge(reason)
+                    refused.append((i, reason))  # alone, as an invalid event of a batch
+                    parsed[i] = RefusedEvent(reason)
+                    too_large += 1
             if refused:
-                parsed = _without_refused(parsed, refused, server.max_event_bytes)
+                parsed = _without_refused(parsed, refused, too_large, server.max_event_bytes)
             count = len(parsed)
             received_at = now_iso()
             rows = event_rows(source.name, parsed, received_at)
