@@ -137,6 +137,7 @@ def test_a_replay_without_until_ends_when_it_starts(runtime: Runtime) -> None:
     from hookyard.delivery.replay import replay
 
     ingest(runtime, 5)
+    time.sleep(0.01)  # received_at has milliseconds: not in the millisecond the replay starts
     arrived: list[int] = []
 
     def meanwhile(count: int) -> None:  # the replay's progress callback, after each page
