@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def cores(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:
     except AttributeError:  # not Linux
         count = os.cpu_count() or 1
     try:
-        quota, period = open(cgroup).read().split()[:2]
+        quota, period = Path(cgroup).read_text().split()[:2]
         if quota != "max":
             count = min(count, max(1, -(-int(quota) // int(period))))  # rounded up
     except (OSError, ValueError):

@@ -182,8 +182,11 @@ class HookyardProcess:
     def start(self) -> HookyardProcess:
         cmd = [sys.executable, "-m", "hookyard", "serve", "--config", str(self.config_path),
                "--port", str(self.port), "--host", "127.0.0.1", "--data-dir", str(self.data_dir)]
-        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - lives with the process
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        # the child writes to its own copy of the descriptor: ours is closed at once (left to
+        # the garbage collector, it kept the file, and the filesystem it is on, busy)
+        with open(self.data_dir / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         env=os.environ.copy())
         wait_until_up(self.url, timeout=30, proc=self.proc, log=self.data_dir / "server.log")
         return self
 
