@@ -24,6 +24,7 @@ import msgspec
 from .connectors import AuthResult, IngestRequest, ParsedEvent, RefusedEvent
 from .errors import BadRequest, NotFound
 from .events import EVENT_TYPES, any_event_decoder, encoder, event_decoders, validate_event
+from .nesting import TOO_DEEP, too_deep
 
 BATCH_CALLS = ("batch", "import")
 
@@ -153,7 +154,7 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return "invalid UTF-8"
     if isinstance(exc, RecursionError):
-        return "nested too deeply"
+        return TOO_DEEP
     return _clean(str(exc))
 
 
@@ -170,8 +171,12 @@ def _decode_event(raw: bytes, call: str | None, require_user_id: bool = False) -
         if call is None and "type" in msg:
             msg = f"type must be one of {', '.join(EVENT_TYPES)} ({msg})"
         raise BadRequest(f"the event is not a valid Segment event: {msg}") from None
+    except RecursionError:  # deeper than the decoder goes: ~950 levels (Python 3.11)
+        raise BadRequest(f"the event is {TOO_DEEP}") from None
     except _UNDECODABLE as exc:
         raise BadRequest(f"malformed JSON: {_describe(exc)}") from None
+    if too_deep(raw):  # the same limit on every Python (hookyard.nesting)
+        raise BadRequest(f"the event is {TOO_DEEP}")
     if require_user_id and event.user_id is None:
         raise _NoUserId(USER_ID_REQUIRED)
     problem = validate_event(event)
@@ -249,6 +254,9 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
                 # check each item at 32 KB; the batch's sentAt alone adds ~40 bytes)
                 parsed.sent_bytes = len(parsed.raw)
                 parsed.raw = _with_batch_defaults(parsed.raw, batch, sent_at_field)
+                if (batch.context or batch.integrations) and too_deep(parsed.raw):
+                    events.append(RefusedEvent(f"the event is {TOO_DEEP} with the batch's context"))
+                    continue
             events.append(parsed)
         return events
     if call not in EVENT_TYPES:

@@ -480,3 +480,46 @@ def test_a_nested_sent_at_does_not_hide_the_batch_sent_at() -> None:
     [parsed] = parse(v1("batch", body))
     raw = raw_of(parsed)
     assert raw["sentAt"] == "2026-01-01T00:00:00.000Z" and raw["traits"] == {"sentAt": 1}
+
+
+def _nested(levels: int, kind: str = "object") -> bytes:
+    """A JSON value ``levels`` deep (objects or arrays)."""
+    if kind == "object":
+        return b'{"a": ' * (levels - 1) + b"{}" + b"}" * (levels - 1)
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize("kind", ["object", "array"])
+def test_an_event_may_nest_100_levels_and_no_more(kind: str) -> None:
+    """hookyard.nesting: one limit on every Python (the decoder alone allowed ~950 levels on
+    3.11 and ~10,000 on 3.13, where the dashboard's JSON view then failed)."""
+    def body(levels: int) -> bytes:  # the event is level 1, traits 2, "deep" 3...
+        return b'{"userId": "u", "traits": {"deep": ' + _nested(levels - 2, kind) + b"}}"
+
+    assert parse(v1("identify", body(100), basic(KEY)))[0].event.user_id == "u"
+    with pytest.raises(BadRequest, match=r"nested too deeply \(more than 100 levels"):
+        parse(v1("identify", body(101), basic(KEY)))
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    text = "{[" * 200
+    event = parse(v1("track", {"userId": "u", "event": "E", "properties": {"t": text}}, basic(KEY)))
+    assert event[0].event.properties == {"t": text}
+
+
+def test_a_too_deep_event_in_a_batch_or_webhook_array_is_refused_alone() -> None:
+    deep = b'{"type": "track", "userId": "u", "event": "E", "properties": ' + _nested(100) + b"}"
+    ok = msgspec.json.encode(sample_track())
+    for request in (v1("batch", b'{"batch": [' + ok + b"," + deep + b"]}", basic(KEY)),
+                    webhook(b"[" + ok + b"," + deep + b"]")):
+        stored, refused = parse(request)
+        assert isinstance(stored, ParsedEvent)
+        assert isinstance(refused, RefusedEvent) and "nested too deeply" in refused.reason
+
+
+def test_a_batch_context_that_makes_its_events_too_deep_refuses_them() -> None:
+    """The batch's context is merged into each event (level 2): 99 more levels are too many."""
+    context = b'{"deep": ' + _nested(99) + b"}"
+    body = b'{"batch": [' + msgspec.json.encode(sample_track()) + b'], "context": ' + context + b"}"
+    (refused,) = parse(v1("batch", body, basic(KEY)))
+    assert isinstance(refused, RefusedEvent) and "with the batch's context" in refused.reason
