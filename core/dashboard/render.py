@@ -59,8 +59,12 @@ def _mask_keys(value: Any) -> Any:
 
 
 def pretty(value: Any) -> str:
-    """Indented JSON of ``value`` (secret-looking keys masked)."""
-    return json.dumps(_mask_keys(value), indent=2, ensure_ascii=False, default=str)
+    """Indented JSON of ``value`` (secret-looking keys masked); a notice instead for a value
+    nested too deeply to walk (stored before ingest refused such events: hookyard.nesting)."""
+    try:
+        return json.dumps(_mask_keys(value), indent=2, ensure_ascii=False, default=str)
+    except RecursionError:
+        return "(nested too deeply to show here: read it through the API, GET /api/events?message_id=...)"
 
 
 def when(value: Any) -> str:
