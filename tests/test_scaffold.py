@@ -8,6 +8,7 @@ import importlib.util
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import tomllib
@@ -30,6 +31,21 @@ def can_build_without_isolation() -> bool:
         return False
     major, minor = (int(p) for p in setuptools.__version__.split(".")[:2])
     return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
+def _see_this_environment(venv: Path) -> None:
+    """Let ``venv`` import what this environment has (hookyard, pytest, setuptools).
+
+    ``--system-site-packages`` gives it the base interpreter's packages only: when this test
+    runs in a virtual environment (a fresh ``python -m venv`` and the README's install), they
+    are in that environment instead, so its site directories are added too, .pth files and
+    all (the editable installs are .pth files).
+    """
+    if sys.prefix == sys.base_prefix:
+        return
+    inner = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    lines = [f"import site; site.addsitedir({d!r})" for d in site.getsitepackages()]
+    (inner / "_hookyard_test_outer_env.pth").write_text("\n".join(lines) + "\n")
 
 
 @pytest.mark.parametrize(
@@ -149,6 +165,7 @@ def test_generated_packages_install_and_their_tests_pass(tmp_path: Path) -> None
         check=True,
     )
     python = str(venv / "bin" / "python")
+    _see_this_environment(venv)
     # without isolation pip reuses this environment's setuptools: ~10 s faster than a build env
     isolation = ["--no-build-isolation"] if can_build_without_isolation() else []
     install = subprocess.run(
