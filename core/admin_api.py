@@ -147,8 +147,13 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             params.extend([message_id] * times)
 
         def row(r: Any) -> dict[str, Any]:
+            try:
+                event = decode_row(r)
+            except RecursionError:  # stored before ingest's nesting limit (hookyard.nesting)
+                event = {"type": r["type"], "messageId": r["message_id"],
+                         "error": "the stored event is nested too deeply to decode"}
             return {"id": r["id"], "source": r["source"], "filtered": r["filtered"],
-                    "event": decode_row(r)}
+                    "event": event}
 
         return _json(await paged(f"SELECT * FROM inbox{sql}", params, request, row))
 
