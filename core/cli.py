@@ -69,7 +69,7 @@ def _stored_runtime(config_path: str | None, data_dir: str | None) -> Any:
         if not path.exists():
             raise ConfigError(_no_database(path))
     rt = _runtime(config)
-    rt.open()
+    rt.open(upgrade=False)  # an old server may still be running on it: serve upgrades it
     return rt
 
 
@@ -132,6 +132,10 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     except HookyardError as exc:
         _fail(exc)
     _setup_logging(rt)
+    try:  # create or upgrade the database now: a schema problem stops here, in one line
+        rt.open()
+    except HookyardError as exc:
+        _fail(exc)
     files = raise_fd_limit()  # each connection is an open file
     if 0 < files < 4096:
         logging.getLogger("hookyard").warning(
@@ -182,9 +186,12 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
     except HookyardError as exc:
         _fail(exc)
     _setup_logging(rt)
+    try:
+        rt.open()
+    except HookyardError as exc:
+        _fail(exc)
 
     async def run() -> None:
-        rt.open()
         for result in rt.pm.hook.startup(runtime=rt):
             await maybe_await(result)
         engine = Engine(rt)

@@ -4,6 +4,8 @@
 
     HookyardError                      base of everything below
     ├── ConfigError                    bad settings: stops boot, never a delivery
+    │   └── SchemaMismatch             the database is newer than this hookyard (a downgrade),
+    │                                  or older and the command may not upgrade it
     ├── RequestError                   a client sent something we refuse (never a 500)
     │   ├── BadRequest          400    malformed JSON, not a Segment event, userId missing
     │   ├── Unauthorized        401    missing or wrong key / admin token
@@ -34,6 +36,12 @@ class HookyardError(Exception):
 
 class ConfigError(HookyardError):
     """The configuration is invalid. Raised at start-up so bad config stops boot."""
+
+
+class SchemaMismatch(ConfigError):
+    """The database's schema is not the one this hookyard knows: newer (written by a newer
+    hookyard; downgrading is not supported), or older and the command is one that must not
+    upgrade it (an operator command, while the old server may still be running)."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

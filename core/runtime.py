@@ -26,7 +26,7 @@ from .errors import ConfigError, did_you_mean
 from .integration_flags import switched_off
 from .plugins import ConnectorRegistry, make_plugin_manager
 from .sizes import SizeCounter
-from .storage import Storage, migrate, open_database
+from .storage import Storage, check_schema, migrate, open_database, schema_version
 
 if TYPE_CHECKING:
     from .delivery.scrub import Scrubber
@@ -155,6 +155,7 @@ class Runtime:
         self.routes: list[IngestRoute] = []
         self.admin_token = ""
         self.admin_token_created = False
+        self._opened = False
         self.engine: Any = None  # set by hookyard.delivery.engine when workers run
         self.metrics: Any = None  # set by hookyard.app
         self.sizes = SizeCounter()  # inbox/outbox sizes for /metrics and the dashboard
@@ -223,14 +224,31 @@ class Runtime:
 
         return Scrubber(config_secrets(self))
 
-    def open(self) -> None:
-        """Create or migrate the database and start its writer."""
+    def open(self, upgrade: bool = True) -> None:
+        """Start the database's writer and create or migrate the database; with
+        ``upgrade=False`` (operator commands) only check that its schema is current.
+        Once opened, opening again does nothing (``serve`` opens before uvicorn starts, so a
+        schema problem stops it with one line; the app's lifespan opens it for embedders)."""
+        if self._opened:
+            return
         self.db.write_timeout = 0  # a migration (an index on a large table) may take minutes
         self.db.start()
-        self.db.write_sync(migrate)
+        try:
+            if upgrade:
+                before = self.db.read_sync(schema_version)
+                after = self.db.write_sync(migrate)
+                if 0 < before < after:
+                    log.warning("database upgraded from schema version %d to %d", before, after)
+            else:
+                self.db.read_sync(check_schema)
+        except BaseException:
+            self.db.stop()
+            raise
         self.db.write_timeout = self.config.storage.write_timeout_seconds
+        self._opened = True
 
     def close(self) -> None:
+        self._opened = False
         self.db.stop()
 
     def sources_for(self, path: str) -> list[tuple[SourceContext, dict[str, str]]]:

@@ -144,9 +144,22 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 ]
 
 
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def version_of(conn: sqlite3.Connection) -> int:
+    """The schema version of the database (0: no hookyard tables yet)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
 def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations inside the caller's transaction; return the schema version."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    """Apply pending migrations inside the caller's transaction; return the schema version.
+    A database newer than :data:`SCHEMA_VERSION` is refused
+    (:func:`hookyard.storage.refuse_newer`)."""
+    from .storage import refuse_newer
+
+    version = version_of(conn)
+    refuse_newer(version, SCHEMA_VERSION)
     db = sqlite_utils.Database(conn)
     for number, migration in enumerate(MIGRATIONS, start=1):
         if number > version:

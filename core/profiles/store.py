@@ -30,7 +30,20 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(dict[str, Any])
 
 
+PROFILES_VERSION = 1
+"""The schema version of ``profiles.db`` (``PRAGMA user_version``; 0 in files written before
+it was kept). A file of a newer version stops start-up: a newer hookyard upgraded it."""
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
+    from ..storage import refuse_newer
+
+    refuse_newer(int(conn.execute("PRAGMA user_version").fetchone()[0]), PROFILES_VERSION)
+    _create_or_upgrade(conn)
+    conn.execute(f"PRAGMA user_version={PROFILES_VERSION}")
+
+
+def _create_or_upgrade(conn: sqlite3.Connection) -> None:
     db = sqlite_utils.Database(conn)
     if "subscribers" in db.table_names():
         if "identified_at" not in db["subscribers"].columns_dict:

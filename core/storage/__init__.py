@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import StorageSettings
-from ..errors import ConfigError
+from ..errors import ConfigError, SchemaMismatch
 from .base import POSTGRESQL, SQLITE, Storage, is_postgres
 
-__all__ = ["POSTGRESQL", "SQLITE", "Storage", "describe", "is_postgres", "migrate", "open_database"]
+__all__ = ["POSTGRESQL", "SQLITE", "Storage", "check_schema", "describe", "is_postgres", "migrate",
+           "open_database", "refuse_newer", "schema_version"]
 
 
 def backend(settings: StorageSettings) -> str:
@@ -74,3 +75,58 @@ def migrate(conn: Any) -> int:
     from ..schema import migrate as sqlite_migrate
 
     return sqlite_migrate(conn)
+
+
+def schema_version(conn: Any) -> int:
+    """The schema version of the database behind ``conn`` (0: no hookyard tables yet)."""
+    if is_postgres(conn):
+        from .pg_schema import version_of as pg_version
+
+        return pg_version(conn)
+    from ..schema import version_of
+
+    return version_of(conn)
+
+
+def known_version(conn: Any) -> int:
+    """The schema version this hookyard writes, for ``conn``'s backend."""
+    if is_postgres(conn):
+        from .pg_schema import SCHEMA_VERSION as PG_VERSION
+
+        return PG_VERSION
+    from ..schema import SCHEMA_VERSION
+
+    return SCHEMA_VERSION
+
+
+def refuse_newer(found: int, known: int) -> None:
+    """:class:`SchemaMismatch` when the database's schema ``found`` is newer than the ``known``
+    one: a newer hookyard upgraded it, and this one would misread it (an older build once
+    stored duplicates on a database whose messageId index had moved)."""
+    if found > known:
+        from .. import __version__
+
+        raise SchemaMismatch(
+            f"the database's schema is version {found}, newer than hookyard {__version__} knows"
+            f" ({known}): a newer hookyard has upgraded it. Downgrading is not supported: run"
+            " the newer hookyard, or restore the copy of the data made before the upgrade"
+        )
+
+
+def check_schema(conn: Any) -> int:
+    """For commands that must not upgrade the database (``replay``, ``dlq``, ``preview``: the
+    old server may still be running on it): its schema version, or :class:`SchemaMismatch`
+    when it is not the one this hookyard knows."""
+    found, known = schema_version(conn), known_version(conn)
+    refuse_newer(found, known)
+    if found == 0:
+        raise SchemaMismatch("the database has no hookyard tables yet: start `hookyard serve`"
+                             " on it first")
+    if found < known:
+        raise SchemaMismatch(
+            f"the database's schema is version {found}, older than this hookyard's"
+            f" ({known}): upgrade it by starting `hookyard serve` (or `hookyard worker`)"
+            " of this version, once the old one is stopped. This command does not upgrade it: a"
+            " hookyard of the old version may still be running on it"
+        )
+    return found

@@ -21,6 +21,8 @@ from typing import Any
 
 from psycopg import sql as pgsql
 
+from . import refuse_newer
+
 M1_INITIAL = [
     """CREATE TABLE inbox (
         id bigserial PRIMARY KEY,
@@ -114,6 +116,17 @@ MIGRATIONS: list[list[str]] = [
 ]
 
 
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def version_of(conn: Any) -> int:
+    """The schema version of hookyard's tables in ``conn.schema`` (0: none yet)."""
+    if conn.raw.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+        return 0
+    row = conn.raw.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0) if row else 0
+
+
 def migrate(conn: Any) -> int:
     """Create the schema and apply pending migrations inside the caller's transaction;
     return the schema version. ``conn`` is a :class:`~hookyard.storage.pg_conn.PgConnection`."""
@@ -121,8 +134,8 @@ def migrate(conn: Any) -> int:
     raw.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"hookyard.migrate.{conn.schema}",))
     raw.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(conn.schema)))
     raw.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
-    row = raw.execute("SELECT max(version) FROM schema_version").fetchone()
-    version = int(row[0] or 0) if row else 0
+    version = version_of(conn)
+    refuse_newer(version, SCHEMA_VERSION)
     for number, statements in enumerate(MIGRATIONS, start=1):
         if number > version:
             for statement in statements:

@@ -1,0 +1,82 @@
+"""Schema versions: a database newer than this hookyard stops start-up (a downgrade would
+misread it), and the operator commands never upgrade a database that an old server may still
+be running on (an outside audit found both storing duplicate events)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+from click.testing import CliRunner
+from hookyard.cli import main
+from hookyard.errors import SchemaMismatch
+from hookyard.profiles.store import PROFILES_VERSION, ProfileStore
+from hookyard.schema import MIGRATIONS
+from hookyard.storage import known_version, schema_version
+from storage_kit import make_runtime
+
+
+def _set_version(conn: Any, version: int) -> None:
+    if getattr(conn, "dialect", "") == "postgresql" or hasattr(conn, "raw"):
+        conn.raw.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+    else:
+        conn.execute(f"PRAGMA user_version={version}")
+
+
+def test_a_database_newer_than_this_hookyard_stops_start_up(
+        storage_settings: dict[str, str], tmp_path: Path) -> None:
+    shared = storage_settings or {"url": f"sqlite:///{tmp_path / 'shared.db'}"}
+    rt = make_runtime(shared, tmp_path / "a")
+    newer = rt.db.read_sync(known_version) + 1
+    rt.db.write_sync(lambda conn: _set_version(conn, newer))
+    rt.close()
+    with pytest.raises(SchemaMismatch, match=f"schema is version {newer}, newer than hookyard"):
+        make_runtime(shared, tmp_path / "b")
+
+
+def test_operator_commands_refuse_an_older_database_and_leave_it_as_it_is(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rt = make_runtime({}, data)
+    older = rt.db.read_sync(known_version) - 1
+    rt.db.write_sync(lambda conn: _set_version(conn, older))
+    rt.close()
+    (data / "write_key").write_text("test-write-key-0001\n")
+    for args in (["dlq", "list"], ["replay", "--source", "default", "--since", "2000-01-01"]):
+        result = CliRunner().invoke(main, [*args, "--data-dir", str(data)])
+        assert result.exit_code == 1, result.output
+        assert f"schema is version {older}, older than this hookyard's" in result.output
+        assert "hookyard serve" in result.output
+    with sqlite3.connect(data / "hookyard.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == older
+
+
+def test_an_upgrade_is_logged_and_a_new_database_is_not(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A migration may hold start-up for a while on a large inbox: the operator is told."""
+    with caplog.at_level("WARNING", logger="hookyard"):
+        make_runtime({}, tmp_path / "new").close()
+    assert "database upgraded" not in caplog.text
+    old = tmp_path / "old"
+    old.mkdir()
+    with sqlite3.connect(old / "hookyard.db", isolation_level=None) as conn:
+        for number, migration in enumerate(MIGRATIONS[:-1], start=1):  # as the last release left it
+            migration(sqlite_utils.Database(conn))
+            conn.execute(f"PRAGMA user_version={number}")
+    with caplog.at_level("WARNING", logger="hookyard"):
+        rt = make_runtime({}, old)
+    assert rt.db.read_sync(schema_version) == len(MIGRATIONS)
+    assert f"database upgraded from schema version {len(MIGRATIONS) - 1} to {len(MIGRATIONS)}" in caplog.text
+    rt.close()
+
+
+def test_a_profiles_db_newer_than_this_hookyard_stops_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.db"
+    ProfileStore.sqlite(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == PROFILES_VERSION
+        conn.execute(f"PRAGMA user_version={PROFILES_VERSION + 1}")
+    with pytest.raises(SchemaMismatch, match="newer than hookyard"):
+        ProfileStore.sqlite(path)
