@@ -181,7 +181,17 @@ def _usable_key(key: str) -> bool:
 
 def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
     """Validate a config dict (as read from TOML). Raises ConfigError naming the bad key."""
-    config: Config = _convert(resolve_env(data), Config, origin)
+    resolved = resolve_env(data)
+    server = resolved.get("server") if isinstance(resolved, dict) else None
+    if isinstance(server, dict) and isinstance(server.get("log_level"), str):  # "INFO" too
+        resolved = {**resolved, "server": {**server, "log_level": server["log_level"].lower()}}
+    config: Config = _convert(resolved, Config, origin)
+    if not config.server.host.strip():  # "" would listen on every interface
+        raise ConfigError(f"{origin}: server.host must not be empty: 127.0.0.1 (the default)"
+                          " for this machine only, 0.0.0.0 for every interface")
+    if not config.storage.schema.strip():
+        raise ConfigError(f"{origin}: storage.schema must not be empty (the PostgreSQL schema"
+                          " of hookyard's tables; the default is public)")
     seen: set[str] = set()
     for kind, items in (("source", config.sources), ("destination", config.destinations)):
         for item in items:
@@ -253,7 +263,10 @@ def load_config(path: str | Path) -> Config:
     """Read and validate a TOML config file."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if text.startswith("\ufeff"):  # saved "UTF-8 with BOM" (Notepad): TOML has no BOM
+            text = text[1:]
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except IsADirectoryError:
@@ -264,6 +277,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     return parse_config(data, str(path))
 
 
@@ -272,15 +287,46 @@ def new_secret(prefix: str) -> str:
 
 
 def read_or_create_secret(path: Path, prefix: str) -> tuple[str, bool]:
-    """A secret kept in the data dir: (value, created_now)."""
-    if path.exists():
-        return path.read_text().strip(), False
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir: see Runtime.build
-    value = new_secret(prefix)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
-    return value, True
+    """A secret kept in the data dir: (value, created_now).
+
+    An empty file is refused, never taken as an empty secret (which would accept an empty key).
+    A new secret is written to a temporary file, fsynced, then linked into place, so a crash
+    never leaves the file empty or half written, and of two processes starting at once both
+    use the one that got there first.
+    """
+    try:
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir: see Runtime.build
+            value = new_secret(prefix)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(value + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(tmp, path)  # fails if another process made it meanwhile: theirs is kept
+                _fsync_dir(path.parent)
+                return value, True
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read or create {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise ConfigError(f"{path} is empty: write the secret in it, or delete it and a new one"
+                          " is generated at the next start (clients then need the new one)")
+    return value, False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def default_config(data_dir: Path, *, create: bool = True) -> Config:
@@ -291,7 +337,7 @@ def default_config(data_dir: Path, *, create: bool = True) -> Config:
     if create:
         write_key, _ = read_or_create_secret(key_file, "wk")
     else:
-        write_key = key_file.read_text().strip() if key_file.is_file() else new_secret("wk")
+        write_key = (key_file.read_text().strip() if key_file.is_file() else "") or new_secret("wk")
     return Config(
         server=ServerSettings(data_dir=str(data_dir)),
         sources=[SourceConfig(name="default", plugin="segment", write_key=write_key)],

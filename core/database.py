@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -223,7 +224,14 @@ class Database(GroupCommitWriter):
         # durable job is answered after the WalSyncer's fsync of the WAL, while this thread
         # goes on with the next group (hookyard.wal_sync). A group of bookkeeping only
         # (durable=False) is answered at once.
-        conn = connect(self.path, "normal", factory=WriterConnection)
+        try:
+            conn = connect(self.path, "normal", factory=WriterConnection)
+        except sqlite3.Error as exc:  # fail every write, now and later, instead of hanging them
+            self._stuck = f"storage unavailable: cannot open {self.path}: {exc}"
+            failing: list[Job] = []
+            self._take_queued(failing, limit=sys.maxsize)
+            self._fail_all(failing, StorageUnavailable(self._stuck))
+            return
         syncer = None
         if self.synchronous == "full":
             if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":

@@ -87,15 +87,19 @@ def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
     if refusal is not None:
         rt.close()
         _fail(ConfigError(refusal))
-    if action == "retry":
-        names = list(rt.destinations)
-        count = rt.db.write_sync(lambda c: outbox.retry_dead(
-            c, destination, when, id_list, configured=names))
-        left = rt.db.read_sync(lambda c: outbox.dead_elsewhere(c, names, when, id_list))
-    else:
-        count = rt.db.write_sync(lambda c: outbox.discard_dead(c, destination, when, id_list))
-        left = {}
-    rt.close()
+    try:
+        if action == "retry":
+            names = list(rt.destinations)
+            count = rt.db.write_sync(lambda c: outbox.retry_dead(
+                c, destination, when, id_list, configured=names))
+            left = rt.db.read_sync(lambda c: outbox.dead_elsewhere(c, names, when, id_list))
+        else:
+            count = rt.db.write_sync(lambda c: outbox.discard_dead(c, destination, when, id_list))
+            left = {}
+    except HookyardError as exc:  # storage unavailable: a read-only file, a full disk
+        _fail(exc)
+    finally:
+        rt.close()
     click.echo(f"{action}: {count} dead letters" + (" queued again" if action == "retry" else " discarded"))
     if left:
         click.echo("left dead: " + ", ".join(f"{n} of {d}" for d, n in left.items())

@@ -22,11 +22,11 @@ from starlette.routing import compile_path
 
 from .config import Config, DeliverySettings, DestinationConfig, read_or_create_secret
 from .connectors import Connector, DestinationContext, SourceContext
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, HookyardError, did_you_mean
 from .integration_flags import switched_off
 from .plugins import ConnectorRegistry, make_plugin_manager
 from .sizes import SizeCounter
-from .storage import Storage, check_schema, migrate, open_database, schema_version
+from .storage import Storage, check_schema, describe, migrate, open_database, schema_version
 
 if TYPE_CHECKING:
     from .delivery.scrub import Scrubber
@@ -241,6 +241,13 @@ class Runtime:
                     log.warning("database upgraded from schema version %d to %d", before, after)
             else:
                 self.db.read_sync(check_schema)
+        except HookyardError:
+            self.db.stop()
+            raise
+        except Exception as exc:  # e.g. SQLite's "unable to open database file": one line
+            self.db.stop()
+            where = describe(self.config.storage, self.data_dir)
+            raise ConfigError(f"cannot open the database ({where}): {exc}") from exc
         except BaseException:
             self.db.stop()
             raise

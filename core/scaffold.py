@@ -408,10 +408,14 @@ def scaffold(name: str, kind: Kind = "destination", directory: str | Path = ".")
     if taken:
         raise ConfigError(f"plugin name {name!r} is taken: {taken}; choose another")
     root = Path(directory) / f"hookyard-{name}"
-    if root.exists() and any(root.iterdir()):
-        raise ConfigError(f"{root} already exists and is not empty")
-    for rel, text in generated.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    try:
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise ConfigError(f"{root} already exists and is not an empty directory")
+        for rel, text in generated.items():
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    except OSError as exc:  # --dir is a file, not writable...
+        raise ConfigError(f"cannot write the plugin under {directory}: {exc.strerror or exc}"
+                          f" ({exc.filename})") from None
     return root

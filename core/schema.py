@@ -166,4 +166,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             migration(db)
             conn.execute(f"PRAGMA user_version={number}")
             version = number
+    # written even when it is unchanged: a database that cannot take writes (a read-only file)
+    # stops start-up here, with its error, rather than at the first write after the banner
+    conn.execute(f"PRAGMA user_version={version}")
     return version

@@ -1,0 +1,93 @@
+"""What an operator's mistakes with the data dir and the config get: one clear ``Error:`` line
+and exit 1, never a traceback, and never a server with its keys switched off (an outside audit
+of the command line found each of these)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hookyard.cli import main
+from hookyard.config import load_config, read_or_create_secret
+from hookyard.errors import ConfigError
+
+ONE_SOURCE = """\
+[[sources]]
+name = "web"
+plugin = "segment"
+write_key = "wk_12345678"
+"""
+
+
+def _serve(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["serve", "--port", "0", *args])
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("name", ["admin_token", "write_key"])
+def test_an_empty_secret_file_stops_start_up(tmp_path: Path, name: str) -> None:
+    """Taken as "", it accepted an empty admin token (the whole read API open) or an empty
+    write key; a crash right after the first start could leave such a file."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / name).write_text("\n")
+    code, output = _serve("--data-dir", str(data))
+    assert code == 1
+    assert f"{data / name} is empty" in output
+
+
+def test_a_new_secret_is_written_whole_and_kept(tmp_path: Path) -> None:
+    value, created = read_or_create_secret(tmp_path / "d" / "admin_token", "adm")
+    assert created and value.startswith("adm_")
+    assert (tmp_path / "d" / "admin_token").stat().st_mode & 0o777 == 0o600
+    assert read_or_create_secret(tmp_path / "d" / "admin_token", "adm") == (value, False)
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["admin_token"]  # no temp file left
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    code, output = _serve("--data-dir", str(afile))
+    assert code == 1 and "Error: cannot read or create" in output
+
+
+def test_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "db.sqlite").mkdir()  # SQLite: "unable to open database file"
+    config = tmp_path / "hookyard.toml"
+    config.write_text(f'[server]\nadmin_token = "admintoken123"\n[storage]\n'
+                      f'url = "sqlite:///{tmp_path / "db.sqlite"}"\n' + ONE_SOURCE)
+    code, output = _serve("--config", str(config), "--data-dir", str(tmp_path / "data"))
+    assert code == 1
+    assert "cannot open the database (SQLite" in output
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[server]\nhost = ""\n', "server.host must not be empty"),
+        ('[storage]\nschema = " "\n', "storage.schema must not be empty"),
+        ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ],
+    ids=["empty-host", "empty-schema", "deep-toml"],
+)
+def test_config_mistakes_are_named(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "hookyard.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_a_byte_order_mark_and_an_upper_case_log_level_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "hookyard.toml"
+    path.write_text("\ufeff[server]\nlog_level = \"DEBUG\"\n" + ONE_SOURCE, encoding="utf-8")
+    assert load_config(path).server.log_level == "debug"
+
+
+def test_new_plugin_into_a_file_is_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    result = CliRunner().invoke(main, ["new-plugin", "zed", "--dir", str(afile)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "cannot write the plugin under" in result.output
