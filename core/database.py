@@ -66,7 +66,18 @@ def connect(
     bind_without_lookups()
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10,
                            factory=factory)
-    conn.execute("PRAGMA journal_mode=WAL")
+    # Setting the journal mode may answer "database is locked" at once, without the busy
+    # timeout, while another connection opens or recovers the WAL: try again for a while.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.01)
     conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
