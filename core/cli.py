@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -98,6 +99,19 @@ def main() -> None:
     """hookyard: a self-hosted event router for Segment-format customer data."""
 
 
+def _interrupt_exits_130(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Ctrl-C while a server command starts (reading the config, opening or upgrading the
+    database) ends it with the shell's status for SIGINT, as after start-up, not click's
+    "Aborted!" and 1."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.exit(128 + signal.SIGINT)
+    return wrapper
+
+
 def _setup_logging(rt: Any) -> None:
     from .logs import config_secrets, setup_logging
 
@@ -110,6 +124,7 @@ def _setup_logging(rt: Any) -> None:
 @click.option("--port", type=click.IntRange(0, 65535),
               help="Port to listen on, 0 for any free one (overrides [server] port)")
 @click.option("--no-workers", is_flag=True, help="Ingest only; run delivery in `hookyard worker`")
+@_interrupt_exits_130
 def serve(config_path: str | None, data_dir: str | None, host: str | None, port: int | None,
           no_workers: bool) -> None:
     """Start the HTTP server (ingest, API) with the delivery workers."""
@@ -176,6 +191,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
 
 @main.command()
 @config_options
+@_interrupt_exits_130
 def worker(config_path: str | None, data_dir: str | None) -> None:
     """Run the router and delivery workers without the HTTP server."""
     from .delivery.engine import Engine

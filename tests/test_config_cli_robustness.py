@@ -91,3 +91,16 @@ def test_new_plugin_into_a_file_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["new-plugin", "zed", "--dir", str(afile)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "cannot write the plugin under" in result.output
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_ctrl_c_while_starting_exits_130(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not click's "Aborted!" and 1: the status a shell or a supervisor expects for SIGINT,
+    as after start-up (the config read, the database opened or upgraded, can take a while)."""
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("hookyard.cli._load", interrupted)
+    result = CliRunner().invoke(main, [command])
+    assert result.exit_code == 130
+    assert "Aborted" not in result.output
