@@ -132,7 +132,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
 
     from .app import create_app
     from .http_protocol import http_protocol
-    from .serving import listen, raise_fd_limit, url_host
+    from .serving import listen, lock_data_dir, raise_fd_limit, url_host
     from .storage import describe as describe_storage
 
     try:
@@ -144,6 +144,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
             config = _load(config_path, host, port, data_dir)
         config.server.port = sock.getsockname()[1]  # --port 0: the port the system chose
         rt = _runtime(config)
+        lock = lock_data_dir(rt.data_dir, "serve")  # noqa: F841 - held while serve runs
     except HookyardError as exc:
         _fail(exc)
     _setup_logging(rt)
@@ -196,9 +197,11 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
     """Run the router and delivery workers without the HTTP server."""
     from .delivery.engine import Engine
     from .plugins import maybe_await
+    from .serving import lock_data_dir
 
     try:
         rt = _runtime(_load(config_path, data_dir=data_dir))
+        lock = lock_data_dir(rt.data_dir, "worker")  # noqa: F841 - held while the worker runs
     except HookyardError as exc:
         _fail(exc)
     _setup_logging(rt)

@@ -1,12 +1,16 @@
 """How ``hookyard serve`` sets up its process and socket for uvicorn: the listening socket,
-bound before anything is printed, and the open-files limit. The HTTP protocol it gives uvicorn
+bound before anything is printed, the open-files limit, and the lock that keeps a second
+server off its data dir. The HTTP protocol it gives uvicorn
 is :mod:`hookyard.http_protocol`.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
+from pathlib import Path
+from typing import IO
 
 from .errors import ConfigError
 
@@ -51,3 +55,32 @@ def raise_fd_limit() -> int:
 def url_host(host: str) -> str:
     """``host`` as written in a URL (IPv6 in brackets)."""
     return f"[{host}]" if ":" in host else host
+
+
+def lock_data_dir(data_dir: Path, role: str) -> IO[str] | None:
+    """Hold ``<data_dir>/<role>.lock`` for the life of the process (the kernel lets go when it
+    ends, ``kill -9`` included): a second ``hookyard <role>`` on the same data dir stops with
+    :class:`ConfigError` naming the first one's pid. ``serve --no-workers`` and ``worker``
+    take different locks and may share a data dir. Keep the returned file open."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    path = data_dir / f"{role}.lock"
+    try:
+        fh = open(path, "a+")  # noqa: SIM115 - held until the process ends
+    except OSError as exc:
+        raise ConfigError(f"cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise ConfigError(f"another `hookyard {role}` (pid {pid}) is running on the data dir"
+                          f" {data_dir}: run one {role} per data directory") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh

@@ -4,6 +4,7 @@ of the command line found each of these)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 from hookyard.cli import main
 from hookyard.config import load_config, read_or_create_secret
 from hookyard.errors import ConfigError
+from hookyard.serving import lock_data_dir
 
 ONE_SOURCE = """\
 [[sources]]
@@ -104,3 +106,19 @@ def test_ctrl_c_while_starting_exits_130(command: str, monkeypatch: pytest.Monke
     result = CliRunner().invoke(main, [command])
     assert result.exit_code == 130
     assert "Aborted" not in result.output
+
+
+def test_one_serve_and_one_worker_per_data_dir(tmp_path: Path) -> None:
+    """A second serve on a data dir stops with the first one's pid (the kernel drops the lock
+    when a process ends, kill -9 included); serve --no-workers and a worker may share one."""
+    first = lock_data_dir(tmp_path, "serve")
+    assert first is not None
+    with pytest.raises(ConfigError, match=rf"another `hookyard serve` \(pid {os.getpid()}\)"):
+        lock_data_dir(tmp_path, "serve")
+    worker = lock_data_dir(tmp_path, "worker")
+    assert worker is not None
+    first.close()
+    again = lock_data_dir(tmp_path, "serve")
+    assert again is not None
+    again.close()
+    worker.close()
