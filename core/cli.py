@@ -167,6 +167,8 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         click.echo(f"  source {src.name!r} ({src.plugin}) write key: {shown}")
     for dest in config.destinations:
         click.echo(f"  destination {dest.name!r} ({dest.plugin}) <- {', '.join(dest.sources)}")
+    if not config.sources:
+        click.echo(f"  {NO_SOURCES}")
     click.echo(f"  dashboard:   {url}/ui/  (log in with the admin token)")
     if rt.admin_token_created:
         click.echo(f"  admin token: {rt.admin_token}  (saved in {rt.data_dir / 'admin_token'})")
@@ -384,10 +386,30 @@ def check_config(config_path: str | None, data_dir: str | None) -> None:
         _fail(ConfigError("no config file to check: pass --config FILE (or set HOOKYARD_CONFIG);"
                           " without one, serve uses the default config"))
     try:
-        rt = Runtime.build(_load(config_path, data_dir=data_dir), prepare=False)
+        config = _load(config_path, data_dir=data_dir)
+        rt = Runtime.build(config, prepare=False)
+        _check_data_dir(Path(config.server.data_dir).expanduser().resolve())
     except HookyardError as exc:
         _fail(exc)
     click.echo(f"config ok: {len(rt.sources)} sources, {len(rt.destinations)} destinations")
+    if not rt.sources:
+        click.echo(NO_SOURCES, err=True)
+
+
+NO_SOURCES = "warning: no [[sources]]: this server accepts no events (see docs/configuration.md)"
+
+
+def _check_data_dir(path: Path) -> None:
+    """What serve would meet at the data dir: a file in its place, or no right to write."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"the data dir {path} is not a directory" if existing == path else
+                          f"the data dir {path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"the data dir {path} cannot be written: {existing} is not writable"
+                          " by this user")
 
 
 @main.command("new-plugin")

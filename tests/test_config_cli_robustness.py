@@ -122,3 +122,19 @@ def test_one_serve_and_one_worker_per_data_dir(tmp_path: Path) -> None:
     assert again is not None
     again.close()
     worker.close()
+
+
+def test_check_config_checks_the_data_dir_and_warns_of_no_sources(tmp_path: Path) -> None:
+    """check-config does serve's start-up checks: a data dir that is a file is reported before
+    any downtime, and a config with no sources (an empty file) gets a warning."""
+    config = tmp_path / "hookyard.toml"
+    config.write_text(ONE_SOURCE)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for where, message in ((afile, "is not a directory"), (afile / "sub", "is a file")):
+        result = CliRunner().invoke(main, ["check-config", "-c", str(config), "--data-dir", str(where)])
+        assert result.exit_code == 1 and message in result.output
+    config.write_text("")
+    result = CliRunner().invoke(main, ["check-config", "-c", str(config),
+                                       "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 0 and "no [[sources]]" in result.output
