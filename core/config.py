@@ -218,7 +218,13 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
             " an event stays in the inbox while its deliveries are in the outbox"
         )
     key_owner: dict[str, str] = {}
-    for src in config.sources:
+    raw_sources = data.get("sources") if isinstance(data, dict) else None
+    for i, src in enumerate(config.sources):
+        raw = raw_sources[i] if isinstance(raw_sources, list) and i < len(raw_sources) else None
+        raw_key = raw.get("write_key") if isinstance(raw, dict) else None
+        if isinstance(raw_key, str) and raw_key.startswith("env:") and not src.write_key:
+            raise ConfigError(f"{origin}: source {src.name!r} write_key is {raw_key!r} but"
+                              f" environment variable {raw_key[4:]} is empty")
         if len(src.write_key) < 8:
             raise ConfigError(f"{origin}: source {src.name!r} write_key must be at least 8 characters")
         if not _usable_key(src.write_key):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from hookyard.cli import main
-from hookyard.config import load_config, read_or_create_secret
+from hookyard.config import load_config, parse_config, read_or_create_secret
 from hookyard.errors import ConfigError
 from hookyard.serving import lock_data_dir
 
@@ -138,3 +138,11 @@ def test_check_config_checks_the_data_dir_and_warns_of_no_sources(tmp_path: Path
     result = CliRunner().invoke(main, ["check-config", "-c", str(config),
                                        "--data-dir", str(tmp_path / "data")])
     assert result.exit_code == 0 and "no [[sources]]" in result.output
+
+
+def test_a_write_key_from_an_empty_variable_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HY_EMPTY_KEY", "")
+    data = {"sources": [{"name": "web", "plugin": "segment", "write_key": "env:HY_EMPTY_KEY"}]}
+    with pytest.raises(ConfigError, match="source 'web' write_key is 'env:HY_EMPTY_KEY' but"
+                                          " environment variable HY_EMPTY_KEY is empty"):
+        parse_config(data)
