@@ -66,37 +66,32 @@ def describe(settings: StorageSettings, data_dir: Path) -> str:
     return f"SQLite {sqlite_path(settings, data_dir)}"
 
 
+def _schema_module(conn: Any) -> Any:
+    """The schema module of ``conn``'s backend: :mod:`hookyard.schema` (SQLite) or
+    :mod:`hookyard.storage.pg_schema`, each with ``migrate``, ``version_of`` and
+    ``SCHEMA_VERSION``."""
+    if is_postgres(conn):
+        from . import pg_schema
+
+        return pg_schema
+    from .. import schema
+
+    return schema
+
+
 def migrate(conn: Any) -> int:
     """Create or upgrade the schema of either backend, in the writer's transaction."""
-    if is_postgres(conn):
-        from .pg_schema import migrate as pg_migrate
-
-        return pg_migrate(conn)
-    from ..schema import migrate as sqlite_migrate
-
-    return sqlite_migrate(conn)
+    return int(_schema_module(conn).migrate(conn))
 
 
 def schema_version(conn: Any) -> int:
     """The schema version of the database behind ``conn`` (0: no hookyard tables yet)."""
-    if is_postgres(conn):
-        from .pg_schema import version_of as pg_version
-
-        return pg_version(conn)
-    from ..schema import version_of
-
-    return version_of(conn)
+    return int(_schema_module(conn).version_of(conn))
 
 
 def known_version(conn: Any) -> int:
     """The schema version this hookyard writes, for ``conn``'s backend."""
-    if is_postgres(conn):
-        from .pg_schema import SCHEMA_VERSION as PG_VERSION
-
-        return PG_VERSION
-    from ..schema import SCHEMA_VERSION
-
-    return SCHEMA_VERSION
+    return int(_schema_module(conn).SCHEMA_VERSION)
 
 
 def refuse_newer(found: int, known: int) -> None:
