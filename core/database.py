@@ -239,9 +239,11 @@ class Database(GroupCommitWriter):
             conn = connect(self.path, "normal", factory=WriterConnection)
         except sqlite3.Error as exc:  # fail every write, now and later, instead of hanging them
             self._stuck = f"storage unavailable: cannot open {self.path}: {exc}"
+            log.error("%s", self._stuck)
             failing: list[Job] = []
             self._take_queued(failing, limit=sys.maxsize)
-            self._fail_all(failing, StorageUnavailable(self._stuck))
+            error = StorageUnavailable(self._stuck)
+            self._deliver([(job, False, error) for job in failing])
             return
         syncer = None
         if self.synchronous == "full":
