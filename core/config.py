@@ -179,6 +179,15 @@ def _usable_key(key: str) -> bool:
     return _KEY_CHARACTERS.fullmatch(key) is not None
 
 
+def _empty_variable(raw: Any, resolved: str | None) -> str | None:
+    """``is 'env:X' but environment variable X is empty`` when the setting as written,
+    ``raw``, named a variable and its value, ``resolved``, is empty (a secret not filled in,
+    to be named as such rather than as a too-short key); else None."""
+    if isinstance(raw, str) and raw.startswith("env:") and not resolved:
+        return f"is {raw!r} but environment variable {raw[4:]} is empty"
+    return None
+
+
 def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
     """Validate a config dict (as read from TOML). Raises ConfigError naming the bad key."""
     resolved = resolve_env(data)
@@ -222,9 +231,9 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
     for i, src in enumerate(config.sources):
         raw = raw_sources[i] if isinstance(raw_sources, list) and i < len(raw_sources) else None
         raw_key = raw.get("write_key") if isinstance(raw, dict) else None
-        if isinstance(raw_key, str) and raw_key.startswith("env:") and not src.write_key:
-            raise ConfigError(f"{origin}: source {src.name!r} write_key is {raw_key!r} but"
-                              f" environment variable {raw_key[4:]} is empty")
+        empty = _empty_variable(raw_key, src.write_key)
+        if empty:
+            raise ConfigError(f"{origin}: source {src.name!r} write_key {empty}")
         if len(src.write_key) < 8:
             raise ConfigError(f"{origin}: source {src.name!r} write_key must be at least 8 characters")
         if not _usable_key(src.write_key):
@@ -252,11 +261,10 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
             )
     token = config.server.admin_token
     raw_token = (data.get("server") or {}).get("admin_token") if isinstance(data, dict) else None
-    if isinstance(raw_token, str) and raw_token.startswith("env:") and not (token or "").strip():
-        raise ConfigError(
-            f"{origin}: server.admin_token is {raw_token!r} but environment variable"
-            f" {raw_token[4:]} is empty: set it, or leave admin_token unset to have one generated"
-        )
+    empty = _empty_variable(raw_token, (token or "").strip())
+    if empty:
+        raise ConfigError(f"{origin}: server.admin_token {empty}: set it, or leave admin_token"
+                          " unset to have one generated")
     if token and len(token.strip()) < 8:  # unset or empty: one is generated
         raise ConfigError(
             f"{origin}: server.admin_token must be at least 8 characters (it guards the read API"
