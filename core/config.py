@@ -159,15 +159,35 @@ def resolve_env(value: Any, where: str = "") -> Any:
     if isinstance(value, dict):
         return {k: resolve_env(v, f"{where}.{k}" if where else k) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [resolve_env(v, f"{where}[{_item_label(v, i)}]") for i, v in enumerate(value)]
     return value
+
+
+def _item_label(item: Any, index: int) -> str:
+    """How an error names a list item: a source's or destination's name, else its index."""
+    name = item.get("name") if isinstance(item, dict) else None
+    return repr(name) if isinstance(name, str) and name else str(index)
+
+
+_LIST_PATH = re.compile(r"\$\.(sources|destinations)\[(\d+)\]")
+
+
+def _name_items(message: str, data: Any) -> str:
+    """msgspec's ``$.sources[0]`` with the item's name after it: ``$.sources[0] ('web')``."""
+    def named(match: re.Match[str]) -> str:
+        items = data.get(match[1]) if isinstance(data, dict) else None
+        index = int(match[2])
+        item = items[index] if isinstance(items, list) and index < len(items) else None
+        label = _item_label(item, index)
+        return match[0] if label == str(index) else f"{match[0]} ({label})"
+    return _LIST_PATH.sub(named, message)
 
 
 def _convert(data: Any, type_: Any, where: str) -> Any:
     try:
         return msgspec.convert(data, type_)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {_name_items(str(exc), data)}") from None
 
 
 _KEY_CHARACTERS = re.compile(r"[!-9;-~]+")  # printable ASCII but space and ':'

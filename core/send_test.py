@@ -221,7 +221,8 @@ def report(target: Target, events: list[Sent], echo: Callable[[str], None]) -> i
               help="Admin token to read deliveries (default: $HOOKYARD_ADMIN_TOKEN, config, data dir)")
 @click.option("--source", help="Source whose write key is used (default: the first Segment one)")
 @click.option("--user-id", default="hookyard-send-test", show_default=True)
-@click.option("--wait", default=10.0, show_default=True, help="Seconds to wait for deliveries")
+@click.option("--wait", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait for deliveries")
 def send_test(config_path: str | None, data_dir: str | None, url: str | None,
               write_key: str | None, admin_token: str | None, source: str | None,
               user_id: str, wait: float) -> None:

@@ -100,7 +100,7 @@ def test_unknown_field_in_sources(tmp_path: Path) -> None:
     data = config(tmp_path)
     data["sources"][0]["writekey"] = KEY
     message = config_error(data)
-    assert "writekey" in message and "sources[0]" in message
+    assert "writekey" in message and "sources[0] ('web')" in message  # index and name
 
 
 def test_missing_field_in_destinations(tmp_path: Path) -> None:
@@ -240,7 +240,7 @@ def test_missing_env_variable_is_named(tmp_path: Path, monkeypatch: pytest.Monke
     data = config(tmp_path)
     data["sources"][0]["write_key"] = "env:HY_TEST_MISSING"
     message = config_error(data)
-    assert "HY_TEST_MISSING" in message and "sources[0].write_key" in message
+    assert "HY_TEST_MISSING" in message and "sources['web'].write_key" in message
 
 
 def test_admin_token_is_generated_and_kept(tmp_path: Path) -> None:

@@ -101,3 +101,9 @@ def test_a_filtered_delivery_lines_up_with_the_others() -> None:
     filtered = describe({"destination": "profiles", "state": "filtered", "last_error": "anonymous"})
     done = describe({"destination": "profiles", "state": "done", "attempts_log": [{}]})
     assert filtered.index("skipped") == done.index("1 attempt")
+
+
+def test_a_negative_wait_is_refused() -> None:
+    result = CliRunner().invoke(main, ["send-test", "--wait", "-1"])
+    assert result.exit_code == 2
+    assert "-1" in result.stderr and "--wait" in result.stderr
