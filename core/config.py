@@ -221,6 +221,12 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
     if not config.storage.schema.strip():
         raise ConfigError(f"{origin}: storage.schema must not be empty (the PostgreSQL schema"
                           " of hookyard's tables; the default is public)")
+    from .storage import check_url  # storage imports this module
+
+    try:
+        check_url(config.storage)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
     seen: set[str] = set()
     for kind, items in (("source", config.sources), ("destination", config.destinations)):
         for item in items:

@@ -146,3 +146,32 @@ def test_a_write_key_from_an_empty_variable_says_so(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ConfigError, match="source 'web' write_key is 'env:HY_EMPTY_KEY' but"
                                           " environment variable HY_EMPTY_KEY is empty"):
         parse_config(data)
+
+
+@pytest.mark.parametrize(("url", "schema", "expected"), [
+    ("postgresql://u:pw@db:54x/hy", "public", "port '54x' is not a number from 1 to 65535"),
+    ("postgresql://u:pw@db:99999/hy", "public", "port '99999' is not a number"),
+    ("postgresql://u:pw@db/hy?sslmode=requre", "public", "sslmode 'requre' is not one of"),
+    ("postgresql://u:pw@db/hy?sslmod=require", "public", 'invalid URI query parameter: "sslmod"'),
+    ("postgresql://u:pw@db/hy", "s" * 64, "storage.schema is 64 bytes long"),
+])
+def test_check_config_finds_a_postgresql_url_that_cannot_work(
+    tmp_path: Path, url: str, schema: str, expected: str
+) -> None:
+    """These passed check-config, which does not connect; serve then failed at start, or (a
+    long schema name) PostgreSQL cut the name short."""
+    config = tmp_path / "hookyard.toml"
+    config.write_text(f'[storage]\nurl = "{url}"\nschema = "{schema}"\n\n{ONE_SOURCE}')
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config)])
+    assert result.exit_code == 1 and expected in result.output, result.output
+
+
+def test_a_bad_password_token_is_not_echoed() -> None:
+    with pytest.raises(ConfigError, match="percent-encoded") as info:
+        parse_config({"storage": {"url": "postgresql://hy:s3cr%zzet@db/hy"}})
+    assert "s3cr" not in str(info.value)
+
+
+def test_a_good_postgresql_url_passes() -> None:
+    parse_config({"storage": {"url": "postgresql://hy:pw@h1:5432,h2:5433/hy?sslmode=verify-full",
+                              "schema": "s" * 63}})

@@ -15,7 +15,7 @@ from ..config import StorageSettings
 from ..errors import ConfigError, SchemaMismatch
 from .base import POSTGRESQL, SQLITE, Storage, is_postgres
 
-__all__ = ["POSTGRESQL", "SQLITE", "Storage", "check_schema", "describe", "is_postgres", "migrate",
+__all__ = ["POSTGRESQL", "SQLITE", "Storage", "check_schema", "check_url", "describe", "is_postgres", "migrate",
            "open_database", "refuse_newer", "schema_version"]
 
 
@@ -29,6 +29,41 @@ def backend(settings: StorageSettings) -> str:
     raise ConfigError(
         f"storage.url must start with postgresql:// or sqlite:, not {url.split(':', 1)[0]!r}"
     )
+
+
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_PG_NAME_BYTES = 63  # PostgreSQL cuts longer identifiers (NAMEDATALEN - 1)
+
+
+def check_url(settings: StorageSettings) -> None:
+    """:class:`ConfigError` for a ``[storage]`` that cannot work, found without connecting (as
+    ``check-config`` must): a scheme other than sqlite/postgresql, a PostgreSQL URL that libpq
+    would refuse (its syntax, a port that is not 1-65535, an unknown ``sslmode``) or a schema
+    name PostgreSQL would cut short. The password never appears in the message."""
+    if backend(settings) != POSTGRESQL:
+        return
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    url = settings.url or ""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        reason = str(exc).strip()
+        userinfo = url.split("://", 1)[-1].rpartition("@")[0]
+        for secret in {userinfo, userinfo.partition(":")[2]} - {""}:
+            reason = reason.replace(secret, "***")
+        raise ConfigError(f"storage.url is not a PostgreSQL URL libpq accepts: {reason}") from None
+    for port in str(info.get("port") or "").split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"storage.url: port {port!r} is not a number from 1 to 65535")
+    sslmode = info.get("sslmode")
+    if sslmode is not None and sslmode not in _SSLMODES:
+        raise ConfigError(f"storage.url: sslmode {sslmode!r} is not one of {', '.join(_SSLMODES)}")
+    if len(settings.schema.encode()) > _PG_NAME_BYTES:
+        raise ConfigError(f"storage.schema is {len(settings.schema.encode())} bytes long:"
+                          f" PostgreSQL names hold at most {_PG_NAME_BYTES} (a longer one is cut"
+                          " short, and two long names would share one schema)")
 
 
 def sqlite_path(settings: StorageSettings, data_dir: Path) -> Path:
