@@ -55,15 +55,10 @@ def _stored_runtime(config_path: str | None, data_dir: str | None) -> Any:
     """The opened runtime of a command that works on stored data (replay, dlq): refuses to
     start when there is no database yet, rather than create an empty install in the current
     directory (a command run from the wrong directory would find nothing and say so quietly)."""
-    from .config import StorageSettings
     from .storage import POSTGRESQL, backend, sqlite_path
 
     config_path = config_path or os.environ.get("HOOKYARD_CONFIG")
-    if not config_path:  # checked first: the default config creates the data dir's write key
-        where = Path(data_dir or "./hookyard-data").expanduser().resolve()
-        default = sqlite_path(StorageSettings(), where)
-        if not default.exists():
-            raise ConfigError(_no_database(default))
+    _refuse_new_default_install(config_path, data_dir)
     config = _load(config_path, data_dir=data_dir)
     if config_path and backend(config.storage) != POSTGRESQL:
         path = sqlite_path(config.storage, Path(config.server.data_dir).expanduser().resolve())
@@ -72,6 +67,22 @@ def _stored_runtime(config_path: str | None, data_dir: str | None) -> Any:
     rt = _runtime(config)
     rt.open(upgrade=False)  # an old server may still be running on it: serve upgrades it
     return rt
+
+
+def _refuse_new_default_install(config_path: str | None, data_dir: str | None) -> None:
+    """With no config file, a command that needs ``serve``'s data (a worker, replay, dlq)
+    refuses a data dir without a database rather than create a new default install there
+    (``--data-dir`` mistyped, or run from another directory). Checked before the default
+    config is built, since that creates the data dir and its write key."""
+    from .config import StorageSettings
+    from .storage import sqlite_path
+
+    if config_path or os.environ.get("HOOKYARD_CONFIG"):
+        return
+    where = Path(data_dir or "./hookyard-data").expanduser().resolve()
+    default = sqlite_path(StorageSettings(), where)
+    if not default.exists():
+        raise ConfigError(_no_database(default))
 
 
 def _no_database(path: Path) -> str:
@@ -202,6 +213,7 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
     from .serving import lock_data_dir
 
     try:
+        _refuse_new_default_install(config_path, data_dir)
         rt = _runtime(_load(config_path, data_dir=data_dir))
         lock = lock_data_dir(rt.data_dir, "worker")  # noqa: F841 - held while the worker runs
     except HookyardError as exc:

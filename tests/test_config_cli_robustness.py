@@ -103,7 +103,7 @@ def test_ctrl_c_while_starting_exits_130(command: str, monkeypatch: pytest.Monke
         raise KeyboardInterrupt
 
     monkeypatch.setattr("hookyard.cli._load", interrupted)
-    result = CliRunner().invoke(main, [command])
+    result = CliRunner().invoke(main, [command, "--config", "not-read.toml"])
     assert result.exit_code == 130
     assert "Aborted" not in result.output
 
@@ -175,3 +175,13 @@ def test_a_bad_password_token_is_not_echoed() -> None:
 def test_a_good_postgresql_url_passes() -> None:
     parse_config({"storage": {"url": "postgresql://hy:pw@h1:5432,h2:5433/hy?sslmode=verify-full",
                               "schema": "s" * 63}})
+
+
+def test_a_worker_without_a_config_needs_serves_data(tmp_path: Path) -> None:
+    """It created a new default install (a data dir and a write key nobody sends with) where
+    --data-dir was mistyped or the directory was the wrong one, then waited for events."""
+    data = tmp_path / "hookyard-dta"
+    result = CliRunner().invoke(main, ["worker", "--data-dir", str(data)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"no hookyard database at {data / 'hookyard.db'}" in result.output
+    assert not data.exists()
