@@ -210,7 +210,10 @@ def _empty_variable(raw: Any, resolved: str | None) -> str | None:
 
 def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
     """Validate a config dict (as read from TOML). Raises ConfigError naming the bad key."""
-    resolved = resolve_env(data)
+    try:
+        resolved = resolve_env(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
     server = resolved.get("server") if isinstance(resolved, dict) else None
     if isinstance(server, dict) and isinstance(server.get("log_level"), str):  # "INFO" too
         resolved = {**resolved, "server": {**server, "log_level": server["log_level"].lower()}}

@@ -264,6 +264,7 @@ def test_complete_example_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 BAD_CONFIGS: list[dict[str, Any]] = [
     {"storage": {"retention_dayz": 7}},
     {"sources": [{"name": "web", "plugin": "segment", "write_key": "env:SEGMENT_WRITE_KEY"}]},
+    {"destinations": [{"name": "profiles", "plugin": "profiles", "delivery": {"concurrency": 0}}]},
     {
         "sources": [{"name": "web", "plugin": "segment", "write_key": "wk_test_key"}],
         "destinations": [
