@@ -46,11 +46,26 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 _ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
+_SHOWN = 80
+"""An expression up to this long is quoted whole in a syntax error; a longer one around the
+problem only (one line of a log, not a whole filter)."""
+_AROUND = 30
+
+
+def _where(expression: str, position: int) -> str:
+    if len(expression) <= _SHOWN:
+        return f"in: {expression}"
+    start, end = max(0, position - _AROUND), min(len(expression), position + _AROUND)
+    return (f"near: {'...' if start else ''}{expression[start:end]}"
+            f"{'...' if end < len(expression) else ''}")
+
+
 class FQLSyntaxError(ConfigError):
     """An expression does not parse; ``position`` is the 0-based offset of the problem."""
 
     def __init__(self, detail: str, position: int, expression: str) -> None:
-        super().__init__(f"FQL syntax error at position {position}: {detail} in: {expression}")
+        super().__init__(f"FQL syntax error at position {position}: {detail}"
+                         f" {_where(expression, position)}")
         self.detail = detail
         self.position = position
         self.expression = expression

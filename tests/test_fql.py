@@ -341,6 +341,16 @@ def test_syntax_errors_name_the_position(expression: str, position: int, detail:
     assert str(err).endswith(f" in: {expression}")
 
 
+def test_a_long_expression_is_quoted_around_the_problem() -> None:
+    expression = " or ".join(f'event = "Event number {i}"' for i in range(20)) + " or ("
+    with pytest.raises(FQLSyntaxError) as info:
+        compile_fql(expression)
+    message = str(info.value)
+    assert message.startswith(f"FQL syntax error at position {len(expression)}: ")
+    assert message.endswith(f' near: ...{expression[-30:]}')
+    assert len(message) < 150
+
+
 def test_syntax_error_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"at position 16: expected '\)'"):
         compile_fql('(type = "track" userId exists')
