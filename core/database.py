@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -59,11 +60,24 @@ def bind_without_lookups() -> None:
     sqlite3.register_adapter(type(None), {}.get)  # type: ignore[arg-type]  # a C call, no frame
 
 
+def _create_private(path: str | Path) -> None:
+    """Create a new database file readable by its owner only: it holds people's data, and
+    SQLite would create it 0644 (less the umask), as it would its WAL and shared-memory files,
+    which copy the database file's mode. An existing file keeps its mode."""
+    if str(path) == ":memory:":
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:  # it exists, or SQLite will say why it cannot be opened
+        pass
+
+
 def connect(
     path: str | Path, synchronous: str = "full", factory: type[sqlite3.Connection] = sqlite3.Connection
 ) -> sqlite3.Connection:
     """A connection in WAL mode, autocommit (transactions are explicit), 10 s busy timeout."""
     bind_without_lookups()
+    _create_private(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10,
                            factory=factory)
     # Setting the journal mode may answer "database is locked" at once, without the busy

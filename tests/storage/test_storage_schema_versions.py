@@ -80,3 +80,20 @@ def test_a_profiles_db_newer_than_this_hookyard_stops_start_up(tmp_path: Path) -
         conn.execute(f"PRAGMA user_version={PROFILES_VERSION + 1}")
     with pytest.raises(SchemaMismatch, match="newer than hookyard"):
         ProfileStore.sqlite(path)
+
+
+def test_a_new_database_file_is_private(tmp_path: Path) -> None:
+    """It holds people's data: owner-only, and so are the WAL and shared-memory files SQLite
+    makes beside it (they copy its mode). A file that exists keeps the mode it has."""
+    from hookyard.database import connect
+
+    conn = connect(tmp_path / "new.db")
+    conn.execute("CREATE TABLE t (x)")
+    for name in ("new.db", "new.db-wal", "new.db-shm"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    conn.close()
+    shared = tmp_path / "shared.db"
+    sqlite3.connect(shared).close()
+    shared.chmod(0o640)
+    connect(shared).close()
+    assert shared.stat().st_mode & 0o777 == 0o640
