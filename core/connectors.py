@@ -157,23 +157,37 @@ class RefusedEvent:
 
 def settings_lines(settings: type[msgspec.Struct]) -> list[str]:
     """Each setting of a connector's settings Struct as a user writes it in the config:
-    ``key: type (constraints) = default``, or ``key: type (constraints, required)`` when it has
-    no default (``hookyard plugins --settings``)."""
+    ``key: type (constraints) = default``, ``key: type (constraints, required)`` when it has
+    no default, or ``key: type (optional)`` when it defaults to None, which a TOML file cannot
+    write: the key is left out (``hookyard plugins --settings``)."""
     lines = []
     for f in msgspec.structs.fields(settings):
-        notes = _constraints(f.type)
-        if f.default is not msgspec.NODEFAULT:
-            default: str | None = _shown(f.default, repr(f.default))
+        tp, notes = f.type, _constraints(f.type)
+        default: str | None
+        if f.default is None:
+            tp, default = _without_none(tp), None
+            notes = [*_constraints(tp), "optional"]
+        elif f.default is not msgspec.NODEFAULT:
+            default = _shown(f.default, repr(f.default))
         elif f.default_factory is not msgspec.NODEFAULT:
             made = f.default_factory()
             default = _shown(made, type(made).__name__)
         else:
             default, notes = None, [*notes, "required"]
-        line = f"{f.encode_name}: {_type_name(f.type)}"
+        line = f"{f.encode_name}: {_type_name(tp)}"
         if notes:
             line += f" ({', '.join(notes)})"
         lines.append(line if default is None else f"{line} = {default}")
     return lines
+
+
+def _without_none(tp: Any) -> Any:
+    """``str`` for ``str | None``; any other type as it is."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType) or type(None) not in args:
+        return tp
+    rest = [a for a in args if a is not type(None)]
+    return rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]  # noqa: UP007
 
 
 _CONSTRAINTS = ("ge", "gt", "le", "lt", "min_length", "max_length", "pattern")

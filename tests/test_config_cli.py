@@ -300,6 +300,8 @@ def test_plugins_settings_shows_each_connectors_settings_and_package() -> None:
     assert "    api_key: str (min_length=1, required)\n" in pushwoosh
     assert '    base_url: str (min_length=1) = "https://api.pushwoosh.com"\n' in pushwoosh
     assert "    region: 'us' | 'eu' = \"us\"\n" in text  # novu
+    assert "    base_url: str (min_length=1, optional)\n" in text  # novu: None, not "null"
+    assert "    channels: dict[str, str | list[str]] (optional)\n" in text  # profiles
     assert "    workflows: list[WorkflowLink] = []\n" in text  # profiles
     webhook = text[text.index("webhook      destination"):]  # examples/hookyard-webhook
     assert "    secret: str (min_length=16, required)\n" in webhook
