@@ -83,17 +83,20 @@ _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def event_rows(source: str, events: Iterable[ParsedEvent], received_at: str) -> list[tuple[Any, ...]]:
-    """Inbox rows for parsed events; events without a messageId get a new UUID."""
+    """Inbox rows for parsed events; events without a messageId get a new UUID, and so do
+    those whose messageId is only white space (a client's placeholder: as a key, every such
+    event after the first would be dropped as a repeat)."""
     events = list(events)
-    missing = sum(1 for p in events if not p.event.messageId)
+    missing = sum(1 for p in events if not p.event.messageId or p.event.messageId.isspace())
     fresh = iter(new_message_ids(missing)) if missing else iter(())
     rows = []
     for parsed in events:
         ev = parsed.event
+        given = ev.messageId
         rows.append(
             (
                 source,
-                ev.messageId or next(fresh),
+                given if given and not given.isspace() else next(fresh),
                 event_type(ev),
                 ev.user_id,
                 ev.anonymous_id,

@@ -209,6 +209,18 @@ def test_message_id_and_received_at_are_added(server: HookyardServer, http: http
     assert row["event"]["receivedAt"] > "2000"  # the server's clock, not the client's
 
 
+@pytest.mark.parametrize("blank", ["", " ", "\t\n"])
+def test_a_blank_message_id_is_replaced(server: HookyardServer, http: httpx.Client,
+                                        blank: str) -> None:
+    """Not a key: two events with messageId " " are two events, not one and a repeat."""
+    user = f"blank-mid-{len(blank)}"
+    for n in range(2):
+        assert_ok(post(http, "/v1/track", sample_track(userId=user, messageId=blank, event=f"E{n}")))
+    rows = server.api(f"/api/events?user_id={user}").json()["items"]
+    assert sorted(r["event"]["event"] for r in rows) == ["E0", "E1"]
+    assert all(uuid.UUID(r["event"]["messageId"]) for r in rows)
+
+
 def test_type_field_may_be_omitted(server: HookyardServer, http: httpx.Client) -> None:
     body = sample_identify()
     body.pop("type")
