@@ -238,11 +238,18 @@ class Database(GroupCommitWriter):
         super().__init__()
         self.path = Path(path)
         self.synchronous = synchronous
+        self._readers: list[sqlite3.Connection] = []  # every thread's, to close at stop()
+        self._readers_closed = 0  # how many times stop() closed them
 
     def stop(self) -> None:
-        """Finish queued writes and stop the writer thread."""
+        """Finish queued writes, stop the writer thread and close the read connections (a
+        thread that reads again afterwards opens a new one)."""
         with self._lock:
             self._stop_writer()
+            readers, self._readers = self._readers, []
+            self._readers_closed += 1
+        for conn in readers:
+            conn.close()
 
     def _writer_loop(self) -> None:
         # Every commit is written with NORMAL; with synchronous = "full" a group that holds a
@@ -423,10 +430,12 @@ class Database(GroupCommitWriter):
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection."""
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or self._local.closed != self._readers_closed:  # or closed by stop()
             conn = connect(self.path, self.synchronous)
             conn.row_factory = sqlite3.Row
-            self._local.conn = conn
+            self._local.conn, self._local.closed = conn, self._readers_closed
+            with self._lock:
+                self._readers.append(conn)
         return conn
 
     def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -97,3 +97,24 @@ def test_a_new_database_file_is_private(tmp_path: Path) -> None:
     shared.chmod(0o640)
     connect(shared).close()
     assert shared.stat().st_mode & 0o777 == 0o640
+
+
+def test_stop_closes_every_threads_read_connection(tmp_path: Path) -> None:
+    """Python 3.13 warns of a connection left to the garbage collector; a thread that reads
+    after stop() gets a new one."""
+    import threading
+
+    from hookyard.database import Database
+
+    db = Database(tmp_path / "r.db")
+    seen: list[sqlite3.Connection] = []
+    worker = threading.Thread(target=lambda: seen.append(db.reader()))
+    worker.start()
+    worker.join()
+    mine = db.reader()
+    db.stop()
+    for conn in (mine, seen[0]):
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")
+    assert db.read_sync(lambda c: c.execute("SELECT 1").fetchone()[0]) == 1
+    db.stop()
