@@ -25,7 +25,7 @@ from .api_models import DeadLetterRequest, ReplayRequest
 from .delivery import outbox, router
 from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
-from .inbox import by_message_id, decode_row
+from .inbox import UndecodableEvent, by_message_id, decode_row
 from .ingest import read_body
 from .operator_input import (
     check_query,
@@ -152,6 +152,8 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             except RecursionError:  # stored before ingest's nesting limit (hookyard.nesting)
                 event = {"type": r["type"], "messageId": r["message_id"],
                          "error": "the stored event is nested too deeply to decode"}
+            except UndecodableEvent as exc:  # stored before ingest checked a plugin's raw
+                event = {"type": r["type"], "messageId": r["message_id"], "error": str(exc)}
             return {"id": r["id"], "source": r["source"], "filtered": r["filtered"],
                     "event": event}
 

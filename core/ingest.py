@@ -188,9 +188,14 @@ def _check_parsed(parsed: Any) -> None:
         if not isinstance(item, ParsedEvent):
             raise TypeError(f"parse_events returned a {type(item).__name__} at [{i}],"
                             " not a ParsedEvent or RefusedEvent")
-        if not isinstance(item.raw, bytes):
+        raw = item.raw
+        if not isinstance(raw, bytes):
             raise TypeError(f"parse_events returned a ParsedEvent at [{i}] whose raw is"
-                            f" {type(item.raw).__name__} (must be bytes: the event's JSON)")
+                            f" {type(raw).__name__} (must be bytes: the event's JSON)")
+        if not ((raw[:1] == b"{" or raw.lstrip()[:1] == b"{")
+                and (raw[-1:] == b"}" or raw.rstrip()[-1:] == b"}")):
+            raise TypeError(f"parse_events returned a ParsedEvent at [{i}] whose raw is not a"
+                            " JSON object (it is stored as the event, and read back as one)")
         if not isinstance(item.event, _EVENT_TYPES):
             raise TypeError(f"parse_events returned a ParsedEvent at [{i}] whose event is"
                             f" {type(item.event).__name__} (must be a hookyard.events type)")

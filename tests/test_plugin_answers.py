@@ -71,10 +71,24 @@ def parse_dict_raw(self: Any, source: SourceContext, request: IngestRequest) -> 
     return [ParsedEvent(raw={"type": "track"}, event=parsed.event)]  # type: ignore[arg-type]
 
 
+def parse_string_raw(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    [parsed] = parse_webhook(request.body)
+    assert isinstance(parsed, ParsedEvent)
+    return [ParsedEvent(raw=b' "just a string" ', event=parsed.event)]
+
+
+def parse_array_raw(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    [parsed] = parse_webhook(request.body)
+    assert isinstance(parsed, ParsedEvent)
+    return [ParsedEvent(raw=b"[1, 2, 3]", event=parsed.event)]
+
+
 @pytest.mark.parametrize(
     ("auth", "parser", "status", "logged"),
     [
         (accept_bool, parse, 401, "authenticate hook of source in returned bool, not an AuthResult"),
+        (accept, parse_string_raw, 400, "whose raw is not a JSON object"),
+        (accept, parse_array_raw, 400, "whose raw is not a JSON object"),
         (accept, parse_dicts, 400, "returned a dict at [0]"),
         (accept, parse_one, 400, "parse_events returned ParsedEvent, not a list"),
         (accept, parse_dict_raw, 400, "whose raw is dict (must be bytes"),
@@ -94,6 +108,23 @@ def test_a_source_hook_of_the_wrong_type_refuses_the_request(
     while not (logs := server.api("/api/logs").json()["items"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [log["status"] for log in logs] == [status]
+
+
+def test_a_stored_event_that_is_not_an_object_is_listed_with_an_error(
+    hookyard_server: Callable[..., HookyardServer],
+) -> None:
+    """Stored before ingest checked a plugin's raw, it made GET /api/events answer 500 for
+    every source; the router dead-letters it."""
+    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
+    server = hookyard_server(config, plugins=[source_plugin(accept, parse)])
+    server.runtime.db.write_sync(lambda conn: conn.execute(
+        "INSERT INTO inbox (source, message_id, type, received_at, raw) VALUES"
+        " ('in', 'm-str', 'track', '2026-01-01T00:00:00.000Z', ?)", (b'"just a string"',)))
+    r = server.api("/api/events")
+    assert r.status_code == 200, r.text
+    [item] = r.json()["items"]
+    assert item["event"]["messageId"] == "m-str"
+    assert item["event"]["error"].startswith("the stored event is not a JSON object")
 
 
 def test_an_async_def_of_a_hook_that_is_not_awaited_stops_start_up() -> None:
