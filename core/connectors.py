@@ -35,6 +35,7 @@ class Connector:
                 ``[destinations.settings]``; use ``forbid_unknown_fields=True``.
     paths:      sources only: the HTTP paths (Starlette patterns) it ingests on, e.g.
                 ``("/v1/{call}",)``. Several sources may share a path; the write key decides.
+                At least one, each starting with '/', none of the host's own (``/api``...).
     batch_size: destinations only: how many deliveries the engine may pass to one ``deliver``
                 call (1 = no batching).
     raw_bodies: destinations only: ``deliver`` gets each ``Delivery.body`` as ``msgspec.Raw``,

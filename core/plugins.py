@@ -243,6 +243,35 @@ def _connector_problem(connector: Any) -> str | None:
     if not isinstance(names, tuple | list) or not all(isinstance(n, str) and n for n in names):
         return (f"connector {connector.name!r}: integration_names must be a tuple of names,"
                 f" not {names!r}")
+    if connector.kind == "source":
+        return _paths_problem(connector)
+    return None
+
+
+HOST_PATHS = ("/api", "/ui", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+"""The host's own paths: a source cannot ingest on them or under them."""
+
+
+def _paths_problem(connector: Connector) -> str | None:
+    """A source's ``paths``: at least one, each a Starlette pattern starting with '/', none of
+    the host's (a source on ``/ui/login`` took the dashboard's sign-in; one without a leading
+    '/' passed check-config, then stopped ``serve`` with a traceback naming no plugin)."""
+    from starlette.routing import compile_path
+
+    where = f"source connector {connector.name!r}"
+    paths = connector.paths
+    if not isinstance(paths, tuple | list) or not paths:
+        return f"{where} has no paths: give paths=(\"/connector/{connector.name}\",) or another"
+    for path in paths:
+        if not isinstance(path, str) or not path.startswith("/"):
+            return f"{where}: path {path!r} must be a string starting with '/'"
+        taken = next((p for p in HOST_PATHS if path == p or path.startswith(p + "/")), None)
+        if taken is not None:
+            return f"{where}: path {path!r} is hookyard's own ({taken}): choose another"
+        try:
+            compile_path(path)
+        except (AssertionError, ValueError) as exc:
+            return f"{where}: path {path!r} is not a valid route pattern: {exc}"
     return None
 
 

@@ -152,6 +152,15 @@ class NotAStruct:
          "settings must be a msgspec.Struct class"),
         (Connector(name="acme", kind="destination", integration_names="Acme"),  # type: ignore[arg-type]
          "integration_names must be a tuple of names"),
+        (Connector(name="acme", kind="source"), "source connector 'acme' has no paths"),
+        (Connector(name="acme", kind="source", paths=("connector/acme",)),
+         "path 'connector/acme' must be a string starting with '/'"),
+        (Connector(name="acme", kind="source", paths=("/ui/login",)),
+         r"path '/ui/login' is hookyard's own \(/ui\)"),
+        (Connector(name="acme", kind="source", paths=("/api/acme",)),
+         r"path '/api/acme' is hookyard's own \(/api\)"),
+        (Connector(name="acme", kind="source", paths=("/in/{x:nope}",)),
+         "is not a valid route pattern: Unknown path convertor 'nope'"),
     ],
 )
 def test_a_connector_declared_wrong_stops_start_up(connector: Connector, message: str) -> None:
