@@ -12,7 +12,9 @@
     │   ├── NotFound            404    no such ingest call (e.g. /v1/nonsense)
     │   ├── RequestTimeout      408    the body did not arrive in time (a stalled client)
     │   ├── PayloadTooLarge     413    event > 32 KB, request > 500 KB (after gunzip too)
-    │   └── StorageUnavailable  503    the database cannot take writes right now
+    │   ├── StorageUnavailable  503    the database cannot take writes right now
+    │   └── SourceHookFailed    503    a source plugin's authenticate hook raised or answered
+    │                                  the wrong type (its bug: the client retries, loses nothing)
     └── DeliveryError                  raised (or returned as a result) by a deliver hook
         ├── RetryableError             408, 429, 5xx, connect errors, timeouts: try again
         │                              later with backoff (honours Retry-After)
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class HookyardError(Exception):
@@ -74,9 +77,14 @@ class RequestTimeout(RequestError):
 
 
 class Unauthorized(RequestError):
-    """401: missing or wrong write key or admin token."""
+    """401: missing or wrong write key or admin token. ``source``: the source whose refusal
+    this is, when it was the only one on the path (its API log line names it)."""
 
     status = 401
+
+    def __init__(self, reason: str, source: Any = None) -> None:
+        super().__init__(reason)
+        self.source = source
 
 
 class NotFound(RequestError):
@@ -93,6 +101,14 @@ class PayloadTooLarge(RequestError):
 
 class StorageUnavailable(RequestError):
     """503: the database cannot commit (disk full, read-only); the client should retry."""
+
+    status = 503
+
+
+class SourceHookFailed(RequestError):
+    """503: a source plugin's ``authenticate`` hook failed (raised, or answered something that
+    is not an AuthResult), so the request could be neither accepted nor refused. Not a 401,
+    which a client takes as final and drops its events for: a plugin bug must not lose them."""
 
     status = 503
 

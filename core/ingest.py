@@ -28,6 +28,7 @@ from .errors import (
     PayloadTooLarge,
     RequestError,
     RequestTimeout,
+    SourceHookFailed,
     StorageUnavailable,
     Unauthorized,
 )
@@ -153,7 +154,7 @@ class _RawResponse(Response):
 def _error_answer(exc: RequestError) -> Answer:
     body = encoder.encode({"success": False, "error": exc.reason})
     headers = dict(CORS_HEADERS)
-    if isinstance(exc, StorageUnavailable):
+    if isinstance(exc, StorageUnavailable | SourceHookFailed):
         headers["Retry-After"] = "5"
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Basic realm="hookyard"'
@@ -259,25 +260,35 @@ class IngestEndpoint:
         return found
 
     def authenticate(self, req: IngestRequest) -> SourceContext:
+        """The source that accepts ``req``; else :class:`Unauthorized` with the first
+        source's reason (``.source``: that source, when it is the path's only one), or
+        :class:`SourceHookFailed` when no source accepted and a hook failed."""
         reason = "invalid write key"
-        for i, (source, params) in enumerate(self.candidates(req.path)):
+        failed: SourceContext | None = None
+        candidates = self.candidates(req.path)
+        for i, (source, params) in enumerate(candidates):
             req.path_params = params
             try:
                 result = self.rt.registry.call(
                     "authenticate", "source", source.plugin, source=source, request=req
                 )
-            except Exception:  # noqa: BLE001 - a plugin bug must refuse the request, not 500
+            except Exception:  # noqa: BLE001 - a plugin bug must not be a 500, nor a 401
                 log.exception("authenticate hook of source %s failed", source.name)
+                failed = failed or source
                 continue
             if not isinstance(result, AuthResult):
                 log.error("authenticate hook of source %s %s", source.name, _wrong_type(
                     result, "an AuthResult (hookyard.connectors.AuthResult.accept() or .refuse())"))
+                failed = failed or source
                 continue
             if result.accepted:
                 return source
             if i == 0:
                 reason = result.reason
-        raise Unauthorized(reason)
+        if failed is not None:
+            raise SourceHookFailed("the source could not check this request (its plugin"
+                                   " failed: see the server log); retry later")
+        raise Unauthorized(reason, candidates[0][0] if len(candidates) == 1 else None)
 
     async def __call__(self, request: Request) -> Response:
         if request.method == "OPTIONS":  # CORS preflight
@@ -359,6 +370,8 @@ class IngestEndpoint:
                 log.exception("commit failed")
                 raise StorageUnavailable(f"storage unavailable: {type(exc).__name__}") from None
         except RequestError as exc:
+            if source is None and isinstance(exc, Unauthorized):  # the path's only source's
+                source = exc.source
             self._log_refusal(scope["method"], scope["path"], source, exc, started)
             return _error_answer(exc)
         if self.on_commit is not None:
@@ -383,7 +396,7 @@ class IngestEndpoint:
         )
         if self.rt.metrics is not None:
             self.rt.metrics.ingest_refused(source.name if source else None, exc.status)
-        if exc.status >= 500:
+        if isinstance(exc, StorageUnavailable):  # no log line can be written either
             log.warning("ingest refused with %s: %s", exc.status, exc.reason)
             return
         try:

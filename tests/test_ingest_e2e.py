@@ -492,7 +492,7 @@ def test_api_log_records_accepted_and_refused(server: HookyardServer, http: http
     accepted = by_key[(200, "/v1/batch")]
     assert (accepted["source"], accepted["events"], accepted["error"]) == ("web", 2, None)
     assert accepted["at"].endswith("Z") and accepted["method"] == "POST"
-    assert by_key[(401, "/v1/track")]["source"] is None
+    assert by_key[(401, "/v1/track")]["source"] == "web"  # the path's only source
     assert "invalid write key" in by_key[(401, "/v1/track")]["error"]
     assert by_key[(400, "/v1/track")]["source"] == "web"
     assert "malformed JSON" in by_key[(400, "/v1/track")]["error"]

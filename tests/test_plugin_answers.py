@@ -1,6 +1,6 @@
 """Plugin mistakes an outside audit found reported late or as a server error: a source hook
-answering the wrong type (a bool, dicts, a raw that is not bytes) is a refused request (401 or
-400, the plugin's error logged), never a 500 nor a 503 that blames storage; an ``async def``
+answering the wrong type (a bool, dicts, a raw that is not bytes) is a refused request (503 to
+retry for a failed authenticate, 400 for parse_events, the plugin's error logged), never a 500 nor a 503 that blames storage; an ``async def``
 where hookyard does not await, a misspelt connector kind, settings that are not a Struct and a
 destination without ``deliver`` stop start-up with one line."""
 
@@ -49,6 +49,14 @@ def accept_bool(self: Any, source: SourceContext, request: IngestRequest) -> boo
     return True
 
 
+def raise_in_auth(self: Any, source: SourceContext, request: IngestRequest) -> AuthResult:
+    raise IndexError("a signature header without ','")
+
+
+def refuse(self: Any, source: SourceContext, request: IngestRequest) -> AuthResult:
+    return AuthResult.refuse("bad signature")
+
+
 def parse(self: Any, source: SourceContext, request: IngestRequest) -> Any:
     return parse_webhook(request.body)
 
@@ -86,7 +94,8 @@ def parse_array_raw(self: Any, source: SourceContext, request: IngestRequest) ->
 @pytest.mark.parametrize(
     ("auth", "parser", "status", "logged"),
     [
-        (accept_bool, parse, 401, "authenticate hook of source in returned bool, not an AuthResult"),
+        (accept_bool, parse, 503, "authenticate hook of source in returned bool, not an AuthResult"),
+        (raise_in_auth, parse, 503, "authenticate hook of source in failed"),
         (accept, parse_string_raw, 400, "whose raw is not a JSON object"),
         (accept, parse_array_raw, 400, "whose raw is not a JSON object"),
         (accept, parse_dicts, 400, "returned a dict at [0]"),
@@ -108,6 +117,32 @@ def test_a_source_hook_of_the_wrong_type_refuses_the_request(
     while not (logs := server.api("/api/logs").json()["items"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [log["status"] for log in logs] == [status]
+
+
+def test_a_failed_authenticate_is_a_503_to_retry_not_a_401(
+    hookyard_server: Callable[..., HookyardServer],
+) -> None:
+    """A client takes a 401 as final and drops its events; the plugin's bug must not lose
+    them. Without a write key in the picture the reason is not "invalid write key"."""
+    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
+    server = hookyard_server(config, plugins=[source_plugin(raise_in_auth, parse)])
+    r = server.client.post(f"{server.url}/connector/odd", json=sample_track())
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    assert "its plugin failed: see the server log" in r.json()["error"]
+    assert "www-authenticate" not in r.headers
+
+
+def test_a_refusal_by_the_paths_only_source_is_logged_as_its_own(
+    hookyard_server: Callable[..., HookyardServer],
+) -> None:
+    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
+    server = hookyard_server(config, plugins=[source_plugin(refuse, parse)])
+    r = server.client.post(f"{server.url}/connector/odd", json=sample_track())
+    assert r.status_code == 401 and r.json()["error"] == "bad signature"
+    deadline = time.monotonic() + 10  # a refusal's log line is written after the answer
+    while not (logs := server.api("/api/logs?source=in").json()["items"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [(log["source"], log["status"]) for log in logs] == [("in", 401)]
 
 
 def test_a_stored_event_that_is_not_an_object_is_listed_with_an_error(
