@@ -107,6 +107,9 @@ def _settings(connector: Connector, data: dict[str, Any], where: str) -> Any:
         return convert_settings(connector, data)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{where}.settings: {str(exc).replace('`', '')}") from None
+    except Exception as exc:  # noqa: BLE001 - a settings __post_init__ that raised, say, re.error
+        raise ConfigError(f"{where}.settings: the {connector.name} plugin's check of its settings"
+                          f" failed: {type(exc).__name__}: {exc}") from None
 
 
 def _unknown_setting(settings: Any, data: Any) -> str | None:

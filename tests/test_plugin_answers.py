@@ -225,3 +225,33 @@ def test_a_configured_destination_without_deliver_stops_start_up(tmp_path: Path)
     with pytest.raises(ConfigError, match="does not implement 'map_event' or 'deliver'"
                                           r" \(a missing @hookimpl\?\)"):
         Runtime.build(config, [NoDeliver()])
+
+
+def test_a_settings_check_that_raises_something_else_is_a_config_error() -> None:
+    """Only ValueError (and TypeError) became a config error; a bad regex compiled in
+    __post_init__ (re.error) was a traceback at check-config and serve."""
+    import re
+
+    class Strict(msgspec.Struct, forbid_unknown_fields=True):
+        pattern: str = ".*"
+
+        def __post_init__(self) -> None:
+            re.compile(self.pattern)
+
+    class Declares:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="strict", kind="destination", settings=Strict)]
+
+        @hookimpl
+        def map_event(self, destination: Any, event: Any) -> Any:
+            return []
+
+        @hookimpl
+        async def deliver(self, destination: Any, deliveries: Any, client: Any) -> Any:
+            return []
+
+    data = {"destinations": [{"name": "s", "plugin": "strict", "settings": {"pattern": "(oops"}}]}
+    with pytest.raises(ConfigError, match=r"destinations\[s\]\.settings: the strict plugin's check"
+                                          r" of its settings failed: error: missing \)"):
+        Runtime.build(parse_config(data), plugins=[Declares()])
