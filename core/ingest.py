@@ -152,7 +152,7 @@ class _RawResponse(Response):
 
 
 def _error_answer(exc: RequestError) -> Answer:
-    body = encoder.encode({"success": False, "error": exc.reason})
+    body = encoder.encode({"success": False, "error": clip(exc.reason, MAX_LOGGED_ERROR)})
     headers = dict(CORS_HEADERS)
     if isinstance(exc, StorageUnavailable | SourceHookFailed):
         headers["Retry-After"] = "5"
@@ -185,6 +185,9 @@ def _check_parsed(parsed: Any) -> None:
         raise TypeError("parse_events " + _wrong_type(parsed, "a list of ParsedEvent"))
     for i, item in enumerate(parsed):
         if isinstance(item, RefusedEvent):
+            if not isinstance(item.reason, str) or not item.reason:
+                raise TypeError(f"parse_events returned a RefusedEvent at [{i}] whose reason is"
+                                f" {item.reason!r} (must be a message for the client)")
             continue
         if not isinstance(item, ParsedEvent):
             raise TypeError(f"parse_events returned a {type(item).__name__} at [{i}],"
@@ -197,6 +200,9 @@ def _check_parsed(parsed: Any) -> None:
                 and (raw[-1:] == b"}" or raw.rstrip()[-1:] == b"}")):
             raise TypeError(f"parse_events returned a ParsedEvent at [{i}] whose raw is not a"
                             " JSON object (it is stored as the event, and read back as one)")
+        if item.filtered is not None and not isinstance(item.filtered, str):
+            raise TypeError(f"parse_events returned a ParsedEvent at [{i}] whose filtered is"
+                            f" {type(item.filtered).__name__} (must be None or the reason)")
         if not isinstance(item.event, _EVENT_TYPES):
             raise TypeError(f"parse_events returned a ParsedEvent at [{i}] whose event is"
                             f" {type(item.event).__name__} (must be a hookyard.events type)")
@@ -227,7 +233,7 @@ def _refusal_note(refused: list[tuple[int, str]], stored: int) -> str:
 def _partial_answer(refused: list[tuple[int, str]]) -> Answer:
     """200 with the events that were refused (the others are committed)."""
     return _json_answer(200, encoder.encode({"success": True, "refused": [
-        {"index": i, "error": reason} for i, reason in refused
+        {"index": i, "error": clip(reason, MAX_LOGGED_ERROR)} for i, reason in refused
     ]}))
 
 

@@ -16,8 +16,15 @@ import msgspec
 import pytest
 from hookyard import hookimpl
 from hookyard.config import parse_config
-from hookyard.connectors import AuthResult, Connector, IngestRequest, ParsedEvent, SourceContext
-from hookyard.errors import ConfigError
+from hookyard.connectors import (
+    AuthResult,
+    Connector,
+    IngestRequest,
+    ParsedEvent,
+    RefusedEvent,
+    SourceContext,
+)
+from hookyard.errors import BadRequest, ConfigError
 from hookyard.runtime import Runtime
 from hookyard.testing import registry, sample_track
 from hookyard.testing.server import HookyardServer
@@ -91,6 +98,20 @@ def parse_array_raw(self: Any, source: SourceContext, request: IngestRequest) ->
     return [ParsedEvent(raw=b"[1, 2, 3]", event=parsed.event)]
 
 
+def parse_refused_none(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    return [*parse_webhook(request.body), RefusedEvent(None)]  # type: ignore[arg-type]
+
+
+def parse_filtered_int(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    [parsed] = parse_webhook(request.body)
+    assert isinstance(parsed, ParsedEvent)
+    return [ParsedEvent(raw=parsed.raw, event=parsed.event, filtered=123)]  # type: ignore[arg-type]
+
+
+def parse_long_reason(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    raise BadRequest("x" * 100_000)
+
+
 @pytest.mark.parametrize(
     ("auth", "parser", "status", "logged"),
     [
@@ -98,6 +119,8 @@ def parse_array_raw(self: Any, source: SourceContext, request: IngestRequest) ->
         (raise_in_auth, parse, 503, "authenticate hook of source in failed"),
         (accept, parse_string_raw, 400, "whose raw is not a JSON object"),
         (accept, parse_array_raw, 400, "whose raw is not a JSON object"),
+        (accept, parse_refused_none, 400, "RefusedEvent at [1] whose reason is None"),
+        (accept, parse_filtered_int, 400, "whose filtered is int (must be None or the reason)"),
         (accept, parse_dicts, 400, "returned a dict at [0]"),
         (accept, parse_one, 400, "parse_events returned ParsedEvent, not a list"),
         (accept, parse_dict_raw, 400, "whose raw is dict (must be bytes"),
@@ -117,6 +140,15 @@ def test_a_source_hook_of_the_wrong_type_refuses_the_request(
     while not (logs := server.api("/api/logs").json()["items"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [log["status"] for log in logs] == [status]
+
+
+def test_a_long_refusal_is_clipped_in_the_answer(
+    hookyard_server: Callable[..., HookyardServer],
+) -> None:
+    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
+    server = hookyard_server(config, plugins=[source_plugin(accept, parse_long_reason)])
+    r = server.client.post(f"{server.url}/connector/odd", json=sample_track())
+    assert r.status_code == 400 and r.json()["error"] == "x" * 1000 + "…"
 
 
 def test_a_failed_authenticate_is_a_503_to_retry_not_a_401(
