@@ -156,6 +156,38 @@ class RefusedEvent:
     reason: str
 
 
+class Reply(Exception):  # noqa: N818 - raised to answer, not an error
+    """Raised by a ``parse_events`` hook to answer the request itself, storing nothing: a
+    vendor's verification handshake (echo a ``challenge``), a ping that needs a particular
+    body, a payload the source acknowledges on purpose without an event.
+
+    ``status`` is 200-599. ``body``: a dict or list is sent as JSON, a str as UTF-8 text, bytes
+    as they are (``content_type`` overrides the type). ``headers`` are added to the answer.
+    The request is logged in the API log with ``status`` and no events."""
+
+    def __init__(self, status: int = 200, body: Any = None, *, content_type: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        if not isinstance(status, int) or not 200 <= status <= 599:
+            raise ValueError(f"Reply status must be an int from 200 to 599, not {status!r}")
+        if isinstance(body, dict | list):
+            payload, kind = msgspec.json.encode(body), "application/json"
+        elif isinstance(body, str):
+            payload, kind = body.encode(), "text/plain; charset=utf-8"
+        elif isinstance(body, bytes) or body is None:
+            payload, kind = body or b"", "application/octet-stream"
+        else:
+            raise TypeError(f"Reply body must be a dict, list, str, bytes or None, not"
+                            f" {type(body).__name__}")
+        if not isinstance(headers, dict | None) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in (headers or {}).items()):
+            raise TypeError("Reply headers must be a dict of str to str")
+        super().__init__(f"reply {status}")
+        self.status = status
+        self.body: bytes = payload
+        self.content_type = content_type or (kind if payload else None)
+        self.headers: dict[str, str] = dict(headers or {})
+
+
 def settings_lines(settings: type[msgspec.Struct]) -> list[str]:
     """Each setting of a connector's settings Struct as a user writes it in the config:
     ``key: type (constraints) = default``, ``key: type (constraints, required)`` when it has

@@ -76,9 +76,10 @@ def parse_events(
     multi-event body may be a :class:`RefusedEvent` (that event alone is not stored and is
     listed in the 2xx answer; all refused -> 400). Raise
     :class:`hookyard.errors.BadRequest` (400) for malformed JSON or an invalid event, with a
-    reason the client can act on. The host then adds ``messageId`` (if missing) and
-    ``receivedAt``, enforces the per-event size limit and commits all events in one
-    transaction before answering.
+    reason the client can act on, or :class:`hookyard.connectors.Reply` to answer the request
+    yourself and store nothing (a vendor's verification handshake). The host then adds
+    ``messageId`` (if missing) and ``receivedAt``, enforces the per-event size limit and
+    commits all events in one transaction before answering. Runs on the event loop: be quick.
     """
 
 

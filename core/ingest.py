@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from . import body_deadline
 from .body_deadline import watch_current_task
-from .connectors import AuthResult, IngestRequest, ParsedEvent, RefusedEvent, SourceContext
+from .connectors import AuthResult, IngestRequest, ParsedEvent, RefusedEvent, Reply, SourceContext
 from .delivery.retry import clip
 from .errors import (
     BadRequest,
@@ -237,6 +237,15 @@ def _partial_answer(refused: list[tuple[int, str]]) -> Answer:
     ]}))
 
 
+def _reply_answer(reply: Reply) -> Answer:
+    """The answer a ``parse_events`` hook chose (:class:`~hookyard.connectors.Reply`)."""
+    body = b"" if reply.status in (204, 304) else reply.body
+    headers = {**CORS_HEADERS, **reply.headers}
+    rendered = Response(body, status_code=reply.status, headers=headers,
+                        media_type=reply.content_type if body else None)
+    return reply.status, body, rendered.raw_headers
+
+
 # a request cut off by shutdown (its body still arriving when the grace ran out): 503 + Retry-After
 _SHUTTING_DOWN = _error_answer(StorageUnavailable("the server is shutting down: retry"))
 
@@ -345,6 +354,9 @@ class IngestEndpoint:
                 _check_parsed(parsed)
             except RequestError:
                 raise
+            except Reply as reply:  # the source answers itself: nothing is stored
+                self._log_line(req.method, req.path, source, reply.status, None, started)
+                return _reply_answer(reply)
             except Exception as exc:  # a plugin bug must not become a 500
                 log.exception("parse_events of source %s failed", source.name)
                 raise BadRequest(f"could not parse the body: {type(exc).__name__}") from None
@@ -390,21 +402,28 @@ class IngestEndpoint:
         self, method: str, path: str, source: SourceContext | None, exc: RequestError,
         started: float,
     ) -> None:
-        entry = LogEntry(
-            now_iso(),
-            source.name if source else None,
-            method,
-            clip(path, MAX_LOGGED_PATH),
-            exc.status,
-            0,
-            clip(exc.reason, MAX_LOGGED_ERROR),
-            (time.perf_counter() - started) * 1000,
-        )
         if self.rt.metrics is not None:
             self.rt.metrics.ingest_refused(source.name if source else None, exc.status)
         if isinstance(exc, StorageUnavailable):  # no log line can be written either
             log.warning("ingest refused with %s: %s", exc.status, exc.reason)
             return
+        self._log_line(method, path, source, exc.status, exc.reason, started)
+
+    def _log_line(
+        self, method: str, path: str, source: SourceContext | None, status: int,
+        error: str | None, started: float,
+    ) -> None:
+        """An API log line for a request that stored nothing (written after the answer)."""
+        entry = LogEntry(
+            now_iso(),
+            source.name if source else None,
+            method,
+            clip(path, MAX_LOGGED_PATH),
+            status,
+            0,
+            clip(error, MAX_LOGGED_ERROR),
+            (time.perf_counter() - started) * 1000,
+        )
         try:
             fut = self.rt.db.submit(lambda conn: insert_log(conn, entry))
             fut.add_done_callback(lambda f: f.exception())  # a failed log line is not an error

@@ -7,6 +7,7 @@ destination without ``deliver`` stop start-up with one line."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from hookyard.connectors import (
     IngestRequest,
     ParsedEvent,
     RefusedEvent,
+    Reply,
     SourceContext,
 )
 from hookyard.errors import BadRequest, ConfigError
@@ -287,3 +289,47 @@ def test_a_settings_check_that_raises_something_else_is_a_config_error() -> None
     with pytest.raises(ConfigError, match=r"destinations\[s\]\.settings: the strict plugin's check"
                                           r" of its settings failed: error: missing \)"):
         Runtime.build(parse_config(data), plugins=[Declares()])
+
+
+def parse_with_handshake(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    body = json.loads(request.body)
+    if body.get("type") == "url_verification":  # Slack's: echo the challenge
+        raise Reply(200, {"challenge": body["challenge"]}, headers={"X-Seen": "yes"})
+    if body.get("type") == "ping":
+        raise Reply(204)
+    if body.get("type") == "hello":
+        raise Reply(202, "accepted, thanks")
+    return parse_webhook(request.body)
+
+
+def test_a_source_can_answer_a_request_itself(
+    hookyard_server: Callable[..., HookyardServer],
+) -> None:
+    """A vendor's handshake or ping: answered as the plugin says, nothing stored, logged."""
+    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
+    server = hookyard_server(config, plugins=[source_plugin(accept, parse_with_handshake)])
+    url = f"{server.url}/connector/odd"
+    r = server.client.post(url, json={"type": "url_verification", "challenge": "3eZbrw1a"})
+    assert (r.status_code, r.json(), r.headers["x-seen"]) == (200, {"challenge": "3eZbrw1a"}, "yes")
+    assert r.headers["content-type"] == "application/json"
+    r = server.client.post(url, json={"type": "ping"})
+    assert (r.status_code, r.content) == (204, b"")
+    r = server.client.post(url, json={"type": "hello"})
+    assert (r.status_code, r.text) == (202, "accepted, thanks")
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    assert server.api("/api/events").json()["items"] == []
+    deadline = time.monotonic() + 10  # written after the answer
+    while len(logs := server.api("/api/logs").json()["items"]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted((log["source"], log["status"], log["events"], log["error"]) for log in logs) == [
+        ("in", 200, 0, None), ("in", 202, 0, None), ("in", 204, 0, None)]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "message"), [
+    ((100,), {}, "status must be an int from 200 to 599"),
+    ((200, 3.5), {}, "body must be a dict, list, str, bytes or None, not float"),
+    ((200,), {"headers": {"X": 1}}, "headers must be a dict of str to str"),
+])
+def test_a_reply_is_checked_when_it_is_made(args: Any, kwargs: Any, message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        Reply(*args, **kwargs)
