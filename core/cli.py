@@ -173,6 +173,9 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     click.echo(f"  data dir:    {rt.data_dir}")
     click.echo(f"  storage:     {describe_storage(config.storage, rt.data_dir)}")
     for src in config.sources:
+        if not src.write_key:  # its plugin authenticates otherwise (Connector.write_key)
+            click.echo(f"  source {src.name!r} ({src.plugin})")
+            continue
         # a configured key may come from env: or a secrets file: show only enough to recognise it
         shown = src.write_key if config.generated else f"{src.write_key[:4]}… (from the config)"
         click.echo(f"  source {src.name!r} ({src.plugin}) write key: {shown}")
@@ -186,7 +189,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     elif not config.server.admin_token:
         click.echo(f"  admin token: in {rt.data_dir / 'admin_token'}")
     if config.generated:
-        key = config.sources[0].write_key
+        key = config.sources[0].write_key or ""
         click.echo("  try it:")
         click.echo(f"    curl -u {key}: -H 'Content-Type: application/json' \\")
         click.echo(f"      -d '{{\"userId\":\"u1\",\"traits\":{{\"email\":\"a@example.com\"}}}}' {url}/v1/identify")

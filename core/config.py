@@ -111,7 +111,8 @@ class DeliverySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 class SourceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str
     plugin: str
-    write_key: str
+    # required unless the source's connector authenticates otherwise (Connector.write_key)
+    write_key: str | None = None
     # whether destinations obey the "integrations" object of this source's events (false for
     # events that Segment's Webhooks destination sends on: Segment has applied it already)
     honor_integrations: bool = True
@@ -263,6 +264,8 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
         empty = _empty_variable(raw_key, src.write_key)
         if empty:
             raise ConfigError(f"{origin}: source {src.name!r} write_key {empty}")
+        if src.write_key is None:  # whether its plugin needs one is checked by Runtime.build
+            continue
         if len(src.write_key) < 8:
             raise ConfigError(f"{origin}: source {src.name!r} write_key must be at least 8 characters")
         if not _usable_key(src.write_key):

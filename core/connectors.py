@@ -55,6 +55,10 @@ class Connector:
     integration_names: destinations only: more keys of an event's ``integrations`` that name
                 this connector, besides its ``name`` and the destination's (the Segment
                 forwarder: ``"Segment.io"``, the name analytics.js uses).
+    write_key:  sources only: whether ``authenticate`` checks the source's ``write_key``
+                (default). False for a source that checks something else, such as a vendor's
+                signature with a secret from its settings: ``write_key`` is then optional in
+                the config, not shown as the source's key, and ``source.write_key`` is "".
     """
 
     name: str
@@ -67,6 +71,7 @@ class Connector:
     deliver_anywhere: bool = False  # fields before it may be given by position
     forwards_integrations: bool = False
     integration_names: tuple[str, ...] = ()
+    write_key: bool = True
 
 
 @dataclass

@@ -114,7 +114,7 @@ def setting_secrets(value: Any, secret: bool = False) -> list[str]:
 def config_secrets(rt: Any) -> list[str]:
     """Every secret of a runtime: write keys, admin token, plugin settings named like keys
     (sources' and destinations'), values given as ``env:VAR``, the database password."""
-    found = [s.write_key for s in rt.sources.values()] + [rt.admin_token]
+    found = [s.write_key for s in rt.sources.values() if s.write_key] + [rt.admin_token]
     for source in rt.config.sources:
         found += setting_secrets(source.settings or {})
     for dest in rt.destinations.values():

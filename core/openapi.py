@@ -48,9 +48,15 @@ def _ingest_ops(rt: Runtime) -> list[Op]:
                                   {200: m.IngestOK, **errors}, security=["writeKey"]))
         elif route.pattern not in seen:
             seen.add(route.pattern)
-            ops.append(Op("post", route.pattern, "Ingest one event or a JSON array of events",
-                          "ingest", list[Any], {200: m.IngestOK, **errors},
-                          security=["bearerWriteKey"]))
+            keyed = [s for s in route.sources if rt.registry.get("source", s.plugin).write_key]
+            if keyed:
+                ops.append(Op("post", route.pattern, "Ingest one event or a JSON array of events",
+                              "ingest", list[Any], {200: m.IngestOK, **errors},
+                              security=["bearerWriteKey"]))
+            else:  # its plugins check requests their own way (a vendor's signature)
+                plugins = ", ".join(sorted({s.plugin for s in route.sources}))
+                ops.append(Op("post", route.pattern, f"Ingest (checked by the {plugins} plugin)",
+                              "ingest", Any, {200: m.IngestOK, **errors}, security=[]))
     return ops
 
 

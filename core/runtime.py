@@ -178,10 +178,14 @@ class Runtime:
         by_pattern: dict[str, IngestRoute] = {}
         for src in config.sources:
             connector = registry.get("source", src.plugin, needs=("authenticate", "parse_events"))
+            if connector.write_key and src.write_key is None:
+                raise ConfigError(f"source {src.name!r} has no write_key: the {src.plugin} plugin"
+                                  " authenticates requests with it (write_key = \"...\", at"
+                                  " least 8 characters, or \"env:VAR\")")
             ctx = SourceContext(
                 name=src.name,
                 plugin=src.plugin,
-                write_key=src.write_key,
+                write_key=src.write_key or "",
                 settings=_settings(connector, src.settings, f"sources[{src.name}]"),
             )
             rt.sources[src.name] = ctx

@@ -95,7 +95,7 @@ def json_text(body: bytes) -> bytes:
 
 def keys_match(given: str | None, expected: str) -> bool:
     """Constant-time comparison of a presented key with the configured one."""
-    if given is None:
+    if given is None or not expected:  # a source without a key accepts no key
         return False
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
 

@@ -333,3 +333,45 @@ def test_a_source_can_answer_a_request_itself(
 def test_a_reply_is_checked_when_it_is_made(args: Any, kwargs: Any, message: str) -> None:
     with pytest.raises((TypeError, ValueError), match=message):
         Reply(*args, **kwargs)
+
+
+def signed_source() -> object:
+    """A source that checks a signature, not a write key (Connector.write_key = False)."""
+    class Signed:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="signed", kind="source", paths=("/connector/signed",),
+                              write_key=False)]
+
+        @hookimpl
+        def authenticate(self, source: SourceContext, request: IngestRequest) -> AuthResult:
+            ok = request.headers.get("signature") == "good" and source.write_key == ""
+            return AuthResult.accept() if ok else AuthResult.refuse("bad signature")
+
+        @hookimpl
+        def parse_events(self, source: SourceContext, request: IngestRequest) -> Any:
+            return parse_webhook(request.body)
+
+    return Signed()
+
+
+def test_a_source_that_checks_no_write_key_needs_none(
+    hookyard_server: Callable[..., HookyardServer],
+) -> None:
+    """Its authors had to invent a unique 8-character key nobody sends, shown in the banner
+    and the dashboard as the source's key."""
+    config = {"sources": [{"name": "a", "plugin": "signed"}, {"name": "b", "plugin": "signed"}]}
+    server = hookyard_server(config, plugins=[signed_source()])
+    url = f"{server.url}/connector/signed"
+    assert server.client.post(url, json=sample_track(), headers={"Signature": "good"}).status_code == 200
+    r = server.client.post(url, json=sample_track(), headers={"Authorization": "Bearer x"})
+    assert r.status_code == 401
+    spec = server.client.get(f"{server.url}/openapi.json").json()
+    assert spec["paths"]["/connector/signed"]["post"]["security"] == []
+
+
+def test_a_source_whose_plugin_checks_the_write_key_still_needs_one() -> None:
+    data = {"sources": [{"name": "web", "plugin": "segment"}]}
+    with pytest.raises(ConfigError, match="source 'web' has no write_key: the segment plugin"
+                                          " authenticates requests with it"):
+        Runtime.build(parse_config(data))

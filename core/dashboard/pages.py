@@ -56,7 +56,8 @@ async def sources(view: Dashboard, call: Call) -> Response:
                     "  -d '{\"userId\":\"u1\",\"event\":\"Test Event\",\"properties\":{\"plan\":\"pro\"}}' \\\n"
                     f"  {base}/v1/track")
         items.append({
-            "name": name, "plugin": src.plugin, "masked": mask(src.write_key),
+            "name": name, "plugin": src.plugin,
+            "masked": mask(src.write_key) if src.write_key else None,
             "paths": connector.paths, "curl": curl, "last_seen": seen.get(name),
             "destinations": [d.name for d in rt.destinations_for(name)],
         })
@@ -66,8 +67,8 @@ async def sources(view: Dashboard, call: Call) -> Response:
 async def write_key(view: Dashboard, call: Call) -> Response:
     """The full write key of a source, for the copy button (POST + CSRF, never in a page)."""
     src = view.rt.sources.get(call.request.path_params["name"])
-    if src is None:
-        raise Refused(404, "no such source")
+    if src is None or not src.write_key:
+        raise Refused(404, "no such source" if src is None else "this source has no write key")
     return PlainTextResponse(src.write_key, headers={"Cache-Control": "no-store"})
 
 
