@@ -158,3 +158,15 @@ def test_the_with_helpers_use_the_registry_the_context_was_built_with() -> None:
     assert [r.outcome for r in deliver_with(ctx, [delivery])] == ["ok"]
     with pytest.raises(ConfigError, match="no destination plugin named 'listmap' is installed"):
         registry().call("map_event", "destination", "listmap")
+
+
+def test_contexts_resolve_env_settings_as_the_server_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A settings value "env:X" failed min_length in a plugin's unit test, where the server
+    resolved it and started."""
+    from hookyard.testing import destination_context, ingest_request
+
+    monkeypatch.setenv("HY_TEST_PW_KEY", "pushwoosh-api-key-from-env")
+    ctx = destination_context("pushwoosh", {"api_key": "env:HY_TEST_PW_KEY", "application": "A-B"})
+    assert ctx.settings.api_key == "pushwoosh-api-key-from-env"
+    req = ingest_request("/in", b"{}", query={"token": "t"}, method="PUT")
+    assert (req.method, req.query) == ("PUT", {"token": "t"})

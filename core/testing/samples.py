@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from ..config import resolve_env
 from ..connectors import AuthResult, DestinationContext, IngestRequest, ParsedEvent, SourceContext
 from ..deliveries import Delivery, DeliveryResult, MapResult
 from ..delivery.calling import as_stored
@@ -105,12 +106,13 @@ def destination_context(
     plugin: str, settings: dict[str, Any] | None = None, *, name: str | None = None,
     data_dir: Path | str = ".", reg: ConnectorRegistry | None = None,
 ) -> DestinationContext:
-    """A destination context with settings validated by the plugin's settings Struct. The
-    ``*_with`` helpers called with it use ``reg`` too, unless given another."""
+    """A destination context with settings validated by the plugin's settings Struct
+    (``env:VAR`` values resolved, as the server does). The ``*_with`` helpers called with it
+    use ``reg`` too, unless given another."""
     connector = (reg or registry()).get("destination", plugin)
     ctx = DestinationContext(
         name=name or plugin, plugin=plugin,
-        settings=convert_settings(connector, settings or {}), data_dir=Path(data_dir),
+        settings=convert_settings(connector, resolve_env(settings or {})), data_dir=Path(data_dir),
     )
     _remember(ctx, reg)
     return ctx
@@ -120,20 +122,27 @@ def source_context(
     plugin: str, write_key: str = "test-write-key", settings: dict[str, Any] | None = None,
     *, name: str | None = None, reg: ConnectorRegistry | None = None,
 ) -> SourceContext:
+    """A source context with settings validated by the plugin's settings Struct (``env:VAR``
+    values resolved, as the server does). A connector with ``write_key=False`` gets ""."""
     connector = (reg or registry()).get("source", plugin)
-    ctx = SourceContext(name=name or plugin, plugin=plugin, write_key=write_key,
-                        settings=convert_settings(connector, settings or {}))
+    ctx = SourceContext(name=name or plugin, plugin=plugin,
+                        write_key=write_key if connector.write_key else "",
+                        settings=convert_settings(connector, resolve_env(settings or {})))
     _remember(ctx, reg)
     return ctx
 
 
 def ingest_request(
     path: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None,
-    path_params: dict[str, str] | None = None,
+    path_params: dict[str, str] | None = None, *, query: dict[str, str] | None = None,
+    method: str = "POST",
 ) -> IngestRequest:
+    """An ingest request as the host hands it to the source hooks (header names lower-cased;
+    a dict body encoded as JSON, bytes as they are)."""
     data = body if isinstance(body, bytes) else msgspec.json.encode(body)
-    return IngestRequest(method="POST", path=path, headers={k.lower(): v for k, v in (headers or {}).items()},
-                         body=data, path_params=path_params or {})
+    return IngestRequest(method=method, path=path,
+                         headers={k.lower(): v for k, v in (headers or {}).items()},
+                         body=data, path_params=path_params or {}, query=query or {})
 
 
 def authenticate_with(
