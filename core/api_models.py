@@ -27,6 +27,8 @@ class IngestOK(msgspec.Struct, omit_defaults=True):
 class IngestError(msgspec.Struct):
     success: bool
     error: str
+    code: str  # bad_request, unauthorized, payload_too_large... (as Segment's API answers)
+    message: str  # the same as error
 
 
 class ApiError(msgspec.Struct):

@@ -44,13 +44,23 @@ five bytes of framing for one of body: even a client sending one-byte chunks pas
 Asgi = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
 
 
-def _error_body(reason: str) -> bytes:
-    """The JSON of a refusal, as ingest writes its own (``{"success": false, "error": ...}``)."""
-    return msgspec.json.encode({"success": False, "error": reason})
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 408: "request_timeout",
+               413: "payload_too_large", 431: "headers_too_large", 500: "internal_error",
+               501: "not_implemented", 503: "unavailable", 505: "http_version_not_supported"}
+
+
+def error_body(status: int, reason: str) -> bytes:
+    """The JSON of every ingest refusal: ``{"success": false, "error": reason, "code": ...,
+    "message": reason}``. ``code`` and ``message`` are the fields of Segment's own API errors,
+    which Segment's older Python library and RudderStack's read: without them they took a 401
+    or 400 for a network error and retried it for minutes instead of giving up."""
+    return msgspec.json.encode({"success": False, "error": reason,
+                                "code": ERROR_CODES.get(status, f"http_{status}"),
+                                "message": reason})
 
 
 def _answer(status: int, phrase: str, reason: str) -> bytes:
-    body = _error_body(reason)
+    body = error_body(status, reason)
     return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
@@ -96,7 +106,7 @@ def header_problem(headers: list[tuple[bytes, bytes]], http_version: str) -> tup
 
 def refusal_app(status: int, reason: str) -> Asgi:
     """An ASGI app that answers ``status`` with ``reason`` and closes the connection."""
-    body = _error_body(reason)
+    body = error_body(status, reason)
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
 

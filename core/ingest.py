@@ -33,6 +33,7 @@ from .errors import (
     Unauthorized,
 )
 from .events import EVENT_CLASSES, encoder
+from .http_protocol import error_body
 from .inbox import InsertEvents, LogEntry, event_rows, insert_log
 from .times import now_iso
 
@@ -139,7 +140,7 @@ def _json_answer(status: int, body: bytes, headers: dict[str, str] = CORS_HEADER
 
 
 _OK = _json_answer(200, OK_BODY)
-_INTERNAL_ERROR = _json_answer(500, b'{"success":false,"error":"internal server error"}')
+_INTERNAL_ERROR = _json_answer(500, error_body(500, "internal server error"))
 
 
 class _RawResponse(Response):
@@ -152,7 +153,7 @@ class _RawResponse(Response):
 
 
 def _error_answer(exc: RequestError) -> Answer:
-    body = encoder.encode({"success": False, "error": clip(exc.reason, MAX_LOGGED_ERROR)})
+    body = error_body(exc.status, clip(exc.reason, MAX_LOGGED_ERROR))
     headers = dict(CORS_HEADERS)
     if isinstance(exc, StorageUnavailable | SourceHookFailed):
         headers["Retry-After"] = "5"

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import segment.analytics as analytics
 from hookyard.errors import BadRequest
+from hookyard.http_protocol import ERROR_CODES
 from hookyard.testing import (
     sample_alias,
     sample_group,
@@ -117,6 +118,9 @@ def assert_refused(r: httpx.Response, status: int, reason: str) -> None:
     body = r.json()
     assert body["success"] is False
     assert reason in body["error"], body
+    # Segment's API error fields: older Segment and RudderStack Python libraries read both,
+    # and without them retried a 4xx for minutes as if it were a network error
+    assert body["message"] == body["error"] and body["code"] == ERROR_CODES[status], body
 
 
 # -- the official Python client ------------------------------------------------------------------
@@ -610,7 +614,7 @@ def test_a_host_bug_answers_json_500_and_the_server_goes_on(
     monkeypatch.setattr(ingest, "event_rows", broken)
     r = post(http, "/v1/track", sample_track())
     assert r.status_code == 500
-    assert r.json() == {"success": False, "error": "internal server error"}
+    assert r.json()["error"] == r.json()["message"] == "internal server error"
     assert r.headers["access-control-allow-origin"] == "*"
     assert "ingest request to /v1/track failed" in caplog.text
     monkeypatch.undo()
