@@ -224,6 +224,23 @@ SHORT_CALLS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "
                "a": "alias", "b": "batch"}
 
 
+_NON_FINITE = re.compile(rb'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
+"""A JSON string (skipped whole), or a bare ``NaN`` / ``Infinity`` / ``-Infinity`` outside one."""
+
+
+def _non_finite_as_null(body: bytes, refused: BadRequest) -> bytes | None:
+    """``body`` with each bare ``NaN``, ``Infinity`` and ``-Infinity`` read as ``null``, when
+    malformed JSON is refused for them; else None. Python's ``json.dumps`` (every Python
+    Segment-protocol library) writes ``float("nan")`` so, which is not JSON: one NaN from a
+    pandas frame lost its whole batch of 100 events. ``null`` is what JavaScript's
+    ``JSON.stringify`` writes for the same values."""
+    if not refused.reason.startswith("malformed JSON") or (
+            body.find(b"NaN") < 0 and body.find(b"Infinity") < 0):
+        return None
+    fixed = _NON_FINITE.sub(lambda m: b"null" if m[1] else m[0], body)
+    return fixed if fixed != body else None
+
+
 def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
     """Parse a tracking-API call body (``call`` is the last path segment, long or short form).
 
@@ -231,9 +248,23 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
     :class:`BadRequest`. In a batch, an invalid event is refused alone (a
     :class:`RefusedEvent`): the others are stored and the answer lists it, where Segment's own
     API answers 200 and drops it unseen. The Segment libraries drop a whole batch answered 400,
-    so refusing the batch would lose every valid event in it."""
+    so refusing the batch would lose every valid event in it. A bare ``NaN`` or ``Infinity``
+    (Python's ``json.dumps``) is read as ``null``."""
     call = SHORT_CALLS.get(call, call)
     body = json_text(body)
+    try:
+        return _parse_call(call, body)
+    except BadRequest as exc:
+        fixed = _non_finite_as_null(body, exc)
+        if fixed is None:
+            raise
+        try:
+            return _parse_call(call, fixed)
+        except BadRequest:
+            raise exc from None  # the client's own bytes, not the fixed ones, in the reason
+
+
+def _parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
     if call in BATCH_CALLS:
         try:
             batch = _batch_decoder.decode(body)
@@ -274,8 +305,21 @@ def parse_webhook(
     ``BadRequest("userId is required")``; in an array, that event alone (a
     :class:`RefusedEvent`), so the identified events of the batch are still stored (Segment
     does not retry a 400: refusing the whole batch would lose them). An invalid event in an
-    array is refused alone the same way."""
+    array is refused alone the same way. A bare ``NaN`` or ``Infinity`` is read as ``null``."""
     body = json_text(body)
+    try:
+        return _parse_webhook(body, require_user_id)
+    except BadRequest as exc:
+        fixed = _non_finite_as_null(body, exc)
+        if fixed is None:
+            raise
+        try:
+            return _parse_webhook(fixed, require_user_id)
+        except BadRequest:
+            raise exc from None  # the client's own bytes, not the fixed ones, in the reason
+
+
+def _parse_webhook(body: bytes, require_user_id: bool) -> list[ParsedEvent | RefusedEvent]:
     stripped = body.lstrip()
     if not stripped.startswith(b"["):
         return [_decode_event(body, None, require_user_id)]

@@ -183,6 +183,23 @@ def test_official_client_background_batches(server: HookyardServer) -> None:
     assert len(server.api("/api/subscribers/user-3/events").json()["events"]) == 5
 
 
+def test_official_client_nan_does_not_lose_its_batch(server: HookyardServer) -> None:
+    """Python's json.dumps writes float("nan") as a bare NaN, which is not JSON: the whole
+    batch was refused (and dropped by the library) for one value from a pandas frame."""
+    errors: list[Any] = []
+    client = analytics.Client(KEY, host=server.url, upload_size=50,
+                              on_error=lambda e, batch: errors.append(e), max_retries=0)
+    for i in range(50):
+        score = {7: float("nan"), 8: float("inf"), 9: float("-inf")}.get(i, 1.5)
+        client.track("nan-user", "Scored", {"score": score, "note": "NaN Infinity"})
+    client.shutdown()
+    assert errors == []
+    tracks = server.api("/api/events?user_id=nan-user&limit=100").json()["items"]
+    scores = [t["event"]["properties"]["score"] for t in tracks]
+    assert len(scores) == 50 and scores.count(None) == 3 and scores.count(1.5) == 47
+    assert {t["event"]["properties"]["note"] for t in tracks} == {"NaN Infinity"}
+
+
 def test_official_client_wrong_key_is_refused(server: HookyardServer) -> None:
     client = analytics.Client("wrong-write-key", host=server.url, sync_mode=True, max_retries=0)
     with pytest.raises(APIError) as err:

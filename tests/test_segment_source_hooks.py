@@ -523,3 +523,23 @@ def test_a_batch_context_that_makes_its_events_too_deep_refuses_them() -> None:
     body = b'{"batch": [' + msgspec.json.encode(sample_track()) + b'], "context": ' + context + b"}"
     (refused,) = parse(v1("batch", body, basic(KEY)))
     assert isinstance(refused, RefusedEvent) and "with the batch's context" in refused.reason
+
+
+@pytest.mark.parametrize("call", ["batch", "track", None])  # None: the webhook
+def test_bare_nan_and_infinity_are_read_as_null(call: str | None) -> None:
+    """Python's json.dumps writes them (not JSON): one lost its whole batch."""
+    event = {"type": "track", "userId": "u1", "event": "E", "messageId": "m-nan",
+             "properties": {"a": "NaN", "b": "__NAN__", "c": "__INF__", "d": "__NINF__"}}
+    one = msgspec.json.encode(event).replace(b'"__NAN__"', b"NaN").replace(
+        b'"__INF__"', b"Infinity").replace(b'"__NINF__"', b"-Infinity")
+    if call is None:
+        req = webhook(one)
+    else:
+        req = v1(call, b'{"batch": [' + one + b"]}" if call == "batch" else one, basic(KEY))
+    [parsed] = parse(req)
+    assert raw_of(parsed)["properties"] == {"a": "NaN", "b": None, "c": None, "d": None}
+
+
+def test_malformed_json_beside_a_nan_keeps_its_own_reason() -> None:
+    with pytest.raises(BadRequest, match=r"malformed JSON: .* \(byte 17\)"):
+        parse(v1("track", b'{"type":"track", NaN}', basic(KEY)))
