@@ -57,9 +57,16 @@ def _id_text(value: str | int | None) -> str | None:
 
 
 class Identify(_Common, tag="identify"):
-    """Who the user is: ``traits`` describe them."""
+    """Who the user is: ``traits`` describe them. An identify without top-level traits takes
+    ``context.traits`` (RudderStack's Python library sends them only there)."""
 
     traits: JSON | None = None
+
+    def __post_init__(self) -> None:
+        if not self.traits and self.context:
+            traits = self.context.get("traits")
+            if isinstance(traits, dict) and traits:
+                self.traits = traits
 
 
 class Track(_Common, tag="track"):

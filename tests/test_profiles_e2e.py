@@ -69,6 +69,17 @@ def test_channels_are_appended_across_identifies(server: HookyardServer) -> None
     assert get(server, "/api/subscribers/u1?destination=prefixed")["channels"] == {}
 
 
+def test_traits_only_in_context_are_the_identifys_traits(server: HookyardServer) -> None:
+    """RudderStack's Python library sends an identify's traits only as context.traits: the
+    profile stayed empty."""
+    event = sample_identify(userId="r1", context={"traits": {"email": "r1@example.com"}})
+    event.pop("traits", None)
+    send(server, event)
+    user = get(server, "/api/subscribers/r1")
+    assert user["properties"] == {"email": "r1@example.com"}
+    assert user["channels"] == {"$email": ["r1@example.com"]}
+
+
 def test_invalid_locale_is_ignored(server: HookyardServer) -> None:
     send(server, identify("u1", language="hindi", timezone="Asia/Kolkata"))
     user = get(server, "/api/subscribers/u1")
