@@ -133,8 +133,11 @@ def body_write_key(body: bytes) -> str | None:
 
 
 def authenticate_write_key(write_key: str, request: IngestRequest) -> AuthResult:
-    """Accept the request when its Basic user name or ``writeKey`` field is ``write_key``."""
+    """Accept the request when its Basic user name, Bearer token (Customer.io's library sends
+    its ``pk_``/``sk_`` keys so) or ``writeKey`` field is ``write_key``."""
     key = basic_auth_user(request.headers)
+    if key is None:
+        key = bearer_token(request.headers)
     if key is None:
         key = body_write_key(request.body)
     if key is None:

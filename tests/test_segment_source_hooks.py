@@ -92,6 +92,13 @@ def test_basic_auth_wrong_key_is_refused_with_reason() -> None:
     assert "invalid write key" in result.reason
 
 
+def test_a_bearer_write_key_is_accepted_on_the_tracking_api() -> None:
+    """Customer.io's Segment-protocol library sends keys starting pk_/sk_ as a Bearer token."""
+    assert seg.authenticate(source=SOURCE, request=v1("track", sample_track(), bearer(KEY))).accepted
+    wrong = seg.authenticate(source=SOURCE, request=v1("track", sample_track(), bearer("nope-key")))
+    assert not wrong.accepted and wrong.reason == "invalid write key"
+
+
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Basic"}, {"Authorization": "Basic !!!not-base64"},
