@@ -97,12 +97,14 @@ def helper_modules(rt: Runtime) -> list[str] | None:
 
 def spawn(module: str, fd: int, fd_env: str, stdin: int = subprocess.DEVNULL,
           ) -> subprocess.Popen[bytes]:
-    """``python -m <module>`` with this process's import path, the descriptor ``fd`` passed
-    on and named by the environment variable ``fd_env``, in a session of its own (a Ctrl-C in
-    the terminal is the parent's to handle). Raises OSError when it cannot be started."""
+    """``python -P -m <module>`` with this process's import path, the descriptor ``fd``
+    passed on and named by the environment variable ``fd_env``, in a session of its own (a
+    Ctrl-C in the terminal is the parent's to handle). Raises OSError when it cannot be
+    started. ``-P``: not the working directory first on the path, as ``-m`` puts it, where a
+    directory named ``hookyard`` (a checkout) shadowed the installed package."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
                **{fd_env: str(fd)})
-    return subprocess.Popen([sys.executable, "-m", module], stdin=stdin, pass_fds=(fd,),
+    return subprocess.Popen([sys.executable, "-P", "-m", module], stdin=stdin, pass_fds=(fd,),
                             env=env, start_new_session=True)
 
 

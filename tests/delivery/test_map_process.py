@@ -115,6 +115,21 @@ def test_the_map_process_stops_with_the_server(tmp_path: Path) -> None:
         assert proc.poll() is not None
 
 
+def test_a_hookyard_directory_in_the_working_directory_does_not_shadow_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``python -m`` puts the working directory first on the path: served from a directory
+    holding a checkout named hookyard, the helper imported that and failed at every start."""
+    (tmp_path / "hookyard" / "delivery").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with FakeServer() as peer:
+        server = HookyardServer(forwarder(peer.url), tmp_path / "data").start()
+        try:
+            assert ready(server).proc is not None
+        finally:
+            server.stop()
+
+
 def test_a_server_stopped_while_its_map_process_starts_says_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
