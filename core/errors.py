@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from typing import Any
 
 
 class HookyardError(Exception):
@@ -77,14 +76,9 @@ class RequestTimeout(RequestError):
 
 
 class Unauthorized(RequestError):
-    """401: missing or wrong write key or admin token. ``source``: the source whose refusal
-    this is, when it was the only one on the path (its API log line names it)."""
+    """401: missing or wrong write key or admin token."""
 
     status = 401
-
-    def __init__(self, reason: str, source: Any = None) -> None:
-        super().__init__(reason)
-        self.source = source
 
 
 class NotFound(RequestError):

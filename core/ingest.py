@@ -277,8 +277,8 @@ class IngestEndpoint:
 
     def authenticate(self, req: IngestRequest) -> SourceContext:
         """The source that accepts ``req``; else :class:`Unauthorized` with the first
-        source's reason (``.source``: that source, when it is the path's only one), or
-        :class:`SourceHookFailed` when no source accepted and a hook failed."""
+        source's reason, or :class:`SourceHookFailed` when no source accepted and a hook
+        failed."""
         reason = "invalid write key"
         failed: SourceContext | None = None
         candidates = self.candidates(req.path)
@@ -304,7 +304,7 @@ class IngestEndpoint:
         if failed is not None:
             raise SourceHookFailed("the source could not check this request (its plugin"
                                    " failed: see the server log); retry later")
-        raise Unauthorized(reason, candidates[0][0] if len(candidates) == 1 else None)
+        raise Unauthorized(reason)
 
     async def __call__(self, request: Request) -> Response:
         if request.method == "OPTIONS":  # CORS preflight
@@ -389,8 +389,8 @@ class IngestEndpoint:
                 log.exception("commit failed")
                 raise StorageUnavailable(f"storage unavailable: {type(exc).__name__}") from None
         except RequestError as exc:
-            if source is None and isinstance(exc, Unauthorized):  # the path's only source's
-                source = exc.source
+            if source is None:  # refused before a source took it (401, 413...): the path's
+                source = self._only_source(scope["path"])  # only source, if it has one
             self._log_refusal(scope["method"], scope["path"], source, exc, started)
             return _error_answer(exc)
         if self.on_commit is not None:
@@ -398,6 +398,12 @@ class IngestEndpoint:
         if self.rt.metrics is not None:
             self.rt.metrics.ingest_ok(source.name, count)
         return _partial_answer(refused) if refused else _OK
+
+    def _only_source(self, path: str) -> SourceContext | None:
+        """The one source on ``path``, whose API log a refusal before authentication belongs
+        in; None when several share it (the write key would have told which)."""
+        candidates = self.candidates(path)
+        return candidates[0][0] if len(candidates) == 1 else None
 
     def _log_refusal(
         self, method: str, path: str, source: SourceContext | None, exc: RequestError,

@@ -378,6 +378,11 @@ def test_request_over_500kb_is_413(server: HookyardServer, http: httpx.Client) -
     r = http.post("/v1/batch", content=chunks(), headers=basic(KEY))
     assert r.status_code == 413
     assert inbox_count(server) == 0
+    deadline = time.monotonic() + 5  # logged after the answer, under the path's only source
+    while len(logs := server.api("/api/logs?status=413").json()["items"]) < 2:
+        assert time.monotonic() < deadline, logs
+        time.sleep(0.05)
+    assert {log["source"] for log in logs} == {"web"}
 
 
 def test_gzip_bomb_is_413(server: HookyardServer, http: httpx.Client) -> None:
