@@ -186,6 +186,9 @@ class Reply(Exception):  # noqa: N818 - raised to answer, not an error
         if not isinstance(headers, dict | None) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in (headers or {}).items()):
             raise TypeError("Reply headers must be a dict of str to str")
+        for text in (content_type or "", *(headers or {}), *(headers or {}).values()):
+            if any(c in text for c in "\r\n\0"):  # it would end the header: response splitting
+                raise ValueError(f"Reply headers must not hold CR, LF or NUL: {text!r}")
         super().__init__(f"reply {status}")
         self.status = status
         self.body: bytes = payload

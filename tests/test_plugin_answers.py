@@ -329,6 +329,8 @@ def test_a_source_can_answer_a_request_itself(
     ((100,), {}, "status must be an int from 200 to 599"),
     ((200, 3.5), {}, "body must be a dict, list, str, bytes or None, not float"),
     ((200,), {"headers": {"X": 1}}, "headers must be a dict of str to str"),
+    ((200,), {"headers": {"X": "a\r\nSet-Cookie: s=1"}}, "must not hold CR, LF or NUL"),
+    ((200, "x"), {"content_type": "text/plain\nX: y"}, "must not hold CR, LF or NUL"),
 ])
 def test_a_reply_is_checked_when_it_is_made(args: Any, kwargs: Any, message: str) -> None:
     with pytest.raises((TypeError, ValueError), match=message):
