@@ -396,7 +396,7 @@ class IngestEndpoint:
         if self.on_commit is not None:
             self.on_commit()
         if self.rt.metrics is not None:
-            self.rt.metrics.ingest_ok(source.name, count)
+            self.rt.metrics.ingest_ok(source.name, count, len(refused))
         return _partial_answer(refused) if refused else _OK
 
     def _only_source(self, path: str) -> SourceContext | None:

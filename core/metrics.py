@@ -97,6 +97,10 @@ class Metrics:
             "hookyard_requests_rejected", "Ingest requests refused", ["source", "status"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "hookyard_events_refused", "Events refused alone in an accepted request (invalid,"
+            " too large)", ["source"], registry=self.registry,
+        )
         self.deliveries = Counter(
             "hookyard_deliveries", "Delivery attempts", ["destination", "outcome"],
             registry=self.registry,
@@ -109,14 +113,17 @@ class Metrics:
         self.registry.register(_SizeCollector(rt))
         self._ingest_children: dict[str, tuple[Any, Any]] = {}
 
-    def ingest_ok(self, source: str, count: int) -> None:
+    def ingest_ok(self, source: str, count: int, refused: int = 0) -> None:
+        """An accepted request: ``count`` events committed, ``refused`` refused alone."""
         # labels() costs ~4 us per call (lock, tuple validation): keep each source's children
         children = self._ingest_children.get(source)
         if children is None:
             children = (self.received.labels(source), self.accepted.labels(source))
             self._ingest_children[source] = children
-        children[0].inc(count)
+        children[0].inc(count + refused)
         children[1].inc(count)
+        if refused:
+            self.refused.labels(source).inc(refused)
 
     def ingest_refused(self, source: str | None, status: int) -> None:
         self.rejected.labels(source or "", str(status)).inc()

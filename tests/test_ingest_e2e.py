@@ -350,6 +350,10 @@ def test_event_over_32kb_is_413(server: HookyardServer, http: httpx.Client) -> N
     assert stored(server, big["messageId"]) == [] and len(stored(server, small["messageId"])) == 1
     assert_refused(post(http, "/v1/batch", {"batch": [big, big]}), 413, "every event")
     assert inbox_count(server) == 2
+    metrics = http.get("/metrics").text  # the client saw 200: operators alert on this counter
+    assert 'hookyard_events_refused_total{source="web"} 1.0' in metrics
+    assert 'hookyard_events_received_total{source="web"} 3.0' in metrics
+    assert 'hookyard_events_accepted_total{source="web"} 2.0' in metrics
 
 
 def test_the_32kb_limit_is_on_the_event_as_sent(server: HookyardServer, http: httpx.Client) -> None:
