@@ -45,7 +45,8 @@ def _ingest_ops(rt: Runtime) -> list[Op]:
                 if path not in seen:
                     seen.add(path)
                     ops.append(Op("post", path, f"Ingest {call}", "ingest", body,
-                                  {200: m.IngestOK, **errors}, security=["writeKey"]))
+                                  {200: m.IngestOK, **errors},
+                                  security=["writeKey", "bearerWriteKey"]))
         elif route.pattern not in seen:
             seen.add(route.pattern)
             keyed = [s for s in route.sources if rt.registry.get("source", s.plugin).write_key]

@@ -129,24 +129,38 @@ def body_write_key(body: bytes) -> str | None:
     try:
         return _write_key_decoder.decode(body).writeKey
     except (msgspec.ValidationError, *_UNDECODABLE):
+        pass
+    fixed = _non_finite_as_null(body)  # parse_call reads a NaN as null: so must the key's lookup
+    if fixed is None:
+        return None
+    try:
+        return _write_key_decoder.decode(fixed).writeKey
+    except (msgspec.ValidationError, *_UNDECODABLE):
         return None
 
 
 def authenticate_write_key(write_key: str, request: IngestRequest) -> AuthResult:
-    """Accept the request when its Basic user name, Bearer token (Customer.io's library sends
-    its ``pk_``/``sk_`` keys so) or ``writeKey`` field is ``write_key``."""
+    """Accept the request when its Basic user name is ``write_key``; without a Basic header,
+    when its Bearer token (Customer.io's library sends its ``pk_``/``sk_`` keys so) or its
+    ``writeKey`` field is (a Bearer token may be a proxy's, with the key in the body)."""
     key = basic_auth_user(request.headers)
-    if key is None:
-        key = bearer_token(request.headers)
-    if key is None:
-        key = body_write_key(request.body)
-    if key is None:
-        return AuthResult.refuse(
-            "missing write key: send Authorization: Basic base64(<write key>:) or a writeKey field"
-        )
-    if keys_match(key, write_key):
+    if key is not None:
+        return AuthResult.accept() if keys_match(key, write_key) else _INVALID_KEY
+    token = bearer_token(request.headers)
+    if token is not None and keys_match(token, write_key):
         return AuthResult.accept()
-    return AuthResult.refuse("invalid write key")
+    in_body = body_write_key(request.body)
+    if in_body is not None and keys_match(in_body, write_key):
+        return AuthResult.accept()
+    if token is None and in_body is None:
+        return AuthResult.refuse(
+            "missing write key: send Authorization: Basic base64(<write key>:), Authorization:"
+            " Bearer <write key> or a writeKey field"
+        )
+    return _INVALID_KEY
+
+
+_INVALID_KEY = AuthResult.refuse("invalid write key")
 
 
 def _clean(message: str) -> str:
@@ -234,14 +248,13 @@ the scan is linear (with ``"(?:[^"\\]|\\.)*"`` an unclosed string full of ``\"``
 again from each of its quotes, quadratic: 1.3 s for 20 KB)."""
 
 
-def _non_finite_as_null(body: bytes, refused: BadRequest) -> bytes | None:
-    """``body`` with each bare ``NaN``, ``Infinity`` and ``-Infinity`` read as ``null``, when
-    malformed JSON is refused for them; else None. Python's ``json.dumps`` (every Python
+def _non_finite_as_null(body: bytes) -> bytes | None:
+    """``body`` with each bare ``NaN``, ``Infinity`` and ``-Infinity`` read as ``null``; None
+    when it has none (for a body refused as malformed JSON). Python's ``json.dumps`` (every Python
     Segment-protocol library) writes ``float("nan")`` so, which is not JSON: one NaN from a
     pandas frame lost its whole batch of 100 events. ``null`` is what JavaScript's
     ``JSON.stringify`` writes for the same values."""
-    if not refused.reason.startswith("malformed JSON") or (
-            body.find(b"NaN") < 0 and body.find(b"Infinity") < 0):
+    if body.find(b"NaN") < 0 and body.find(b"Infinity") < 0:
         return None
     fixed = _NON_FINITE.sub(lambda m: b"null" if m[1] else m[0], body)
     return fixed if fixed != body else None
@@ -261,7 +274,7 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
     try:
         return _parse_call(call, body)
     except BadRequest as exc:
-        fixed = _non_finite_as_null(body, exc)
+        fixed = _non_finite_as_null(body) if exc.reason.startswith("malformed JSON") else None
         if fixed is None:
             raise
         try:
@@ -316,7 +329,7 @@ def parse_webhook(
     try:
         return _parse_webhook(body, require_user_id)
     except BadRequest as exc:
-        fixed = _non_finite_as_null(body, exc)
+        fixed = _non_finite_as_null(body) if exc.reason.startswith("malformed JSON") else None
         if fixed is None:
             raise
         try:

@@ -92,6 +92,19 @@ def test_basic_auth_wrong_key_is_refused_with_reason() -> None:
     assert "invalid write key" in result.reason
 
 
+def test_a_proxys_bearer_token_does_not_hide_the_body_write_key() -> None:
+    body = {**sample_track(), "writeKey": KEY}
+    assert seg.authenticate(source=SOURCE, request=v1("track", body, bearer("proxy-token"))).accepted
+
+
+def test_a_body_write_key_is_found_beside_a_nan() -> None:
+    body = msgspec.json.encode({**sample_track(), "writeKey": KEY, "properties": {"a": "__N__"}})
+    req = v1("track", body.replace(b'"__N__"', b"NaN"))
+    assert seg.authenticate(source=SOURCE, request=req).accepted
+    [parsed] = parse(req)
+    assert raw_of(parsed)["properties"] == {"a": None} and "writeKey" not in raw_of(parsed)
+
+
 def test_a_bearer_write_key_is_accepted_on_the_tracking_api() -> None:
     """Customer.io's Segment-protocol library sends keys starting pk_/sk_ as a Bearer token."""
     assert seg.authenticate(source=SOURCE, request=v1("track", sample_track(), bearer(KEY))).accepted

@@ -55,7 +55,7 @@ def register_connectors() -> list[Connector]:
             settings=PushwooshSourceSettings,
             paths=(TRACKING_PATH,),
             description="Pushwoosh message events (Email Sent, Push Delivered, ...) as Segment "
-            "track calls on /v1/track, /v1/batch and /v1/import, Basic write key",
+            "track calls on /v1/track, /v1/batch and /v1/import, Basic or Bearer write key",
         ),
     ]
 

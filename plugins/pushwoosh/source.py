@@ -3,7 +3,7 @@
 Pushwoosh's "3rd party integration > Segment" sends server-side *track* calls (Email Sent, Push
 Delivered, ...) to a Segment tracking API with a write key; pointed at hookyard they arrive on
 ``/v1/track`` or ``/v1/batch``, authenticated exactly like the Segment source (HTTP Basic with
-the write key as user name, or a ``writeKey`` body field). The path is shared with the Segment
+the write key as user name, a Bearer token or a ``writeKey`` body field). The path is shared with the Segment
 source: the host asks each source in config order and the write key decides.
 """
 

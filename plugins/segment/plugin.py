@@ -3,7 +3,7 @@
 Source ``segment``:
     * tracking API ``POST /v1/{identify,track,page,screen,group,alias,batch,import}`` with HTTP
       Basic auth (write key as user name, empty password) or a ``writeKey`` body field, exactly as
-      Segment's own API and libraries send it;
+      Segment's own API and libraries send it, or ``Authorization: Bearer <write key>``;
     * webhook ``POST /connector/segment/`` with ``Authorization: Bearer <write key>``, body one
       event or a JSON array of events (Segment's "Webhooks (Actions)" destination). An event
       without ``userId`` is refused with 400 ``userId is required``; in an array, that event
@@ -44,7 +44,7 @@ def register_connectors() -> list[Connector]:
             name="segment",
             kind="source",
             paths=(TRACKING_PATH, *WEBHOOK_PATHS),
-            description="Segment tracking API (/v1/*, Basic write key) and webhook "
+            description="Segment tracking API (/v1/*, Basic or Bearer write key) and webhook "
             "(/connector/segment/, Bearer write key)",
         ),
         Connector(
