@@ -23,7 +23,14 @@ import msgspec
 
 from .connectors import AuthResult, IngestRequest, ParsedEvent, RefusedEvent
 from .errors import BadRequest, NotFound
-from .events import EVENT_TYPES, any_event_decoder, encoder, event_decoders, validate_event
+from .events import (
+    EVENT_TYPES,
+    Identify,
+    any_event_decoder,
+    encoder,
+    event_decoders,
+    validate_event,
+)
 from .nesting import TOO_DEEP, too_deep
 
 BATCH_CALLS = ("batch", "import")
@@ -202,7 +209,20 @@ def _decode_event(raw: bytes, call: str | None, require_user_id: bool = False) -
     if event.writeKey is not None:  # the typed decode found one (also under an escaped name)
         event.writeKey = None
         raw = _without_write_key(raw)
+    if type(event) is Identify and event.traits and event.context and (
+            event.traits is event.context.get("traits")):
+        raw = _with_context_traits(raw)
     return ParsedEvent(raw=raw, event=event)
+
+
+def _with_context_traits(raw: bytes) -> bytes:
+    """An identify whose traits are only ``context.traits`` (RudderStack's Python library), with
+    them as its ``traits`` too: what reads the stored JSON (filters, a destination's field
+    paths such as ``traits.external_id``, the read API, the forwarder) sees them as the typed
+    event does (:class:`hookyard.events.Identify`)."""
+    data = _dict_decoder.decode(raw)
+    data["traits"] = data["context"]["traits"]
+    return encoder.encode(data)
 
 
 def _without_write_key(raw: bytes) -> bytes:

@@ -575,3 +575,15 @@ def test_reading_nan_as_null_takes_linear_time() -> None:
     with pytest.raises(BadRequest, match="malformed JSON"):
         parse(v1("batch", body, basic(KEY)))
     assert time.process_time() - started < 2  # ~0.03 s; quadratic would be minutes
+
+
+def test_an_identify_with_traits_only_in_context_is_stored_with_them_as_traits() -> None:
+    """rudder-sdk-python sends them only there: a destination's field path such as
+    traits.external_id, a filter on traits and the read API saw none."""
+    event = {"type": "identify", "userId": "u1", "context": {"traits": {"external_id": "e9"}}}
+    [parsed] = parse(v1("identify", event, basic(KEY)))
+    assert raw_of(parsed)["traits"] == {"external_id": "e9"}
+    assert raw_of(parsed)["context"] == {"traits": {"external_id": "e9"}}
+    both = {**event, "traits": {"email": "a@example.com"}}  # top-level traits win, unchanged
+    [parsed] = parse(v1("identify", both, basic(KEY)))
+    assert raw_of(parsed)["traits"] == {"email": "a@example.com"}
