@@ -250,6 +250,10 @@ def _connector_problem(connector: Any) -> str | None:
 
 HOST_PATHS = ("/api", "/ui", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 """The host's own paths: a source cannot ingest on them or under them."""
+_HOST_SAMPLES = (*HOST_PATHS, "/", "/api/", "/api/replay", "/api/dead-letters/retry", "/ui/",
+                 "/ui/login", "/ui/logout", "/ui/sources/web/write-key", "/ui/static/app.css")
+"""Paths of the host's that a source's pattern must not match (``/{rest:path}`` or
+``/{a}/login`` would take the dashboard's sign-in, which a prefix check does not see)."""
 
 
 def _paths_problem(connector: Connector) -> str | None:
@@ -265,13 +269,14 @@ def _paths_problem(connector: Connector) -> str | None:
     for path in paths:
         if not isinstance(path, str) or not path.startswith("/"):
             return f"{where}: path {path!r} must be a string starting with '/'"
-        taken = next((p for p in HOST_PATHS if path == p or path.startswith(p + "/")), None)
-        if taken is not None:
-            return f"{where}: path {path!r} is hookyard's own ({taken}): choose another"
         try:
-            compile_path(path)
+            pattern = compile_path(path)[0]
         except (AssertionError, ValueError) as exc:
             return f"{where}: path {path!r} is not a valid route pattern: {exc}"
+        taken = next((p for p in HOST_PATHS if path == p or path.startswith(p + "/")), None)
+        taken = taken or next((p for p in _HOST_SAMPLES if pattern.match(p)), None)
+        if taken is not None:
+            return f"{where}: path {path!r} is hookyard's own ({taken}): choose another"
     return None
 
 
