@@ -166,9 +166,11 @@ def test_check_config_finds_a_postgresql_url_that_cannot_work(
     assert result.exit_code == 1 and expected in result.output, result.output
 
 
-def test_a_bad_password_token_is_not_echoed() -> None:
+@pytest.mark.parametrize("url", ["postgresql://hy:s3cr%zzet@db/hy",
+                                 "postgresql://hy@db/hy?password=s3cr%zzet"])
+def test_a_bad_password_token_is_not_echoed(url: str) -> None:
     with pytest.raises(ConfigError, match="percent-encoded") as info:
-        parse_config({"storage": {"url": "postgresql://hy:s3cr%zzet@db/hy"}})
+        parse_config({"storage": {"url": url}})
     assert "s3cr" not in str(info.value)
 
 

@@ -8,6 +8,7 @@ hookyard's tables in ``[storage] schema``. Both backends offer the same API
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,9 @@ def check_url(settings: StorageSettings) -> None:
         info = conninfo_to_dict(url)
     except psycopg.Error as exc:
         reason = str(exc).strip()
-        userinfo = url.split("://", 1)[-1].rpartition("@")[0]
-        for secret in {userinfo, userinfo.partition(":")[2]} - {""}:
+        userinfo = url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[0]
+        secrets = {userinfo.partition(":")[2], *re.findall(r"[?&]password=([^&]*)", url)}
+        for secret in sorted(secrets - {""}, key=len, reverse=True):
             reason = reason.replace(secret, "***")
         raise ConfigError(f"storage.url is not a PostgreSQL URL libpq accepts: {reason}") from None
     for port in str(info.get("port") or "").split(","):
