@@ -8,6 +8,7 @@ called in a unit test by building one by hand (see ``hookyard.testing``).
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -161,6 +162,18 @@ class RefusedEvent:
     reason: str
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FRAMING = {"content-length", "transfer-encoding", "connection", "content-type"}
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Reply(Exception):  # noqa: N818 - raised to answer, not an error
     """Raised by a ``parse_events`` hook to answer the request itself, storing nothing: a
     vendor's verification handshake (echo a ``challenge``), a ping that needs a particular
@@ -186,9 +199,17 @@ class Reply(Exception):  # noqa: N818 - raised to answer, not an error
         if not isinstance(headers, dict | None) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in (headers or {}).items()):
             raise TypeError("Reply headers must be a dict of str to str")
-        for text in (content_type or "", *(headers or {}), *(headers or {}).values()):
+        for text in (content_type or "", *(headers or {}).values()):
             if any(c in text for c in "\r\n\0"):  # it would end the header: response splitting
                 raise ValueError(f"Reply headers must not hold CR, LF or NUL: {text!r}")
+            if not text.isascii() and not _latin1(text):
+                raise ValueError(f"Reply header values must be Latin-1 text: {text!r}")
+        for name in headers or {}:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"Reply header name {name!r} is not an HTTP token")
+            if name.lower() in _FRAMING:
+                raise ValueError(f"Reply may not set {name}: the host frames the answer"
+                                 " (give the type as content_type=)")
         super().__init__(f"reply {status}")
         self.status = status
         self.body: bytes = payload

@@ -336,6 +336,9 @@ def test_a_source_can_answer_a_request_itself(
     ((200,), {"headers": {"X": 1}}, "headers must be a dict of str to str"),
     ((200,), {"headers": {"X": "a\r\nSet-Cookie: s=1"}}, "must not hold CR, LF or NUL"),
     ((200, "x"), {"content_type": "text/plain\nX: y"}, "must not hold CR, LF or NUL"),
+    ((200,), {"headers": {"X-Mark": "é✓"}}, "must be Latin-1 text"),
+    ((200,), {"headers": {"": "v"}}, "is not an HTTP token"),
+    ((200,), {"headers": {"Content-Length": "1"}}, "may not set Content-Length"),
 ])
 def test_a_reply_is_checked_when_it_is_made(args: Any, kwargs: Any, message: str) -> None:
     with pytest.raises((TypeError, ValueError), match=message):
