@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import admin_api, dashboard
 from .delivery.engine import Engine
 from .errors import RequestError
+from .http_protocol import error_body
 from .ingest import IngestEndpoint
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import build_openapi, render_docs
@@ -185,6 +186,9 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
         if exc.status_code in (204, 304) or request.url.path.startswith("/ui/"):
             return Response(exc.detail if exc.status_code not in (204, 304) else None,
                             status_code=exc.status_code, headers=exc.headers)
+        if ingest.candidates(request.url.path):  # a GET on an ingest path: ingest's error body
+            return Response(error_body(exc.status_code, str(exc.detail)), exc.status_code,
+                            headers=exc.headers, media_type="application/json")
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     app = HookyardApp(routes=routes, lifespan=lifespan,

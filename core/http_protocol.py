@@ -44,7 +44,8 @@ five bytes of framing for one of body: even a client sending one-byte chunks pas
 Asgi = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
 
 
-ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 408: "request_timeout",
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+               405: "method_not_allowed", 408: "request_timeout",
                413: "payload_too_large", 431: "headers_too_large", 500: "internal_error",
                501: "not_implemented", 503: "unavailable", 505: "http_version_not_supported"}
 

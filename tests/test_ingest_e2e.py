@@ -701,3 +701,10 @@ def test_long_paths_are_logged_short_and_not_remembered(server: HookyardServer,
     assert len(items[0]["path"]) <= 513 and items[0]["path"].endswith("…")
     ingest = server._server.config.app.ingest  # type: ignore[union-attr]
     assert list(ingest._candidates) == ["/v1/track"]
+
+
+def test_a_get_on_an_ingest_path_is_405_with_ingests_error_body(http: httpx.Client) -> None:
+    r = http.get("/v1/track")
+    assert r.status_code == 405 and r.headers["allow"] == "POST, OPTIONS"
+    assert r.json() == {"success": False, "error": "Method Not Allowed",
+                        "code": "method_not_allowed", "message": "Method Not Allowed"}
