@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import os
 import time
 import uuid
@@ -211,6 +212,12 @@ def report(target: Target, events: list[Sent], echo: Callable[[str], None]) -> i
     return dead
 
 
+def _finite_wait(value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 @click.command("send-test")
 @click.option("--config", "-c", "config_path",
               help="TOML config of the running server (default: $HOOKYARD_CONFIG)")
@@ -222,6 +229,7 @@ def report(target: Target, events: list[Sent], echo: Callable[[str], None]) -> i
 @click.option("--source", help="Source whose write key is used (default: the first Segment one)")
 @click.option("--user-id", default="hookyard-send-test", show_default=True)
 @click.option("--wait", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              callback=lambda ctx, param, value: _finite_wait(value),
               help="Seconds to wait for deliveries")
 def send_test(config_path: str | None, data_dir: str | None, url: str | None,
               write_key: str | None, admin_token: str | None, source: str | None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from hookyard.cli import main
 from hookyard.testing.fake_server import FakeServer
@@ -103,7 +104,8 @@ def test_a_filtered_delivery_lines_up_with_the_others() -> None:
     assert filtered.index("skipped") == done.index("1 attempt")
 
 
-def test_a_negative_wait_is_refused() -> None:
-    result = CliRunner().invoke(main, ["send-test", "--wait", "-1"])
+@pytest.mark.parametrize("wait", ["-1", "nan", "inf"])
+def test_a_wait_that_is_not_a_number_of_seconds_is_refused(wait: str) -> None:
+    result = CliRunner().invoke(main, ["send-test", "--wait", wait])
     assert result.exit_code == 2
-    assert "-1" in result.stderr and "--wait" in result.stderr
+    assert wait in result.stderr and "--wait" in result.stderr
