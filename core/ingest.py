@@ -197,8 +197,8 @@ def _check_parsed(parsed: Any) -> None:
         if not isinstance(raw, bytes):
             raise TypeError(f"parse_events returned a ParsedEvent at [{i}] whose raw is"
                             f" {type(raw).__name__} (must be bytes: the event's JSON)")
-        if not ((raw[:1] == b"{" or raw.lstrip()[:1] == b"{")
-                and (raw[-1:] == b"}" or raw.rstrip()[-1:] == b"}")):
+        if not (raw and raw[0] == 123 and raw[-1] == 125) and not (  # b"{", b"}"
+                raw.lstrip()[:1] == b"{" and raw.rstrip()[-1:] == b"}"):
             raise TypeError(f"parse_events returned a ParsedEvent at [{i}] whose raw is not a"
                             " JSON object (it is stored as the event, and read back as one)")
         if item.filtered is not None and not isinstance(item.filtered, str):
