@@ -16,7 +16,7 @@ import base64
 import binascii
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -280,6 +280,26 @@ def _non_finite_as_null(body: bytes) -> bytes | None:
     return fixed if fixed != body else None
 
 
+Parsed = list[ParsedEvent | RefusedEvent]
+
+
+def _nan_as_null_if_needed(parse: Callable[[bytes], Parsed], body: bytes) -> Parsed:
+    """``parse(body)``; when that is refused as malformed JSON and the body has a bare ``NaN``
+    or ``Infinity``, ``parse`` of the body with them as ``null`` (nothing is paid for bodies
+    that are JSON). Its refusal is the one a client reads, unless it is malformed JSON still:
+    then the first one, about the client's own bytes."""
+    try:
+        return parse(body)
+    except BadRequest as exc:
+        fixed = _non_finite_as_null(body) if exc.reason.startswith("malformed JSON") else None
+        if fixed is None:
+            raise
+        try:
+            return parse(fixed)
+        except BadRequest as again:
+            raise (exc if again.reason.startswith("malformed JSON") else again) from None
+
+
 def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
     """Parse a tracking-API call body (``call`` is the last path segment, long or short form).
 
@@ -290,17 +310,7 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
     so refusing the batch would lose every valid event in it. A bare ``NaN`` or ``Infinity``
     (Python's ``json.dumps``) is read as ``null``."""
     call = SHORT_CALLS.get(call, call)
-    body = json_text(body)
-    try:
-        return _parse_call(call, body)
-    except BadRequest as exc:
-        fixed = _non_finite_as_null(body) if exc.reason.startswith("malformed JSON") else None
-        if fixed is None:
-            raise
-        try:
-            return _parse_call(call, fixed)
-        except BadRequest:
-            raise exc from None  # the client's own bytes, not the fixed ones, in the reason
+    return _nan_as_null_if_needed(lambda text: _parse_call(call, text), json_text(body))
 
 
 def _parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
@@ -345,17 +355,8 @@ def parse_webhook(
     :class:`RefusedEvent`), so the identified events of the batch are still stored (Segment
     does not retry a 400: refusing the whole batch would lose them). An invalid event in an
     array is refused alone the same way. A bare ``NaN`` or ``Infinity`` is read as ``null``."""
-    body = json_text(body)
-    try:
-        return _parse_webhook(body, require_user_id)
-    except BadRequest as exc:
-        fixed = _non_finite_as_null(body) if exc.reason.startswith("malformed JSON") else None
-        if fixed is None:
-            raise
-        try:
-            return _parse_webhook(fixed, require_user_id)
-        except BadRequest:
-            raise exc from None  # the client's own bytes, not the fixed ones, in the reason
+    return _nan_as_null_if_needed(lambda text: _parse_webhook(text, require_user_id),
+                                  json_text(body))
 
 
 def _parse_webhook(body: bytes, require_user_id: bool) -> list[ParsedEvent | RefusedEvent]:

@@ -587,3 +587,10 @@ def test_an_identify_with_traits_only_in_context_is_stored_with_them_as_traits()
     both = {**event, "traits": {"email": "a@example.com"}}  # top-level traits win, unchanged
     [parsed] = parse(v1("identify", both, basic(KEY)))
     assert raw_of(parsed)["traits"] == {"email": "a@example.com"}
+
+
+def test_an_event_that_a_nan_makes_invalid_gets_the_real_reason() -> None:
+    """Read as null, "event": NaN is a track without a name: that is the reason, not the
+    malformed JSON of the bytes as sent."""
+    with pytest.raises(BadRequest, match="the event is not a valid Segment event"):
+        parse(v1("track", b'{"type":"track","userId":"u","event":NaN}', basic(KEY)))
