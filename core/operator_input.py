@@ -28,6 +28,13 @@ def operator_time(value: Any, name: str = "time") -> datetime | None:
         raise ValueError(f"{name} must be a string or a number, got {type(value).__name__}")
     if isinstance(value, str) and not value.strip():
         raise ValueError(f"{name} is empty: use {TIME_FORMATS}")
+    if isinstance(value, str) and len(value.strip()) == 8 and value.strip().isdigit():
+        # 20261206 is a date (ISO-8601's basic form), not 1970-08-23 in Unix seconds: read as
+        # seconds, it made a replay resend every event
+        parsed = parse_iso(value.strip())
+        if parsed is None:
+            raise ValueError(f"invalid {name} {value!r}: use {TIME_FORMATS}")
+        return parsed
     try:
         seconds = float(value)
     except ValueError:

@@ -27,6 +27,13 @@ def test_parse_time_unix_seconds(value: object) -> None:
     assert parse_time(value) == NOON_UTC
 
 
+def test_an_eight_digit_string_is_a_basic_iso_date(far_time_zone: None) -> None:
+    """Read as Unix seconds, "20260101" was 1970-08-23 and a replay resent every event."""
+    assert parse_time("20260101") == NOON_UTC - 12 * 3600
+    with pytest.raises(ValueError, match="invalid since '20261306'"):
+        parse_time("20261306")
+
+
 def test_parse_time_none_is_no_bound() -> None:
     assert parse_time(None) is None
 
