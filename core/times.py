@@ -101,55 +101,52 @@ def _micros(value: Any) -> int | None:
     return _micros_of(value) if isinstance(value, str) else None
 
 
-def _own_time(raw: Mapping[str, Any]) -> tuple[str | None, int | None]:
-    """The event's own time, text and :func:`micros`: its ``timestamp``, else (missing or not a
-    time) its ``originalTimestamp``; (None, None) when neither is a time."""
-    for field in ("timestamp", "originalTimestamp"):
-        text = raw.get(field)
-        if isinstance(text, str) and text:
-            us = _to_micros(text)  # each event its own
-            if us is not None:
-                return text, us
-    return None, None
+def _time_field(raw: Mapping[str, Any], field: str) -> int | None:
+    text = raw.get(field)
+    return _to_micros(text) if isinstance(text, str) and text else None  # each event its own
 
 
-def _event_micros(raw: Mapping[str, Any]) -> tuple[int | None, bool]:
-    """When a Segment event happened, in :func:`micros`, and whether that is the event's own
-    time as it stands (no ``sentAt`` to correct it with): ``receivedAt - (sentAt - timestamp)``
-    (``timestamp`` falling back to ``originalTimestamp``); without ``sentAt`` or with one before
-    the event's own time, the event's own time; without one, ``receivedAt``; None without
-    either."""
-    _, own = _own_time(raw)
+def event_micros(raw: Mapping[str, Any]) -> int | None:
+    """When a Segment event happened, in :func:`micros`, corrected for the client's clock as
+    Segment does it, but at the time hookyard received it:
+    ``receivedAt - (sentAt - timestamp)``, ``timestamp`` falling back to ``originalTimestamp``.
+
+    * An event with both a ``timestamp`` and an ``originalTimestamp`` was processed already
+      (by Segment: its Webhooks destination sends such events, with the client's ``sentAt``
+      and Segment's own ``receivedAt``): its ``timestamp`` is the corrected time, kept. Correcting
+      it again moved it by the client's skew a second time, and by the webhook's delay.
+    * Without ``sentAt`` (a raw HTTP call, an import), or with a ``sentAt`` before the event's
+      own time (a broken clock, not a skew), the event's own time as it is.
+    * Without a time of its own (or an unreadable one: ``"yesterday"``), ``receivedAt``.
+
+    None without any of them. Whole microseconds (no float)."""
+    stamp = _time_field(raw, "timestamp")
+    original = _time_field(raw, "originalTimestamp")
+    if stamp is not None and original is not None:
+        return stamp
+    own = stamp if stamp is not None else original
     sent, received = _micros(raw.get("sentAt")), _micros(raw.get("receivedAt"))
-    # a sentAt before the event happened is a broken clock, not a skew to correct
     if own is not None and sent is not None and received is not None and sent >= own:
         corrected = received - (sent - own)
-        # a skew that moves the time out of the years 1-9999: the event's own time, written anew
-        return (corrected if _MIN_US <= corrected <= _MAX_US else own), False
-    if own is not None:
-        return own, True
-    return received, False
-
-
-def corrected_timestamp(raw: Mapping[str, Any]) -> str | None:
-    """When a Segment event happened, corrected for the client's clock the way Segment does
-    it, but at the time hookyard received it: ``receivedAt - (sentAt - timestamp)``.
-
-    ``timestamp`` falls back to ``originalTimestamp``; without ``sentAt`` (a raw HTTP call, an
-    import), or with a ``sentAt`` before the event's own time (a broken clock), the event's own
-    time is kept as it is; without either, ``receivedAt``.
-    None when there is nothing to change. Computed in whole microseconds (no float).
-    """
-    us, as_sent = _event_micros(raw)
-    if as_sent:
-        own_text, _ = _own_time(raw)
-        return None if own_text == raw.get("timestamp") else own_text
-    return iso_micros(us) if us is not None else None
+        # a skew that moves the time out of the years 1-9999: the event's own time
+        return corrected if _MIN_US <= corrected <= _MAX_US else own
+    return own if own is not None else received
 
 
 def event_time(raw: Mapping[str, Any]) -> str | None:
-    """The event's time as :func:`corrected_timestamp` finds it, always written the same way
-    (UTC, milliseconds, ``Z``), whatever offset or precision the client used: ``receivedAt``
-    when the event's own time is missing or not a time (``"yesterday"``); None without either."""
-    us, _ = _event_micros(raw)
+    """:func:`event_micros` written as every destination sends a time (UTC, milliseconds,
+    ``Z``), whatever offset, precision or form (a week date) the client used."""
+    us = event_micros(raw)
+    return iso_micros(us) if us is not None else None
+
+
+def order_time(raw: Mapping[str, Any]) -> str | None:
+    """:func:`event_time`, but never later than ``receivedAt``: the time by which one event of
+    a user counts as older than another (the profile store keeps an identify from rolling
+    newer traits back when a replay brings it again). An event cannot have happened after
+    hookyard received it; a client clock or a ``timestamp`` in the future (2099) would
+    otherwise make every later identify of that user "older", and its traits never change."""
+    us, received = event_micros(raw), _micros(raw.get("receivedAt"))
+    if us is not None and received is not None and us > received:
+        us = received
     return iso_micros(us) if us is not None else None

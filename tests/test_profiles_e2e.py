@@ -80,6 +80,16 @@ def test_traits_only_in_context_are_the_identifys_traits(server: HookyardServer)
     assert user["channels"] == {"$email": ["r1@example.com"]}
 
 
+def test_an_identify_from_the_future_does_not_freeze_the_profile(server: HookyardServer) -> None:
+    """An identify counts as older than another by its time, so that a replay never rolls
+    newer traits back; a timestamp in 2099 made every later identify "older", and the
+    profile's traits never changed again."""
+    send(server, sample_identify(userId="u-future", traits={"plan": "free"},
+                                 timestamp="2099-01-01T00:00:00Z"))
+    send(server, sample_identify(userId="u-future", traits={"plan": "pro"}, timestamp=None))
+    assert get(server, "/api/subscribers/u-future")["properties"]["plan"] == "pro"
+
+
 def test_invalid_locale_is_ignored(server: HookyardServer) -> None:
     send(server, identify("u1", language="hindi", timezone="Asia/Kolkata"))
     user = get(server, "/api/subscribers/u1")

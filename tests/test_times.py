@@ -44,3 +44,24 @@ def test_parse_iso_fast_and_slow_paths_agree() -> None:
     assert str(parse_iso("2026-01-01")) == "2026-01-01 00:00:00+00:00"
     assert str(parse_iso("2026-01-01T10:00:00+02:00")) == "2026-01-01 10:00:00+02:00"
     assert parse_iso("  ") is None
+
+
+def test_an_event_segment_processed_keeps_its_timestamp() -> None:
+    """From Segment's Webhooks destination: timestamp is Segment's corrected time, beside the
+    phone's originalTimestamp and sentAt (1 h fast) and Segment's receivedAt, which hookyard
+    replaces with its own. Corrected again, it moved an hour and the webhook's delay."""
+    from hookyard.times import event_time
+
+    raw = {"timestamp": "2026-01-01T01:20:08.466Z", "originalTimestamp": "2026-01-01T02:20:08.466Z",
+           "sentAt": "2026-01-01T02:20:10.466Z", "receivedAt": "2026-01-01T01:20:16.469Z"}
+    assert event_time(raw) == "2026-01-01T01:20:08.466Z"
+    del raw["timestamp"]  # a client's event: corrected from originalTimestamp, as Segment does
+    assert event_time(raw) == "2026-01-01T01:20:14.469Z"
+
+
+def test_an_event_never_counts_as_later_than_its_arrival() -> None:
+    from hookyard.times import event_time, order_time
+
+    raw = {"timestamp": "2099-01-01T00:00:00Z", "receivedAt": "2026-01-01T00:00:00.000Z"}
+    assert event_time(raw) == "2099-01-01T00:00:00.000Z"  # what destinations are sent
+    assert order_time(raw) == "2026-01-01T00:00:00.000Z"  # what a later identify is older than

@@ -31,7 +31,7 @@ import msgspec
 
 from ..deliveries import Delivery, MapResult
 from ..events import Event, Identify, Track
-from ..times import event_time
+from ..times import event_time, order_time
 
 ISO_639_1 = frozenset(
     "aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy"
@@ -196,7 +196,7 @@ def map_identify(
         "channels": channels,
         "preferences": preferences,
         "notes": notes,
-        "at": event_time(raw),  # an older identify (a replay) never rolls newer values back
+        "at": order_time(raw),  # an older identify (a replay) never rolls newer values back
     }
     return Delivery(kind="identify", body=body)
 

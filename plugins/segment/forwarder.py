@@ -22,7 +22,7 @@ from hookyard.connectors import DestinationContext
 from hookyard.deliveries import Delivery, DeliveryResult, MapResult
 from hookyard.events import Event, event_type
 from hookyard.http import HttpClient
-from hookyard.times import corrected_timestamp, now_iso
+from hookyard.times import event_time, now_iso
 
 BATCH_PATH = "/v1/batch"
 MAX_EVENT_BYTES = 32 * 1024
@@ -66,10 +66,12 @@ class SegmentForwarderSettings(msgspec.Struct, forbid_unknown_fields=True, kw_on
 def forwarded_event(raw: Mapping[str, Any]) -> dict[str, Any]:
     """The event as it is sent to Segment: the stored event (unknown fields, ``messageId``,
     ``context``... kept) without ``writeKey``, ``sentAt`` and ``receivedAt``, with
-    ``timestamp`` fixed to when it happened (:func:`corrected_timestamp`), so a batch sent hours
-    later, after retries or by a replay, keeps its events at their own time. Pure: no clock."""
+    ``timestamp`` fixed to when it happened (:func:`hookyard.times.event_time`: corrected for
+    the client's clock, in UTC with milliseconds, as every destination gets it), so a batch sent
+    hours later, after retries or by a replay, keeps its events at their own time, in a form
+    Segment reads (not a client's week date or ``+05:30``). Pure: no clock."""
     event = {key: value for key, value in raw.items() if key not in NOT_FORWARDED}
-    timestamp = corrected_timestamp(raw)
+    timestamp = event_time(raw)
     if timestamp is not None:
         event["timestamp"] = timestamp
     return event

@@ -25,6 +25,7 @@ from hookyard.testing import (
     sample_track,
 )
 from hookyard.testing.fake_server import FakeServer
+from hookyard.times import event_time
 from hookyard_segment.forwarder import (
     HELD_BACK,
     MAX_EVENT_BYTES,
@@ -32,7 +33,6 @@ from hookyard_segment.forwarder import (
     SegmentForwarderSettings,
     basic_auth,
     batch_body,
-    corrected_timestamp,
     deliver,
     forwarded_event,
     map_event,
@@ -167,11 +167,28 @@ def test_write_key_sent_at_and_received_at_are_not_forwarded() -> None:
                 "sentAt": "0001-01-01T00:00:00Z",
                 "receivedAt": "2026-01-01T00:00:00.000Z",
             },
-            None,
+            "2024-06-01T00:00:00.000Z",
         ),
-        # no sentAt (a raw HTTP call, an import): the timestamp is kept as it is
-        ({"timestamp": "2020-05-01T10:00:00Z", "receivedAt": "2026-01-01T00:00:00.000Z"}, None),
-        ({"timestamp": None, "originalTimestamp": "2020-05-01T10:00:00Z"}, "2020-05-01T10:00:00Z"),
+        # no sentAt (a raw HTTP call, an import): the timestamp is kept, written in UTC with
+        # milliseconds as every destination gets it (a week date or +05:30 as Segment reads it)
+        ({"timestamp": "2020-05-01T10:00:00Z", "receivedAt": "2026-01-01T00:00:00.000Z"},
+         "2020-05-01T10:00:00.000Z"),
+        ({"timestamp": "2024-W01-1", "receivedAt": "2026-01-01T00:00:00.000Z"},
+         "2024-01-01T00:00:00.000Z"),
+        ({"timestamp": "2020-05-01T15:30:00.123456+05:30"}, "2020-05-01T10:00:00.123Z"),
+        ({"timestamp": None, "originalTimestamp": "2020-05-01T10:00:00Z"},
+         "2020-05-01T10:00:00.000Z"),
+        # processed by Segment already (its Webhooks destination): timestamp is the corrected
+        # time, with the client's originalTimestamp and sentAt beside it: kept, not corrected again
+        (
+            {
+                "timestamp": "2026-01-01T01:20:08.466Z",
+                "originalTimestamp": "2026-01-01T02:20:08.466Z",
+                "sentAt": "2026-01-01T02:20:10.466Z",
+                "receivedAt": "2026-01-01T01:20:16.469Z",
+            },
+            "2026-01-01T01:20:08.466Z",
+        ),
         # no time of its own, or an unreadable one: when hookyard received it
         ({"timestamp": None, "receivedAt": "2026-01-01T00:00:00.000Z"}, "2026-01-01T00:00:00.000Z"),
         (
@@ -185,12 +202,11 @@ def test_write_key_sent_at_and_received_at_are_not_forwarded() -> None:
     ],
 )
 def test_timestamp_is_fixed_to_when_the_event_happened(
-    fields: dict[str, Any], expected: str | None
+    fields: dict[str, Any], expected: str
 ) -> None:
     raw = sample_track(**fields)
-    assert corrected_timestamp(raw) == expected
-    body = mapped(raw).body
-    assert body.get("timestamp") == (expected or raw.get("timestamp"))
+    assert event_time(raw) == expected
+    assert mapped(raw).body["timestamp"] == expected
 
 
 def test_forwarding_is_pure_so_replays_send_the_same_event() -> None:
