@@ -7,6 +7,7 @@ connectors (the Segment forwarder's ``sentAt`` and corrected ``timestamp``, Push
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -57,11 +58,15 @@ def _second_text(sec: int) -> str:
     return (EPOCH + timedelta(seconds=sec)).isoformat()[:19]
 
 
+_LEAP_SECOND = re.compile(r"([Tt ]\d\d:\d\d:)60(?![0-9])")
+
+
 def parse_iso(value: str) -> datetime | None:
     """An aware datetime from an ISO-8601 date or time, or None when ``value`` is not one.
 
     Surrounding spaces are ignored, ``Z`` or ``z`` means UTC, a time without an offset is
-    taken as UTC; an explicit offset is kept (``astimezone(UTC)`` to convert).
+    taken as UTC; an explicit offset is kept (``astimezone(UTC)`` to convert). A leap second
+    (``23:59:60``, which Python's datetime cannot hold) is read as ``23:59:59``, not refused.
     """
     try:  # the common case: Python 3.11 reads a trailing Z itself (4x faster than below)
         parsed = datetime.fromisoformat(value)
@@ -77,7 +82,9 @@ def parse_iso(value: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        return None
+        if _LEAP_SECOND.search(text) is None:
+            return None
+        return parse_iso(_LEAP_SECOND.sub(r"\g<1>59", text, count=1))
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 

@@ -65,3 +65,12 @@ def test_an_event_never_counts_as_later_than_its_arrival() -> None:
     raw = {"timestamp": "2099-01-01T00:00:00Z", "receivedAt": "2026-01-01T00:00:00.000Z"}
     assert event_time(raw) == "2099-01-01T00:00:00.000Z"  # what destinations are sent
     assert order_time(raw) == "2026-01-01T00:00:00.000Z"  # what a later identify is older than
+
+
+def test_a_leap_second_is_the_second_before() -> None:
+    """Python's datetime cannot hold 23:59:60: the event got its receivedAt (years later)."""
+    from hookyard.times import event_time
+
+    raw = {"timestamp": "2016-12-31T23:59:60.250Z", "receivedAt": "2026-01-01T00:00:00.000Z"}
+    assert event_time(raw) == "2016-12-31T23:59:59.250Z"
+    assert event_time({**raw, "timestamp": "2016-12-31T23:60:00Z"}) == raw["receivedAt"]
