@@ -250,7 +250,7 @@ def _with_batch_defaults(raw: bytes, body: _BatchBody, sent_at_field: bytes) -> 
             if merged != data.get(key):
                 data[key] = merged
                 changed = True
-    if body.sentAt is not None and "sentAt" not in data:
+    if body.sentAt is not None and data.get("sentAt") is None:  # "sentAt": null is no value
         data["sentAt"] = body.sentAt
         changed = True
     return encoder.encode(data) if changed else raw

@@ -594,3 +594,11 @@ def test_an_event_that_a_nan_makes_invalid_gets_the_real_reason() -> None:
     malformed JSON of the bytes as sent."""
     with pytest.raises(BadRequest, match="the event is not a valid Segment event"):
         parse(v1("track", b'{"type":"track","userId":"u","event":NaN}', basic(KEY)))
+
+
+def test_an_events_sent_at_null_takes_the_batchs() -> None:
+    """Segment reads null as no value: the batch's sentAt applies, and so does the clock fix."""
+    event = {**sample_track(), "sentAt": None}
+    body = {"batch": [event], "sentAt": "2026-01-01T00:00:10.000Z"}
+    [parsed] = parse(v1("batch", body, basic(KEY)))
+    assert raw_of(parsed)["sentAt"] == "2026-01-01T00:00:10.000Z"

@@ -82,7 +82,9 @@ def preview_event(
     (whose ``honor_integrations`` applies; None: a source that honors them); nothing is sent
     or stored.
 
-    ``messageId`` and ``receivedAt`` are filled in like ingest does when missing. Raises
+    ``messageId`` is filled in when missing, and ``receivedAt`` is now, as ingest sets it
+    whatever the client sent (a client's own receivedAt made a preview differ from what is
+    sent, for the times that depend on it). Raises
     :class:`BadRequest` when ``raw`` is not a valid Segment event or ``source`` is not a
     configured source; a crashing ``map_event`` hook, or a delivery that cannot be encoded as
     JSON (the router dead-letters both), is reported in ``reason``, never raised.
@@ -93,7 +95,7 @@ def preview_event(
     raw = dict(raw)
     event = _event(raw)
     raw.setdefault("messageId", "preview")
-    raw.setdefault("receivedAt", now_iso())
+    raw["receivedAt"] = now_iso()
     honored = source not in rt.integrations_ignored_from
     off = dest.switched_off(raw, honored)
     dropped = bool(dest.filter(raw)) if dest.filter is not None else False

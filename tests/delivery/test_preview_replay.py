@@ -344,3 +344,13 @@ def test_cli_preview_shows_no_url_for_a_delivery_that_sends_nothing(
     code, out = run_cli(*args, stdin=json.dumps(track("p", 1, event="User Registered")))
     [request] = json.loads(out)["requests"]
     assert request["url"] == "http://127.0.0.1:9/v1/events/trigger", out
+
+
+def test_preview_stamps_received_at_as_ingest_does(hookyard_server: Start) -> None:
+    """Ingest replaces a client's receivedAt with its own; the preview kept it, so times that
+    depend on it (Pushwoosh's, the profile store's) differed from what is sent."""
+    server = hookyard_server({"destinations": [
+        {"name": "profiles", "plugin": "profiles", "sources": ["web"]}]})
+    event = {"type": "track", "userId": "u1", "event": "E", "receivedAt": "1999-01-01T00:00:00Z"}
+    [request] = preview(server, "profiles", event)["requests"]
+    assert request["body"]["received_at"] > "2026"
