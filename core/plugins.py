@@ -435,7 +435,10 @@ class ConnectorRegistry:
                 f"plugin of {kind} connector {name!r} does not implement hook {hook_name!r}"
             )
         expected = STEP_RESULTS.get(hook_name, "a result")
+        wrappers = sorted({plugin_label(self.pm, i.plugin) for i in impls
+                           if i.wrapper or i.hookwrapper})
+        wrapped = f", or a wrapper of it did: {', '.join(wrappers)}" if wrappers else ""
         return TypeError(
             f"{hook_name} of {plugin_label(self.pm, owner)} ({kind} connector {name!r}) "
-            f"returned None, not {expected} (a missing return?)"
+            f"returned None, not {expected} (a missing return?{wrapped})"
         )

@@ -432,11 +432,13 @@ def test_step_hook_returning_none_says_so() -> None:
 
     expected = (
         r"^map_event of plugin 'Forgetful' object \(destination connector 'forgetful'\) "
-        r"returned None, not a MapResult \(a missing return\?\)$"
+        r"returned None, not a MapResult \(a missing return\?{}\)$"
     )
-    for plugins in ([Forgetful()], [Forgetful(), PassThrough()]):  # direct call, then through pluggy
+    for plugins, wrapped in (([Forgetful()], ""),  # direct call, then through pluggy
+                             ([Forgetful(), PassThrough()],
+                              ", or a wrapper of it did: plugin 'PassThrough' object")):
         reg = registry(plugins)
-        with pytest.raises(TypeError, match=expected):
+        with pytest.raises(TypeError, match=expected.format(wrapped)):
             map_with(destination_context("forgetful", reg=reg), sample_track(), reg)
 
 
