@@ -106,6 +106,8 @@ class IngestRequest:
     """An HTTP request to an ingest path, already size-checked and gunzipped.
 
     ``headers`` keys are lower case. ``path_params`` come from the matched path pattern.
+    ``client`` is the peer's IP address (a proxy's, behind one: its ``X-Forwarded-For`` header
+    says more), None when the server does not know it.
     """
 
     method: str
@@ -114,6 +116,7 @@ class IngestRequest:
     body: bytes
     path_params: dict[str, str] = field(default_factory=dict)
     query: dict[str, str] = field(default_factory=dict)
+    client: str | None = None
 
 
 @dataclass(frozen=True)

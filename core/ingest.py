@@ -346,6 +346,7 @@ class IngestEndpoint:
                 body=body,
                 path_params=dict(scope.get("path_params") or {}),
                 query=dict(QueryParams(scope["query_string"])) if scope.get("query_string") else {},
+                client=peer[0] if (peer := scope.get("client")) else None,
             )
             source = self.authenticate(req)
             try:

@@ -144,6 +144,26 @@ def test_a_source_hook_of_the_wrong_type_refuses_the_request(
     assert [log["status"] for log in logs] == [status]
 
 
+def test_an_allow_list_wrapper_sees_the_clients_address(
+    hookyard_server: Callable[..., HookyardServer],
+) -> None:
+    """A wrapper of authenticate for every source: it yields first, then refuses."""
+    from collections.abc import Generator
+
+    class AllowList:
+        @hookimpl(wrapper=True)
+        def authenticate(self, request: IngestRequest) -> Generator[None, AuthResult, AuthResult]:
+            result = yield
+            if request.client != "127.0.0.1":
+                return AuthResult.refuse(f"address {request.client} not allowed")
+            return result
+
+    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
+    server = hookyard_server(config, plugins=[source_plugin(accept, parse), AllowList()])
+    r = server.client.post(f"{server.url}/connector/odd", json=sample_track())
+    assert r.status_code == 200, r.text
+
+
 def test_a_long_refusal_is_clipped_in_the_answer(
     hookyard_server: Callable[..., HookyardServer],
 ) -> None:

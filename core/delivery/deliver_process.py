@@ -59,6 +59,16 @@ NOT_STARTED: Answer = (0.0, [])
 the worker is stopping): the caller gives its rows back, no attempt was made."""
 
 
+def prepared_wrappers(rt: Runtime) -> list[str]:
+    """The plugins that wrap ``deliver`` and have a ``startup`` hook: their wrapper may use
+    what their start-up made, and the child runs no ``startup`` (a connector's own ``deliver``
+    declares it needs nothing else, ``Connector.deliver_anywhere``; a wrapper cannot). With
+    one, every delivery stays in the worker, where the wrapper works as it was written."""
+    started = {id(i.plugin) for i in rt.pm.hook.startup.get_hookimpls()}
+    return sorted({rt.pm.get_name(i.plugin) or "?" for i in rt.pm.hook.deliver.get_hookimpls()
+                   if (i.wrapper or i.hookwrapper) and id(i.plugin) in started})
+
+
 class DeliverProcess(HelperProcess):
     """The worker's side: starts the child and has it deliver claimed rows.
 
@@ -84,6 +94,12 @@ class DeliverProcess(HelperProcess):
             return None
         modules = helper_modules(rt)
         if modules is None:
+            return None
+        prepared = prepared_wrappers(rt)
+        if prepared:
+            log.info("delivering in the worker process: plugin %s wraps deliver and implements"
+                     " startup, which the deliver process does not run", ", ".join(
+                         repr(p) for p in prepared))
             return None
         return cls(rt, modules, names)
 

@@ -135,14 +135,15 @@ def source_context(
 def ingest_request(
     path: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None,
     path_params: dict[str, str] | None = None, *, query: dict[str, str] | None = None,
-    method: str = "POST",
+    method: str = "POST", client: str | None = "127.0.0.1",
 ) -> IngestRequest:
     """An ingest request as the host hands it to the source hooks (header names lower-cased;
     a dict body encoded as JSON, bytes as they are)."""
     data = body if isinstance(body, bytes) else msgspec.json.encode(body)
     return IngestRequest(method=method, path=path,
                          headers={k.lower(): v for k, v in (headers or {}).items()},
-                         body=data, path_params=path_params or {}, query=query or {})
+                         body=data, path_params=path_params or {}, query=query or {},
+                         client=client)
 
 
 def authenticate_with(

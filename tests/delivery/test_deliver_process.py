@@ -361,3 +361,32 @@ def test_connectors_say_whether_deliver_may_run_anywhere() -> None:
     assert {"segment", "novu", "pushwoosh"} <= allowed
     assert "profiles" not in allowed  # it writes this host's profile database
     assert Connector(name="x", kind="destination").deliver_anywhere is False  # opt-in
+
+
+def test_a_deliver_wrapper_with_a_startup_keeps_delivering_in_the_worker() -> None:
+    """The child runs no startup: a timing wrapper that made its client there failed for the
+    destinations sent from the child only (AttributeError, then dead letters)."""
+    from collections.abc import Generator
+
+    from hookyard import hookimpl
+
+    class Timed:
+        @hookimpl
+        def startup(self, runtime: Any) -> None:
+            self.clock = time.monotonic
+
+        @hookimpl(wrapper=True)
+        def deliver(self) -> Generator[None, Any, Any]:
+            return (yield)
+
+    class StartsOnly:
+        @hookimpl
+        def startup(self, runtime: Any) -> None:
+            pass
+
+    config = parse_config(forwarder("http://127.0.0.1:9"))
+    timed = Timed()
+    rt = Runtime.build(config, [timed, StartsOnly()], prepare=False)
+    assert deliver_process.prepared_wrappers(rt) == [rt.pm.get_name(timed)]
+    only_starts = Runtime.build(config, [StartsOnly()], prepare=False)
+    assert deliver_process.prepared_wrappers(only_starts) == []
