@@ -170,3 +170,13 @@ def test_contexts_resolve_env_settings_as_the_server_does(monkeypatch: pytest.Mo
     assert ctx.settings.api_key == "pushwoosh-api-key-from-env"
     req = ingest_request("/in", b"{}", query={"token": "t"}, method="PUT")
     assert (req.method, req.query) == ("PUT", {"token": "t"})
+
+
+def test_a_registry_of_the_given_plugins_only() -> None:
+    """Installed wrappers (an enrichment of every parse_events) stay out of a unit test."""
+    import hookyard_segment.plugin as segment_plugin
+    from hookyard.testing import registry
+
+    reg = registry([segment_plugin], installed=False)
+    assert {c.name for c, _ in reg.all()} == {"segment"}
+    assert "profiles" in {c.name for c, _ in registry().all()}

@@ -76,9 +76,11 @@ def as_event(raw: dict[str, Any]) -> Event:
     return msgspec.convert(raw, Event)  # type: ignore[arg-type]
 
 
-def registry(plugins: list[object] | None = None) -> ConnectorRegistry:
-    """A registry of the installed plugins (plus ``plugins``)."""
-    return ConnectorRegistry(make_plugin_manager(plugins or ()))
+def registry(plugins: list[object] | None = None, *, installed: bool = True) -> ConnectorRegistry:
+    """A registry of the installed plugins (plus ``plugins``); with ``installed=False``, of
+    ``plugins`` only, so that a wrapper plugin installed in the same environment (an
+    enrichment, a scrubber) does not change what a unit test of another plugin sees."""
+    return ConnectorRegistry(make_plugin_manager(plugins or (), load_entry_points=installed))
 
 
 # The registry a context was built with (``reg=``, for plugin objects that are not installed),
