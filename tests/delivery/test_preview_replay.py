@@ -131,10 +131,11 @@ def test_cli_preview_prints_what_the_api_answers(
     config.write_text(text)
     server = hookyard_server(tomllib.loads(text), data_dir=data)
     opts = ["--config", str(config), "--data-dir", str(data), "--destination", "seg"]
+    at = "2026-01-01T00:00:00.000Z"  # the forwarded time then depends on nothing but the event
     events = [
-        track("c", 1, properties={"plan": "pro"}, receivedAt="2026-01-01T00:00:00.000Z"),
-        track("c", 2, properties={"plan": "free"}),
-        {"type": "group", "userId": "c", "groupId": "g1", "messageId": "g"},
+        track("c", 1, properties={"plan": "pro"}, timestamp=at),
+        track("c", 2, properties={"plan": "free"}, timestamp=at),
+        {"type": "group", "userId": "c", "groupId": "g1", "messageId": "g", "timestamp": at},
     ]
     for i, event in enumerate(events):
         path = tmp_path / f"event{i}.json"
