@@ -291,14 +291,19 @@ def test_values_of_the_wrong_kind_are_ignored_with_a_note(
         in caplog.text
 
 
+def happened(day: str) -> dict[str, str]:
+    """An event's own time, and its arrival a second later (never before it happened)."""
+    return {"timestamp": f"{day}T00:00:00.000Z", "receivedAt": f"{day}T00:00:01.000Z"}
+
+
 def test_an_older_identify_never_rolls_newer_values_back(make_ctx: Make) -> None:
     """A replay of a past window applies past identifies again: they fill in what is missing
     (and add channels), but the values of a newer identify stay."""
     ctx = make_ctx({"preferences": {"$locale": "lang", "$timezone": "tz"}})
-    old = sample_identify(timestamp="2026-01-01T00:00:00.000Z", traits={
+    old = sample_identify(**happened("2026-01-01"), traits={
         "plan": "basic", "lang": "de", "tz": "Europe/Berlin", "email": "old@example.com",
         "first_seen": "jan"})
-    new = sample_identify(timestamp="2026-02-01T00:00:00.000Z", traits={
+    new = sample_identify(**happened("2026-02-01"), traits={
         "plan": "premium", "lang": "fr", "email": "new@example.com"})
     sync(ctx, old)
     sync(ctx, new)
@@ -308,7 +313,7 @@ def test_an_older_identify_never_rolls_newer_values_back(make_ctx: Make) -> None
                                "tz": "Europe/Berlin", "first_seen": "jan"}
     assert p["preferences"] == {"$locale": "fr", "$timezone": "Europe/Berlin"}
     assert p["channels"] == {"$email": ["old@example.com", "new@example.com"]}
-    newest = sample_identify(timestamp="2026-03-01T00:00:00.000Z", traits={"plan": "pro"})
+    newest = sample_identify(**happened("2026-03-01"), traits={"plan": "pro"})
     sync(ctx, newest)
     assert profile(ctx)["properties"]["plan"] == "pro"
 
