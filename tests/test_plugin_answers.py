@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from hookyard import hookimpl
@@ -158,18 +159,22 @@ def test_an_allow_list_wrapper_sees_the_clients_address(
                 return AuthResult.refuse(f"address {request.client} not allowed")
             return result
 
-    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
-    server = hookyard_server(config, plugins=[source_plugin(accept, parse), AllowList()])
-    r = server.client.post(f"{server.url}/connector/odd", json=sample_track())
+    _, r = odd_server(hookyard_server, accept, parse, AllowList())
     assert r.status_code == 200, r.text
+
+
+def odd_server(hookyard_server: Callable[..., HookyardServer], auth: Any, parser: Any,
+               *more: object) -> tuple[HookyardServer, httpx.Response]:
+    """A server with one ``odd`` source, and its answer to a track posted without a key."""
+    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
+    server = hookyard_server(config, plugins=[source_plugin(auth, parser), *more])
+    return server, server.client.post(f"{server.url}/connector/odd", json=sample_track())
 
 
 def test_a_long_refusal_is_clipped_in_the_answer(
     hookyard_server: Callable[..., HookyardServer],
 ) -> None:
-    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
-    server = hookyard_server(config, plugins=[source_plugin(accept, parse_long_reason)])
-    r = server.client.post(f"{server.url}/connector/odd", json=sample_track())
+    _, r = odd_server(hookyard_server, accept, parse_long_reason)
     assert r.status_code == 400 and r.json()["error"] == "x" * 1000 + "…"
 
 
@@ -178,9 +183,7 @@ def test_a_failed_authenticate_is_a_503_to_retry_not_a_401(
 ) -> None:
     """A client takes a 401 as final and drops its events; the plugin's bug must not lose
     them. Without a write key in the picture the reason is not "invalid write key"."""
-    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
-    server = hookyard_server(config, plugins=[source_plugin(raise_in_auth, parse)])
-    r = server.client.post(f"{server.url}/connector/odd", json=sample_track())
+    _, r = odd_server(hookyard_server, raise_in_auth, parse)
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
     assert "its plugin failed: see the server log" in r.json()["error"]
     assert "www-authenticate" not in r.headers
@@ -189,9 +192,7 @@ def test_a_failed_authenticate_is_a_503_to_retry_not_a_401(
 def test_a_refusal_by_the_paths_only_source_is_logged_as_its_own(
     hookyard_server: Callable[..., HookyardServer],
 ) -> None:
-    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
-    server = hookyard_server(config, plugins=[source_plugin(refuse, parse)])
-    r = server.client.post(f"{server.url}/connector/odd", json=sample_track())
+    server, r = odd_server(hookyard_server, refuse, parse)
     assert r.status_code == 401 and r.json()["error"] == "bad signature"
     deadline = time.monotonic() + 10  # a refusal's log line is written after the answer
     while not (logs := server.api("/api/logs?source=in").json()["items"]) and time.monotonic() < deadline:
