@@ -110,7 +110,7 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise BadRequest(f"unsupported Content-Encoding {encoding!r}: use gzip or none")
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r}: use gzip, deflate or none")
     wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
     parts: list[bytes] = []
     size = 0

@@ -602,3 +602,18 @@ def test_an_events_sent_at_null_takes_the_batchs() -> None:
     body = {"batch": [event], "sentAt": "2026-01-01T00:00:10.000Z"}
     [parsed] = parse(v1("batch", body, basic(KEY)))
     assert raw_of(parsed)["sentAt"] == "2026-01-01T00:00:10.000Z"
+
+
+def test_a_webhook_events_time_is_segments() -> None:
+    """Segment fixed its timestamp for the client's clock already; with its sentAt (an hour
+    fast here) kept, every destination corrected it again, by the skew and by the webhook's
+    delay. The tracking API keeps sentAt: there the correction is hookyard's to make."""
+    from hookyard.times import event_time
+
+    event = {**sample_track(), "timestamp": "2026-12-04T10:00:00.000Z",
+             "sentAt": "2026-12-04T11:00:05.000Z", "receivedAt": "2026-12-04T10:00:05.123Z"}
+    [parsed] = parse(webhook(event))
+    stored = {**raw_of(parsed), "receivedAt": "2026-12-05T02:00:00.000Z"}  # as hookyard reads it
+    assert "sentAt" not in stored and event_time(stored) == "2026-12-04T10:00:00.000Z"
+    [direct] = parse(v1("track", event, basic(KEY)))
+    assert raw_of(direct)["sentAt"] == "2026-12-04T11:00:05.000Z"

@@ -14,6 +14,9 @@ Destination ``segment`` (the forwarder): see :mod:`hookyard_segment.forwarder`.
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from hookyard import hookimpl
 from hookyard.connectors import (
     AuthResult,
@@ -23,6 +26,7 @@ from hookyard.connectors import (
     RefusedEvent,
     SourceContext,
 )
+from hookyard.events import encoder
 from hookyard.tracking_api import (
     authenticate_write_key,
     bearer_token,
@@ -82,5 +86,22 @@ def parse_events(
     source: SourceContext, request: IngestRequest
 ) -> list[ParsedEvent] | list[ParsedEvent | RefusedEvent]:
     if _is_webhook(request):
-        return parse_webhook(request.body, require_user_id=True)
+        return [_as_processed(p) for p in parse_webhook(request.body, require_user_id=True)]
     return parse_call(request.path_params["call"], request.body)
+
+
+def _as_processed(parsed: ParsedEvent | RefusedEvent) -> ParsedEvent | RefusedEvent:
+    """A webhook event came through Segment, which fixed its ``timestamp`` for the client's
+    clock already: its ``sentAt`` (the client's clock) is left out, so that no destination
+    corrects the time again, by the skew and by how long the webhook took (hours, when
+    Segment retried it). Without a ``timestamp`` the event keeps its ``sentAt``."""
+    if isinstance(parsed, RefusedEvent) or parsed.event.sentAt is None or not parsed.event.timestamp:
+        return parsed
+    data = _dict_decoder.decode(parsed.raw)
+    data.pop("sentAt", None)
+    parsed.event.sentAt = None
+    return ParsedEvent(raw=encoder.encode(data), event=parsed.event, filtered=parsed.filtered,
+                       sent_bytes=parsed.sent_bytes or len(parsed.raw))
+
+
+_dict_decoder = msgspec.json.Decoder(dict[str, Any])
