@@ -14,9 +14,6 @@ Destination ``segment`` (the forwarder): see :mod:`hookyard_segment.forwarder`.
 
 from __future__ import annotations
 
-from typing import Any
-
-import msgspec
 from hookyard import hookimpl
 from hookyard.connectors import (
     AuthResult,
@@ -26,7 +23,7 @@ from hookyard.connectors import (
     RefusedEvent,
     SourceContext,
 )
-from hookyard.events import encoder
+from hookyard.events import encoder, raw_dict_decoder
 from hookyard.tracking_api import (
     authenticate_write_key,
     bearer_token,
@@ -97,11 +94,9 @@ def _as_processed(parsed: ParsedEvent | RefusedEvent) -> ParsedEvent | RefusedEv
     Segment retried it). Without a ``timestamp`` the event keeps its ``sentAt``."""
     if isinstance(parsed, RefusedEvent) or parsed.event.sentAt is None or not parsed.event.timestamp:
         return parsed
-    data = _dict_decoder.decode(parsed.raw)
+    data = raw_dict_decoder.decode(parsed.raw)
     data.pop("sentAt", None)
     parsed.event.sentAt = None
     return ParsedEvent(raw=encoder.encode(data), event=parsed.event, filtered=parsed.filtered,
                        sent_bytes=parsed.sent_bytes or len(parsed.raw))
 
-
-_dict_decoder = msgspec.json.Decoder(dict[str, Any])
