@@ -213,8 +213,10 @@ def decode_row(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
 
 
 class UndecodableEvent(ValueError):
-    """A stored event whose JSON is not an object (a source plugin's bug, stored before ingest
-    checked for it): listed with an error, dead-lettered by the router."""
+    """A stored event that cannot be read back: JSON that is not an object (a source plugin's
+    bug, stored before ingest checked for it), or nested deeper than this Python's decoder goes
+    (stored before ingest's nesting limit, :mod:`hookyard.nesting`). Listed with an error,
+    dead-lettered by the router."""
 
 
 def _raw_dict(raw: bytes) -> dict[str, Any]:
@@ -222,6 +224,8 @@ def _raw_dict(raw: bytes) -> dict[str, Any]:
         return raw_dict_decoder.decode(raw)
     except msgspec.DecodeError:
         pass
+    except RecursionError:
+        raise UndecodableEvent("the stored event is nested too deeply to decode") from None
     try:
         # invalid UTF-8 in a field no Struct names, stored before ingest checked every byte
         # (hookyard.tracking_api.json_text): shown with U+FFFD instead of failing the page
