@@ -82,9 +82,8 @@ def parse_iso(value: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        if _LEAP_SECOND.search(text) is None:
-            return None
-        return parse_iso(_LEAP_SECOND.sub(r"\g<1>59", text, count=1))
+        second_before, leap = _LEAP_SECOND.subn(r"\g<1>59", text, count=1)
+        return parse_iso(second_before) if leap else None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 

@@ -62,8 +62,9 @@ def check_url(settings: StorageSettings) -> None:
     sslmode = info.get("sslmode")
     if sslmode is not None and sslmode not in _SSLMODES:
         raise ConfigError(f"storage.url: sslmode {sslmode!r} is not one of {', '.join(_SSLMODES)}")
-    if len(settings.schema.encode()) > _PG_NAME_BYTES:
-        raise ConfigError(f"storage.schema is {len(settings.schema.encode())} bytes long:"
+    schema_bytes = len(settings.schema.encode())
+    if schema_bytes > _PG_NAME_BYTES:
+        raise ConfigError(f"storage.schema is {schema_bytes} bytes long:"
                           f" PostgreSQL names hold at most {_PG_NAME_BYTES} (a longer one is cut"
                           " short, and two long names would share one schema)")
 
