@@ -119,20 +119,50 @@ class IngestRequest:
     client: str | None = None
 
 
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+BASIC_CHALLENGE = 'Basic realm="hookyard"'
+BEARER_CHALLENGE = 'Bearer realm="hookyard"'
+
+
 @dataclass(frozen=True)
 class AuthResult:
-    """The answer of an ``authenticate`` hook: accepted, or refused with a reason (401)."""
+    """The answer of an ``authenticate`` hook: accepted, or refused with a reason (401).
+
+    challenge: the 401's ``WWW-Authenticate`` header, the scheme the client should use
+    (RFC 9110 11.6.1): ``Basic realm="hookyard"`` unless the source asks for another, such as
+    ``Bearer realm="hookyard"`` (:data:`BEARER_CHALLENGE`). One a header cannot carry (empty,
+    CR, LF, NUL, not Latin-1) raises ValueError here, in the plugin's own tests.
+    """
 
     accepted: bool
     reason: str = ""
+    challenge: str = BASIC_CHALLENGE
+
+    def __post_init__(self) -> None:
+        challenge = self.challenge
+        if challenge is BASIC_CHALLENGE:  # the default: nothing to check
+            return
+        if not isinstance(challenge, str) or not challenge.strip():
+            raise ValueError(f"AuthResult challenge must be a scheme such as {BEARER_CHALLENGE!r},"
+                             f" not {challenge!r}")
+        if any(c in challenge for c in "\r\n\0") or not _latin1(challenge):
+            raise ValueError("AuthResult challenge must be Latin-1 text without CR, LF or NUL:"
+                             f" {challenge!r}")
 
     @classmethod
     def accept(cls) -> AuthResult:
         return cls(True)
 
     @classmethod
-    def refuse(cls, reason: str) -> AuthResult:
-        return cls(False, reason)
+    def refuse(cls, reason: str, challenge: str = BASIC_CHALLENGE) -> AuthResult:
+        return cls(False, reason, challenge)
 
 
 @dataclass
@@ -167,14 +197,6 @@ class RefusedEvent:
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FRAMING = {"content-length", "transfer-encoding", "connection", "content-type"}
-
-
-def _latin1(text: str) -> bool:
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class Reply(Exception):  # noqa: N818 - raised to answer, not an error

@@ -76,9 +76,14 @@ class RequestTimeout(RequestError):
 
 
 class Unauthorized(RequestError):
-    """401: missing or wrong write key or admin token."""
+    """401: missing or wrong write key or admin token. ``challenge`` is the answer's
+    ``WWW-Authenticate`` header: the scheme the client should use."""
 
     status = 401
+
+    def __init__(self, reason: str, challenge: str = 'Basic realm="hookyard"') -> None:
+        super().__init__(reason)
+        self.challenge = challenge
 
 
 class NotFound(RequestError):

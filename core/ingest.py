@@ -21,7 +21,15 @@ from starlette.types import Receive, Scope, Send
 
 from . import body_deadline
 from .body_deadline import watch_current_task
-from .connectors import AuthResult, IngestRequest, ParsedEvent, RefusedEvent, Reply, SourceContext
+from .connectors import (
+    BASIC_CHALLENGE,
+    AuthResult,
+    IngestRequest,
+    ParsedEvent,
+    RefusedEvent,
+    Reply,
+    SourceContext,
+)
 from .delivery.retry import clip
 from .errors import (
     BadRequest,
@@ -158,7 +166,7 @@ def _error_answer(exc: RequestError) -> Answer:
     if isinstance(exc, StorageUnavailable | SourceHookFailed):
         headers["Retry-After"] = "5"
     if isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = 'Basic realm="hookyard"'
+        headers["WWW-Authenticate"] = exc.challenge
     if isinstance(exc, RequestTimeout | PayloadTooLarge):
         # the body may be unread, or still coming: what follows on the connection is not a
         # new request (RFC 9110 15.5.9), so it is closed after the answer
@@ -279,7 +287,7 @@ class IngestEndpoint:
         """The source that accepts ``req``; else :class:`Unauthorized` with the first
         source's reason, or :class:`SourceHookFailed` when no source accepted and a hook
         failed."""
-        reason = "invalid write key"
+        reason, challenge = "invalid write key", BASIC_CHALLENGE
         failed: SourceContext | None = None
         candidates = self.candidates(req.path)
         for i, (source, params) in enumerate(candidates):
@@ -300,11 +308,11 @@ class IngestEndpoint:
             if result.accepted:
                 return source
             if i == 0:
-                reason = result.reason
+                reason, challenge = result.reason, result.challenge
         if failed is not None:
             raise SourceHookFailed("the source could not check this request (its plugin"
                                    " failed: see the server log); retry later")
-        raise Unauthorized(reason)
+        raise Unauthorized(reason, challenge)
 
     async def __call__(self, request: Request) -> Response:
         if request.method == "OPTIONS":  # CORS preflight

@@ -486,7 +486,9 @@ def test_webhook_auth(server: HookyardServer, http: httpx.Client) -> None:
     assert_refused(post(http, "/connector/segment/", sample_track(), bearer("nope")), 401,
                    "invalid write key")
     assert_refused(post(http, "/connector/segment/", sample_track(), basic(KEY)), 401, "Bearer")
-    assert_refused(post(http, "/connector/segment/", sample_track(), {}), 401, "Bearer")
+    r = post(http, "/connector/segment/", sample_track(), {})
+    assert_refused(r, 401, "Bearer")
+    assert r.headers["www-authenticate"] == 'Bearer realm="hookyard"'  # the scheme it takes
     assert inbox_count(server) == 0
 
 

@@ -64,7 +64,7 @@ def raise_in_auth(self: Any, source: SourceContext, request: IngestRequest) -> A
 
 
 def refuse(self: Any, source: SourceContext, request: IngestRequest) -> AuthResult:
-    return AuthResult.refuse("bad signature")
+    return AuthResult.refuse("bad signature", 'Signature realm="odd"')
 
 
 def parse(self: Any, source: SourceContext, request: IngestRequest) -> Any:
@@ -194,6 +194,7 @@ def test_a_refusal_by_the_paths_only_source_is_logged_as_its_own(
 ) -> None:
     server, r = odd_server(hookyard_server, refuse, parse)
     assert r.status_code == 401 and r.json()["error"] == "bad signature"
+    assert r.headers["www-authenticate"] == 'Signature realm="odd"'  # the source's own scheme
     deadline = time.monotonic() + 10  # a refusal's log line is written after the answer
     while not (logs := server.api("/api/logs?source=in").json()["items"]) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -406,3 +407,11 @@ def test_a_source_whose_plugin_checks_the_write_key_still_needs_one() -> None:
     with pytest.raises(ConfigError, match="source 'web' has no write_key: the segment plugin"
                                           " authenticates requests with it"):
         Runtime.build(parse_config(data))
+
+
+@pytest.mark.parametrize("challenge", ["", "  ", 'Bearer realm="x"\r\nSet-Cookie: a=b', "Bearer \u2603"])
+def test_an_auth_challenge_a_header_cannot_carry_is_refused_when_made(challenge: str) -> None:
+    """The 401's WWW-Authenticate comes from the plugin: response splitting or a header
+    uvicorn cannot encode is the plugin's error, raised in its own tests."""
+    with pytest.raises(ValueError, match="AuthResult challenge"):
+        AuthResult.refuse("no", challenge)

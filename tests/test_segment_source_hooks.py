@@ -177,6 +177,7 @@ def test_webhook_needs_bearer(headers: dict[str, str]) -> None:
     result = seg.authenticate(source=SOURCE, request=webhook(sample_identify(), headers))
     assert not result.accepted
     assert "Bearer" in result.reason
+    assert result.challenge == 'Bearer realm="hookyard"'  # the 401's WWW-Authenticate
 
 
 def test_webhook_does_not_accept_a_body_write_key() -> None:

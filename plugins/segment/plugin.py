@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from hookyard import hookimpl
 from hookyard.connectors import (
+    BEARER_CHALLENGE,
     AuthResult,
     Connector,
     IngestRequest,
@@ -71,10 +72,10 @@ def authenticate(source: SourceContext, request: IngestRequest) -> AuthResult:
     if _is_webhook(request):
         token = bearer_token(request.headers)
         if token is None:
-            return AuthResult.refuse("missing Authorization: Bearer <write key>")
+            return AuthResult.refuse("missing Authorization: Bearer <write key>", BEARER_CHALLENGE)
         if keys_match(token, source.write_key):
             return AuthResult.accept()
-        return AuthResult.refuse("invalid write key")
+        return AuthResult.refuse("invalid write key", BEARER_CHALLENGE)
     return authenticate_write_key(source.write_key, request)
 
 
