@@ -2,7 +2,7 @@
 environment from a directory without the source tree, it ingests an identify and serves the
 subscriber back on the admin API.
 
-A cold build takes about a minute on 2 cores; the script caches the binary keyed by a hash of
+A cold build takes under a minute on 2 cores (about 40 s of CPU); the script caches the binary keyed by a hash of
 the sources, so an unchanged tree reuses it (see scripts/build-binary).
 """
 
