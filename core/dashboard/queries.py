@@ -180,7 +180,8 @@ def events_page(
 
 
 # -- destination health ----------------------------------------------------------------------
-WINDOW_ATTEMPTS = 10_000
+WINDOW_ROWS = 100_000  # the newest attempts looked at, of every destination together
+PER_DESTINATION = 1_000  # of those, each destination's newest ones make its success rate
 WINDOW_SECONDS = 24 * 3600
 
 
@@ -219,8 +220,10 @@ class Health:
 def destination_health(
     conn: sqlite3.Connection, names: list[str], sizes: SizeCounter | None = None
 ) -> dict[str, Health]:
-    """Outbox counts by state, and success rate / last error over the most recent attempts
-    (at most ``WINDOW_ATTEMPTS``, within ``WINDOW_SECONDS``), per destination."""
+    """Outbox counts by state, and per destination its success rate over its newest attempts
+    (at most ``PER_DESTINATION`` of them, within ``WINDOW_SECONDS``, among the newest
+    ``WINDOW_ROWS`` of all: a busy destination does not crowd a quiet one out), its last
+    outcome and its last error."""
     out = {n: Health(n) for n in names}
 
     def get(name: str) -> Health:
@@ -235,19 +238,28 @@ def destination_health(
     for dest, count in retrying.items():
         get(dest).retrying = count
     since = time.time() - WINDOW_SECONDS
-    for dest, outcome, status, error, at in conn.execute(
-        "SELECT destination, outcome, http_status, error, at FROM attempts"
-        " WHERE id > (SELECT coalesce(max(id), 0) FROM attempts) - ? ORDER BY id DESC",
-        (WINDOW_ATTEMPTS,),
-    ):
-        h = get(dest)
-        if h.last_at is None:
-            h.last_outcome, h.last_at = outcome, at
-        if outcome != "ok" and h.last_error_at is None:
-            h.last_error, h.last_error_status, h.last_error_at = error, status, at
-        if at >= since:
-            h.attempts += 1
-            h.ok += outcome == "ok"
+    newest = conn.execute("SELECT coalesce(max(id), 0) FROM attempts").fetchone()[0]
+    floor = newest - WINDOW_ROWS  # an id range: no index beyond the primary key is needed
+    for name in names:  # each a scan back from the newest row, stopped by its LIMIT
+        h = get(name)
+        h.attempts, ok = conn.execute(
+            "SELECT count(*), sum(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END) FROM (SELECT outcome"
+            " FROM attempts WHERE id > ? AND at >= ? AND destination = ? ORDER BY id DESC"
+            " LIMIT ?) AS recent", (floor, since, name, PER_DESTINATION),
+        ).fetchone()
+        h.ok = int(ok or 0)
+        last = conn.execute(
+            "SELECT outcome, at FROM attempts WHERE id > ? AND destination = ?"
+            " ORDER BY id DESC LIMIT 1", (floor, name),
+        ).fetchone()
+        if last is not None:
+            h.last_outcome, h.last_at = last
+        error = conn.execute(
+            "SELECT error, http_status, at FROM attempts WHERE id > ? AND destination = ?"
+            " AND outcome <> 'ok' ORDER BY id DESC LIMIT 1", (floor, name),
+        ).fetchone()
+        if error is not None:
+            h.last_error, h.last_error_status, h.last_error_at = error
     for h in out.values():
         if h.last_error is None:  # older than the window: the newest dead letter says why
             row = conn.execute(

@@ -83,3 +83,20 @@ def test_destination_health(conn: sqlite3.Connection) -> None:
     assert (a.last_error, a.last_error_status) == ("HTTP 400", 400)
     assert health["idle"].health() == "idle" and health["idle"].health(enabled=False) == "disabled"
     assert health["old"].last_error == "HTTP 404"  # from the dead letter: no recent attempt
+
+
+def test_a_busy_destination_does_not_crowd_a_quiet_ones_rate_out(conn: sqlite3.Connection) -> None:
+    """Each destination's rate is over its own newest attempts: 2,000 newer failures of another
+    destination leave the quiet one's 10 successes counted (the rate once came from the newest
+    10,000 attempts of all destinations together, and read 0 % for a destination that was fine)."""
+    now = time.time()
+    conn.executemany("INSERT INTO attempts (destination, outcome, http_status, at) VALUES (?, ?, ?, ?)",
+                     [("quiet", "ok", 200, now)] * 10)
+    conn.executemany("INSERT INTO attempts (destination, outcome, http_status, error, at)"
+                     " VALUES (?, ?, ?, ?, ?)", [("busy", "retryable", 500, "HTTP 500", now)] * 2000)
+    health = destination_health(conn, ["quiet", "busy"])
+    assert (health["quiet"].attempts, health["quiet"].success_rate) == (10, 1.0)
+    assert health["quiet"].health() == "healthy" and health["quiet"].last_error is None
+    assert (health["busy"].attempts, health["busy"].success_rate) == (1000, 0.0)
+    assert (health["busy"].last_error, health["busy"].last_error_status) == ("HTTP 500", 500)
+    assert health["busy"].health() == "failing"
