@@ -112,13 +112,16 @@ class SessionAuth:
         return self._sign(f"csrf:{sid}")
 
     def identify(self, request: Request) -> Identity | None:
-        """The caller's identity, None if anonymous; a wrong Bearer token raises Refused."""
+        """The caller's identity, None if anonymous; a wrong Bearer token raises Refused.
+        Another scheme's header is not the dashboard's: a reverse proxy's Basic auth, which
+        the browser then sends with every request, must not hide the session cookie."""
         header = request.headers.get("authorization")
         if header:
             scheme, _, value = header.partition(" ")
-            if scheme.lower() != "bearer" or not self.token_ok(value):
-                raise Refused(401, "wrong admin token in the Authorization header")
-            return Identity("bearer")
+            if scheme.lower() == "bearer":
+                if not self.token_ok(value):
+                    raise Refused(401, "wrong admin token in the Authorization header")
+                return Identity("bearer")
         sid = self.session_id(request.cookies.get(SESSION_COOKIE))
         if sid is None:
             return None

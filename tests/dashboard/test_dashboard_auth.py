@@ -39,10 +39,20 @@ def test_bearer_token(client: httpx.Client) -> None:
     assert client.get("/ui/events", headers=BEARER).status_code == 200
     wrong = client.get("/ui/events", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "WWW-Authenticate" in wrong.headers
-    assert client.get("/ui/events", headers={"Authorization": f"Basic {ADMIN}"}).status_code == 401
+    # another scheme is not the dashboard's (a proxy's Basic auth): the sign-in page, no 401
+    basic = client.get("/ui/events", headers={"Authorization": f"Basic {ADMIN}"})
+    assert basic.status_code == 303 and basic.headers["location"].startswith("/ui/login")
     # a Bearer client needs no CSRF token: a browser never adds that header on its own
     retry = client.post("/ui/dead-letters/retry", headers=BEARER, data={})
     assert retry.status_code == 303 and retry.headers["location"].startswith("/ui/dead-letters")
+
+
+def test_a_proxys_basic_auth_does_not_hide_the_session(client: httpx.Client) -> None:
+    """Behind a reverse proxy protected by Basic auth the browser sends that header with every
+    request: the session cookie still signs the operator in."""
+    assert login(client).status_code == 303
+    proxy = {"Authorization": "Basic cHJveHl1c2VyOnB3"}
+    assert client.get("/ui/events", headers=proxy).status_code == 200
 
 
 def test_bad_login(client: httpx.Client) -> None:
