@@ -55,6 +55,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         post("/ui/dead-letters/{action}", guard(pages.dead_letter_action)),
         get("/ui/plugins", guard(pages.plugins)),
         Mount("/ui/static", app=StaticFiles(directory=STATIC), name="dashboard-static"),
+        get("/ui/{rest:path}", guard(pages.not_found)),  # a page with the menu, not Starlette's text
     ]
 
 

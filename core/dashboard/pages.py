@@ -18,7 +18,7 @@ from .render import mask
 from .views import Call, Dashboard
 
 PAGE = 50
-LOG_STATUSES = ("200", "400", "401", "404", "413", "503")
+LOG_STATUSES = ("200", "400", "401", "404", "405", "408", "413", "503")
 DONE_MESSAGES = {
     "retry": "{count} dead letter(s) queued for delivery again.",
     "discard": "{count} dead letter(s) discarded.",
@@ -78,7 +78,7 @@ async def events(view: Dashboard, call: Call) -> Response:
         "source": _choice(call, "source", list(view.rt.sources)),
         "type": _choice(call, "type", tuple(EVENT_CLASSES)),
         "status": _choice(call, "status", STATUSES),
-        "user_id": call.param("user_id"),
+        "user_id": call.id_param("user_id"),
     }
     cursor = call.int_param("cursor")
     rows, nxt = await view.rt.db.read(
@@ -107,7 +107,7 @@ async def logs(view: Dashboard, call: Call) -> Response:
 
 
 async def event_detail(view: Dashboard, call: Call) -> Response:
-    message_id = call.request.path_params["message_id"]
+    message_id = call.record_id("message_id")
     found = await view.api.get("/api/events", message_id=message_id, limit=50)
     if not found["items"]:
         raise Refused(404, f"no stored event has messageId {message_id!r}")
@@ -153,7 +153,7 @@ async def subscribers(view: Dashboard, call: Call) -> Response:
 
 async def subscriber(view: Dashboard, call: Call) -> Response:
     dest, store, names = _store(view, call)
-    uid = call.request.path_params["distinct_id"]
+    uid = call.record_id("distinct_id")
 
     def load() -> dict[str, Any] | None:
         profile = store.subscriber(dest, uid)
@@ -168,7 +168,7 @@ async def subscriber(view: Dashboard, call: Call) -> Response:
     if data is None:
         raise Refused(404, f"no subscriber {uid!r} in profile store {dest!r}")
     return view.page(call, "subscriber.html", "subscribers", destination=dest,
-                     destinations=names, uid=uid, **data)
+                     destinations=names, uid=uid, limit=PAGE, **data)
 
 
 # -- destinations, dead letters, plugins --------------------------------------------------------
@@ -215,6 +215,8 @@ async def dead_letter_action(view: Dashboard, call: Call) -> Response:
         if dest not in view.rt.destinations:
             raise Refused(400, f"no destination named {dest!r}")
         body["destination"] = dest
+    if not one and not dest and call.form.get("all") == "1":  # "Discard all" of any destination
+        body["all"] = True
     status, result = await view.api.call("POST", f"/api/dead-letters/{action}", body=body)
     if status != 200:
         raise Refused(status, (result or {}).get("error", f"HTTP {status}"))
@@ -238,3 +240,7 @@ async def plugins(view: Dashboard, call: Call) -> Response:
     others = sorted(name for name, _ in rt.pm.list_name_plugin()
                     if name not in owners and not name.startswith(("hookyard.", "_")))
     return view.page(call, "plugins.html", "plugins", rows=rows, others=others)
+
+
+async def not_found(view: Dashboard, call: Call) -> Response:
+    raise Refused(404, f"no dashboard page at {call.request.url.path[:200]}: pick one from the menu")

@@ -12,6 +12,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse
@@ -67,6 +68,28 @@ def pretty(value: Any) -> str:
         return "(nested too deeply to show here: read it through the API, GET /api/events?message_id=...)"
 
 
+def compact(value: Any) -> str:
+    """One-line JSON of ``value`` (secret-looking keys masked), its text as written: Arabic or
+    an emoji shown as such, not as ``\\u`` escapes (the template autoescapes it)."""
+    try:
+        return json.dumps(_mask_keys(value), ensure_ascii=False, separators=(", ", ": "),
+                          default=str)
+    except RecursionError:
+        return "(nested too deeply to show here)"
+
+
+def item_url(base: str, item: Any, **query: Any) -> str:
+    """The URL of one record under ``base`` (``/ui/subscribers``): its id as one path segment,
+    every reserved character encoded, so that ``a/../b`` is not a path the browser resolves
+    to another record. An id of ``.`` or ``..`` cannot be a path segment at all (browsers
+    resolve even ``%2E%2E``): it goes in the query, ``base/?id=..``."""
+    text = str(item)
+    params = {k: v for k, v in query.items() if v is not None}
+    if text in (".", ".."):
+        return f"{base}/?{urlencode({'id': text, **params})}"
+    return f"{base}/{quote(text, safe='')}" + (f"?{urlencode(params)}" if params else "")
+
+
 def when(value: Any) -> str:
     """Unix seconds or an ISO-8601 string as ``YYYY-MM-DD HH:MM:SS`` UTC."""
     if value is None or value == "":
@@ -103,7 +126,8 @@ class Renderer:
             lstrip_blocks=True,
         )
         self.env.filters.update(pretty=pretty, when=when, millis=millis, percent=percent,
-                                mask=mask)
+                                mask=mask, compact=compact)
+        self.env.globals["item_url"] = item_url
         self.env.globals["version"] = _version()
 
     def finalize(self, value: Any) -> Any:

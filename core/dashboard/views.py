@@ -53,6 +53,19 @@ class Call:
         value = self.request.query_params.get(name)
         return value.strip() or None if value is not None else None
 
+    def id_param(self, name: str) -> str | None:
+        """An id given in the query, as it is (a user id may begin or end with a space);
+        None when absent or empty."""
+        return self.request.query_params.get(name) or None
+
+    def record_id(self, name: str) -> str:
+        """The id of the record a detail page shows: its path segment, or ``?id=`` (an id of
+        ``.`` or ``..`` cannot be a path segment: hookyard.dashboard.render.item_url)."""
+        found = self.request.path_params.get(name) or self.id_param("id")
+        if not found:
+            raise Refused(404, f"no {name} given: pick one from the list")
+        return found
+
     def int_param(self, name: str) -> int | None:
         value = self.param(name)
         if value is None:

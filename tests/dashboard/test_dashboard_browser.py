@@ -145,3 +145,42 @@ def test_click_through(page: Any, setup: tuple[HookyardServer, FakeServer], tmp_
     page.click("button:has-text('Log out')")
     expect(page).to_have_url(f"{server.url}/ui/login")
     assert len(list(shots.iterdir())) == 6
+
+
+def sign_in(page: Any, path: str = "/ui/events") -> None:
+    page.goto(path)
+    page.fill("#token", ADMIN)
+    page.click("button[type=submit]")
+
+
+def test_long_values_and_a_narrow_screen_do_not_widen_the_page(
+    page: Any, setup: tuple[HookyardServer, FakeServer]
+) -> None:
+    """A 20 KB trait without spaces wraps in its cell; at 375 px a table scrolls in its own
+    box and the page itself does not scroll sideways."""
+    server, _ = setup
+    long = "x" * 20_000
+    uid = "u-" + "y" * 300
+    assert server.post("/v1/identify", sample_identify(userId=uid, traits={"blob": long})).status_code == 200
+    server.wait_idle()
+    sign_in(page)
+    for width in (1280, 375):
+        page.set_viewport_size({"width": width, "height": 800})
+        for path in ("/ui/events", "/ui/subscribers", f"/ui/subscribers/{uid}"):
+            page.goto(path)
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, (width, path)
+
+
+def test_the_live_page_says_when_its_session_ended(
+    page: Any, setup: tuple[HookyardServer, FakeServer]
+) -> None:
+    """Signed out in another tab: the live table stops refreshing and says so, instead of
+    going stale without a word."""
+    from playwright.sync_api import expect
+
+    sign_in(page)
+    other = page.context.new_page()
+    other.goto("/ui/sources")
+    other.click("button:has-text('Log out')")
+    expect(page.locator(".refresh-stopped")).to_contain_text("signed out", timeout=10_000)
+    assert not page.locator("#autorefresh").is_checked()

@@ -59,10 +59,26 @@
 
   var live = document.getElementById("live");
   var toggle = document.getElementById("autorefresh");
+  function stopRefresh(timer, why) {
+    // signed out (here or in another tab) or the session expired: say so instead of
+    // leaving a table that silently stopped updating
+    clearInterval(timer);
+    toggle.checked = false;
+    toggle.disabled = true;
+    var note = document.createElement("span");
+    note.className = "flash error refresh-stopped";
+    note.setAttribute("role", "status");
+    note.textContent = why;
+    toggle.parentNode.appendChild(note);
+  }
   if (live && toggle && live.dataset.refresh) {
-    setInterval(function () {
+    var timer = setInterval(function () {
       if (!toggle.checked || document.hidden) { return; }
       fetch(location.href, { credentials: "same-origin" }).then(function (r) {
+        if (r.redirected || r.status === 401 || r.status === 403) {
+          stopRefresh(timer, "auto-refresh stopped: you are signed out. Reload the page to sign in.");
+          return null;
+        }
         return r.ok ? r.text() : null;
       }).then(function (html) {
         if (!html) { return; }

@@ -1,0 +1,87 @@
+"""Dashboard links to records with odd ids, long lists on a subscriber page, unknown pages and
+"Discard all" of every destination (an outside audit in a real browser found each broken)."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from hookyard.testing import sample_identify, sample_track
+from hookyard.testing.server import HookyardServer
+
+from .kit import BEARER
+
+ODD_IDS = ("a/../b", "..", ".", " lead", "q?x=1#f", "100%")
+
+
+@pytest.fixture(scope="module")
+def client(server: HookyardServer) -> Iterator[httpx.Client]:
+    for uid in (*ODD_IDS, "b"):
+        ident = sample_identify(userId=uid, messageId=f"id-{uid}",
+                                traits={"name": f"user {uid}", "greeting": "مرحبا 🎉", "gone": None})
+        assert server.post("/v1/identify", ident).status_code == 200
+    batch = [sample_track(userId="busy", messageId=f"busy-{i}") for i in range(60)]
+    assert server.post("/v1/batch", {"batch": batch}).status_code == 200
+    server.wait_idle()
+    with httpx.Client(base_url=server.url, headers=BEARER, timeout=10) as c:
+        yield c
+
+
+def hrefs(page: str) -> list[str]:
+    return [html.unescape(h) for h in re.findall(r'href="([^"]+)"', page)]
+
+
+@pytest.mark.parametrize("uid", ODD_IDS)
+def test_a_subscriber_link_opens_that_subscriber(client: httpx.Client, uid: str) -> None:
+    """``a/../b`` must not open subscriber ``b``; ``..`` and ``.`` cannot be path segments."""
+    listing = client.get("/ui/subscribers", params={"q": uid.strip()}).text
+    links = [h for h in hrefs(listing) if h.startswith("/ui/subscribers/")]
+    assert links, listing
+    pages = [client.get(httpx.URL(link)) for link in links]
+    titles = [re.search(r"<h1>Subscriber <code>(.*?)</code>", p.text, re.S) for p in pages]
+    assert uid in [html.unescape(t.group(1)) for t in titles if t], links
+
+
+def test_the_event_link_of_an_odd_message_id_opens_that_event(client: httpx.Client) -> None:
+    page = client.get("/ui/events", params={"user_id": "a/../b"}).text
+    [link] = {h for h in hrefs(page) if h.startswith("/ui/events/")}
+    assert link == "/ui/events/id-a%2F..%2Fb"
+    assert "id-a/../b" in client.get(link).text
+
+
+def test_a_user_id_with_spaces_around_it_is_filtered_as_it_is(client: httpx.Client) -> None:
+    page = client.get("/ui/events", params={"user_id": " lead"}).text
+    assert page.count('class="detail"') == 1
+
+
+def test_values_are_shown_as_written(client: httpx.Client) -> None:
+    page = client.get("/ui/subscribers/b").text
+    assert "مرحبا 🎉" in page and "null" in page and "\\u0645" not in page
+
+
+def test_a_subscriber_page_says_when_it_shows_only_the_newest(client: httpx.Client) -> None:
+    page = client.get("/ui/subscribers/busy").text
+    assert page.count('<tr><td>User Registered</td>') == 50
+    assert "The newest 50 are shown" in page and "/ui/events?user_id=busy" in page
+    assert "The newest 50 are shown" not in client.get("/ui/subscribers/b").text
+
+
+def test_an_unknown_page_is_a_404_with_the_menu(client: httpx.Client) -> None:
+    r = client.get("/ui/no-such-page")
+    assert r.status_code == 404 and 'href="/ui/events"' in r.text and "no dashboard page" in r.text
+    assert client.get("/ui/events/").status_code == 404  # no id: a 404, whatever is stored
+
+
+def test_discard_all_of_any_destination(client: httpx.Client, server: HookyardServer) -> None:
+    """With no destination picked, "Discard all" sends ``all`` (the API refuses an unfiltered
+    discard without it); the form of one destination sends only the destination."""
+    page = client.get("/ui/dead-letters").text
+    assert page.count('name="all" value="1"') == 1
+    assert 'name="all"' not in client.get("/ui/dead-letters?destination=forward").text
+    done = client.post("/ui/dead-letters/discard", data={"destination": "", "all": "1"})
+    assert done.status_code == 303, done.text
+    assert "dead letter(s) discarded" in client.get(done.headers["location"]).text
+    assert 'class="dead-letter"' not in client.get("/ui/dead-letters").text
