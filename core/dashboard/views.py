@@ -18,6 +18,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from .. import operator_input
 from .auth import (
     HOME,
     LOGIN_COOKIE,
@@ -67,12 +68,12 @@ class Call:
         return found
 
     def int_param(self, name: str) -> int | None:
-        value = self.param(name)
-        if value is None:
-            return None
-        if not value.isdigit() or len(value) > 18:
-            raise Refused(400, f"{name} must be a non-negative integer")
-        return int(value)
+        """A non-negative integer in the query (the API's own check: ASCII digits only, where
+        ``str.isdigit`` also takes ``²``, which ``int`` refuses)."""
+        try:
+            return operator_input.int_param(self.request.query_params, name)
+        except ValueError:
+            raise Refused(400, f"{name} must be a non-negative integer") from None
 
 
 Handler = Callable[["Dashboard", Call], Awaitable[Response]]

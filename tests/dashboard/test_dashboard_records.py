@@ -85,3 +85,10 @@ def test_discard_all_of_any_destination(client: httpx.Client, server: HookyardSe
     assert done.status_code == 303, done.text
     assert "dead letter(s) discarded" in client.get(done.headers["location"]).text
     assert 'class="dead-letter"' not in client.get("/ui/dead-letters").text
+
+
+@pytest.mark.parametrize("cursor", ["%C2%B2", "%D9%A3", "-1", "99999999999999999999999"])
+def test_a_cursor_that_is_not_ascii_digits_is_a_400(client: httpx.Client, cursor: str) -> None:
+    """``str.isdigit`` takes "²" and "٣", which ``int`` refuses: that was a 500."""
+    for page in ("/ui/events", "/ui/logs", "/ui/dead-letters"):
+        assert client.get(f"{page}?cursor={cursor}").status_code == 400, page
