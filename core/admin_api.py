@@ -22,7 +22,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .api_models import DeadLetterRequest, ReplayRequest
-from .delivery import outbox, router
+from .delivery import outbox
+from .delivery.preview import preview_event
 from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
 from .inbox import UndecodableEvent, by_message_id, decode_row
@@ -231,7 +232,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         try:
             _query(request, "source")
             raw = await _body(request)
-            return _json(router.preview(rt, dest, raw, request.query_params.get("source")))
+            return _json(preview_event(rt, dest, raw, request.query_params.get("source")))
         except (ValueError, msgspec.ValidationError) as exc:
             return _error(400, f"not a valid Segment event: {exc}")
 

@@ -198,6 +198,3 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
     app.state.runtime = runtime
     return app
 
-
-def app_state(app: Any) -> Runtime:
-    return app.state.runtime  # type: ignore[no-any-return]

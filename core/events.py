@@ -9,14 +9,13 @@ Decoders and encoders are module-level objects, built once and reused on the hot
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 JSON = dict[str, Any]
 
 EVENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
-EventType = Literal["identify", "track", "page", "screen", "group", "alias"]
 
 
 class _Common(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True):

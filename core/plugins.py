@@ -33,7 +33,6 @@ from .connectors import Connector, ConnectorKind
 from .errors import ConfigError, did_you_mean
 
 ENTRY_POINT_GROUP = "hookyard"
-STEP_HOOKS = ("authenticate", "parse_events", "map_event", "deliver")
 STEP_RESULTS = {
     "authenticate": "an AuthResult",
     "parse_events": "a list of ParsedEvent",

@@ -365,13 +365,3 @@ async def remap(rt: Runtime, dest: DestinationRuntime, ids: list[int]) -> None:
 
     await rt.db.write(apply)
 
-
-def preview(
-    rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any], source: str | None = None
-) -> dict[str, Any]:
-    """What ``dest`` would do with ``raw`` (a Segment event dict), without sending anything.
-
-    See :func:`hookyard.delivery.preview.preview_event` (kept here for the admin API)."""
-    from .preview import preview_event
-
-    return preview_event(rt, dest, raw, source)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import signal
@@ -202,6 +201,3 @@ class HookyardProcess:
         self.proc.terminate()
         return self.proc.wait(timeout=timeout)
 
-
-def run_async(coro: Any) -> Any:
-    return asyncio.run(coro)
