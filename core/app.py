@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import admin_api, dashboard
 from .delivery.engine import Engine
-from .errors import RequestError
+from .errors import BEARER_CHALLENGE, RequestError
 from .http_protocol import error_body
 from .ingest import IngestEndpoint
 from .metrics import CONTENT_TYPE, Metrics
@@ -55,7 +55,7 @@ class AdminAuth:
                 response = JSONResponse(
                     {"error": "admin token required: Authorization: Bearer <admin token>"},
                     status_code=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="hookyard"'},
+                    headers={"WWW-Authenticate": BEARER_CHALLENGE},
                 )
                 await response(scope, receive, send)
                 return

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from .errors import BASIC_CHALLENGE, BEARER_CHALLENGE
 from .events import Event
 
 ConnectorKind = Literal["source", "destination"]
@@ -127,8 +128,6 @@ def _latin1(text: str) -> bool:
     return True
 
 
-BASIC_CHALLENGE = 'Basic realm="hookyard"'
-BEARER_CHALLENGE = 'Bearer realm="hookyard"'
 
 
 @dataclass(frozen=True)

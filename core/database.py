@@ -2,8 +2,10 @@
 
 Writes are functions ``fn(conn) -> result`` handed to :meth:`Database.write` (the job queue and
 the writer thread's life: :mod:`hookyard.group_commit`). The writer thread takes every job
-queued at that moment, runs each inside its own SAVEPOINT (one failing job does
-not undo the others) and commits them together: one fsync for many concurrent requests. The
+queued at that moment and commits them together: one fsync for many concurrent requests. A
+job runs inside its own SAVEPOINT, so one failing job does not undo the others; consecutive
+ingest jobs of one statement each share one multi-row INSERT instead (if it fails, they are run
+again one by one, so a bad job still fails alone). The
 awaiting coroutine resumes only after COMMIT returned and, with ``synchronous = "full"``, the
 WAL was fsynced (on a thread of its own while the writer goes on: :mod:`hookyard.wal_sync`),
 which is what lets ingest acknowledge an event only once it is on disk.

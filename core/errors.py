@@ -75,13 +75,17 @@ class RequestTimeout(RequestError):
     status = 408
 
 
+BASIC_CHALLENGE = 'Basic realm="hookyard"'
+BEARER_CHALLENGE = 'Bearer realm="hookyard"'
+
+
 class Unauthorized(RequestError):
     """401: missing or wrong write key or admin token. ``challenge`` is the answer's
     ``WWW-Authenticate`` header: the scheme the client should use."""
 
     status = 401
 
-    def __init__(self, reason: str, challenge: str = 'Basic realm="hookyard"') -> None:
+    def __init__(self, reason: str, challenge: str = BASIC_CHALLENGE) -> None:
         super().__init__(reason)
         self.challenge = challenge
 

@@ -51,8 +51,9 @@ def register_connectors() -> list[Connector]:
 
     Return a list of :class:`hookyard.connectors.Connector`, each with a unique ``name``, its
     ``kind`` (``"source"`` or ``"destination"``) and a msgspec Struct type for its settings.
-    Called once when the plugin manager is built; two plugins declaring the same
-    (name, kind) stop start-up with a clear error.
+    Called once per plugin when the connector registry is built (start-up, ``hookyard
+    plugins``, ``hookyard.testing.registry``); two plugins declaring the same (name, kind)
+    stop start-up with a clear error.
     """
 
 

@@ -5,7 +5,8 @@ source plugin speaking it (Segment itself, Pushwoosh's exporter, ...) reuses the
 
 * :func:`basic_auth_user`, :func:`bearer_token`, :func:`body_write_key` find the key a client
   sent; :func:`keys_match` compares keys in constant time; :func:`authenticate_write_key` does
-  all of it for the tracking API (Basic user name or a ``writeKey`` field in the body).
+  all of it for the tracking API (Basic user name, Bearer token or a ``writeKey`` field in the
+  body).
 * :func:`parse_call` parses ``/v1/{identify,track,page,screen,group,alias,batch,import}``.
 * :func:`parse_webhook` parses one event or a JSON array of events (Segment's webhooks).
 """

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from .. import operator_input
+from ..errors import BEARER_CHALLENGE
 from .auth import (
     HOME,
     LOGIN_COOKIE,
@@ -98,7 +99,7 @@ class Dashboard:
 
     def error(self, request: Request, status: int, reason: str,
               ident: Identity | None = None) -> Response:
-        headers = {"WWW-Authenticate": 'Bearer realm="hookyard"'} if status == 401 else None
+        headers = {"WWW-Authenticate": BEARER_CHALLENGE} if status == 401 else None
         return self.renderer.page(
             "error.html",
             {"status": status, "reason": reason, "nav": "", "ident": ident,

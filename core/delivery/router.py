@@ -5,7 +5,8 @@ filter/trigger, calls the destination plugin's ``map_event`` hook, and writes th
 deliveries (or the reason the event was filtered) to the outbox *together with the new cursor*,
 in one transaction: after a crash it resumes exactly where the last commit left it.
 
-The same mapping code serves replays (:func:`map_rows` with ``replay=True``) and previews.
+The same mapping code (:func:`map_one`) serves replays (:func:`replay_rows`, with ``only=`` for
+one destination: :mod:`hookyard.delivery.replay`) and previews (:mod:`hookyard.delivery.preview`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@
 * :mod:`hookyard.testing.assertions`: ``assert_request``/``assert_requests`` on what it recorded.
 * :mod:`hookyard.testing.fixtures`: the pytest fixtures ``hookyard_server`` and
   ``fake_destination`` (installed as a pytest plugin).
+
+:mod:`hookyard.testing.cluster` (several nodes on one PostgreSQL) and
+:mod:`hookyard.testing.postgres` (a throwaway PostgreSQL schema) serve hookyard's own tests and
+benchmarks; plugin authors do not need them.
 """
 
 from .assertions import ANY, assert_request, assert_requests
