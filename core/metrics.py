@@ -6,6 +6,7 @@ state, retry queue depth) are read from the database when Prometheus scrapes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .sizes import unrouted_events
+
+log = logging.getLogger("hookyard.metrics")
 
 if TYPE_CHECKING:
     from .delivery.outbox import Outcome
@@ -32,6 +35,7 @@ class _SizeCollector(Collector):
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.failing = False  # the last scrape could not read the sizes (logged once)
 
     def collect(self) -> Iterable[Any]:
         mapper = getattr(getattr(self.rt.engine, "router", None), "mapper", None)
@@ -54,7 +58,14 @@ class _SizeCollector(Collector):
             (inbox, states, retrying), unrouted = self.rt.db.read_sync(
                 lambda conn: (self.rt.sizes.read(conn, names), unrouted_events(conn)))
         except Exception:  # noqa: BLE001 - a scrape must not fail because of the database
+            if not self.failing:  # once per outage, not every scrape
+                log.warning("metrics: the storage gauges are left out: reading the sizes"
+                            " failed", exc_info=True)
+            self.failing = True
             return
+        if self.failing:
+            log.info("metrics: the storage gauges are back")
+            self.failing = False
         yield GaugeMetricFamily("hookyard_inbox_events", "Events stored in the inbox", value=inbox)
         yield GaugeMetricFamily(
             "hookyard_unrouted_events", "Inbox events not routed to the destinations yet",

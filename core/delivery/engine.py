@@ -176,4 +176,5 @@ class Engine:
         try:
             await self.router.close()  # a batch still committing: its outcome is in the database
         except Exception:  # noqa: BLE001 - routed again from the stored cursor next time
-            log.warning("the last routing batch was not stored; it is routed again at start")
+            log.warning("the last routing batch was not stored; it is routed again at start",
+                        exc_info=True)

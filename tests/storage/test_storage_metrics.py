@@ -100,3 +100,25 @@ def test_unrouted_events_count_what_the_router_has_not_mapped(runtime: Runtime) 
     while asyncio.run(router.route_batch(runtime))[0]:
         pass
     assert scrape(collector)["hookyard_unrouted_events"] == 0
+
+
+def test_a_scrape_that_cannot_read_the_sizes_says_so_once(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The storage gauges are left out while the database cannot be read (the scrape itself
+    succeeds), with one warning per outage instead of silence or one per scrape."""
+    caplog.set_level("INFO", logger="hookyard.metrics")
+    collector = metrics._SizeCollector(runtime)
+    read = runtime.db.read_sync
+
+    def broken(fn: object) -> object:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(runtime.db, "read_sync", broken)
+    for _ in range(3):
+        assert "hookyard_inbox_events" not in scrape(collector)
+    warnings = [r for r in caplog.records if r.name == "hookyard.metrics" and r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].exc_info is not None
+    monkeypatch.setattr(runtime.db, "read_sync", read)
+    assert "hookyard_inbox_events" in scrape(collector)
+    assert any("back" in r.getMessage() for r in caplog.records if r.name == "hookyard.metrics")
