@@ -3,27 +3,45 @@
 ::
 
     HookyardError                      base of everything below
-    ├── ConfigError                    bad settings: stops boot, never a delivery
-    │   └── SchemaMismatch             the database is newer than this hookyard (a downgrade),
-    │                                  or older and the command may not upgrade it
+    ├── ConfigError                    bad settings: stops boot, never a delivery; also a
+    │   │                              command's bad input (replay/preview of an unknown
+    │   │                              destination: exit 1 on the CLI, 404 in the admin API)
+    │   ├── SchemaMismatch             the database is newer than this hookyard (a downgrade),
+    │   │                              or older and the command may not upgrade it
+    │   └── FQLSyntaxError             a destination's filter/trigger does not parse
+    │                                  (hookyard.fql)
     ├── RequestError                   a client sent something we refuse (never a 500)
     │   ├── BadRequest          400    malformed JSON, not a Segment event, userId missing
-    │   ├── Unauthorized        401    missing or wrong key / admin token
+    │   ├── Unauthorized        401    missing or wrong key / admin token (WWW-Authenticate:
+    │   │                              the scheme its source takes, BASIC_CHALLENGE by default)
     │   ├── NotFound            404    no such ingest call (e.g. /v1/nonsense)
     │   ├── RequestTimeout      408    the body did not arrive in time (a stalled client)
     │   ├── PayloadTooLarge     413    event > 32 KB, request > 500 KB (after gunzip too)
     │   ├── StorageUnavailable  503    the database cannot take writes right now
     │   └── SourceHookFailed    503    a source plugin's authenticate hook raised or answered
     │                                  the wrong type (its bug: the client retries, loses nothing)
-    └── DeliveryError                  raised (or returned as a result) by a deliver hook
+    └── DeliveryError                  raised by a deliver hook for all of its deliveries
         ├── RetryableError             408, 429, 5xx, connect errors, timeouts: try again
         │                              later with backoff (honours Retry-After)
         └── PermanentError             other 4xx, invalid mapping, oversize: dead letter now
 
-A deliver hook normally *returns* :class:`hookyard.deliveries.DeliveryResult` objects; raising
-``RetryableError``/``PermanentError`` from it is the shorthand for "every delivery of this call
-failed that way". Any other exception escaping a deliver hook is treated as retryable (the
-plugin has a bug, the event must not be lost) and logged with its traceback.
+A deliver hook normally *returns* :class:`hookyard.deliveries.DeliveryResult` objects, one per
+delivery; raising ``RetryableError``/``PermanentError`` from it is the shorthand for "every
+delivery of this call failed that way". Any other exception escaping a deliver hook is treated
+as retryable (the plugin has a bug, the event must not be lost) and logged with its traceback.
+
+Not errors, and so not in the tree: signals a plugin raises to steer the host, kept beside
+what they steer.
+
+* :class:`hookyard.fields.FieldMissing` (from ``map_event``): a required mapped field is
+  absent; the event is skipped for that destination with the reason recorded.
+* :class:`hookyard.connectors.Reply` (from ``parse_events``): answer the request with this
+  status and body and store nothing (a vendor's verification handshake).
+
+Internal ones that never leave their module's caller: ``hookyard.inbox.UndecodableEvent`` (a
+stored event that cannot be read back: listed with an error, dead-lettered),
+``hookyard.dashboard.auth.Refused`` (a dashboard page's HTTP answer) and
+``hookyard.storage.pg_queue.LostRace`` (another node claimed the row first).
 """
 
 from __future__ import annotations
