@@ -28,7 +28,6 @@ from .http_protocol import error_body
 from .ingest import IngestEndpoint
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import build_openapi, render_docs
-from .plugins import maybe_await
 from .runtime import Runtime
 
 log = logging.getLogger("hookyard")
@@ -155,8 +154,7 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal engine
         runtime.open()
-        for result in runtime.pm.hook.startup(runtime=runtime):
-            await maybe_await(result)
+        await runtime.run_startup_hooks()
         if workers:
             engine = Engine(runtime)
             engine.observers.append(metrics.observe)
@@ -167,13 +165,7 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
             try:
                 if engine is not None:
                     await engine.stop()
-                for impl in reversed(runtime.pm.hook.shutdown.get_hookimpls()):
-                    if impl.wrapper or impl.hookwrapper:
-                        continue
-                    try:  # one plugin failing to shut down must not keep the others open
-                        await maybe_await(impl.function(runtime=runtime))
-                    except Exception:  # noqa: BLE001
-                        log.exception("shutdown hook of plugin %s failed", impl.plugin_name)
+                await runtime.run_shutdown_hooks()
             finally:
                 runtime.close()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from . import __version__
 from .config import Config, default_config, load_config
 from .errors import ConfigError, HookyardError
 from .send_test import send_test as send_test_command
+from .serving import end_like_the_signal, run_loop, tune_gc
 
 CONFIG_HELP = "TOML config file (default: $HOOKYARD_CONFIG, else one Segment source -> profile store)"
 TIME_HELP = "ISO-8601 (2026-11-01 or 2026-11-01T10:00:00Z; UTC when no zone is given) or Unix seconds"
@@ -212,7 +212,6 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
 def worker(config_path: str | None, data_dir: str | None) -> None:
     """Run the router and delivery workers without the HTTP server."""
     from .delivery.engine import Engine
-    from .plugins import maybe_await
     from .serving import lock_data_dir
 
     try:
@@ -228,8 +227,7 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
         _fail(exc)
 
     async def run() -> None:
-        for result in rt.pm.hook.startup(runtime=rt):
-            await maybe_await(result)
+        await rt.run_startup_hooks()
         engine = Engine(rt)
         await engine.start(wait_for_helpers=True)
         stop = asyncio.Event()
@@ -243,58 +241,16 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
         click.echo(f"hookyard worker: delivering for {', '.join(rt.destinations) or 'no destinations'}")
         await stop.wait()
         await engine.stop()
-        for result in rt.pm.hook.shutdown(runtime=rt):
-            await maybe_await(result)
-        rt.close()
+        try:
+            await rt.run_shutdown_hooks()
+        finally:
+            rt.close()
 
     caught: list[int] = []
     tune_gc()
     run_loop(run())
     if caught:
         end_like_the_signal(caught[0])
-
-
-def end_like_the_signal(sig: int) -> None:
-    """After a graceful stop: SIGTERM ends the process by that signal again, as uvicorn does
-    for ``serve`` (systemd and Kubernetes count death by SIGTERM as a clean stop, but not
-    exit status 143; a shell shows 143 either way); SIGINT (Ctrl-C) exits with 130, quietly."""
-    if sig == signal.SIGTERM:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-    sys.exit(128 + sig)
-
-
-GC_GEN0_THRESHOLD = 50_000
-
-
-def tune_gc() -> None:
-    """Fewer, larger passes of Python's cyclic garbage collector, for a long-running process.
-
-    A ``/v1/batch`` request allocates thousands of container objects (decoded events, rows),
-    so the default threshold (a young-generation pass every 700 allocations) ran the
-    collector constantly, and its full passes walked every long-lived object, such as the
-    dedupe's in-memory keys. Everything that exists after start-up is frozen (never scanned
-    again) and a young pass runs every 50,000 allocations. Reference counting still frees
-    all non-cyclic garbage at once, so memory does not grow. bench: batch ingest +15-25%
-    (2 x 2 alternating 8 s rounds), delivery within the noise (+0-8%).
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, older, oldest)
-
-
-def run_loop(coro: Any) -> Any:
-    """Run ``coro`` on uvloop when it is installed (as ``hookyard serve`` does under uvicorn),
-    else on asyncio's own loop (bench/delivery.py: single deliveries +30% on uvloop)."""
-    try:
-        import uvloop
-    except ImportError:  # e.g. Windows: uvicorn[standard] does not install it there
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # any uvloop version
-        return runner.run(coro)
 
 
 @main.command()

@@ -24,7 +24,7 @@ from .config import Config, DeliverySettings, DestinationConfig, read_or_create_
 from .connectors import Connector, DestinationContext, SourceContext
 from .errors import ConfigError, HookyardError, did_you_mean
 from .integration_flags import switched_off
-from .plugins import ConnectorRegistry, make_plugin_manager
+from .plugins import ConnectorRegistry, make_plugin_manager, maybe_await
 from .sizes import SizeCounter
 from .storage import Storage, check_schema, describe, migrate, open_database, schema_version
 
@@ -260,6 +260,23 @@ class Runtime:
             raise
         self.db.write_timeout = self.config.storage.write_timeout_seconds
         self._opened = True
+
+    async def run_startup_hooks(self) -> None:
+        """Await every plugin's ``startup`` hook (``serve`` and ``worker`` alike). One that raises
+        stops the start: the server must not run without what a plugin prepared."""
+        for result in self.pm.hook.startup(runtime=self):
+            await maybe_await(result)
+
+    async def run_shutdown_hooks(self) -> None:
+        """Await every plugin's ``shutdown`` hook, the last registered first, each on its own: one
+        that raises is logged, and the others still close what they opened."""
+        for impl in reversed(self.pm.hook.shutdown.get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                continue
+            try:
+                await maybe_await(impl.function(runtime=self))
+            except Exception:  # noqa: BLE001 - one plugin must not keep the others open
+                log.exception("shutdown hook of plugin %s failed", impl.plugin_name)
 
     def close(self) -> None:
         self._opened = False

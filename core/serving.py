@@ -1,16 +1,22 @@
-"""How ``hookyard serve`` sets up its process and socket for uvicorn: the listening socket,
-bound before anything is printed, the open-files limit, and the lock that keeps a second
-server off its data dir. The HTTP protocol it gives uvicorn
-is :mod:`hookyard.http_protocol`.
+"""How hookyard's long-running processes are set up: for ``hookyard serve`` the listening
+socket (bound before anything is printed), the open-files limit and the lock that keeps a
+second server off its data dir; for every process (``serve``, ``worker``, the deliver process)
+the event loop (:func:`run_loop`), the garbage collector's tuning (:func:`tune_gc`) and the
+exit after a graceful stop (:func:`end_like_the_signal`). The HTTP protocol ``serve`` gives
+uvicorn is :mod:`hookyard.http_protocol`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import gc
 import os
+import signal
 import socket
+import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import ConfigError
 
@@ -84,3 +90,46 @@ def lock_data_dir(data_dir: Path, role: str) -> IO[str] | None:
     fh.write(f"{os.getpid()}\n")
     fh.flush()
     return fh
+
+
+def end_like_the_signal(sig: int) -> None:
+    """After a graceful stop: SIGTERM ends the process by that signal again, as uvicorn does
+    for ``serve`` (systemd and Kubernetes count death by SIGTERM as a clean stop, but not
+    exit status 143; a shell shows 143 either way); SIGINT (Ctrl-C) exits with 130, quietly."""
+    if sig == signal.SIGTERM:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    sys.exit(128 + sig)
+
+
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Fewer, larger passes of Python's cyclic garbage collector, for a long-running process.
+
+    A ``/v1/batch`` request allocates thousands of container objects (decoded events, rows),
+    so the default threshold (a young-generation pass every 700 allocations) ran the
+    collector constantly, and its full passes walked every long-lived object, such as the
+    dedupe's in-memory keys. Everything that exists after start-up is frozen (never scanned
+    again) and a young pass runs every 50,000 allocations. Reference counting still frees
+    all non-cyclic garbage at once, so memory does not grow. bench: batch ingest +15-25%
+    (2 x 2 alternating 8 s rounds), delivery within the noise (+0-8%).
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, older, oldest)
+
+
+def run_loop(coro: Any) -> Any:
+    """Run ``coro`` on uvloop when it is installed (as ``hookyard serve`` does under uvicorn),
+    else on asyncio's own loop (bench/delivery.py: single deliveries +30% on uvloop)."""
+    try:
+        import uvloop
+    except ImportError:  # e.g. Windows: uvicorn[standard] does not install it there
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # any uvloop version
+        return runner.run(coro)

@@ -566,12 +566,12 @@ def test_serve_without_config(serve: Any, tmp_path: Path) -> None:
 def test_tune_gc_freezes_start_up_objects_and_collects_less_often() -> None:
     import gc
 
-    from hookyard import cli
+    from hookyard import serving
 
     before = gc.get_threshold()
     try:
-        cli.tune_gc()
-        assert gc.get_threshold()[0] == cli.GC_GEN0_THRESHOLD
+        serving.tune_gc()
+        assert gc.get_threshold()[0] == serving.GC_GEN0_THRESHOLD
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()

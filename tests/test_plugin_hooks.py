@@ -10,6 +10,7 @@ The step hooks are called directly through the registry (no server); ``register_
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -334,6 +335,30 @@ def test_shutdown(hookyard_server: Start) -> None:
     server.stop()
     assert plugin.calls == [("startup", True), ("shutdown", True)]
     assert server.runtime.destinations["out"].context.state == {}
+
+
+def test_a_failing_shutdown_does_not_keep_the_others_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``serve`` and ``worker`` share Runtime.run_shutdown_hooks: each plugin's ``shutdown``
+    runs on its own, the last registered first (the worker used to stop at the first failure)."""
+    closed: list[str] = []
+
+    class Closes:
+        def __init__(self, name: str, fails: bool = False) -> None:
+            self.name, self.fails = name, fails
+
+        @hookimpl
+        async def shutdown(self, runtime: Runtime) -> None:
+            closed.append(self.name)
+            if self.fails:
+                raise RuntimeError("socket already closed")
+
+    config = parse_config({"server": {"data_dir": str(tmp_path)}})
+    rt = Runtime.build(config, plugins=[Closes("first"), Closes("second", fails=True)])
+    asyncio.run(rt.run_shutdown_hooks())
+    assert closed == ["second", "first"]
+    assert "shutdown hook of plugin" in caplog.text and "socket already closed" in caplog.text
 
 
 # -- dispatch rules --------------------------------------------------------------------------------

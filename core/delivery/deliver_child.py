@@ -142,7 +142,7 @@ def main() -> int:
     the worker's."""
     import signal
 
-    from ..cli import run_loop
+    from ..serving import run_loop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(os.environ.pop(SOCKET_FD)))
