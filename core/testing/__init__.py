@@ -12,6 +12,8 @@
 benchmarks; plugin authors do not need them.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .assertions import ANY, assert_request, assert_requests
 from .samples import (
     as_event,
@@ -31,8 +33,24 @@ from .samples import (
     source_context,
 )
 
+if TYPE_CHECKING:
+    from .fake_server import FakeServer, RecordedRequest
+
+
+def __getattr__(name: str) -> Any:
+    """``FakeServer`` and ``RecordedRequest`` on first use: importing them loads uvicorn, which
+    unit tests of hooks do not need."""
+    if name in ("FakeServer", "RecordedRequest"):
+        from . import fake_server
+
+        return getattr(fake_server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ANY",
+    "FakeServer",
+    "RecordedRequest",
     "as_event",
     "assert_request",
     "assert_requests",
