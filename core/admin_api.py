@@ -27,7 +27,6 @@ from .delivery.preview import preview_event
 from .delivery.replay import replay
 from .errors import BadRequest, ConfigError
 from .inbox import UndecodableEvent, by_message_id, decode_row
-from .ingest import read_body
 from .operator_input import (
     check_query,
     dead_letter_filter,
@@ -36,6 +35,7 @@ from .operator_input import (
     parse_time,
     retry_refusal,
 )
+from .request_body import read_body
 
 if TYPE_CHECKING:
     from .runtime import Runtime

@@ -5,7 +5,7 @@ minute would otherwise hold its buffer for ever.
 One timer per event loop checks every request still receiving its body, instead of an
 ``asyncio.timeout()`` per request: under uvloop that allocates a libuv timer each time, 11 us
 and about 30,000 instructions (10 %) of a single-event ingest request. A request past the
-deadline has its task cancelled; :func:`hookyard.ingest.receive_body` turns that into a 408.
+deadline has its task cancelled; :func:`hookyard.request_body.receive_body` turns that into a 408.
 """
 
 from __future__ import annotations

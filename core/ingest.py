@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import QueryParams
@@ -19,8 +18,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from . import body_deadline
-from .body_deadline import watch_current_task
 from .connectors import (
     BASIC_CHALLENGE,
     AuthResult,
@@ -43,6 +40,7 @@ from .errors import (
 from .events import EVENT_CLASSES, encoder
 from .http_protocol import error_body
 from .inbox import InsertEvents, LogEntry, event_rows, insert_log
+from .request_body import decode_content, receive_body
 from .times import now_iso
 
 if TYPE_CHECKING:
@@ -65,80 +63,6 @@ MAX_LOGGED_ERROR = 1000
 RawHeaders = list[tuple[bytes, bytes]]
 Answer = tuple[int, bytes, RawHeaders]
 """An ingest response as the ASGI messages carry it: status, body, raw headers."""
-
-
-async def receive_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
-    """The request body from the ASGI ``receive`` channel, refusing with 413 as soon as it
-    passes ``limit`` bytes (``content_length``: the header, checked first). Raises
-    ``ClientDisconnect`` when the client went away."""
-    if content_length is not None:
-        try:
-            if int(content_length) > limit:
-                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        except ValueError:
-            raise BadRequest("invalid Content-Length") from None
-    chunks: list[bytes] = []
-    size = 0
-    task, watch = watch_current_task()
-    if task is not None:
-        watch.begin(task)
-    try:
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # http.disconnect
-                raise ClientDisconnect()
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    except asyncio.CancelledError:
-        if task is None or not watch.end(task):
-            raise
-        task.uncancel()
-        raise RequestTimeout(
-            f"the request body did not arrive within {body_deadline.BODY_TIMEOUT_SECONDS:g} s"
-        ) from None
-    finally:
-        if task is not None:
-            watch.end(task)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body of a Starlette request (read once), refusing with 413 past ``limit`` bytes."""
-    return await receive_body(request.receive, request.headers.get("content-length"), limit)
-
-
-def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
-    """Undo ``Content-Encoding: gzip``/``deflate`` without inflating past ``limit`` (gzip bombs)."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise BadRequest(f"unsupported Content-Encoding {encoding!r}: use gzip, deflate or none")
-    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
-    parts: list[bytes] = []
-    size = 0
-    while True:  # gzip allows several members, one after the other (RFC 1952)
-        inflater = zlib.decompressobj(wbits)
-        try:
-            out = inflater.decompress(body, limit + 1 - size)
-        except zlib.error as exc:
-            raise BadRequest(f"invalid {encoding} body: {exc}") from None
-        size += len(out)
-        if size > limit:
-            raise PayloadTooLarge(f"decompressed body is larger than {limit} bytes")
-        if not inflater.eof:
-            raise BadRequest(f"truncated {encoding} body")
-        parts.append(out)
-        body = inflater.unused_data
-        if not body:
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-        if wbits == zlib.MAX_WBITS or not body.startswith(b"\x1f\x8b"):
-            raise BadRequest(f"unexpected data after the {encoding} body")
 
 
 def _json_answer(status: int, body: bytes, headers: dict[str, str] = CORS_HEADERS) -> Answer:

@@ -603,7 +603,7 @@ def test_serve_on_a_port_in_use_fails_before_printing_anything(tmp_path: Path) -
 def test_a_stalled_body_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from hookyard import body_deadline, ingest
+    from hookyard import body_deadline, request_body
     from hookyard.errors import RequestTimeout
 
     monkeypatch.setattr(body_deadline, "BODY_TIMEOUT_SECONDS", 0.2)
@@ -618,7 +618,7 @@ def test_a_stalled_body_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None
 
     async def main() -> None:
         with pytest.raises(RequestTimeout) as err:
-            await ingest.receive_body(receive, "100", 1000)
+            await request_body.receive_body(receive, "100", 1000)
         assert err.value.status == 408 and "0.2 s" in err.value.reason
         task = asyncio.current_task()
         assert task is not None and task.cancelling() == 0  # the cancel was taken back
@@ -629,7 +629,7 @@ def test_a_stalled_body_is_answered_408(monkeypatch: pytest.MonkeyPatch) -> None
         async def receive_quick() -> dict[str, Any]:
             return next(quick)
 
-        assert await ingest.receive_body(receive_quick, "2", 1000) == b"{}"
+        assert await request_body.receive_body(receive_quick, "2", 1000) == b"{}"
         assert not body_deadline.deadlines().reading
 
     asyncio.run(main())

@@ -148,7 +148,7 @@ def test_gzip_bodies_of_several_members_and_trailing_data() -> None:
     import zlib
 
     from hookyard.errors import BadRequest, PayloadTooLarge
-    from hookyard.ingest import decode_content
+    from hookyard.request_body import decode_content
 
     assert decode_content(gzip.compress(b'{"a":') + gzip.compress(b"1}"), "gzip", 100) == b'{"a":1}'
     with pytest.raises(PayloadTooLarge):
