@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 
 from .connectors import ParsedEvent
-from .database import API_LOG_INSERT, GroupedWrite
 from .events import Track, event_type, raw_dict_decoder
+from .grouped_writes import API_LOG_INSERT, GroupedWrite
 
 INSERT_EVENT = (
     "INSERT OR IGNORE INTO inbox (source, message_id, type, user_id, anonymous_id, event,"
