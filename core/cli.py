@@ -51,7 +51,7 @@ def _runtime(config: Config) -> Any:
     return Runtime.build(config)
 
 
-def _stored_runtime(config_path: str | None, data_dir: str | None) -> Any:
+def stored_runtime(config_path: str | None, data_dir: str | None) -> Any:
     """The opened runtime of a command that works on stored data (replay, dlq): refuses to
     start when there is no database yet, rather than create an empty install in the current
     directory (a command run from the wrong directory would find nothing and say so quietly)."""
@@ -90,11 +90,11 @@ def _no_database(path: Path) -> str:
             " or pass --data-dir or --config")
 
 
-def _unknown_destination(rt: Any, name: str) -> str:
+def unknown_destination(rt: Any, name: str) -> str:
     return f"no destination named {name!r}; configured: {', '.join(rt.destinations) or 'none'}"
 
 
-def _fail(exc: Exception) -> None:
+def fail(exc: Exception) -> None:
     raise click.ClickException(str(exc))
 
 
@@ -157,12 +157,12 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         rt = _runtime(config)
         lock = lock_data_dir(rt.data_dir, "serve")  # noqa: F841 - held while serve runs
     except HookyardError as exc:
-        _fail(exc)
+        fail(exc)
     _setup_logging(rt)
     try:  # create or upgrade the database now: a schema problem stops here, in one line
         rt.open()
     except HookyardError as exc:
-        _fail(exc)
+        fail(exc)
     files = raise_fd_limit()  # each connection is an open file
     if 0 < files < 4096:
         logging.getLogger("hookyard").warning(
@@ -219,12 +219,12 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
         rt = _runtime(_load(config_path, data_dir=data_dir))
         lock = lock_data_dir(rt.data_dir, "worker")  # noqa: F841 - held while the worker runs
     except HookyardError as exc:
-        _fail(exc)
+        fail(exc)
     _setup_logging(rt)
     try:
         rt.open()
     except HookyardError as exc:
-        _fail(exc)
+        fail(exc)
 
     async def run() -> None:
         await rt.run_startup_hooks()
@@ -268,13 +268,13 @@ def replay(config_path: str | None, data_dir: str | None, source: str, destinati
 
     try:
         window(since, until)  # a bad time or window stops here, before the database is opened
-        rt = _stored_runtime(config_path, data_dir)
+        rt = stored_runtime(config_path, data_dir)
         if source not in rt.sources:
             rt.close()
             raise ConfigError(f"no source named {source!r}; configured: {', '.join(rt.sources) or 'none'}")
         if destination is not None and destination not in rt.destinations:
             rt.close()
-            raise ConfigError(_unknown_destination(rt, destination))
+            raise ConfigError(unknown_destination(rt, destination))
 
         end = open_end(since, until)  # one end for the count and the replay
 
@@ -286,7 +286,7 @@ def replay(config_path: str | None, data_dir: str | None, source: str, destinati
         done = run_loop(run())
         rt.close()
     except (HookyardError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(done.summary())
     if done.failed:  # dead letters made: a script should notice
         sys.exit(1)
@@ -313,7 +313,7 @@ def preview(config_path: str | None, data_dir: str | None, destination: str, eve
             answer = preview_cli(rt, destination, event_file.read(), source)
         click.echo(answer)
     except HookyardError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @main.command()
@@ -329,7 +329,7 @@ def plugins(show_settings: bool) -> None:
         pm = make_plugin_manager()
         registry = ConnectorRegistry(pm)
     except ConfigError as exc:
-        _fail(exc)
+        fail(exc)
     packages = {id(p): f"{d.project_name} {d.version}" for p, d in pm.list_plugin_distinfo()}
     listed = set()
     for connector, plugin in sorted(registry.all(), key=lambda c: (c[0].name, c[0].kind)):
@@ -354,14 +354,14 @@ def check_config(config_path: str | None, data_dir: str | None) -> None:
     from .runtime import Runtime
 
     if not (config_path or os.environ.get("HOOKYARD_CONFIG")):
-        _fail(ConfigError("no config file to check: pass --config FILE (or set HOOKYARD_CONFIG);"
+        fail(ConfigError("no config file to check: pass --config FILE (or set HOOKYARD_CONFIG);"
                           " without one, serve uses the default config"))
     try:
         config = _load(config_path, data_dir=data_dir)
         rt = Runtime.build(config, prepare=False)
         _check_data_dir(Path(config.server.data_dir).expanduser().resolve())
     except HookyardError as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(f"config ok: {len(rt.sources)} sources, {len(rt.destinations)} destinations")
     if not rt.sources:
         click.echo(NO_SOURCES, err=True)
@@ -396,7 +396,7 @@ def new_plugin(name: str, kind: str, directory: str) -> None:
     try:
         root = scaffold(name, kind, directory)  # type: ignore[arg-type]
     except HookyardError as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(f"created {root} ({kind} plugin {name!r}, package {module_name(name)})")
     click.echo(f"  pip install -e '{root}[test]' && python -m pytest {root}")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .cli import TIME_HELP, _fail, _stored_runtime, _unknown_destination, config_options, main
+from .cli import TIME_HELP, config_options, fail, main, stored_runtime, unknown_destination
 from .errors import ConfigError, HookyardError
 
 DLQ_DESTINATION_HELP = "Only this destination's dead letters"
@@ -30,16 +30,16 @@ def dlq() -> None:
 
 def _dlq_runtime(config_path: str | None, data_dir: str | None, destination: str | None) -> Any:
     try:
-        rt = _stored_runtime(config_path, data_dir)
+        rt = stored_runtime(config_path, data_dir)
     except HookyardError as exc:
-        _fail(exc)
+        fail(exc)
     if destination is not None and destination not in rt.destinations and not rt.db.read_sync(
         # a destination removed from the config may still have dead letters
         lambda c: c.execute("SELECT 1 FROM outbox WHERE destination = ? LIMIT 1",
                             (destination,)).fetchone()
     ):
         rt.close()
-        _fail(ConfigError(_unknown_destination(rt, destination)))
+        fail(ConfigError(unknown_destination(rt, destination)))
     return rt
 
 
@@ -81,12 +81,12 @@ def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
         destination, when, id_list = dead_letter_filter(
             action, destination, since, list(ids) or None, every, cli=True)
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     rt = _dlq_runtime(config_path, data_dir, destination)
     refusal = retry_refusal(destination, rt.destinations) if action == "retry" else None
     if refusal is not None:
         rt.close()
-        _fail(ConfigError(refusal))
+        fail(ConfigError(refusal))
     try:
         if action == "retry":
             names = list(rt.destinations)
@@ -97,7 +97,7 @@ def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
             count = rt.db.write_sync(lambda c: outbox.discard_dead(c, destination, when, id_list))
             left = {}
     except HookyardError as exc:  # storage unavailable: a read-only file, a full disk
-        _fail(exc)
+        fail(exc)
     finally:
         rt.close()
     click.echo(f"{action}: {count} dead letters" + (" queued again" if action == "retry" else " discarded"))
