@@ -27,8 +27,10 @@ def looks_like_iso_date(value: str) -> bool:
     return _ISO_RE.match(value.strip()) is not None
 
 
-def parse_iso(value: str) -> datetime | None:
-    """An aware UTC datetime from an ISO-8601 date/datetime string (no offset = UTC)."""
+def parse_tag_date(value: str) -> datetime | None:
+    """An aware UTC datetime from an ISO-8601 date/datetime string (no offset = UTC), as a
+    Pushwoosh date tag takes it; stricter than :func:`hookyard.times.parse_iso`: the string must
+    look like a date first."""
     if not looks_like_iso_date(value):
         return None
     parsed = times.parse_iso(value.replace(",", "."))
@@ -51,7 +53,7 @@ def to_datetime(value: object) -> datetime | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
-        return parse_iso(value)
+        return parse_tag_date(value)
     if isinstance(value, int | float):
         return from_epoch(float(value))
     return None
@@ -67,5 +69,5 @@ def unix_seconds(value: object) -> int | None:
     """Whole UTC seconds since the epoch of an ISO-8601 string (``timestampUTC``)."""
     if not isinstance(value, str):
         return None
-    when = parse_iso(value)
+    when = parse_tag_date(value)
     return math.floor(when.timestamp()) if when is not None else None
