@@ -219,90 +219,112 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
     if isinstance(server, dict) and isinstance(server.get("log_level"), str):  # "INFO" too
         resolved = {**resolved, "server": {**server, "log_level": server["log_level"].lower()}}
     config: Config = _convert(resolved, Config, origin)
-    if not config.server.host.strip():  # "" would listen on every interface
-        raise ConfigError(f"{origin}: server.host must not be empty: 127.0.0.1 (the default)"
-                          " for this machine only, 0.0.0.0 for every interface")
-    if not config.storage.schema.strip():
-        raise ConfigError(f"{origin}: storage.schema must not be empty (the PostgreSQL schema"
-                          " of hookyard's tables; the default is public)")
-    from .storage import check_url  # storage imports this module
-
+    raw = data if isinstance(data, dict) else {}
     try:
-        check_url(config.storage)
+        _check_addresses(config)
+        _check_names(config)
+        _check_retention(config.storage)
+        _check_write_keys(config, raw.get("sources"))
+        _check_leases(config)
+        _check_admin_token(config.server.admin_token, (raw.get("server") or {}).get("admin_token"))
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
-    seen: set[str] = set()
+    return config
+
+
+def _check_addresses(config: Config) -> None:
+    if not config.server.host.strip():  # "" would listen on every interface
+        raise ConfigError("server.host must not be empty: 127.0.0.1 (the default) for this"
+                          " machine only, 0.0.0.0 for every interface")
+    if not config.storage.schema.strip():
+        raise ConfigError("storage.schema must not be empty (the PostgreSQL schema of hookyard's"
+                          " tables; the default is public)")
+    from .storage import check_url  # storage imports this module
+
+    check_url(config.storage)
+
+
+def _check_names(config: Config) -> None:
+    """Names of the right shape, unique per kind; a destination's sources exist."""
+    seen: set[tuple[str, str]] = set()
     for kind, items in (("source", config.sources), ("destination", config.destinations)):
         for item in items:
             if not NAME_RE.match(item.name):
-                raise ConfigError(
-                    f"{origin}: {kind} name {item.name!r} must be letters, digits, '_', '-', '.'"
-                )
+                raise ConfigError(f"{kind} name {item.name!r} must be letters, digits, '_', '-', '.'")
             if (kind, item.name) in seen:
-                raise ConfigError(f"{origin}: two {kind}s are named {item.name!r}")
-            seen.add((kind, item.name))  # type: ignore[arg-type]
+                raise ConfigError(f"two {kind}s are named {item.name!r}")
+            seen.add((kind, item.name))
     source_names = {s.name for s in config.sources}
     for dest in config.destinations:
         for s in dest.sources:
             if s not in source_names:
                 raise ConfigError(
-                    f"{origin}: destination {dest.name!r} names unknown source {s!r}"
+                    f"destination {dest.name!r} names unknown source {s!r}"
                     f" (sources: {', '.join(sorted(source_names)) or 'none'})"
                 )
-    storage = config.storage
+
+
+def _check_retention(storage: StorageSettings) -> None:
     if 0 < storage.inbox_retention_days < storage.retention_days:
         raise ConfigError(
-            f"{origin}: storage.inbox_retention_days ({storage.inbox_retention_days:g}) must be 0"
+            f"storage.inbox_retention_days ({storage.inbox_retention_days:g}) must be 0"
             f" (keep forever) or at least storage.retention_days ({storage.retention_days:g}):"
             " an event stays in the inbox while its deliveries are in the outbox"
         )
+
+
+def _check_write_keys(config: Config, raw_sources: Any) -> None:
+    """Each source's key (when it has one) usable in a Basic-auth header, and no two alike;
+    ``raw_sources`` (as written, before ``env:`` was resolved) names an empty variable."""
     key_owner: dict[str, str] = {}
-    raw_sources = data.get("sources") if isinstance(data, dict) else None
     for i, src in enumerate(config.sources):
         raw = raw_sources[i] if isinstance(raw_sources, list) and i < len(raw_sources) else None
         raw_key = raw.get("write_key") if isinstance(raw, dict) else None
         empty = _empty_variable(raw_key, src.write_key)
         if empty:
-            raise ConfigError(f"{origin}: source {src.name!r} write_key {empty}")
+            raise ConfigError(f"source {src.name!r} write_key {empty}")
         if src.write_key is None:  # whether its plugin needs one is checked by Runtime.build
             continue
         if len(src.write_key) < 8:
-            raise ConfigError(f"{origin}: source {src.name!r} write_key must be at least 8 characters")
+            raise ConfigError(f"source {src.name!r} write_key must be at least 8 characters")
         if not _usable_key(src.write_key):
             raise ConfigError(
-                f"{origin}: source {src.name!r} write_key may hold only printable ASCII without"
+                f"source {src.name!r} write_key may hold only printable ASCII without"
                 " spaces or ':' (a Basic-auth user name ends at the first ':', and HTTP headers"
                 " carry neither surrounding spaces nor other characters reliably)"
             )
         first = key_owner.setdefault(src.write_key, src.name)
         if first != src.name:
             raise ConfigError(
-                f"{origin}: sources {first!r} and {src.name!r} have the same write_key: a request"
+                f"sources {first!r} and {src.name!r} have the same write_key: a request"
                 f" carrying it goes to {first!r}, so {src.name!r} would never receive an event"
             )
+
+
+def _check_leases(config: Config) -> None:
     for dest in config.destinations:
         policy = dest.delivery
         if policy.lease_seconds * HOOK_LEASE_SHARE < policy.total_timeout_seconds:
             raise ConfigError(
-                f"{origin}: destination {dest.name!r}: delivery.lease_seconds"
+                f"destination {dest.name!r}: delivery.lease_seconds"
                 f" ({policy.lease_seconds:g}) is too short for delivery.total_timeout_seconds"
                 f" ({policy.total_timeout_seconds:g}): a deliver call is given up at 90 % of the"
                 " lease, before its HTTP timeout, and sent again although the destination may"
                 f" have it. Use a lease of at least {policy.total_timeout_seconds / HOOK_LEASE_SHARE:.4g} s"
                 " or a shorter total_timeout_seconds"
             )
-    token = config.server.admin_token
-    raw_token = (data.get("server") or {}).get("admin_token") if isinstance(data, dict) else None
+
+
+def _check_admin_token(token: str | None, raw_token: Any) -> None:
     empty = _empty_variable(raw_token, (token or "").strip())
     if empty:
-        raise ConfigError(f"{origin}: server.admin_token {empty}: set it, or leave admin_token"
-                          " unset to have one generated")
+        raise ConfigError(f"server.admin_token {empty}: set it, or leave admin_token unset to"
+                          " have one generated")
     if token and len(token.strip()) < 8:  # unset or empty: one is generated
         raise ConfigError(
-            f"{origin}: server.admin_token must be at least 8 characters (it guards the read API"
-            " and the dashboard); leave it unset to have one generated"
+            "server.admin_token must be at least 8 characters (it guards the read API and the"
+            " dashboard); leave it unset to have one generated"
         )
-    return config
 
 
 def load_config(path: str | Path) -> Config:
