@@ -29,6 +29,7 @@ import aiohttp
 import msgspec
 
 from .deliveries import DeliveryResult, classify_http
+from .delivery.scrub import Scrubber
 
 _encoder = msgspec.json.Encoder()
 CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key",
@@ -57,16 +58,6 @@ def _secrets_of(values: tuple[str, ...]) -> tuple[str, ...]:
                 continue
             found.update((user, password))
     return tuple(sorted((s for s in found if len(s) >= 6), key=len, reverse=True))
-
-
-def redact(text: str | None, secrets: list[str]) -> str | None:
-    """``text`` with every secret replaced by ``[redacted]`` (a destination may echo the
-    credentials it was sent in an error body; operators' copies must not keep them)."""
-    if not text:
-        return text
-    for secret in secrets:
-        text = text.replace(secret, "[redacted]")
-    return text
 
 
 def redirect_error(resp: HttpResponse) -> str:
@@ -149,12 +140,9 @@ class HttpClient:
         if 300 <= resp.status < 400:
             result = msgspec.structs.replace(result, error=redirect_error(resp))
         if result.response_body or result.error:  # only what is kept needs redacting
-            secrets = credentials(headers)
+            secrets = credentials(headers)  # a destination may echo them in an error body
             if secrets:
-                result = msgspec.structs.replace(
-                    result, response_body=redact(result.response_body, secrets),
-                    error=redact(result.error, secrets),
-                )
+                result = Scrubber(secrets).result(result)
         return result, resp
 
     async def close(self) -> None:

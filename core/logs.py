@@ -13,21 +13,22 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from .delivery.scrub import Scrubber
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class RedactSecrets(logging.Filter):
-    """Replaces known secret values in log messages and their arguments."""
+    """Replaces known secret values in log messages and their arguments (as the stored
+    attempts are scrubbed: :class:`hookyard.delivery.scrub.Scrubber`, base64 forms too)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+        self.scrubber = Scrubber(secrets)
+        self.secrets = self.scrubber.secrets
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, "[redacted]")
-        return text
+        return self.scrubber.text(text) or text
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:

@@ -191,7 +191,8 @@ def _wait_for_dead_letters(http: httpx.Client, admin: str, ids: list[str]) -> No
 
 
 def test_http_client_redacts_the_credentials_a_request_carried() -> None:
-    from hookyard.http import credentials, redact
+    from hookyard.delivery.scrub import Scrubber
+    from hookyard.http import credentials
 
     basic = "Basic " + base64.b64encode(b"seg-fwd-key-123:").decode()
     found = credentials({"Authorization": basic, "X-Api-Key": "xk-0987654321",
@@ -199,9 +200,9 @@ def test_http_client_redacts_the_credentials_a_request_carried() -> None:
     assert "seg-fwd-key-123" in found and basic in found and "xk-0987654321" in found
     assert "application/json" not in found
     text = f'{{"you_sent": "{basic}", "key": "seg-fwd-key-123", "other": "xk-0987654321"}}'
-    cleaned = redact(text, found)
+    cleaned = Scrubber(found).text(text)
     assert cleaned is not None and not _leaks_any(cleaned, found)
-    assert redact(None, found) is None
+    assert Scrubber(found).text(None) is None
     assert credentials({"Authorization": "Basic !!!not-base64"}) == ["Basic !!!not-base64",
                                                                      "!!!not-base64"]
 
