@@ -23,7 +23,7 @@ from .delivery import outbox, router
 from .storage.base import is_postgres
 from .times import iso_utc
 
-PURGE_LIMIT = 5_000  # rows looked at per call (one write transaction)
+PURGE_LIMIT = 2_000  # rows looked at per call (one write transaction: ingest waits for it)
 
 
 def cutoff_iso(days: float, now: float | None = None) -> str:

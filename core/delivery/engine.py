@@ -27,6 +27,7 @@ __all__ = ["Engine", "DestinationWorker", "backoff"]
 log = logging.getLogger("hookyard.delivery")
 MAINTENANCE_SECONDS = 30.0  # lease recovery and retention purge
 MAX_PURGE_ROUNDS = 100  # purge batches per maintenance run
+PURGE_PAUSE = 0.02  # seconds between two of them: ingest's commits go first
 INBOX_RESCAN_SECONDS = 3600.0  # how often the inbox purge looks again at events it kept
 
 
@@ -138,6 +139,7 @@ class Engine:
             total += gone
             if not gone or self.stopping:
                 break
+            await asyncio.sleep(PURGE_PAUSE)  # the writer free for ingest between two rounds
         return total
 
     async def _purge_inbox(self, before: str) -> int:
@@ -154,6 +156,7 @@ class Engine:
             self.inbox_scan = last
             if frontier or self.stopping:
                 break
+            await asyncio.sleep(PURGE_PAUSE)
         if total:
             log.info("deleted %d inbox events past inbox_retention_days", total)
         return total

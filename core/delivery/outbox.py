@@ -324,7 +324,7 @@ def _narrow(
     return sql, params
 
 
-PURGE_BATCH = 5000
+PURGE_BATCH = 2000  # outbox rows (with their attempts) per transaction, every destination together
 FINISHED = ("done", "filtered", "discarded")
 LIVE = ("pending", "inflight", "dead")  # not purged by retention: what an operator watches
 
@@ -372,17 +372,22 @@ def purge(
     """Delete finished rows (done/filtered/discarded) last updated before ``older_than``, with
     their attempts; returns how many outbox rows went.
 
-    Bounded work for the writer thread: per destination and state it looks at the ``limit``
-    oldest rows only (ids follow time), through the (destination, state, id) index. Call it
-    again while it deletes something.
+    Bounded work for the writer thread, whose transaction ingest's commits wait for: ``limit``
+    rows in all, every destination and state together (it looked at ``limit`` per destination
+    and state, so 4 destinations deleted up to 60,000 rows in one transaction and held ingest
+    for seconds). Per destination and state it reads the oldest rows (ids follow time) through
+    the (destination, state, id) index. Call it again while it deletes something.
     """
     gone: list[int] = []
     for dest in destinations:
         for state in FINISHED:
+            left = limit - len(gone)
+            if left <= 0:
+                break
             rows = conn.execute(
                 "SELECT id, updated_at FROM outbox WHERE destination = ? AND state = ?"
                 " ORDER BY id LIMIT ?",
-                (dest, state, limit),
+                (dest, state, left),
             ).fetchall()
             gone.extend(r[0] for r in rows if (r[1] or 0) < older_than)
     for chunk in chunks(gone, IDS_PER_STATEMENT):

@@ -152,8 +152,8 @@ def test_maintenance_purges_finished_rows_past_retention_only(
 
     step, purged = asyncio.run(run())
     rt.engine = None
-    assert step == 2 + 1  # at most `limit` rows per state: 2 done, the 1 filtered
-    assert purged == 5 - 2  # the rest of the old done rows, in further rounds
+    assert step == 2  # at most `limit` rows in all, every destination and state together
+    assert purged == 5 + 1 - 2  # the rest of the old done rows and the filtered one, later rounds
     left = rt.db.read_sync(lambda c: [tuple(r) for r in c.execute(
         "SELECT message_id, state FROM outbox ORDER BY id")])
     assert left == [("new-1", "done"), ("bad-1", "dead")]  # dead letters are never purged
