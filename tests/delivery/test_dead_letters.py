@@ -302,3 +302,31 @@ def test_dlq_list_escapes_control_characters_of_client_data() -> None:
 
     assert shown("ansi-\x1b[2J\nnew\rline é\x85") == "ansi-\\x1b[2J\\x0anew\\x0dline é\\x85"
     assert shown(None) == "" and shown(400) == "400"
+
+
+def test_the_list_of_every_destination_reads_through_the_index(hookyard_server: Start) -> None:
+    """Without a destination, the list looks up each destination's dead letters through the
+    (destination, state, id) index (it read the whole outbox: 0.5 s at 1.4 million rows, in
+    the soak audit), a destination no longer configured included."""
+    import sqlite3
+
+    from hookyard.admin_api import DESTINATIONS_IN_OUTBOX
+
+    server = hookyard_server({})
+    now = time.time()
+    server.runtime.db.write_sync(lambda c: c.executemany(
+        "INSERT INTO outbox (destination, state, attempts, created_at, updated_at, message_id)"
+        " VALUES (?, ?, 1, ?, ?, ?)",
+        [("gone", "dead", now, now, "g-1"), ("kept", "done", now, now, "k-1"),
+         ("kept", "dead", now, now, "k-2")]))
+    listed = admin(server, "/api/dead-letters").json()["items"]
+    assert [(d["destination"], d["message_id"]) for d in listed] == [("kept", "k-2"), ("gone", "g-1")]
+    conn = sqlite3.connect(server.runtime.data_dir / "hookyard.db")
+    try:
+        assert [r[0] for r in conn.execute(DESTINATIONS_IN_OUTBOX)] == ["gone", "kept"]
+        plan = " ".join(r[3] for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM outbox WHERE 1=1 AND state = 'dead'"
+            " AND destination IN (?, ?) ORDER BY id DESC LIMIT 51", ["gone", "kept"]))
+    finally:
+        conn.close()
+    assert "USING INDEX" in plan and "SCAN outbox" not in plan, plan
