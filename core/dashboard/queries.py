@@ -180,8 +180,7 @@ def events_page(
 
 
 # -- destination health ----------------------------------------------------------------------
-WINDOW_ROWS = 100_000  # the newest attempts looked at, of every destination together
-PER_DESTINATION = 1_000  # of those, each destination's newest ones make its success rate
+WINDOW_ROWS = 20_000  # the newest attempts of every destination together (one scan: ~10 ms)
 WINDOW_SECONDS = 24 * 3600
 
 
@@ -220,10 +219,9 @@ class Health:
 def destination_health(
     conn: sqlite3.Connection, names: list[str], sizes: SizeCounter | None = None
 ) -> dict[str, Health]:
-    """Outbox counts by state, and per destination its success rate over its newest attempts
-    (at most ``PER_DESTINATION`` of them, within ``WINDOW_SECONDS``, among the newest
-    ``WINDOW_ROWS`` of all: a busy destination does not crowd a quiet one out), its last
-    outcome and its last error."""
+    """Outbox counts by state, and per destination its success rate, last outcome and last
+    error over its attempts among the newest ``WINDOW_ROWS`` of all destinations (within
+    ``WINDOW_SECONDS``); without any there, its newest dead letter's error."""
     out = {n: Health(n) for n in names}
 
     def get(name: str) -> Health:
@@ -239,27 +237,21 @@ def destination_health(
         get(dest).retrying = count
     since = time.time() - WINDOW_SECONDS
     newest = conn.execute("SELECT coalesce(max(id), 0) FROM attempts").fetchone()[0]
-    floor = newest - WINDOW_ROWS  # an id range: no index beyond the primary key is needed
-    for name in names:  # each a scan back from the newest row, stopped by its LIMIT
-        h = get(name)
-        h.attempts, ok = conn.execute(
-            "SELECT count(*), sum(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END) FROM (SELECT outcome"
-            " FROM attempts WHERE id > ? AND at >= ? AND destination = ? ORDER BY id DESC"
-            " LIMIT ?) AS recent", (floor, since, name, PER_DESTINATION),
-        ).fetchone()
-        h.ok = int(ok or 0)
-        last = conn.execute(
-            "SELECT outcome, at FROM attempts WHERE id > ? AND destination = ?"
-            " ORDER BY id DESC LIMIT 1", (floor, name),
-        ).fetchone()
-        if last is not None:
-            h.last_outcome, h.last_at = last
-        error = conn.execute(
-            "SELECT error, http_status, at FROM attempts WHERE id > ? AND destination = ?"
-            " AND outcome <> 'ok' ORDER BY id DESC LIMIT 1", (floor, name),
-        ).fetchone()
-        if error is not None:
-            h.last_error, h.last_error_status, h.last_error_at = error
+    # one pass over an id range (no index beyond the primary key: an index on destination
+    # cost every attempt's insert 5 us), each destination's rows counted whole
+    found = conn.execute(
+        "SELECT destination, count(*), sum(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END),"
+        " max(id), max(CASE WHEN outcome <> 'ok' THEN id END) FROM attempts"
+        " WHERE id > ? AND at >= ? GROUP BY destination", (newest - WINDOW_ROWS, since),
+    ).fetchall()
+    for dest, attempts, ok, last_id, error_id in found:
+        h = get(dest)
+        h.attempts, h.ok = int(attempts), int(ok or 0)
+        h.last_outcome, h.last_at = conn.execute(
+            "SELECT outcome, at FROM attempts WHERE id = ?", (last_id,)).fetchone()
+        if error_id is not None:
+            h.last_error, h.last_error_status, h.last_error_at = conn.execute(
+                "SELECT error, http_status, at FROM attempts WHERE id = ?", (error_id,)).fetchone()
     for h in out.values():
         if h.last_error is None:  # older than the window: the newest dead letter says why
             row = conn.execute(

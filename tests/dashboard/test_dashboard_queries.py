@@ -85,10 +85,11 @@ def test_destination_health(conn: sqlite3.Connection) -> None:
     assert health["old"].last_error == "HTTP 404"  # from the dead letter: no recent attempt
 
 
-def test_a_busy_destination_does_not_crowd_a_quiet_ones_rate_out(conn: sqlite3.Connection) -> None:
-    """Each destination's rate is over its own newest attempts: 2,000 newer failures of another
-    destination leave the quiet one's 10 successes counted (the rate once came from the newest
-    10,000 attempts of all destinations together, and read 0 % for a destination that was fine)."""
+def test_each_destination_is_rated_on_its_own_attempts(conn: sqlite3.Connection) -> None:
+    """2,000 newer failures of another destination leave the quiet one's 10 successes counted
+    as its own: 100 %, not a share of the window (the page once labelled the newest 10,000
+    attempts of all destinations "the last 24 hours" and read 0 % for a destination that was
+    fine). Its last error and outcome are its own too."""
     now = time.time()
     conn.executemany("INSERT INTO attempts (destination, outcome, http_status, at) VALUES (?, ?, ?, ?)",
                      [("quiet", "ok", 200, now)] * 10)
@@ -97,6 +98,6 @@ def test_a_busy_destination_does_not_crowd_a_quiet_ones_rate_out(conn: sqlite3.C
     health = destination_health(conn, ["quiet", "busy"])
     assert (health["quiet"].attempts, health["quiet"].success_rate) == (10, 1.0)
     assert health["quiet"].health() == "healthy" and health["quiet"].last_error is None
-    assert (health["busy"].attempts, health["busy"].success_rate) == (1000, 0.0)
+    assert (health["busy"].attempts, health["busy"].success_rate) == (2000, 0.0)
     assert (health["busy"].last_error, health["busy"].last_error_status) == ("HTTP 500", 500)
     assert health["busy"].health() == "failing"
