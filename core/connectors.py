@@ -120,14 +120,23 @@ class IngestRequest:
     client: str | None = None
 
 
-def _latin1(text: str) -> bool:
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""What uvicorn refuses in a header value (its HEADER_VALUE_RE): every control character but
+the tab. A value holding one is not sent at all: the client gets an empty reply."""
 
 
+def header_value_problem(text: str) -> str | None:
+    """Why ``text`` cannot be an HTTP header value as uvicorn sends it, or None."""
+    if _HEADER_CONTROL.search(text):
+        return "holds a control character (CR, LF, NUL, DEL...)"
+    if text != text.strip(" \t"):
+        return "begins or ends with white space"
+    if not text.isascii():
+        try:
+            text.encode("latin-1")
+        except UnicodeEncodeError:
+            return "is not Latin-1 text"
+    return None
 
 
 @dataclass(frozen=True)
@@ -136,8 +145,9 @@ class AuthResult:
 
     challenge: the 401's ``WWW-Authenticate`` header, the scheme the client should use
     (RFC 9110 11.6.1): ``Basic realm="hookyard"`` unless the source asks for another, such as
-    ``Bearer realm="hookyard"`` (:data:`BEARER_CHALLENGE`). One a header cannot carry (empty,
-    CR, LF, NUL, not Latin-1) raises ValueError here, in the plugin's own tests.
+    ``Bearer realm="hookyard"`` (:data:`BEARER_CHALLENGE`). One a header cannot carry (empty, a
+    control character, white space around it, not Latin-1: :func:`header_value_problem`)
+    raises ValueError here, in the plugin's own tests.
     """
 
     accepted: bool
@@ -151,9 +161,9 @@ class AuthResult:
         if not isinstance(challenge, str) or not challenge.strip():
             raise ValueError(f"AuthResult challenge must be a scheme such as {BEARER_CHALLENGE!r},"
                              f" not {challenge!r}")
-        if any(c in challenge for c in "\r\n\0") or not _latin1(challenge):
-            raise ValueError("AuthResult challenge must be Latin-1 text without CR, LF or NUL:"
-                             f" {challenge!r}")
+        problem = header_value_problem(challenge)
+        if problem:
+            raise ValueError(f"AuthResult challenge {problem}: {challenge!r}")
 
     @classmethod
     def accept(cls) -> AuthResult:
@@ -224,10 +234,9 @@ class Reply(Exception):  # noqa: N818 - raised to answer, not an error
                 isinstance(k, str) and isinstance(v, str) for k, v in (headers or {}).items()):
             raise TypeError("Reply headers must be a dict of str to str")
         for text in (content_type or "", *(headers or {}).values()):
-            if any(c in text for c in "\r\n\0"):  # it would end the header: response splitting
-                raise ValueError(f"Reply headers must not hold CR, LF or NUL: {text!r}")
-            if not text.isascii() and not _latin1(text):
-                raise ValueError(f"Reply header values must be Latin-1 text: {text!r}")
+            problem = header_value_problem(text)  # CR/LF would split the answer
+            if problem:
+                raise ValueError(f"Reply header value {problem}: {text!r}")
         for name in headers or {}:
             if not _TOKEN.fullmatch(name):
                 raise ValueError(f"Reply header name {name!r} is not an HTTP token")
