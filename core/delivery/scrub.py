@@ -26,14 +26,17 @@ MIN_TAIL = 4  # a clipped body ending in this much of a secret loses that end
 
 
 def _forms(secret: str) -> list[str]:
-    """A secret as a peer may echo it: as is, and base64-encoded at the start of a value
-    (``Basic base64(key:)``), cut after the last whole group of 3 bytes so that it matches
-    whatever followed the secret."""
+    """A secret as a peer may echo it: as is, and base64-encoded wherever it sits in the
+    encoded value (``Basic base64(key:)``, or ``base64(user:key)``): for each of the three
+    alignments, the encoding of the secret's bytes from the next 3-byte boundary on, cut after
+    the last whole group of 3, so that it matches whatever came before and after it."""
     raw = secret.encode()
-    whole = len(raw) // 3 * 3
     forms = [secret]
-    if whole >= MIN_LENGTH:
-        forms.append(base64.b64encode(raw[:whole]).decode("ascii"))
+    for skip in range(3):  # the secret begins 0, 2 or 1 bytes after a 3-byte boundary
+        part = raw[skip:]
+        whole = len(part) // 3 * 3
+        if whole >= MIN_LENGTH:
+            forms.append(base64.b64encode(part[:whole]).decode("ascii"))
     return forms
 
 

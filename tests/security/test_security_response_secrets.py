@@ -160,3 +160,19 @@ def test_scrubber_forms() -> None:
     assert (scrub.result(echoed).error, scrub.result(echoed).response_body) == (
         "HTTP 500 [redacted]", "[redacted]")
     assert Scrubber([]).result(echoed) is echoed
+
+
+@pytest.mark.parametrize("before", ["", "a", "ab", "api:", "user12:"])
+@pytest.mark.parametrize("after", ["", ":", ":password"])
+def test_a_secret_is_redacted_base64_encoded_at_any_offset(before: str, after: str) -> None:
+    """``Basic base64(user:key)`` puts the key 0, 1 or 2 bytes after a 3-byte boundary: each
+    alignment encodes it differently, and each is recognised (only the key's own alignment at
+    the start of the value was, and a log line showed ``base64("api:" + key)`` whole)."""
+    import base64
+
+    from hookyard.delivery.scrub import Scrubber
+
+    secret = "WRITEKEY-abcdef123"
+    encoded = base64.b64encode(f"{before}{secret}{after}".encode()).decode()
+    cleaned = Scrubber([secret]).text(f"sent Authorization: Basic {encoded}")
+    assert cleaned is not None and "[redacted]" in cleaned and encoded not in cleaned
