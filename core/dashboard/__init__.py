@@ -55,7 +55,9 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         post("/ui/dead-letters/{action}", guard(pages.dead_letter_action)),
         get("/ui/plugins", guard(pages.plugins)),
         Mount("/ui/static", app=StaticFiles(directory=STATIC), name="dashboard-static"),
-        get("/ui/{rest:path}", guard(pages.not_found)),  # a page with the menu, not Starlette's text
+        # a page with the menu, not Starlette's text (405 for a known path's other method)
+        Route("/ui/{rest:path}", guard(pages.not_found), methods=["GET", "POST"],
+              include_in_schema=False),
     ]
 
 

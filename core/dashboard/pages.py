@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Match
 
 from ..connectors import DestinationContext
 from ..events import EVENT_CLASSES
@@ -243,4 +244,9 @@ async def plugins(view: Dashboard, call: Call) -> Response:
 
 
 async def not_found(view: Dashboard, call: Call) -> Response:
+    scope = call.request.scope
+    for route in call.request.app.router.routes:  # the path is a dashboard route's, its method not
+        if route.matches(scope)[0] is Match.PARTIAL:
+            raise Refused(405, f"{call.request.method} is not allowed on"
+                               f" {call.request.url.path[:200]}")
     raise Refused(404, f"no dashboard page at {call.request.url.path[:200]}: pick one from the menu")

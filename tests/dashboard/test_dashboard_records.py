@@ -73,6 +73,10 @@ def test_an_unknown_page_is_a_404_with_the_menu(client: httpx.Client) -> None:
     r = client.get("/ui/no-such-page")
     assert r.status_code == 404 and 'href="/ui/events"' in r.text and "no dashboard page" in r.text
     assert client.get("/ui/events/").status_code == 404  # no id: a 404, whatever is stored
+    assert client.post("/ui/no-such-page", data={}).status_code == 404
+    for path in ("/ui/dead-letters/retry", "/ui/logout"):  # POST-only pages
+        r = client.get(path)
+        assert r.status_code == 405 and 'href="/ui/events"' in r.text, path
 
 
 def test_discard_all_of_any_destination(client: httpx.Client, server: HookyardServer) -> None:

@@ -61,8 +61,9 @@
   var toggle = document.getElementById("autorefresh");
   function stopRefresh(timer, why) {
     // signed out (here or in another tab) or the session expired: say so instead of
-    // leaving a table that silently stopped updating
+    // leaving a table that silently stopped updating (once: a slow answer may come late)
     clearInterval(timer);
+    if (toggle.disabled) { return; }
     toggle.checked = false;
     toggle.disabled = true;
     var note = document.createElement("span");
