@@ -2,7 +2,8 @@
 environment from a directory without the source tree, it ingests an identify and serves the
 subscriber back on the admin API.
 
-A cold build takes under a minute on 2 cores (about 40 s of CPU); the script caches the binary keyed by a hash of
+A cold build takes under a minute on 2 cores (about 40 s of CPU): it starts at collection, at a low
+priority, while the other tests run (tests/conftest.py); the script caches the binary keyed by a hash of
 the sources, so an unchanged tree reuses it (see scripts/build-binary).
 """
 
@@ -15,6 +16,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pluggy
@@ -44,17 +46,11 @@ def test_frozen_fallback_registers_every_builtin(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.binary
-def test_single_binary_ingests_and_serves(tmp_path: Path) -> None:
-    if importlib.util.find_spec("PyInstaller") is None:
+def test_single_binary_ingests_and_serves(tmp_path: Path, binary_build: Any) -> None:
+    if importlib.util.find_spec("PyInstaller") is None or binary_build is None:
         pytest.skip("PyInstaller is not installed: pip install -e '.[binary]' to build the binary")
-    build = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "build-binary"), "--dist", str(tmp_path / "dist")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    binary = tmp_path / "dist" / "hookyard"
+    code, output, binary = binary_build.wait()  # started at collection (tests/conftest.py)
+    assert code == 0, output[-6000:]
     run_dir = tmp_path / "elsewhere"  # no source tree, no Python packages, empty environment
     run_dir.mkdir()
     env = {"PATH": "/usr/bin:/bin"}
