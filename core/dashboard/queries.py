@@ -152,10 +152,13 @@ def events_page(
     sql = ("SELECT i.id, i.source, i.message_id, i.type, i.user_id, i.anonymous_id, i.event,"
            " i.received_at, i.filtered FROM inbox i WHERE 1=1")
     params: list[Any] = []
-    for column, value in (("source", source), ("type", type), ("user_id", user_id)):
+    for column, value in (("source", source), ("type", type)):
         if value:
             sql += f" AND i.{column} = ?"
             params.append(value)
+    if user_id:  # the user the page shows: an anonymous event's anonymousId
+        sql += " AND (i.user_id = ? OR (i.user_id IS NULL AND i.anonymous_id = ?))"
+        params += [user_id, user_id]
     if status:
         sql += f" AND {STATUS_SQL[status]}"
     if cursor is not None:

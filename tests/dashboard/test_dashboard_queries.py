@@ -101,3 +101,15 @@ def test_each_destination_is_rated_on_its_own_attempts(conn: sqlite3.Connection)
     assert (health["busy"].attempts, health["busy"].success_rate) == (2000, 0.0)
     assert (health["busy"].last_error, health["busy"].last_error_status) == ("HTTP 500", 500)
     assert health["busy"].health() == "failing"
+
+
+def test_the_user_filter_finds_an_anonymous_event_by_the_id_the_page_shows(
+    conn: sqlite3.Connection,
+) -> None:
+    """The events page shows an anonymous event's anonymousId as its user: filtering by it
+    finds the event (it found nothing)."""
+    conn.execute("INSERT INTO inbox (source, message_id, type, anonymous_id, received_at, raw)"
+                 " VALUES ('web', 'anon-1', 'page', 'visitor-7', '2026-12-05T00:00:00.000Z', '{}')")
+    rows, _ = events_page(conn, user_id="visitor-7")
+    assert [r.message_id for r in rows] == ["anon-1"]
+    assert events_page(conn, user_id="visitor-8")[0] == []
