@@ -99,16 +99,6 @@ async def _body(request: Request) -> dict[str, Any]:
         raise ValueError(f"body is not valid JSON: {exc}") from None
 
 
-DESTINATIONS_IN_OUTBOX = (
-    "WITH RECURSIVE d(name) AS (SELECT min(destination) FROM outbox UNION ALL"
-    " SELECT (SELECT min(destination) FROM outbox WHERE destination > d.name) FROM d"
-    " WHERE d.name IS NOT NULL) SELECT name FROM d WHERE name IS NOT NULL"
-)
-"""The destinations that have outbox rows, one index step each (a loose index scan: a
-``SELECT DISTINCT`` would read every row), dead letters of a destination no longer configured
-included."""
-
-
 def routes(rt: Runtime) -> list[BaseRoute]:
     db = rt.db
 
@@ -200,7 +190,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         if not request.query_params.get("destination"):  # every destination's, through the
             # (destination, state, id) index of each: "state = 'dead'" alone read the whole
             # outbox (0.5 s at 1.4 million rows)
-            names = await db.read(lambda c: [r[0] for r in c.execute(DESTINATIONS_IN_OUTBOX)])
+            names = await db.read(outbox.destinations_in)
             sql += f" AND destination IN ({', '.join('?' * len(names)) or 'NULL'})"
             params.extend(names)
         if "since" in request.query_params:  # failed at or after, as for retry and discard

@@ -211,8 +211,8 @@ class Health:
     def health(self, enabled: bool = True) -> str:
         if not enabled:
             return "disabled"
-        if not self.attempts:
-            return "idle"
+        if not self.attempts:  # none among the newest attempts of all destinations
+            return "failing" if self.retrying else "idle"  # retrying: its last attempt failed
         if self.last_outcome != "ok":
             return "failing"
         rate = self.success_rate or 0.0
@@ -256,11 +256,14 @@ def destination_health(
             h.last_error, h.last_error_status, h.last_error_at = conn.execute(
                 "SELECT error, http_status, at FROM attempts WHERE id = ?", (error_id,)).fetchone()
     for h in out.values():
-        if h.last_error is None:  # older than the window: the newest dead letter says why
-            row = conn.execute(
+        if h.last_error is None:  # older than the window: the newest row of the destination
+            # that failed says why, a delivery waiting to be retried or a dead letter
+            rows = [conn.execute(
                 "SELECT last_error, last_status, updated_at FROM outbox WHERE destination = ?"
-                " AND state = 'dead' ORDER BY id DESC LIMIT 1", (h.name,),
-            ).fetchone()
-            if row is not None:
+                f" AND state = '{state}'{more} ORDER BY id DESC LIMIT 1", (h.name,),
+            ).fetchone() for state, more in (("pending", " AND attempts > 0"), ("dead", ""))]
+            found = [r for r in rows if r is not None]
+            if found:
+                row = max(found, key=lambda r: r[2] or 0)
                 h.last_error, h.last_error_status, h.last_error_at = row[0], row[1], row[2]
     return out

@@ -124,7 +124,10 @@ class Engine:
         purged = 0
         if storage.retention_days > 0:
             cutoff = time.time() - storage.retention_days * 86400
-            purged = await self._purge_rounds(lambda c: outbox.purge(c, cutoff, names))
+            # every destination with rows, one removed from the config too (its delivered and
+            # discarded rows would stay for good, and keep their inbox events)
+            every = await self.rt.db.read(outbox.destinations_in)
+            purged = await self._purge_rounds(lambda c: outbox.purge(c, cutoff, every))
         if storage.api_log_retention_days > 0:
             before = retention.cutoff_iso(storage.api_log_retention_days)
             await self._purge_rounds(lambda c: retention.purge_api_log(c, before))

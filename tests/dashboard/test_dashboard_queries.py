@@ -113,3 +113,20 @@ def test_the_user_filter_finds_an_anonymous_event_by_the_id_the_page_shows(
     rows, _ = events_page(conn, user_id="visitor-7")
     assert [r.message_id for r in rows] == ["anon-1"]
     assert events_page(conn, user_id="visitor-8")[0] == []
+
+
+def test_a_destination_retrying_outside_the_window_is_failing_not_idle(
+    conn: sqlite3.Connection,
+) -> None:
+    """With no attempt among the newest ones of all destinations, a destination whose
+    deliveries wait to be retried is failing, with the error they wait on (newer than its last
+    dead letter's); with nothing waiting it is idle."""
+    conn.execute("INSERT INTO outbox (destination, state, attempts, created_at, updated_at,"
+                 " last_error, last_status) VALUES ('slow', 'dead', 5, 0, 100, 'HTTP 400', 400)")
+    conn.execute("INSERT INTO outbox (destination, state, attempts, created_at, updated_at,"
+                 " last_error, last_status) VALUES ('slow', 'pending', 2, 0, 200, 'HTTP 503', 503)")
+    health = destination_health(conn, ["slow", "quiet"])
+    assert health["slow"].attempts == 0 and health["slow"].retrying == 1
+    assert health["slow"].health() == "failing"
+    assert (health["slow"].last_error, health["slow"].last_error_status) == ("HTTP 503", 503)
+    assert health["quiet"].health() == "idle"

@@ -310,7 +310,7 @@ def test_the_list_of_every_destination_reads_through_the_index(hookyard_server: 
     the soak audit), a destination no longer configured included."""
     import sqlite3
 
-    from hookyard.admin_api import DESTINATIONS_IN_OUTBOX
+    from hookyard.delivery.outbox import DESTINATIONS_IN_OUTBOX
 
     server = hookyard_server({})
     now = time.time()

@@ -146,6 +146,9 @@ def test_maintenance_purges_finished_rows_past_retention_only(
         rt.db.write_sync(lambda c: c.execute(
             "UPDATE outbox SET updated_at = ? WHERE message_id != 'new-1'", (week_ago,)))
         step = rt.db.write_sync(lambda c: outbox.purge(c, time.time() - 86400, ["rec"], limit=2))
+        rt.db.write_sync(lambda c: c.execute(  # a destination since removed from the config
+            "INSERT INTO outbox (destination, state, attempts, created_at, updated_at)"
+            " VALUES ('gone', 'discarded', 1, ?, ?)", (week_ago, week_ago)))
         purged = await engine.maintain()
         await engine.stop()
         return step, purged
@@ -153,7 +156,8 @@ def test_maintenance_purges_finished_rows_past_retention_only(
     step, purged = asyncio.run(run())
     rt.engine = None
     assert step == 2  # at most `limit` rows in all, every destination and state together
-    assert purged == 5 + 1 - 2  # the rest of the old done rows and the filtered one, later rounds
+    assert purged == 5 + 1 - 2 + 1  # the rest of the old done rows, the filtered one and the
+    # removed destination's discarded one, in later rounds
     left = rt.db.read_sync(lambda c: [tuple(r) for r in c.execute(
         "SELECT message_id, state FROM outbox ORDER BY id")])
     assert left == [("new-1", "done"), ("bad-1", "dead")]  # dead letters are never purged
