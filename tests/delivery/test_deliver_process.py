@@ -138,9 +138,12 @@ def test_the_concurrency_holds_while_the_deliver_process_starts(
         await original(self)
 
     monkeypatch.setattr(DeliverProcess, "_start", late_start)
+    # the two first requests hang until well after the helper is ready, also on a busy machine
+    # (its start takes ~0.4 s of CPU; with a 1.5 s hang a slow start saw them answered first)
     with FakeServer() as peer, HookyardServer(
-            forwarder(peer.url, concurrency=2), tmp_path) as server:
-        peer.hang(1.5, times=2)  # (under the 2 s HTTP timeout of the test policy)
+            forwarder(peer.url, concurrency=2, total_timeout_seconds=10.0, lease_seconds=30.0),
+            tmp_path) as server:
+        peer.hang(6.0, times=2)  # (under the 10 s HTTP timeout set above)
         deliverer = server.runtime.engine.deliverer
         sent = post_batches(server, users=30, per_user=1, tag="t")
         peer.wait_for(2)
