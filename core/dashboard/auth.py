@@ -34,12 +34,14 @@ HOME = "/ui/events"
 
 
 class Refused(Exception):
-    """A dashboard request is refused: an HTTP ``status`` and a reason for the operator."""
+    """A dashboard request is refused: an HTTP ``status``, a reason for the operator, and the
+    answer's extra ``headers`` (a 405's ``Allow``)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True)

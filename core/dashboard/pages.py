@@ -248,6 +248,7 @@ async def not_found(view: Dashboard, call: Call) -> Response:
     scope = call.request.scope
     for route in call.request.app.router.routes:  # the path is a dashboard route's, its method not
         if route.matches(scope)[0] is Match.PARTIAL:
+            allowed = ", ".join(sorted(getattr(route, "methods", None) or ()))
             raise Refused(405, f"{call.request.method} is not allowed on"
-                               f" {call.request.url.path[:200]}")
+                               f" {call.request.url.path[:200]}", {"Allow": allowed})
     raise Refused(404, f"no dashboard page at {call.request.url.path[:200]}: pick one from the menu")

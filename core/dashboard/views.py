@@ -98,8 +98,9 @@ class Dashboard:
         return self.renderer.page(name, context, status)
 
     def error(self, request: Request, status: int, reason: str,
-              ident: Identity | None = None) -> Response:
-        headers = {"WWW-Authenticate": BEARER_CHALLENGE} if status == 401 else None
+              ident: Identity | None = None, extra: dict[str, str] | None = None) -> Response:
+        headers = {"WWW-Authenticate": BEARER_CHALLENGE} if status == 401 else {}
+        headers.update(extra or {})
         return self.renderer.page(
             "error.html",
             {"status": status, "reason": reason, "nav": "", "ident": ident,
@@ -130,7 +131,7 @@ class Dashboard:
                     self.auth.check_csrf(ident, form, request)
                 return await handler(self, Call(request, ident, form))
             except Refused as exc:
-                return self.error(request, exc.status, exc.reason, ident)
+                return self.error(request, exc.status, exc.reason, ident, exc.headers)
 
         return endpoint
 

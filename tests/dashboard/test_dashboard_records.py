@@ -77,6 +77,7 @@ def test_an_unknown_page_is_a_404_with_the_menu(client: httpx.Client) -> None:
     for path in ("/ui/dead-letters/retry", "/ui/logout"):  # POST-only pages
         r = client.get(path)
         assert r.status_code == 405 and 'href="/ui/events"' in r.text, path
+        assert r.headers["allow"] == "POST", path
 
 
 def test_discard_all_of_any_destination(client: httpx.Client, server: HookyardServer) -> None:
