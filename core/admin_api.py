@@ -222,14 +222,19 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         if refusal is not None:
             return _error(400, refusal)
         names = list(rt.destinations)
+        answer: dict[str, Any] = {"action": action}
         if action == "retry":  # only configured destinations: no worker delivers the others'
-            count = await db.write(lambda c: outbox.retry_dead(
+            answer["count"] = await db.write(lambda c: outbox.retry_dead(
                 c, destination, since, ids, configured=names))
+            left = await db.read(lambda c: outbox.dead_elsewhere(c, names, since, ids))
+            if left:  # matched, but of destinations no longer in the config: not retried
+                answer["left_dead"] = left
         else:
-            count = await db.write(lambda c: outbox.discard_dead(c, destination, since, ids))
+            answer["count"] = await db.write(
+                lambda c: outbox.discard_dead(c, destination, since, ids))
         if rt.engine is not None:
             rt.engine.wake_all()
-        return _json({"action": action, "count": count})
+        return _json(answer)
 
     async def preview(request: Request) -> Response:
         dest = rt.destinations.get(request.path_params["name"])

@@ -199,9 +199,11 @@ class DeadLetterRequest(msgspec.Struct, forbid_unknown_fields=True):
     every: bool = msgspec.field(default=False, name="all")  # every dead letter, explicitly
 
 
-class DeadLetterResult(msgspec.Struct):
+class DeadLetterResult(msgspec.Struct, omit_defaults=True):
     action: str
     count: int
+    # retry only: matched dead letters of destinations no longer in the config, left dead
+    left_dead: dict[str, int] | None = None
 
 
 class PreviewRequest(msgspec.Struct):

@@ -287,12 +287,18 @@ def dead_elsewhere(
     ids: list[int] | None = None,
 ) -> dict[str, int]:
     """Dead letters matching the filter whose destination is not in ``configured``, by
-    destination (what ``retry`` leaves alone)."""
-    sql = "SELECT destination, count(*) FROM outbox WHERE state = 'dead'"
-    sql, params = _narrow(sql, [], None, since, ids)
-    sql += f" AND destination NOT IN ({','.join('?' * len(configured)) or 'NULL'})"
-    sql += " GROUP BY destination ORDER BY destination"
-    return {row[0]: int(row[1]) for row in conn.execute(sql, [*params, *configured])}
+    destination (what ``retry`` leaves alone); each destination's through the
+    (destination, state, id) index ("state = 'dead'" alone reads the whole outbox)."""
+    left: dict[str, int] = {}
+    for name in destinations_in(conn):
+        if name in configured:
+            continue
+        sql, params = _narrow("SELECT count(*) FROM outbox WHERE state = 'dead'", [], name,
+                              since, ids)
+        count = int(conn.execute(sql, params).fetchone()[0])
+        if count:
+            left[name] = count
+    return left
 
 
 def discard_dead(

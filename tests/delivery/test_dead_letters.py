@@ -330,3 +330,20 @@ def test_the_list_of_every_destination_reads_through_the_index(hookyard_server: 
     finally:
         conn.close()
     assert "USING INDEX" in plan and "SCAN outbox" not in plan, plan
+
+
+def test_a_retry_says_which_dead_letters_it_left_for_a_removed_destination(
+    hookyard_server: Start,
+) -> None:
+    """Retrying by id a dead letter of a destination no longer configured answered
+    ``{"count": 0}`` and nothing more; it now names what it left dead, as the CLI does."""
+    server = hookyard_server({})
+    now = time.time()
+    server.runtime.db.write_sync(lambda c: c.execute(
+        "INSERT INTO outbox (destination, state, attempts, created_at, updated_at, message_id)"
+        " VALUES ('gone', 'dead', 3, ?, ?, 'g-1')", (now, now)))
+    [row] = admin(server, "/api/dead-letters").json()["items"]
+    answer = admin(server, "/api/dead-letters/retry", method="POST", json={"ids": [row["id"]]}).json()
+    assert answer == {"action": "retry", "count": 0, "left_dead": {"gone": 1}}
+    assert admin(server, "/api/dead-letters/retry", method="POST", json={}).json()["left_dead"] == {
+        "gone": 1}
