@@ -273,7 +273,7 @@ def retry_dead(
           " updated_at = ? WHERE state = 'dead'"
     now = time.time()
     params: list[Any] = [now, now]
-    sql, params = _narrow(sql, params, destination, since, ids)
+    sql, params = _narrow(conn, sql, params, destination, since, ids)
     if configured is not None:
         sql += f" AND destination IN ({','.join('?' * len(configured)) or 'NULL'})"
         params.extend(configured)
@@ -293,8 +293,8 @@ def dead_elsewhere(
     for name in destinations_in(conn):
         if name in configured:
             continue
-        sql, params = _narrow("SELECT count(*) FROM outbox WHERE state = 'dead'", [], name,
-                              since, ids)
+        sql, params = _narrow(conn, "SELECT count(*) FROM outbox WHERE state = 'dead'", [],
+                              name, since, ids)
         count = int(conn.execute(sql, params).fetchone()[0])
         if count:
             left[name] = count
@@ -308,19 +308,23 @@ def discard_dead(
     """Mark dead letters as discarded (kept for the record, never retried)."""
     sql = "UPDATE outbox SET state = 'discarded', updated_at = ? WHERE state = 'dead'"
     params: list[Any] = [time.time()]
-    sql, params = _narrow(sql, params, destination, since, ids)
+    sql, params = _narrow(conn, sql, params, destination, since, ids)
     before = conn.total_changes
     conn.execute(sql, params)
     return conn.total_changes - before
 
 
 def _narrow(
-    sql: str, params: list[Any], destination: str | None, since: float | None,
-    ids: list[int] | None,
+    conn: sqlite3.Connection, sql: str, params: list[Any], destination: str | None,
+    since: float | None, ids: list[int] | None,
 ) -> tuple[str, list[Any]]:
     if destination:
         sql += " AND destination = ?"
         params.append(destination)
+    elif not ids:  # every destination's dead letters, each through the outbox index
+        clause, names = every_destination(conn)
+        sql += clause
+        params.extend(names)
     if since is not None:
         sql += " AND updated_at >= ?"
         params.append(since)
@@ -342,6 +346,15 @@ def destinations_in(conn: sqlite3.Connection) -> list[str]:
     keeps its rows), one index step each: a loose index scan on (destination, state, id),
     where ``SELECT DISTINCT`` would read every row."""
     return [r[0] for r in conn.execute(DESTINATIONS_IN_OUTBOX)]
+
+
+def every_destination(conn: sqlite3.Connection) -> tuple[str, list[str]]:
+    """A condition and its parameters naming every destination with outbox rows, for a query
+    of one state across destinations: with it, SQLite reads each destination's rows through the
+    (destination, state, id) index; ``state = 'dead'`` alone read the whole outbox (0.5 s at 1.4
+    million rows, on the writer thread for a discard)."""
+    names = destinations_in(conn)
+    return f" AND destination IN ({', '.join('?' * len(names)) or 'NULL'})", names
 
 
 PURGE_BATCH = 2000  # outbox rows (with their attempts) per transaction, every destination together
