@@ -207,32 +207,35 @@ def _decode_event(raw: bytes, call: str | None, require_user_id: bool = False) -
     problem = validate_event(event)
     if problem:
         raise BadRequest(problem)
-    if event.writeKey is not None:  # the typed decode found one (also under an escaped name)
+    drop_key = event.writeKey is not None  # the typed decode found one (escaped name too)
+    if drop_key:
         event.writeKey = None
-        raw = _without_write_key(raw)
-    if type(event) is Identify and event.traits and event.context and (
-            event.traits is event.context.get("traits")):
-        raw = _with_context_traits(raw)
+    context_traits = (type(event) is Identify and bool(event.traits) and event.context is not None
+                      and event.traits is event.context.get("traits"))
+    if drop_key or context_traits:
+        raw = _rewritten(raw, drop_key, context_traits)
     return ParsedEvent(raw=raw, event=event)
 
 
-def _with_context_traits(raw: bytes) -> bytes:
-    """An identify whose traits are only ``context.traits`` (RudderStack's Python library), with
-    them as its ``traits`` too: what reads the stored JSON (filters, a destination's field
-    paths such as ``traits.external_id``, the read API, the forwarder) sees them as the typed
-    event does (:class:`hookyard.events.Identify`)."""
-    data = _dict_decoder.decode(raw)
-    data["traits"] = data["context"]["traits"]
-    return encoder.encode(data)
+def _rewritten(raw: bytes, drop_write_key: bool, context_traits: bool) -> bytes:
+    """``raw`` decoded once and written again with what the typed event already has:
 
+    * without its top-level ``writeKey`` (a key is never stored nor forwarded);
+    * for an identify whose traits are only ``context.traits`` (RudderStack's Python library),
+      with them as its ``traits`` too: what reads the stored JSON (filters, a destination's
+      field paths such as ``traits.external_id``, the read API, the forwarder) sees them as the
+      typed event does (:class:`hookyard.events.Identify`).
 
-def _without_write_key(raw: bytes) -> bytes:
-    """``raw`` without its top-level ``writeKey`` (a key is never stored nor forwarded)."""
+    ``raw`` itself, byte for byte, when neither changes it."""
     data = _dict_decoder.decode(raw)
-    if "writeKey" not in data:
-        return raw
-    del data["writeKey"]
-    return encoder.encode(data)
+    changed = False
+    if drop_write_key and "writeKey" in data:
+        del data["writeKey"]
+        changed = True
+    if context_traits:
+        data["traits"] = data["context"]["traits"]
+        changed = True
+    return encoder.encode(data) if changed else raw
 
 
 def _with_batch_defaults(raw: bytes, body: _BatchBody, sent_at_field: bytes) -> bytes:

@@ -588,6 +588,9 @@ def test_an_identify_with_traits_only_in_context_is_stored_with_them_as_traits()
     both = {**event, "traits": {"email": "a@example.com"}}  # top-level traits win, unchanged
     [parsed] = parse(v1("identify", both, basic(KEY)))
     assert raw_of(parsed)["traits"] == {"email": "a@example.com"}
+    keyed = {**event, "writeKey": KEY}  # both rewrites at once: no key, the traits
+    [parsed] = parse(v1("identify", keyed, basic(KEY)))
+    assert "writeKey" not in raw_of(parsed) and raw_of(parsed)["traits"] == {"external_id": "e9"}
 
 
 def test_an_event_that_a_nan_makes_invalid_gets_the_real_reason() -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from .dates import looks_like_iso_date, parse_tag_date, pushwoosh_date
+from .dates import parse_tag_date, pushwoosh_date
 from .settings import TagType
 
 TagValue = bool | int | float | str | list[str]
@@ -53,7 +53,7 @@ def infer_type(value: Any) -> TagType:
         return "Decimal"
     if isinstance(value, list | tuple):
         return "List"
-    if isinstance(value, str) and looks_like_iso_date(value) and parse_tag_date(value) is not None:
+    if isinstance(value, str) and parse_tag_date(value) is not None:  # it checks the form first
         return "Date"
     return "String"
 
