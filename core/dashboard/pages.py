@@ -196,7 +196,6 @@ async def dead_letters(view: Dashboard, call: Call) -> Response:
     return view.page(
         call, "dead_letters.html", "dead-letters", rows=data["items"], destination=dest,
         destinations=list(view.rt.destinations), cursor=cursor,
-        has_profiles=bool(_profile_destinations(view)),
         next_query=_query(destination=dest, cursor=nxt) if nxt else None,
         flash=DONE_MESSAGES[done].format(count=count) if done else None,
     )

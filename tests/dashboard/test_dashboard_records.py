@@ -80,6 +80,19 @@ def test_an_unknown_page_is_a_404_with_the_menu(client: httpx.Client) -> None:
         assert r.headers["allow"] == "POST", path
 
 
+def test_a_dead_letters_user_links_to_that_users_events(client: httpx.Client,
+                                                       server: HookyardServer) -> None:
+    """The user of a dead letter may be an anonymousId, which no profile store holds: the link
+    goes to the user's stored events (userId or anonymousId), never to a subscriber's 404."""
+    anon = sample_track(userId=None, anonymousId="anon/dl 1", messageId="anon-dl")
+    assert server.post("/v1/track", anon).status_code == 200
+    server.wait_idle()
+    page = client.get("/ui/dead-letters?destination=forward").text
+    [link] = {h for h in hrefs(page) if "anon" in h and "user_id=" in h}
+    events = client.get(httpx.URL(link))
+    assert events.status_code == 200 and 'href="/ui/events/anon-dl"' in events.text
+
+
 def test_discard_all_of_any_destination(client: httpx.Client, server: HookyardServer) -> None:
     """With no destination picked, "Discard all" sends ``all`` (the API refuses an unfiltered
     discard without it); the form of one destination sends only the destination."""
