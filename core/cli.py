@@ -29,10 +29,11 @@ TIME_HELP = "ISO-8601 (2026-11-01 or 2026-11-01T10:00:00Z; UTC when no zone is g
 
 
 def _load(config_path: str | None, host: str | None = None, port: int | None = None,
-          data_dir: str | None = None, *, create: bool = True) -> Config:
+          data_dir: str | None = None, *, create: bool = True,
+          unset_env: dict[str, str] | None = None) -> Config:
     config_path = config_path or os.environ.get("HOOKYARD_CONFIG")
     if config_path:
-        config = load_config(config_path)
+        config = load_config(config_path, unset_env)
     else:
         config = default_config(Path(data_dir or "./hookyard-data").expanduser().resolve(),
                                 create=create)
@@ -51,20 +52,31 @@ def _runtime(config: Config) -> Any:
     return Runtime.build(config)
 
 
-def stored_runtime(config_path: str | None, data_dir: str | None) -> Any:
+def stored_runtime(config_path: str | None, data_dir: str | None, *,
+                   secrets_needed: bool = True) -> Any:
     """The opened runtime of a command that works on stored data (replay, dlq): refuses to
     start when there is no database yet, rather than create an empty install in the current
-    directory (a command run from the wrong directory would find nothing and say so quietly)."""
+    directory (a command run from the wrong directory would find nothing and say so quietly).
+
+    ``secrets_needed=False`` (a command that maps and sends nothing: ``dlq``): an ``env:``
+    variable of a source or destination that is not set in the operator's shell is no error
+    (the server's service manager may hold them)."""
     from .storage import POSTGRESQL, backend, sqlite_path
 
     config_path = config_path or os.environ.get("HOOKYARD_CONFIG")
     _refuse_new_default_install(config_path, data_dir)
-    config = _load(config_path, data_dir=data_dir)
+    unset: dict[str, str] | None = None if secrets_needed else {}
+    config = _load(config_path, data_dir=data_dir, unset_env=unset)
     if config_path and backend(config.storage) != POSTGRESQL:
         path = sqlite_path(config.storage, Path(config.server.data_dir).expanduser().resolve())
         if not path.exists():
             raise ConfigError(_no_database(path))
-    rt = _runtime(config)
+    try:
+        rt = _runtime(config)
+    except ConfigError:
+        if unset:  # a placeholder a plugin refused: the missing variable is the error to name
+            _load(config_path, data_dir=data_dir)
+        raise
     rt.open(upgrade=False)  # an old server may still be running on it: serve upgrades it
     return rt
 

@@ -145,22 +145,28 @@ ENV_VALUES: set[str] = set()
 treats as secret whatever the setting's name: ``env:`` is how the docs say to pass secrets)."""
 
 
-def resolve_env(value: Any, where: str = "") -> Any:
+def resolve_env(value: Any, where: str = "", unset: dict[str, str] | None = None) -> Any:
     """Replace every ``env:VAR`` string inside ``value`` by the variable's value (noted in
-    :data:`ENV_VALUES`)."""
+    :data:`ENV_VALUES`).
+
+    ``unset``, for a command that sends nothing (``hookyard dlq``): a variable that is not set
+    outside ``[storage]`` gets a placeholder instead of an error, noted there by name."""
     if isinstance(value, str) and value.startswith("env:"):
         var = value[4:]
         if not var.strip():
             raise ConfigError(f"{where or 'a setting'} is {value!r}: name the environment"
                               " variable after env: (env:VAR_NAME)")
         if var not in os.environ:
-            raise ConfigError(f"{where or 'a setting'} refers to environment variable {var}, which is not set")
+            if unset is None or where.startswith("storage"):
+                raise ConfigError(f"{where or 'a setting'} refers to environment variable {var},"
+                                  " which is not set")
+            return unset.setdefault(var, f"unset-{var}-{secrets.token_hex(8)}")
         ENV_VALUES.add(os.environ[var])
         return os.environ[var]
     if isinstance(value, dict):
-        return {k: resolve_env(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+        return {k: resolve_env(v, f"{where}.{k}" if where else k, unset) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_env(v, f"{where}[{_item_label(v, i)}]") for i, v in enumerate(value)]
+        return [resolve_env(v, f"{where}[{_item_label(v, i)}]", unset) for i, v in enumerate(value)]
     return value
 
 
@@ -209,10 +215,12 @@ def _empty_variable(raw: Any, resolved: str | None) -> str | None:
     return None
 
 
-def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
-    """Validate a config dict (as read from TOML). Raises ConfigError naming the bad key."""
+def parse_config(data: dict[str, Any], origin: str = "config",
+                 unset_env: dict[str, str] | None = None) -> Config:
+    """Validate a config dict (as read from TOML). Raises ConfigError naming the bad key.
+    ``unset_env``: see :func:`resolve_env`."""
     try:
-        resolved = resolve_env(data)
+        resolved = resolve_env(data, "", unset_env)
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
     server = resolved.get("server") if isinstance(resolved, dict) else None
@@ -327,8 +335,8 @@ def _check_admin_token(token: str | None, raw_token: Any) -> None:
         )
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML config file."""
+def load_config(path: str | Path, unset_env: dict[str, str] | None = None) -> Config:
+    """Read and validate a TOML config file. ``unset_env``: see :func:`resolve_env`."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -347,7 +355,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), unset_env)
 
 
 def new_secret(prefix: str) -> str:

@@ -30,7 +30,7 @@ def dlq() -> None:
 
 def _dlq_runtime(config_path: str | None, data_dir: str | None, destination: str | None) -> Any:
     try:
-        rt = stored_runtime(config_path, data_dir)
+        rt = stored_runtime(config_path, data_dir, secrets_needed=False)
     except HookyardError as exc:
         fail(exc)
     if destination is not None and destination not in rt.destinations and not rt.db.read_sync(

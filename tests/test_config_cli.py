@@ -439,6 +439,20 @@ def test_dlq_list_on_a_new_database(tmp_path: Path) -> None:
     assert result.output.strip() == "no dead letters"
 
 
+def test_dlq_needs_no_secret_of_the_servers_environment(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator's shell may lack the service's ``env:`` secrets: ``dlq`` sends nothing, so
+    it runs without them; ``replay`` maps events with the settings, so it still names them."""
+    path = _created(tmp_path)
+    path.write_text(path.read_text().replace(f'"{KEY}"', '"env:HY_TEST_UNSET_KEY"'))
+    monkeypatch.delenv("HY_TEST_UNSET_KEY", raising=False)
+    for args in (["dlq", "list"], ["dlq", "retry"], ["dlq", "discard", "--destination", "profiles"]):
+        result = run(*args, "--config", str(path))
+        assert result.exit_code == 0, (args, result.output)
+    line = one_line_error(run("replay", "--config", str(path), "--source", "web"))
+    assert "environment variable HY_TEST_UNSET_KEY, which is not set" in line
+
+
 def test_replay_unknown_source_fails_cleanly(tmp_path: Path) -> None:
     path = _created(tmp_path)
     line = one_line_error(run("replay", "--config", str(path), "--source", "nope"))
