@@ -31,6 +31,14 @@ def _query(**params: Any) -> str:
     return urlencode({k: v for k, v in params.items() if v not in (None, "")})
 
 
+def _pager(path: str, cursor: Any, nxt: Any, **filters: Any) -> dict[str, str | None]:
+    """The links of a paged list with these ``filters``: back to its first page (on a later
+    page) and on to the next (when there is one)."""
+    first = _query(**filters)
+    return {"first_url": (f"{path}?{first}" if first else path) if cursor not in (None, "") else None,
+            "next_url": f"{path}?{_query(**filters, cursor=nxt)}" if nxt not in (None, "") else None}
+
+
 def _choice(call: Call, name: str, allowed: tuple[str, ...] | list[str]) -> str | None:
     value = call.param(name)
     if value is not None and value not in allowed:
@@ -86,7 +94,7 @@ async def events(view: Dashboard, call: Call) -> Response:
         lambda conn: events_page(conn, cursor=cursor, limit=PAGE, **filters))
     return view.page(
         call, "events.html", "events", rows=rows, filters=filters, cursor=cursor,
-        next_query=_query(**filters, cursor=nxt) if nxt is not None else None,
+        **_pager("/ui/events", cursor, nxt, **filters),
         sources=list(view.rt.sources), types=list(EVENT_CLASSES), statuses=STATUSES,
         status_help=STATUS_HELP,
     )
@@ -102,7 +110,7 @@ async def logs(view: Dashboard, call: Call) -> Response:
     nxt = data.get("next")
     return view.page(
         call, "logs.html", "logs", rows=data["items"], filters=filters, cursor=cursor,
-        next_query=_query(**filters, cursor=nxt) if nxt else None,
+        **_pager("/ui/logs", cursor, nxt, **filters),
         sources=list(view.rt.sources), statuses=LOG_STATUSES,
     )
 
@@ -148,7 +156,7 @@ async def subscribers(view: Dashboard, call: Call) -> Response:
     return view.page(
         call, "subscribers.html", "subscribers", rows=items, q=q, destination=dest,
         destinations=names,
-        next_query=_query(q=q, destination=dest, cursor=nxt) if nxt else None,
+        **_pager("/ui/subscribers", after, nxt, q=q, destination=dest),
     )
 
 
@@ -196,7 +204,7 @@ async def dead_letters(view: Dashboard, call: Call) -> Response:
     return view.page(
         call, "dead_letters.html", "dead-letters", rows=data["items"], destination=dest,
         destinations=list(view.rt.destinations), cursor=cursor,
-        next_query=_query(destination=dest, cursor=nxt) if nxt else None,
+        **_pager("/ui/dead-letters", cursor, nxt, destination=dest),
         flash=DONE_MESSAGES[done].format(count=count) if done else None,
     )
 

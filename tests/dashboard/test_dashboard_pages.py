@@ -75,6 +75,9 @@ def test_events_filters_and_paging(client: httpx.Client) -> None:
     assert older, "no link to older events"
     second = client.get(f"/ui/events?{older.group(1)}").text
     assert second.count('class="event-row"') == 7 and 'data-refresh' not in second
+    assert 'class="newest" href="/ui/events"' in second and 'class="newest"' not in first
+    typed = client.get(f"/ui/events?type=track&{older.group(1)}").text
+    assert 'class="newest" href="/ui/events?type=track"' in typed  # the filters stay
     assert client.get("/ui/events?type=identify").text.count('class="event-row"') == 1
     failed = client.get("/ui/events?status=failed").text  # every event is a dead letter at the peer
     assert failed.count('class="event-row"') == 50
