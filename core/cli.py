@@ -155,7 +155,8 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
 
     from .app import create_app
     from .http_protocol import http_protocol
-    from .serving import listen, lock_data_dir, raise_fd_limit, url_host
+    from .serving import DELIVERY, listen, lock_data_dir, raise_fd_limit, url_host
+    from .storage import POSTGRESQL, backend
     from .storage import describe as describe_storage
 
     try:
@@ -168,6 +169,9 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         config.server.port = sock.getsockname()[1]  # --port 0: the port the system chose
         rt = _runtime(config)
         lock = lock_data_dir(rt.data_dir, "serve")  # noqa: F841 - held while serve runs
+        delivers = config.server.workers and not no_workers
+        if delivers and backend(config.storage) != POSTGRESQL:  # PostgreSQL: nodes share leases
+            delivering = lock_data_dir(rt.data_dir, DELIVERY)  # noqa: F841 - held, as above
     except HookyardError as exc:
         fail(exc)
     _setup_logging(rt)
@@ -224,12 +228,15 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
 def worker(config_path: str | None, data_dir: str | None) -> None:
     """Run the router and delivery workers without the HTTP server."""
     from .delivery.engine import Engine
-    from .serving import lock_data_dir
+    from .serving import DELIVERY, lock_data_dir
+    from .storage import POSTGRESQL, backend
 
     try:
         _refuse_new_default_install(config_path, data_dir)
         rt = _runtime(_load(config_path, data_dir=data_dir))
         lock = lock_data_dir(rt.data_dir, "worker")  # noqa: F841 - held while the worker runs
+        if backend(rt.config.storage) != POSTGRESQL:  # PostgreSQL: nodes share leases
+            delivering = lock_data_dir(rt.data_dir, DELIVERY)  # noqa: F841 - held, as above
     except HookyardError as exc:
         fail(exc)
     _setup_logging(rt)

@@ -63,11 +63,17 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+DELIVERY = "delivery"
+"""The lock of the one process that delivers from a SQLite database: ``serve`` with its
+workers, or ``worker``. Two would each hand out a user's deliveries, out of order."""
+
+
 def lock_data_dir(data_dir: Path, role: str) -> IO[str] | None:
     """Hold ``<data_dir>/<role>.lock`` for the life of the process (the kernel lets go when it
     ends, ``kill -9`` included): a second ``hookyard <role>`` on the same data dir stops with
     :class:`ConfigError` naming the first one's pid. ``serve --no-workers`` and ``worker``
-    take different locks and may share a data dir. Keep the returned file open."""
+    take different locks and may share a data dir; ``serve`` with workers and ``worker`` both
+    take :data:`DELIVERY` too. Keep the returned file open."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -83,6 +89,12 @@ def lock_data_dir(data_dir: Path, role: str) -> IO[str] | None:
         fh.seek(0)
         pid = fh.read().strip() or "?"
         fh.close()
+        if role == DELIVERY:
+            raise ConfigError(
+                f"another hookyard process (pid {pid}: `serve` with its workers, or `worker`)"
+                f" delivers from the data dir {data_dir}: one process per SQLite database"
+                " delivers, to keep each user's deliveries in order. Beside a `hookyard worker`,"
+                " run `hookyard serve --no-workers`") from None
         raise ConfigError(f"another `hookyard {role}` (pid {pid}) is running on the data dir"
                           f" {data_dir}: run one {role} per data directory") from None
     fh.seek(0)

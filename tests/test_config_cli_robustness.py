@@ -124,6 +124,32 @@ def test_one_serve_and_one_worker_per_data_dir(tmp_path: Path) -> None:
     worker.close()
 
 
+def test_one_delivering_process_per_sqlite_database(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve`` with its workers and ``worker`` both deliver: the second one to start on a
+    data dir stops (each would hand out a user's deliveries, out of order); ``serve
+    --no-workers`` beside a worker is the documented split and starts."""
+    from hookyard.config import default_config
+    from hookyard.runtime import Runtime
+
+    rt = Runtime.build(default_config(tmp_path))
+    rt.open()
+    rt.close()
+    delivering = lock_data_dir(tmp_path, "delivery")  # as a running worker holds it
+    args = ["--data-dir", str(tmp_path)]
+    monkeypatch.setattr("uvicorn.Server.run", lambda self, sockets=None: None)
+    result = CliRunner().invoke(main, ["serve", "--port", "0", "--no-workers", *args])
+    assert result.exit_code == 0, result.output
+    for command in (["serve", "--port", "0"], ["worker"]):
+        result = CliRunner().invoke(main, [*command, *args])
+        assert result.exit_code == 1, result.output
+        assert f"another hookyard process (pid {os.getpid()}: `serve` with its workers, or" \
+               " `worker`) delivers from the data dir" in " ".join(result.output.split())
+        assert "hookyard serve --no-workers" in result.output
+    assert delivering is not None
+    delivering.close()
+
+
 def test_check_config_checks_the_data_dir_and_warns_of_no_sources(tmp_path: Path) -> None:
     """check-config does serve's start-up checks: a data dir that is a file is reported before
     any downtime, and a config with no sources (an empty file) gets a warning."""
