@@ -102,9 +102,9 @@ STATUS_SQL = {
     "failed": f"i.filtered IS NULL AND {_exists(('dead',))}",
     "pending": f"i.filtered IS NULL AND NOT {_exists(('dead',))}"
                f" AND {_exists(('pending', 'inflight'))}",
-    "delivered": f"i.filtered IS NULL AND NOT {_exists(_ACTIVE)} AND {_exists(('done',))}",
-    "discarded": f"i.filtered IS NULL AND NOT {_exists((*_ACTIVE, 'done'))}"
-                 f" AND {_exists(('discarded',))}",
+    "delivered": f"i.filtered IS NULL AND NOT {_exists((*_ACTIVE, 'discarded'))}"
+                 f" AND {_exists(('done',))}",
+    "discarded": f"i.filtered IS NULL AND NOT {_exists(_ACTIVE)} AND {_exists(('discarded',))}",
     "filtered": f"(i.filtered IS NOT NULL OR (NOT {_exists((*_ACTIVE, 'done', 'discarded'))}"
                 f" AND {_exists(('filtered',))}))",
     "stored": f"i.filtered IS NULL AND NOT {_exists(_ANY)}",
@@ -121,10 +121,10 @@ def status_of(inbox_filtered: str | None, states: set[str]) -> str:
         return "failed"
     if states & {"pending", "inflight"}:
         return "pending"
+    if "discarded" in states:  # delivered elsewhere or not, one of its deliveries never will be
+        return "discarded"
     if "done" in states:
         return "delivered"
-    if "discarded" in states:
-        return "discarded"
     return "filtered"
 
 

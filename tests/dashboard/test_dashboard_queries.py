@@ -53,6 +53,14 @@ def test_status_filter_matches_status_of(conn: sqlite3.Connection) -> None:
     assert seen == set(expected)  # every event has exactly one status
 
 
+def test_an_event_with_a_discarded_delivery_is_discarded_not_delivered() -> None:
+    """One destination delivered, another's dead letter discarded: the event did not reach
+    every destination, so it is not "delivered" (an outside audit found it shown so)."""
+    assert status_of(None, {"done", "discarded"}) == "discarded"
+    assert status_of(None, {"done", "filtered"}) == "delivered"
+    assert status_of(None, {"done", "discarded", "pending"}) == "pending"
+
+
 def test_paging_is_newest_first(conn: sqlite3.Connection) -> None:
     for n in range(5):
         add_event(conn, n, None, ("done",))
