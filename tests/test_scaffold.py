@@ -125,12 +125,14 @@ def test_a_name_that_is_taken_is_refused(name: str, why: str, tmp_path: Path) ->
 
 
 def test_cli_creates_the_package_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    # not "acme": a developer who followed writing-a-connector.md has hookyard-acme installed
     runner = CliRunner()
-    result = runner.invoke(main, ["new-plugin", "acme", "--kind", "source", "--dir", str(tmp_path)])
+    result = runner.invoke(main, ["new-plugin", "scaffold-cli", "--kind", "source", "--dir",
+                                  str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "hookyard_acme" in result.output
-    assert (tmp_path / "hookyard-acme" / "hookyard_acme" / "plugin.py").is_file()
-    again = runner.invoke(main, ["new-plugin", "acme", "--dir", str(tmp_path)])
+    assert "hookyard_scaffold_cli" in result.output
+    assert (tmp_path / "hookyard-scaffold-cli" / "hookyard_scaffold_cli" / "plugin.py").is_file()
+    again = runner.invoke(main, ["new-plugin", "scaffold-cli", "--dir", str(tmp_path)])
     assert again.exit_code != 0 and "already exists" in again.output
     bad = runner.invoke(main, ["new-plugin", "Acme", "--dir", str(tmp_path)])
     assert bad.exit_code != 0 and "plugin name" in bad.output
