@@ -44,7 +44,7 @@ class AdminAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/api/"):
-            given = b""
+            given, scheme = b"", b""
             for name, value in scope["headers"]:
                 if name == b"authorization":
                     scheme, _, token = value.partition(b" ")
@@ -52,13 +52,23 @@ class AdminAuth:
                         given = token.strip()
             if not hmac.compare_digest(given, self.token):
                 response = JSONResponse(
-                    {"error": "admin token required: Authorization: Bearer <admin token>"},
+                    {"error": _refusal(scheme, given)},
                     status_code=401,
                     headers={"WWW-Authenticate": BEARER_CHALLENGE},
                 )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _refusal(scheme: bytes, given: bytes) -> str:
+    """Why ``/api/*`` refused: no token, another scheme, or a wrong token."""
+    if given:
+        return ("invalid admin token (the server's is [server] admin_token, or the file"
+                " admin_token in its data dir)")
+    if scheme and scheme.lower() != b"bearer":
+        return "admin token required as a Bearer token: Authorization: Bearer <admin token>"
+    return "admin token required: Authorization: Bearer <admin token>"
 
 
 class HookyardApp(Starlette):

@@ -501,6 +501,11 @@ def test_api_requires_admin_token(server: HookyardServer, http: httpx.Client) ->
         assert http.get(path, headers=basic(server.runtime.admin_token)).status_code == 401
         assert http.get(path, headers=server.admin_headers).status_code == 200
     assert http.post("/api/replay", json={"source": "web"}).status_code == 401
+    # the answer says which: none sent, another scheme, or a wrong token
+    assert http.get("/api/logs").json()["error"].startswith("admin token required:")
+    assert "as a Bearer token" in http.get("/api/logs", headers=basic("x")).json()["error"]
+    assert http.get("/api/logs", headers=bearer("wrong-token")).json()["error"].startswith(
+        "invalid admin token")
 
 
 def test_healthz(http: httpx.Client) -> None:
