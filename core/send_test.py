@@ -15,6 +15,7 @@ import asyncio
 import base64
 import math
 import os
+import shlex
 import time
 import uuid
 from collections.abc import Callable
@@ -38,6 +39,10 @@ class Target:
     url: str
     write_key: str
     admin_token: str | None
+    token_from: str = "--admin-token"
+    """Where ``admin_token`` came from, for the message when the server refuses it."""
+    commands_args: str = ""
+    """``--config`` / ``--data-dir`` as given, for the commands a message suggests."""
 
 
 @dataclass
@@ -72,6 +77,7 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
         host, port = config.server.host, config.server.port
         folder = Path(data_dir or config.server.data_dir).expanduser()
         token = config.server.admin_token or _read(folder / "admin_token")
+        token_from = config_path if config.server.admin_token else str(folder / "admin_token")
         candidates = [s for s in config.sources if s.plugin == "segment"]
         if source:
             candidates = [s for s in config.sources if s.name == source]
@@ -83,6 +89,7 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
     else:
         folder = Path(data_dir or "./hookyard-data").expanduser()
         key, token = _read(folder / "write_key"), _read(folder / "admin_token")
+        token_from = str(folder / "admin_token")
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     target_url = (url or f"http://{host}:{port}").rstrip("/")
@@ -92,7 +99,12 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
     if not key:
         raise ConfigError(f"no write key: pass --write-key, or --config / --data-dir of the "
                           f"running server (looked for {folder / 'write_key'})")
-    return Target(target_url, key, admin_token or token)
+    if admin_token:
+        from_env = admin_token == os.environ.get("HOOKYARD_ADMIN_TOKEN")
+        token_from = "$HOOKYARD_ADMIN_TOKEN" if from_env else "--admin-token"
+    args = " ".join(f"{flag} {shlex.quote(value)}" for flag, value in
+                    (("--config", config_path), ("--data-dir", data_dir)) if value)
+    return Target(target_url, key, admin_token or token, token_from, args)
 
 
 def samples(user_id: str) -> list[Sent]:
@@ -159,8 +171,10 @@ async def _follow(client: Any, target: Target, events: list[Sent], wait: float) 
                 "GET", f"{target.url}/api/deliveries?message_id={quote(ev.message_id)}",
                 headers=headers)
             if resp.status == 401:
-                raise HookyardError(f"the admin token was refused by {target.url} "
-                                    "(pass --admin-token or set HOOKYARD_ADMIN_TOKEN)")
+                raise HookyardError(f"the admin token from {target.token_from} was refused by"
+                                    f" {target.url}: pass the server's with --admin-token"
+                                    + (" (or unset HOOKYARD_ADMIN_TOKEN to use the data dir's)"
+                                       if target.token_from.startswith("$") else ""))
             if resp.status != 200:
                 raise HookyardError(f"GET /api/deliveries failed: HTTP {resp.status} "
                                     f"{_error_text(resp.body)}")
@@ -242,5 +256,6 @@ def send_test(config_path: str | None, data_dir: str | None, url: str | None,
         raise click.ClickException(str(exc)) from None
     dead = report(target, events, click.echo)
     if dead:
-        raise click.ClickException(f"{dead} deliver{'y' if dead == 1 else 'ies'} failed "
-                                   "(dead letters: `hookyard dlq list`)")
+        raise click.ClickException(
+            f"{dead} deliver{'y' if dead == 1 else 'ies'} failed (dead letters:"
+            f" `{' '.join(('hookyard dlq list', target.commands_args)).strip()}`)")

@@ -82,7 +82,7 @@ def test_errors_are_one_line(server: HookyardServer, tmp_path: Path) -> None:
         ("--url", server.url, "--write-key", "wrong-write-key"):
             f"Error: identify refused by {server.url}: HTTP 401 invalid write key",
         ("--url", server.url, "--write-key", KEY, "--admin-token", "wrong-token"):
-            f"Error: the admin token was refused by {server.url}",
+            f"Error: the admin token from --admin-token was refused by {server.url}",
         ("--data-dir", str(tmp_path / "empty")): "Error: no write key: pass --write-key",
         ("--config", str(tmp_path / "missing.toml")): "Error: config file",
         ("--url", "ftp://x", "--write-key", KEY): "Error: --url must start with http://",
@@ -93,6 +93,24 @@ def test_errors_are_one_line(server: HookyardServer, tmp_path: Path) -> None:
         assert err.startswith(expected), (args, err)
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "empty").exists()
+
+
+def test_a_refused_token_from_the_environment_is_named(server: HookyardServer,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A HOOKYARD_ADMIN_TOKEN left in the shell wins over the data dir's: say it was that one."""
+    monkeypatch.setenv("HOOKYARD_ADMIN_TOKEN", "left-over-token")
+    code, _, err = send_test("--url", server.url, "--write-key", KEY)
+    assert code == 1
+    assert "the admin token from $HOOKYARD_ADMIN_TOKEN was refused" in err
+    assert "unset HOOKYARD_ADMIN_TOKEN" in err
+
+
+def test_the_dlq_hint_carries_the_config(server: HookyardServer, tmp_path: Path) -> None:
+    """The command the error suggests works as typed: with the --data-dir given."""
+    code, _, err = send_test("--url", server.url, "--write-key", KEY, "--admin-token", ADMIN,
+                             "--data-dir", str(tmp_path / "x y"))
+    assert code == 1
+    assert err.strip().endswith(f"`hookyard dlq list --data-dir '{tmp_path / 'x y'}'`)")
 
 
 def test_a_filtered_delivery_lines_up_with_the_others() -> None:
