@@ -196,7 +196,12 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         shown = src.write_key if config.generated else f"{src.write_key[:4]}… (from the config)"
         click.echo(f"  source {src.name!r} ({src.plugin}) write key: {shown}")
     for dest in config.destinations:
-        click.echo(f"  destination {dest.name!r} ({dest.plugin}) <- {', '.join(dest.sources)}")
+        off = "" if dest.enabled else "  (disabled: enabled = false)"
+        click.echo(f"  destination {dest.name!r} ({dest.plugin}) <- {', '.join(dest.sources)}{off}")
+    if not delivers:
+        why = "--no-workers" if no_workers else "[server] workers = false"
+        click.echo(f"  delivery:    not in this process ({why}): run `hookyard worker` with the"
+                   " same config and data dir")
     if not config.sources:
         click.echo(f"  {NO_SOURCES}")
     click.echo(f"  dashboard:   {url}/ui/  (log in with the admin token)")

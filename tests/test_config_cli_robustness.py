@@ -140,6 +140,7 @@ def test_one_delivering_process_per_sqlite_database(tmp_path: Path,
     monkeypatch.setattr("uvicorn.Server.run", lambda self, sockets=None: None)
     result = CliRunner().invoke(main, ["serve", "--port", "0", "--no-workers", *args])
     assert result.exit_code == 0, result.output
+    assert "delivery:    not in this process (--no-workers): run `hookyard worker`" in result.output
     for command in (["serve", "--port", "0"], ["worker"]):
         result = CliRunner().invoke(main, [*command, *args])
         assert result.exit_code == 1, result.output
