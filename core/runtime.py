@@ -20,7 +20,13 @@ import msgspec
 import pluggy
 from starlette.routing import compile_path
 
-from .config import Config, DeliverySettings, DestinationConfig, read_or_create_secret
+from .config import (
+    Config,
+    DeliverySettings,
+    DestinationConfig,
+    explain_invalid,
+    read_or_create_secret,
+)
 from .connectors import Connector, DestinationContext, SourceContext
 from .errors import ConfigError, HookyardError, did_you_mean
 from .integration_flags import switched_off
@@ -106,7 +112,8 @@ def _settings(connector: Connector, data: dict[str, Any], where: str) -> Any:
     try:
         return convert_settings(connector, data)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{where}.settings: {str(exc).replace('`', '')}") from None
+        message = explain_invalid(str(exc), connector.settings, data)
+        raise ConfigError(f"{where}.settings: {message.replace('`', '')}") from None
     except Exception as exc:  # noqa: BLE001 - a settings __post_init__ that raised, say, re.error
         raise ConfigError(f"{where}.settings: the {connector.name} plugin's check of its settings"
                           f" failed: {type(exc).__name__}: {exc}") from None

@@ -243,6 +243,29 @@ def test_missing_env_variable_is_named(tmp_path: Path, monkeypatch: pytest.Monke
     assert "HY_TEST_MISSING" in message and "sources['web'].write_key" in message
 
 
+def test_errors_say_what_would_be_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An enum names its values (of the server's settings and of a plugin's, in a list or a
+    table); a number given as env: says why; a bad name says the rule it broke."""
+    data = config(tmp_path, server={"log_level": "verbose"})
+    assert "log_level`: use one of 'critical', 'debug', 'error', 'info', 'warning'" \
+        in config_error(data)
+    monkeypatch.setenv("HY_TEST_PORT", "8000")
+    data = config(tmp_path, server={"port": "env:HY_TEST_PORT"})
+    assert "an env: value is a string, so it works only for string settings" in config_error(data)
+    data = config(tmp_path)
+    data["destinations"] = [{"name": "nv", "plugin": "novu", "sources": ["web"],
+                             "settings": {"api_key": "k" * 12, "region": "mars"}},
+                            {"name": "pw", "plugin": "pushwoosh", "sources": ["web"],
+                             "settings": {"api_key": "k" * 12, "application": "ABCDE-12345",
+                                          "tag_types": {"plan": "weird"}}}]
+    assert "$.region: use one of 'eu', 'us'" in config_error(data)
+    del data["destinations"][0]
+    assert "use one of 'Boolean', 'Date'" in config_error(data)
+    data = config(tmp_path)
+    data["sources"][0]["name"] = "-web"
+    assert "must start with a letter or digit" in config_error(data)
+
+
 def test_admin_token_is_generated_and_kept(tmp_path: Path) -> None:
     data = config(tmp_path)
     del data["server"]["admin_token"]
