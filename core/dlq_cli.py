@@ -46,10 +46,11 @@ def _dlq_runtime(config_path: str | None, data_dir: str | None, destination: str
 @dlq.command("list")
 @config_options
 @click.option("--destination", help=DLQ_DESTINATION_HELP)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1, max=2**63 - 2),
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
               help="At most this many, newest first")
 def dlq_list(config_path: str | None, data_dir: str | None, destination: str | None, limit: int) -> None:
     """List dead letters, newest first (by when the delivery was queued)."""
+    limit = min(limit, 2**63 - 2)  # SQLite's integers; SQL's LIMIT adds one to see if there is more
     rt = _dlq_runtime(config_path, data_dir, destination)
     sql = "SELECT id, destination, message_id, user_key, attempts, last_status, last_error" \
           " FROM outbox WHERE state = 'dead'"
@@ -100,7 +101,8 @@ def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
         fail(exc)
     finally:
         rt.close()
-    click.echo(f"{action}: {count} dead letters" + (" queued again" if action == "retry" else " discarded"))
+    noun = "dead letter" if count == 1 else "dead letters"
+    click.echo(f"{action}: {count} {noun}" + (" queued again" if action == "retry" else " discarded"))
     if left:
         click.echo("left dead: " + ", ".join(f"{n} of {d}" for d, n in left.items())
                    + " (not in the config: no worker would deliver them; discard them, or add"

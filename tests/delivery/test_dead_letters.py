@@ -281,10 +281,10 @@ def test_dlq_commands(
     assert "left dead: 2 of two (not in the config" in everything.output
 
     first, second = (line.split()[0] for line in cli(path, data, "dlq", "list").splitlines())
-    assert "discard: 1 dead letters discarded" in cli(path, data, "dlq", "discard", "--id", first)
+    assert "discard: 1 dead letter discarded" in cli(path, data, "dlq", "discard", "--id", first)
     assert "discard: 0 dead letters discarded" in cli(path, data, "dlq", "discard",
                                                       "--destination", "one")
-    assert "discard: 1 dead letters discarded" in cli(path, data, "dlq", "discard", "--all")
+    assert "discard: 1 dead letter discarded" in cli(path, data, "dlq", "discard", "--all")
     assert second not in cli(path, data, "dlq", "list")
     assert cli(path, data, "dlq", "list").strip() == "no dead letters"
     assert "retry: 0 dead letters" in cli(path, data, "dlq", "retry")
