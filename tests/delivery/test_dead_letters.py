@@ -259,10 +259,10 @@ def test_dlq_commands(
     assert "--all to discard every dead letter" in refused("dlq", "discard")
     assert "since is empty" in refused("dlq", "discard", "--since", "")
     assert "cannot be combined" in refused("dlq", "discard", "--all", "--destination", "two")
-    assert "not in the range 1<=x" in refused("dlq", "list", "--limit", "0")
-    assert "not in the range 1<=x" in refused("dlq", "list", "--limit", "-1")
+    assert "not in the range x>=1" in refused("dlq", "list", "--limit", "0")
+    assert "not in the range x>=1" in refused("dlq", "list", "--limit", "-1")
     # an outside audit: a limit past 64 bits was a traceback (OverflowError) from SQLite
-    assert "not in the range 1<=x" in refused("dlq", "list", "--limit", "99999999999999999999")
+    assert len(cli(path, data, "dlq", "list", "--limit", "99999999999999999999").splitlines()) == 2
     assert "not in the range 1<=x" in refused("dlq", "retry", "--id", "0")
     assert len(cli(path, data, "dlq", "list").splitlines()) == 2  # nothing was discarded
     assert len(cli(path, data, "dlq", "list", "--limit", "1").splitlines()) == 1
