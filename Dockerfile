@@ -1,8 +1,8 @@
 # hookyard container image (docs/deploy.md):
 #   docker build -t hookyard .
-#   docker run -p 8000:8000 -v hookyard-data:/data hookyard
+#   docker run -p 127.0.0.1:8000:8000 -v hookyard-data:/data hookyard
 # With a config file: mount it and set HOOKYARD_CONFIG, e.g.
-#   docker run -p 8000:8000 -v hookyard-data:/data -v $PWD/hookyard.toml:/etc/hookyard.toml:ro \
+#   docker run -p 127.0.0.1:8000:8000 -v hookyard-data:/data -v $PWD/hookyard.toml:/etc/hookyard.toml:ro \
 #     -e HOOKYARD_CONFIG=/etc/hookyard.toml -e SEGMENT_WRITE_KEY=... hookyard
 
 # 1. wheels of hookyard, its built-in plugins and every dependency
