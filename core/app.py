@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -193,8 +193,14 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
                             headers=exc.headers, media_type="application/json")
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        """The client left while sending its body (a form, an admin request): nothing to
+        answer and nothing to log; the server does not send this to anyone."""
+        return Response(status_code=400)
+
     app = HookyardApp(routes=routes, lifespan=lifespan,
-                      exception_handlers={RequestError: request_error, HTTPException: http_error})
+                      exception_handlers={RequestError: request_error, HTTPException: http_error,
+                                          ClientDisconnect: client_gone})
     app.ingest = ingest
     app.add_middleware(AdminAuth, token=runtime.admin_token)  # type: ignore[arg-type]
     app.state.runtime = runtime

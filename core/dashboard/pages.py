@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Match
 
+from .. import operator_input
 from ..connectors import DestinationContext
 from ..events import EVENT_CLASSES
 from .auth import Refused
@@ -31,7 +32,7 @@ def _query(**params: Any) -> str:
     return urlencode({k: v for k, v in params.items() if v not in (None, "")})
 
 
-def _pager(path: str, cursor: Any, nxt: Any, **filters: Any) -> dict[str, str | None]:
+def _pager(path: str, cursor: Any, nxt: Any, **filters: Any) -> dict[str, Any]:
     """The links of a paged list with these ``filters``: back to its first page (on a later
     page) and on to the next (when there is one)."""
     first = _query(**filters)
@@ -216,9 +217,10 @@ async def dead_letter_action(view: Dashboard, call: Call) -> Response:
     body: dict[str, Any] = {}
     one = (call.form.get("id") or "").strip()
     if one:
-        if not one.isdigit():
-            raise Refused(400, "id must be a dead letter id")
-        body["ids"] = [int(one)]
+        try:  # the API's check: ASCII digits only (isdigit takes "²", which int refuses)
+            body["ids"] = [operator_input.int_param({"id": one}, "id", minimum=1)]
+        except ValueError:
+            raise Refused(400, "id must be a dead letter id") from None
     dest = (call.form.get("destination") or "").strip()
     if dest:
         if dest not in view.rt.destinations:
