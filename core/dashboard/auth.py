@@ -25,6 +25,9 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..errors import RequestError
+from ..request_body import read_body
+
 SESSION_COOKIE = "hookyard_session"
 LOGIN_COOKIE = "hookyard_login"
 SESSION_SECONDS = 12 * 3600
@@ -84,7 +87,9 @@ class SessionAuth:
         if not cookie or cookie.count(".") != 2:
             return None
         expiry, sid, signature = cookie.split(".")
-        if not hmac.compare_digest(signature, self._sign(f"{expiry}.{sid}")):
+        # bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500)
+        expected = self._sign(f"{expiry}.{sid}").encode()
+        if not hmac.compare_digest(signature.encode("utf-8", "replace"), expected):
             return None
         if not expiry.isdigit() or int(expiry) < time.time():
             return None
@@ -175,14 +180,11 @@ async def read_form(request: Request) -> dict[str, str]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("", "application/x-www-form-urlencoded"):
         raise Refused(415, "forms must be sent as application/x-www-form-urlencoded")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > FORM_LIMIT:
-            raise Refused(413, f"form larger than {FORM_LIMIT} bytes")
-        chunks.append(chunk)
-    text = b"".join(chunks).decode("utf-8", "replace")
+    try:  # ingest's reader: 413 from Content-Length first, 408 when the body stalls
+        body = await read_body(request, FORM_LIMIT)
+    except RequestError as exc:
+        raise Refused(exc.status, exc.reason) from None
+    text = body.decode("utf-8", "replace")
     return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
 
 

@@ -110,3 +110,72 @@ def test_a_cursor_that_is_not_ascii_digits_is_a_400(client: httpx.Client, cursor
     """``str.isdigit`` takes "²" and "٣", which ``int`` refuses: that was a 500."""
     for page in ("/ui/events", "/ui/logs", "/ui/dead-letters"):
         assert client.get(f"{page}?cursor={cursor}").status_code == 400, page
+
+
+# -- hostile requests a fuzzing audit found answered 500, or never ------------------------------
+def test_a_non_ascii_session_cookie_is_no_session(server: HookyardServer) -> None:
+    """``hmac.compare_digest`` refuses str with non-ASCII characters: every page was a 500,
+    before login, for anyone."""
+    cookie = "hookyard_session=1.2.\u00e9".encode("latin-1")
+    with httpx.Client(base_url=server.url, timeout=10) as anonymous:
+        for method, path in (("GET", "/ui/login"), ("GET", "/ui/events"), ("POST", "/ui/logout")):
+            r = anonymous.request(method, path, headers={"Cookie": cookie})
+            assert r.status_code < 500, (path, r.status_code)
+
+
+@pytest.mark.parametrize("bad", ["²", "١", "１", "9" * 5000, "0"])
+def test_a_dead_letter_form_id_that_is_not_ascii_digits_is_a_400(client: httpx.Client,
+                                                                 bad: str) -> None:
+    for action in ("retry", "discard"):
+        assert client.post(f"/ui/dead-letters/{action}", data={"id": bad}).status_code == 400
+
+
+def test_a_form_body_that_stalls_is_a_408(server: HookyardServer,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's forms read their body as ingest does: a Content-Length over the limit
+    is refused before the body, and a body that stops coming is answered (it waited forever)."""
+    import socket
+
+    from hookyard import body_deadline
+
+    monkeypatch.setattr(body_deadline, "BODY_TIMEOUT_SECONDS", 0.5)
+    host, port = server.url.removeprefix("http://").split(":")
+
+    def answer(request: bytes) -> bytes:
+        with socket.create_connection((host, int(port))) as conn:
+            conn.settimeout(10)
+            conn.sendall(request)
+            return conn.recv(65536).split(b"\r\n")[0]
+
+    start = b"POST /ui/login HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    assert answer(start + b"Content-Length: 100\r\n\r\ncsrf=a").split(b" ")[1] == b"408"
+    assert answer(start + b"Content-Length: 99999999\r\n\r\n").split(b" ")[1] == b"413"
+
+
+def test_a_client_gone_mid_body_leaves_no_traceback(server: HookyardServer,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starlette's ClientDisconnect from a form or an admin body went up as "Exception in ASGI
+    application" with a traceback: anyone could fill the log through /ui/login."""
+    import logging
+    import socket
+    import time
+
+    from .kit import ADMIN
+
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    monkeypatch.setattr(uvicorn_log, "disabled", False)
+    seen: list[logging.LogRecord] = []
+    catch = logging.Handler(logging.ERROR)
+    catch.emit = seen.append  # type: ignore[method-assign]
+    uvicorn_log.addHandler(catch)
+
+    host, port = server.url.removeprefix("http://").split(":")
+    for path, extra in (("/ui/login", b""), ("/api/replay", b"Authorization: Bearer " + ADMIN.encode() + b"\r\n")):
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: a\r\n" + extra
+                         + b"Content-Type: application/x-www-form-urlencoded\r\n"
+                         + b"Content-Length: 100\r\n\r\n0123456789")
+            time.sleep(0.2)
+    time.sleep(0.5)
+    uvicorn_log.removeHandler(catch)
+    assert not seen, [r.getMessage() for r in seen]
