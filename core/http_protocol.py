@@ -189,6 +189,13 @@ def http_protocol() -> type[asyncio.Protocol]:
 
         def send_400_response(self, msg: str) -> None:
             cycle = self.cycle
+            if (cycle is not None and cycle.more_body and not cycle.response_started
+                    and not any(not c.response_complete for c in self.open_cycles)):
+                # the bad bytes are this request's own body (broken chunked framing): refuse
+                # it now, not after the body deadline; the app waiting for the rest of the
+                # body hears that the client is gone when the connection closes
+                super().send_400_response(msg)
+                return
             if cycle is not None and not cycle.response_complete:
                 # a malformed request read in one go with the one before it: that one is
                 # answered first, then this refusal (it took the place of that answer)

@@ -801,6 +801,12 @@ def test_serve_refuses_what_httptools_lets_through(serve: Any, tmp_path: Path) -
         start + b"Host: a\r\n" + auth + auth + sized: (b"400", b"more than one Authorization"),
         start + b"Host: a\r\n" + auth + b"Transfer-Encoding: gzip, chunked\r\n" + chunked:
             (b"501", b"Transfer-Encoding other than chunked"),
+        # broken chunk framing in the request's own body: refused at once, not with a 408
+        # after the body deadline (60 s), and on the dashboard's forms too (they waited forever)
+        start + b"Host: a\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n":
+            (b"400", b"Invalid HTTP request"),
+        b"POST /ui/login HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n":
+            (b"400", b"Invalid HTTP request"),
     }
     for request, (status, reason) in refused.items():
         line, answer = send(request)
