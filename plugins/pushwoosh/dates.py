@@ -34,7 +34,12 @@ def parse_tag_date(value: str) -> datetime | None:
     if not looks_like_iso_date(value):
         return None
     parsed = times.parse_iso(value.replace(",", "."))
-    return parsed.astimezone(UTC) if parsed is not None else None
+    if parsed is None:
+        return None
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):  # year 1 east of UTC, year 9999 west of it
+        return None
 
 
 def from_epoch(value: float) -> datetime | None:

@@ -84,7 +84,8 @@ def _to_any_int(value: Any) -> int | None:
     if isinstance(value, str):
         text = value.strip()
         if _INT_RE.match(text):
-            return int(text)
+            # past 64 bits it is no Integer tag anyway; int() refuses over 4,300 digits
+            return int(text) if len(text) <= 21 else None
         number = _to_float(text)
         return int(number) if number is not None and number.is_integer() else None
     return None

@@ -130,8 +130,11 @@ def test_forced_types_coerce(value: Any, tag_type: Any, sent: Any) -> None:
         ("maybe", "Boolean"),
         (2, "Boolean"),
         ({"a": 1}, "List"),
+        ("9" * 5000, "Integer"),  # int() refuses past 4,300 digits: it was a map_event crash
         ("next tuesday", "Date"),
         (True, "Date"),
+        ("0001-01-01T00:00:00+05:00", "Date"),  # before year 1 in UTC: an OverflowError
+        ("9999-12-31T23:59:59-05:00", "Date"),  # after year 9999 in UTC
         ("1.2.3.4.5", "Version"),
         ("10000.1", "Version"),
         ("v1", "Version"),
@@ -224,5 +227,9 @@ def test_date_helpers() -> None:
     assert unix_seconds("2026-01-01T05:30:00.999+05:30") == 1767225600
     assert unix_seconds("2026-01-01T00:00:00") == 1767225600  # no offset: UTC
     assert unix_seconds("yesterday") is None and unix_seconds(None) is None
+    assert unix_seconds("9999-12-31T23:59:59-05:00") is None  # outside what datetime holds
+    # an ordinary string trait of that form is inferred as text, not a crash of map_event
+    assert build_tags({"since": "0001-01-01T00:00:00+05:00"}) == (
+        {"since": "0001-01-01T00:00:00+05:00"}, [])
     assert pushwoosh_date("2026-01-01T00:00:59Z") == "2026-01-01 00:00"
     assert pushwoosh_date(float("inf")) is None
