@@ -99,6 +99,9 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
     if not key:
         raise ConfigError(f"no write key: pass --write-key, or --config / --data-dir of the "
                           f"running server (looked for {folder / 'write_key'})")
+    for name, value in (("write key", key), ("admin token", admin_token or token)):
+        if value is not None and not (value.isascii() and value.isprintable()):
+            raise ConfigError(f"the {name} must be printable ASCII, as every hookyard key is")
     if admin_token:
         from_env = admin_token == os.environ.get("HOOKYARD_ADMIN_TOKEN")
         token_from = "$HOOKYARD_ADMIN_TOKEN" if from_env else "--admin-token"

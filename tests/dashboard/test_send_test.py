@@ -86,6 +86,7 @@ def test_errors_are_one_line(server: HookyardServer, tmp_path: Path) -> None:
         ("--data-dir", str(tmp_path / "empty")): "Error: no write key: pass --write-key",
         ("--config", str(tmp_path / "missing.toml")): "Error: config file",
         ("--url", "ftp://x", "--write-key", KEY): "Error: --url must start with http://",
+        ("--url", server.url, "--write-key", "bad\udcff"): "Error: the write key must be printable",
     }
     for args, expected in cases.items():
         code, _, err = send_test(*args)
