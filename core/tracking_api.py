@@ -212,8 +212,10 @@ def _decode_event(raw: bytes, call: str | None, require_user_id: bool = False) -
         event.writeKey = None
     context_traits = (type(event) is Identify and bool(event.traits) and event.context is not None
                       and event.traits is event.context.get("traits"))
-    if drop_key or context_traits:
-        raw = _rewritten(raw, drop_key, context_traits)
+    if drop_key or context_traits:  # the 32 KB limit stays on what the client sent: with
+        # context.traits copied to traits, a 17 KB identify would be 34 KB
+        return ParsedEvent(raw=_rewritten(raw, drop_key, context_traits), event=event,
+                           sent_bytes=len(raw))
     return ParsedEvent(raw=raw, event=event)
 
 
@@ -336,7 +338,7 @@ def _parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
                 continue
             if needs_defaults:  # the item's limit is on what the client sent (its libraries
                 # check each item at 32 KB; the batch's sentAt alone adds ~40 bytes)
-                parsed.sent_bytes = len(parsed.raw)
+                parsed.sent_bytes = parsed.sent_bytes or len(parsed.raw)
                 parsed.raw = _with_batch_defaults(parsed.raw, batch, sent_at_field)
                 if (batch.context or batch.integrations) and too_deep(parsed.raw):
                     events.append(RefusedEvent(f"the event is {TOO_DEEP} with the batch's context"))

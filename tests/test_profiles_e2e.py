@@ -80,6 +80,22 @@ def test_traits_only_in_context_are_the_identifys_traits(server: HookyardServer)
     assert user["channels"] == {"$email": ["r1@example.com"]}
 
 
+def test_context_traits_count_once_against_the_32_kb_limit(server: HookyardServer) -> None:
+    """Copying context.traits to traits doubles the stored event: the 32 KB limit is on what
+    the client sent, so a 17 KB identify of RudderStack's library is stored, alone or in a
+    batch (it was refused as over 32 KB, and silently lost inside a 200 batch)."""
+    for uid, path in (("r-big-1", "/v1/identify"), ("r-big-2", "/v1/batch")):
+        event = sample_identify(userId=uid, context={"traits": {"bio": "x" * 17_000}})
+        event.pop("traits", None)
+        body = {"batch": [event], "sentAt": "2026-01-01T00:00:00Z"} if path.endswith("batch") \
+            else event
+        r = server.post(path, body)
+        assert r.status_code == 200 and "refused" not in r.json(), r.text
+    server.wait_idle()
+    for uid in ("r-big-1", "r-big-2"):
+        assert len(get(server, f"/api/subscribers/{uid}")["properties"]["bio"]) == 17_000
+
+
 def test_an_identify_from_the_future_does_not_freeze_the_profile(server: HookyardServer) -> None:
     """An identify counts as older than another by its time, so that a replay never rolls
     newer traits back; a timestamp in 2099 made every later identify "older", and the
