@@ -188,8 +188,16 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
         if exc.status_code in (204, 304) or request.url.path.startswith("/ui/"):
             return Response(exc.detail if exc.status_code not in (204, 304) else None,
                             status_code=exc.status_code, headers=exc.headers)
-        if ingest.candidates(request.url.path):  # a GET on an ingest path: ingest's error body
-            return Response(error_body(exc.status_code, str(exc.detail)), exc.status_code,
+        if ingest.candidates(request.url.path) or not request.url.path.startswith("/api/"):
+            # ingest's error body (code, message) on a GET to an ingest path and on any unknown
+            # path: a Segment library pointed at a wrong one (a host ending in /v1, /sdk/batch)
+            # reads code, gives up and says "not found", where it retried {"error"} for minutes
+            reason = str(exc.detail)
+            if exc.status_code == 404 and reason == "Not Found":
+                shown = request.url.path if len(request.url.path) <= 80 else request.url.path[:80] + "…"
+                reason = (f"no endpoint at {shown}: the tracking API is POST /v1/<call> (identify,"
+                          " track, page, screen, group, alias, batch) on the server's root URL")
+            return Response(error_body(exc.status_code, reason), exc.status_code,
                             headers=exc.headers, media_type="application/json")
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 

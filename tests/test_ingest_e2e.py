@@ -508,6 +508,19 @@ def test_api_requires_admin_token(server: HookyardServer, http: httpx.Client) ->
         "invalid admin token")
 
 
+def test_an_unknown_path_answers_like_ingest(server: HookyardServer, http: httpx.Client) -> None:
+    """A Segment library pointed at a wrong path (a host ending in /v1, June's /sdk/batch)
+    reads ``code``: with ``{"error"}`` alone it took the 404 for a network error and retried
+    for minutes (client-libraries audit). /api/ keeps its own error shape."""
+    for path in ("/v1/v1/batch", "/sdk/batch"):
+        r = http.post(path, json={"batch": []}, headers=basic(KEY))
+        assert r.status_code == 404
+        body = r.json()
+        assert body["code"] == "not_found" and body["success"] is False
+        assert "the tracking API is POST /v1/<call>" in body["message"]
+    assert http.get("/api/nope", headers=server.admin_headers).json() == {"error": "Not Found"}
+
+
 def test_healthz(http: httpx.Client) -> None:
     r = http.get("/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
