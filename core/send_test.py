@@ -65,7 +65,8 @@ def _read(path: Path) -> str | None:
 
 
 def resolve(config_path: str | None, data_dir: str | None, url: str | None,
-            write_key: str | None, admin_token: str | None, source: str | None) -> Target:
+            write_key: str | None, admin_token: str | None, source: str | None,
+            token_from_env: bool = False) -> Target:
     """The target server from the options, the config file or the data dir (read only)."""
     from .config import load_config
 
@@ -103,8 +104,7 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
         if value is not None and not (value.isascii() and value.isprintable()):
             raise ConfigError(f"the {name} must be printable ASCII, as every hookyard key is")
     if admin_token:
-        from_env = admin_token == os.environ.get("HOOKYARD_ADMIN_TOKEN")
-        token_from = "$HOOKYARD_ADMIN_TOKEN" if from_env else "--admin-token"
+        token_from = "$HOOKYARD_ADMIN_TOKEN" if token_from_env else "--admin-token"
     args = " ".join(f"{flag} {shlex.quote(value)}" for flag, value in
                     (("--config", config_path), ("--data-dir", data_dir)) if value)
     return Target(target_url, key, admin_token or token, token_from, args)
@@ -253,7 +253,9 @@ def send_test(config_path: str | None, data_dir: str | None, url: str | None,
               user_id: str, wait: float) -> None:
     """Send a sample identify and track to a running server and show where each went."""
     try:
-        target = resolve(config_path, data_dir, url, write_key, admin_token, source)
+        from_env = (click.get_current_context().get_parameter_source("admin_token")
+                    is click.core.ParameterSource.ENVIRONMENT)
+        target = resolve(config_path, data_dir, url, write_key, admin_token, source, from_env)
         events = asyncio.run(run(target, samples(user_id), wait, click.echo))
     except HookyardError as exc:
         raise click.ClickException(str(exc)) from None
