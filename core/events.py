@@ -21,7 +21,9 @@ EVENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 class _Common(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True):
     """Fields every Segment call may carry."""
 
-    messageId: str | None = None
+    # a number too: Segment's Node libraries pass a numeric messageId through (a database row
+    # id); the inbox keeps it as text (hookyard.inbox.event_rows), the stored event as sent
+    messageId: str | int | None = None
     userId: str | int | None = None
     anonymousId: str | int | None = None
     context: JSON | None = None
@@ -94,14 +96,14 @@ class Screen(_Common, tag="screen"):
 class Group(_Common, tag="group"):
     """The user belongs to a group (account, company, team)."""
 
-    groupId: str | int
+    groupId: str | int | float  # Python's libraries send group(uid, 1.5) as it is
     traits: JSON | None = None
 
 
 class Alias(_Common, tag="alias"):
     """Merge two user identities: ``previousId`` becomes ``userId``."""
 
-    previousId: str | int
+    previousId: str | int | float
 
 
 Event = Identify | Track | Page | Screen | Group | Alias

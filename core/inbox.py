@@ -82,21 +82,29 @@ def new_message_ids(n: int) -> list[str]:
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
+def _given_id(given: str | int | None) -> str | None:
+    """A client's messageId as the inbox keys it: a number as its text (Segment's Node
+    libraries pass one through), None when missing, empty or only white space."""
+    if isinstance(given, str):
+        return given if given and not given.isspace() else None
+    return None if given is None else str(given)
+
+
 def event_rows(source: str, events: Iterable[ParsedEvent], received_at: str) -> list[tuple[Any, ...]]:
     """Inbox rows for parsed events; events without a messageId get a new UUID, and so do
     those whose messageId is only white space (a client's placeholder: as a key, every such
     event after the first would be dropped as a repeat)."""
     events = list(events)
-    missing = sum(1 for p in events if not p.event.messageId or p.event.messageId.isspace())
+    given_ids = [_given_id(p.event.messageId) for p in events]
+    missing = given_ids.count(None)
     fresh = iter(new_message_ids(missing)) if missing else iter(())
     rows = []
-    for parsed in events:
+    for parsed, given in zip(events, given_ids, strict=True):
         ev = parsed.event
-        given = ev.messageId
         rows.append(
             (
                 source,
-                given if given and not given.isspace() else next(fresh),
+                given if given is not None else next(fresh),
                 event_type(ev),
                 ev.user_id,
                 ev.anonymous_id,

@@ -242,6 +242,23 @@ def test_a_blank_message_id_is_replaced(server: HookyardServer, http: httpx.Clie
     assert all(uuid.UUID(r["event"]["messageId"]) for r in rows)
 
 
+def test_numeric_ids_are_taken(server: HookyardServer, http: httpx.Client) -> None:
+    """Segment's Node libraries pass a numeric messageId through, and Python's a float
+    groupId: each event was refused (silently, inside a batch's 200). A number is the
+    messageId's text as a key, so a repeat of it is stored once."""
+    track = sample_track(userId="num-ids", messageId=981234)
+    group = sample_group(userId="num-ids", groupId=1.5, messageId="num-group")
+    alias = sample_alias(userId="num-ids", previousId=2.5, messageId="num-alias")
+    for _ in range(2):
+        r = post(http, "/v1/batch", {"batch": [track, group, alias]})
+        assert_ok(r)
+        assert "refused" not in r.json()
+    [row] = stored(server, "981234")
+    assert str(row["event"]["messageId"]) == "981234"
+    assert stored(server, "num-group")[0]["event"]["groupId"] == 1.5
+    assert len(stored(server, "num-alias")) == 1
+
+
 def test_type_field_may_be_omitted(server: HookyardServer, http: httpx.Client) -> None:
     body = sample_identify()
     body.pop("type")
