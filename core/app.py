@@ -33,6 +33,8 @@ from .runtime import Runtime
 log = logging.getLogger("hookyard")
 READY_AFTER_FAILURE = 10.0
 """Seconds /readyz answers 503 after a write was refused as "storage unavailable"."""
+READY_WAIT = 2.0
+"""Seconds /readyz waits for its write (one behind a held lock waits for the busy timeout)."""
 
 
 class AdminAuth:
@@ -115,8 +117,13 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        try:
-            await runtime.db.write(lambda conn: conn.execute("SELECT 1").fetchone())
+        try:  # a write waits behind a held lock: a probe must answer sooner than that
+            await asyncio.wait_for(
+                runtime.db.write(lambda conn: conn.execute("SELECT 1").fetchone()), READY_WAIT)
+        except TimeoutError:
+            return JSONResponse({"status": "unavailable", "error": "storage unavailable: the"
+                                 f" database did not answer within {READY_WAIT:g} s"},
+                                status_code=503)
         except Exception as exc:  # noqa: BLE001
             return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
         # the database answers, but may refuse the writes ingest needs (permissions, a full

@@ -37,6 +37,12 @@ log = logging.getLogger("hookyard.database")
 
 WRITER_CACHE_KIB = -65536  # negative: KiB, i.e. 64 MiB
 WRITER_CHECKPOINT_PAGES = 10_000
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes the WAL is cut back to when a checkpoint resets it: a reader holding a snapshot for a
+minute under load let it grow to 600 MB, and SQLite keeps a WAL file at its largest size."""
+BUSY_TIMEOUT = 10.0
+"""Seconds a write waits for a lock another process holds (at most half ``write_timeout``, so
+that a held lock is answered as "locked", not as a database that does not answer)."""
 
 
 class WriterConnection(sqlite3.Connection):
@@ -75,14 +81,26 @@ def _create_private(path: str | Path) -> None:
         pass
 
 
+def refuse_lone_wal(path: str | Path) -> None:
+    """Refuse to open ``path`` when it is missing but its WAL is there: the database file was
+    deleted (or moved), and opening would start an empty database beside the newest writes."""
+    path = Path(path)
+    if str(path) != ":memory:" and not path.exists() and Path(f"{path}-wal").exists():
+        raise StorageUnavailable(
+            f"storage unavailable: {path}-wal exists but {path} does not: the database file was"
+            " deleted or moved. Put it (or a backup, with the -wal file moved away) back in"
+            " place; to start an empty database, move the -wal and -shm files away")
+
+
 def connect(
     path: str | Path, synchronous: str = "full", factory: type[sqlite3.Connection] = sqlite3.Connection
 ) -> sqlite3.Connection:
     """A connection in WAL mode, autocommit (transactions are explicit), 10 s busy timeout."""
     bind_without_lookups()
+    refuse_lone_wal(path)
     _create_private(path)
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10,
-                           factory=factory)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                           timeout=BUSY_TIMEOUT, factory=factory)
     # Setting the journal mode may answer "database is locked" at once, without the busy
     # timeout, while another connection opens or recovers the WAL: try again for a while.
     deadline = time.monotonic() + 10
@@ -121,6 +139,7 @@ class Database(GroupCommitWriter):
         self.synchronous = synchronous
         self._readers: list[sqlite3.Connection] = []  # every thread's, to close at stop()
         self._readers_closed = 0  # how many times stop() closed them
+        self._inode: int | None = None  # of the file the writer opened (see _watch_files)
 
     def stop(self) -> None:
         """Finish queued writes, stop the writer thread and close the read connections (a
@@ -139,8 +158,11 @@ class Database(GroupCommitWriter):
         # (durable=False) is answered at once.
         try:
             conn = connect(self.path, "normal", factory=WriterConnection)
-        except sqlite3.Error as exc:  # fail every write, now and later, instead of hanging them
-            self._stuck = f"storage unavailable: cannot open {self.path}: {exc}"
+            self._inode = None if str(self.path) == ":memory:" else os.stat(self.path).st_ino
+        except (sqlite3.Error, OSError, StorageUnavailable) as exc:  # fail every write, now
+            # and later, instead of hanging them
+            self._stuck = (str(exc) if isinstance(exc, StorageUnavailable)
+                           else f"storage unavailable: cannot open {self.path}: {exc}")
             log.error("%s", self._stuck)
             failing: list[Job] = []
             self._take_queued(failing, limit=sys.maxsize)
@@ -150,7 +172,7 @@ class Database(GroupCommitWriter):
         syncer = None
         if self.synchronous == "full":
             if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                syncer = WalSyncer(f"{self.path}-wal", self._deliver)
+                syncer = WalSyncer(f"{self.path}-wal", self._deliver, self.fail_for_good)
             else:  # a file system without WAL support: SQLite's own fsync at every COMMIT
                 conn.execute("PRAGMA synchronous=FULL")
         dedupe = conn.dedupe = InboxDedupe()  # type: ignore[attr-defined]
@@ -162,9 +184,15 @@ class Database(GroupCommitWriter):
         conn.execute(f"PRAGMA cache_size={WRITER_CACHE_KIB}")
         conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
         conn.execute("PRAGMA temp_store=MEMORY")  # the dedupe merge's sorted batch, a few MB
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        busy_for = None  # the write_timeout the busy timeout was set for
         try:
             while (group := self._next_group()) is not None:
                 jobs, stop = group
+                if busy_for != self.write_timeout:  # 0 while migrating: no limit then
+                    busy_for = self.write_timeout
+                    busy = min(BUSY_TIMEOUT, busy_for / 2) if busy_for > 0 else BUSY_TIMEOUT
+                    conn.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
                 try:
                     self._run_group(conn, jobs, dedupe, syncer)
                     for _ in range(dedupe.merge_steps_due()):
@@ -303,9 +331,31 @@ class Database(GroupCommitWriter):
         self._fail_all(jobs, exc)
 
     def _fail_all(self, jobs: list[Job], exc: BaseException) -> None:
-        log.error("database commit failed: %s", exc)
         err = _storage_error(exc)
+        if not isinstance(err, StorageUnavailable):  # that one starts an outage, logged once
+            log.error("database commit failed: %s", exc)
         self._deliver([(job, False, err) for job in jobs])
+
+    def _watch_files(self) -> None:
+        """The database file deleted or replaced (a backup restored over it) under the open
+        connection: every later write would go to the old file, or mix its WAL with the new
+        one (a damaged database), so writes are refused until a restart."""
+        inode = self._inode
+        if inode is None or self._fatal:
+            return
+        try:
+            now: int | None = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            now = None
+        except OSError:
+            return
+        if now != inode:
+            what = "deleted" if now is None else "replaced"
+            self.fail_for_good(
+                f"storage unavailable: the database file {self.path} was {what} while hookyard"
+                " ran: writes are refused from now on (they would go to the old file). Restart"
+                " hookyard to open the file now at that path; to restore a backup, stop"
+                " hookyard first (docs/operations.md#backups)")
 
     # -- reads -------------------------------------------------------------------------------
     def reader(self) -> sqlite3.Connection:
@@ -328,9 +378,15 @@ class Database(GroupCommitWriter):
 
 
 def _storage_error(exc: BaseException) -> BaseException:
-    """sqlite errors that mean "cannot write now" become StorageUnavailable (503)."""
+    """sqlite errors that mean "cannot write now" become StorageUnavailable (503), and so does
+    a damaged database file (with what to do: it will not mend by itself)."""
     if isinstance(exc, sqlite3.OperationalError):
         msg = str(exc).lower()
         if any(s in msg for s in ("full", "readonly", "read-only", "locked", "disk i/o", "unable to open")):
             return StorageUnavailable(f"storage unavailable: {exc}")
+    elif isinstance(exc, sqlite3.DatabaseError) and any(
+            s in str(exc).lower() for s in ("malformed", "not a database")):
+        return StorageUnavailable(
+            f"storage unavailable: the database file is damaged ({exc}): stop hookyard and"
+            " restore a backup (docs/operations.md#backups)")
     return exc

@@ -14,6 +14,14 @@ A watchdog thread gives up on a group that has not finished in ``write_timeout``
 :class:`~hookyard.errors.StorageUnavailable` (ingest answers 503, the client retries; a job
 of the stuck group may still commit later, which messageId dedupe makes harmless), and new
 writes fail at once until the writer finishes that group.
+
+A write refused as storage unavailable (a lock another process holds, a full disk, a read-only
+file) starts an outage, logged once; the first commit that succeeds ends it (logged once, with
+how many writes were refused). When failing took long (a write waited for a lock), new writes
+are refused at once for :data:`REFUSE_AFTER_FAILURE` seconds, then one goes through to try
+again, instead of each waiting as long. A failure that
+restarting alone can mend (the database file deleted or replaced, an fsync that failed) refuses
+every write from then on (:meth:`GroupCommitWriter.fail_for_good`).
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ WRITE_TIMEOUT = 10.0
 """Seconds a group may take before its waiters are failed (``[storage] write_timeout_seconds``;
 under the 15 s that Segment's libraries wait for an answer, so they get a 503, not a timeout)."""
 WATCH_INTERVAL = 0.5
+REFUSE_AFTER_FAILURE = 1.0
+"""Seconds new writes are refused at once after one failed as storage unavailable (rather
+than each waiting for the lock or the disk again); then one write tries again."""
 
 
 class _Job:
@@ -126,7 +137,10 @@ class GroupCommitWriter:
         self._lock = threading.Lock()
         self.write_timeout = WRITE_TIMEOUT  # 0: wait forever (a migration)
         self._group: tuple[float, list[_Job | _AsyncJob]] | None = None  # (started, jobs)
-        self._stuck: str | None = None  # why writes fail at once, while the writer is stuck
+        self._stuck: str | None = None  # why writes fail at once (see the module docstring)
+        self._stuck_until = 0.0  # a retry after an outage's failure: when the next one may try
+        self._fatal = False  # _stuck stays until a restart
+        self._outage: list[float] | None = None  # [since (monotonic), writes refused meanwhile]
         self._watch_lock = threading.Lock()
         self.last_unavailable: tuple[float, str] | None = None  # (monotonic, error) of a failure
 
@@ -146,6 +160,7 @@ class GroupCommitWriter:
         """The watchdog (see the module docstring): runs while ``writer`` does."""
         while writer.is_alive():
             writer.join(WATCH_INTERVAL)
+            self._watch_files()
             group, limit = self._group, self.write_timeout
             if group is not None and limit > 0 and time.monotonic() - group[0] > limit:
                 self._give_up(group)
@@ -156,16 +171,22 @@ class GroupCommitWriter:
             if self._group is not group:  # it finished meanwhile
                 return
             failing: list[_Job | _AsyncJob] = []
-            if self._stuck is None:
-                self._stuck = (f"storage unavailable: a write has not finished in"
-                               f" {self.write_timeout:g} s (the database does not answer)")
+            if self._stuck is None or (self._stuck_until and not self._fatal):
+                self._stuck, self._stuck_until = (
+                    f"storage unavailable: a write has not finished in {self.write_timeout:g} s"
+                    " (the database does not answer)"), 0.0
                 log.error("%s; failing its %d waiters and new writes until it does",
                           self._stuck, len(group[1]))
+                if self._outage is None:
+                    self._outage = [time.monotonic(), 0]
                 failing = list(group[1])
             if self._take_queued(failing, limit=sys.maxsize):
                 self._queue.put(None)  # the stop request stays for the writer
             error = StorageUnavailable(self._stuck)
         self._deliver([(job, False, error) for job in failing])
+
+    def _watch_files(self) -> None:
+        """A backend's check of its files, every :data:`WATCH_INTERVAL` (none by default)."""
 
     def _stop_writer(self) -> None:
         """Let the writer finish the queued jobs and end; call with ``self._lock`` held."""
@@ -184,7 +205,7 @@ class GroupCommitWriter:
         if self._thread is None:
             self.start()
         job = _Job(fn, durable)
-        if self._stuck is not None:
+        if self._stuck is not None and self._refused():
             job.future.set_exception(StorageUnavailable(self._stuck))
             return job.future
         self._queue.put(job)
@@ -202,11 +223,67 @@ class GroupCommitWriter:
         """
         if self._thread is None:
             self.start()
-        if self._stuck is not None:
+        if self._stuck is not None and self._refused():
             raise StorageUnavailable(self._stuck)
         job = _AsyncJob(fn, running_loop(), durable)
         self._queue.put(job)
         return await job.future  # type: ignore[no-any-return]
+
+    def _refused(self) -> bool:
+        """Whether a new write fails at once (``_stuck`` is set): always while the writer is
+        stuck or after :meth:`fail_for_good`; during an outage, every write but one each
+        :data:`REFUSE_AFTER_FAILURE` seconds, which tries again (the others are refused until
+        its group has an answer)."""
+        until = self._stuck_until
+        if until and not self._fatal and time.monotonic() >= until:
+            self._stuck_until = time.monotonic() + max(self.write_timeout, REFUSE_AFTER_FAILURE)
+            return False
+        outage = self._outage
+        if outage is not None:
+            outage[1] += 1
+        return True
+
+    def fail_for_good(self, reason: str) -> None:
+        """Refuse every write from now on with ``reason`` (logged once, critical): what only a
+        restart can mend, such as a database file replaced under the open connection."""
+        with self._watch_lock:
+            if self._fatal:
+                return
+            self._fatal, self._stuck, self._stuck_until = True, reason, 0.0
+            if self._outage is None:
+                self._outage = [time.monotonic(), 0]
+        self.last_unavailable = (time.monotonic(), reason)
+        log.critical("%s", reason)
+
+    def _went_down(self, reason: str) -> None:
+        """A write failed as storage unavailable: start or go on with the outage. A group that
+        took long to fail (it waited for a lock another process holds) has new writes refused
+        at once for a while; one that failed at once (a full disk, a connection that broke and
+        is opened again) changes nothing for the next write."""
+        now = time.monotonic()
+        self.last_unavailable = (now, reason)
+        group = self._group
+        slow = group is not None and now - group[0] >= REFUSE_AFTER_FAILURE
+        with self._watch_lock:
+            if self._fatal or (self._stuck is not None and not self._stuck_until):
+                return  # refused for good, or the watchdog's stuck group: already reported
+            if slow or self._stuck_until:
+                self._stuck, self._stuck_until = reason, now + REFUSE_AFTER_FAILURE
+            if self._outage is None:
+                self._outage = [now, 0]
+                log.error("%s: writes are refused (503) until it answers again", reason)
+
+    def _went_up(self) -> None:
+        """A group committed: the outage, if any, is over."""
+        with self._watch_lock:
+            outage = self._outage
+            if outage is None or self._fatal:
+                return
+            self._outage = None
+            if self._stuck_until:
+                self._stuck, self._stuck_until = None, 0.0
+        log.warning("storage answers again after %.1f s: writes are taken again (%d refused"
+                    " meanwhile)", time.monotonic() - outage[0], int(outage[1]))
 
     def recent_failure(self, within: float) -> str | None:
         """The error of a write refused as "storage unavailable" in the last ``within``
@@ -230,9 +307,8 @@ class GroupCommitWriter:
         if self._group is not None:  # the previous group is finished
             with self._watch_lock:
                 self._group = None
-                if self._stuck is not None:
-                    self._stuck = None
-                    log.warning("storage answers again: writes are taken again")
+                if self._stuck is not None and not self._stuck_until and not self._fatal:
+                    self._stuck = None  # the watchdog's: the group it gave up on is done
         job = self._queue.get()
         if job is None:
             return None
@@ -263,8 +339,15 @@ class GroupCommitWriter:
     def _deliver(self, results: list[tuple[_Job | _AsyncJob, bool, Any]]) -> None:
         """Give each waiter its result or error (one wake-up per event loop)."""
         by_loop: _Settled = {}
+        committed, down = False, None
         for job, ok, value in results:
-            if not ok and isinstance(value, StorageUnavailable):
-                self.last_unavailable = (time.monotonic(), str(value))
+            if ok:
+                committed = True
+            elif down is None and isinstance(value, StorageUnavailable):
+                down = str(value)
             _settle(job, ok, value, by_loop)
+        if down is not None:
+            self._went_down(down)
+        elif committed and self._outage is not None:
+            self._went_up()
         _wake_loops(by_loop)

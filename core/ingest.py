@@ -344,8 +344,9 @@ class IngestEndpoint:
     ) -> None:
         if self.rt.metrics is not None:
             self.rt.metrics.ingest_refused(source.name if source else None, exc.status)
-        if isinstance(exc, StorageUnavailable):  # no log line can be written either
-            log.warning("ingest refused with %s: %s", exc.status, exc.reason)
+        if isinstance(exc, StorageUnavailable):  # no log line can be written either; the
+            # outage itself is logged once by the database (hookyard.group_commit)
+            log.debug("ingest refused with %s: %s", exc.status, exc.reason)
             return
         self._log_line(method, path, source, exc.status, exc.reason, started)
 

@@ -70,6 +70,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args: Any) -> None:
+    """``logger.exception(message)`` for a failure of a background loop, but a debug line for
+    :class:`~hookyard.errors.StorageUnavailable`: the database logs an outage once when it
+    starts and once when it ends, where each loop logged a traceback every second."""
+    from .errors import StorageUnavailable
+
+    if isinstance(exc, StorageUnavailable):
+        logger.debug(message + ": %s", *args, exc)
+    else:
+        logger.error(message, *args, exc_info=exc)
+
+
 def setup_logging(level: str = "info", secrets: Iterable[str] = (), json_lines: bool | None = None) -> None:
     """Configure the root logger (and uvicorn's) for the server and worker."""
     if json_lines is None:

@@ -28,7 +28,7 @@ from .config import (
     read_or_create_secret,
 )
 from .connectors import Connector, DestinationContext, SourceContext
-from .errors import ConfigError, HookyardError, did_you_mean
+from .errors import ConfigError, HookyardError, StorageUnavailable, did_you_mean
 from .integration_flags import switched_off
 from .plugins import ConnectorRegistry, make_plugin_manager, maybe_await
 from .sizes import SizeCounter
@@ -145,6 +145,13 @@ def _compile(expr: str | None, where: str) -> Predicate | None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _passing(exc: StorageUnavailable) -> bool:
+    """Whether a storage failure mends without an operator: a full disk, a lock another
+    process holds (not a read-only file or a wrong path, which start-up should report)."""
+    reason = exc.reason.lower()
+    return "full" in reason or "locked" in reason
+
+
 class Runtime:
     """Everything a running hookyard needs; built once by the server, worker or CLI."""
 
@@ -250,7 +257,20 @@ class Runtime:
         try:
             if upgrade:
                 before = self.db.read_sync(schema_version)
-                after = self.db.write_sync(migrate)
+                try:
+                    after = self.db.write_sync(migrate)
+                except StorageUnavailable as exc:
+                    if not _passing(exc):
+                        raise
+                    # a full disk or a lock held elsewhere mends by itself: on a current
+                    # schema, serve and answer 503 until it does (exiting instead would soon
+                    # exhaust a service manager's restarts, and nothing would be taken after)
+                    try:
+                        after = self.db.read_sync(check_schema)
+                    except HookyardError:  # a migration is due: it needs the writes
+                        raise exc from None
+                    log.error("%s at start-up: starting anyway; writes are answered 503 until"
+                              " it answers", exc)
                 if 0 < before < after:
                     log.warning("database upgraded from schema version %d to %d", before, after)
             else:

@@ -36,9 +36,11 @@ Results = list[tuple[Any, bool, Any]]
 class WalSyncer:
     """Answers committed groups once an fsync of ``wal_path`` made after their commit returned."""
 
-    def __init__(self, wal_path: str, deliver: Callable[[Results], None]) -> None:
+    def __init__(self, wal_path: str, deliver: Callable[[Results], None],
+                 fail_for_good: Callable[[str], None] = lambda reason: None) -> None:
         self.wal_path = wal_path
         self._deliver = deliver
+        self._fail_for_good = fail_for_good
         self._queue: queue.SimpleQueue[Results | None] = queue.SimpleQueue()
         self._fd: int | None = None
         self._inode: int | None = None
@@ -80,8 +82,15 @@ class WalSyncer:
         try:
             self._fsync()
         except OSError as exc:
+            # After a failed fsync Linux may mark the unwritten pages clean: a later fsync that
+            # succeeds does not mean those commits, or the ones after them, are on disk. So no
+            # later commit is acknowledged either, until a restart reopens the database.
             log.error("could not sync the WAL (%s): %d commits unanswered as 503", exc, len(groups))
-            err = StorageUnavailable(f"storage unavailable: fsync failed: {exc}")
+            reason = f"storage unavailable: fsync of the WAL failed: {exc}"
+            self._fail_for_good(f"{reason}: writes are refused from now on (the kernel may have"
+                                " dropped what it could not write): check the disk, then restart"
+                                " hookyard")
+            err = StorageUnavailable(reason)
             for results in groups:
                 self._deliver([(job, False, err) for job, _, _ in results])
             return

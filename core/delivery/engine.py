@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import retention
+from ..logs import log_failure
 from . import outbox, router
 from .deliver_process import DeliverProcess
 from .map_process import MapProcess
@@ -90,8 +91,8 @@ class Engine:
         while not self.stopping:
             try:
                 count, touched = await self.router.step()
-            except Exception:  # noqa: BLE001
-                log.exception("router failed, retrying in 1 s")
+            except Exception as exc:  # noqa: BLE001
+                log_failure(log, exc, "router failed, retrying in 1 s")
                 count, touched = 0, set()
                 await asyncio.sleep(1)
             for name in touched:
@@ -110,8 +111,8 @@ class Engine:
             await asyncio.sleep(MAINTENANCE_SECONDS)
             try:
                 await self.maintain()
-            except Exception:  # noqa: BLE001
-                log.exception("maintenance failed")
+            except Exception as exc:  # noqa: BLE001
+                log_failure(log, exc, "maintenance failed")
 
     async def maintain(self) -> int:
         """Recover expired leases, then delete what is past retention: finished outbox rows

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from ..errors import StorageUnavailable
 from . import outbox
 
 if TYPE_CHECKING:
@@ -81,10 +82,11 @@ class ResultWriter:
                 # not durable: lost only with the machine, and then delivered again (at least once)
                 await self.rt.db.write(lambda conn: outbox.record(conn, outcomes), durable=False)
                 return
-            except Exception:
+            except Exception as exc:
                 if self.closing or time.monotonic() + pause > deadline:
                     raise
-                log.warning("recording results of %s failed; retrying in %.1f s",
-                            self.destination, pause)
+                (log.debug if isinstance(exc, StorageUnavailable) else log.warning)(
+                    "recording results of %s failed; retrying in %.1f s: %s",
+                    self.destination, pause, exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..config import HOOK_LEASE_SHARE
+from ..logs import log_failure
 from . import outbox, router
 from .attempt_log import AttemptLog
 from .calling import client_for, deliver_rows
@@ -115,8 +116,8 @@ class DestinationWorker:
             self.wake.clear()  # before the round: a wake-up during it starts the next at once
             try:
                 sleep_for = await self.dispatch()
-            except Exception:  # noqa: BLE001 - a worker never dies
-                log.exception("worker %s failed, retrying in 1 s", self.dest.name)
+            except Exception as exc:  # noqa: BLE001 - a worker never dies
+                log_failure(log, exc, "worker %s failed, retrying in 1 s", self.dest.name)
                 sleep_for = 1.0
             if self.stopping:
                 break
@@ -354,8 +355,8 @@ class DestinationWorker:
                 self.rt.engine.observe(self.dest.name, outcomes)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - rows stay leased and are recovered on expiry
-            log.exception("recording results of %s failed", self.dest.name)
+        except Exception as exc:  # noqa: BLE001 - rows stay leased and are recovered on expiry
+            log_failure(log, exc, "recording results of %s failed", self.dest.name)
         finally:
             if not answered:
                 self.sending -= 1
