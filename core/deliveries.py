@@ -60,6 +60,9 @@ class DeliveryResult(msgspec.Struct, kw_only=True):
     error: str | None = None
     response_body: str | None = None
     retry_after: float | None = None
+    sent: bool = True
+    """False for a delivery the hook did not send (:meth:`not_sent`): retried without counting
+    an attempt, so a user's later events held behind a failing one never run out of attempts."""
 
     @classmethod
     def ok(cls, http_status: int | None = None) -> DeliveryResult:
@@ -72,6 +75,12 @@ class DeliveryResult(msgspec.Struct, kw_only=True):
     @classmethod
     def permanent(cls, error: str, **kw: Any) -> DeliveryResult:
         return cls(outcome="permanent", error=error, **kw)
+
+    @classmethod
+    def not_sent(cls, reason: str, retry_after: float | None = None) -> DeliveryResult:
+        """Not sent at all (held back behind a failed delivery of the same user, or never
+        reached): retried like a retryable result, without counting an attempt."""
+        return cls(outcome="retryable", error=reason, retry_after=retry_after, sent=False)
 
 
 RESPONSE_BODY_LIMIT = 2000
@@ -88,7 +97,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # an offset of 20 digits
         return None
     if when is None:
         return None
@@ -137,8 +146,9 @@ HELD_BACK = "not sent: an earlier delivery with the same ordering key failed and
 
 def held_back(failed: DeliveryResult) -> DeliveryResult:
     """The answer for a delivery not sent because an earlier one of its ordering key failed
-    with ``failed`` (retryable): retryable too, at the same ``retry_after``."""
-    return DeliveryResult.retryable(HELD_BACK, retry_after=failed.retry_after)
+    with ``failed`` (retryable): retried at the same ``retry_after``, without counting an
+    attempt (:meth:`DeliveryResult.not_sent`)."""
+    return DeliveryResult.not_sent(HELD_BACK, retry_after=failed.retry_after)
 
 
 async def send_in_order(
@@ -159,7 +169,7 @@ async def send_in_order(
     For a deliver hook that sends a batch as separate requests (``batch_size`` > 1); a hook
     that sends the whole batch in one request keeps the order anyway. An exception from
     ``send`` propagates (the engine then retries the whole call)."""
-    results: list[DeliveryResult] = [DeliveryResult.retryable("not sent")] * len(deliveries)
+    results: list[DeliveryResult] = [DeliveryResult.not_sent("not sent")] * len(deliveries)
     keys: dict[str, list[int]] = {}
     for i, delivery in enumerate(deliveries):
         keys.setdefault(delivery.ordering_key or f"\x00{i}", []).append(i)

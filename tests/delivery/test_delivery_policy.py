@@ -47,7 +47,9 @@ def test_retry_after_header_is_read_from_the_response() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("120", 120.0), (" 3 ", 3.0), ("0", 0.0), ("1.5", 1.5), ("-4", 0.0), ("soon", None),
-     ("", None), (None, None), ("Wed, 99 Foo 2026 xx", None)],
+     ("", None), (None, None), ("Wed, 99 Foo 2026 xx", None),
+     # an offset of 20 digits: OverflowError, which failed the whole deliver call
+     ("Mon, 01 Jan 2020 00:00:00 +99999999999999999999", None)],
 )
 def test_parse_retry_after_seconds(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value) == expected
