@@ -141,7 +141,8 @@ class Metrics:
 
     def observe(self, destination: str, outcomes: list[Outcome]) -> None:
         for o in outcomes:
-            self.deliveries.labels(destination, o.outcome).inc()
+            if o.sent:  # a delivery held back was not attempted
+                self.deliveries.labels(destination, o.outcome).inc()
         if outcomes:
             self.latency.labels(destination).observe(outcomes[0].latency_ms / 1000)
 

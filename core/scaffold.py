@@ -202,6 +202,7 @@ def test_deliver_keeps_each_users_order(fake_destination: Callable[[], FakeServe
                      else (200, {}))
     results = deliver_with(ctx, deliveries)
     assert [r.outcome for r in results] == ["retryable", "ok", "retryable"]
+    assert [r.sent for r in results] == [True, True, False]  # held back: no attempt counted
     sent = {r.json()["messageId"] for r in fake.requests}
     assert sent == {first["messageId"], other["messageId"]}
 

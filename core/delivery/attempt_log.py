@@ -32,6 +32,8 @@ class AttemptLog:
     def record(self, outcomes: Iterable[Outcome]) -> None:
         debug = log.isEnabledFor(logging.DEBUG)
         for o in outcomes:
+            if not o.sent:  # held back behind a failure of the same user: that one is logged
+                continue
             if o.outcome == "ok":
                 if debug:  # (a log record and its extra dict cost ~2 us per delivery)
                     self._line(logging.DEBUG, o, "")

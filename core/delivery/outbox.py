@@ -158,6 +158,7 @@ class Outcome:
     error: str | None
     response_body: str | None
     latency_ms: float
+    sent: bool = True  # False: the hook did not send it (no attempt counted nor logged)
 
 
 def record(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
@@ -181,7 +182,7 @@ def record(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
     values = [
         (o.outbox_id, o.destination, o.message_id, o.attempt, o.outcome, o.http_status,
          o.latency_ms, o.error, now)
-        for o in outcomes
+        for o in outcomes if o.sent
     ]
     for part in chunks(values, ROWS_PER_STATEMENT):
         sql = _values_sql(RECORD_ATTEMPTS, "(?, ?, ?, ?, ?, ?, ?, ?, ?)", len(part), _attempts_sql)

@@ -74,13 +74,17 @@ def decide(
     now = time.time()
     state, next_at = "done", 0.0
     if res.outcome == "retryable":
-        gave_up = attempt >= policy.max_attempts or now - row[3] >= policy.give_up_after_seconds
+        if not res.sent:  # held back, never sent: no attempt counted (only the time limit)
+            attempt = row[2]
+        gave_up = (res.sent and attempt >= policy.max_attempts
+                   or now - row[3] >= policy.give_up_after_seconds)
         if gave_up:
             state = "dead"
         else:
             state = "pending"
             next_at = now + backoff(
-                attempt, policy.retry_initial_seconds, policy.retry_max_seconds, res.retry_after
+                max(attempt, 1), policy.retry_initial_seconds, policy.retry_max_seconds,
+                res.retry_after
             )
     elif res.outcome == "permanent":
         state = "dead"
@@ -91,5 +95,5 @@ def decide(
         outbox_id=row[0], destination=destination, message_id=message_id,
         attempt=attempt, outcome=res.outcome, state=state, next_at=next_at,
         http_status=res.http_status, error=clip(error), response_body=clip(res.response_body),
-        latency_ms=latency,
+        latency_ms=latency, sent=res.sent,
     )

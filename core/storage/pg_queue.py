@@ -148,11 +148,12 @@ def record(conn: Any, outcomes: list[Outcome]) -> None:
         [o.http_status for o in outcomes], [o.error for o in outcomes],
         [o.response_body for o in outcomes], OWNER,
     ))
+    sent = [o for o in outcomes if o.sent]  # a delivery not sent is no attempt
     conn.execute(RECORD_ATTEMPTS, (
-        now, [o.outbox_id for o in outcomes], [o.destination for o in outcomes],
-        [o.message_id for o in outcomes], [o.attempt for o in outcomes],
-        [o.outcome for o in outcomes], [o.http_status for o in outcomes],
-        [float(o.latency_ms) for o in outcomes], [o.error for o in outcomes],
+        now, [o.outbox_id for o in sent], [o.destination for o in sent],
+        [o.message_id for o in sent], [o.attempt for o in sent],
+        [o.outcome for o in sent], [o.http_status for o in sent],
+        [float(o.latency_ms) for o in sent], [o.error for o in sent],
     ))
     # the users of these rows are free again: every node may take their next rows, not only
     # this one (whose own worker wakes at once and would otherwise keep them all)

@@ -280,7 +280,7 @@ class Sender:
                 results[i] = round_results[i]
                 if round_results[i].outcome == "retryable":
                     failed.setdefault(self.key(i), round_results[i])
-        return [r if r is not None else DeliveryResult.retryable("not sent") for r in results]
+        return [r if r is not None else DeliveryResult.not_sent("not sent") for r in results]
 
 
 async def deliver_novu(

@@ -159,7 +159,7 @@ async def deliver(
         group = groups.pop(0)
         if failed is not None:
             for i in group:
-                results[i] = DeliveryResult.retryable(HELD_BACK, retry_after=failed.retry_after)
+                results[i] = DeliveryResult.not_sent(HELD_BACK, retry_after=failed.retry_after)
             continue
         result = await post(group)
         if result.http_status in SPLIT_ON and len(group) > 1:
@@ -169,4 +169,4 @@ async def deliver(
             results[i] = msgspec.structs.replace(result)
         if result.outcome == "retryable":
             failed = result
-    return [r if r is not None else DeliveryResult.retryable("not sent") for r in results]
+    return [r if r is not None else DeliveryResult.not_sent("not sent") for r in results]

@@ -182,6 +182,34 @@ def test_queued_triggers_go_as_one_bulk_trigger(
     )
 
 
+def test_events_held_back_behind_a_failing_one_count_no_attempts(
+    hookyard_server: Callable[..., HookyardServer], novu: FakeServer
+) -> None:
+    """A user's identify fails until it is a dead letter; the user's tracks, held back in the
+    same batches meanwhile, were never sent, yet each such round counted as an attempt: they
+    became dead letters too ("gave up after 3 attempts: not sent..."). Now only the identify
+    runs out of attempts, and the tracks go once it is dead (an outside delivery audit)."""
+    novu.set_handler(lambda req: (503, {"message": "busy"}) if req.json()["subscriberId"] == "bad"
+                     else (201, {"data": {"_id": "x"}}), path=SUBSCRIBERS)
+    server = hookyard_server({"destinations": [{
+        "name": "novu", "plugin": "novu", "sources": ["web"],
+        "delivery": {"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2, "max_attempts": 3,
+                     "batch_size": 10},
+        "settings": {"api_key": "nv-secret", "base_url": novu.url,
+                     "workflows": {"User Registered": "welcome"}},
+    }]})
+    ident = sample_identify(userId="bad")
+    tracks = [sample_track(userId="bad") for _ in range(3)]
+    assert server.post("/v1/batch", {"batch": [ident, *tracks]}).status_code == 200
+    server.wait_idle(timeout=30)
+    dead = delivery(server, ident["messageId"])
+    assert dead["state"] == "dead" and dead["attempts"] == 3
+    for t in tracks:
+        row = delivery(server, t["messageId"])
+        assert row["state"] == "done", row
+        assert [a["outcome"] for a in row["attempts_log"]] == ["ok"], row
+
+
 def test_unmapped_event_under_the_error_policy_is_a_dead_letter(
     hookyard_server: Callable[..., HookyardServer], novu: FakeServer
 ) -> None:
