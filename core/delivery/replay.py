@@ -71,7 +71,8 @@ async def count_events(rt: Runtime, source: str, since: Time, until: Time) -> in
         if val:
             sql += f" AND received_at {op} ?"
             params.append(val)
-    return int((await rt.db.read(lambda c: c.execute(sql, params).fetchone()))[0])
+    return int((await rt.db.read(
+        lambda c: c.execute(sql + router.routed_only(c), params).fetchone()))[0])
 
 
 async def replay(

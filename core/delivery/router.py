@@ -24,6 +24,7 @@ from ..deliveries import MapResult
 from ..events import Event, encoder, event_decoders
 from ..fields import FieldMissing
 from ..inbox import decode_row
+from ..storage.base import is_postgres
 from . import outbox
 
 if TYPE_CHECKING:
@@ -174,6 +175,13 @@ def _store(conn: sqlite3.Connection, last: int, new_last: int, rows: list[tuple[
     return True
 
 
+def routed_only(conn: sqlite3.Connection) -> str:
+    """A condition on inbox rows (``AND ...``): routed already."""
+    if is_postgres(conn):
+        return " AND routed"
+    return f" AND id <= {int(cursor(conn))}"
+
+
 def cursor(conn: sqlite3.Connection) -> int:
     found = conn.execute("SELECT last_inbox_id FROM router_state WHERE name = ?", (ROUTER,)).fetchone()
     return found[0] if found else 0
@@ -307,8 +315,11 @@ def replay_rows(
     rt: Runtime, conn: sqlite3.Connection, source: str, since: str | None, until: str | None,
     destinations: set[str] | None, after_id: int = 0, limit: int = 500,
 ) -> list[tuple[Any, ...]]:
-    """Inbox rows of ``source`` received in [since, until), in id order, after ``after_id``."""
-    sql = f"{SELECT_INBOX} WHERE source = ? AND id > ?"
+    """Inbox rows of ``source`` received in [since, until), in id order, after ``after_id``;
+    only those the router has routed: the others it routes itself, with the mapping as it is
+    now (mapped by both, they were sent twice, the replayed copy after the newer events of
+    the user: an outside audit, with the router behind)."""
+    sql = f"{SELECT_INBOX} WHERE source = ? AND id > ?{routed_only(conn)}"
     params: list[Any] = [source, after_id]
     if since:
         sql += " AND received_at >= ?"

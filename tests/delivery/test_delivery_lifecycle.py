@@ -267,3 +267,31 @@ def test_deliveries_claimed_ahead_are_given_back_when_they_wait_too_long(
         "SELECT attempts FROM outbox")])
     assert attempts == [1] * 6  # giving a claim back is not an attempt
     assert "claimed ahead that waited too long" in caplog.text
+
+
+def test_a_replay_leaves_unrouted_events_to_the_router(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    """With the router behind (serve --no-workers, the worker not started yet), a replay
+    mapped the unrouted events and the router then mapped them again: every event was sent
+    twice, the replayed copies after the user's newer events (an outside delivery audit)."""
+    from hookyard.delivery.replay import replay
+
+    fake = fake_destination()
+    server = ingest_only(hookyard_server, fake)
+    assert send(server, "/v1/batch", {"batch": [track("r", n) for n in range(5)]}).status_code == 200
+    rt = server.runtime
+    done = asyncio.run(replay(rt, "web"))
+    assert done.events == 0 and states(server) == {}  # nothing routed yet: nothing replayed
+
+    async def route_then_replay() -> int:
+        engine = Engine(rt)
+        await engine.start()
+        try:
+            await until(lambda: sum(len(items(r)) for r in fake.requests) >= 5)
+        finally:
+            await engine.stop()
+        return (await replay(rt, "web")).events
+
+    assert asyncio.run(route_then_replay()) == 5  # routed now: replayed
+    assert [d["messageId"] for r in fake.requests for d in items(r)] == [f"r-{n}" for n in range(5)]
