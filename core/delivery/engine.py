@@ -72,6 +72,12 @@ class Engine:
         recovered = await self.rt.db.write(lambda c: outbox.recover_leases(c, names))
         if recovered:
             log.info("recovered %d deliveries leased by a stopped process", recovered)
+        for name, count in (await self.rt.db.read(
+                lambda c: outbox.waiting_elsewhere(c, names))).items():
+            log.warning("destination %r is no longer configured, but %d of its deliveries are"
+                        " waiting to be sent: they are kept, and sent once a destination of that"
+                        " name is configured again (a renamed destination does not take them)",
+                        name, count)
         listen = getattr(self.rt.db, "listen", None)
         if listen is not None:  # PostgreSQL: deliveries routed by another node wake this one
             listen(asyncio.get_running_loop(), self.wake_all)

@@ -302,6 +302,20 @@ def dead_elsewhere(
     return left
 
 
+def waiting_elsewhere(conn: sqlite3.Connection, configured: list[str]) -> dict[str, int]:
+    """Deliveries still to send (pending or in flight) of destinations not in ``configured``,
+    by destination: no worker takes them until the destination is configured again."""
+    left: dict[str, int] = {}
+    for name in destinations_in(conn):
+        if name not in configured:
+            count = int(conn.execute(
+                "SELECT count(*) FROM outbox WHERE destination = ? AND state IN"
+                " ('pending', 'inflight')", (name,)).fetchone()[0])
+            if count:
+                left[name] = count
+    return left
+
+
 def discard_dead(
     conn: sqlite3.Connection, destination: str | None = None, since: float | None = None,
     ids: list[int] | None = None,

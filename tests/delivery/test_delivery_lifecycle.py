@@ -295,3 +295,28 @@ def test_a_replay_leaves_unrouted_events_to_the_router(
 
     assert asyncio.run(route_then_replay()) == 5  # routed now: replayed
     assert [d["messageId"] for r in fake.requests for d in items(r)] == [f"r-{n}" for n in range(5)]
+
+
+def test_deliveries_of_a_destination_no_longer_configured_are_reported_at_start(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Removed or renamed while its deliveries waited, they stayed pending with no word
+    anywhere but a metric (an outside delivery audit): start-up now says so."""
+    fake = fake_destination()
+    server = ingest_only(hookyard_server, fake)
+    rt = server.runtime
+    now = time.time()
+    rt.db.write_sync(lambda c: outbox.insert_rows(c, [
+        ("old-crm", None, f"m{n}", "u1", "event", b"{}", "pending", now, now, None)
+        for n in range(3)]))
+
+    async def start_and_stop() -> None:
+        engine = Engine(rt)
+        await engine.start()
+        await engine.stop()
+
+    with caplog.at_level(logging.WARNING, logger="hookyard.delivery"):
+        asyncio.run(start_and_stop())
+    [line] = [r.getMessage() for r in caplog.records if "no longer configured" in r.getMessage()]
+    assert "'old-crm'" in line and "3 of its deliveries are waiting" in line
