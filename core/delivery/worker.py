@@ -34,6 +34,7 @@ log = logging.getLogger("hookyard.delivery")
 IDLE_POLL = 1.0
 MAX_SCAN_PAGES = 40  # rows waiting for a retry are skipped over, this many pages at most
 DEEP_SCAN_SECONDS = 5.0  # how often a scan goes on past a page of blocked users only
+MAX_SKIPPED_USERS = 200  # blocked users whose rows a deep scan leaves out in SQL, at most
 CLAIM_AHEAD = 8
 """Deliveries kept claimed ahead, in multiples of ``concurrency`` (at least one batch): a
 dispatch round takes two trips to the database threads (1-3 ms under load), longer than a
@@ -174,10 +175,12 @@ class DestinationWorker:
         collected: dict[str, list[int]] = {}
         capacity, total = free * size, 0
         enough = cut_short = False
+        skip: list[str] = []  # a deep scan's users whose rows SQL leaves out (see below)
         for scanned in range(MAX_SCAN_PAGES):
             if scanned:
                 page = await self.rt.db.read(
-                    lambda conn: outbox.pending(conn, name, page_size, after)  # noqa: B023
+                    lambda conn: outbox.pending(conn, name, page_size, after,  # noqa: B023
+                                                skip_keys=skip)
                 )
             # a page that adds no row and shows no new user ends the scan (the rest is most
             # likely more rows of the same blocked users), except in a deep scan, at most every
@@ -208,9 +211,15 @@ class DestinationWorker:
                 after = page[-1].id
             if enough or len(page) < page_size:
                 break
-            if before == (total, len(blocked)) and not deep:
-                cut_short = True
-                break
+            if before == (total, len(blocked)):
+                if not deep:
+                    cut_short = True
+                    break
+                # a page of blocked users' rows only: the deep scan reads on past those users'
+                # rows in SQL (a user behind one blocked user's long backlog was never found:
+                # every page the scan may read was that user's)
+                if len(skip) < MAX_SKIPPED_USERS:
+                    skip.extend({c.user_key for c in page} - set(skip))
         batches, key_of = pack(collected, free, size)
         if not batches or self.stopping:
             if incremental:  # every row up to here: a blocked user's

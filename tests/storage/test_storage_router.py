@@ -146,7 +146,12 @@ def test_a_replay_without_until_ends_when_it_starts(runtime: Runtime) -> None:
             ingest(runtime, 3, prefix="late")
         arrived.append(count)
 
+    asyncio.run(router.route_batch(runtime))
     done = asyncio.run(replay(runtime, "web", since="2020-01-01", progress=meanwhile))
     assert done.events == 5 and arrived == [5]
+    asyncio.run(router.route_batch(runtime))
     done = asyncio.run(replay(runtime, "web", since="2020-01-01", until=time.time() + 60))
     assert done.events == 8  # an explicit end still reaches past now
+    ingest(runtime, 2, prefix="unrouted")
+    done = asyncio.run(replay(runtime, "web", since="2020-01-01", until=time.time() + 60))
+    assert done.events == 8  # not those the router has yet to reach: it maps them itself
