@@ -19,7 +19,7 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -93,23 +93,29 @@ SKIP_LEASED = (
 
 def pending(
     conn: sqlite3.Connection, destination: str, limit: int, after_id: int = 0,
-    skip_leased: bool = False,
+    skip_leased: bool = False, skip_keys: Collection[str] = (),
 ) -> list[Candidate]:
     """The oldest pending rows of a destination after ``after_id``, due or not (ordering needs
     both: a row waiting for its retry blocks its user's later rows). ``skip_leased`` leaves
     out the rows of users with a leased row (the engine could not start them anyway), in
-    SQL rather than row by row in Python."""
+    SQL rather than row by row in Python; ``skip_keys`` the rows of those users."""
     if is_postgres(conn):
-        return pg_queue().pending(conn, destination, limit, after_id, skip_leased)
+        return pg_queue().pending(conn, destination, limit, after_id, skip_leased, skip_keys)
     params: tuple[Any, ...] = (destination, after_id, limit)
     if skip_leased:
         params = (destination, after_id, destination, limit)
     cur = conn.execute(
         "SELECT id, user_key, next_at FROM outbox WHERE destination = ? AND state = 'pending'"
-        f" AND id > ?{SKIP_LEASED if skip_leased else ''} ORDER BY id LIMIT ?",
-        params,
+        f" AND id > ?{SKIP_LEASED if skip_leased else ''}{skip_users(skip_keys)}"
+        " ORDER BY id LIMIT ?",
+        (*params[:-1], *skip_keys, params[-1]),
     )
     return [Candidate(r[0], r[1] or "", r[2] or 0.0) for r in cur]
+
+
+def skip_users(keys: Collection[str]) -> str:
+    """A condition leaving out the rows of the users ``keys`` (one parameter each)."""
+    return f" AND COALESCE(user_key, '') NOT IN ({', '.join('?' * len(keys))})" if keys else ""
 
 
 def inflight_keys(conn: sqlite3.Connection, destination: str) -> set[str]:

@@ -27,12 +27,13 @@ import os
 import random
 import socket
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from ..delivery import outbox
-from ..delivery.outbox import OWNER, Candidate, Outcome
+from ..delivery.outbox import OWNER, Candidate, Outcome, skip_users
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -47,18 +48,20 @@ SKIP_LEASED = (
 
 
 def pending(
-    conn: Any, destination: str, limit: int, after_id: int = 0, skip_leased: bool = False
+    conn: Any, destination: str, limit: int, after_id: int = 0, skip_leased: bool = False,
+    skip_keys: Collection[str] = (),
 ) -> list[Candidate]:
     """Pending rows (and inflight ones whose lease expired) of a destination, in id order;
-    with ``skip_leased``, not those of users with a row under a valid lease."""
+    with ``skip_leased``, not those of users with a row under a valid lease; nor those of the
+    users ``skip_keys``."""
     now = time.time()
     params: tuple[Any, ...] = (destination, after_id, now, limit)
     if skip_leased:
         params = (destination, after_id, now, destination, now, limit)
     cur = conn.execute(
         f"SELECT id, user_key, next_at FROM outbox WHERE destination = ? AND id > ? AND {LIVE}"
-        f"{SKIP_LEASED if skip_leased else ''} ORDER BY id LIMIT ?",
-        params,
+        f"{SKIP_LEASED if skip_leased else ''}{skip_users(skip_keys)} ORDER BY id LIMIT ?",
+        (*params[:-1], *skip_keys, params[-1]),
     )
     return [Candidate(r[0], r[1] or "", r[2] or 0.0) for r in cur]
 

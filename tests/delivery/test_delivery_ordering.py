@@ -155,6 +155,35 @@ def test_a_user_behind_pages_of_a_waiting_users_rows_is_not_held_up(
     assert [r.json()["messageId"] for r in fake.requests].count("a-1") == 1  # still waiting
 
 
+def test_a_user_behind_more_rows_than_a_deep_scan_reads_is_still_found(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deep scan read at most MAX_SCAN_PAGES pages: behind 4,000 rows of a user waiting for
+    its retry (2,560 at concurrency 1), other users waited for that retry, up to 10 minutes
+    (an outside delivery audit). It now leaves the blocked users' rows out in SQL."""
+    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 0.5)
+    monkeypatch.setattr(worker, "MAX_SCAN_PAGES", 4)  # 256 rows: the backlog below is more
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.fail("big-1", (503, None, {"Retry-After": "600"}))
+    server = hookyard_server(
+        {"destinations": [recorder(fake.url, per_item=True,
+                                   delivery={"batch_size": 1, "concurrency": 1,
+                                             "retry_max_seconds": 600})]},
+        plugins=[PLUGIN])
+    backlog = [track("big", i) for i in range(1, 601)]
+    for start in range(0, len(backlog), 100):
+        assert send(server, "/v1/batch", {"batch": backlog[start:start + 100]}).status_code == 200
+    wait_until(lambda: len(fake.requests) == 1, what="big-1 tried")
+    others = [track(f"small{u}", 1) for u in range(3)]
+    assert send(server, "/v1/batch", {"batch": others}).status_code == 200
+    wait_until(lambda: all(e["messageId"] in peer.accepted_ids() for e in others), timeout=10,
+               what="the users behind big's backlog delivered")
+    assert [r.json()["messageId"] for r in fake.requests].count("big-1") == 1  # still waiting
+    assert not [m for m in peer.accepted_ids() if m.startswith("big-")]  # its order kept
+
+
 def test_a_timer_rescan_that_skips_ahead_keeps_every_blocked_user_blocked(
     hookyard_server: Start, fake_destination: Callable[[], FakeServer],
     monkeypatch: pytest.MonkeyPatch,
