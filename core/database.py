@@ -85,7 +85,10 @@ def refuse_lone_wal(path: str | Path) -> None:
     """Refuse to open ``path`` when it is missing but its WAL is there: the database file was
     deleted (or moved), and opening would start an empty database beside the newest writes."""
     path = Path(path)
-    if str(path) != ":memory:" and not path.exists() and Path(f"{path}-wal").exists():
+    # the WAL first: SQLite makes it after the database file, so a WAL seen before the file
+    # was looked for means the file is gone (the other order races a connection that is
+    # creating both at this moment: no file yet, then a WAL)
+    if str(path) != ":memory:" and Path(f"{path}-wal").exists() and not path.exists():
         raise StorageUnavailable(
             f"storage unavailable: {path}-wal exists but {path} does not: the database file was"
             " deleted or moved. Put it (or a backup, with the -wal file moved away) back in"
