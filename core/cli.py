@@ -286,7 +286,7 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
 def replay(config_path: str | None, data_dir: str | None, source: str, destination: str | None,
            since: str | None, until: str | None) -> None:
     """Map stored events again and queue their deliveries (mapping changes reach the past)."""
-    from .delivery.replay import Replayed, count_events, open_end
+    from .delivery.replay import Replayed, count_events, open_end, routed_until
     from .delivery.replay import replay as do_replay
     from .operator_input import window
 
@@ -303,9 +303,10 @@ def replay(config_path: str | None, data_dir: str | None, source: str, destinati
         end = open_end(since, until)  # one end for the count and the replay
 
         async def run() -> Replayed:
-            total = await count_events(rt, source, since, end)
+            upto = await routed_until(rt)  # one bound too
+            total = await count_events(rt, source, since, end, upto)
             with click.progressbar(length=total, label=f"replaying {source}", file=sys.stderr) as bar:
-                return await do_replay(rt, source, destination, since, end, bar.update)
+                return await do_replay(rt, source, destination, since, end, bar.update, upto)
 
         done = run_loop(run())
         rt.close()

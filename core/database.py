@@ -142,7 +142,7 @@ class Database(GroupCommitWriter):
         self.synchronous = synchronous
         self._readers: list[sqlite3.Connection] = []  # every thread's, to close at stop()
         self._readers_closed = 0  # how many times stop() closed them
-        self._inode: int | None = None  # of the file the writer opened (see _watch_files)
+        self._inode: tuple[int, int] | None = None  # the file the writer opened (_watch_files)
 
     def stop(self) -> None:
         """Finish queued writes, stop the writer thread and close the read connections (a
@@ -161,7 +161,7 @@ class Database(GroupCommitWriter):
         # (durable=False) is answered at once.
         try:
             conn = connect(self.path, "normal", factory=WriterConnection)
-            self._inode = None if str(self.path) == ":memory:" else os.stat(self.path).st_ino
+            self._inode = None if str(self.path) == ":memory:" else _file_id(self.path)
         except (sqlite3.Error, OSError, StorageUnavailable) as exc:  # fail every write, now
             # and later, instead of hanging them
             self._stuck = (str(exc) if isinstance(exc, StorageUnavailable)
@@ -245,7 +245,12 @@ class Database(GroupCommitWriter):
         self, conn: sqlite3.Connection, jobs: list[Job], dedupe: InboxDedupe,
         syncer: WalSyncer | None = None,
     ) -> None:
+        if self._fatal:  # queued before the failure that ended writing (fail_for_good)
+            error = StorageUnavailable(self._stuck or "storage unavailable")
+            self._deliver([(job, False, error) for job in jobs])
+            return
         results: list[tuple[Job, bool, Any]] = []
+        changes = conn.total_changes
         try:
             conn.execute("BEGIN IMMEDIATE")
             dedupe.start_group(conn, [key for job in jobs if isinstance(job.fn, GroupedWrite)
@@ -320,10 +325,12 @@ class Database(GroupCommitWriter):
             return self._roll_back_group(conn, jobs, dedupe, exc)
         dedupe.committed()
         answers = [(job, ok, value if ok else _storage_error(value)) for job, ok, value in results]
+        wrote = conn.total_changes != changes  # a group that changed no row (a probe, a claim
+        # of nothing) commits on a full disk too: it is no sign that writes are taken again
         if syncer is not None and self._must_sync(jobs):
-            syncer.submit(answers)
+            syncer.submit(answers, wrote)
         else:
-            self._deliver(answers)
+            self._deliver(answers, wrote=wrote)
 
     def _roll_back_group(self, conn: sqlite3.Connection, jobs: list[Job],
                          dedupe: InboxDedupe, exc: BaseException) -> None:
@@ -347,7 +354,7 @@ class Database(GroupCommitWriter):
         if inode is None or self._fatal:
             return
         try:
-            now: int | None = os.stat(self.path).st_ino
+            now: tuple[int, int] | None = _file_id(self.path)
         except FileNotFoundError:
             now = None
         except OSError:
@@ -378,6 +385,12 @@ class Database(GroupCommitWriter):
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only ``fn(conn)`` in a worker thread."""
         return await asyncio.to_thread(self.read_sync, fn)
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    """(device, inode) of the file at ``path``."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _storage_error(exc: BaseException) -> BaseException:

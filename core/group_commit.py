@@ -141,6 +141,7 @@ class GroupCommitWriter:
         self._stuck_until = 0.0  # a retry after an outage's failure: when the next one may try
         self._fatal = False  # _stuck stays until a restart
         self._outage: list[float] | None = None  # [since (monotonic), writes refused meanwhile]
+        self._given_up: tuple[float, list[_Job | _AsyncJob]] | None = None  # the watchdog's
         self._watch_lock = threading.Lock()
         self.last_unavailable: tuple[float, str] | None = None  # (monotonic, error) of a failure
 
@@ -171,18 +172,21 @@ class GroupCommitWriter:
             if self._group is not group:  # it finished meanwhile
                 return
             failing: list[_Job | _AsyncJob] = []
-            if self._stuck is None or (self._stuck_until and not self._fatal):
-                self._stuck, self._stuck_until = (
-                    f"storage unavailable: a write has not finished in {self.write_timeout:g} s"
-                    " (the database does not answer)"), 0.0
-                log.error("%s; failing its %d waiters and new writes until it does",
-                          self._stuck, len(group[1]))
+            if self._given_up is not group:  # its waiters are failed once
+                self._given_up = group
+                failing = list(group[1])
+                if not self._fatal:  # (a refusal for good keeps its own reason)
+                    self._stuck, self._stuck_until = (
+                        f"storage unavailable: a write has not finished in"
+                        f" {self.write_timeout:g} s (the database does not answer)"), 0.0
+                log.error("storage unavailable: a write has not finished in %g s (the database"
+                          " does not answer); failing its %d waiters and new writes until it"
+                          " does", self.write_timeout, len(group[1]))
                 if self._outage is None:
                     self._outage = [time.monotonic(), 0]
-                failing = list(group[1])
             if self._take_queued(failing, limit=sys.maxsize):
                 self._queue.put(None)  # the stop request stays for the writer
-            error = StorageUnavailable(self._stuck)
+            error = StorageUnavailable(self._stuck or "storage unavailable")
         self._deliver([(job, False, error) for job in failing])
 
     def _watch_files(self) -> None:
@@ -236,7 +240,9 @@ class GroupCommitWriter:
         its group has an answer)."""
         until = self._stuck_until
         if until and not self._fatal and time.monotonic() >= until:
-            self._stuck_until = time.monotonic() + max(self.write_timeout, REFUSE_AFTER_FAILURE)
+            # the others wait for this one's answer: at most write_timeout (its lock wait is
+            # less); with no write_timeout (0), as long as a default one
+            self._stuck_until = time.monotonic() + (self.write_timeout or WRITE_TIMEOUT)
             return False
         outage = self._outage
         if outage is not None:
@@ -255,7 +261,7 @@ class GroupCommitWriter:
         self.last_unavailable = (time.monotonic(), reason)
         log.critical("%s", reason)
 
-    def _went_down(self, reason: str) -> None:
+    def _went_down(self, reason: str, failed: int = 1) -> None:
         """A write failed as storage unavailable: start or go on with the outage. A group that
         took long to fail (it waited for a lock another process holds) has new writes refused
         at once for a while; one that failed at once (a full disk, a connection that broke and
@@ -265,12 +271,14 @@ class GroupCommitWriter:
         group = self._group
         slow = group is not None and now - group[0] >= REFUSE_AFTER_FAILURE
         with self._watch_lock:
+            if self._outage is not None:
+                self._outage[1] += failed
             if self._fatal or (self._stuck is not None and not self._stuck_until):
                 return  # refused for good, or the watchdog's stuck group: already reported
             if slow or self._stuck_until:
                 self._stuck, self._stuck_until = reason, now + REFUSE_AFTER_FAILURE
             if self._outage is None:
-                self._outage = [now, 0]
+                self._outage = [now, failed]
                 log.error("%s: writes are refused (503) until it answers again", reason)
 
     def _went_up(self) -> None:
@@ -283,7 +291,7 @@ class GroupCommitWriter:
             if self._stuck_until:
                 self._stuck, self._stuck_until = None, 0.0
         log.warning("storage answers again after %.1f s: writes are taken again (%d refused"
-                    " meanwhile)", time.monotonic() - outage[0], int(outage[1]))
+                    " or failed meanwhile)", time.monotonic() - outage[0], int(outage[1]))
 
     def recent_failure(self, within: float) -> str | None:
         """The error of a write refused as "storage unavailable" in the last ``within``
@@ -336,18 +344,21 @@ class GroupCommitWriter:
         (see :meth:`write`)."""
         return any(job.durable for job in jobs)
 
-    def _deliver(self, results: list[tuple[_Job | _AsyncJob, bool, Any]]) -> None:
-        """Give each waiter its result or error (one wake-up per event loop)."""
+    def _deliver(self, results: list[tuple[_Job | _AsyncJob, bool, Any]], *,
+                 wrote: bool = True) -> None:
+        """Give each waiter its result or error (one wake-up per event loop). ``wrote``: the
+        group changed the database (only such a commit ends an outage)."""
         by_loop: _Settled = {}
-        committed, down = False, None
+        committed, down, failed = False, None, 0
         for job, ok, value in results:
             if ok:
                 committed = True
-            elif down is None and isinstance(value, StorageUnavailable):
-                down = str(value)
+            elif isinstance(value, StorageUnavailable):
+                down = down or str(value)
+                failed += 1
             _settle(job, ok, value, by_loop)
         if down is not None:
-            self._went_down(down)
-        elif committed and self._outage is not None:
+            self._went_down(down, failed)
+        elif committed and wrote and self._outage is not None:
             self._went_up()
         _wake_loops(by_loop)

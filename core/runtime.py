@@ -149,7 +149,8 @@ def _passing(exc: StorageUnavailable) -> bool:
     """Whether a storage failure mends without an operator: a full disk, a lock another
     process holds (not a read-only file or a wrong path, which start-up should report)."""
     reason = exc.reason.lower()
-    return "full" in reason or "locked" in reason
+    return "cannot open" not in reason and (
+        "database or disk is full" in reason or "database is locked" in reason)
 
 
 class Runtime:

@@ -36,20 +36,22 @@ Results = list[tuple[Any, bool, Any]]
 class WalSyncer:
     """Answers committed groups once an fsync of ``wal_path`` made after their commit returned."""
 
-    def __init__(self, wal_path: str, deliver: Callable[[Results], None],
+    def __init__(self, wal_path: str, deliver: Callable[..., None],
                  fail_for_good: Callable[[str], None] = lambda reason: None) -> None:
         self.wal_path = wal_path
         self._deliver = deliver
         self._fail_for_good = fail_for_good
-        self._queue: queue.SimpleQueue[Results | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Results, bool] | None] = queue.SimpleQueue()
         self._fd: int | None = None
         self._inode: int | None = None
+        self._failed: StorageUnavailable | None = None  # an fsync failed: nothing is answered ok
         self._thread = threading.Thread(target=self._run, name="hookyard-db-fsync", daemon=True)
         self._thread.start()
 
-    def submit(self, results: Results) -> None:
-        """A group that has just committed (``synchronous = NORMAL``): answer it after a sync."""
-        self._queue.put(results)
+    def submit(self, results: Results, wrote: bool = True) -> None:
+        """A group that has just committed (``synchronous = NORMAL``): answer it after a sync
+        (``wrote``: it changed rows, for :meth:`GroupCommitWriter._deliver`)."""
+        self._queue.put((results, wrote))
 
     def stop(self) -> None:
         """Sync and answer what is queued, then end (call after the writer's last commit)."""
@@ -78,7 +80,11 @@ class WalSyncer:
             if stop:
                 return
 
-    def _sync_and_answer(self, groups: list[Results]) -> None:
+    def _sync_and_answer(self, groups: list[tuple[Results, bool]]) -> None:
+        if self._failed is not None:  # committed after the failed fsync: behind dropped frames
+            for results, _ in groups:
+                self._deliver([(job, False, self._failed) for job, _, _ in results])
+            return
         try:
             self._fsync()
         except OSError as exc:
@@ -90,12 +96,12 @@ class WalSyncer:
             self._fail_for_good(f"{reason}: writes are refused from now on (the kernel may have"
                                 " dropped what it could not write): check the disk, then restart"
                                 " hookyard")
-            err = StorageUnavailable(reason)
-            for results in groups:
+            err = self._failed = StorageUnavailable(reason)
+            for results, _ in groups:
                 self._deliver([(job, False, err) for job, _, _ in results])
             return
-        for results in groups:
-            self._deliver(results)
+        for results, wrote in groups:
+            self._deliver(results, wrote=wrote)
 
     def _fsync(self) -> None:
         """fsync the WAL file as it is now (reopened if SQLite made a new one)."""

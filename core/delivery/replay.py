@@ -64,15 +64,20 @@ def open_end(since: Time, until: Time) -> Time:
     return now if start is None else max(now, start.timestamp())
 
 
-async def count_events(rt: Runtime, source: str, since: Time, until: Time) -> int:
-    sql = "SELECT count(*) FROM inbox WHERE source = ?"
-    params: list[str] = [source]
+async def routed_until(rt: Runtime) -> int:
+    """The bound of a replay starting now (:func:`hookyard.delivery.router.routed_until`)."""
+    return await rt.db.read(router.routed_until)
+
+
+async def count_events(rt: Runtime, source: str, since: Time, until: Time, upto: int) -> int:
+    """How many events a replay with the same window and bound ``upto`` goes through."""
+    sql = "SELECT count(*) FROM inbox WHERE source = ? AND id <= ?"
+    params: list[Any] = [source, upto]
     for op, val in zip((">=", "<"), window(since, until), strict=True):
         if val:
             sql += f" AND received_at {op} ?"
             params.append(val)
-    return int((await rt.db.read(
-        lambda c: c.execute(sql + router.routed_only(c), params).fetchone()))[0])
+    return int((await rt.db.read(lambda c: c.execute(sql, params).fetchone()))[0])
 
 
 async def replay(
@@ -82,6 +87,7 @@ async def replay(
     since: Time = None,
     until: Time = None,
     progress: Callable[[int], None] | None = None,
+    upto: int | None = None,
 ) -> Replayed:
     """Queue deliveries again for ``source``'s events in [since, until) (``until``: now, when
     not given, see :func:`open_end`); returns what it did. A bad time or a window that ends
@@ -98,10 +104,12 @@ async def replay(
     else:
         only = connected
     lo, hi = window(since, open_end(since, until))
+    bound = await routed_until(rt) if upto is None else upto
     after, done = 0, Replayed()
     while True:
         rows = await rt.db.read(
-            lambda c: router.replay_rows(rt, c, source, lo, hi, only, after)  # noqa: B023
+            lambda c: router.replay_rows(rt, c, source, lo, hi, only, after,  # noqa: B023
+                                         upto=bound)
         )
         if not rows:
             return done

@@ -90,7 +90,8 @@ def decide(
         state = "dead"
     error = res.error
     if state == "dead" and res.outcome == "retryable":
-        error = f"gave up after {attempt} attempts: {res.error}"
+        error = (f"gave up after {attempt} attempts: {res.error}" if res.sent else
+                 f"gave up after {policy.give_up_after_seconds:g} s without being sent: {res.error}")
     return Outcome(
         outbox_id=row[0], destination=destination, message_id=message_id,
         attempt=attempt, outcome=res.outcome, state=state, next_at=next_at,

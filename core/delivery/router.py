@@ -175,11 +175,15 @@ def _store(conn: sqlite3.Connection, last: int, new_last: int, rows: list[tuple[
     return True
 
 
-def routed_only(conn: sqlite3.Connection) -> str:
-    """A condition on inbox rows (``AND ...``): routed already."""
+def routed_until(conn: sqlite3.Connection) -> int:
+    """The inbox id up to which every event is routed now (a replay's bound: the events after
+    it the router maps itself, even those it reaches while the replay runs)."""
     if is_postgres(conn):
-        return " AND routed"
-    return f" AND id <= {int(cursor(conn))}"
+        row = conn.execute("SELECT min(id) - 1 FROM inbox WHERE NOT routed").fetchone()
+        if row[0] is not None:
+            return int(row[0])
+        return int(conn.execute("SELECT coalesce(max(id), 0) FROM inbox").fetchone()[0])
+    return cursor(conn)
 
 
 def cursor(conn: sqlite3.Connection) -> int:
@@ -313,14 +317,15 @@ class Router:
 
 def replay_rows(
     rt: Runtime, conn: sqlite3.Connection, source: str, since: str | None, until: str | None,
-    destinations: set[str] | None, after_id: int = 0, limit: int = 500,
+    destinations: set[str] | None, after_id: int = 0, limit: int = 500, upto: int = 0,
 ) -> list[tuple[Any, ...]]:
-    """Inbox rows of ``source`` received in [since, until), in id order, after ``after_id``;
-    only those the router has routed: the others it routes itself, with the mapping as it is
-    now (mapped by both, they were sent twice, the replayed copy after the newer events of
-    the user: an outside audit, with the router behind)."""
-    sql = f"{SELECT_INBOX} WHERE source = ? AND id > ?{routed_only(conn)}"
-    params: list[Any] = [source, after_id]
+    """Inbox rows of ``source`` received in [since, until), in id order, after ``after_id``,
+    up to id ``upto`` (:func:`routed_until` as the replay started): the others the router
+    maps itself, with the mapping as it is now (mapped by both, they were sent twice, the
+    replayed copy after the newer events of the user: an outside audit, with the router
+    behind)."""
+    sql = f"{SELECT_INBOX} WHERE source = ? AND id > ? AND id <= ?"
+    params: list[Any] = [source, after_id, upto]
     if since:
         sql += " AND received_at >= ?"
         params.append(since)

@@ -218,8 +218,8 @@ class DestinationWorker:
                 # a page of blocked users' rows only: the deep scan reads on past those users'
                 # rows in SQL (a user behind one blocked user's long backlog was never found:
                 # every page the scan may read was that user's)
-                if len(skip) < MAX_SKIPPED_USERS:
-                    skip.extend({c.user_key for c in page} - set(skip))
+                new = list(dict.fromkeys(c.user_key for c in page if c.user_key not in skip))
+                skip.extend(new[:MAX_SKIPPED_USERS - len(skip)])
         batches, key_of = pack(collected, free, size)
         if not batches or self.stopping:
             if incremental:  # every row up to here: a blocked user's

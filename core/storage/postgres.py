@@ -188,9 +188,9 @@ class PgDatabase(GroupCommitWriter):
                        for job, ok, value in results])
 
     def _fail_all(self, jobs: list[Job], exc: BaseException) -> None:
-        log.error("database commit failed: %s", exc)
         err = storage_error(exc)
         if not isinstance(err, StorageUnavailable):
+            log.error("database commit failed: %s", exc)
             err = StorageUnavailable(f"storage unavailable: {type(exc).__name__}: {exc}")
         self._deliver([(job, False, err) for job in jobs])
 

@@ -155,3 +155,30 @@ def test_a_replay_without_until_ends_when_it_starts(runtime: Runtime) -> None:
     ingest(runtime, 2, prefix="unrouted")
     done = asyncio.run(replay(runtime, "web", since="2020-01-01", until=time.time() + 60))
     assert done.events == 8  # not those the router has yet to reach: it maps them itself
+
+
+def test_a_replay_leaves_what_the_router_routes_meanwhile_to_it(runtime: Runtime) -> None:
+    """The bound is taken once, as the replay starts: events the router routed between two of
+    its pages were replayed as well, and so sent twice (a review of the first fix)."""
+    import threading
+
+    from hookyard.delivery.replay import replay
+
+    ingest(runtime, 1200)
+    asyncio.run(router.route_batch(runtime, limit=600))
+    caught_up: list[int] = []
+
+    def meanwhile(count: int) -> None:  # after the first page: the router routes the rest
+        if not caught_up:
+            worker = threading.Thread(
+                target=lambda: caught_up.append(asyncio.run(router.route_batch(runtime, 1000))[0]))
+            worker.start()
+            worker.join()
+
+    done = asyncio.run(replay(runtime, "web", since="2020-01-01", progress=meanwhile))
+    assert caught_up == [600] and done.events == 600
+    def rows_of(message_id: str) -> int:
+        return int(runtime.db.read_sync(lambda c: c.execute(
+            "SELECT count(*) FROM outbox WHERE message_id = ?", (message_id,)).fetchone()[0]))
+
+    assert rows_of("m100") == 2 * rows_of("m900") > 0  # routed and replayed; routed only

@@ -57,7 +57,9 @@ def hold_write_lock(path: Path, seconds: float) -> threading.Thread:
 def timed_write(db: Database) -> tuple[bool, float]:
     started = time.monotonic()
     try:
-        db.write_sync(lambda conn: conn.execute("CREATE TABLE IF NOT EXISTS t (x)"))
+        db.write_sync(lambda conn: conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+                      .execute("INSERT INTO t VALUES (1)"))  # (a write that changes no row
+        # is no sign that writes are taken again)
         return True, time.monotonic() - started
     except StorageUnavailable:
         return False, time.monotonic() - started
@@ -150,3 +152,65 @@ def test_start_up_with_a_held_lock_serves_and_answers_503(
                 time.sleep(0.1)
     finally:
         rt.close()
+
+
+def test_nothing_committed_around_a_failed_fsync_is_acknowledged(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groups committed while the failing fsync ran were answered by the next fsync, which
+    succeeded: their WAL frames lie behind the ones the kernel dropped, so a crash loses them
+    after all (a review)."""
+    import os
+
+    from hookyard import wal_sync
+
+    calls: list[int] = []
+
+    def failing_once(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            time.sleep(0.3)  # the writer commits more groups meanwhile
+            raise OSError(5, "Input/output error")
+        os.fsync(fd)
+
+    monkeypatch.setattr(wal_sync, "_fsync_fd", failing_once)
+    first = db.submit(lambda conn: conn.execute("CREATE TABLE IF NOT EXISTS f (x)"))
+    time.sleep(0.05)
+    later = [db.submit(lambda conn, n=n: conn.execute("INSERT INTO f VALUES (?)", (n,)))
+             for n in range(4)]
+    for fut in (first, *later):
+        with pytest.raises(StorageUnavailable):
+            fut.result(timeout=10)
+
+
+def test_the_watchdog_still_answers_a_stuck_write_after_writes_stopped_for_good(
+        db: Database) -> None:
+    """Once writes were refused for good, a write stuck in the writer kept its waiter until it
+    ended: the watchdog failed its waiters only when it set the reason itself (a review)."""
+    db.write_timeout = 0.5
+    release = threading.Event()
+    stuck = db.submit(lambda conn: release.wait(5))
+    time.sleep(0.05)
+    db.fail_for_good("storage unavailable: test: refused for good")
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable):
+        stuck.result(timeout=5)
+    assert time.monotonic() - started < 2
+    release.set()
+    with pytest.raises(StorageUnavailable, match="refused for good"):
+        db.write_sync(lambda conn: 1)
+
+
+def test_a_write_that_changes_nothing_does_not_end_an_outage(
+        db: Database, outage_log: pytest.LogCaptureFixture) -> None:
+    """On a full disk a probe (``SELECT 1``) or a claim of no row still commits: that ended the
+    outage ("answers again after 0.0 s") and the next write started another (a review)."""
+    db.write_sync(lambda conn: conn.execute("PRAGMA max_page_count = 1"))  # no room to grow:
+    # every write that needs a new page fails as "database or disk is full"
+    for _ in range(3):
+        with pytest.raises(StorageUnavailable, match="full"):
+            db.write_sync(lambda conn: conn.execute(
+                "CREATE TABLE IF NOT EXISTS big (x)").execute("INSERT INTO big VALUES (zeroblob(9000))"))
+        assert db.write_sync(lambda conn: conn.execute("SELECT 1").fetchone()[0]) == 1
+    lines = [r.getMessage() for r in outage_log.records]
+    assert sum("until it answers again" in m for m in lines) == 1, lines
+    assert not [m for m in lines if "answers again after" in m], lines
