@@ -24,9 +24,9 @@ from .config import (
     Config,
     DeliverySettings,
     DestinationConfig,
-    explain_invalid,
     read_or_create_secret,
 )
+from .config_errors import explain_invalid
 from .connectors import Connector, DestinationContext, SourceContext
 from .errors import ConfigError, HookyardError, StorageUnavailable, did_you_mean
 from .integration_flags import switched_off

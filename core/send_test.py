@@ -176,8 +176,8 @@ async def _follow(client: Any, target: Target, events: list[Sent], wait: float) 
             if resp.status == 401:
                 raise HookyardError(f"the admin token from {target.token_from} was refused by"
                                     f" {target.url}: pass the server's with --admin-token"
-                                    + (" (or unset HOOKYARD_ADMIN_TOKEN to use the data dir's)"
-                                       if target.token_from.startswith("$") else ""))
+                                    + (" (or unset HOOKYARD_ADMIN_TOKEN to use the config's or the"
+                                       " data dir's)" if target.token_from.startswith("$") else ""))
             if resp.status != 200:
                 raise HookyardError(f"GET /api/deliveries failed: HTTP {resp.status} "
                                     f"{_error_text(resp.body)}")

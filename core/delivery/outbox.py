@@ -19,7 +19,7 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -296,27 +296,27 @@ def dead_elsewhere(
     """Dead letters matching the filter whose destination is not in ``configured``, by
     destination (what ``retry`` leaves alone); each destination's through the
     (destination, state, id) index ("state = 'dead'" alone reads the whole outbox)."""
-    left: dict[str, int] = {}
-    for name in destinations_in(conn):
-        if name in configured:
-            continue
-        sql, params = _narrow(conn, "SELECT count(*) FROM outbox WHERE state = 'dead'", [],
-                              name, since, ids)
-        count = int(conn.execute(sql, params).fetchone()[0])
-        if count:
-            left[name] = count
-    return left
+    return _elsewhere(conn, configured, lambda name: _narrow(
+        conn, "SELECT count(*) FROM outbox WHERE state = 'dead'", [], name, since, ids))
 
 
 def waiting_elsewhere(conn: sqlite3.Connection, configured: list[str]) -> dict[str, int]:
     """Deliveries still to send (pending or in flight) of destinations not in ``configured``,
     by destination: no worker takes them until the destination is configured again."""
+    return _elsewhere(conn, configured, lambda name: (
+        "SELECT count(*) FROM outbox WHERE destination = ? AND state IN ('pending', 'inflight')",
+        [name]))
+
+
+def _elsewhere(conn: sqlite3.Connection, configured: list[str],
+               count_sql: Callable[[str], tuple[str, list[Any]]]) -> dict[str, int]:
+    """``count_sql(destination)``'s count for each destination in the outbox that is not in
+    ``configured``, where it is not 0."""
     left: dict[str, int] = {}
     for name in destinations_in(conn):
         if name not in configured:
-            count = int(conn.execute(
-                "SELECT count(*) FROM outbox WHERE destination = ? AND state IN"
-                " ('pending', 'inflight')", (name,)).fetchone()[0])
+            sql, params = count_sql(name)
+            count = int(conn.execute(sql, params).fetchone()[0])
             if count:
                 left[name] = count
     return left
