@@ -357,8 +357,10 @@ class GroupCommitWriter:
                 down = down or str(value)
                 failed += 1
             _settle(job, ok, value, by_loop)
-        if down is not None:
+        if down is not None and not committed:  # the group failed: an outage
             self._went_down(down, failed)
+        elif down is not None:  # one job's own failure (a statement timeout) in a group that
+            self.last_unavailable = (time.monotonic(), down)  # committed: no outage
         elif committed and wrote and self._outage is not None:
             self._went_up()
         _wake_loops(by_loop)

@@ -214,3 +214,26 @@ def test_a_write_that_changes_nothing_does_not_end_an_outage(
     lines = [r.getMessage() for r in outage_log.records]
     assert sum("until it answers again" in m for m in lines) == 1, lines
     assert not [m for m in lines if "answers again after" in m], lines
+
+
+def test_one_jobs_own_storage_error_in_a_group_that_commits_is_no_outage(
+        db: Database, outage_log: pytest.LogCaptureFixture) -> None:
+    """A job that fails on its own (PostgreSQL's statement timeout on a long purge, say) while
+    the rest of its group commits: storage works, so nothing else is refused (a review)."""
+    def own_failure(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    db.write_timeout = 0  # one group for both: the writer is held until both are queued
+    release = threading.Event()
+    holder = db.submit(lambda conn: release.wait(5))
+    time.sleep(0.05)
+    failing = db.submit(own_failure)
+    fine = db.submit(lambda conn: conn.execute("CREATE TABLE IF NOT EXISTS g (x)")
+                     .execute("INSERT INTO g VALUES (1)"))
+    release.set()
+    holder.result(timeout=5)
+    with pytest.raises(StorageUnavailable):
+        failing.result(timeout=5)
+    fine.result(timeout=5)
+    assert db.write_sync(lambda conn: 2) == 2  # not refused
+    assert not [r for r in outage_log.records if "until it answers again" in r.getMessage()]
