@@ -74,10 +74,15 @@ def decide(
     now = time.time()
     state, next_at = "done", 0.0
     if res.outcome == "retryable":
-        if not res.sent:  # held back, never sent: no attempt counted (only the time limit)
+        age = now - row[3]
+        if res.sent:
+            gave_up = attempt >= policy.max_attempts or age >= policy.give_up_after_seconds
+        else:  # held back behind a failing delivery of its user, never sent: no attempt is
+            # counted, and the time limit is doubled, so that when that delivery runs out of
+            # time (it was queued first) this one is still sent after it; the double limit
+            # ends a hook that never sends at all
             attempt = row[2]
-        gave_up = (res.sent and attempt >= policy.max_attempts
-                   or now - row[3] >= policy.give_up_after_seconds)
+            gave_up = age >= 2 * policy.give_up_after_seconds
         if gave_up:
             state = "dead"
         else:
@@ -91,7 +96,8 @@ def decide(
     error = res.error
     if state == "dead" and res.outcome == "retryable":
         error = (f"gave up after {attempt} attempts: {res.error}" if res.sent else
-                 f"gave up after {policy.give_up_after_seconds:g} s without being sent: {res.error}")
+                 f"gave up after {2 * policy.give_up_after_seconds:g} s without being sent:"
+                 f" {res.error}")
     return Outcome(
         outbox_id=row[0], destination=destination, message_id=message_id,
         attempt=attempt, outcome=res.outcome, state=state, next_at=next_at,

@@ -34,7 +34,7 @@ log = logging.getLogger("hookyard.delivery")
 IDLE_POLL = 1.0
 MAX_SCAN_PAGES = 40  # rows waiting for a retry are skipped over, this many pages at most
 DEEP_SCAN_SECONDS = 5.0  # how often a scan goes on past a page of blocked users only
-MAX_SKIPPED_USERS = 200  # blocked users whose rows a deep scan leaves out in SQL, at most
+MAX_SKIPPED_USERS = 1000  # blocked users whose rows a scan leaves out in SQL, at most
 CLAIM_AHEAD = 8
 """Deliveries kept claimed ahead, in multiples of ``concurrency`` (at least one batch): a
 dispatch round takes two trips to the database threads (1-3 ms under load), longer than a
@@ -106,6 +106,7 @@ class DestinationWorker:
         self.scan_blocked: set[str] = set()
         self.scan_due = 0.0
         self.deep_scan_due = 0.0  # (monotonic) the next scan that may look past a fruitless page
+        self.skip_until: dict[str, float] = {}  # the last deep scan's skipped users: retry due
         # how far incremental scans got, seeing only blocked users, since anything last changed
         # here (a result, a claim): a rescan on the timer alone goes on from there, with the
         # users they found blocked on the way (their later rows must still wait)
@@ -154,20 +155,26 @@ class DestinationWorker:
             self.walked_to = 0
             self.walked_blocked = set()
         after = self.scan_after if incremental else 0
+        deep = time.monotonic() >= self.deep_scan_due
+        if deep:
+            self.deep_scan_due = time.monotonic() + DEEP_SCAN_SECONDS
+        # users the last deep scan found waiting for a retry, with long backlogs: their rows
+        # are left out in SQL (see below) until the retry is due; a deep scan finds them anew
+        skip: list[str] = [] if deep else [
+            key for key, due in self.skip_until.items() if due > now][:MAX_SKIPPED_USERS]
         # the leased keys and the first page in one trip to a reader thread (each trip waits
         # for the busy event loop's GIL: about half a millisecond under load)
         leased, page = await self.rt.db.read(
             lambda conn: (outbox.inflight_keys(conn, name),
-                          outbox.pending(conn, name, page_size, after))
+                          outbox.pending(conn, name, page_size, after, skip_keys=skip))
         )
-        blocked = set(self.inflight_keys) | leased
+        blocked = set(self.inflight_keys) | leased | set(skip)
         next_due = now + IDLE_POLL
+        if skip:
+            next_due = min(next_due, min(self.skip_until[key] for key in skip))
         if incremental:
             blocked |= self.scan_blocked
-            next_due = self.scan_due
-        deep = time.monotonic() >= self.deep_scan_due
-        if deep:
-            self.deep_scan_due = time.monotonic() + DEEP_SCAN_SECONDS
+            next_due = min(next_due, self.scan_due)
         # the first pending rows of each user that may start (at most `size` each: a user's
         # rows go into one batch, in order), until a new user is found when there are rows
         # enough for every free batch (rows of users already found are still taken: they let
@@ -175,7 +182,7 @@ class DestinationWorker:
         collected: dict[str, list[int]] = {}
         capacity, total = free * size, 0
         enough = cut_short = False
-        skip: list[str] = []  # a deep scan's users whose rows SQL leaves out (see below)
+        waiting: dict[str, float] = {}  # users seen waiting for a retry, and until when
         for scanned in range(MAX_SCAN_PAGES):
             if scanned:
                 page = await self.rt.db.read(
@@ -193,6 +200,7 @@ class DestinationWorker:
                     continue
                 if c.next_at > now:
                     blocked.add(key)
+                    waiting.setdefault(key, c.next_at)
                     next_due = min(next_due, c.next_at)
                     continue
                 ids = collected.get(key)
@@ -211,15 +219,17 @@ class DestinationWorker:
                 after = page[-1].id
             if enough or len(page) < page_size:
                 break
-            if before == (total, len(blocked)):
-                if not deep:
-                    cut_short = True
-                    break
+            if before == (total, len(blocked)) and not deep:
+                cut_short = True
+                break
+            if deep and total == before[0]:
                 # a page of blocked users' rows only: the deep scan reads on past those users'
-                # rows in SQL (a user behind one blocked user's long backlog was never found:
-                # every page the scan may read was that user's)
+                # rows in SQL (a user behind blocked users' long backlogs was never found:
+                # every page the scan may read was theirs)
                 new = list(dict.fromkeys(c.user_key for c in page if c.user_key not in skip))
                 skip.extend(new[:MAX_SKIPPED_USERS - len(skip)])
+        if deep:  # the users waiting for a retry among them: the next scans skip them too
+            self.skip_until = {key: waiting[key] for key in skip if key in waiting}
         batches, key_of = pack(collected, free, size)
         if not batches or self.stopping:
             if incremental:  # every row up to here: a blocked user's

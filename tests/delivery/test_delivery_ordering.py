@@ -184,6 +184,36 @@ def test_a_user_behind_more_rows_than_a_deep_scan_reads_is_still_found(
     assert not [m for m in peer.accepted_ids() if m.startswith("big-")]  # its order kept
 
 
+def test_users_behind_a_waiting_backlog_flow_between_deep_scans(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a deep scan, a user behind a waiting user's backlog got one batch per deep
+    scan (every 5 s): 20 events took 96 s. The scans in between now leave the waiting user's
+    rows out too, until its retry is due (a re-check of the deep-scan fix)."""
+    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 3.0)
+    monkeypatch.setattr(worker, "MAX_SCAN_PAGES", 4)
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.fail("big-1", (503, None, {"Retry-After": "600"}))
+    server = hookyard_server(
+        {"destinations": [recorder(fake.url, per_item=True,
+                                   delivery={"batch_size": 1, "concurrency": 1,
+                                             "retry_max_seconds": 600})]},
+        plugins=[PLUGIN])
+    backlog = [track("big", i) for i in range(1, 601)]
+    for start in range(0, len(backlog), 100):
+        assert send(server, "/v1/batch", {"batch": backlog[start:start + 100]}).status_code == 200
+    wait_until(lambda: len(fake.requests) == 1, what="big-1 tried")
+    other = [track("other", i) for i in range(1, 11)]
+    assert send(server, "/v1/batch", {"batch": other}).status_code == 200
+    wait_until(lambda: "other-1" in peer.accepted_ids(), timeout=10, what="other-1 delivered")
+    first = time.monotonic()
+    wait_until(lambda: "other-10" in peer.accepted_ids(), timeout=10, what="other-10 delivered")
+    assert time.monotonic() - first < 2.5  # not one per deep scan (3 s apart)
+    assert per_user(peer.accepted_ids())["other"] == list(range(1, 11))
+
+
 def test_a_timer_rescan_that_skips_ahead_keeps_every_blocked_user_blocked(
     hookyard_server: Start, fake_destination: Callable[[], FakeServer],
     monkeypatch: pytest.MonkeyPatch,

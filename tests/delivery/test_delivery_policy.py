@@ -92,3 +92,23 @@ def test_default_policy() -> None:
     # the default schedule: upper bounds 5, 10, 20, ... s, capped at 10 min from the 8th retry
     bounds = [min(600.0, 5.0 * 2 ** (n - 1)) for n in range(1, 20)]
     assert bounds[:8] == [5, 10, 20, 40, 80, 160, 320, 600] and set(bounds[7:]) == {600}
+
+
+def test_a_delivery_not_sent_counts_no_attempt_and_outlives_the_one_it_waits_for() -> None:
+    """Held back behind a failing delivery of its user, it was counted as an attempt (dead
+    letters that were never sent), and with the time limit it died in the same round as the
+    delivery it waited for (an outside audit, then its re-check)."""
+    from hookyard.deliveries import DeliveryResult
+    from hookyard.delivery.retry import decide
+
+    policy = DeliverySettings(max_attempts=3, give_up_after_seconds=100.0)
+    held = DeliveryResult.not_sent("not sent: held back")
+    now = time.time()
+    fresh = decide(policy, "d", (1, b"", 2, now), "m", held, 0.0)
+    assert (fresh.state, fresh.attempt, fresh.sent) == ("pending", 2, False)  # not 3: dead
+    late = decide(policy, "d", (1, b"", 2, now - 150), "m", held, 0.0)
+    assert late.state == "pending"  # past the limit that ended the delivery it waited for
+    gone = decide(policy, "d", (1, b"", 2, now - 250), "m", held, 0.0)
+    assert gone.state == "dead" and "gave up after 200 s without being sent" in (gone.error or "")
+    head = decide(policy, "d", (1, b"", 0, now - 150), "m", DeliveryResult.retryable("503"), 0.0)
+    assert head.state == "dead"
