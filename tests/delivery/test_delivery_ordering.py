@@ -155,15 +155,11 @@ def test_a_user_behind_pages_of_a_waiting_users_rows_is_not_held_up(
     assert [r.json()["messageId"] for r in fake.requests].count("a-1") == 1  # still waiting
 
 
-def test_a_user_behind_more_rows_than_a_deep_scan_reads_is_still_found(
-    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A deep scan read at most MAX_SCAN_PAGES pages: behind 4,000 rows of a user waiting for
-    its retry (2,560 at concurrency 1), other users waited for that retry, up to 10 minutes
-    (an outside delivery audit). It now leaves the blocked users' rows out in SQL."""
-    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 0.5)
-    monkeypatch.setattr(worker, "MAX_SCAN_PAGES", 4)  # 256 rows: the backlog below is more
+def behind_a_waiting_backlog(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> tuple[HookyardServer, FakeServer, Peer]:
+    """A server (concurrency 1, batch 1) whose user "big" has 600 rows waiting behind its first,
+    which the peer answered 503 with Retry-After: 600."""
     fake, peer = fake_destination(), Peer()
     fake.set_handler(peer)
     peer.fail("big-1", (503, None, {"Retry-After": "600"}))
@@ -176,6 +172,19 @@ def test_a_user_behind_more_rows_than_a_deep_scan_reads_is_still_found(
     for start in range(0, len(backlog), 100):
         assert send(server, "/v1/batch", {"batch": backlog[start:start + 100]}).status_code == 200
     wait_until(lambda: len(fake.requests) == 1, what="big-1 tried")
+    return server, fake, peer
+
+
+def test_a_user_behind_more_rows_than_a_deep_scan_reads_is_still_found(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deep scan read at most MAX_SCAN_PAGES pages: behind 4,000 rows of a user waiting for
+    its retry (2,560 at concurrency 1), other users waited for that retry, up to 10 minutes
+    (an outside delivery audit). It now leaves the blocked users' rows out in SQL."""
+    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 0.5)
+    monkeypatch.setattr(worker, "MAX_SCAN_PAGES", 4)  # 256 rows: the backlog below is more
+    server, fake, peer = behind_a_waiting_backlog(hookyard_server, fake_destination)
     others = [track(f"small{u}", 1) for u in range(3)]
     assert send(server, "/v1/batch", {"batch": others}).status_code == 200
     wait_until(lambda: all(e["messageId"] in peer.accepted_ids() for e in others), timeout=10,
@@ -193,18 +202,7 @@ def test_users_behind_a_waiting_backlog_flow_between_deep_scans(
     rows out too, until its retry is due (a re-check of the deep-scan fix)."""
     monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 3.0)
     monkeypatch.setattr(worker, "MAX_SCAN_PAGES", 4)
-    fake, peer = fake_destination(), Peer()
-    fake.set_handler(peer)
-    peer.fail("big-1", (503, None, {"Retry-After": "600"}))
-    server = hookyard_server(
-        {"destinations": [recorder(fake.url, per_item=True,
-                                   delivery={"batch_size": 1, "concurrency": 1,
-                                             "retry_max_seconds": 600})]},
-        plugins=[PLUGIN])
-    backlog = [track("big", i) for i in range(1, 601)]
-    for start in range(0, len(backlog), 100):
-        assert send(server, "/v1/batch", {"batch": backlog[start:start + 100]}).status_code == 200
-    wait_until(lambda: len(fake.requests) == 1, what="big-1 tried")
+    server, fake, peer = behind_a_waiting_backlog(hookyard_server, fake_destination)
     other = [track("other", i) for i in range(1, 11)]
     assert send(server, "/v1/batch", {"batch": other}).status_code == 200
     wait_until(lambda: "other-1" in peer.accepted_ids(), timeout=10, what="other-1 delivered")
