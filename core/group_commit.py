@@ -270,6 +270,7 @@ class GroupCommitWriter:
         self.last_unavailable = (now, reason)
         group = self._group
         slow = group is not None and now - group[0] >= REFUSE_AFTER_FAILURE
+        queued: list[_Job | _AsyncJob] = []
         with self._watch_lock:
             if self._outage is not None:
                 self._outage[1] += failed
@@ -277,9 +278,20 @@ class GroupCommitWriter:
                 return  # refused for good, or the watchdog's stuck group: already reported
             if slow or self._stuck_until:
                 self._stuck, self._stuck_until = reason, now + REFUSE_AFTER_FAILURE
+                # the writes queued while this one waited would each wait as long again
+                if self._take_queued(queued, limit=sys.maxsize):
+                    self._queue.put(None)  # the stop request stays for the writer
             if self._outage is None:
-                self._outage = [now, failed]
+                self._outage = [now, failed + len(queued)]
                 log.error("%s: writes are refused (503) until it answers again", reason)
+            elif queued:
+                self._outage[1] += len(queued)
+        if queued:
+            error = StorageUnavailable(reason)
+            by_loop: _Settled = {}
+            for job in queued:
+                _settle(job, False, error, by_loop)
+            _wake_loops(by_loop)
 
     def _went_up(self) -> None:
         """A group committed: the outage, if any, is over."""

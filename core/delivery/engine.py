@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import retention
+from ..errors import StorageUnavailable
 from ..logs import log_failure
 from . import outbox, router
 from .deliver_process import DeliverProcess
@@ -69,7 +70,13 @@ class Engine:
         plugins) does not compete with the first deliveries; ``serve`` starts at once, and
         maps and delivers in-process until its helpers are ready."""
         names = list(self.workers)
-        recovered = await self.rt.db.write(lambda c: outbox.recover_leases(c, names))
+        try:
+            recovered = await self.rt.db.write(lambda c: outbox.recover_leases(c, names))
+        except StorageUnavailable as exc:  # a full disk, a held lock: start all the same (the
+            # maintenance loop recovers expired leases), answering 503 until it mends
+            log.warning("could not recover leased deliveries at start-up (%s): maintenance will",
+                        exc)
+            recovered = 0
         if recovered:
             log.info("recovered %d deliveries leased by a stopped process", recovered)
         for name, count in (await self.rt.db.read(

@@ -4,6 +4,7 @@ WAL left without it, and start-up on a disk that cannot take writes for now."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
@@ -136,11 +137,20 @@ def test_start_up_with_a_held_lock_serves_and_answers_503(
     rt.open()
     rt.close()
     monkeypatch.setattr(database, "BUSY_TIMEOUT", 0.5)
-    holder = hold_write_lock(tmp_path / "hookyard.db", 2.0)
+    holder = hold_write_lock(tmp_path / "hookyard.db", 3.0)
     rt = Runtime.build(default_config(tmp_path))
     try:
         rt.open()  # no exception: started
         assert any("at start-up: starting anyway" in r.getMessage() for r in outage_log.records)
+
+        async def start_and_stop_delivery() -> None:  # its start-up write is refused too
+            from hookyard.delivery.engine import Engine
+
+            engine = Engine(rt)
+            await engine.start()
+            await engine.stop()
+
+        asyncio.run(start_and_stop_delivery())
         holder.join()
         deadline = time.monotonic() + 5
         while True:
@@ -237,3 +247,19 @@ def test_one_jobs_own_storage_error_in_a_group_that_commits_is_no_outage(
     fine.result(timeout=5)
     assert db.write_sync(lambda conn: 2) == 2  # not refused
     assert not [r for r in outage_log.records if "until it answers again" in r.getMessage()]
+
+
+def test_writes_queued_behind_one_waiting_for_a_lock_wait_no_longer_than_it(
+        db: Database, tmp_path: Path) -> None:
+    """The writes queued while the first waited for the lock formed the next group and waited
+    as long again: answers after twice the busy timeout under load (a re-check)."""
+    hold_write_lock(tmp_path / "hookyard.db", 4.0)
+    started = time.monotonic()
+    first = db.submit(lambda conn: conn.execute("CREATE TABLE IF NOT EXISTS q (x)"))
+    time.sleep(0.3)
+    queued = [db.submit(lambda conn: conn.execute("CREATE TABLE IF NOT EXISTS q (x)"))
+              for _ in range(3)]
+    for fut in (first, *queued):
+        with pytest.raises(StorageUnavailable, match="locked"):
+            fut.result(timeout=10)
+    assert time.monotonic() - started < 1.6  # one busy timeout (1 s), not two
