@@ -19,9 +19,9 @@ A write refused as storage unavailable (a lock another process holds, a full dis
 file) starts an outage, logged once; the first commit that succeeds ends it (logged once, with
 how many writes were refused). When failing took long (a write waited for a lock), new writes
 are refused at once for :data:`REFUSE_AFTER_FAILURE` seconds, then one goes through to try
-again, instead of each waiting as long. A failure that
-restarting alone can mend (the database file deleted or replaced, an fsync that failed) refuses
-every write from then on (:meth:`GroupCommitWriter.fail_for_good`).
+again, instead of each waiting as long (and the writes queued meanwhile fail with it). A
+failure only a restart can mend (the database file deleted or replaced, an fsync that failed)
+refuses every write from then on (:meth:`GroupCommitWriter.fail_for_good`).
 """
 
 from __future__ import annotations
