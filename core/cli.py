@@ -155,8 +155,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
 
     from .app import create_app
     from .http_protocol import http_protocol
-    from .serving import DELIVERY, listen, lock_data_dir, raise_fd_limit, url_host
-    from .storage import POSTGRESQL, backend
+    from .serving import listen, lock_data_dir, lock_delivery, raise_fd_limit, url_host
     from .storage import describe as describe_storage
 
     try:
@@ -170,8 +169,8 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         rt = _runtime(config)
         lock = lock_data_dir(rt.data_dir, "serve")  # noqa: F841 - held while serve runs
         delivers = config.server.workers and not no_workers
-        if delivers and backend(config.storage) != POSTGRESQL:  # PostgreSQL: nodes share leases
-            delivering = lock_data_dir(rt.data_dir, DELIVERY)  # noqa: F841 - held, as above
+        if delivers:
+            delivering = lock_delivery(rt.data_dir, config.storage)  # noqa: F841 - held too
     except HookyardError as exc:
         fail(exc)
     _setup_logging(rt)
@@ -233,15 +232,13 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
 def worker(config_path: str | None, data_dir: str | None) -> None:
     """Run the router and delivery workers without the HTTP server."""
     from .delivery.engine import Engine
-    from .serving import DELIVERY, lock_data_dir
-    from .storage import POSTGRESQL, backend
+    from .serving import lock_data_dir, lock_delivery
 
     try:
         _refuse_new_default_install(config_path, data_dir)
         rt = _runtime(_load(config_path, data_dir=data_dir))
         lock = lock_data_dir(rt.data_dir, "worker")  # noqa: F841 - held while the worker runs
-        if backend(rt.config.storage) != POSTGRESQL:  # PostgreSQL: nodes share leases
-            delivering = lock_data_dir(rt.data_dir, DELIVERY)  # noqa: F841 - held, as above
+        delivering = lock_delivery(rt.data_dir, rt.config.storage)  # noqa: F841 - held too
     except HookyardError as exc:
         fail(exc)
     _setup_logging(rt)

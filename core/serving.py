@@ -104,6 +104,15 @@ def lock_data_dir(data_dir: Path, role: str) -> IO[str] | None:
     return fh
 
 
+def lock_delivery(data_dir: Path, storage: Any) -> IO[str] | None:
+    """Hold :data:`DELIVERY` on a SQLite data dir for a process that delivers (PostgreSQL's
+    nodes share leases, and any number of them deliver: no lock). ``storage``: the config's
+    ``[storage]`` settings. Keep the returned file open."""
+    from .storage import POSTGRESQL, backend
+
+    return None if backend(storage) == POSTGRESQL else lock_data_dir(data_dir, DELIVERY)
+
+
 def end_like_the_signal(sig: int) -> None:
     """After a graceful stop: SIGTERM ends the process by that signal again, as uvicorn does
     for ``serve`` (systemd and Kubernetes count death by SIGTERM as a clean stop, but not
