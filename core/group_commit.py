@@ -175,13 +175,12 @@ class GroupCommitWriter:
             if self._given_up is not group:  # its waiters are failed once
                 self._given_up = group
                 failing = list(group[1])
+                reason = (f"storage unavailable: a write has not finished in"
+                          f" {self.write_timeout:g} s (the database does not answer)")
                 if not self._fatal:  # (a refusal for good keeps its own reason)
-                    self._stuck, self._stuck_until = (
-                        f"storage unavailable: a write has not finished in"
-                        f" {self.write_timeout:g} s (the database does not answer)"), 0.0
-                log.error("storage unavailable: a write has not finished in %g s (the database"
-                          " does not answer); failing its %d waiters and new writes until it"
-                          " does", self.write_timeout, len(group[1]))
+                    self._stuck, self._stuck_until = reason, 0.0
+                log.error("%s; failing its %d waiters and new writes until it does",
+                          reason, len(group[1]))
                 if self._outage is None:
                     self._outage = [time.monotonic(), 0]
             if self._take_queued(failing, limit=sys.maxsize):
