@@ -317,7 +317,7 @@ class Router:
 
 def replay_rows(
     rt: Runtime, conn: sqlite3.Connection, source: str, since: str | None, until: str | None,
-    destinations: set[str] | None, after_id: int = 0, limit: int = 500, upto: int = 0,
+    destinations: set[str] | None, after_id: int = 0, limit: int = 500, *, upto: int,
 ) -> list[tuple[Any, ...]]:
     """Inbox rows of ``source`` received in [since, until), in id order, after ``after_id``,
     up to id ``upto`` (:func:`routed_until` as the replay started): the others the router
