@@ -142,7 +142,7 @@ class Database(GroupCommitWriter):
         self.synchronous = synchronous
         self._readers: list[sqlite3.Connection] = []  # every thread's, to close at stop()
         self._readers_closed = 0  # how many times stop() closed them
-        self._inode: tuple[int, int] | None = None  # the file the writer opened (_watch_files)
+        self._opened_file: tuple[int, int] | None = None  # _file_id of the writer's (_watch_files)
 
     def stop(self) -> None:
         """Finish queued writes, stop the writer thread and close the read connections (a
@@ -161,7 +161,7 @@ class Database(GroupCommitWriter):
         # (durable=False) is answered at once.
         try:
             conn = connect(self.path, "normal", factory=WriterConnection)
-            self._inode = None if str(self.path) == ":memory:" else _file_id(self.path)
+            self._opened_file = None if str(self.path) == ":memory:" else _file_id(self.path)
         except (sqlite3.Error, OSError, StorageUnavailable) as exc:  # fail every write, now
             # and later, instead of hanging them
             self._stuck = (str(exc) if isinstance(exc, StorageUnavailable)
@@ -350,8 +350,8 @@ class Database(GroupCommitWriter):
         """The database file deleted or replaced (a backup restored over it) under the open
         connection: every later write would go to the old file, or mix its WAL with the new
         one (a damaged database), so writes are refused until a restart."""
-        inode = self._inode
-        if inode is None or self._fatal:
+        opened = self._opened_file
+        if opened is None or self._fatal:
             return
         try:
             now: tuple[int, int] | None = _file_id(self.path)
@@ -359,7 +359,7 @@ class Database(GroupCommitWriter):
             now = None
         except OSError:
             return
-        if now != inode:
+        if now != opened:
             what = "deleted" if now is None else "replaced"
             self.fail_for_good(
                 f"storage unavailable: the database file {self.path} was {what} while hookyard"
