@@ -128,6 +128,27 @@ def test_outage_then_everything_delivered_once_in_per_user_order(
     assert all(len(items(r)) <= BATCH_SIZE for r in fake.requests)
 
 
+def behind_a_waiting_backlog(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer], *,
+    user: str = "big", rows: int = 600, retry_after: int = 600,
+) -> tuple[HookyardServer, FakeServer, Peer]:
+    """A server (concurrency 1, batch 1) whose ``user`` has ``rows`` rows, the first answered
+    503 with ``Retry-After`` (retry_max_seconds twice that) and the rest waiting behind it."""
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.fail(f"{user}-1", (503, None, {"Retry-After": str(retry_after)}))
+    server = hookyard_server(
+        {"destinations": [recorder(fake.url, per_item=True,
+                                   delivery={"batch_size": 1, "concurrency": 1,
+                                             "retry_max_seconds": 2 * retry_after})]},
+        plugins=[PLUGIN])
+    backlog = [track(user, i) for i in range(1, rows + 1)]
+    for start in range(0, len(backlog), 100):
+        assert send(server, "/v1/batch", {"batch": backlog[start:start + 100]}).status_code == 200
+    wait_until(lambda: len(fake.requests) == 1, what=f"{user}-1 tried")
+    return server, fake, peer
+
+
 def test_a_user_behind_pages_of_a_waiting_users_rows_is_not_held_up(
     hookyard_server: Start, fake_destination: Callable[[], FakeServer],
     monkeypatch: pytest.MonkeyPatch,
@@ -136,43 +157,14 @@ def test_a_user_behind_pages_of_a_waiting_users_rows_is_not_held_up(
     users deliver 200 events/s); a deep scan, at most every DEEP_SCAN_SECONDS, still finds a
     user queued behind them, so "a" waiting for its retry does not hold "z" back."""
     monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 0.5)
-    fake, peer = fake_destination(), Peer()
-    fake.set_handler(peer)
-    peer.fail("a-1", (503, None, {"Retry-After": "30"}))
-    server = hookyard_server(
-        {"destinations": [recorder(fake.url, per_item=True,
-                                   delivery={"batch_size": 1, "concurrency": 1,
-                                             "retry_max_seconds": 60})]},
-        plugins=[PLUGIN])
-    busy = [track("a", i) for i in range(1, 301)]
-    assert send(server, "/v1/batch", {"batch": busy}).status_code == 200
-    wait_until(lambda: len(fake.requests) == 1, what="a-1 tried")
+    server, fake, peer = behind_a_waiting_backlog(hookyard_server, fake_destination,
+                                                  user="a", rows=300, retry_after=30)
     time.sleep(1.0)  # full rescans meet a-1's retry wait and 299 blocked rows
     assert send(server, "/v1/batch", {"batch": [track("b", 1)]}).status_code == 200
     wait_until(lambda: "b-1" in peer.accepted_ids(), timeout=5, what="b-1 delivered")
     assert send(server, "/v1/track", track("z", 1)).status_code == 200
     wait_until(lambda: "z-1" in peer.accepted_ids(), timeout=5, what="z-1 delivered")
     assert [r.json()["messageId"] for r in fake.requests].count("a-1") == 1  # still waiting
-
-
-def behind_a_waiting_backlog(
-    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
-) -> tuple[HookyardServer, FakeServer, Peer]:
-    """A server (concurrency 1, batch 1) whose user "big" has 600 rows waiting behind its first,
-    which the peer answered 503 with Retry-After: 600."""
-    fake, peer = fake_destination(), Peer()
-    fake.set_handler(peer)
-    peer.fail("big-1", (503, None, {"Retry-After": "600"}))
-    server = hookyard_server(
-        {"destinations": [recorder(fake.url, per_item=True,
-                                   delivery={"batch_size": 1, "concurrency": 1,
-                                             "retry_max_seconds": 600})]},
-        plugins=[PLUGIN])
-    backlog = [track("big", i) for i in range(1, 601)]
-    for start in range(0, len(backlog), 100):
-        assert send(server, "/v1/batch", {"batch": backlog[start:start + 100]}).status_code == 200
-    wait_until(lambda: len(fake.requests) == 1, what="big-1 tried")
-    return server, fake, peer
 
 
 def test_a_user_behind_more_rows_than_a_deep_scan_reads_is_still_found(
