@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -70,6 +71,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message`` for a terminal, with control characters in the message
+    escaped (``\\r``, ``\\n``, ``\\x1b``): a userId or an error text from a client must not
+    forge a log line of its own or send escape codes to the terminal. A traceback keeps its
+    lines."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = _CONTROL.sub(_escaped, record.message)
+        return super().formatMessage(record)
+
+
 def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args: Any) -> None:
     """``logger.exception(message)`` for a failure of a background loop, but a debug line for
     :class:`~hookyard.errors.StorageUnavailable`: the database logs an outage once when it
@@ -87,10 +109,7 @@ def setup_logging(level: str = "info", secrets: Iterable[str] = (), json_lines: 
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -291,6 +291,19 @@ def test_values_of_the_wrong_kind_are_ignored_with_a_note(
         in caplog.text
 
 
+def test_a_huge_bad_address_is_cut_short_in_the_note(
+    make_ctx: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an outside audit: ``a@`` and 30,000 dots took the address pattern seconds
+    (quadratic), holding every destination's mapping, and the note logged all 30 KB."""
+    ctx = make_ctx()
+    with caplog.at_level(logging.INFO, logger="hookyard.profiles"):
+        sync(ctx, sample_identify(traits={"email": "a@" + "." * 30_000 + "@"}))
+    assert profile(ctx)["channels"] == {}
+    assert "$email ignored: 'a@......" in caplog.text
+    assert "... (30005 characters) (trait email) is not an email address" in caplog.text
+
+
 def happened(day: str) -> dict[str, str]:
     """An event's own time, and its arrival a second later (never before it happened)."""
     return {"timestamp": f"{day}T00:00:00.000Z", "receivedAt": f"{day}T00:00:01.000Z"}

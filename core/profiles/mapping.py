@@ -118,10 +118,18 @@ PHONE = re.compile(r"\+?[0-9]{5,15}")
 PHONE_CHANNELS = ("$sms", "$whatsapp")
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a note, cut to 120 characters: a client's 30 KB trait is not logged
+    whole."""
+    text = repr(value)
+    return text if len(text) <= 120 else f"{text[:100]}... ({len(text)} characters)"
+
+
 def _email(value: str) -> str | None:
     """An email address in lower case, within RFC 5321's lengths (64 before the ``@``, 254 in
-    all), else None."""
-    if not EMAIL.fullmatch(value) or len(value) > 254 or value.index("@") > 64:
+    all), else None. The lengths are checked first: the pattern takes quadratic time on a
+    long run of dots, and a 30 KB trait held the map process for seconds."""
+    if len(value) > 254 or not EMAIL.fullmatch(value) or value.index("@") > 64:
         return None
     return value.lower()
 
@@ -154,16 +162,16 @@ def _channel_values(
             if isinstance(v, int) and not isinstance(v, bool) and channel in PHONE_CHANNELS:
                 # a JSON number has lost the number's + (and any leading 0): it would be a
                 # second value beside the same number sent as text
-                notes.append(f"{channel} ignored: {v!r} (trait {trait}) is a number; send phone"
+                notes.append(f"{channel} ignored: {_shown(v)} (trait {trait}) is a number; send phone"
                              " numbers as text, e.g. \"+15555555555\"")
                 continue
             if not isinstance(v, (str, int)) or isinstance(v, bool):
-                notes.append(f"{channel} ignored: {v!r} (trait {trait}) is not text")
+                notes.append(f"{channel} ignored: {_shown(v)} (trait {trait}) is not text")
                 continue
             kept = channel_value(channel, str(v).strip())
             if kept is None:
                 kind = "an email address" if channel == "$email" else "a phone number"
-                notes.append(f"{channel} ignored: {v!r} (trait {trait}) is not {kind}")
+                notes.append(f"{channel} ignored: {_shown(v)} (trait {trait}) is not {kind}")
             elif kept not in out:
                 out.append(kept)
     return out
@@ -182,7 +190,7 @@ def map_identify(
         value = check(traits[trait])
         if value is None:
             kind = "an ISO 639-1 code" if pref == "$locale" else "an IANA time zone"
-            notes.append(f"{pref} ignored: {traits[trait]!r} (trait {trait}) is not {kind}")
+            notes.append(f"{pref} ignored: {_shown(traits[trait])} (trait {trait}) is not {kind}")
         else:
             preferences[pref] = value
     channels = {}

@@ -182,8 +182,9 @@ def map_track(settings: NovuSettings, event: Track, raw: Mapping[str, Any]) -> M
 
 
 def valid_topic_key(key: str) -> bool:
-    """Novu topic keys: letters, digits, ``-``, ``_``, ``:``, or an email address."""
-    return bool(TOPIC_KEY_RE.match(key) or EMAIL_RE.match(key))
+    """Novu topic keys: letters, digits, ``-``, ``_``, ``:``, or an email address (at most
+    254 characters, checked before the pattern, which is quadratic on a long run of dots)."""
+    return bool(TOPIC_KEY_RE.match(key) or (len(key) <= 254 and EMAIL_RE.match(key)))
 
 
 def map_group(settings: NovuSettings, event: Group, raw: Mapping[str, Any]) -> MapResult:

@@ -263,3 +263,32 @@ def test_tracebacks_in_the_logs_are_redacted_too(json_lines: bool) -> None:
     out = stream.getvalue()
     assert secret not in out
     assert "ValueError: cannot map with key [redacted]" in out
+
+
+def test_text_logs_escape_control_characters_from_clients() -> None:
+    """Found by an outside audit: a userId with ``\\r\\n`` and an escape code, logged by the
+    profile store, forged a CRITICAL line of its own on a terminal's text log. The message is
+    escaped; a traceback keeps its lines."""
+    import io
+    import logging
+
+    from hookyard.logs import TextFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    log = logging.getLogger("hookyard.test.inject")
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.info("profile %s", "ux\r\n2026-12-05 09:00:00,000 CRITICAL forged\x1b[8m\u2028")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith(r"profile ux\r\n2026-12-05 09:00:00,000 CRITICAL forged\x1b[8m\u2028")
+    assert lines[1].endswith("failed") and lines[2] == "Traceback (most recent call last):"

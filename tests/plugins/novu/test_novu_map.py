@@ -324,6 +324,8 @@ def test_group_with_an_invalid_topic_key_is_skipped() -> None:
         ("a/b", False),
         ("", False),
         ("ünï", False),
+        ("a@" + "." * 30_000 + "@", False),  # refused by length, not by a quadratic match
+        ("a@b." + "c" * 300, False),
     ],
 )
 def test_topic_keys(key: str, valid: bool) -> None:
