@@ -200,6 +200,7 @@ def _convert(data: Any, type_: Any, where: str, raw: Any = None) -> Any:
 
 
 _KEY_CHARACTERS = re.compile(r"[!-9;-~]+")  # printable ASCII but space and ':'
+_ADMIN_TOKEN_CHARACTERS = re.compile(r"[!-~]+")  # printable ASCII but space
 
 
 def _usable_key(key: str) -> bool:
@@ -336,6 +337,13 @@ def _check_admin_token(token: str | None, raw_token: Any) -> None:
             "server.admin_token must be at least 8 characters (it guards the read API and the"
             " dashboard); leave it unset to have one generated"
         )
+    if token and not _ADMIN_TOKEN_CHARACTERS.fullmatch(token):
+        # a client's "Bearer <token>" loses surrounding spaces, and a header carries other
+        # characters unreliably: such a token would pass this check and lock everyone out
+        raise ConfigError(
+            "server.admin_token may hold only printable ASCII without spaces (it is sent as"
+            " 'Authorization: Bearer <token>')"
+        )
 
 
 def load_config(path: str | Path, unset_env: dict[str, str] | None = None) -> Config:
@@ -397,6 +405,12 @@ def read_or_create_secret(path: Path, prefix: str) -> tuple[str, bool]:
     if not value:
         raise ConfigError(f"{path} is empty: write the secret in it, or delete it and a new one"
                           " is generated at the next start (clients then need the new one)")
+    if len(value) < 8 or not _usable_key(value):  # as a configured key must be
+        raise ConfigError(
+            f"{path} must hold a secret of at least 8 characters, printable ASCII without"
+            " spaces or ':'; delete it and a new one is generated at the next start (clients"
+            " then need the new one)"
+        )
     return value, False
 
 

@@ -489,6 +489,11 @@ def test_a_short_admin_token_stops_boot(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("ADM", "x")
     line = one_line_error(run("check-config", "--config", str(path)))
     assert "server.admin_token must be at least 8 characters" in line
+    for bad in ("s3cretTOKEN ", " s3cretTOKEN", "s3cret TOKEN", "s3crét-TOKEN"):
+        # found by an outside audit: it passed, and no client could ever present it
+        monkeypatch.setenv("ADM", bad)
+        line = one_line_error(run("check-config", "--config", str(path)))
+        assert "server.admin_token may hold only printable ASCII without spaces" in line
     monkeypatch.setenv("ADM", "")  # empty: a mistake (a secret not filled in), not "generate one"
     line = one_line_error(run("check-config", "--config", str(path)))
     assert "server.admin_token is 'env:ADM' but environment variable ADM is empty" in line

@@ -40,6 +40,19 @@ def test_an_empty_secret_file_stops_start_up(tmp_path: Path, name: str) -> None:
     assert f"{data / name} is empty" in output
 
 
+@pytest.mark.parametrize("name", ["admin_token", "write_key"])
+@pytest.mark.parametrize("value", ["abc", "has space in it", "wk:with-colon", "ünïcode-key"])
+def test_a_weak_or_unusable_secret_file_stops_start_up(tmp_path: Path, name: str, value: str) -> None:
+    """Found by an outside audit: ``abc`` in the file was accepted as the admin token or the
+    write key, where the same in the config is refused (at least 8 characters)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / name).write_text(value + "\n")
+    code, output = _serve("--data-dir", str(data))
+    assert code == 1
+    assert f"{data / name} must hold a secret of at least 8 characters" in output
+
+
 def test_a_new_secret_is_written_whole_and_kept(tmp_path: Path) -> None:
     value, created = read_or_create_secret(tmp_path / "d" / "admin_token", "adm")
     assert created and value.startswith("adm_")
