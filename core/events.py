@@ -127,14 +127,38 @@ def event_from_dict(raw: JSON) -> Event:
     return msgspec.convert(raw, Event)
 
 
+MAX_MESSAGE_ID = 256
+"""Characters a ``messageId`` may have (Segment's own limit is 100; its libraries send 36-50).
+The SQLite writer keeps recent ones in memory for its dedupe, and PostgreSQL indexes them."""
+MAX_ID = 512
+"""Characters a ``userId``, ``anonymousId``, ``groupId`` or ``previousId`` may have: they are
+keys of indexes (PostgreSQL refuses an index entry over ~2.7 KB, and 512 characters are at most
+2 KB of UTF-8), and ids, not documents."""
+
+
+def _too_long(name: str, value: object, limit: int) -> str | None:
+    if isinstance(value, str) and len(value) > limit:
+        return f"{name} is longer than {limit} characters ({len(value)})"
+    return None
+
+
 def validate_event(event: Event) -> str | None:
     """Return why ``event`` is not a valid Segment event, or None when it is."""
     if event.user_id is None and event.anonymous_id is None:
         return "userId or anonymousId is required"
+    problem = (_too_long("messageId", event.messageId, MAX_MESSAGE_ID)
+               or _too_long("userId", event.userId, MAX_ID)
+               or _too_long("anonymousId", event.anonymousId, MAX_ID))
+    if problem:
+        return problem
     if isinstance(event, Track) and not event.event:
         return "event is required for track"
-    if isinstance(event, Alias) and event.user_id is None:
-        return "userId is required for alias"
+    if isinstance(event, Group):
+        return _too_long("groupId", event.groupId, MAX_ID)
+    if isinstance(event, Alias):
+        if event.user_id is None:
+            return "userId is required for alias"
+        return _too_long("previousId", event.previousId, MAX_ID)
     return None
 
 

@@ -296,12 +296,40 @@ def test_a_huge_bad_address_is_cut_short_in_the_note(
 ) -> None:
     """Found by an outside audit: ``a@`` and 30,000 dots took the address pattern seconds
     (quadratic), holding every destination's mapping, and the note logged all 30 KB."""
-    ctx = make_ctx()
+    ctx = make_ctx({"channels": {"$email": "email", "$androidpush": "token"}})
     with caplog.at_level(logging.INFO, logger="hookyard.profiles"):
-        sync(ctx, sample_identify(traits={"email": "a@" + "." * 30_000 + "@"}))
+        sync(ctx, sample_identify(traits={"email": "a@" + "." * 400 + "@"}))
+        sync(ctx, sample_identify(traits={"email": "a@" + "." * 30_000 + "@",
+                                          "token": "t" * 600}))
     assert profile(ctx)["channels"] == {}
     assert "$email ignored: 'a@......" in caplog.text
-    assert "... (30005 characters) (trait email) is not an email address" in caplog.text
+    assert "... (405 characters) (trait email) is not an email address" in caplog.text
+    assert "... (30005 characters) (trait email) is longer than 512 characters" in caplog.text
+    assert "$androidpush ignored: 'tttt" in caplog.text
+
+
+def test_a_profile_has_bounded_properties_and_channel_values(
+    make_ctx: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an outside audit: 300 identifies with 900 new trait names each made one
+    record of 270,000 properties (7.5 MB), decoded and written again by every identify, and
+    the other users' profiles waited 30 s behind it. Channels grew without end as well."""
+    from hookyard.profiles import store
+
+    ctx = make_ctx({"channels": {"$iospush": "tokens"}})
+    with caplog.at_level(logging.INFO, logger="hookyard.profiles"):
+        for n in range(3):
+            traits: dict[str, Any] = {f"k{n}_{i}": i for i in range(400)}
+            traits["tokens"] = [f"token-{n}-{i}" for i in range(30)]
+            sync(ctx, sample_identify(traits=traits))
+        sync(ctx, sample_identify(traits={"k0_0": "updated", "new": 1}))
+    p = profile(ctx)
+    assert len(p["properties"]) == store.MAX_PROPERTIES
+    assert p["properties"]["k0_0"] == "updated" and "new" not in p["properties"]
+    assert "k2_0" in p["properties"] and "k2_399" not in p["properties"]
+    assert len(p["channels"]["$iospush"]) == store.MAX_CHANNEL_VALUES
+    assert "new properties not kept: a profile has at most 1000" in caplog.text
+    assert "$iospush value not kept: a channel has at most 50 values" in caplog.text
 
 
 def happened(day: str) -> dict[str, str]:

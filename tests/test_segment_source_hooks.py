@@ -303,6 +303,17 @@ def test_invalid_batch_is_bad_request(body: dict[str, Any], reason: str) -> None
         ({"type": "launch", "userId": "u"}, "type must be one of"),
         ({"type": "track", "userId": "u"}, "the event is not a valid Segment event"),
         ({"type": "identify"}, "userId or anonymousId is required"),
+        # found by an outside audit: a 30 KB messageId was kept in the SQLite dedupe's memory,
+        # and PostgreSQL refused it in its index (503: the client retried it forever); a
+        # 20 KB userId stopped routing there
+        ({"type": "identify", "userId": "u", "messageId": "m" * 257},
+         "messageId is longer than 256 characters (257)"),
+        ({"type": "identify", "userId": "u" * 513}, "userId is longer than 512 characters"),
+        ({"type": "page", "anonymousId": "a" * 513}, "anonymousId is longer than 512 characters"),
+        ({"type": "group", "userId": "u", "groupId": "g" * 513},
+         "groupId is longer than 512 characters"),
+        ({"type": "alias", "userId": "u", "previousId": "p" * 513},
+         "previousId is longer than 512 characters"),
     ],
 )
 def test_invalid_batch_event_is_refused_with_its_reason(item: Any, reason: str) -> None:

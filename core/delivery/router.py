@@ -12,6 +12,7 @@ one destination: :mod:`hookyard.delivery.replay`) and previews (:mod:`hookyard.d
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import sqlite3
 import time
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..deliveries import MapResult
-from ..events import Event, encoder, event_decoders
+from ..events import MAX_ID, Event, encoder, event_decoders
 from ..fields import FieldMissing
 from ..inbox import decode_row
 from ..storage.base import is_postgres
@@ -75,7 +76,18 @@ def call_map_event(
             d.message_id = raw.get("messageId") or ""
         if not d.ordering_key:
             d.ordering_key = key
+        if len(d.ordering_key) > MAX_ID:
+            d.ordering_key = stored_key(d.ordering_key)
     return result
+
+
+def stored_key(key: str) -> str:
+    """An ordering key as the outbox keeps it: one over :data:`~hookyard.events.MAX_ID`
+    characters (a source plugin's event, a plugin's own key) is cut, with a hash of the whole
+    for the rest; PostgreSQL refused it in its index, and routing stopped at that event."""
+    if len(key) <= MAX_ID:
+        return key
+    return f"{key[:MAX_ID - 65]}~{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
 def requests_of(result: MapResult) -> list[bytes]:
@@ -146,7 +158,7 @@ def map_rows(
                 requests = requests_of(result)
             except Exception as exc:  # noqa: BLE001 - a plugin bug becomes a dead letter
                 log.exception("map_event of %s failed for %s", dest.name, row[2])
-                user = event.user_id or event.anonymous_id or ""
+                user = stored_key(event.user_id or event.anonymous_id or "")
                 out.append((dest.name, row[0], row[2], user, "", None, "dead", now, now,
                             rt.scrubber.text(f"map_event failed: {type(exc).__name__}: {exc}")))
                 continue

@@ -134,6 +134,11 @@ def _email(value: str) -> str | None:
     return value.lower()
 
 
+MAX_CHANNEL_VALUE = 512
+"""Characters a channel value may have: addresses are at most 254, phone numbers 16, push
+tokens about 200; the values are keys of an index (PostgreSQL refuses entries over ~2.7 KB)."""
+
+
 def channel_value(channel: str, value: str) -> str | None:
     """The value as the channel keeps it, or None when it cannot be one: an email address in
     lower case (``Peter@Example.com`` and ``peter@example.com`` are one address; a Slack
@@ -168,7 +173,12 @@ def _channel_values(
             if not isinstance(v, (str, int)) or isinstance(v, bool):
                 notes.append(f"{channel} ignored: {_shown(v)} (trait {trait}) is not text")
                 continue
-            kept = channel_value(channel, str(v).strip())
+            text = str(v).strip()
+            if len(text) > MAX_CHANNEL_VALUE:
+                notes.append(f"{channel} ignored: {_shown(v)} (trait {trait}) is longer than"
+                             f" {MAX_CHANNEL_VALUE} characters")
+                continue
+            kept = channel_value(channel, text)
             if kept is None:
                 kind = "an email address" if channel == "$email" else "a phone number"
                 notes.append(f"{channel} ignored: {_shown(v)} (trait {trait}) is not {kind}")

@@ -30,6 +30,17 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(dict[str, Any])
 
 
+MAX_PROPERTIES = 1000
+"""Properties one subscriber may have: an identify's new keys past it are not kept (with a
+note). Without a limit, a client sending new trait names in every identify grew one record
+to megabytes, which every later identify decoded and wrote again."""
+MAX_PROPERTIES_BYTES = 1024 * 1024
+"""Encoded size of one subscriber's properties: an identify that would make them larger
+changes none of them (with a note)."""
+MAX_CHANNEL_VALUES = 50
+"""Values one subscriber may have in one channel (they are appended, never replaced): the
+newest past it are not kept (with a note)."""
+
 PROFILES_VERSION = 1
 """The schema version of ``profiles.db`` (``PRAGMA user_version``; 0 in files written before
 it was kept). A file of a newer version stops start-up: a newer hookyard upgraded it."""
@@ -244,7 +255,14 @@ class ProfileStore:
         # (a delivery routed before identified_at existed has no "at": applied as before)
         older = row is not None and row[1] is not None and at is not None and at < row[1]
         new = body.get("properties") or {}
-        props = {**new, **props} if older else {**props, **new}
+        if len(props) + len(new) > MAX_PROPERTIES:
+            new = _within_limit(uid, props, new)
+        merged = {**new, **props} if older else {**props, **new}
+        encoded = _enc.encode(merged)
+        if len(encoded) > MAX_PROPERTIES_BYTES and row is not None and row[0]:
+            log.info("profile %s: properties not changed: they would be %d bytes, over the"
+                     " limit of %d", uid, len(encoded), MAX_PROPERTIES_BYTES)
+            encoded = row[0].encode() if isinstance(row[0], str) else bytes(row[0])
         prefs = body.get("preferences") or {}
         # an older identify's preferences only fill a preference that is not set
         first, second = ("subscribers", "excluded") if older else ("excluded", "subscribers")
@@ -256,15 +274,16 @@ class ProfileStore:
             f" timezone = COALESCE({first}.timezone, {second}.timezone),"
             f" identified_at = COALESCE({first}.identified_at, {second}.identified_at),"
             " updated_at = excluded.updated_at",
-            (dest, uid, _enc.encode(props).decode(), prefs.get("$locale"), prefs.get("$timezone"),
+            (dest, uid, encoded.decode(), prefs.get("$locale"), prefs.get("$timezone"),
              now, now, at),
         )
-        conn.executemany(
-            "INSERT OR IGNORE INTO channels (destination, distinct_id, channel, value, added_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(dest, uid, ch, v, now) for ch, values in (body.get("channels") or {}).items()
-             for v in values],
-        )
+        channels = body.get("channels")
+        if channels:
+            conn.executemany(
+                "INSERT OR IGNORE INTO channels (destination, distinct_id, channel, value,"
+                " added_at) VALUES (?, ?, ?, ?, ?)",
+                [(dest, uid, ch, v, now) for ch, v in _channel_room(conn, dest, uid, channels)],
+            )
 
     def _track(self, conn: Any, dest: str, body: dict[str, Any]) -> None:
         now = time.time()
@@ -387,3 +406,49 @@ class ProfileStore:
             for r in rows[:limit]
         ]
         return items, (rows[limit - 1]["id"] if len(rows) > limit else None)
+
+
+def _within_limit(uid: str, props: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` without the keys that would take the profile past :data:`MAX_PROPERTIES`
+    (existing keys are still updated), with a note when some are left out."""
+    room = max(0, MAX_PROPERTIES - len(props))
+    kept: dict[str, Any] = {}
+    dropped = 0
+    for key, value in new.items():
+        if key in props:
+            kept[key] = value
+        elif room:
+            kept[key] = value
+            room -= 1
+        else:
+            dropped += 1
+    if dropped:
+        log.info("profile %s: %d new properties not kept: a profile has at most %d",
+                 uid, dropped, MAX_PROPERTIES)
+    return kept
+
+
+def _channel_room(conn: Any, dest: str, uid: str,
+                  channels: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """The ``(channel, value)`` pairs to insert: every value while the channel has room for
+    :data:`MAX_CHANNEL_VALUES`, with a note for those left out (a value it has already is
+    ignored by the insert)."""
+    have: dict[str, set[str]] = {}
+    for ch, value in conn.execute(
+        "SELECT channel, value FROM channels WHERE destination = ? AND distinct_id = ?",
+        (dest, uid),
+    ).fetchall():
+        have.setdefault(ch, set()).add(value)
+    out: list[tuple[str, str]] = []
+    for ch, values in channels.items():
+        known = have.setdefault(ch, set())
+        for v in values:
+            if v in known:
+                continue
+            if len(known) >= MAX_CHANNEL_VALUES:
+                log.info("profile %s: %s value not kept: a channel has at most %d values",
+                         uid, ch, MAX_CHANNEL_VALUES)
+                continue
+            known.add(v)
+            out.append((ch, v))
+    return out

@@ -279,3 +279,16 @@ def test_a_stuck_destination_does_not_read_its_backlog_again_and_again(
     wakes(2000, 60)  # 2.4 s: two or three rescans on the timer
     assert read["rows"] < 600, read["rows"]  # (reading on from each first page: ~2,000)
     assert len(fake.requests) == 5
+
+
+def test_a_long_ordering_key_is_stored_cut_with_a_hash() -> None:
+    """Found by an outside audit: an event with a 20 KB userId stopped routing on PostgreSQL
+    (its outbox index refused the key, and the router tried it again and again). Ingest now
+    refuses such ids; a source plugin's event or a plugin's own key is cut, with a hash."""
+    from hookyard.delivery.router import stored_key
+    from hookyard.events import MAX_ID
+
+    assert stored_key("user-1") == "user-1" and stored_key("u" * MAX_ID) == "u" * MAX_ID
+    a, b = stored_key("u" * 20_000 + "a"), stored_key("u" * 20_000 + "b")
+    assert len(a) == len(b) == MAX_ID and a != b and a == stored_key("u" * 20_000 + "a")
+    assert a.startswith("u" * 400)
