@@ -28,6 +28,7 @@ from .http_protocol import error_body
 from .ingest import IngestEndpoint
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import build_openapi, render_docs
+from .refused_tokens import RefusedTokens
 from .runtime import Runtime
 
 log = logging.getLogger("hookyard")
@@ -40,9 +41,10 @@ READY_WAIT = 2.0
 class AdminAuth:
     """Refuses ``/api/*`` requests without the admin bearer token (pure ASGI, cheap)."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, refused: RefusedTokens) -> None:
         self.app = app
         self.token = token.encode()
+        self.refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/api/"):
@@ -53,6 +55,9 @@ class AdminAuth:
                     if scheme.lower() == b"bearer":
                         given = token.strip()
             if not hmac.compare_digest(given, self.token):
+                if given:  # a guess, or a stale token: slowed down, counted, logged
+                    client = scope.get("client")
+                    await self.refused.refused("api", client[0] if client else None)
                 response = JSONResponse(
                     {"error": _refusal(scheme, given)},
                     status_code=401,
@@ -111,6 +116,7 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
 
     metrics = Metrics(runtime)
     runtime.metrics = metrics
+    runtime.refused_tokens.counter = metrics.admin_tokens_refused
     ingest = IngestEndpoint(runtime, on_commit)
 
     async def healthz(request: Request) -> Response:
@@ -217,7 +223,8 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
                       exception_handlers={RequestError: request_error, HTTPException: http_error,
                                           ClientDisconnect: client_gone})
     app.ingest = ingest
-    app.add_middleware(AdminAuth, token=runtime.admin_token)  # type: ignore[arg-type]
+    app.add_middleware(AdminAuth, token=runtime.admin_token,  # type: ignore[arg-type]
+                       refused=runtime.refused_tokens)
     app.state.runtime = runtime
     return app
 

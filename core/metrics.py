@@ -116,6 +116,10 @@ class Metrics:
             "hookyard_deliveries", "Delivery attempts", ["destination", "outcome"],
             registry=self.registry,
         )
+        self.admin_tokens_refused = Counter(
+            "hookyard_admin_tokens_refused", "Wrong admin tokens given to /api/* or the"
+            " dashboard login", ["surface"], registry=self.registry,
+        )
         self.latency = Histogram(
             "hookyard_delivery_latency_seconds", "Delivery attempt latency", ["destination"],
             registry=self.registry,

@@ -31,6 +31,7 @@ from .connectors import Connector, DestinationContext, SourceContext
 from .errors import ConfigError, HookyardError, StorageUnavailable, did_you_mean
 from .integration_flags import switched_off
 from .plugins import ConnectorRegistry, make_plugin_manager, maybe_await
+from .refused_tokens import RefusedTokens
 from .sizes import SizeCounter
 from .storage import Storage, check_schema, describe, migrate, open_database, schema_version
 
@@ -176,6 +177,7 @@ class Runtime:
         self._opened = False
         self.engine: Any = None  # set by hookyard.delivery.engine when workers run
         self.metrics: Any = None  # set by hookyard.app
+        self.refused_tokens = RefusedTokens()  # counted in /metrics once hookyard.app sets it up
         self.sizes = SizeCounter()  # inbox/outbox sizes for /metrics and the dashboard
         self.integrations_ignored_from = frozenset(  # sources with honor_integrations = false
             s.name for s in config.sources if not s.honor_integrations)

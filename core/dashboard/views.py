@@ -7,7 +7,6 @@ Bearer token is answered 401, POSTs are parsed as forms and need the session's C
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 log = logging.getLogger("hookyard.dashboard")
-FAILED_LOGIN_DELAY = 0.25
 
 
 @dataclass
@@ -163,8 +161,8 @@ class Dashboard:
         if not nonce or not same(nonce, given):
             return self._login_page(request, target, "The login form expired: try again.", 403)
         if not self.auth.token_ok(form.get("token") or ""):
-            await asyncio.sleep(FAILED_LOGIN_DELAY)
-            log.warning("dashboard login refused: wrong admin token")
+            await self.rt.refused_tokens.refused(
+                "dashboard", request.client.host if request.client else None)
             return self._login_page(request, target, "Wrong admin token.", 401)
         response = self.redirect(target)
         self.auth.set_session(response, request)
