@@ -40,6 +40,7 @@ from .errors import (
 from .events import EVENT_CLASSES, encoder
 from .http_protocol import error_body
 from .inbox import InsertEvents, LogEntry, event_rows, insert_log
+from .refusal_budget import RefusalBudget
 from .request_body import decode_content, receive_body
 from .times import now_iso
 
@@ -195,6 +196,7 @@ class IngestEndpoint:
         self.rt = runtime
         self.on_commit = on_commit
         self._candidates: dict[str, list[tuple[SourceContext, dict[str, str]]]] = {}
+        self.refusals = RefusalBudget()
 
     def candidates(self, path: str) -> list[tuple[SourceContext, dict[str, str]]]:
         """The sources accepting on ``path`` with the path parameters of their own pattern."""
@@ -348,7 +350,12 @@ class IngestEndpoint:
             # outage itself is logged once by the database (hookyard.group_commit)
             log.debug("ingest refused with %s: %s", exc.status, exc.reason)
             return
-        self._log_line(method, path, source, exc.status, exc.reason, started)
+        skipped = self.refusals.take(source.name if source else None, exc.status)
+        if skipped is None:  # a flood of refusals: counted in /metrics, not each in the log
+            return
+        reason = exc.reason if not skipped else (
+            f"{exc.reason} (and {skipped} more {exc.status} refusals not logged)")
+        self._log_line(method, path, source, exc.status, reason, started)
 
     def _log_line(
         self, method: str, path: str, source: SourceContext | None, status: int,

@@ -163,3 +163,21 @@ def test_operator_api_bodies_are_limited_too(server: HookyardServer) -> None:
     assert "larger than" in r.json()["error"]
     ok = httpx.post(f"{server.url}/api/dead-letters/retry", json={"ids": [1]}, headers=headers)
     assert ok.status_code == 200
+
+
+def test_a_flood_of_refusals_gets_a_bounded_number_of_log_rows() -> None:
+    """Found by an outside audit: every refused request wrote an API log row (about 800 bytes,
+    kept for the retention period): a client with no key added 565 rows a second. Each kind
+    of refusal now gets a burst of rows, then one every few seconds; the next row written says
+    how many were left out."""
+    from hookyard import refusal_budget
+    from hookyard.refusal_budget import RefusalBudget
+
+    budget = RefusalBudget()
+    taken = [budget.take(None, 401) for _ in range(1000)]
+    assert taken[:refusal_budget.BURST] == [0] * refusal_budget.BURST
+    assert taken[refusal_budget.BURST:] == [None] * (1000 - refusal_budget.BURST)
+    assert budget.take("web", 401) == 0 and budget.take(None, 400) == 0  # other kinds: own budget
+    budget._buckets[(None, 401)][1] -= refusal_budget.REFILL_SECONDS  # time passes
+    assert budget.take(None, 401) == 1000 - refusal_budget.BURST
+    assert budget.take(None, 401) is None
