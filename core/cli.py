@@ -21,6 +21,7 @@ import click
 from . import __version__
 from .config import Config, default_config, load_config
 from .errors import ConfigError, HookyardError
+from .logs import without_env_secrets
 from .send_test import send_test as send_test_command
 from .serving import end_like_the_signal, run_loop, tune_gc
 
@@ -107,7 +108,7 @@ def unknown_destination(rt: Any, name: str) -> str:
 
 
 def fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc))
+    raise click.ClickException(without_env_secrets(str(exc)))
 
 
 def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:

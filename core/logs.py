@@ -151,13 +151,26 @@ def config_secrets(rt: Any) -> list[str]:
         found += setting_secrets(source.settings or {})
     for dest in rt.destinations.values():
         found += setting_secrets(dest.config.settings or {})
-    from .config import ENV_VALUES
-
-    # values given as env:VAR, but not short ones or plain URLs (base_url = "env:NOVU_URL")
-    found += [v for v in ENV_VALUES if len(v) >= 8 and ("@" in v or "://" not in v)]
+    found += env_secrets()
     url = rt.config.storage.url or ""
     if "@" in url:  # a PostgreSQL URL with a password
         from urllib.parse import urlsplit
 
         found += [url] + [p for p in [urlsplit(url).password] if p]
     return found
+
+
+def env_secrets() -> list[str]:
+    """The values given as ``env:VAR`` that count as secrets: not short ones or plain URLs
+    (``base_url = "env:NOVU_URL"``)."""
+    from .config import ENV_VALUES
+
+    return [v for v in ENV_VALUES if len(v) >= 8 and ("@" in v or "://" not in v)]
+
+
+def without_env_secrets(text: str) -> str:
+    """``text`` (an error for the terminal) with :func:`env_secrets` redacted: a secret given
+    as ``env:VAR`` that failed a check (a key in the wrong setting, a libpq string) was printed
+    in the error, outside the log's redaction."""
+    secrets = env_secrets()
+    return (Scrubber(secrets).text(text) or text) if secrets else text

@@ -847,3 +847,24 @@ def test_serve_raises_its_open_files_limit() -> None:
             " or hard <= 256)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_config_errors_print_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by an outside audit: a libpq connection string in storage.url (password and
+    all), and a secret given as env: that failed a check (variables mixed up), were printed in
+    the error, where the log's redaction does not reach."""
+    dsn = "host=db.internal port=5432 user=hy password=S3cretPassw0rd dbname=hy"
+    source = '[[sources]]\nname = "w"\nplugin = "segment"\nwrite_key = "abcdefgh12"\n'
+    path = tmp_path / "hookyard.toml"
+    path.write_text(f'[storage]\nurl = "{dsn}"\n' + source)
+    line = one_line_error(run("check-config", "--config", str(path)))
+    assert "not a key=value connection string" in line and "S3cret" not in line
+    monkeypatch.setenv("HY_TEST_DSN", dsn)
+    path.write_text('[storage]\nurl = "env:HY_TEST_DSN"\n' + source)
+    line = one_line_error(run("check-config", "--config", str(path)))
+    assert "S3cret" not in line
+    monkeypatch.setenv("HY_TEST_SECRET", "Sup3rSecretKey99")
+    path.write_text(source + '[[destinations]]\nname = "n"\nplugin = "novu"\nsources = ["w"]\n'
+                    '[destinations.settings]\napi_key = "novu-key-123"\nregion = "env:HY_TEST_SECRET"\n')
+    line = one_line_error(run("check-config", "--config", str(path)))
+    assert "Invalid enum value '[redacted]' - at $.region" in line and "Sup3r" not in line

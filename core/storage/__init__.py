@@ -27,8 +27,12 @@ def backend(settings: StorageSettings) -> str:
         return SQLITE
     if url.startswith(("postgresql://", "postgres://")):
         return POSTGRESQL
+    start = url.split(":", 1)[0]
+    if "=" in start or " " in start:  # libpq's "host=... password=...": not echoed
+        raise ConfigError("storage.url must be a URL (postgresql://user:password@host:5432/dbname"
+                          " or sqlite:path), not a key=value connection string")
     raise ConfigError(
-        f"storage.url must start with postgresql:// or sqlite:, not {url.split(':', 1)[0]!r}"
+        f"storage.url must start with postgresql:// or sqlite:, not {start[:40]!r}"
     )
 
 
