@@ -23,7 +23,7 @@ from .config import Config, default_config, load_config
 from .errors import ConfigError, HookyardError
 from .logs import without_env_secrets
 from .send_test import send_test as send_test_command
-from .serving import end_like_the_signal, run_loop, tune_gc
+from .serving import end_like_the_signal, run_loop, tune_gc, warn_if_others_may_write
 
 CONFIG_HELP = "TOML config file (default: $HOOKYARD_CONFIG, else one Segment source -> profile store)"
 TIME_HELP = "ISO-8601 (2026-11-01 or 2026-11-01T10:00:00Z; UTC when no zone is given) or Unix seconds"
@@ -140,6 +140,7 @@ def _setup_logging(rt: Any) -> None:
     from .logs import config_secrets, setup_logging
 
     setup_logging(rt.config.server.log_level, config_secrets(rt))
+    warn_if_others_may_write(rt.data_dir)
 
 
 @main.command()

@@ -399,6 +399,7 @@ def read_or_create_secret(path: Path, prefix: str) -> tuple[str, bool]:
                 pass
             finally:
                 tmp.unlink(missing_ok=True)
+        _check_secret_file(path)
         value = path.read_text().strip()
     except OSError as exc:
         raise ConfigError(f"cannot read or create {path}: {exc.strerror or exc}") from None
@@ -420,6 +421,24 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _check_secret_file(path: Path) -> None:
+    """Refuse a secret file that another user owns or may write: whoever can write it chooses
+    the key (an audit planted an ``admin_token`` in a data dir made world-writable beforehand,
+    and it was taken without a word)."""
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is None:  # not POSIX
+        return
+    info = path.stat()
+    if info.st_uid != geteuid():
+        raise ConfigError(f"{path} belongs to another user (uid {info.st_uid}): whoever can"
+                          " write it chooses the key. Delete it (a new one is generated) or"
+                          " chown it to the user hookyard runs as")
+    if info.st_mode & 0o022:
+        raise ConfigError(f"{path} may be written by other users (mode"
+                          f" {info.st_mode & 0o777:o}): whoever can write it chooses the key."
+                          f" chmod 600 {path}")
 
 
 def default_config(data_dir: Path, *, create: bool = True) -> Config:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import logging
 import os
 import signal
 import socket
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import ConfigError
+
+log = logging.getLogger("hookyard")
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -68,6 +71,22 @@ DELIVERY = "delivery"
 workers, or ``worker``. Two would each hand out a user's deliveries, out of order."""
 
 
+def warn_if_others_may_write(data_dir: Path) -> None:
+    """A warning when another user owns the data dir or may write in it: they could replace
+    its databases or lock files (hookyard makes it 0700; a shared or pre-made one may not be)."""
+    geteuid = getattr(os, "geteuid", None)
+    try:
+        info = data_dir.stat()
+    except OSError:
+        return
+    if geteuid is not None and info.st_uid != geteuid():
+        log.warning("the data dir %s belongs to another user (uid %d), who may replace the"
+                    " files in it; chown it to the user hookyard runs as", data_dir, info.st_uid)
+    elif info.st_mode & 0o002:
+        log.warning("every user may write in the data dir %s (mode %o), and replace the files in"
+                    " it; chmod 700 %s", data_dir, info.st_mode & 0o7777, data_dir)
+
+
 def lock_data_dir(data_dir: Path, role: str) -> IO[str] | None:
     """Hold ``<data_dir>/<role>.lock`` for the life of the process (the kernel lets go when it
     ends, ``kill -9`` included): a second ``hookyard <role>`` on the same data dir stops with
@@ -79,9 +98,13 @@ def lock_data_dir(data_dir: Path, role: str) -> IO[str] | None:
     except ImportError:  # not POSIX: no lock
         return None
     path = data_dir / f"{role}.lock"
-    try:
-        fh = open(path, "a+")  # noqa: SIM115 - held until the process ends
+    try:  # not through a symlink: one planted there would have this process overwrite its target
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        fh = os.fdopen(fd, "a+")
     except OSError as exc:
+        if os.path.islink(path):
+            raise ConfigError(f"{path} is a symbolic link: remove it (hookyard makes its own"
+                              " lock file)") from None
         raise ConfigError(f"cannot open {path}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -4,6 +4,7 @@ of the command line found each of these)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -227,3 +228,42 @@ def test_a_worker_without_a_config_needs_serves_data(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"no hookyard database at {data / 'hookyard.db'}" in result.output
     assert not data.exists()
+
+
+def test_a_secret_file_others_may_write_stops_start_up(tmp_path: Path) -> None:
+    """Found by an outside audit: another user pre-made the data dir 0777 with an admin_token
+    of their own, and it was taken without a word."""
+    data = tmp_path / "data"
+    data.mkdir()
+    secret = data / "admin_token"
+    secret.write_text("planted-token-123\n")
+    secret.chmod(0o666)
+    code, output = _serve("--data-dir", str(data))
+    assert code == 1 and f"{secret} may be written by other users (mode 666)" in output
+    if os.geteuid() == 0:  # only root can give a file away
+        secret.chmod(0o600)
+        os.chown(secret, 65534, -1)
+        code, output = _serve("--data-dir", str(data))
+        assert code == 1 and f"{secret} belongs to another user (uid 65534)" in output
+
+
+def test_a_lock_file_is_never_followed_through_a_symlink(tmp_path: Path) -> None:
+    """Found by an outside audit: a symlink planted as serve.lock had its target truncated
+    and overwritten with the pid."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "serve.lock").symlink_to(victim)
+    with pytest.raises(ConfigError, match="serve.lock is a symbolic link"):
+        lock_data_dir(tmp_path, "serve")
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_data_dir_every_user_may_write_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hookyard.serving import warn_if_others_may_write
+
+    tmp_path.chmod(0o777)
+    with caplog.at_level(logging.WARNING, logger="hookyard"):
+        warn_if_others_may_write(tmp_path)
+    assert f"every user may write in the data dir {tmp_path} (mode 777)" in caplog.text
