@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .errors import StorageUnavailable
 from .sizes import unrouted_events
 
 log = logging.getLogger("hookyard.metrics")
@@ -57,10 +58,10 @@ class _SizeCollector(Collector):
         try:
             (inbox, states, retrying), unrouted = self.rt.db.read_sync(
                 lambda conn: (self.rt.sizes.read(conn, names), unrouted_events(conn)))
-        except Exception:  # noqa: BLE001 - a scrape must not fail because of the database
-            if not self.failing:  # once per outage, not every scrape
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because of the database
+            if not self.failing:  # once per outage, not every scrape; a traceback for a bug
                 log.warning("metrics: the storage gauges are left out: reading the sizes"
-                            " failed", exc_info=True)
+                            " failed: %s", exc, exc_info=not isinstance(exc, StorageUnavailable))
             self.failing = True
             return
         if self.failing:

@@ -135,8 +135,13 @@ RECORD_ATTEMPTS = """
 INSERT INTO attempts (outbox_id, destination, message_id, attempt, outcome, http_status,
     latency_ms, error, at)
 SELECT v.*, ? FROM unnest(?::bigint[], ?::text[], ?::text[], ?::integer[], ?::text[],
-    ?::integer[], ?::float8[], ?::text[]) AS v
+    ?::integer[], ?::float8[], ?::text[]) AS v(outbox_id, destination, message_id, attempt)
+WHERE NOT EXISTS (SELECT 1 FROM attempts a WHERE a.outbox_id = v.outbox_id
+                  AND a.attempt = v.attempt)
 """
+"""The attempts, but one already recorded: a commit whose outcome the writer never saw (the
+connection lost after COMMIT, a group given up that committed later) is stored again by
+:class:`hookyard.delivery.results.ResultWriter`, and each such row had two ``ok`` attempts."""
 
 
 def record(conn: Any, outcomes: list[Outcome]) -> None:

@@ -117,17 +117,35 @@ class PgDatabase(GroupCommitWriter):
         try:
             while (group := self._next_group()) is not None:
                 jobs, stop = group
-                if conn is None or conn.closed:
+                for fresh in (conn is None or conn.closed, True):
+                    if fresh:
+                        if conn is not None:
+                            conn.close()
+                        try:
+                            conn = connect(self.url, self.schema)
+                        except StorageUnavailable as exc:
+                            conn = None
+                            self._fail_all(jobs, exc)
+                            time.sleep(0.2)  # do not spin while the server is away
+                            break
+                    assert conn is not None
                     try:
-                        conn = connect(self.url, self.schema)
-                    except StorageUnavailable as exc:
-                        conn = None
-                        self._fail_all(jobs, exc)
-                        time.sleep(0.2)  # do not spin while the server is away
+                        self._begin(conn, jobs)
+                    except psycopg.Error as exc:
+                        if fresh:
+                            self._fail_all(jobs, exc)
+                            conn.close()
+                            conn = None
+                            break
+                        # a connection the server or a pooler closed while it was idle
+                        # (idle_session_timeout, a restart, pg_terminate_backend): nothing has
+                        # run, so the group goes to a new one, instead of 503 to its clients
+                        log.debug("PostgreSQL connection lost while idle: %s; reconnecting", exc)
                         continue
-                if not self._run_group(conn, jobs):
-                    conn.close()
-                    conn = None
+                    if not self._run_group(conn, jobs):
+                        conn.close()
+                        conn = None
+                    break
                 if stop:
                     return
         finally:
@@ -135,11 +153,12 @@ class PgDatabase(GroupCommitWriter):
                 conn.close()
 
     def _run_group(self, conn: PgConnection, jobs: list[Job]) -> bool:
-        """Run ``jobs`` in one transaction; False when the connection must be replaced."""
+        """Run ``jobs`` in the transaction just begun (:meth:`_begin`); False when the
+        connection must be replaced."""
         results: list[tuple[Job, bool, Any]] = []
         single = len(jobs) == 1  # one job: its transaction is its savepoint
-        try:
-            self._begin(conn, jobs)
+        changes = conn.total_changes
+        try:  # begun by the caller
             for job in jobs:
                 for tries_left in range(LOST_RACE_RETRIES, -1, -1):
                     if not single:
@@ -175,7 +194,9 @@ class PgDatabase(GroupCommitWriter):
                 pass
             self._fail_all(jobs, exc)
             return not conn.closed
-        self._settle(results)
+        # a group that changed no row (a /readyz probe, an empty claim) does not end an outage:
+        # on a read-only server it did, and the log and /readyz flapped (as on SQLite)
+        self._settle(results, wrote=conn.total_changes != changes)
         return True
 
     def _begin(self, conn: PgConnection, jobs: list[Job]) -> None:
@@ -183,9 +204,9 @@ class PgDatabase(GroupCommitWriter):
         if not self._must_sync(jobs):  # bookkeeping only: see GroupCommitWriter.write
             conn.execute("SET LOCAL synchronous_commit = off")
 
-    def _settle(self, results: list[tuple[Job, bool, Any]]) -> None:
+    def _settle(self, results: list[tuple[Job, bool, Any]], wrote: bool = False) -> None:
         self._deliver([(job, ok, value if ok else storage_error(value))
-                       for job, ok, value in results])
+                       for job, ok, value in results], wrote=wrote)
 
     def _fail_all(self, jobs: list[Job], exc: BaseException) -> None:
         err = storage_error(exc)
@@ -245,17 +266,24 @@ class PgDatabase(GroupCommitWriter):
         return conn
 
     def read_sync(self, fn: Callable[[Any], T]) -> T:
-        conn = self.reader()
-        try:
-            return fn(conn)
-        except psycopg.Error as exc:
-            if conn.closed or isinstance(exc, psycopg.OperationalError):
-                self._local.conn = None
-                try:
-                    conn.close()
-                except psycopg.Error:
-                    pass
-            raise storage_error(exc) from exc
+        """Run a read-only ``fn(conn)`` on this thread's connection; once more on a new one
+        when that connection turns out lost (a server restart, a pooler's idle timeout):
+        a read may run twice."""
+        for last in (False, True):
+            conn = self.reader()
+            try:
+                return fn(conn)
+            except psycopg.Error as exc:
+                lost = conn.closed or isinstance(exc, psycopg.OperationalError)
+                if lost:
+                    self._local.conn = None
+                    try:
+                        conn.close()
+                    except psycopg.Error:
+                        pass
+                if last or not lost:
+                    raise storage_error(exc) from exc
+        raise AssertionError("unreachable")
 
     async def read(self, fn: Callable[[Any], T]) -> T:
         """Run a read-only ``fn(conn)`` in a worker thread."""

@@ -64,6 +64,20 @@ def test_claim_record_and_attempts(runtime: Runtime) -> None:
     assert row["lease_owner"] is None and row["attempts"] == 1 and row["last_status"] == 200
 
 
+def test_results_stored_twice_make_one_attempt(runtime: Runtime) -> None:
+    """Found by an outside audit (PostgreSQL): results whose commit the writer never saw (the
+    connection lost after COMMIT) were stored again, and 52 rows had two ``ok`` attempts."""
+    if runtime.db.dialect != "postgresql":
+        pytest.skip("PostgreSQL's writer retries a commit it did not see end")
+    [a] = add_rows(runtime, "u1")
+    assert claim(runtime, [a]) == [a]
+    for _ in range(2):
+        runtime.db.write_sync(lambda conn: outbox.record(conn, [outcome(a, "done")]))
+    attempts = runtime.db.read_sync(lambda conn: conn.execute(
+        "SELECT count(*) FROM attempts WHERE outbox_id = ?", (a,)).fetchone()[0])
+    assert attempts == 1 and states(runtime) == {a: "done"}
+
+
 def test_release_gives_rows_back_without_an_attempt(runtime: Runtime) -> None:
     a, b = add_rows(runtime, "u1", "u2")
     claim(runtime, [a, b])
