@@ -146,11 +146,11 @@ def validate_event(event: Event) -> str | None:
     """Return why ``event`` is not a valid Segment event, or None when it is."""
     if event.user_id is None and event.anonymous_id is None:
         return "userId or anonymousId is required"
-    problem = (_too_long("messageId", event.messageId, MAX_MESSAGE_ID)
-               or _too_long("userId", event.userId, MAX_ID)
-               or _too_long("anonymousId", event.anonymousId, MAX_ID))
-    if problem:
-        return problem
+    mid, uid, aid = event.messageId, event.userId, event.anonymousId
+    if ((type(mid) is str and len(mid) > MAX_MESSAGE_ID) or (type(uid) is str and len(uid) > MAX_ID)
+            or (type(aid) is str and len(aid) > MAX_ID)):  # checked inline: on every event
+        return (_too_long("messageId", mid, MAX_MESSAGE_ID) or _too_long("userId", uid, MAX_ID)
+                or _too_long("anonymousId", aid, MAX_ID))
     if isinstance(event, Track) and not event.event:
         return "event is required for track"
     if isinstance(event, Group):
