@@ -23,11 +23,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import admin_api, dashboard
 from .delivery.engine import Engine
-from .errors import BEARER_CHALLENGE, RequestError
+from .errors import BEARER_CHALLENGE, ConfigError, PluginFailed, RequestError
 from .http_protocol import error_body
 from .ingest import IngestEndpoint
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import build_openapi, render_docs
+from .plugins import plugin_label
 from .refused_tokens import RefusedTokens
 from .runtime import Runtime
 
@@ -47,7 +48,8 @@ class AdminAuth:
         self.refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path.startswith("/api/") or path == "/api":  # a plugin's route at /api too
             given, scheme = b"", b""
             for name, value in scope["headers"]:
                 if name == b"authorization":
@@ -66,6 +68,29 @@ class AdminAuth:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def plugin_routes(runtime: Runtime) -> list[BaseRoute]:
+    """Every plugin's ``register_routes``, checked: a ``ConfigError`` naming the plugin for a
+    hook that raises or returns something that is not a list of routes (a list of strings
+    made every other page a 500; a single Route, a traceback)."""
+    found: list[BaseRoute] = []
+    for impl in runtime.pm.hook.register_routes.get_hookimpls():
+        if impl.wrapper or impl.hookwrapper:
+            continue
+        label = plugin_label(runtime.pm, impl.plugin)
+        try:
+            extra = impl.function(runtime=runtime)
+        except (Exception, *PluginFailed.NOT_EXCEPTIONS) as exc:  # noqa: BLE001 - a plugin bug
+            raise ConfigError(f"{label}: register_routes failed: {type(exc).__name__}: {exc}") from exc
+        if extra is None:
+            continue
+        if not isinstance(extra, list | tuple) or not all(isinstance(r, BaseRoute) for r in extra):
+            raise ConfigError(f"{label}: register_routes returned {type(extra).__name__}"
+                              f"{'' if not isinstance(extra, list | tuple) else ' with items that are not routes'},"
+                              " not a list of Starlette routes (Route, Mount...)")
+        found.extend(extra)
+    return found
 
 
 def _refusal(scheme: bytes, given: bytes) -> str:
@@ -169,8 +194,7 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
             seen.add(route.pattern)
             routes.append(Route(route.pattern, ingest.__call__, methods=["POST", "OPTIONS"]))
     routes += admin_api.routes(runtime)
-    for extra in runtime.pm.hook.register_routes(runtime=runtime):
-        routes.extend(extra or ())
+    routes += plugin_routes(runtime)
     routes += dashboard.routes(runtime)  # last: plugin routes win a clash
 
     @contextlib.asynccontextmanager

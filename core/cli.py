@@ -215,7 +215,10 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         click.echo("  try it:")
         click.echo(f"    curl -u {key}: -H 'Content-Type: application/json' \\")
         click.echo(f"      -d '{{\"userId\":\"u1\",\"traits\":{{\"email\":\"a@example.com\"}}}}' {url}/v1/identify")
-    app = create_app(rt, run_workers=False if no_workers else None)  # None: [server] workers
+    try:
+        app = create_app(rt, run_workers=False if no_workers else None)  # None: [server] workers
+    except HookyardError as exc:  # a plugin's register_routes: one line
+        fail(exc)
     tune_gc()
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.server.host, port=config.server.port,

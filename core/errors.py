@@ -20,6 +20,10 @@
     │   ├── StorageUnavailable  503    the database cannot take writes right now
     │   └── SourceHookFailed    503    a source plugin's authenticate hook raised or answered
     │                                  the wrong type (its bug: the client retries, loses nothing)
+    ├── PluginFailed                   a plugin's hook raised SystemExit, KeyboardInterrupt,
+    │                                  GeneratorExit or CancelledError (sys.exit() in a hook):
+    │                                  made an ordinary exception, so it is handled as any
+    │                                  other plugin bug instead of ending the server
     └── DeliveryError                  raised by a deliver hook for all of its deliveries
         ├── RetryableError             408, 429, 5xx, connect errors, timeouts: try again
         │                              later with backoff (honours Retry-After)
@@ -132,6 +136,18 @@ class SourceHookFailed(RequestError):
     which a client takes as final and drops its events for: a plugin bug must not lose them."""
 
     status = 503
+
+
+class PluginFailed(HookyardError):
+    """A plugin's hook raised an exception that is not an ``Exception`` (``SystemExit``,
+    ``KeyboardInterrupt``, ``GeneratorExit``, or a ``CancelledError`` of its own):
+    :meth:`hookyard.plugins.ConnectorRegistry.call` raises this instead, so the host's guards
+    (dead letter, retry, 503) handle it like any other plugin bug. Before, one ``sys.exit()``
+    in a ``map_event`` ended the server, and again at every restart."""
+
+    NOT_EXCEPTIONS = (SystemExit, KeyboardInterrupt, GeneratorExit)
+    """Raised by a plugin by mistake; ``asyncio.CancelledError`` is handled apart (it may be the
+    host's own cancellation of an async hook)."""
 
 
 class DeliveryError(HookyardError):

@@ -15,13 +15,15 @@ plugin's non-wrapper implementation: only the owner answers, while wrappers
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.metadata
 import inspect
 import re
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from types import CoroutineType
 from typing import Any
 
 import msgspec
@@ -30,7 +32,7 @@ from pluggy import PluginValidationError
 
 from . import hookspecs
 from .connectors import Connector, ConnectorKind
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, PluginFailed, did_you_mean
 
 ENTRY_POINT_GROUP = "hookyard"
 STEP_RESULTS = {
@@ -73,8 +75,8 @@ def make_plugin_manager(
         _check_entry_point_names()
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as exc:  # noqa: BLE001 - any import-time error of a third-party module
-            raise entry_point_error(pm, exc) from exc
+        except (Exception, *PluginFailed.NOT_EXCEPTIONS) as exc:  # noqa: BLE001 - any error
+            raise entry_point_error(pm, exc) from exc  # of a third-party module's import
         if getattr(sys, "frozen", False):
             register_builtin_plugins(pm)
     for plugin in plugins:
@@ -84,7 +86,7 @@ def make_plugin_manager(
     return pm
 
 
-def entry_point_error(pm: pluggy.PluginManager, exc: Exception) -> ConfigError:
+def entry_point_error(pm: pluggy.PluginManager, exc: BaseException) -> ConfigError:
     """The one-line error for ``exc``, raised by pluggy's ``load_setuptools_entrypoints``.
 
     pluggy does not say which entry point failed. A plugin that fails validation is the
@@ -103,7 +105,7 @@ def entry_point_error(pm: pluggy.PluginManager, exc: Exception) -> ConfigError:
         label = _entry_point_label(ep)
         try:
             plugin = ep.load()
-        except Exception as again:  # noqa: BLE001
+        except (Exception, *PluginFailed.NOT_EXCEPTIONS) as again:  # noqa: BLE001
             return ConfigError(f"{label}: could not be imported: {_exception_text(again)}")
         try:
             pm.register(plugin, name=ep.name)
@@ -318,11 +320,14 @@ class ConnectorRegistry:
                 continue  # the registry reads every plugin's list itself; wrappers have nothing to add
             try:
                 connectors: list[Connector] = impl.function() or []  # type: ignore[assignment]
-            except Exception as exc:  # noqa: BLE001 - a plugin bug: one line, not a traceback
-                raise ConfigError(
+            except (Exception, *PluginFailed.NOT_EXCEPTIONS) as exc:  # noqa: BLE001 - a plugin
+                raise ConfigError(  # bug: one line, not a traceback (nor a silent exit)
                     f"{plugin_label(pm, impl.plugin)}: register_connectors failed: "
                     f"{_exception_text(exc)}"
                 ) from exc
+            if not isinstance(connectors, list | tuple):
+                raise ConfigError(f"{plugin_label(pm, impl.plugin)}: register_connectors returned"
+                                  f" {type(connectors).__name__}, not a list of Connector")
             for connector in connectors:
                 problem = _connector_problem(connector)
                 if problem:
@@ -416,13 +421,39 @@ class ConnectorRegistry:
         called directly: a pluggy hook call costs ~8 us more, which ingest pays per request.
         """
         impl = self._direct(hook_name, kind, name)
-        if impl is not None:
-            result = impl.function(*[kwargs[a] for a in impl.argnames])
-        else:
-            result = self.caller(hook_name, kind, name)(**kwargs)
+        try:
+            if impl is not None:
+                result = impl.function(*[kwargs[a] for a in impl.argnames])
+            else:
+                result = self.caller(hook_name, kind, name)(**kwargs)
+        except (*PluginFailed.NOT_EXCEPTIONS, asyncio.CancelledError) as exc:
+            # a sync hook: no cancellation of the host's can reach it, so this is the plugin's
+            raise self._failed(hook_name, kind, name, exc) from exc
         if result is None:
             raise self._no_answer(hook_name, kind, name)
+        if isinstance(result, CoroutineType):  # (not inspect.iscoroutine: ingest pays per call)
+            return self._guarded(result, hook_name, kind, name)
         return result
+
+    async def _guarded(self, coro: Coroutine[Any, Any, Any], hook_name: str,
+                       kind: ConnectorKind, name: str) -> Any:
+        """Await an async hook's coroutine, with what it raises outside ``Exception`` made a
+        :class:`PluginFailed`, except the host's own cancellation of the awaiting task."""
+        try:
+            return await coro
+        except PluginFailed.NOT_EXCEPTIONS as exc:
+            raise self._failed(hook_name, kind, name, exc) from exc
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the host cancels (shutdown, a time limit): not the plugin's doing
+            raise self._failed(hook_name, kind, name, exc) from exc
+
+    def _failed(self, hook_name: str, kind: ConnectorKind, name: str,
+                exc: BaseException) -> PluginFailed:
+        owner = self._connectors[(kind, name)][1]
+        return PluginFailed(f"{hook_name} of {plugin_label(self.pm, owner)} ({kind} connector"
+                            f" {name!r}) raised {type(exc).__name__}: {exc}")
 
     def _no_answer(self, hook_name: str, kind: ConnectorKind, name: str) -> Exception:
         """Why a step hook call answered None: the owner lacks the hook (ConfigError), or its

@@ -8,6 +8,7 @@ before the server listens, so bad config stops boot, not a delivery.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -28,9 +29,9 @@ from .config import (
 )
 from .config_errors import explain_invalid
 from .connectors import Connector, DestinationContext, SourceContext
-from .errors import ConfigError, HookyardError, StorageUnavailable, did_you_mean
+from .errors import ConfigError, HookyardError, PluginFailed, StorageUnavailable, did_you_mean
 from .integration_flags import switched_off
-from .plugins import ConnectorRegistry, make_plugin_manager, maybe_await
+from .plugins import ConnectorRegistry, make_plugin_manager, maybe_await, plugin_label
 from .refused_tokens import RefusedTokens
 from .sizes import SizeCounter
 from .storage import Storage, check_schema, describe, migrate, open_database, schema_version
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
     from .delivery.scrub import Scrubber
 
 log = logging.getLogger("hookyard")
+
+STARTUP_HOOK_SECONDS = 60.0
+"""How long one plugin's ``startup`` hook may take before the start is given up."""
+SHUTDOWN_HOOK_SECONDS = 10.0
+"""How long one plugin's ``shutdown`` hook may take before the stop goes on without it."""
 
 Predicate = Callable[[dict[str, Any]], bool]
 
@@ -292,21 +298,41 @@ class Runtime:
         self._opened = True
 
     async def run_startup_hooks(self) -> None:
-        """Await every plugin's ``startup`` hook (``serve`` and ``worker`` alike). One that raises
-        stops the start: the server must not run without what a plugin prepared."""
-        for result in self.pm.hook.startup(runtime=self):
-            await maybe_await(result)
+        """Await every plugin's ``startup`` hook (``serve`` and ``worker`` alike). One that raises,
+        or runs past :data:`STARTUP_HOOK_SECONDS`, stops the start with a ``ConfigError`` naming
+        the plugin: the server must not run without what a plugin prepared."""
+        for impl in self.pm.hook.startup.get_hookimpls():
+            if impl.wrapper or impl.hookwrapper:
+                continue
+            label = plugin_label(self.pm, impl.plugin)
+            try:
+                async with asyncio.timeout(STARTUP_HOOK_SECONDS):
+                    await maybe_await(impl.function(runtime=self))
+            except TimeoutError:
+                raise ConfigError(f"startup hook of {label} did not finish within"
+                                  f" {STARTUP_HOOK_SECONDS:g} s") from None
+            except (Exception, *PluginFailed.NOT_EXCEPTIONS) as exc:  # noqa: BLE001
+                if isinstance(exc, HookyardError):
+                    raise
+                raise ConfigError(f"startup hook of {label} failed: {type(exc).__name__}:"
+                                  f" {exc}") from exc
 
     async def run_shutdown_hooks(self) -> None:
-        """Await every plugin's ``shutdown`` hook, the last registered first, each on its own: one
-        that raises is logged, and the others still close what they opened."""
+        """Await every plugin's ``shutdown`` hook, the last registered first, each on its own and
+        for at most :data:`SHUTDOWN_HOOK_SECONDS`: one that raises or hangs is logged, and the
+        others still close what they opened."""
         for impl in reversed(self.pm.hook.shutdown.get_hookimpls()):
             if impl.wrapper or impl.hookwrapper:
                 continue
             try:
-                await maybe_await(impl.function(runtime=self))
-            except Exception:  # noqa: BLE001 - one plugin must not keep the others open
-                log.exception("shutdown hook of plugin %s failed", impl.plugin_name)
+                async with asyncio.timeout(SHUTDOWN_HOOK_SECONDS):
+                    await maybe_await(impl.function(runtime=self))
+            except TimeoutError:
+                log.error("shutdown hook of plugin %s did not finish within %g s",
+                          impl.plugin_name, SHUTDOWN_HOOK_SECONDS)
+            except (Exception, *PluginFailed.NOT_EXCEPTIONS):  # noqa: BLE001 - one plugin must
+                log.exception("shutdown hook of plugin %s failed", impl.plugin_name)  # not keep
+                # the others open
 
     def close(self) -> None:
         self._opened = False

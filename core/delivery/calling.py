@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -85,7 +85,9 @@ async def call_deliver(
             results = await maybe_await(
                 rt.registry.call(
                     "deliver", "destination", dest.config.plugin,
-                    destination=dest.context, deliveries=deliveries, client=client,
+                    # a copy: a hook that empties or reorders its list must not change what
+                    # the host matches its results against
+                    destination=dest.context, deliveries=list(deliveries), client=client,
                 )
             )
     except TimeoutError:
@@ -106,11 +108,54 @@ async def call_deliver(
         error = wrong_answer(results, len(deliveries))
         log.warning("destination %s: %s", name, error, extra={"destination": name})
         return [DeliveryResult.retryable(error)] * len(deliveries)
-    return [
-        r if isinstance(r, DeliveryResult)
-        else DeliveryResult.retryable(f"deliver hook returned {type(r).__name__}, not a DeliveryResult")
-        for r in results
-    ]
+    return [checked(r, name) for r in results]
+
+
+_OUTCOMES = ("ok", "retryable", "permanent")
+
+
+def checked(result: Any, name: str) -> DeliveryResult:
+    """A deliver hook's result as the host can store it: one of the wrong type, or with a
+    field of the wrong type (``outcome="success"`` was recorded as delivered; an ``int`` error
+    or ``retry_after="5"`` failed every write of the destination's results, and the rows stayed
+    leased), is a retryable result saying what is wrong; text that UTF-8 cannot carry (a lone
+    surrogate) is stored with ``?`` in its place."""
+    if not isinstance(result, DeliveryResult):
+        return DeliveryResult.retryable(
+            f"deliver hook returned {type(result).__name__}, not a DeliveryResult")
+    r = result
+    problem = (
+        None if r.outcome in _OUTCOMES else f"outcome {r.outcome!r} (not ok, retryable or permanent)")
+    if problem is None and r.outcome == "ok" and r.error is None and r.http_status is None \
+            and r.response_body is None and r.retry_after is None and r.sent is True:
+        return r  # DeliveryResult.ok(): the common case, nothing more to check
+    for field, value, kinds in (
+        ("http_status", r.http_status, int), ("error", r.error, str),
+        ("response_body", r.response_body, str), ("retry_after", r.retry_after, (int, float)),
+    ):
+        if problem is None and value is not None and (
+                not isinstance(value, kinds) or isinstance(value, bool)):
+            problem = f"{field} of type {type(value).__name__}"
+    if problem is None and not isinstance(r.sent, bool):
+        problem = f"sent of type {type(r.sent).__name__}"
+    if problem is not None:
+        log.warning("destination %s: deliver hook returned a DeliveryResult with %s", name,
+                    problem, extra={"destination": name})
+        return DeliveryResult.retryable(f"deliver hook returned a DeliveryResult with {problem}")
+    if (r.error is not None and not r.error.isascii()) or (
+            r.response_body is not None and not r.response_body.isascii()):
+        r = msgspec.structs.replace(r, error=_utf8(r.error), response_body=_utf8(r.response_body))
+    return r
+
+
+def _utf8(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 async def deliver_rows(

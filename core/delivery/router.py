@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..deliveries import MapResult
+from ..deliveries import Delivery, MapResult
 from ..events import MAX_ID, Event, encoder, event_decoders
 from ..fields import FieldMissing
 from ..inbox import decode_row
@@ -70,6 +70,9 @@ def call_map_event(
         raise TypeError(f"map_event of destination {ctx.name!r} returned"
                         f" {type(result).__name__}, not a MapResult (MapResult.send(...) or"
                         " MapResult.skip(reason))")
+    problem = _wrong_field(result)
+    if problem:  # stored as given, it failed the router's whole batch, every destination's
+        raise TypeError(f"map_event of destination {ctx.name!r} returned a MapResult {problem}")
     key = event.user_id or event.anonymous_id or ""
     for d in result.deliveries:
         if not d.message_id:
@@ -79,6 +82,22 @@ def call_map_event(
         if len(d.ordering_key) > MAX_ID:
             d.ordering_key = stored_key(d.ordering_key)
     return result
+
+
+def _wrong_field(result: MapResult) -> str | None:
+    """What in ``result`` the outbox cannot store (a field of the wrong type), or None."""
+    if result.filtered is not None and not isinstance(result.filtered, str):
+        return f"whose filtered reason is a {type(result.filtered).__name__}, not a string"
+    if not isinstance(result.deliveries, list):
+        return f"whose deliveries are a {type(result.deliveries).__name__}, not a list"
+    for d in result.deliveries:
+        if not isinstance(d, Delivery):
+            return f"with a {type(d).__name__} among its deliveries, not a Delivery"
+        for field in ("kind", "method", "path", "message_id", "ordering_key"):
+            value = getattr(d, field)
+            if not isinstance(value, str):
+                return f"with a Delivery whose {field} is a {type(value).__name__}, not a string"
+    return None
 
 
 def stored_key(key: str) -> str:
