@@ -292,3 +292,44 @@ def test_sys_exit_in_map_event_is_a_dead_letter_and_the_server_goes_on(
     assert "raised SystemExit: 7" in dead[0]["last_error"]
     assert server.api("/api/subscribers/u1").status_code == 200  # the others got it
     assert server.client.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_a_plugin_that_changes_the_event_changes_it_for_itself_only(tmp_path: Any) -> None:
+    """Found by an outside audit: a plugin's raw.pop() / event.userId = ... reached the other
+    destinations of the event (the profile store stored the subscriber 'HACKED')."""
+    from hookyard.delivery.router import map_rows
+    from hookyard.events import encoder
+
+    seen: list[tuple[Any, Any]] = []
+
+    class Both:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="changer", kind="destination"),
+                    Connector(name="reader", kind="destination")]
+
+        @hookimpl
+        def map_event(self, destination: DestinationContext, event: Event,
+                      raw: dict[str, Any]) -> MapResult:
+            if destination.plugin == "changer":
+                raw["userId"] = event.userId = "HACKED"
+                raw.pop("messageId", None)
+            else:
+                seen.append((raw.get("userId"), event.userId))
+            return MapResult.skip("test")
+
+        @hookimpl
+        def deliver(self, destination: DestinationContext, deliveries: list[Delivery],
+                    client: HttpClient) -> list[DeliveryResult]:
+            return []
+
+    config = parse_config({
+        "server": {"data_dir": str(tmp_path), "admin_token": "admin-token-1"},
+        "sources": [{"name": "web", "plugin": "segment", "write_key": "web-key-123"}],
+        "destinations": [{"name": "a", "plugin": "changer", "sources": ["web"]},
+                         {"name": "b", "plugin": "reader", "sources": ["web"]}]})
+    rt = Runtime.build(config, [Both()])
+    raw = sample_track(userId="u1", messageId="m1")
+    row = (1, "web", "m1", "track", "2026-12-05T00:00:00Z", encoder.encode(raw), 0)
+    map_rows(rt, [row])
+    assert seen == [("u1", "u1")]

@@ -169,9 +169,14 @@ def map_rows(
                                 rt.scrubber.text(f"stored event cannot be decoded:"
                                                  f" {type(exc).__name__}: {exc}")))
             continue
+        given = False
         for dest in rt.destinations_for(row[1]):
             if only is not None and dest.name not in only:
                 continue
+            if given:  # each destination its own copy: a plugin that changed raw or event
+                raw = decode_row(row)  # (against the docs) rewrote the others' (an audit's
+                event = typed_event(row, raw)  # popped userId reached the profile store)
+            given = True
             try:
                 result = map_one(rt, dest, raw, event, row[1])
                 requests = requests_of(result)
