@@ -91,6 +91,12 @@ class MapProcess(HelperProcess):
         self._recv: Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="hookyard-map")
         self.answer_timeout = ANSWER_TIMEOUT
+        self.lost = False  # the last map() ended with the child dead or stopped
+
+    def restart_now(self) -> None:
+        """Start the child again without waiting :data:`RESTART_AFTER` (to tell which event
+        stopped it)."""
+        self._failed_at = float("-inf")
 
     @classmethod
     def wanted(cls, rt: Runtime) -> MapProcess | None:
@@ -158,16 +164,23 @@ class MapProcess(HelperProcess):
 
     async def map(self, after: int | None, limit: int) -> Batch | None:
         """The outbox rows of the next ``limit`` inbox rows after ``after`` (None: the stored
-        cursor); None when the child failed (the caller maps in-process)."""
+        cursor); None when the child failed (the caller maps in-process). When the child
+        died or was stopped while mapping (:attr:`lost` true), the rows it had are suspects."""
+        self.lost = False
         if not self.ready:
+            return None
+        if self.proc is not None and self.proc.poll() is not None:  # gone before this batch:
+            self._gone(f"stopped ({exit_status(self.proc)})")  # no row of it is a suspect
             return None
         loop = asyncio.get_running_loop()
         try:
             answer = await loop.run_in_executor(self._thread, self._roundtrip, after, limit)
         except TimeoutError:
+            self.lost = True
             self._gone(f"did not answer within {self.answer_timeout:g} s, killed")
             return None
         except (EOFError, OSError) as exc:
+            self.lost = True
             self._gone(f"stopped ({exit_status(self.proc) or type(exc).__name__})")
             return None
         if answer[0] != "ok":
@@ -184,8 +197,11 @@ class MapProcess(HelperProcess):
         return self._recv.recv()
 
     def _gone(self, why: str) -> None:
-        log.warning("map process %s; mapping in the worker process (trying again in %g s)",
-                    why, self.restart_after)
+        if self.lost:  # hookyard.delivery.suspects takes over
+            log.warning("map process %s while mapping", why)
+        else:
+            log.warning("map process %s; mapping in the worker process (trying again in %g s)",
+                        why, self.restart_after)
         self.failed()
         self._stop_child()
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..plugins import ConnectorRegistry
     from ..runtime import DestinationRuntime, Runtime
     from .map_process import MapProcess
+    from .suspects import Suspects
 
 log = logging.getLogger("hookyard.router")
 ROUTER = "main"
@@ -280,6 +281,11 @@ class Router:
         self.rt = rt
         self.limit = limit
         self.mapper = mapper
+        self.suspects: Suspects | None = None
+        if mapper is not None:
+            from .suspects import Suspects  # it imports this module's readers
+
+            self.suspects = Suspects(rt, mapper)
         self._writing: asyncio.Task[tuple[int, set[str]]] | None = None
         self._after: int | None = None  # the last id of the batch being committed
 
@@ -302,12 +308,18 @@ class Router:
     async def _next(self, after: int | None) -> tuple[int, int, int, list[tuple[Any, ...]]]:
         """(stored cursor, inbox rows read, the last one's id, their outbox rows)."""
         if self.mapper is not None:
+            if self.suspects is not None and self.suspects.until is not None:
+                return await self.suspects.next(after)  # never in-process: see .suspects
             if not self.mapper.ready:
                 self.mapper.start()  # no-op while it starts, or shortly after it failed
             else:
                 batch = await self.mapper.map(after, self.limit)
                 if batch is not None:
                     return batch
+                if self.mapper.lost and self.suspects is not None:
+                    await self.suspects.found(after, self.limit)
+                    if self.suspects.until is not None:
+                        return await self.suspects.next(after)
         limit = self.limit
         last, rows = await self.rt.db.read(lambda conn: read_batch(conn, after, limit))
         return last, len(rows), rows[-1][0] if rows else last, await self._map(rows)

@@ -19,6 +19,7 @@ import pytest
 from delivery_kit import (
     FAST,
     RecorderPlugin,
+    dead_letters,
     forwarded_ids,
     kill_leaves_no_helpers,
     post_batches,
@@ -90,7 +91,7 @@ def test_map_process_routes_exactly_as_the_worker_maps(tmp_path: Path) -> None:
 def test_a_killed_or_stuck_map_process_loses_nothing(
     sig: int, warning: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="hookyard.router")
+    caplog.set_level(logging.INFO, logger="hookyard.router")
     with FakeServer() as peer, HookyardServer(forwarder(peer.url), tmp_path) as server:
         mapper = ready(server)
         mapper.answer_timeout = 1.0
@@ -100,10 +101,17 @@ def test_a_killed_or_stuck_map_process_loses_nothing(
         later = post_batches(server, users=10, per_user=20, tag="b")
         server.wait_idle(timeout=30)
         assert sorted(forwarded_ids(peer)) == sorted(first + later)
-        assert not mapper.ready and mapper.proc is None
-        assert "\nhookyard_map_process_up 0.0\n" in server.client.get(f"{server.url}/metrics").text
         assert warning in caplog.text
-        assert "mapping in the worker process (trying again in 30 s)" in caplog.text
+        if "mapping in the worker process (trying again in 30 s)" in caplog.text:
+            # gone before the router asked (killed while idle): the worker maps meanwhile
+            assert sig == signal.SIGKILL and not mapper.ready and mapper.proc is None
+            assert "\nhookyard_map_process_up 0.0\n" in server.client.get(
+                f"{server.url}/metrics").text
+        else:  # stopped while mapping: its rows go one by one through a new child, none in
+            # the worker (a plugin looping on one of them would hold the server's event loop)
+            assert "mapped again in a new map process, one at a time" in caplog.text
+            assert "the suspect events are routed" in caplog.text
+            assert dead_letters(server) == []
 
 
 def test_the_map_process_stops_with_the_server(tmp_path: Path) -> None:
@@ -242,3 +250,66 @@ def test_a_plugin_with_a_startup_hook_keeps_mapping_in_the_worker(
     assert MapProcess.wanted(rt) is None
     assert "plugin 'hookyard_test_startup_plugin' implements startup" in caplog.text
     assert map_process.startup_plugins(Runtime.build(config, prepare=False)) == []  # built-ins
+
+
+POISON_PLUGIN = '''
+from hookyard import hookimpl
+from hookyard.connectors import Connector
+from hookyard.deliveries import Delivery, DeliveryResult, MapResult
+
+
+@hookimpl
+def register_connectors():
+    return [Connector(name="poison", kind="destination")]
+
+
+@hookimpl
+def map_event(destination, event, raw):
+    if raw.get("event") == "Poison":
+        while True:  # a plugin bug: an endless loop on one event
+            pass
+    return MapResult.skip("not for this test")
+
+
+@hookimpl
+def deliver(destination, deliveries, client):
+    return [DeliveryResult.ok() for _ in deliveries]
+'''
+
+
+def test_an_event_that_stops_the_map_process_is_found_and_dead_lettered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an outside audit: a map_event looping on one event had the map process
+    killed after 15 s, and then the worker mapped the same batch itself: the server's event
+    loop was held for good (ingest, /healthz and SIGTERM with it), again at every restart.
+    The rows go one at a time through a new child instead; the one that stops it again is a
+    dead letter of its destinations, and every other event is routed."""
+    import importlib
+
+    (tmp_path / "poison_plugin_test.py").write_text(POISON_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("poison_plugin_test")
+    caplog.set_level(logging.INFO, logger="hookyard.router")
+    config = forwarder("")
+    with FakeServer() as peer:
+        config = forwarder(peer.url)
+        config["destinations"].append({"name": "bad", "plugin": "poison", "sources": ["web"],
+                                       "delivery": FAST})
+        with HookyardServer(config, tmp_path / "server", plugins=[module]) as server:
+            mapper = ready(server)
+            mapper.answer_timeout = 1.0
+            before = post_batches(server, users=5, per_user=4, tag="a")
+            poison = {"type": "track", "userId": "u0", "event": "Poison", "messageId": "poison"}
+            assert server.post("/v1/track", poison).status_code == 200
+            after = post_batches(server, users=5, per_user=4, tag="b")
+            wait_until(lambda: len(forwarded_ids(peer)) >= 40, timeout=60,
+                       what="the other events forwarded")
+            assert sorted(forwarded_ids(peer)) == sorted(before + after)
+            dead = wait_until(lambda: (d if len(d := dead_letters(server)) == 2 else None),
+                              timeout=30, what="the poison event's dead letters")
+            assert {d["destination"] for d in dead} == {"fwd", "bad"}
+            assert {d["message_id"] for d in dead} == {"poison"}
+            assert "map_event did not finish" in dead[0]["last_error"]
+            assert server.client.get(f"{server.url}/healthz").status_code == 200
+    assert "stopped the map process twice" in caplog.text
