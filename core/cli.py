@@ -23,7 +23,14 @@ from .config import Config, default_config, load_config
 from .errors import ConfigError, HookyardError
 from .logs import without_env_secrets
 from .send_test import send_test as send_test_command
-from .serving import end_like_the_signal, run_loop, tune_gc, warn_if_others_may_write
+from .serving import (
+    STOP_SIGNALS,
+    end_like_the_signal,
+    ensure_stdio,
+    run_loop,
+    tune_gc,
+    warn_if_others_may_write,
+)
 
 CONFIG_HELP = "TOML config file (default: $HOOKYARD_CONFIG, else one Segment source -> profile store)"
 TIME_HELP = "ISO-8601 (2026-11-01 or 2026-11-01T10:00:00Z; UTC when no zone is given) or Unix seconds"
@@ -121,6 +128,7 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="hookyard")
 def main() -> None:
     """hookyard: a self-hosted event router for Segment-format customer data."""
+    ensure_stdio()
 
 
 def _interrupt_exits_130(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -143,6 +151,17 @@ def _setup_logging(rt: Any) -> None:
     warn_if_others_may_write(rt.data_dir)
 
 
+def say(text: str) -> None:
+    """A line of the start-up banner. A reader of stdout that went away (``hookyard serve |
+    head -1``) made serve exit 1 without a word; the server goes on with stdout on /dev/null."""
+    try:
+        click.echo(text)
+    except OSError:  # EPIPE, or a stdout that cannot be written
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+
+
 @main.command()
 @config_options
 @click.option("--host", help="Interface to listen on (overrides [server] host)")
@@ -156,6 +175,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     import uvicorn
 
     from .app import create_app
+    from .graceful_server import Server
     from .http_protocol import http_protocol
     from .serving import listen, lock_data_dir, lock_delivery, raise_fd_limit, url_host
     from .storage import describe as describe_storage
@@ -186,41 +206,41 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
             "this process may open only %d files (ulimit -n): at most about that many"
             " connections at once; raise the hard limit (systemd: LimitNOFILE)", files)
     url = f"http://{url_host(config.server.host)}:{config.server.port}"
-    click.echo(f"hookyard {__version__} listening on {url}")
-    click.echo(f"  data dir:    {rt.data_dir}")
-    click.echo(f"  storage:     {describe_storage(config.storage, rt.data_dir)}")
+    say(f"hookyard {__version__} listening on {url}")
+    say(f"  data dir:    {rt.data_dir}")
+    say(f"  storage:     {describe_storage(config.storage, rt.data_dir)}")
     for src in config.sources:
         if not src.write_key:  # its plugin authenticates otherwise (Connector.write_key)
-            click.echo(f"  source {src.name!r} ({src.plugin})")
+            say(f"  source {src.name!r} ({src.plugin})")
             continue
         # a configured key may come from env: or a secrets file: show only enough to recognise it
         shown = src.write_key if config.generated else f"{src.write_key[:4]}… (from the config)"
-        click.echo(f"  source {src.name!r} ({src.plugin}) write key: {shown}")
+        say(f"  source {src.name!r} ({src.plugin}) write key: {shown}")
     for dest in config.destinations:
         off = "" if dest.enabled else "  (disabled: enabled = false)"
-        click.echo(f"  destination {dest.name!r} ({dest.plugin}) <- {', '.join(dest.sources)}{off}")
+        say(f"  destination {dest.name!r} ({dest.plugin}) <- {', '.join(dest.sources)}{off}")
     if not delivers:
         why = "--no-workers" if no_workers else "[server] workers = false"
-        click.echo(f"  delivery:    not in this process ({why}): run `hookyard worker` with the"
+        say(f"  delivery:    not in this process ({why}): run `hookyard worker` with the"
                    " same config and data dir")
     if not config.sources:
-        click.echo(f"  {NO_SOURCES}")
-    click.echo(f"  dashboard:   {url}/ui/  (log in with the admin token)")
+        say(f"  {NO_SOURCES}")
+    say(f"  dashboard:   {url}/ui/  (log in with the admin token)")
     if rt.admin_token_created:
-        click.echo(f"  admin token: {rt.admin_token}  (saved in {rt.data_dir / 'admin_token'})")
+        say(f"  admin token: {rt.admin_token}  (saved in {rt.data_dir / 'admin_token'})")
     elif not config.server.admin_token:
-        click.echo(f"  admin token: in {rt.data_dir / 'admin_token'}")
+        say(f"  admin token: in {rt.data_dir / 'admin_token'}")
     if config.generated:
         key = config.sources[0].write_key or ""
-        click.echo("  try it:")
-        click.echo(f"    curl -u {key}: -H 'Content-Type: application/json' \\")
-        click.echo(f"      -d '{{\"userId\":\"u1\",\"traits\":{{\"email\":\"a@example.com\"}}}}' {url}/v1/identify")
+        say("  try it:")
+        say(f"    curl -u {key}: -H 'Content-Type: application/json' \\")
+        say(f"      -d '{{\"userId\":\"u1\",\"traits\":{{\"email\":\"a@example.com\"}}}}' {url}/v1/identify")
     try:
         app = create_app(rt, run_workers=False if no_workers else None)  # None: [server] workers
     except HookyardError as exc:  # a plugin's register_routes: one line
         fail(exc)
     tune_gc()
-    server = uvicorn.Server(uvicorn.Config(
+    server = Server(uvicorn.Config(
         app, host=config.server.host, port=config.server.port,
         log_level=config.server.log_level, timeout_graceful_shutdown=15,
         server_header=False, log_config=None, access_log=False, http=http_protocol(),
@@ -262,7 +282,9 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
             caught.append(sig)
             stop.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
+            if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # under nohup: left ignored
             loop.add_signal_handler(sig, on_signal, sig)
         click.echo(f"hookyard worker: delivering for {', '.join(rt.destinations) or 'no destinations'}")
         await stop.wait()

@@ -136,11 +136,34 @@ def lock_delivery(data_dir: Path, storage: Any) -> IO[str] | None:
     return None if backend(storage) == POSTGRESQL else lock_data_dir(data_dir, DELIVERY)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop ``serve`` and ``worker`` gracefully. SIGHUP (the terminal closed, an SSH
+session dropped) used to end them at once, with requests cut and deliveries left leased."""
+
+
+def ensure_stdio() -> None:
+    """Open ``/dev/null`` on any of descriptors 0-2 that is closed (``hookyard serve 2>&-``):
+    with stderr closed the server died at its first log line without a word, and with stdout
+    closed the listening socket became descriptor 1, which the helper processes inherited as
+    their stdout."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - for the process
+
+
 def end_like_the_signal(sig: int) -> None:
-    """After a graceful stop: SIGTERM ends the process by that signal again, as uvicorn does
-    for ``serve`` (systemd and Kubernetes count death by SIGTERM as a clean stop, but not
-    exit status 143; a shell shows 143 either way); SIGINT (Ctrl-C) exits with 130, quietly."""
-    if sig == signal.SIGTERM:
+    """After a graceful stop: SIGTERM and SIGHUP end the process by that signal again, as
+    uvicorn does for ``serve`` (systemd and Kubernetes count death by SIGTERM as a clean stop,
+    but not exit status 143; a shell shows 143 either way); SIGINT (Ctrl-C) exits with 130,
+    quietly."""
+    if sig in (signal.SIGTERM, signal.SIGHUP):
         sys.stdout.flush()
         sys.stderr.flush()
         signal.signal(sig, signal.SIG_DFL)

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -868,3 +868,59 @@ def test_config_errors_print_no_secret(tmp_path: Path, monkeypatch: pytest.Monke
                     '[destinations.settings]\napi_key = "novu-key-123"\nregion = "env:HY_TEST_SECRET"\n')
     line = one_line_error(run("check-config", "--config", str(path)))
     assert "Invalid enum value '[redacted]' - at $.region" in line and "Sup3r" not in line
+
+
+def _serve_with(tmp_path: Path, name: str, preexec: Callable[[], None],
+                stdout: Any = None) -> tuple[str, subprocess.Popen[bytes], Path]:
+    """``hookyard serve`` with ``preexec`` run in the child first (closing a descriptor,
+    a signal's handler as a terminal would leave it)."""
+    port = free_port()
+    out = tmp_path / f"{name}.log"
+    env = {k: v for k, v in os.environ.items() if k != "HOOKYARD_CONFIG"}
+    with out.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hookyard", "serve", "--port", str(port), "--data-dir",
+             str(tmp_path / name)], cwd=tmp_path, stdout=stdout or fh, stderr=fh, env=env,
+            preexec_fn=preexec)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, timeout=30, proc=proc, log=out)
+    except (RuntimeError, AssertionError):
+        proc.kill()
+        raise
+    return url, proc, out
+
+
+def test_serve_stops_gracefully_on_sighup(tmp_path: Path) -> None:
+    """Found by an outside audit: SIGHUP (a terminal closed, an SSH session dropped) ended
+    serve at once, requests cut and deliveries left leased. Now it stops as on SIGTERM, then
+    ends by SIGHUP, as it would have."""
+    def terminal() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+    _url, proc, out = _serve_with(tmp_path, "hup", terminal)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=30) == -signal.SIGHUP
+    assert "Application shutdown complete" in out.read_text()
+
+
+def test_serve_runs_with_stdout_and_stderr_closed_or_gone(tmp_path: Path) -> None:
+    """Found by an outside audit: with stderr closed serve died at its first log line,
+    without a word; with stdout closed the listening socket became descriptor 1 (the helper
+    processes' stdout); a stdout reader that left during the banner (`serve | true`) made it
+    exit 1."""
+    def close_stdio() -> None:
+        os.close(1)
+        os.close(2)
+
+    url, proc, _ = _serve_with(tmp_path, "closed", close_stdio)
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    stop(proc)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads stdout: the banner meets EPIPE
+    try:
+        url, proc, _ = _serve_with(tmp_path, "gone", lambda: None, stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    stop(proc)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "DestinationWorker", "backoff"]
 log = logging.getLogger("hookyard.delivery")
 MAINTENANCE_SECONDS = 30.0  # lease recovery and retention purge
+HELPER_CHECK_SECONDS = 5.0  # how often a deliver process that is down is started again
 MAX_PURGE_ROUNDS = 100  # purge batches per maintenance run
 PURGE_PAUSE = 0.02  # seconds between two of them: ingest's commits go first
 INBOX_RESCAN_SECONDS = 3600.0  # how often the inbox purge looks again at events it kept
@@ -43,6 +44,7 @@ class Engine:
         self.tasks: list[asyncio.Task[Any]] = []
         self.stopping = False
         self.observers: list[Any] = []
+        self._maintain_at = time.monotonic() + MAINTENANCE_SECONDS
         self.router = router.Router(rt, mapper=MapProcess.wanted(rt))
         self.deliverer = DeliverProcess.wanted(rt)
         if self.deliverer is not None:
@@ -121,7 +123,14 @@ class Engine:
 
     async def _maintenance_loop(self) -> None:
         while not self.stopping:
-            await asyncio.sleep(MAINTENANCE_SECONDS)
+            await asyncio.sleep(HELPER_CHECK_SECONDS)
+            if self.deliverer is not None and not self.deliverer.ready:
+                # started again when it may (30 s after a failure) even while nothing is
+                # delivered: hookyard_deliver_process_up stayed 0 on an idle server
+                self.deliverer.start()
+            if time.monotonic() < self._maintain_at:
+                continue
+            self._maintain_at = time.monotonic() + MAINTENANCE_SECONDS
             try:
                 await self.maintain()
             except Exception as exc:  # noqa: BLE001
