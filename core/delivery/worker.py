@@ -395,6 +395,9 @@ class DestinationWorker:
         if self.runner is not None:  # let a dispatch round in progress finish its claims
             await asyncio.wait({self.runner}, timeout=grace)
         if self.tasks:
+            log.info("stopping: waiting up to %.0f s for %d deliveries to %s in flight",
+                     max(0.0, deadline - time.monotonic()), len(self.inflight_ids),
+                     self.dest.name)
             await asyncio.wait(set(self.tasks), timeout=max(0.0, deadline - time.monotonic()))
         self.results.close()
         leftover = list(self.inflight_ids)
@@ -403,6 +406,8 @@ class DestinationWorker:
         if leftover:
             try:
                 await self.rt.db.write(lambda conn: outbox.release(conn, leftover))
+                log.info("stopping: %d deliveries to %s did not finish and were given back"
+                         " (sent again at the next start)", len(leftover), self.dest.name)
             except Exception:  # noqa: BLE001 - leases expire anyway
                 log.warning("could not release %d leased deliveries", len(leftover))
         await self.client.close()
