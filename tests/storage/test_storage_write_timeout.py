@@ -48,6 +48,23 @@ def test_a_stuck_write_fails_its_waiters_and_new_writes_until_it_ends(runtime: R
     assert db.recent_failure(0.0) is None
 
 
+def test_stopping_does_not_wait_for_a_stuck_writer(runtime: Runtime) -> None:
+    """Found by an outside audit: SIGTERM behind a hung PostgreSQL took 48 s (the writer was
+    waited for 30 s), past systemd's 30 s stop timeout."""
+    db = runtime.db
+    db.write_timeout = 0.5
+    release = threading.Event()
+    stuck = db.submit(lambda conn: release.wait(20))
+    with pytest.raises(StorageUnavailable):
+        stuck.result(timeout=5)
+    started = time.monotonic()
+    try:
+        db.stop()
+        assert time.monotonic() - started < 3
+    finally:
+        release.set()
+
+
 def test_a_slow_migration_is_not_cut_short(runtime: Runtime) -> None:
     """Migrations run with no time limit (an index on a large outbox may take minutes)."""
     assert runtime.db.write_timeout == runtime.config.storage.write_timeout_seconds == 10
