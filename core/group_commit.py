@@ -301,6 +301,7 @@ class GroupCommitWriter:
             if outage is None or self._fatal:
                 return
             self._outage = None
+            self.last_unavailable = None  # /readyz: ready at once, not 10 s later
             if self._stuck_until:
                 self._stuck, self._stuck_until = None, 0.0
         log.warning("storage answers again after %.1f s: writes are taken again (%d refused"

@@ -59,3 +59,4 @@ def test_a_write_that_changes_nothing_does_not_end_an_outage(runtime: Runtime) -
     rows = event_rows("web", [parsed(sample_track(messageId="after"))], now_iso())
     db.write_sync(lambda c: insert_events(c, rows, log_entry(1)))
     assert db._outage is None
+    assert db.recent_failure(10) is None  # /readyz is ready at once, not 10 s later
