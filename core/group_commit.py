@@ -313,7 +313,8 @@ class GroupCommitWriter:
         if self._stuck is not None:
             return self._stuck
         failed = self.last_unavailable
-        if failed is not None and time.monotonic() - failed[0] < within:
+        if failed is not None and (self._outage is not None  # not over until a write is taken
+                                   or time.monotonic() - failed[0] < within):
             return failed[1]
         return None
 

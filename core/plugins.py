@@ -300,6 +300,13 @@ def check_not_async(pm: pluggy.PluginManager) -> None:
                 )
 
 
+def host_cancels() -> bool:
+    """Whether the running task is being cancelled by the host, as opposed to a hook that
+    raised a ``CancelledError`` of its own."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def maybe_await(value: Any) -> Any:
     """Await ``value`` if a hook returned a coroutine (pluggy itself never awaits)."""
     if inspect.isawaitable(value):
@@ -444,8 +451,7 @@ class ConnectorRegistry:
         except PluginFailed.NOT_EXCEPTIONS as exc:
             raise self._failed(hook_name, kind, name, exc) from exc
         except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if host_cancels():
                 raise  # the host cancels (shutdown, a time limit): not the plugin's doing
             raise self._failed(hook_name, kind, name, exc) from exc
 

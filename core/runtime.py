@@ -31,7 +31,13 @@ from .config_errors import explain_invalid
 from .connectors import Connector, DestinationContext, SourceContext
 from .errors import ConfigError, HookyardError, PluginFailed, StorageUnavailable, did_you_mean
 from .integration_flags import switched_off
-from .plugins import ConnectorRegistry, make_plugin_manager, maybe_await, plugin_label
+from .plugins import (
+    ConnectorRegistry,
+    host_cancels,
+    make_plugin_manager,
+    maybe_await,
+    plugin_label,
+)
 from .refused_tokens import RefusedTokens
 from .sizes import SizeCounter
 from .storage import Storage, check_schema, describe, migrate, open_database, schema_version
@@ -311,8 +317,10 @@ class Runtime:
             except TimeoutError:
                 raise ConfigError(f"startup hook of {label} did not finish within"
                                   f" {STARTUP_HOOK_SECONDS:g} s") from None
-            except (Exception, *PluginFailed.NOT_EXCEPTIONS) as exc:  # noqa: BLE001
+            except (Exception, *PluginFailed.NOT_EXCEPTIONS, asyncio.CancelledError) as exc:  # noqa: BLE001
                 if isinstance(exc, HookyardError):
+                    raise
+                if isinstance(exc, asyncio.CancelledError) and host_cancels():
                     raise
                 raise ConfigError(f"startup hook of {label} failed: {type(exc).__name__}:"
                                   f" {exc}") from exc
@@ -330,9 +338,11 @@ class Runtime:
             except TimeoutError:
                 log.error("shutdown hook of plugin %s did not finish within %g s",
                           impl.plugin_name, SHUTDOWN_HOOK_SECONDS)
-            except (Exception, *PluginFailed.NOT_EXCEPTIONS):  # noqa: BLE001 - one plugin must
-                log.exception("shutdown hook of plugin %s failed", impl.plugin_name)  # not keep
-                # the others open
+            except (Exception, *PluginFailed.NOT_EXCEPTIONS, asyncio.CancelledError) as exc:  # noqa: BLE001
+                if isinstance(exc, asyncio.CancelledError) and host_cancels():
+                    raise
+                # one plugin must not keep the others open
+                log.exception("shutdown hook of plugin %s failed", impl.plugin_name)
 
     def close(self) -> None:
         self._opened = False

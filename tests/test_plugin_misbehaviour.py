@@ -247,6 +247,35 @@ def test_a_startup_hook_that_exits_stops_start_up_naming_the_plugin(tmp_path: An
         asyncio.run(rt.run_startup_hooks())
 
 
+def test_a_cancelled_error_of_a_startup_or_shutdown_hook_is_its_failure(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the re-check: a shutdown hook raising CancelledError ended the shutdown
+    ("Application shutdown failed") before the other plugins' hooks ran."""
+    closed: list[str] = []
+
+    class Cancels:
+        @hookimpl
+        async def startup(self, runtime: Runtime) -> None:
+            raise asyncio.CancelledError()
+
+        @hookimpl
+        async def shutdown(self, runtime: Runtime) -> None:
+            raise asyncio.CancelledError()
+
+    class Closes:
+        @hookimpl
+        def shutdown(self, runtime: Runtime) -> None:
+            closed.append("closed")
+
+    config = parse_config({"server": {"data_dir": str(tmp_path), "admin_token": "admin-token-1"}})
+    rt = Runtime.build(config, [Closes(), Cancels()])
+    with pytest.raises(ConfigError, match="startup hook of .* failed: CancelledError"):
+        asyncio.run(rt.run_startup_hooks())
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(rt.run_shutdown_hooks())
+    assert closed == ["closed"] and "shutdown hook of plugin" in caplog.text
+
+
 def test_a_shutdown_hook_that_hangs_is_given_up(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     closed: list[str] = []

@@ -56,6 +56,8 @@ def test_a_write_that_changes_nothing_does_not_end_an_outage(runtime: Runtime) -
     assert db._outage is not None
     db.write_sync(lambda c: c.execute("SELECT 1").fetchone())
     assert db._outage is not None
+    db.last_unavailable = (db.last_unavailable or (0.0, ""))[0] - 60, "storage unavailable: old"
+    assert db.recent_failure(10) == "storage unavailable: old"  # still out: /readyz says so
     rows = event_rows("web", [parsed(sample_track(messageId="after"))], now_iso())
     db.write_sync(lambda c: insert_events(c, rows, log_entry(1)))
     assert db._outage is None
