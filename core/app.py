@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import admin_api, dashboard
 from .delivery.engine import Engine
+from .delivery.router import touch_cursor
 from .errors import BEARER_CHALLENGE, ConfigError, PluginFailed, RequestError
 from .http_protocol import error_body
 from .ingest import IngestEndpoint
@@ -150,7 +151,7 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
     async def readyz(request: Request) -> Response:
         try:  # a write waits behind a held lock: a probe must answer sooner than that
             await asyncio.wait_for(
-                runtime.db.write(lambda conn: conn.execute("SELECT 1").fetchone()), READY_WAIT)
+                runtime.db.write(touch_cursor, durable=False), READY_WAIT)
         except TimeoutError:
             return JSONResponse({"status": "unavailable", "error": "storage unavailable: the"
                                  f" database did not answer within {READY_WAIT:g} s"},

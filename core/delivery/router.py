@@ -197,6 +197,18 @@ def map_rows(
     return out
 
 
+def touch_cursor(conn: sqlite3.Connection) -> None:
+    """A write that changes one row and nothing else (``/readyz``'s probe): the router's
+    cursor set to itself, created at 0 when missing as the router would. A probe that changed
+    nothing could not tell a database that takes writes from one that refuses them (read-only,
+    full), so it could not end an outage either, and an idle server stayed unready."""
+    conn.execute(
+        "INSERT INTO router_state (name, last_inbox_id) VALUES (?, 0)"
+        " ON CONFLICT(name) DO UPDATE SET last_inbox_id = router_state.last_inbox_id",
+        (ROUTER,),
+    )
+
+
 def _store(conn: sqlite3.Connection, last: int, new_last: int, rows: list[tuple[Any, ...]]) -> bool:
     cur = conn.execute("SELECT last_inbox_id FROM router_state WHERE name = ?", (ROUTER,))
     found = cur.fetchone()
