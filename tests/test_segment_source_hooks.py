@@ -307,13 +307,13 @@ def test_invalid_batch_is_bad_request(body: dict[str, Any], reason: str) -> None
         # and PostgreSQL refused it in its index (503: the client retried it forever); a
         # 20 KB userId stopped routing there
         ({"type": "identify", "userId": "u", "messageId": "m" * 257},
-         "messageId is longer than 256 characters (257)"),
-        ({"type": "identify", "userId": "u" * 513}, "userId is longer than 512 characters"),
-        ({"type": "page", "anonymousId": "a" * 513}, "anonymousId is longer than 512 characters"),
+         "Expected str of length <= 256 - at $.messageId"),
+        ({"type": "identify", "userId": "u" * 513}, "Expected str of length <= 512 - at $.userId"),
+        ({"type": "page", "anonymousId": "a" * 513}, "Expected str of length <= 512 - at $.anonymousId"),
         ({"type": "group", "userId": "u", "groupId": "g" * 513},
-         "groupId is longer than 512 characters"),
+         "Expected str of length <= 512 - at $.groupId"),
         ({"type": "alias", "userId": "u", "previousId": "p" * 513},
-         "previousId is longer than 512 characters"),
+         "Expected str of length <= 512 - at $.previousId"),
     ],
 )
 def test_invalid_batch_event_is_refused_with_its_reason(item: Any, reason: str) -> None:
