@@ -249,6 +249,8 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises SIGINT after its graceful shutdown
         sys.exit(128 + signal.SIGINT)  # 130, not click's "Aborted!" and 1
+    if server.captured:  # re-raised into a handler that ignores it (SIGINT in a script's
+        end_like_the_signal(server.captured[-1])  # `cmd &`): exit as the signal says, not 0
 
 
 @main.command()

@@ -21,6 +21,12 @@ class Server(uvicorn.Server):
     """uvicorn's server, stopping gracefully on SIGHUP too (uvicorn takes SIGINT and SIGTERM):
     afterwards the process ends by SIGHUP, as it would have."""
 
+    @property
+    def captured(self) -> list[int]:
+        """The stop signals caught (uvicorn re-raises them after the graceful stop; one whose
+        handler ignores it, as a script's ``cmd &`` leaves SIGINT, was ignored again)."""
+        return list(self._captured_signals)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         if (threading.current_thread() is not threading.main_thread()

@@ -49,6 +49,29 @@ class RedactSecrets(logging.Filter):
 
 _TRACEBACKS = logging.Formatter()
 
+MAX_LOGGED_CHARACTERS = 16_384
+"""A log record's message, and its traceback, are cut to this many characters: a plugin's
+exception carrying 10 MB of text made 20 MB of log for two requests."""
+
+
+class ClipLongRecords(logging.Filter):
+    """Cuts a record's message and traceback to :data:`MAX_LOGGED_CHARACTERS`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > MAX_LOGGED_CHARACTERS:
+            record.msg, record.args = _clipped(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        if record.exc_text and len(record.exc_text) > MAX_LOGGED_CHARACTERS:
+            record.exc_text = _clipped(record.exc_text)
+        return True
+
+
+def _clipped(text: str) -> str:
+    half = MAX_LOGGED_CHARACTERS // 2
+    return f"{text[:half]} ... [{len(text) - 2 * half} characters left out] ... {text[-half:]}"
+
 
 class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "message", ...extra fields}`` on one line."""
@@ -111,6 +134,7 @@ def setup_logging(level: str = "info", secrets: Iterable[str] = (), json_lines: 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     handler.addFilter(RedactSecrets(secrets))
+    handler.addFilter(ClipLongRecords())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

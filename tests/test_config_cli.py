@@ -924,3 +924,14 @@ def test_serve_runs_with_stdout_and_stderr_closed_or_gone(tmp_path: Path) -> Non
         os.close(write_end)
     assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     stop(proc)
+
+
+def test_serve_stopped_by_sigint_exits_130_even_when_started_ignoring_it(tmp_path: Path) -> None:
+    """Found by an outside audit: started from a script with `cmd &` (SIGINT ignored), a
+    `kill -INT` stopped serve gracefully with status 0; worker said 130."""
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    _url, proc, _ = _serve_with(tmp_path, "ign", ignore_sigint)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 128 + signal.SIGINT

@@ -292,3 +292,29 @@ def test_text_logs_escape_control_characters_from_clients() -> None:
     lines = stream.getvalue().splitlines()
     assert lines[0].endswith(r"profile ux\r\n2026-12-05 09:00:00,000 CRITICAL forged\x1b[8m\u2028")
     assert lines[1].endswith("failed") and lines[2] == "Traceback (most recent call last):"
+
+
+def test_a_huge_exception_text_is_cut_in_the_log() -> None:
+    """Found by an outside audit: a plugin exception carrying 10 MB of text made 20 MB of
+    log for two requests. Message and traceback are cut to 16 KB, their ends kept."""
+    import io
+    import logging
+
+    from hookyard.logs import ClipLongRecords, JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(ClipLongRecords())
+    log = logging.getLogger("hookyard.test.clip")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        try:
+            raise ValueError("x" * 10_000_000 + "END")
+        except ValueError:
+            log.exception("hook failed: %s", "y" * 1_000_000)
+    finally:
+        log.removeHandler(handler)
+    out = stream.getvalue()
+    assert len(out) < 100_000 and "characters left out" in out and "END" in out
