@@ -28,6 +28,9 @@ keys of indexes (PostgreSQL refuses an index entry over ~2.7 KB, and 512 charact
 512 - at `$.userId```), at no cost to ingest."""
 MessageId = Annotated[str, msgspec.Meta(max_length=MAX_MESSAGE_ID)]
 Id = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""An id sent as a JSON number: a 64-bit integer (a 4,000-digit one passed the text limits and
+was refused by PostgreSQL's index, as a 503)."""
 
 
 class _Common(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True):
@@ -35,9 +38,9 @@ class _Common(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True
 
     # a number too: Segment's Node libraries pass a numeric messageId through (a database row
     # id); the inbox keeps it as text (hookyard.inbox.event_rows), the stored event as sent
-    messageId: MessageId | int | None = None
-    userId: Id | int | None = None
-    anonymousId: Id | int | None = None
+    messageId: MessageId | Int64 | None = None
+    userId: Id | Int64 | None = None
+    anonymousId: Id | Int64 | None = None
     context: JSON | None = None
     integrations: JSON | None = None
     timestamp: str | None = None
@@ -108,14 +111,14 @@ class Screen(_Common, tag="screen"):
 class Group(_Common, tag="group"):
     """The user belongs to a group (account, company, team)."""
 
-    groupId: Id | int | float  # Python's libraries send group(uid, 1.5) as it is
+    groupId: Id | Int64 | float  # Python's libraries send group(uid, 1.5) as it is
     traits: JSON | None = None
 
 
 class Alias(_Common, tag="alias"):
     """Merge two user identities: ``previousId`` becomes ``userId``."""
 
-    previousId: Id | int | float
+    previousId: Id | Int64 | float
 
 
 Event = Identify | Track | Page | Screen | Group | Alias

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
 import sqlite3
 from collections.abc import Iterable
@@ -230,6 +232,10 @@ class UndecodableEvent(ValueError):
 def _raw_dict(raw: bytes) -> dict[str, Any]:
     try:
         return raw_dict_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        if "Number out of range" not in str(exc):
+            raise UndecodableEvent(f"the stored event is not a JSON object: {exc}") from None
+        return _with_huge_numbers(raw)
     except msgspec.DecodeError:
         pass
     except RecursionError:
@@ -240,3 +246,22 @@ def _raw_dict(raw: bytes) -> dict[str, Any]:
         return raw_dict_decoder.decode(bytes(raw).decode("utf-8", "replace").encode())
     except msgspec.DecodeError as exc:
         raise UndecodableEvent(f"the stored event is not a JSON object: {exc}") from None
+
+
+def _finite(text: str) -> float | None:
+    value = float(text)
+    return None if math.isinf(value) else value
+
+
+def _with_huge_numbers(raw: bytes) -> dict[str, Any]:
+    """A stored event with a number too large for a float (``1e999``) in a field ingest does
+    not read (an unknown field, a track's ``traits``): that number as ``null``, as ingest reads
+    a bare ``Infinity``. msgspec refused the whole event, and it became a dead letter that
+    ``dlq retry`` could not mend."""
+    try:
+        value = json.loads(bytes(raw), parse_float=_finite)
+    except (ValueError, RecursionError) as exc:
+        raise UndecodableEvent(f"the stored event cannot be decoded: {exc}") from None
+    if not isinstance(value, dict):
+        raise UndecodableEvent("the stored event is not a JSON object")
+    return value

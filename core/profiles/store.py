@@ -422,10 +422,26 @@ def _within_limit(uid: str, props: dict[str, Any], new: dict[str, Any]) -> dict[
             room -= 1
         else:
             dropped += 1
-    if dropped:
-        log.info("profile %s: %d new properties not kept: a profile has at most %d",
-                 uid, dropped, MAX_PROPERTIES)
+    if dropped and _first_time(("properties", uid)):
+        log.info("profile %s: %d new properties not kept: a profile has at most %d (noted"
+                 " once per profile)", uid, dropped, MAX_PROPERTIES)
     return kept
+
+
+_NOTED: dict[tuple[str, ...], None] = {}
+_NOTED_MAX = 10_000
+
+
+def _first_time(key: tuple[str, ...]) -> bool:
+    """Whether a limit reached for ``key`` is noted for the first time in this process (the
+    most recent :data:`_NOTED_MAX` keys are remembered): a client sending a new address with
+    every identify logged a line for each."""
+    if key in _NOTED:
+        return False
+    if len(_NOTED) >= _NOTED_MAX:
+        del _NOTED[next(iter(_NOTED))]
+    _NOTED[key] = None
+    return True
 
 
 def _channel_room(conn: Any, dest: str, uid: str,
@@ -446,8 +462,9 @@ def _channel_room(conn: Any, dest: str, uid: str,
             if v in known:
                 continue
             if len(known) >= MAX_CHANNEL_VALUES:
-                log.info("profile %s: %s value not kept: a channel has at most %d values",
-                         uid, ch, MAX_CHANNEL_VALUES)
+                if _first_time((dest, uid, ch)):
+                    log.info("profile %s: %s value not kept: a channel has at most %d values"
+                             " (noted once per channel)", uid, ch, MAX_CHANNEL_VALUES)
                 continue
             known.add(v)
             out.append((ch, v))

@@ -63,6 +63,9 @@ def storage_error(exc: BaseException) -> BaseException:
     """psycopg errors as hookyard errors (see the module docstring); others unchanged."""
     if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.DeadlockDetected):
         return exc  # a lost race, handled by the caller
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):  # a value too large for an index:
+        # this request's, and it would fail again (not an outage, nor a 503 to retry forever)
+        return BadRequest(f"a value is too large to store: {str(exc).splitlines()[0]}")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | psycopg.InternalError):
         return StorageUnavailable(f"storage unavailable: {type(exc).__name__}: {exc}")
     if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction | psycopg.errors.InsufficientPrivilege):
