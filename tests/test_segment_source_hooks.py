@@ -414,9 +414,16 @@ def test_a_lone_surrogate_escape_becomes_the_replacement_character(
 
 def test_huge_integers_are_kept() -> None:
     big = 10**40
-    [parsed] = parse(v1("identify", {"userId": big, "traits": {"n": big}}, basic(KEY)))
-    assert parsed.event.user_id == str(big)
+    [parsed] = parse(v1("identify", {"userId": 2**63 - 1, "traits": {"n": big}}, basic(KEY)))
+    assert parsed.event.user_id == str(2**63 - 1)
     assert raw_of(parsed)["traits"]["n"] == big
+
+
+def test_a_numeric_id_beyond_64_bits_is_refused() -> None:
+    """An id is a key of indexes: as a JSON number it is a 64-bit integer (a 4,000-digit one
+    passed the text ids' length limit, and PostgreSQL's index refused it as a 503)."""
+    with pytest.raises(BadRequest, match=r"Expected int <= 9223372036854775807 - at \$.userId"):
+        parse(v1("identify", {"userId": 10**40}, basic(KEY)))
 
 
 # -- parse_events: webhook -----------------------------------------------------------------------
