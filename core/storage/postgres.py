@@ -120,40 +120,42 @@ class PgDatabase(GroupCommitWriter):
         try:
             while (group := self._next_group()) is not None:
                 jobs, stop = group
-                for fresh in (conn is None or conn.closed, True):
-                    if fresh:
-                        if conn is not None:
-                            conn.close()
-                        try:
-                            conn = connect(self.url, self.schema)
-                        except StorageUnavailable as exc:
-                            conn = None
-                            self._fail_all(jobs, exc)
-                            time.sleep(0.2)  # do not spin while the server is away
-                            break
-                    assert conn is not None
-                    try:
-                        self._begin(conn, jobs)
-                    except psycopg.Error as exc:
-                        if fresh:
-                            self._fail_all(jobs, exc)
-                            conn.close()
-                            conn = None
-                            break
-                        # a connection the server or a pooler closed while it was idle
-                        # (idle_session_timeout, a restart, pg_terminate_backend): nothing has
-                        # run, so the group goes to a new one, instead of 503 to its clients
-                        log.debug("PostgreSQL connection lost while idle: %s; reconnecting", exc)
-                        continue
-                    if not self._run_group(conn, jobs):
-                        conn.close()
-                        conn = None
-                    break
+                conn = self._begun(conn, jobs)
+                if conn is not None and not self._run_group(conn, jobs):
+                    conn.close()
+                    conn = None
                 if stop:
                     return
         finally:
             if conn is not None:
                 conn.close()
+
+    def _begun(self, conn: PgConnection | None, jobs: list[Job]) -> PgConnection | None:
+        """A connection with the transaction of ``jobs`` begun: ``conn`` while it works, else
+        a new one. A connection the server or a pooler closed while it was idle
+        (``idle_session_timeout``, a restart, ``pg_terminate_backend``) fails at ``BEGIN``,
+        before anything ran, so the group goes to a new one instead of 503 to its clients.
+        None when no connection can be had: the jobs are failed."""
+        if conn is not None and not conn.closed:
+            try:
+                self._begin(conn, jobs)
+                return conn
+            except psycopg.Error as exc:
+                log.debug("PostgreSQL connection lost while idle: %s; reconnecting", exc)
+                conn.close()
+        try:
+            conn = connect(self.url, self.schema)
+        except StorageUnavailable as exc:
+            self._fail_all(jobs, exc)
+            time.sleep(0.2)  # do not spin while the server is away
+            return None
+        try:
+            self._begin(conn, jobs)
+        except psycopg.Error as exc:
+            self._fail_all(jobs, exc)
+            conn.close()
+            return None
+        return conn
 
     def _run_group(self, conn: PgConnection, jobs: list[Job]) -> bool:
         """Run ``jobs`` in the transaction just begun (:meth:`_begin`); False when the
