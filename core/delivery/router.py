@@ -119,13 +119,14 @@ def requests_of(result: MapResult) -> list[bytes]:
 
 
 def user_of(raw: dict[str, Any] | None) -> str:
-    """The user (``userId``, else ``anonymousId``) of a raw event, for its dead letters."""
+    """The user (``userId``, else ``anonymousId``) of a raw event, as the outbox keeps it
+    (:func:`stored_key`), for its dead letters."""
     if raw is None:
         return ""
     for field in ("userId", "anonymousId"):
         value = raw.get(field)
         if isinstance(value, str) and value:
-            return value
+            return stored_key(value)
     return ""
 
 
