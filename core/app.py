@@ -86,11 +86,14 @@ def plugin_routes(runtime: Runtime) -> list[BaseRoute]:
             raise ConfigError(f"{label}: register_routes failed: {type(exc).__name__}: {exc}") from exc
         if extra is None:
             continue
-        if not isinstance(extra, list | tuple) or not all(isinstance(r, BaseRoute) for r in extra):
-            raise ConfigError(f"{label}: register_routes returned {type(extra).__name__}"
-                              f"{'' if not isinstance(extra, list | tuple) else ' with items that are not routes'},"
-                              " not a list of Starlette routes (Route, Mount...)")
-        found.extend(extra)
+        if isinstance(extra, list | tuple) and all(isinstance(r, BaseRoute) for r in extra):
+            found.extend(extra)
+            continue
+        returned = type(extra).__name__
+        if isinstance(extra, list | tuple):
+            returned += " with items that are not routes"
+        raise ConfigError(f"{label}: register_routes returned {returned}, not a list of"
+                          " Starlette routes (Route, Mount...)")
     return found
 
 

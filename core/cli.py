@@ -222,7 +222,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     if not delivers:
         why = "--no-workers" if no_workers else "[server] workers = false"
         say(f"  delivery:    not in this process ({why}): run `hookyard worker` with the"
-                   " same config and data dir")
+            " same config and data dir")
     if not config.sources:
         say(f"  {NO_SOURCES}")
     say(f"  dashboard:   {url}/ui/  (log in with the admin token)")

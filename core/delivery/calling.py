@@ -124,20 +124,10 @@ def checked(result: Any, name: str) -> DeliveryResult:
         return DeliveryResult.retryable(
             f"deliver hook returned {type(result).__name__}, not a DeliveryResult")
     r = result
-    problem = (
-        None if r.outcome in _OUTCOMES else f"outcome {r.outcome!r} (not ok, retryable or permanent)")
-    if problem is None and r.outcome == "ok" and r.error is None and r.http_status is None \
+    if r.outcome == "ok" and r.error is None and r.http_status is None \
             and r.response_body is None and r.retry_after is None and r.sent is True:
         return r  # DeliveryResult.ok(): the common case, nothing more to check
-    for field, value, kinds in (
-        ("http_status", r.http_status, int), ("error", r.error, str),
-        ("response_body", r.response_body, str), ("retry_after", r.retry_after, (int, float)),
-    ):
-        if problem is None and value is not None and (
-                not isinstance(value, kinds) or isinstance(value, bool)):
-            problem = f"{field} of type {type(value).__name__}"
-    if problem is None and not isinstance(r.sent, bool):
-        problem = f"sent of type {type(r.sent).__name__}"
+    problem = _wrong_field(r)
     if problem is not None:
         log.warning("destination %s: deliver hook returned a DeliveryResult with %s", name,
                     problem, extra={"destination": name})
@@ -146,6 +136,21 @@ def checked(result: Any, name: str) -> DeliveryResult:
             r.response_body is not None and not r.response_body.isascii()):
         r = msgspec.structs.replace(r, error=_utf8(r.error), response_body=_utf8(r.response_body))
     return r
+
+
+def _wrong_field(r: DeliveryResult) -> str | None:
+    """The first field of ``r`` the host cannot store, as a reason; None when there is none."""
+    if r.outcome not in _OUTCOMES:
+        return f"outcome {r.outcome!r} (not ok, retryable or permanent)"
+    for field, value, kinds in (
+        ("http_status", r.http_status, int), ("error", r.error, str),
+        ("response_body", r.response_body, str), ("retry_after", r.retry_after, (int, float)),
+    ):
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            return f"{field} of type {type(value).__name__}"
+    if not isinstance(r.sent, bool):
+        return f"sent of type {type(r.sent).__name__}"
+    return None
 
 
 def _utf8(text: str | None) -> str | None:
