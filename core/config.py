@@ -78,6 +78,10 @@ class StorageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # seconds a write may take before its waiters get "storage unavailable" (503) instead of
     # waiting on a database that does not answer (0 = wait forever)
     write_timeout_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    # PostgreSQL only: how long serve and worker wait at start-up for a server that does not
+    # take connections yet (down, starting up) before they exit (0 = exit at once); a wrong
+    # password, role or database name stops them at once
+    connect_wait_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
 
     def __post_init__(self) -> None:
         _finite(self, "storage")

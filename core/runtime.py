@@ -40,7 +40,15 @@ from .plugins import (
 )
 from .refused_tokens import RefusedTokens
 from .sizes import SizeCounter
-from .storage import Storage, check_schema, describe, migrate, open_database, schema_version
+from .storage import (
+    POSTGRESQL,
+    Storage,
+    check_schema,
+    describe,
+    migrate,
+    open_database,
+    schema_version,
+)
 
 if TYPE_CHECKING:
     from .delivery.scrub import Scrubber
@@ -267,6 +275,11 @@ class Runtime:
         schema problem stops it with one line; the app's lifespan opens it for embedders)."""
         if self._opened:
             return
+        if upgrade and self.db.dialect == POSTGRESQL:  # serve and worker wait for the server
+            from .storage.postgres import wait_for_server
+
+            storage = self.config.storage
+            wait_for_server(storage.url or "", storage.schema, storage.connect_wait_seconds)
         self.db.write_timeout = 0  # a migration (an index on a large table) may take minutes
         self.db.start()
         try:

@@ -59,6 +59,48 @@ def connect(url: str, schema: str) -> PgConnection:
     return PgConnection(raw, schema)
 
 
+PASSING_REFUSALS = ("starting up", "shutting down", "in recovery", "too many clients",
+                    "connection slots are reserved", "not yet accepting connections")
+"""What a server that answered but refused a connection says when it will take one soon (the
+texts of SQLSTATE 57P03 and 53300, which libpq does not give as codes at connect time)."""
+
+
+def refused_for_good(exc: StorageUnavailable) -> bool:
+    """True when ``exc`` (from :func:`connect`) is a server's own refusal that waiting will not
+    mend: a wrong password, role or database name. A refused or timed-out connection, and a
+    server that is starting up or full, will mend."""
+    text = str(exc)
+    return "FATAL:" in text and not any(passing in text for passing in PASSING_REFUSALS)
+
+
+def wait_for_server(url: str, schema: str, seconds: float) -> None:
+    """Return once PostgreSQL takes a connection; wait up to ``seconds`` for a server that is not
+    up yet (a database container started beside hookyard's), logging while it waits. A refusal
+    for good (:func:`refused_for_good`) or the end of the wait raises StorageUnavailable."""
+    deadline = time.monotonic() + seconds
+    next_word = 0.0
+    waited_since = time.monotonic()
+    while True:
+        try:
+            connect(url, schema).close()
+        except StorageUnavailable as exc:
+            now = time.monotonic()
+            if refused_for_good(exc) or now >= deadline:
+                if now - waited_since >= 1:
+                    raise StorageUnavailable(f"{exc} (waited {now - waited_since:.0f} s;"
+                                             " [storage] connect_wait_seconds)") from None
+                raise
+            if now >= next_word:
+                log.warning("%s; waiting for it up to %.0f s more ([storage] connect_wait_seconds)",
+                            str(exc).splitlines()[0], deadline - now)
+                next_word = now + 10
+            time.sleep(min(1.0, max(0.0, deadline - now)))
+            continue
+        if next_word:
+            log.info("PostgreSQL answered after %.0f s", time.monotonic() - waited_since)
+        return
+
+
 def storage_error(exc: BaseException) -> BaseException:
     """psycopg errors as hookyard errors (see the module docstring); others unchanged."""
     if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.DeadlockDetected):

@@ -25,7 +25,7 @@ def log_entry(events: int) -> LogEntry:
     return LogEntry(now_iso(), "web", "POST", "/v1/batch", 200, events, None, 1.5)
 
 
-def make_runtime(storage: dict[str, str], data_dir: Path, **overrides: Any) -> Runtime:
+def make_runtime(storage: dict[str, Any], data_dir: Path, **overrides: Any) -> Runtime:
     """A runtime with source ``web`` and destination ``seg`` (Segment forwarder), opened."""
     config = {
         "server": {"data_dir": str(data_dir), "admin_token": "test-admin-token"},
