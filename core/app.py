@@ -19,12 +19,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import admin_api, dashboard
 from .delivery.engine import Engine
 from .delivery.router import touch_cursor
-from .errors import BEARER_CHALLENGE, ConfigError, PluginFailed, RequestError
+from .errors import BEARER_CHALLENGE, ConfigError, HookyardError, PluginFailed, RequestError
 from .http_protocol import error_body
 from .ingest import IngestEndpoint
 from .metrics import CONTENT_TYPE, Metrics
@@ -117,8 +117,12 @@ class HookyardApp(Starlette):
     """
 
     ingest: IngestEndpoint | None = None
+    startup_error: HookyardError | None = None  # why the lifespan's start failed (logged)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, self._quiet_failure(send))
+            return
         ingest = self.ingest
         if (
             ingest is not None
@@ -131,6 +135,18 @@ class HookyardApp(Starlette):
             await ingest.asgi(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+    def _quiet_failure(self, send: Send) -> Send:
+        """``send`` for the lifespan: a start that failed with a :class:`HookyardError` (a
+        plugin's startup hook, the database) was logged in one line by the lifespan, so
+        Starlette's traceback of it (the ``startup.failed`` message uvicorn logs) is left out."""
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.startup_error is not None:
+                message = {"type": "lifespan.startup.failed", "message": ""}
+            await send(message)
+
+        return sending
 
 
 def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> HookyardApp:
@@ -204,8 +220,14 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal engine
-        runtime.open()
-        await runtime.run_startup_hooks()
+        try:
+            runtime.open()
+            await runtime.run_startup_hooks()
+        except HookyardError as exc:  # one line (and a plugin's own traceback), not uvicorn's
+            log.error("%s", exc, exc_info=exc.__cause__ if exc.__cause__ else None)
+            assert isinstance(app, HookyardApp)
+            app.startup_error = exc
+            raise
         if workers:
             engine = Engine(runtime)
             engine.observers.append(metrics.observe)

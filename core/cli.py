@@ -275,7 +275,13 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
         fail(exc)
 
     async def run() -> None:
-        await rt.run_startup_hooks()
+        try:
+            await rt.run_startup_hooks()
+        except HookyardError as exc:
+            if exc.__cause__ is not None:  # the plugin's own traceback, for its author
+                logging.getLogger("hookyard").error("%s", exc, exc_info=exc.__cause__)
+            rt.close()
+            fail(exc)
         engine = Engine(rt)
         await engine.start(wait_for_helpers=True)
         stop = asyncio.Event()

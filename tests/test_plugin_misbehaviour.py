@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from hookyard import hookimpl
 from hookyard import runtime as runtime_module
+from hookyard.app import create_app
 from hookyard.config import parse_config
 from hookyard.connectors import Connector, DestinationContext
 from hookyard.deliveries import Delivery, DeliveryResult, MapResult
@@ -245,6 +246,36 @@ def test_a_startup_hook_that_exits_stops_start_up_naming_the_plugin(tmp_path: An
     rt = Runtime.build(config, [Exits()])
     with pytest.raises(ConfigError, match="startup hook of .* failed: SystemExit: 5"):
         asyncio.run(rt.run_startup_hooks())
+
+
+def test_a_failed_startup_hook_is_one_log_line_with_the_plugins_traceback(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """serve logged uvicorn's traceback of Starlette's lifespan around the plugin's error;
+    now the one-line reason, with only the plugin's own frames, and no traceback after it."""
+
+    class Fails:
+        @hookimpl
+        def startup(self, runtime: Runtime) -> None:
+            raise RuntimeError("cannot reach the license server")
+
+    config = parse_config({"server": {"data_dir": str(tmp_path), "admin_token": "admin-token-1"}})
+    app = create_app(Runtime.build(config, [Fails()]), run_workers=False)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.ERROR), pytest.raises(ConfigError):
+        asyncio.run(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send))
+    assert sent == [{"type": "lifespan.startup.failed", "message": ""}]
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage().startswith("startup hook of ")
+    assert "license server" in record.getMessage()
+    assert record.exc_info is not None and "starlette" not in logging.Formatter().formatException(
+        record.exc_info)
 
 
 def test_a_cancelled_error_of_a_startup_or_shutdown_hook_is_its_failure(
