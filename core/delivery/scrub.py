@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 import msgspec
 
@@ -26,12 +27,17 @@ MIN_TAIL = 4  # a clipped body ending in this much of a secret loses that end
 
 
 def _forms(secret: str) -> list[str]:
-    """A secret as a peer may echo it: as is, and base64-encoded wherever it sits in the
-    encoded value (``Basic base64(key:)``, or ``base64(user:key)``): for each of the three
-    alignments, the encoding of the secret's bytes from the next 3-byte boundary on, cut after
-    the last whole group of 3, so that it matches whatever came before and after it."""
+    """A secret as a peer may echo it: as is; URL-encoded (a query string or form it quotes
+    back: ``%2B``, ``%2F``, ``+`` for a space) and JSON-escaped (``\\/``), where that differs;
+    and base64-encoded wherever it sits in the encoded value (``Basic base64(key:)``, or
+    ``base64(user:key)``): for each of the three alignments, the encoding of the secret's bytes
+    from the next 3-byte boundary on, cut after the last whole group of 3, so that it matches
+    whatever came before and after it."""
     raw = secret.encode()
-    forms = [secret]
+    forms = list(dict.fromkeys([
+        secret, quote(secret, safe=""), quote(secret, safe="/:@"), quote_plus(secret),
+        msgspec.json.encode(secret).decode()[1:-1], secret.replace("/", "\\/"),
+    ]))
     for skip in range(3):  # the secret begins 0, 2 or 1 bytes after a 3-byte boundary
         part = raw[skip:]
         whole = len(part) // 3 * 3

@@ -176,3 +176,17 @@ def test_a_secret_is_redacted_base64_encoded_at_any_offset(before: str, after: s
     encoded = base64.b64encode(f"{before}{secret}{after}".encode()).decode()
     cleaned = Scrubber([secret]).text(f"sent Authorization: Basic {encoded}")
     assert cleaned is not None and "[redacted]" in cleaned and encoded not in cleaned
+
+
+@pytest.mark.parametrize("echo", [
+    "token=ab%2Bcd%2Fef%3D%3Dgh",  # a query string or form quoted back
+    "token=ab%2Bcd/ef%3D%3Dgh",
+    '{"sent": "ab+cd\\/ef==gh"}',  # JSON that escapes its slashes (PHP's json_encode)
+])
+def test_a_secret_is_redacted_url_encoded_or_json_escaped(echo: str) -> None:
+    """Left from the security audit: a peer that echoed a key URL-encoded kept it whole in the
+    stored response body."""
+    from hookyard.delivery.scrub import Scrubber
+
+    cleaned = Scrubber(["ab+cd/ef==gh"]).text(f"400 bad request: {echo}")
+    assert cleaned is not None and "[redacted]" in cleaned and "gh" not in cleaned
