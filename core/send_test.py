@@ -98,7 +98,7 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
         raise ConfigError(f"--url must start with http:// or https://, not {target_url!r}")
     key = write_key or key
     if not key:
-        raise ConfigError(f"no write key: pass --write-key, or --config / --data-dir of the "
+        raise ConfigError(f"no write key: set HOOKYARD_WRITE_KEY, or pass --config / --data-dir of the "
                           f"running server (looked for {folder / 'write_key'})")
     for name, value in (("write key", key), ("admin token", admin_token or token)):
         if value is not None and not (value.isascii() and value.isprintable()):
@@ -240,9 +240,12 @@ def _finite_wait(value: float) -> float:
               help="TOML config of the running server (default: $HOOKYARD_CONFIG)")
 @click.option("--data-dir", help="Data dir of the running server (default: ./hookyard-data)")
 @click.option("--url", help="Server URL (default: from the config, else http://127.0.0.1:8000)")
-@click.option("--write-key", help="Write key of a Segment source (default: from config/data dir)")
+@click.option("--write-key", envvar="HOOKYARD_WRITE_KEY",
+              help="Write key of a Segment source (default: $HOOKYARD_WRITE_KEY, config, data"
+                   " dir; the variable keeps it out of the process list)")
 @click.option("--admin-token", envvar="HOOKYARD_ADMIN_TOKEN",
-              help="Admin token to read deliveries (default: $HOOKYARD_ADMIN_TOKEN, config, data dir)")
+              help="Admin token to read deliveries (default: $HOOKYARD_ADMIN_TOKEN, config, data"
+                   " dir; the variable keeps it out of the process list)")
 @click.option("--source", help="Source whose write key is used (default: the first Segment one)")
 @click.option("--user-id", default="hookyard-send-test", show_default=True)
 @click.option("--wait", default=10.0, show_default=True, type=click.FloatRange(min=0),

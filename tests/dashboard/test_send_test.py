@@ -74,6 +74,15 @@ def test_without_admin_token_only_sending_is_reported(server: HookyardServer) ->
     assert "stored (HTTP 200)" in out and "pass --admin-token" in out
 
 
+def test_keys_come_from_the_environment(server: HookyardServer,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys on a command line are visible to every user (ps): the variables keep them out."""
+    monkeypatch.setenv("HOOKYARD_WRITE_KEY", KEY)
+    monkeypatch.setenv("HOOKYARD_ADMIN_TOKEN", ADMIN)
+    code, out, err = send_test("--url", server.url, "--data-dir", "/nonexistent")
+    assert "stored (HTTP 200)" in out and "-> profiles" in out, err
+
+
 def test_errors_are_one_line(server: HookyardServer, tmp_path: Path) -> None:
     with FakeServer() as gone:
         dead_url = gone.url
@@ -83,7 +92,7 @@ def test_errors_are_one_line(server: HookyardServer, tmp_path: Path) -> None:
             f"Error: identify refused by {server.url}: HTTP 401 invalid write key",
         ("--url", server.url, "--write-key", KEY, "--admin-token", "wrong-token"):
             f"Error: the admin token from --admin-token was refused by {server.url}",
-        ("--data-dir", str(tmp_path / "empty")): "Error: no write key: pass --write-key",
+        ("--data-dir", str(tmp_path / "empty")): "Error: no write key: set HOOKYARD_WRITE_KEY",
         ("--config", str(tmp_path / "missing.toml")): "Error: config file",
         ("--url", "ftp://x", "--write-key", KEY): "Error: --url must start with http://",
         ("--url", server.url, "--write-key", "bad\udcff"): "Error: the write key must be printable",
