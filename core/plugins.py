@@ -322,6 +322,7 @@ class ConnectorRegistry:
         self._connectors: dict[tuple[ConnectorKind, str], tuple[Connector, object]] = {}
         self._callers: dict[tuple[str, int], Any] = {}
         self._direct_cache: dict[tuple[str, str, str], tuple[Any, list[Any]]] = {}
+        self._blocks_cache: dict[tuple[str, str, str], tuple[bool, list[Any]]] = {}
         for impl in pm.hook.register_connectors.get_hookimpls():
             if impl.wrapper or impl.hookwrapper:
                 continue  # the registry reads every plugin's list itself; wrappers have nothing to add
@@ -420,6 +421,22 @@ class ConnectorRegistry:
         impl = mine[0] if len(mine) == 1 and not wrapped else None
         self._direct_cache[key] = (impl, impls)
         return impl
+
+    def blocks(self, hook_name: str, kind: ConnectorKind, name: str) -> bool:
+        """True when the owner's implementation of ``hook_name`` is a plain function, not an
+        ``async def``: a call of it may block, so the host may run it off the event loop
+        (:mod:`hookyard.delivery.hook_thread`). Its wrappers, generators, run with it."""
+        hook = getattr(self.pm.hook, hook_name)
+        impls = hook.get_hookimpls()
+        key = (hook_name, kind, name)
+        cached = self._blocks_cache.get(key)
+        if cached is not None and cached[1] == impls:
+            return cached[0]
+        owner = self._owner(kind, name)
+        mine = [i for i in impls if i.plugin is owner and not (i.wrapper or i.hookwrapper)]
+        blocking = bool(mine) and not inspect.iscoroutinefunction(mine[0].function)
+        self._blocks_cache[key] = (blocking, impls)
+        return blocking
 
     def call(self, hook_name: str, kind: ConnectorKind, name: str, **kwargs: Any) -> Any:
         """Call step ``hook_name`` of connector ``name`` with keyword arguments.

@@ -51,6 +51,7 @@ from .storage import (
 )
 
 if TYPE_CHECKING:
+    from .delivery.hook_thread import HookThread
     from .delivery.scrub import Scrubber
 
 log = logging.getLogger("hookyard")
@@ -77,6 +78,13 @@ class DestinationRuntime:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @functools.cached_property
+    def hook_thread(self) -> HookThread:
+        """Where a plain-function ``deliver`` of this destination runs (not on the loop)."""
+        from .delivery.hook_thread import HookThread
+
+        return HookThread(self.config.name)
 
     @functools.cached_property
     def integration_names(self) -> tuple[str, ...]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -393,3 +395,72 @@ def test_a_plugin_that_changes_the_event_changes_it_for_itself_only(tmp_path: An
     row = (1, "web", "m1", "track", "2026-12-05T00:00:00Z", encoder.encode(raw), 0)
     map_rows(rt, [row])
     assert seen == [("u1", "u1")]
+
+
+def test_a_blocking_plain_function_deliver_holds_neither_ingest_nor_other_destinations(
+        hookyard_server: Callable[..., HookyardServer]) -> None:
+    """Left from the misbehaving-plugins audit: a plain ``def deliver`` that blocks (a
+    ``requests.post`` to a vendor that does not answer) ran on the event loop and held ingest,
+    /healthz and every other destination for as long. It runs on a thread of its destination's
+    own now."""
+    called, release = threading.Event(), threading.Event()
+
+    class Blocks:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="blocker", kind="destination")]
+
+        @hookimpl
+        def map_event(self, destination: DestinationContext, event: Event,
+                      raw: dict[str, Any]) -> MapResult:
+            return MapResult.send(Delivery(kind="track", body={}))
+
+        @hookimpl
+        def deliver(self, destination: DestinationContext, deliveries: list[Delivery],
+                    client: HttpClient) -> list[DeliveryResult]:
+            called.set()
+            release.wait(30)  # a blocking call to a vendor that does not answer
+            return [DeliveryResult.ok() for _ in deliveries]
+
+    server = hookyard_server({"destinations": [
+        {"name": "slow", "plugin": "blocker", "sources": ["web"]},
+        {"name": "profiles", "plugin": "profiles", "sources": ["web"]}]}, plugins=[Blocks()])
+    try:
+        assert server.post("/v1/identify", {"userId": "u1", "traits": {"a": 1}}).status_code == 200
+        assert called.wait(15)
+        began = time.monotonic()
+        assert server.client.get(f"{server.url}/healthz").status_code == 200
+        assert server.post("/v1/identify", {"userId": "u2", "traits": {"b": 2}}).status_code == 200
+        deadline = time.monotonic() + 15
+        while server.api("/api/subscribers/u2").status_code != 200:
+            assert time.monotonic() < deadline, "the profile store waited for the blocked plugin"
+            time.sleep(0.05)
+        assert time.monotonic() - began < 10
+    finally:
+        release.set()
+
+
+def test_hook_thread_runs_calls_in_turn_and_hands_back_their_exceptions() -> None:
+    from hookyard.delivery.hook_thread import HookThread
+
+    ran: list[int] = []
+    thread = HookThread("dest")
+
+    def call(i: int) -> int:
+        time.sleep(0.01 * (3 - i))  # the first is the slowest: still first to end
+        ran.append(i)
+        return i
+
+    def fails() -> None:
+        raise ValueError("vendor said no")
+
+    async def main() -> None:
+        assert await asyncio.gather(*(thread.run(lambda i=i: call(i)) for i in range(3))) == [0, 1, 2]
+        with pytest.raises(ValueError, match="vendor said no"):
+            await thread.run(fails)
+        with pytest.raises(TimeoutError):  # a call past its limit is given up, not waited for
+            async with asyncio.timeout(0.05):
+                await thread.run(lambda: time.sleep(0.3))
+
+    asyncio.run(main())
+    assert ran == [0, 1, 2]

@@ -7,6 +7,7 @@ a plugin's exceptions, hangs and wrong answers into results the same way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -80,16 +81,18 @@ async def call_deliver(
     counted from the claim), so a hung plugin cannot outlive its lease and have the same rows
     delivered twice at once."""
     name = dest.name
+    call = functools.partial(
+        rt.registry.call, "deliver", "destination", dest.config.plugin,
+        # a copy: a hook that empties or reorders its list must not change what the host
+        # matches its results against
+        destination=dest.context, deliveries=list(deliveries), client=client,
+    )
     try:
         async with asyncio.timeout(limit):
-            results = await maybe_await(
-                rt.registry.call(
-                    "deliver", "destination", dest.config.plugin,
-                    # a copy: a hook that empties or reorders its list must not change what
-                    # the host matches its results against
-                    destination=dest.context, deliveries=list(deliveries), client=client,
-                )
-            )
+            if rt.registry.blocks("deliver", "destination", dest.config.plugin):
+                results = await maybe_await(await dest.hook_thread.run(call))  # off the loop
+            else:
+                results = await maybe_await(call())
     except TimeoutError:
         budget = dest.policy.lease_seconds * HOOK_LEASE_SHARE
         return [DeliveryResult.retryable(
