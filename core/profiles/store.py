@@ -145,9 +145,20 @@ PG_TABLES = [
 
 
 def _migrate_pg(conn: Any) -> None:
+    """The PostgreSQL tables created or upgraded, their version kept in ``profile_version``
+    (one row; none in a schema written before it was kept), as ``PRAGMA user_version`` is in
+    ``profiles.db``: a newer version stops start-up."""
+    from ..storage import refuse_newer
+
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("hookyard.profiles",))
+    conn.execute("CREATE TABLE IF NOT EXISTS profile_version (version integer NOT NULL)")
+    found = conn.execute("SELECT max(version) FROM profile_version").fetchone()[0]
+    refuse_newer(int(found or 0), PROFILES_VERSION)
     for statement in PG_TABLES:
         conn.execute(statement)
+    if found != PROFILES_VERSION:
+        conn.execute("DELETE FROM profile_version")
+        conn.execute("INSERT INTO profile_version (version) VALUES (?)", (PROFILES_VERSION,))
 
 
 def _like_escape(text: str) -> str:

@@ -118,3 +118,24 @@ def test_stop_closes_every_threads_read_connection(tmp_path: Path) -> None:
             conn.execute("SELECT 1")
     assert db.read_sync(lambda c: c.execute("SELECT 1").fetchone()[0]) == 1
     db.stop()
+
+
+def test_profile_tables_newer_than_this_hookyard_stop_start_up_on_postgresql() -> None:
+    """Left from the PostgreSQL audit: the profile tables there had no version, so a newer
+    hookyard's changes to them could not be told from an old schema."""
+    from hookyard.testing.postgres import pg_unavailable, pg_url, temp_schema
+
+    if pg_unavailable():
+        pytest.skip(str(pg_unavailable()))
+    import psycopg
+
+    with temp_schema() as settings, psycopg.connect(pg_url(), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{settings["schema"]}"')  # as hookyard's migration does
+        ProfileStore.postgres(settings["url"], settings["schema"]).close()
+        table = f'"{settings["schema"]}".profile_version'
+        assert conn.execute(f"SELECT version FROM {table}").fetchall() == [(PROFILES_VERSION,)]
+        ProfileStore.postgres(settings["url"], settings["schema"]).close()  # opened again
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (1,)
+        conn.execute(f"UPDATE {table} SET version = {PROFILES_VERSION + 1}")
+        with pytest.raises(SchemaMismatch, match="newer than hookyard"):
+            ProfileStore.postgres(settings["url"], settings["schema"])
