@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
+import zoneinfo
 from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -48,6 +49,7 @@ CONTEXT_FALLBACKS = {"locale": "$.context.locale", "timezone": "$.context.timezo
 
 TOPIC_KEY_RE = re.compile(r"^[A-Za-z0-9_:-]+$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+LOCALE_RE = re.compile(r"^[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*$")  # en, en-US, pt_BR, zh-Hant-TW
 NO_USER_ID = (
     "userId is required: Novu subscribers are keyed by userId (anonymous events are not sent)"
 )
@@ -62,6 +64,31 @@ def as_text(value: Any) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return None
+
+
+def novu_takes(field: str, text: str | None) -> str | None:
+    """``text`` as Novu's API takes subscriber attribute ``field``, else None. Novu answers 422
+    to the whole request for an email, locale or time zone it cannot read (its validators
+    ``IsEmail``, ``IsLocale``, ``IsTimeZone``), and the identify's other attributes were lost
+    with it: such a value is left out of the attributes (the next candidate is tried, and the
+    trait stays in ``data``). An email loses its surrounding spaces."""
+    if text is None:
+        return None
+    if field == "email":
+        text = text.strip()
+        return text if len(text) <= 254 and EMAIL_RE.match(text) else None  # length first:
+        # the pattern is quadratic on a long run of dots
+    if field == "locale":
+        return text if len(text) <= 35 and LOCALE_RE.match(text) else None
+    if field == "timezone":
+        return text if text in _timezones() else None
+    return text
+
+
+@functools.lru_cache(maxsize=1)
+def _timezones() -> frozenset[str]:
+    """IANA time zone names (the ``tzdata`` package, a dependency, when the system has none)."""
+    return frozenset(zoneinfo.available_timezones()) - {"localtime", "posixrules", "Factory"}
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,7 +127,7 @@ def subscriber_fields(
         for path in candidates[field]:
             source = raw if path.startswith("$.") else traits
             value = get_path(source, path)
-            text = None if value is MISSING else as_text(value)
+            text = None if value is MISSING else novu_takes(field, as_text(value))
             if text is not None:
                 fields[field] = text
                 if source is traits and "." not in path:

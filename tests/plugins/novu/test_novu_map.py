@@ -212,6 +212,24 @@ def test_unusable_values_are_not_sent_as_attributes() -> None:
     assert d.body == {"subscriberId": "97980cfea0067", "data": traits}
 
 
+def test_values_novu_would_refuse_stay_in_data() -> None:
+    """Found by the vendor audit: Novu answers 422 to the whole request for an email, locale or
+    time zone its validators (IsEmail, IsLocale, IsTimeZone) refuse, so one bad trait sent the
+    identify, and every trigger carrying it, to the dead letters."""
+    traits = {"email": "not-an-email", "locale": "+05:30", "timezone": "Mars/Olympus",
+              "firstName": "Zoe"}
+    raw = sample_identify(traits=traits, context={"locale": "pt_BR", "timezone": "UTC"})
+    assert one(raw).body == {
+        "subscriberId": "97980cfea0067", "firstName": "Zoe",
+        "locale": "pt_BR", "timezone": "UTC",  # the context's, which Novu takes
+        "data": {"email": "not-an-email", "locale": "+05:30", "timezone": "Mars/Olympus"},
+    }
+    spaced = sample_identify(traits={"email": "  Zoe.Nunez+tag@EXAMPLE.co.uk "})
+    assert one(spaced).body["email"] == "Zoe.Nunez+tag@EXAMPLE.co.uk"
+    track = sample_track(event="User Registered", context={"traits": {"email": "bad@", "phone": "555"}})
+    assert one(track).body["to"] == {"subscriberId": "97980cfea0067", "phone": "555"}
+
+
 @pytest.mark.parametrize(
     ("name", "first", "last"),
     [
