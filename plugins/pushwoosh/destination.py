@@ -32,7 +32,7 @@ from hookyard.times import event_time
 
 from .dates import unix_seconds
 from .settings import PushwooshSettings
-from .tags import as_text, build_tags
+from .tags import INT64_MAX, INT64_MIN, as_text, build_tags
 
 SET_TAGS_PATH = "/json/1.3/setTags"
 POST_EVENT_PATH = "/json/1.3/postEvent"
@@ -88,7 +88,8 @@ def event_timestamp(raw: Mapping[str, Any]) -> int | None:
 
 def attributes(properties: Mapping[str, Any] | None) -> dict[str, Any]:
     """Event attributes from track properties: flat values as they are, objects as JSON
-    strings, list items as strings, nulls left out (Pushwoosh attributes are flat)."""
+    strings, list items as strings, integers past 64 bits as text, nulls left out (Pushwoosh
+    attributes are flat)."""
     out: dict[str, Any] = {}
     for key, value in (properties or {}).items():
         if value is None:
@@ -97,6 +98,8 @@ def attributes(properties: Mapping[str, Any] | None) -> dict[str, Any]:
             out[key] = as_text(value)
         elif isinstance(value, list | tuple):
             out[key] = [as_text(item) for item in value if item is not None]
+        elif isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+            out[key] = str(value)  # past Pushwoosh's 64-bit Integer: as text, as tags are
         else:
             out[key] = value
     return out

@@ -37,7 +37,7 @@ RESERVED_ADDRESS: dict[str, str] = {"city": "City", "country": "Country"}
 
 _json = msgspec.json.Encoder()
 _INT_RE = re.compile(r"^[+-]?\d+$")
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _VERSION_RE = re.compile(r"^\d{1,4}(?:\.\d{1,4}){0,3}$")
 _TRUE = frozenset({"true", "1", "yes", "y", "on"})
 _FALSE = frozenset({"false", "0", "no", "n", "off"})
@@ -48,7 +48,7 @@ def infer_type(value: Any) -> TagType:
     if isinstance(value, bool):
         return "Boolean"
     if isinstance(value, int):  # an id past 64 bits (Pushwoosh's Integer) is kept as text
-        return "Integer" if _INT64_MIN <= value <= _INT64_MAX else "String"
+        return "Integer" if INT64_MIN <= value <= INT64_MAX else "String"
     if isinstance(value, float):
         return "Decimal"
     if isinstance(value, list | tuple):
@@ -71,7 +71,7 @@ def as_text(value: Any) -> str:
 
 def _to_int(value: Any) -> int | None:
     number = _to_any_int(value)
-    return number if number is not None and _INT64_MIN <= number <= _INT64_MAX else None
+    return number if number is not None and INT64_MIN <= number <= INT64_MAX else None
 
 
 def _to_any_int(value: Any) -> int | None:

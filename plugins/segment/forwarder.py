@@ -63,14 +63,22 @@ class SegmentForwarderSettings(msgspec.Struct, forbid_unknown_fields=True, kw_on
             raise ValueError(f"base_url must start with http:// or https://, not {self.base_url!r}")
 
 
+ID_FIELDS = ("userId", "anonymousId", "groupId", "previousId", "messageId")
+
+
 def forwarded_event(raw: Mapping[str, Any]) -> dict[str, Any]:
     """The event as it is sent to Segment: the stored event (unknown fields, ``messageId``,
-    ``context``... kept) without ``writeKey``, ``sentAt`` and ``receivedAt``, with
+    ``context``... kept) without ``writeKey``, ``sentAt`` and ``receivedAt``, numeric ids as
+    text, with
     ``timestamp`` fixed to when it happened (:func:`hookyard.times.event_time`: corrected for
     the client's clock, in UTC with milliseconds, as every destination gets it), so a batch sent
     hours later, after retries or by a replay, keeps its events at their own time, in a form
     Segment reads (not a client's week date or ``+05:30``). Pure: no clock."""
     event = {key: value for key, value in raw.items() if key not in NOT_FORWARDED}
+    for key in ID_FIELDS:  # a number (Segment's Node libraries pass one through) as text,
+        value = event.get(key)  # as Segment's spec types it and its Python library sends it
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            event[key] = str(value)
     timestamp = event_time(raw)
     if timestamp is not None:
         event["timestamp"] = timestamp

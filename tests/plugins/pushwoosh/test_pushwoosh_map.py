@@ -205,6 +205,14 @@ def test_track_attributes_are_flattened() -> None:
     }
 
 
+def test_track_attributes_past_64_bits_go_as_text() -> None:
+    """Found by the vendor audit: tags turned such a number into a String, attributes sent it
+    as a number Pushwoosh's 64-bit Integer cannot hold."""
+    raw = sample_track(properties={"total": 12345678901234567890, "max": 2**63 - 1, "low": -(2**63)})
+    assert request_of(run(raw))["attributes"] == {
+        "total": "12345678901234567890", "max": 2**63 - 1, "low": -(2**63)}
+
+
 @pytest.mark.parametrize(
     "fields, expected",
     [

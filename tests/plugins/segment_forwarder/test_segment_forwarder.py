@@ -122,6 +122,16 @@ def test_every_event_is_forwarded_as_stored(raw: dict[str, Any], kind: str) -> N
     assert WRITE_KEY not in msgspec.json.encode(delivery).decode()
 
 
+def test_numeric_ids_are_forwarded_as_text() -> None:
+    """Found by the vendor audit: a numeric userId (Segment's Node libraries pass one through)
+    went to Segment as a number; its spec types ids as strings, and its Python library sends
+    str(id)."""
+    raw = sample_track(userId=12345, anonymousId=99, messageId=7, groupId=True)
+    body = mapped(raw).body
+    assert (body["userId"], body["anonymousId"], body["messageId"]) == ("12345", "99", "7")
+    assert body["groupId"] is True  # not a number: left as the client sent it
+
+
 def test_write_key_sent_at_and_received_at_are_not_forwarded() -> None:
     raw = sample_track(writeKey="hookyard-source-secret", sentAt="2026-01-01T00:00:00.000Z")
     body = mapped(raw).body
