@@ -51,9 +51,12 @@ class Engine:
             for name in self.deliverer.destinations:
                 self.workers[name].deliverer = self.deliverer
         # the inbox purge's position: events up to it were looked at (those it kept are still
-        # referred to by the outbox, and are looked at again from 0 every INBOX_RESCAN_SECONDS)
+        # referred to by the outbox, and are looked at again from 0 every INBOX_RESCAN_SECONDS,
+        # or as soon as a pass has ended when outbox rows were purged since it began)
         self.inbox_scan = 0
         self.inbox_rescan_at = 0.0
+        self.inbox_pass_ended = False
+        self.outbox_purged = False
         rt.engine = self
 
     def notify(self) -> None:
@@ -151,9 +154,14 @@ class Engine:
             # discarded rows would stay for good, and keep their inbox events)
             every = await self.rt.db.read(outbox.destinations_in)
             purged = await self._purge_rounds(lambda c: outbox.purge(c, cutoff, every))
+            self.outbox_purged = self.outbox_purged or purged > 0
+            if purged:
+                log.info("deleted %d finished deliveries past retention_days", purged)
         if storage.api_log_retention_days > 0:
             before = retention.cutoff_iso(storage.api_log_retention_days)
-            await self._purge_rounds(lambda c: retention.purge_api_log(c, before))
+            lines = await self._purge_rounds(lambda c: retention.purge_api_log(c, before))
+            if lines:
+                log.info("deleted %d API log lines past api_log_retention_days", lines)
         if storage.inbox_retention_days > 0:
             await self._purge_inbox(retention.cutoff_iso(storage.inbox_retention_days))
         return purged
@@ -170,8 +178,12 @@ class Engine:
 
     async def _purge_inbox(self, before: str) -> int:
         now = time.monotonic()
-        if now >= self.inbox_rescan_at:
+        # events kept for their outbox rows may go once those rows are purged: look at them
+        # again after a pass that saw them (not from 0 in every run: a long stretch of kept
+        # events would be read again and again, and the scan would never get past it)
+        if now >= self.inbox_rescan_at or (self.inbox_pass_ended and self.outbox_purged):
             self.inbox_scan, self.inbox_rescan_at = 0, now + INBOX_RESCAN_SECONDS
+            self.inbox_pass_ended = self.outbox_purged = False
         total = 0
         for _ in range(MAX_PURGE_ROUNDS):
             after = self.inbox_scan
@@ -180,6 +192,8 @@ class Engine:
             )
             total += gone
             self.inbox_scan = last
+            if frontier:
+                self.inbox_pass_ended = True
             if frontier or self.stopping:
                 break
             await asyncio.sleep(PURGE_PAUSE)

@@ -5,6 +5,7 @@ and the newest event always stays (SQLite would give its id to the next event)."
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,37 @@ def test_engine_maintenance_applies_both_retentions(storage_settings: dict[str, 
         assert asyncio.run(run()) == 3
         assert inbox_ids(rt) == ["new"]
         assert rt.db.read_sync(lambda c: c.execute("SELECT count(*) FROM api_log").fetchone()[0]) == 1
+    finally:
+        rt.close()
+
+
+def test_events_freed_by_an_outbox_purge_go_in_the_next_maintenance(
+        storage_settings: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the operations audit: the inbox purge's scan went past events still referred to
+    by the outbox and looked at them again only an hour later, after their rows were purged."""
+    storage = {**storage_settings, "retention_days": 1, "inbox_retention_days": 2}
+    rt = make_runtime(storage, tmp_path)
+    try:
+        ingest(rt, ["a", "b", "c"], OLD)
+        ingest(rt, ["new"], retention.cutoff_iso(0))
+        route_all(rt)
+
+        async def run() -> None:
+            engine = Engine(rt)
+            try:
+                assert await engine.maintain() == 0  # still pending: every event is kept
+                assert inbox_ids(rt) == ["a", "b", "c", "new"]
+                await rt.db.write(lambda c: c.execute(
+                    "UPDATE outbox SET state = 'done', updated_at = 0 WHERE message_id != 'new'"))
+                with caplog.at_level(logging.INFO, "hookyard"):
+                    assert await engine.maintain() == 3
+            finally:
+                rt.engine = None
+
+        asyncio.run(run())
+        assert inbox_ids(rt) == ["new"]
+        assert "deleted 3 finished deliveries past retention_days" in caplog.text
+        assert "deleted 3 inbox events past inbox_retention_days" in caplog.text
     finally:
         rt.close()
 
