@@ -604,3 +604,24 @@ def test_a_profiles_db_of_an_earlier_version_is_migrated(tmp_path: Path) -> None
         assert found["preferences"]["$locale"] == "de"
     finally:
         store.close()
+
+
+def test_startup_warns_of_profiles_left_in_a_file_on_postgresql(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the operations audit: an earlier build kept the profile store in profiles.db
+    even on PostgreSQL storage; upgraded, it started with empty tables and said nothing."""
+    import sqlite3
+
+    from hookyard.profiles.store import ProfileStore
+
+    path = tmp_path / "profiles.db"
+    prof.left_behind(path, "profiles", lambda: True)  # no file: nothing to say
+    ProfileStore.sqlite(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO subscribers (destination, distinct_id) VALUES ('profiles', 'u1')")
+    with caplog.at_level(logging.WARNING, "hookyard.profiles"):
+        prof.left_behind(path, "profiles", lambda: False)  # the tables were rebuilt
+        assert caplog.text == ""
+        prof.left_behind(path, "profiles", lambda: True)
+    assert "holds 1 subscribers kept there by an earlier build" in caplog.text
+    assert "hookyard replay --source <source> --destination profiles" in caplog.text

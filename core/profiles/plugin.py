@@ -10,6 +10,11 @@ so that every node sees the same profiles), and serves them on the read API
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute
@@ -25,6 +30,8 @@ from .store import ProfileStore
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
+
+log = logging.getLogger("hookyard.profiles")
 
 
 def store_for(destination: DestinationContext) -> ProfileStore:
@@ -46,9 +53,32 @@ def startup(runtime: Runtime) -> None:
     db = runtime.db
     if getattr(db, "dialect", "sqlite") != "postgresql":
         return
-    for dest in runtime.destinations.values():
-        if dest.config.plugin == "profiles":
-            dest.context.state["postgres"] = (db.url, db.schema)  # type: ignore[attr-defined]
+    mine = [dest for dest in runtime.destinations.values() if dest.config.plugin == "profiles"]
+    for dest in mine:
+        dest.context.state["postgres"] = (db.url, db.schema)  # type: ignore[attr-defined]
+    if mine:
+        left_behind(runtime.data_dir / "profiles.db", mine[0].name,
+                    lambda: store_for(mine[0].context).empty())
+
+
+def left_behind(path: Path, destination: str, empty: Callable[[], bool]) -> None:
+    """Warn of a ``profiles.db`` holding subscribers while the PostgreSQL tables have none: an
+    earlier build kept the profile store there even on PostgreSQL storage, and an upgrade starts
+    the tables empty (found by the operations audit: nothing said so)."""
+    if not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            count = conn.execute("SELECT count(*) FROM subscribers").fetchone()[0]
+    except sqlite3.Error:
+        return
+    if count and empty():
+        log.warning(
+            "%s holds %d subscribers kept there by an earlier build; with PostgreSQL storage the"
+            " profile store is in the database (profile_* tables), which has none yet. Rebuild"
+            " it from the inbox: hookyard replay --source <source> --destination %s --since"
+            " 2000-01-01 (docs/operations.md, Upgrading), then delete the file",
+            path, count, destination)
 
 
 @hookimpl

@@ -344,6 +344,10 @@ class ProfileStore:
             "updated_at": row["updated_at"],
         }
 
+    def empty(self) -> bool:
+        """True when no destination has a subscriber here."""
+        return self._reader().execute("SELECT 1 FROM subscribers LIMIT 1").fetchone() is None
+
     def subscribers(
         self, dest: str, *, query: str | None, after: str | None, limit: int
     ) -> tuple[list[dict[str, Any]], str | None]:
