@@ -131,9 +131,10 @@ class StorageUnavailable(RequestError):
 
 
 class SourceHookFailed(RequestError):
-    """503: a source plugin's ``authenticate`` hook failed (raised, or answered something that
-    is not an AuthResult), so the request could be neither accepted nor refused. Not a 401,
-    which a client takes as final and drops its events for: a plugin bug must not lose them."""
+    """503: a source plugin's ``authenticate`` or ``parse_events`` hook failed (raised, or
+    answered something of the wrong type), so the request could be neither accepted nor
+    refused. Not a 401 or 400, which a client takes as final and drops its events for: a plugin
+    bug must not lose them."""
 
     status = 503
 

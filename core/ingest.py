@@ -293,9 +293,14 @@ class IngestEndpoint:
             except Reply as reply:  # the source answers itself: nothing is stored
                 self._log_line(req.method, req.path, source, reply.status, None, started)
                 return _reply_answer(reply)
-            except Exception as exc:  # a plugin bug must not become a 500
-                log.exception("parse_events of source %s failed", source.name)
-                raise BadRequest(f"could not parse the body: {type(exc).__name__}") from None
+            except Exception as exc:  # a plugin bug: not a 500, nor a 400 that the client
+                # takes as final and drops its events for (a plugin's reasons to refuse a body
+                # are BadRequest, NotFound, PayloadTooLarge); retried, they are taken once fixed
+                log.exception("parse_events of source %s (connector %r) failed; answered 503",
+                              source.name, source.plugin)
+                raise SourceHookFailed(f"the source could not read this request (its plugin"
+                                       f" failed with {type(exc).__name__}: see the server log);"
+                                       " retry later") from None
             refused: list[tuple[int, str]] = []
             too_large = 0
             for i, ev in enumerate(parsed):

@@ -1,6 +1,6 @@
 """Plugin mistakes an outside audit found reported late or as a server error: a source hook
 answering the wrong type (a bool, dicts, a raw that is not bytes) is a refused request (503 to
-retry for a failed authenticate, 400 for parse_events, the plugin's error logged), never a 500 nor a 503 that blames storage; an ``async def``
+retry for a failed authenticate or parse_events, the plugin's error logged), never a 500 nor a 503 that blames storage; an ``async def``
 where hookyard does not await, a misspelt connector kind, settings that are not a Struct and a
 destination without ``deliver`` stop start-up with one line."""
 
@@ -120,13 +120,13 @@ def parse_long_reason(self: Any, source: SourceContext, request: IngestRequest) 
     [
         (accept_bool, parse, 503, "authenticate hook of source in returned bool, not an AuthResult"),
         (raise_in_auth, parse, 503, "authenticate hook of source in failed"),
-        (accept, parse_string_raw, 400, "whose raw is not a JSON object"),
-        (accept, parse_array_raw, 400, "whose raw is not a JSON object"),
-        (accept, parse_refused_none, 400, "RefusedEvent at [1] whose reason is None"),
-        (accept, parse_filtered_int, 400, "whose filtered is int (must be None or the reason)"),
-        (accept, parse_dicts, 400, "returned a dict at [0]"),
-        (accept, parse_one, 400, "parse_events returned ParsedEvent, not a list"),
-        (accept, parse_dict_raw, 400, "whose raw is dict (must be bytes"),
+        (accept, parse_string_raw, 503, "whose raw is not a JSON object"),
+        (accept, parse_array_raw, 503, "whose raw is not a JSON object"),
+        (accept, parse_refused_none, 503, "RefusedEvent at [1] whose reason is None"),
+        (accept, parse_filtered_int, 503, "whose filtered is int (must be None or the reason)"),
+        (accept, parse_dicts, 503, "returned a dict at [0]"),
+        (accept, parse_one, 503, "parse_events returned ParsedEvent, not a list"),
+        (accept, parse_dict_raw, 503, "whose raw is dict (must be bytes"),
     ],
 )
 def test_a_source_hook_of_the_wrong_type_refuses_the_request(
