@@ -464,3 +464,30 @@ def test_hook_thread_runs_calls_in_turn_and_hands_back_their_exceptions() -> Non
 
     asyncio.run(main())
     assert ran == [0, 1, 2]
+
+
+def test_a_map_event_that_strips_raw_keeps_the_deliveries_message_id() -> None:
+    """Found by the plugin-author audit: a hook that popped messageId from raw (its vendor
+    refuses unknown fields) left its deliveries without one, the idempotency key."""
+
+    class Strips:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="strips", kind="destination")]
+
+        @hookimpl
+        def map_event(self, destination: DestinationContext, event: Event,
+                      raw: dict[str, Any]) -> MapResult:
+            body = {k: raw.pop(k) for k in list(raw) if k in ("event", "properties")}
+            raw.clear()
+            return MapResult.send(Delivery(kind="track", body=body))
+
+        @hookimpl
+        def deliver(self, destination: DestinationContext, deliveries: list[Delivery],
+                    client: HttpClient) -> list[DeliveryResult]:
+            return [DeliveryResult.ok() for _ in deliveries]
+
+    reg = registry([Strips()])
+    [delivery] = map_with(destination_context("strips", reg=reg), sample_track(messageId="m-1"),
+                          reg).deliveries
+    assert delivery.message_id == "m-1"

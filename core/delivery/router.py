@@ -61,6 +61,9 @@ def call_map_event(
     ``FieldMissing`` is the skip with its reason, and each delivery without a ``message_id``
     / ``ordering_key`` gets the event's messageId / userId (else anonymousId). Shared with
     ``hookyard.testing.map_with``, so plugin tests see what the router does."""
+    # read before the hook: one that strips fields from raw (a vendor that refuses unknown
+    # ones) must not take the deliveries' idempotency key with them
+    message_id = raw.get("messageId") or ""
     try:
         result: MapResult = registry.call(
             "map_event", "destination", ctx.plugin, destination=ctx, event=event, raw=raw,
@@ -77,7 +80,7 @@ def call_map_event(
     key = event.user_id or event.anonymous_id or ""
     for d in result.deliveries:
         if not d.message_id:
-            d.message_id = raw.get("messageId") or ""
+            d.message_id = message_id
         if not d.ordering_key:
             d.ordering_key = key
         if len(d.ordering_key) > MAX_ID:
