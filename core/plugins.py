@@ -240,12 +240,50 @@ def _connector_problem(connector: Any) -> str | None:
     if not (isinstance(settings, type) and issubclass(settings, msgspec.Struct)):
         return (f"connector {connector.name!r}: settings must be a msgspec.Struct class,"
                 f" not {settings!r}")
+    wrong_default = _wrong_default(settings)
+    if wrong_default:
+        return f"connector {connector.name!r}: settings {wrong_default}"
+    size = connector.batch_size
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        return f"connector {connector.name!r}: batch_size must be a whole number >= 1, not {size!r}"
     names = connector.integration_names
     if not isinstance(names, tuple | list) or not all(isinstance(n, str) and n for n in names):
         return (f"connector {connector.name!r}: integration_names must be a tuple of names,"
                 f" not {names!r}")
     if connector.kind == "source":
         return _paths_problem(connector)
+    return None
+
+
+def _wrong_default(settings: type[msgspec.Struct]) -> str | None:
+    """The first field of ``settings`` whose default its own type refuses (``timeout: int =
+    "5"``, ``batch: Annotated[int, Meta(le=50)] = 500``): a config that leaves the setting out
+    would pass ``check-config`` and hand the plugin a value it does not expect. None if all
+    are valid, or they cannot be checked."""
+    try:
+        fields = msgspec.structs.fields(settings)
+    except TypeError:
+        return None
+    for field in fields:
+        if field.default is not msgspec.NODEFAULT:
+            default = field.default
+        elif field.default_factory is not msgspec.NODEFAULT:
+            try:
+                default = field.default_factory()
+            except Exception:  # noqa: BLE001 - a factory that needs more: not checked here
+                continue
+        else:
+            continue
+        try:
+            plain = msgspec.to_builtins(default)
+        except Exception:  # noqa: BLE001 - a value msgspec cannot encode: not checked here
+            continue
+        try:
+            msgspec.convert(plain, field.type)
+        except msgspec.ValidationError as exc:
+            return f"field {field.name!r} has a default its own type refuses ({exc})"
+        except Exception:  # noqa: BLE001 - a type msgspec cannot convert to: not checked here
+            continue
     return None
 
 
@@ -327,12 +365,15 @@ class ConnectorRegistry:
             if impl.wrapper or impl.hookwrapper:
                 continue  # the registry reads every plugin's list itself; wrappers have nothing to add
             try:
-                connectors: list[Connector] = impl.function() or []  # type: ignore[assignment]
+                connectors: list[Connector] = impl.function()  # type: ignore[assignment]
             except (Exception, *PluginFailed.NOT_EXCEPTIONS) as exc:  # noqa: BLE001 - a plugin
                 raise ConfigError(  # bug: one line, not a traceback (nor a silent exit)
                     f"{plugin_label(pm, impl.plugin)}: register_connectors failed: "
                     f"{_exception_text(exc)}"
                 ) from exc
+            if connectors is None:  # a forgotten return: its connectors would be "not installed"
+                raise ConfigError(f"{plugin_label(pm, impl.plugin)}: register_connectors returned"
+                                  " None, not a list of Connector (a missing return?)")
             if not isinstance(connectors, list | tuple):
                 raise ConfigError(f"{plugin_label(pm, impl.plugin)}: register_connectors returned"
                                   f" {type(connectors).__name__}, not a list of Connector")

@@ -13,8 +13,9 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 from hookyard import hookimpl
@@ -216,6 +217,46 @@ def test_register_connectors_raising_is_one_line() -> None:
     with pytest.raises(ConfigError, match=r"^plugin 'RegisterFails' object: register_connectors failed: "
                                           r"KeyError: 'base_url' \(at .*test_plugin_loading"):
         registry([RegisterFails()])
+
+
+class Registers:
+    """A plugin whose register_connectors answers what it is given."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    @hookimpl
+    def register_connectors(self) -> Any:
+        return self.answer
+
+    def __repr__(self) -> str:
+        return "Registers"
+
+
+class Defaults(msgspec.Struct, forbid_unknown_fields=True):
+    batch: Annotated[int, msgspec.Meta(ge=1, le=50)] = 500
+
+
+class TextDefault(msgspec.Struct):
+    timeout: int = "5"  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    (None, "register_connectors returned None, not a list of Connector (a missing return?)"),
+    ([Connector(name="d", kind="destination", settings=Defaults)],
+     "connector 'd': settings field 'batch' has a default its own type refuses (Expected `int` <= 50)"),
+    ([Connector(name="d", kind="destination", settings=TextDefault)],
+     "connector 'd': settings field 'timeout' has a default its own type refuses (Expected `int`, got `str`)"),
+    ([Connector(name="d", kind="destination", batch_size=0)],
+     "connector 'd': batch_size must be a whole number >= 1, not 0"),
+])
+def test_register_connectors_mistakes_stop_loading(answer: Any, message: str) -> None:
+    """Found by the plugin-author audit: a forgotten return made the plugin 'not installed';
+    a settings default its own type refuses passed check-config and reached the plugin; a
+    batch_size of 0 was taken as 1."""
+    with pytest.raises(ConfigError) as err:
+        registry([Registers(answer)])
+    assert str(err.value).endswith(message), str(err.value)
 
 
 def test_built_in_plugins_load_cleanly() -> None:
