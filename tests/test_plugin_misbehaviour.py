@@ -175,6 +175,16 @@ def test_text_utf8_cannot_carry_is_stored_with_a_replacement() -> None:
     assert checked(ok, "odd") is ok
 
 
+def test_a_coroutine_among_deliver_results_is_called_a_missing_await(recwarn: Any) -> None:
+    async def send() -> DeliveryResult:
+        return DeliveryResult.ok()
+
+    result = checked(send(), "odd")
+    assert result.outcome == "retryable"
+    assert result.error == "deliver hook returned a coroutine, not a DeliveryResult (a missing await?)"
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
 def test_a_deliver_that_empties_its_list_is_answered_for_what_it_was_given() -> None:
     async def empties(deliveries: list[Delivery]) -> Any:
         deliveries.clear()

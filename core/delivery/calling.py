@@ -124,6 +124,10 @@ def checked(result: Any, name: str) -> DeliveryResult:
     leased), is a retryable result saying what is wrong; text that UTF-8 cannot carry (a lone
     surrogate) is stored with ``?`` in its place."""
     if not isinstance(result, DeliveryResult):
+        if asyncio.iscoroutine(result):  # [send(d) for d in deliveries] without an await
+            result.close()  # (no "never awaited" warning pointing into hookyard)
+            return DeliveryResult.retryable(
+                "deliver hook returned a coroutine, not a DeliveryResult (a missing await?)")
         return DeliveryResult.retryable(
             f"deliver hook returned {type(result).__name__}, not a DeliveryResult")
     r = result
