@@ -176,6 +176,12 @@ def _exception_text(exc: BaseException) -> str:
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str | None, label: str) -> None:
     try:
+        hash(plugin)
+    except TypeError:  # pluggy keys its plugins by the object: every hook call would fail later
+        raise ConfigError(f"{label}: a plugin must be hashable (a module, a class, or an"
+                          f" instance of a class that does not define __eq__), not a"
+                          f" {type(plugin).__name__}") from None
+    try:
         pm.register(plugin, name=name)
     except PluginValidationError as exc:
         raise ConfigError(f"{label}: {_validation_problem(pm, str(exc))}") from exc

@@ -190,3 +190,17 @@ def test_raw_path_is_the_path_as_sent(fake: FakeServer) -> None:
     assert (forgotten.path, forgotten.raw_path) == ("/users/a/b", "/users/a/b")
     assert (spaced.path, spaced.raw_path) == ("/users/a b", "/users/a%20b")  # aiohttp escaped it
     assert [r.raw_path for r in fake.requests_to("/users/a/b")] == ["/users/a%2Fb", "/users/a/b"]
+
+
+def test_fail_takes_retry_after_as_a_number() -> None:
+    """Found by the plugin-author audit: fail(429, retry_after=30) answered 500 (a header value
+    that was not text) with a traceback."""
+    import httpx
+
+    with FakeServer() as fake:
+        fake.fail(429, retry_after=30, times=1)
+        fake.fail(503, retry_after=1.5, times=1, path="/b")
+        first = httpx.post(fake.url + "/a", json={})
+        second = httpx.post(fake.url + "/b", json={})
+    assert (first.status_code, first.headers["retry-after"]) == (429, "30")
+    assert (second.status_code, second.headers["retry-after"]) == (503, "1.5")

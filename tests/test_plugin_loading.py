@@ -259,6 +259,15 @@ def test_register_connectors_mistakes_stop_loading(answer: Any, message: str) ->
     assert str(err.value).endswith(message), str(err.value)
 
 
+def test_an_unhashable_plugin_object_stops_loading() -> None:
+    """Found by the plugin-author audit: a SimpleNamespace registered, then every hook call
+    failed with 'unhashable type' (ingest answered each request with it)."""
+    from types import SimpleNamespace
+
+    with pytest.raises(ConfigError, match="a plugin must be hashable .* not a SimpleNamespace"):
+        registry([SimpleNamespace(register_connectors=lambda: [])])
+
+
 def test_built_in_plugins_load_cleanly() -> None:
     names = {name for name, _ in make_plugin_manager().list_name_plugin()}
     assert {"profiles", "segment", "pushwoosh", "novu"} <= names

@@ -188,9 +188,13 @@ class FakeServer:
         """Answer ``status`` with ``body`` (bytes as is, None empty, anything else as JSON)."""
         self._add(_Rule("respond", status, body, dict(headers or {}), times=times), path)
 
-    def fail(self, status: int = 500, times: int | None = None, retry_after: str | None = None,
-             path: str | None = None) -> None:
-        headers = {"retry-after": retry_after} if retry_after is not None else {}
+    def fail(self, status: int = 500, times: int | None = None,
+             retry_after: str | float | None = None, path: str | None = None) -> None:
+        """Answer ``status`` with a JSON error body and, when given, a ``Retry-After`` header
+        (seconds as a number or text, or an HTTP date)."""
+        if isinstance(retry_after, float) and retry_after.is_integer():
+            retry_after = int(retry_after)
+        headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
         body = {"ok": False, "error": f"fake failure {status}"}
         self._add(_Rule("respond", status, body, headers, times=times), path)
 

@@ -16,7 +16,14 @@ from typing import Any
 import msgspec
 
 from ..config import resolve_env
-from ..connectors import AuthResult, DestinationContext, IngestRequest, ParsedEvent, SourceContext
+from ..connectors import (
+    AuthResult,
+    DestinationContext,
+    IngestRequest,
+    ParsedEvent,
+    RefusedEvent,
+    SourceContext,
+)
 from ..deliveries import Delivery, DeliveryResult, MapResult
 from ..delivery.calling import as_stored
 from ..delivery.router import call_map_event
@@ -135,12 +142,12 @@ def source_context(
 
 
 def ingest_request(
-    path: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None,
+    path: str, body: bytes | dict[str, Any] | list[Any], headers: dict[str, str] | None = None,
     path_params: dict[str, str] | None = None, *, query: dict[str, str] | None = None,
     method: str = "POST", client: str | None = "127.0.0.1",
 ) -> IngestRequest:
     """An ingest request as the host hands it to the source hooks (header names lower-cased;
-    a dict body encoded as JSON, bytes as they are)."""
+    a dict or list body encoded as JSON, bytes as they are)."""
     data = body if isinstance(body, bytes) else msgspec.json.encode(body)
     return IngestRequest(method=method, path=path,
                          headers={k.lower(): v for k, v in (headers or {}).items()},
@@ -159,10 +166,11 @@ def authenticate_with(
 
 def parse_with(
     ctx: SourceContext, request: IngestRequest, reg: ConnectorRegistry | None = None
-) -> list[ParsedEvent]:
-    """Call the source plugin's ``parse_events`` hook (``BadRequest`` propagates)."""
+) -> list[ParsedEvent | RefusedEvent]:
+    """Call the source plugin's ``parse_events`` hook (``BadRequest`` propagates): its events,
+    and a ``RefusedEvent`` for each one it refused alone."""
     reg = _registry_for(ctx, reg)
-    result: list[ParsedEvent] = reg.call("parse_events", "source", ctx.plugin, source=ctx,
+    result: list[ParsedEvent | RefusedEvent] = reg.call("parse_events", "source", ctx.plugin, source=ctx,
                                          request=request)
     return result
 
