@@ -162,10 +162,12 @@ class MapProcess(HelperProcess):
         else:
             self._gone(f"could not start: {exc}")
 
-    async def map(self, after: int | None, limit: int) -> Batch | None:
+    async def map(self, after: int | None, limit: int,
+                  only: tuple[str, ...] | None = None) -> Batch | None:
         """The outbox rows of the next ``limit`` inbox rows after ``after`` (None: the stored
-        cursor); None when the child failed (the caller maps in-process). When the child
-        died or was stopped while mapping (:attr:`lost` true), the rows it had are suspects."""
+        cursor), for the destinations ``only`` names (None: all); None when the child failed
+        (the caller maps in-process). When the child died or was stopped while mapping
+        (:attr:`lost` true), the rows it had are suspects."""
         self.lost = False
         if not self.ready:
             return None
@@ -174,7 +176,7 @@ class MapProcess(HelperProcess):
             return None
         loop = asyncio.get_running_loop()
         try:
-            answer = await loop.run_in_executor(self._thread, self._roundtrip, after, limit)
+            answer = await loop.run_in_executor(self._thread, self._roundtrip, after, limit, only)
         except TimeoutError:
             self.lost = True
             self._gone(f"did not answer within {self.answer_timeout:g} s, killed")
@@ -189,9 +191,9 @@ class MapProcess(HelperProcess):
         _, cursor, count, last_id, rows = answer
         return cursor, count, last_id, rows
 
-    def _roundtrip(self, after: int | None, limit: int) -> Any:
+    def _roundtrip(self, after: int | None, limit: int, only: tuple[str, ...] | None) -> Any:
         assert self._send is not None and self._recv is not None
-        self._send.send((after, limit))
+        self._send.send((after, limit, only))
         if not self._recv.poll(self.answer_timeout):
             raise TimeoutError
         return self._recv.recv()
@@ -263,24 +265,27 @@ def _child(recv: Connection, send: Connection) -> int:
             return 0
         if request is None:
             return 0
-        after, limit = request
-        if ahead is not None and ahead[0] == (after, limit):
+        after, limit, only = request
+        if only is None and ahead is not None and ahead[0] == (after, limit):
             answer = ahead[1]
         else:
-            answer = _map_batch(rt, conn, after, limit)
+            answer = _map_batch(rt, conn, after, limit, only)
         send.send(answer)
         ahead = None
-        if answer[0] == "ok" and answer[2] == limit:  # a full batch: more rows are waiting
-            ahead = ((answer[3], limit), _map_batch(rt, conn, answer[3], limit))
+        if only is None and answer[0] == "ok" and answer[2] == limit:  # a full batch: more
+            ahead = ((answer[3], limit), _map_batch(rt, conn, answer[3], limit))  # are waiting
 
 
-def _map_batch(rt: Runtime, conn: sqlite3.Connection, after: int | None, limit: int) -> tuple[Any, ...]:
-    """The answer to ``(after, limit)``: ``("ok", cursor, rows read, last id, outbox rows)``."""
+def _map_batch(rt: Runtime, conn: sqlite3.Connection, after: int | None, limit: int,
+               only: tuple[str, ...] | None = None) -> tuple[Any, ...]:
+    """The answer to ``(after, limit, only)``: ``("ok", cursor, rows read, last id, outbox
+    rows)``."""
     from .router import map_rows, read_batch
 
     try:
         cursor, rows = read_batch(conn, after, limit)
-        return "ok", cursor, len(rows), rows[-1][0] if rows else cursor, map_rows(rt, rows)
+        mapped = map_rows(rt, rows, set(only) if only is not None else None)
+        return "ok", cursor, len(rows), rows[-1][0] if rows else cursor, mapped
     except Exception as exc:  # noqa: BLE001 - e.g. the database is locked for 10 s
         return "error", f"{type(exc).__name__}: {exc}"
 

@@ -6,9 +6,10 @@ had. The router used to map those events in its own process next, where the same
 held the server's event loop for good (ingest and ``/healthz`` with it) or ended the server.
 Instead, :class:`Suspects` has the restarted child map the rows it had one at a time, up to
 the last of the next two batches (the child maps one batch ahead). An event that stops the
-child again is the culprit: it becomes a dead letter of each of its destinations, with the
-reason, and ``hookyard dlq retry`` maps it again once the plugin is fixed. Every other event
-is routed as usual.
+child again is the culprit. It is then mapped once more for each of its destinations alone:
+the destination whose plugin stops the child a third time gets a dead letter naming the plugin
+(``hookyard dlq retry`` maps it again once the plugin is fixed), the others their deliveries as
+usual. Every other event is routed as usual.
 """
 
 from __future__ import annotations
@@ -72,14 +73,46 @@ class Suspects:
             cursor, rows = await self.rt.db.read(lambda conn: read_batch(conn, after, 1))
             if not rows:
                 return nothing
-            batch = (cursor, 1, rows[0][0], self._dead(rows[0]))
+            batch = (cursor, 1, rows[0][0], await self._each_alone(after, rows[0]))
         if not batch[1] or batch[2] >= (self.until or 0):
             self.until = None
             log.info("the suspect events are routed; the map process maps whole batches again")
         return batch
 
-    def _dead(self, row: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """Dead letters of inbox ``row`` for each of its destinations."""
+    async def _each_alone(self, after: int | None, row: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The outbox rows of the culprit ``row``, mapped for one destination at a time: a
+        dead letter for each destination whose plugin stops the child, the deliveries of the
+        others (a hung plugin had every destination's copy of the event dead-lettered)."""
+        out: list[tuple[Any, ...]] = []
+        for dest in self.rt.destinations_for(row[1]):
+            batch = await self._alone(after, dest.name)
+            if batch is None:
+                out += self._dead(row, dest.name, dest.config.plugin)
+            else:
+                out += batch[3]
+        return out
+
+    async def _alone(self, after: int | None, name: str) -> Batch | None:
+        """The culprit row mapped for destination ``name`` alone; None when that stops the
+        child (or no child could be had)."""
+        mapper = self.mapper
+        deadline = time.monotonic() + 2 * ANSWER_TIMEOUT
+        while time.monotonic() < deadline:
+            if not mapper.ready:
+                mapper.start()
+                await asyncio.sleep(0.2)
+                continue
+            batch = await mapper.map(after, 1, (name,))
+            if batch is not None:
+                return batch
+            if mapper.lost:
+                mapper.restart_now()
+                return None
+            await asyncio.sleep(0.2)  # an error answer (the database is locked): again
+        return None
+
+    def _dead(self, row: tuple[Any, ...], name: str, plugin: str) -> list[tuple[Any, ...]]:
+        """The dead letter of inbox ``row`` for destination ``name``."""
         from .router import user_of
 
         try:
@@ -87,8 +120,7 @@ class Suspects:
         except Exception:  # noqa: BLE001 - its user is only a label here
             user = ""
         now = time.time()
-        names = [d.name for d in self.rt.destinations_for(row[1])]
-        log.error("inbox event %s (messageId %s) stopped the map process twice: a dead letter"
-                  " for %s", row[0], row[2], ", ".join(names) or "no destination")
-        return [(name, row[0], row[2], user, "", None, "dead", now, now, STOPPED)
-                for name in names]
+        log.error("inbox event %s (messageId %s) stopped the map process in the map_event of"
+                  " destination %s (plugin %r): a dead letter for it", row[0], row[2], name, plugin)
+        reason = f"{STOPPED} (destination {name}, plugin {plugin!r})"
+        return [(name, row[0], row[2], user, "", None, "dead", now, now, reason)]
