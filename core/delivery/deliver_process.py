@@ -196,8 +196,10 @@ class DeliverProcess(HelperProcess):
                 return await fut
         except TimeoutError:
             self.waiting.pop(req_id, None)
-            self._gone(f"did not answer within {self.answer_grace:g} s of a deliver hook's time"
-                       " limit, killed")
+            plugin = self.rt.destinations[destination].config.plugin
+            self._gone(f"did not answer within {self.answer_grace:g} s of the time limit of"
+                       f" destination {destination}'s deliver hook (plugin {plugin!r}: does it"
+                       " block its event loop?), killed")
         except ConnectionError:
             pass
         return 0.0, failed(self.rt.destinations[destination], requests,

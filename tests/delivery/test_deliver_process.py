@@ -158,7 +158,8 @@ def test_the_concurrency_holds_while_the_deliver_process_starts(
 @pytest.mark.parametrize(("sig", "warning"), [
     (signal.SIGKILL, "deliver process stopped (killed by signal 9)"),
     # stopped: like a plugin blocking its event loop, it must not stall delivery
-    (signal.SIGSTOP, "did not answer within 0.5 s of a deliver hook's time limit, killed"),
+    (signal.SIGSTOP, "did not answer within 0.5 s of the time limit of destination fwd's"
+                     " deliver hook (plugin 'segment': does it block its event loop?), killed"),
 ])
 def test_a_killed_or_stuck_deliver_process_loses_nothing(
     sig: int, warning: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
