@@ -185,12 +185,17 @@ class ParsedEvent:
     sent_bytes: the event's size as the client sent it, when ``raw`` holds more (a batch's
               shared ``context`` or ``sentAt`` merged in); ``[server] max_event_bytes`` applies
               to it. None: ``len(raw)``.
+    checked:  leave it out. hookyard's own parsers set it to the ``raw`` they made from JSON
+              they validated; any other ``raw`` is checked by the host before it is stored (a
+              JSON object whose ``type`` and ids agree with ``event``: a 503 naming the
+              problem otherwise, not an event acknowledged and then undecodable).
     """
 
     raw: bytes
     event: Event
     filtered: str | None = None
     sent_bytes: int | None = None
+    checked: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

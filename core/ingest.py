@@ -9,10 +9,12 @@ Every request, accepted or refused, leaves a line in the API log.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -37,7 +39,7 @@ from .errors import (
     StorageUnavailable,
     Unauthorized,
 )
-from .events import EVENT_CLASSES, encoder
+from .events import EVENT_CLASSES, encoder, event_type
 from .http_protocol import error_body
 from .inbox import InsertEvents, LogEntry, event_rows, insert_log
 from .refusal_budget import RefusalBudget
@@ -140,6 +142,36 @@ def _check_parsed(parsed: Any) -> None:
         if not isinstance(item.event, _EVENT_TYPES):
             raise TypeError(f"parse_events returned a ParsedEvent at [{i}] whose event is"
                             f" {type(item.event).__name__} (must be a hookyard.events type)")
+        if item.checked is not raw:  # a plugin's own raw (hookyard's parsers validated theirs)
+            _check_raw(i, raw, item.event)
+
+
+_IDS = ("messageId", "userId", "anonymousId")
+
+
+def _check_raw(i: int, raw: bytes, event: Any) -> None:
+    """TypeError unless ``raw`` is a JSON object whose ``type`` and ids agree with ``event``:
+    the inbox stores ``raw`` but takes the type and ids from ``event``, and a ``raw`` the
+    router cannot read was acknowledged and then dead-lettered (plugin-author audit)."""
+    where = f"parse_events returned a ParsedEvent at [{i}] whose raw"
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        try:
+            data = json.loads(raw)  # numbers msgspec does not take (1e999) are read as the router does
+        except ValueError as exc:
+            raise TypeError(f"{where} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise TypeError(f"{where} is not a JSON object")
+    kind, typed = data.get("type"), event_type(event)
+    if kind is not None and kind != typed:
+        raise TypeError(f"{where} is a {kind!r} event but whose event is a {typed!r} (make the"
+                        " event from the final raw: hookyard.events.event_from_dict)")
+    for key in _IDS:
+        if data.get(key) not in (None, "") and getattr(event, key, None) in (None, ""):
+            raise TypeError(f"{where} has a {key} that its event lacks (make the event from the"
+                            " final raw: hookyard.events.event_from_dict); it would be stored"
+                            " without it")
 
 
 def _without_refused(

@@ -214,9 +214,9 @@ def _decode_event(raw: bytes, call: str | None, require_user_id: bool = False) -
                       and event.traits is event.context.get("traits"))
     if drop_key or context_traits:  # the 32 KB limit stays on what the client sent: with
         # context.traits copied to traits, a 17 KB identify would be 34 KB
-        return ParsedEvent(raw=_rewritten(raw, drop_key, context_traits), event=event,
-                           sent_bytes=len(raw))
-    return ParsedEvent(raw=raw, event=event)
+        rewritten = _rewritten(raw, drop_key, context_traits)
+        return ParsedEvent(raw=rewritten, event=event, sent_bytes=len(raw), checked=rewritten)
+    return ParsedEvent(raw=raw, event=event, checked=raw)
 
 
 def _rewritten(raw: bytes, drop_write_key: bool, context_traits: bool) -> bytes:

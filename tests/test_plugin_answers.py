@@ -89,6 +89,32 @@ def parse_dict_raw(self: Any, source: SourceContext, request: IngestRequest) -> 
     return [ParsedEvent(raw={"type": "track"}, event=parsed.event)]  # type: ignore[arg-type]
 
 
+def parse_invalid_raw(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    """Found by the plugin-author audit: acknowledged, then 'stored event cannot be decoded'."""
+    [parsed] = parse_webhook(request.body)
+    assert isinstance(parsed, ParsedEvent)
+    return [ParsedEvent(raw=b'{"type":"track", oops}', event=parsed.event)]
+
+
+def parse_id_only_in_raw(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    """Found by the plugin-author audit: the typed event made before raw got its messageId,
+    so every resend was stored again under a new UUID."""
+    from hookyard.events import event_from_dict
+
+    data = msgspec.json.decode(request.body)
+    data.pop("messageId", None)
+    event = event_from_dict(data)
+    data["messageId"] = "vendor-42"
+    return [ParsedEvent(raw=msgspec.json.encode(data), event=event)]
+
+
+def parse_type_mismatch(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    from hookyard.events import event_from_dict
+
+    event = event_from_dict({"type": "identify", "userId": "u1"})
+    return [ParsedEvent(raw=request.body, event=event)]
+
+
 def parse_string_raw(self: Any, source: SourceContext, request: IngestRequest) -> Any:
     [parsed] = parse_webhook(request.body)
     assert isinstance(parsed, ParsedEvent)
@@ -127,6 +153,9 @@ def parse_long_reason(self: Any, source: SourceContext, request: IngestRequest) 
         (accept, parse_dicts, 503, "returned a dict at [0]"),
         (accept, parse_one, 503, "parse_events returned ParsedEvent, not a list"),
         (accept, parse_dict_raw, 503, "whose raw is dict (must be bytes"),
+        (accept, parse_invalid_raw, 503, "whose raw is not valid JSON"),
+        (accept, parse_id_only_in_raw, 503, "whose raw has a messageId that its event lacks"),
+        (accept, parse_type_mismatch, 503, "whose raw is a 'track' event but whose event is a 'identify'"),
     ],
 )
 def test_a_source_hook_of_the_wrong_type_refuses_the_request(

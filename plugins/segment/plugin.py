@@ -98,6 +98,7 @@ def _as_processed(parsed: ParsedEvent | RefusedEvent) -> ParsedEvent | RefusedEv
     data = raw_dict_decoder.decode(parsed.raw)
     data.pop("sentAt", None)
     parsed.event.sentAt = None
-    return ParsedEvent(raw=encoder.encode(data), event=parsed.event, filtered=parsed.filtered,
-                       sent_bytes=parsed.sent_bytes or len(parsed.raw))
+    raw = encoder.encode(data)
+    return ParsedEvent(raw=raw, event=parsed.event, filtered=parsed.filtered,
+                       sent_bytes=parsed.sent_bytes or len(parsed.raw), checked=raw)
 
