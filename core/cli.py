@@ -366,8 +366,12 @@ def preview(config_path: str | None, data_dir: str | None, destination: str, eve
 
     try:  # nothing is created: no data dir, no generated write key or admin token
         rt = Runtime.build(_load(config_path, data_dir=data_dir, create=False), prepare=False)
+        data = event_file.read()
+        name = getattr(event_file, "name", "-")
+        if not data.strip() and name not in ("-", "<stdin>"):
+            raise ConfigError(f"{name} is empty: it must hold the event's JSON")
         with contextlib.redirect_stdout(sys.stderr):  # a plugin's print: not into the JSON
-            answer = preview_cli(rt, destination, event_file.read(), source)
+            answer = preview_cli(rt, destination, data, source)
         click.echo(answer)
     except HookyardError as exc:
         fail(exc)
