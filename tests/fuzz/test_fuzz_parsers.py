@@ -139,7 +139,9 @@ def test_body_write_key_never_raises(body: bytes) -> None:
 
 
 VALID = st.fixed_dictionaries(
-    {"type": st.sampled_from(EVENT_TYPES), "userId": st.text(min_size=1, max_size=10),
+    {"type": st.sampled_from(EVENT_TYPES),
+     # a blank userId is no user (refused alone): valid events have a real one
+     "userId": st.text(min_size=1, max_size=10).filter(lambda s: not s.isspace()),
      "messageId": st.uuids().map(str), "event": st.text(min_size=1, max_size=10),
      "groupId": st.text(min_size=1, max_size=5), "previousId": st.text(min_size=1, max_size=5)},
     optional={"properties": st.dictionaries(st.text(max_size=5), JSON, max_size=3),
