@@ -127,18 +127,46 @@ def classify_http(
         text = text[:RESPONSE_BODY_LIMIT] + "…"
     if 200 <= status < 300:
         return DeliveryResult(outcome="ok", http_status=status, response_body=text)
+    reason = error_reason(text)
+    error = f"HTTP {status}: {reason}" if reason else f"HTTP {status}"
     if status in (408, 429) or status >= 500:
         retry_after = parse_retry_after(_header(headers, "retry-after"))
         return DeliveryResult(
             outcome="retryable",
             http_status=status,
-            error=f"HTTP {status}",
+            error=error,
             response_body=text,
             retry_after=retry_after,
         )
-    return DeliveryResult(
-        outcome="permanent", http_status=status, error=f"HTTP {status}", response_body=text
-    )
+    return DeliveryResult(outcome="permanent", http_status=status, error=error, response_body=text)
+
+
+REASON_KEYS = ("message", "error_description", "error", "detail", "title", "msg")
+"""Where JSON error answers commonly say why (Segment's ``message``, OAuth's
+``error_description``, RFC 9457's ``detail`` and ``title``, ``{"error": {"message": ...}}``)."""
+REASON_LIMIT = 200
+_json_object = msgspec.json.Decoder(dict[str, Any])
+
+
+def error_reason(text: str | None) -> str | None:
+    """The first line of a JSON error answer's own reason (:data:`REASON_KEYS`), at most
+    :data:`REASON_LIMIT` characters; None for any other answer. Shown beside the status in
+    ``dlq list`` and the dashboard (``HTTP 401: Invalid write key``), where the status alone
+    said little; the body itself is kept too."""
+    if not text or not text.lstrip().startswith("{"):
+        return None
+    try:
+        data = _json_object.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    for key in REASON_KEYS:
+        value = data.get(key)
+        if isinstance(value, dict):
+            value = value.get("message")
+        if isinstance(value, str) and value.strip():
+            line = value.strip().splitlines()[0]
+            return line if len(line) <= REASON_LIMIT else line[:REASON_LIMIT] + "…"
+    return None
 
 
 HELD_BACK = "not sent: an earlier delivery with the same ordering key failed and will be retried"

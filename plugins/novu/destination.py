@@ -113,8 +113,8 @@ def with_message(result: DeliveryResult, response: HttpResponse | None) -> Deliv
     """A failed HTTP result with Novu's error message added to its error."""
     if result.outcome != "ok" and response is not None:
         message = error_message(response.body)
-        if message:
-            result.error = f"{result.error}: {message}"
+        if message:  # in place of the common reason (its message without the field details)
+            result.error = f"HTTP {response.status}: {message}"
     return result
 
 

@@ -16,7 +16,7 @@ import pytest
 from delivery_kit import PLUGIN, dead_letters, recorder, send, trace, track, wait_until
 from hookyard import hookimpl
 from hookyard.connectors import Connector, DestinationContext
-from hookyard.deliveries import Delivery, DeliveryResult, MapResult
+from hookyard.deliveries import Delivery, DeliveryResult, MapResult, classify_http
 from hookyard.events import Event, event_type
 from hookyard.http import HttpClient
 from hookyard.testing.fake_server import FakeServer
@@ -124,3 +124,21 @@ def test_a_wrong_number_of_results_is_counted_and_logged(
     assert any(w.startswith("destination extra: deliver hook returned ") for w in warnings)
     assert any(w.startswith("destination tuple: deliver hook returned tuple") for w in warnings)
     assert not [r for r in caplog.records if r.exc_info and "deliver hook" in r.getMessage()]
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b'{"success": false, "message": "Invalid write key"}', "HTTP 401: Invalid write key"),
+    (b'{"error": "invalid_token", "error_description": "The token expired"}',
+     "HTTP 401: The token expired"),
+    (b'{"type": "about:blank", "title": "Unauthorized", "detail": "key revoked"}',
+     "HTTP 401: key revoked"),
+    (b'{"error": {"message": "no such app", "code": 7}}', "HTTP 401: no such app"),
+    (b'{"error": "  line one\\nline two"}', "HTTP 401: line one"),
+    (b'{"ok": false}', "HTTP 401"),
+    (b"<html>Unauthorized</html>", "HTTP 401"),
+    (b'{"message": "' + b"x" * 300 + b'"}', "HTTP 401: " + "x" * 200 + "…"),
+])
+def test_a_json_error_answer_gives_its_reason(body: bytes, error: str) -> None:
+    """Found by the judge-style audit: dlq list showed 'HTTP 401' for a forwarder's dead
+    letter, with Segment's reason only in the stored body."""
+    assert classify_http(401, {}, body).error == error
