@@ -40,6 +40,38 @@ READY_WAIT = 2.0
 """Seconds /readyz waits for its write (one behind a held lock waits for the busy timeout)."""
 
 
+class BaselineHeaders:
+    """Adds ``X-Content-Type-Options: nosniff`` to every answer that lacks it, ``Cache-Control:
+    no-store`` to ``/api/*`` (customer data behind the admin token), and frame/CSP headers to
+    ``/docs``: the dashboard sets its own, the rest of the app set none."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                extra = [(b"x-content-type-options", b"nosniff")]
+                if path.startswith("/api/") or path == "/api":
+                    extra.append((b"cache-control", b"no-store"))
+                if path in ("/docs", "/openapi.json"):
+                    extra += [(b"x-frame-options", b"DENY"),
+                              (b"content-security-policy",
+                               b"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")]
+                headers += [(k, v) for k, v in extra if k not in names]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class AdminAuth:
     """Refuses ``/api/*`` requests without the admin bearer token (pure ASGI, cheap)."""
 
@@ -275,6 +307,7 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
     app.ingest = ingest
     app.add_middleware(AdminAuth, token=runtime.admin_token,  # type: ignore[arg-type]
                        refused=runtime.refused_tokens)
+    app.add_middleware(BaselineHeaders)  # outermost: the 401s of AdminAuth get them too
     app.state.runtime = runtime
     return app
 

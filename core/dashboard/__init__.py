@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..url_convertors import register as _register_convertors
 from . import pages
 from .render import STATIC
 from .views import Dashboard
@@ -27,6 +28,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 def routes(rt: Runtime) -> list[BaseRoute]:
     """The dashboard's routes (kept out of the OpenAPI document)."""
+    _register_convertors()
     view = Dashboard(rt)
     guard = view.guard
 
@@ -46,17 +48,17 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         get("/ui/sources", guard(pages.sources)),
         post("/ui/sources/{name}/write-key", guard(pages.write_key)),
         get("/ui/events", guard(pages.events)),
-        get("/ui/events/{message_id:path}", guard(pages.event_detail)),
+        get("/ui/events/{message_id:anypath}", guard(pages.event_detail)),
         get("/ui/logs", guard(pages.logs)),
         get("/ui/subscribers", guard(pages.subscribers)),
-        get("/ui/subscribers/{distinct_id:path}", guard(pages.subscriber)),
+        get("/ui/subscribers/{distinct_id:anypath}", guard(pages.subscriber)),
         get("/ui/destinations", guard(pages.destinations)),
         get("/ui/dead-letters", guard(pages.dead_letters)),
         post("/ui/dead-letters/{action}", guard(pages.dead_letter_action)),
         get("/ui/plugins", guard(pages.plugins)),
         Mount("/ui/static", app=StaticFiles(directory=STATIC), name="dashboard-static"),
         # a page with the menu, not Starlette's text (405 for a known path's other method)
-        Route("/ui/{rest:path}", guard(pages.not_found), methods=["GET", "POST"],
+        Route("/ui/{rest:anypath}", guard(pages.not_found), methods=["GET", "POST"],
               include_in_schema=False),
     ]
 

@@ -120,9 +120,12 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
 
         return await run(request, fn, "distinct_id", "workflow", "cursor", "limit")
 
+    from ..url_convertors import register
+
+    register()
     return [
         Route("/api/subscribers", list_subscribers, methods=["GET"]),
         # one route: the decoded path cannot tell ``a%2Fevents`` from ``a/events``
-        Route("/api/subscribers/{distinct_id:path}", one_subscriber, methods=["GET"]),
+        Route("/api/subscribers/{distinct_id:anypath}", one_subscriber, methods=["GET"]),
         Route("/api/workflow-runs", workflow_runs, methods=["GET"]),
     ]

@@ -14,7 +14,9 @@ from hookyard.testing.server import HookyardServer
 
 from .kit import BEARER
 
-ODD_IDS = ("a/../b", "..", ".", " lead", "q?x=1#f", "100%")
+ODD_IDS = ("a/../b", "..", ".", " lead", "q?x=1#f", "100%", "line1\nline2")
+# (a line break: Starlette's path convertor matched none, so no route took such a link; found
+# by the web-surfaces audit)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,29 @@ def test_the_event_link_of_an_odd_message_id_opens_that_event(client: httpx.Clie
     [link] = {h for h in hrefs(page) if h.startswith("/ui/events/")}
     assert link == "/ui/events/id-a%2F..%2Fb"
     assert "id-a/../b" in client.get(link).text
+
+
+def test_an_id_with_a_line_break_opens_its_records(client: httpx.Client) -> None:
+    page = client.get("/ui/events", params={"user_id": "line1\nline2"}).text
+    [link] = {h for h in hrefs(page) if h.startswith("/ui/events/")}
+    assert link == "/ui/events/id-line1%0Aline2"
+    assert client.get(link).status_code == 200
+    api = client.get("/api/subscribers/line1%0Aline2")
+    assert api.status_code == 200 and api.json()["distinct_id"] == "line1\nline2"
+    assert client.get("/api/subscribers/line1%0Aline2/events").status_code == 200
+
+
+def test_every_answer_says_nosniff_and_api_answers_are_not_stored(client: httpx.Client) -> None:
+    """Found by the web-surfaces audit: /api, /docs, /metrics and the static files had no
+    nosniff, /api answers (customer data) no Cache-Control, /docs no frame or script policy."""
+    for path in ("/api/subscribers", "/api/nope", "/docs", "/openapi.json", "/metrics",
+                 "/ui/static/app.css", "/healthz"):
+        assert client.get(path).headers.get("x-content-type-options") == "nosniff", path
+    assert client.get("/api/subscribers").headers["cache-control"] == "no-store"
+    assert httpx.get(f"{client.base_url}/api/subscribers").headers["cache-control"] == "no-store"
+    docs = client.get("/docs").headers
+    assert docs["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in docs[
+        "content-security-policy"]
 
 
 def test_a_user_id_with_spaces_around_it_is_filtered_as_it_is(client: httpx.Client) -> None:
