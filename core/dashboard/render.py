@@ -113,6 +113,18 @@ def percent(value: float | None) -> str:
     return "" if value is None else f"{value * 100:.1f}%"
 
 
+INVISIBLE = {code: f"\\u{code:04x}" for code in (
+    *range(0x200B, 0x2010),  # zero-width spaces and joiners, the LTR / RTL marks
+    *range(0x202A, 0x202F),  # bidi embeddings and overrides
+    *range(0x2066, 0x206A),  # bidi isolates
+    0x2028, 0x2029, 0xFEFF, 0x061C,  # line / paragraph separators, BOM, Arabic letter mark
+)}
+"""Characters that change how the text around them is shown, or are not shown at all, as
+visible ``\\uXXXX`` in every output: a userId of ``U+202E`` + ``eciffo-`` read ``-office`` and
+reversed the line it was on, ``admin`` + ``U+200B`` looked like ``admin`` (web-surfaces audit).
+Text in right-to-left scripts is shown as written."""
+
+
 class Renderer:
     """The dashboard's template environment for one runtime."""
 
@@ -134,7 +146,7 @@ class Renderer:
         if value is None:
             return ""
         if isinstance(value, str):
-            return self.redactor.redact(value)
+            return self.redactor.redact(value).translate(INVISIBLE)
         return value
 
     def page(self, name: str, context: dict[str, Any], status: int = 200,
