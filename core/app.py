@@ -89,10 +89,16 @@ class AdminAuth:
                     scheme, _, token = value.partition(b" ")
                     if scheme.lower() == b"bearer":
                         given = token.strip()
-            if not hmac.compare_digest(given, self.token):
-                if given:  # a guess, or a stale token: slowed down, counted, logged
-                    client = scope.get("client")
-                    await self.refused.refused("api", client[0] if client else None)
+            if given:  # a guess, or a stale token: in the address's turn, slowed, counted
+                client = scope.get("client")
+                address = client[0] if client else None
+                async with self.refused.turn(address):
+                    right = hmac.compare_digest(given, self.token)
+                    if not right:
+                        await self.refused.refused("api", address)
+            else:
+                right = False
+            if not right:
                 response = JSONResponse(
                     {"error": _refusal(scheme, given)},
                     status_code=401,

@@ -6,13 +6,21 @@ once, 1,200 times a second, with nothing in the log or the metrics. Now each wro
 :data:`FAILED_TOKEN_DELAY` before its answer, counts in
 ``hookyard_admin_tokens_refused_total{surface}``, and is logged: the first of a quiet spell
 at once, the rest as one line per :data:`LOG_EVERY` seconds with how many and from where.
+
+The delay alone did not slow a client that sent its guesses in parallel (385 a second with 200
+at a time; web-surfaces audit), and its right guess was answered at once beside the waiting
+wrong ones. So every check of a token given by one client takes its turn (:meth:`turn`): a
+wrong one holds the turn for its delay, so one address tries at most four tokens a second,
+right ones included. A client whose token is right holds its turn only for the comparison.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from prometheus_client import Counter
 
@@ -32,6 +40,26 @@ class RefusedTokens:
         self._unlogged = 0
         self._clients: set[str] = set()
         self._logged_at = float("-inf")
+        self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per address: lock, users
+
+    @contextlib.asynccontextmanager
+    async def turn(self, client: str | None) -> AsyncIterator[None]:
+        """Check a token given by ``client`` (its address) in its turn: one check at a time
+        per address, and a wrong one (:meth:`refused`, awaited inside) holds the turn for its
+        delay. An address's entry lives while one of its checks does."""
+        key = client or "unknown"
+        entry = self._turns.get(key)
+        if entry is None:
+            entry = self._turns[key] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                self._turns.pop(key, None)
 
     async def refused(self, surface: str, client: str | None) -> None:
         """Note a wrong token given to ``surface`` (``api``, ``dashboard``) by ``client``

@@ -115,7 +115,7 @@ class Dashboard:
         async def endpoint(request: Request) -> Response:
             ident: Identity | None = None
             try:
-                ident = self.auth.identify(request)
+                ident = await self.identify(request)
                 if ident is None:
                     if request.method in ("GET", "HEAD"):
                         target = request.url.path
@@ -133,9 +133,23 @@ class Dashboard:
 
         return endpoint
 
+    async def identify(self, request: Request) -> Identity | None:
+        """:meth:`Auth.identify`; a Bearer token is checked in its address's turn, and a wrong
+        one is slowed, counted and logged, as at the login form and on ``/api``."""
+        header = request.headers.get("authorization") or ""
+        if not header.lower().startswith("bearer "):
+            return self.auth.identify(request)
+        address = request.client.host if request.client else None
+        async with self.rt.refused_tokens.turn(address):
+            try:
+                return self.auth.identify(request)
+            except Refused:
+                await self.rt.refused_tokens.refused("dashboard", address)
+                raise
+
     async def login_form(self, request: Request) -> Response:
         try:
-            if self.auth.identify(request) is not None:
+            if await self.identify(request) is not None:
                 return self.redirect(safe_next(request.query_params.get("next")))
         except Refused:
             pass
@@ -160,9 +174,12 @@ class Dashboard:
         given = form.get("csrf") or ""
         if not nonce or not same(nonce, given):
             return self._login_page(request, target, "The login form expired: try again.", 403)
-        if not self.auth.token_ok(form.get("token") or ""):
-            await self.rt.refused_tokens.refused(
-                "dashboard", request.client.host if request.client else None)
+        address = request.client.host if request.client else None
+        async with self.rt.refused_tokens.turn(address):
+            right = self.auth.token_ok(form.get("token") or "")
+            if not right:
+                await self.rt.refused_tokens.refused("dashboard", address)
+        if not right:
             return self._login_page(request, target, "Wrong admin token.", 401)
         response = self.redirect(target)
         self.auth.set_session(response, request)

@@ -109,6 +109,40 @@ def test_wrong_admin_tokens_are_slowed_counted_and_logged(
     assert 'hookyard_admin_tokens_refused_total{surface="api"} 3.0' in metrics
 
 
+@pytest.mark.parametrize("where", ["api", "dashboard bearer", "login"])
+def test_parallel_guesses_from_one_address_take_turns(server: HookyardServer, where: str) -> None:
+    """Found by the web-surfaces audit: 200 guesses at a time got 385 answers a second, the
+    right one answered at once beside the waiting wrong ones; a wrong Bearer on a dashboard
+    page was answered at once. Each address's checks now take turns, a wrong one holding the
+    turn for its delay: the right token waits behind the wrong ones sent before it."""
+    import asyncio
+    import re as re_module
+    import time
+
+    async def guess(client: httpx.AsyncClient, token: str) -> int:
+        if where == "api":
+            return (await client.get("/api/logs", headers={"Authorization": f"Bearer {token}"})).status_code
+        if where == "dashboard bearer":
+            return (await client.get("/ui/events", headers={"Authorization": f"Bearer {token}"})).status_code
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as own:  # its own nonce
+            page = await own.get("/ui/login")
+            csrf = re_module.search(r'name="csrf" value="([^"]+)"', page.text)
+            assert csrf is not None
+            answer = await own.post("/ui/login", data={"token": token, "csrf": csrf[1], "next": "/ui/"})
+        return 200 if answer.status_code == 303 else answer.status_code
+
+    async def main() -> tuple[list[int], float]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            started = time.monotonic()
+            codes = await asyncio.gather(*(guess(client, f"guess-{i:04d}") for i in range(8)),
+                                         guess(client, ADMIN))
+            return list(codes), time.monotonic() - started
+
+    codes, took = asyncio.run(main())
+    assert codes[:8] == [401] * 8 and codes[8] == 200
+    assert took >= 8 * 0.25 * 0.9  # the right one answered after the 8 wrong ones' turns
+
+
 SECRET_NAMES = r"(write_key|writeKey|admin_token|api_key|apiKey|token|secret|password)"
 EQUALITY = re.compile(rf"(\b{SECRET_NAMES}\b\s*[!=]=)|([!=]=\s*[\w.]*\b{SECRET_NAMES}\b)")
 
