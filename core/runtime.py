@@ -74,6 +74,7 @@ class DestinationRuntime:
     policy: DeliverySettings
     filter: Predicate | None = None
     trigger: Predicate | None = None
+    loop_bound: bool = False  # a plain-function deliver that needs the event loop (calling.py)
 
     @property
     def name(self) -> str:

@@ -501,3 +501,60 @@ def test_a_map_event_that_strips_raw_keeps_the_deliveries_message_id() -> None:
     [delivery] = map_with(destination_context("strips", reg=reg), sample_track(messageId="m-1"),
                           reg).deliveries
     assert delivery.message_id == "m-1"
+
+
+def test_hook_thread_does_not_run_a_call_given_up_while_it_waited() -> None:
+    """Found by the re-check: calls queued behind a stuck one passed their time limit, were
+    answered retryable, and then ran anyway once the thread was free (sent twice)."""
+    from hookyard.delivery.hook_thread import HookThread
+
+    ran: list[str] = []
+    thread = HookThread("dest")
+
+    async def main() -> None:
+        stuck = thread.run(lambda: (time.sleep(0.3), ran.append("stuck")))
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await thread.run(lambda: ran.append("late"))
+        await stuck
+        await thread.run(lambda: ran.append("next"))
+
+    asyncio.run(main())
+    assert ran == ["stuck", "next"]
+
+
+def test_a_plain_function_deliver_that_needs_the_loop_runs_on_it(
+        hookyard_server: Callable[..., HookyardServer], caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the re-check: a def deliver returning asyncio.gather(...) (the hookspec lets a
+    def return an awaitable) failed on its thread with 'no current event loop', every
+    delivery dead-lettered. It is called on the loop instead, with a warning."""
+    sent: list[str] = []
+
+    class Gathers:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="gathers", kind="destination")]
+
+        @hookimpl
+        def map_event(self, destination: DestinationContext, event: Event,
+                      raw: dict[str, Any]) -> MapResult:
+            return MapResult.send(Delivery(kind="track", body={}))
+
+        @hookimpl
+        def deliver(self, destination: DestinationContext, deliveries: list[Delivery],
+                    client: HttpClient) -> Any:
+            async def one(d: Delivery) -> DeliveryResult:
+                sent.append(d.message_id)
+                return DeliveryResult.ok()
+
+            return asyncio.gather(*(one(d) for d in deliveries))
+
+    server = hookyard_server({"destinations": [
+        {"name": "g", "plugin": "gathers", "sources": ["web"]}]}, plugins=[Gathers()])
+    with caplog.at_level(logging.WARNING):
+        for i in range(3):
+            assert server.post("/v1/track", sample_track(messageId=f"m{i}")).status_code == 200
+        server.wait_idle()
+    assert sorted(sent) == ["m0", "m1", "m2"]
+    assert server.api("/api/dead-letters").json()["items"] == []
+    assert "its plain-function deliver hook uses the event loop" in caplog.text

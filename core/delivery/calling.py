@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -89,10 +90,10 @@ async def call_deliver(
     )
     try:
         async with asyncio.timeout(limit):
-            if rt.registry.blocks("deliver", "destination", dest.config.plugin):
-                results = await maybe_await(await dest.hook_thread.run(call))  # off the loop
-            else:
+            if dest.loop_bound or not rt.registry.blocks("deliver", "destination", dest.config.plugin):
                 results = await maybe_await(call())
+            else:
+                results = await maybe_await(await _off_the_loop(dest, call))
     except TimeoutError:
         budget = dest.policy.lease_seconds * HOOK_LEASE_SHARE
         return [DeliveryResult.retryable(
@@ -112,6 +113,24 @@ async def call_deliver(
         log.warning("destination %s: %s", name, error, extra={"destination": name})
         return [DeliveryResult.retryable(error)] * len(deliveries)
     return [checked(r, name) for r in results]
+
+
+async def _off_the_loop(dest: DestinationRuntime, call: Callable[[], Any]) -> Any:
+    """A plain-function ``deliver`` called on its destination's thread
+    (:mod:`hookyard.delivery.hook_thread`). One that needs the event loop (it returns
+    ``asyncio.gather(...)``, as the hookspec allows a ``def`` to return an awaitable) fails
+    there before it sends anything: it is called on the loop instead, from then on."""
+    try:
+        return await dest.hook_thread.run(call)
+    except RuntimeError as exc:
+        if "event loop" not in str(exc):
+            raise
+        reason = str(exc)
+    dest.loop_bound = True
+    log.warning("destination %s: its plain-function deliver hook uses the event loop (%s): it"
+                " runs on the loop from now on, where a blocking call holds every request;"
+                " make it async def", dest.name, reason, extra={"destination": dest.name})
+    return call()
 
 
 _OUTCOMES = ("ok", "retryable", "permanent")

@@ -47,6 +47,8 @@ class HookThread:
     def _work(self) -> None:
         while True:
             fn, loop, future = self._calls.get()
+            if future.done():  # given up (time limit, shutdown) while it waited: not run late
+                continue
             try:
                 outcome: tuple[bool, Any] = (True, fn())
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
