@@ -84,6 +84,11 @@ class DeliverProcess(HelperProcess):
         self.waiting: dict[int, asyncio.Future[Answer]] = {}
         self.next_id = 0
         self.answer_grace = ANSWER_GRACE
+        # destinations whose deliver hook ran past its time limit here, and had the child
+        # killed: most likely it blocks its event loop, so while the child is down their
+        # workers wait for it instead of delivering in the worker's process, where the same
+        # hook would hold ingest and every other destination (re-check)
+        self.blamed: set[str] = set()
 
     @classmethod
     def wanted(cls, rt: Runtime) -> DeliverProcess | None:
@@ -197,9 +202,11 @@ class DeliverProcess(HelperProcess):
         except TimeoutError:
             self.waiting.pop(req_id, None)
             plugin = self.rt.destinations[destination].config.plugin
+            self.blamed.add(destination)
             self._gone(f"did not answer within {self.answer_grace:g} s of the time limit of"
                        f" destination {destination}'s deliver hook (plugin {plugin!r}: does it"
-                       " block its event loop?), killed")
+                       f" block its event loop?), killed; {destination} waits for it to start"
+                       " again rather than hold the worker's")
         except ConnectionError:
             pass
         return 0.0, failed(self.rt.destinations[destination], requests,

@@ -133,6 +133,8 @@ class DestinationWorker:
         limit = self.dest.policy.concurrency
         size = self.dest.batch_size
         await self._start_ready()
+        if self._held():  # nothing is claimed until the deliver process is back
+            return IDLE_POLL
         # batches to claim: one per free slot, plus enough to keep about `limit` deliveries
         # ready (whole batches: at least one). Not more: a user with a claimed row cannot be in
         # another batch, so holding many users back would make the next batches small.
@@ -277,7 +279,16 @@ class DestinationWorker:
         limit = self.dest.policy.concurrency
         if self._in_child():
             return limit + self._ahead() - len(self.tasks)
+        if self._held():
+            return 0
         return min(limit - self.sending, limit + self._ahead() - len(self.tasks))
+
+    def _held(self) -> bool:
+        """Whether this destination waits for the deliver process instead of delivering here:
+        its hook had the helper killed (:attr:`DeliverProcess.blamed`), and here it would hold
+        the worker's event loop, ingest with it."""
+        deliverer = self.deliverer
+        return deliverer is not None and not deliverer.ready and self.dest.name in deliverer.blamed
 
     def _in_child(self) -> bool:
         """Whether new batches go to the deliver process: it is ready, and none of this

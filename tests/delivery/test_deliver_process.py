@@ -159,11 +159,19 @@ def test_the_concurrency_holds_while_the_deliver_process_starts(
     (signal.SIGKILL, "deliver process stopped (killed by signal 9)"),
     # stopped: like a plugin blocking its event loop, it must not stall delivery
     (signal.SIGSTOP, "did not answer within 0.5 s of the time limit of destination fwd's"
-                     " deliver hook (plugin 'segment': does it block its event loop?), killed"),
+                     " deliver hook (plugin 'segment': does it block its event loop?), killed;"
+                     " fwd waits for it to start again rather than hold the worker's"),
 ])
 def test_a_killed_or_stuck_deliver_process_loses_nothing(
-    sig: int, warning: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    sig: int, warning: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A stuck helper (its deliver hook blocks its event loop, as SIGSTOP does) is killed,
+    and that destination waits for a new one instead of running the same hook on the worker's
+    event loop (the re-check: it froze ingest and /healthz for 45 s there)."""
+    stuck = sig == signal.SIGSTOP
+    if stuck:  # its destination waits for the new one: soon, in a test
+        monkeypatch.setattr(deliver_process, "RESTART_AFTER", 1.0)
     caplog.set_level(logging.WARNING, logger="hookyard.delivery")
     config = forwarder("", lease_seconds=3)
     with FakeServer() as peer:
@@ -181,11 +189,14 @@ def test_a_killed_or_stuck_deliver_process_loses_nothing(
             server.wait_idle(timeout=30)
             got = forwarded_ids(peer)
             assert set(got) == set(first + later)  # none lost (in-flight ones may repeat)
-            assert not deliverer.ready and deliverer.proc is None
-            assert "\nhookyard_deliver_process_up 0.0\n" in server.client.get(
-                f"{server.url}/metrics").text
+            if not stuck:  # delivered by the worker itself meanwhile
+                assert not deliverer.ready and deliverer.proc is None
+                assert "\nhookyard_deliver_process_up 0.0\n" in server.client.get(
+                    f"{server.url}/metrics").text
+            else:  # by the new helper
+                assert deliverer.ready and "fwd" in deliverer.blamed
     assert warning in caplog.text
-    assert "delivering in the worker process (trying again in 30 s)" in caplog.text
+    assert f"delivering in the worker process (trying again in {1 if stuck else 30} s)" in caplog.text
     stopped = [r for r in caplog.records if "deliver process stopped before answering" in
                r.getMessage()]
     assert all("attempt 1" in r.getMessage() for r in stopped)  # retried, with its messageId
