@@ -9,10 +9,12 @@ Every request, accepted or refused, leaves a line in the API log.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -253,6 +255,10 @@ class IngestEndpoint:
             except Reply as reply:  # the source answers itself: nothing is stored
                 self._log_line(req.method, req.path, source, reply.status, None, started)
                 return _reply_answer(reply)
+            except (msgspec.DecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                # the body is not JSON (a plugin that decodes it itself, as the docs' example
+                # does): the client's to fix, not to retry (the re-check)
+                raise BadRequest(f"malformed JSON: {exc}") from None
             except Exception as exc:  # a plugin bug: not a 500, nor a 400 that the client
                 # takes as final and drops its events for (a plugin's reasons to refuse a body
                 # are BadRequest, NotFound, PayloadTooLarge); retried, they are taken once fixed

@@ -448,3 +448,24 @@ def test_an_auth_challenge_a_header_cannot_carry_is_refused_when_made(challenge:
     uvicorn cannot encode is the plugin's error, raised in its own tests."""
     with pytest.raises(ValueError, match="AuthResult challenge"):
         AuthResult.refuse("no", challenge)
+
+
+def parse_decoding_itself(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    """As the docs' url_verification example does: the hook decodes the body itself."""
+    body = msgspec.json.decode(request.body)
+    assert isinstance(body, dict)
+    return parse_webhook(request.body)
+
+
+@pytest.mark.parametrize("body", [b'{"type": "track", oops', b"", b"not json", b"\xff\xfe{}"])
+def test_a_body_the_hook_cannot_decode_is_the_clients_400(
+    hookyard_server: Callable[..., HookyardServer], body: bytes,
+) -> None:
+    """Found by the re-check: with a plugin's failures answered 503, the docs' own example
+    source answered 503 to a malformed or empty body, which clients then retried for good."""
+    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
+    server = hookyard_server(config, plugins=[source_plugin(accept, parse_decoding_itself)])
+    r = server.client.post(f"{server.url}/connector/odd", content=body,
+                           headers={"Authorization": f"Bearer {KEY}",
+                                    "Content-Type": "application/json"})
+    assert r.status_code == 400 and "malformed JSON" in r.text, r.text
