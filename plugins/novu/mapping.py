@@ -28,6 +28,7 @@ from hookyard.deliveries import Delivery, MapResult
 from hookyard.events import Event, Group, Identify, Track, event_type
 from hookyard.fields import MISSING, get_path
 
+from .email_check import is_email
 from .settings import SUBSCRIBER_FIELDS, NovuSettings
 
 SUBSCRIBERS_PATH = "/v2/subscribers"
@@ -49,7 +50,7 @@ CONTEXT_FALLBACKS = {"locale": "$.context.locale", "timezone": "$.context.timezo
 
 TOPIC_KEY_RE = re.compile(r"^[A-Za-z0-9_:-]+$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-LOCALE_RE = re.compile(r"^[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*$")  # en, en-US, pt_BR, zh-Hant-TW
+LOCALE_RE = re.compile(r"^[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{2,8})*$")  # en, en-US, pt_BR, zh-Hant-TW
 NO_USER_ID = (
     "userId is required: Novu subscribers are keyed by userId (anonymous events are not sent)"
 )
@@ -76,8 +77,7 @@ def novu_takes(field: str, text: str | None) -> str | None:
         return None
     if field == "email":
         text = text.strip()
-        return text if len(text) <= 254 and EMAIL_RE.match(text) else None  # length first:
-        # the pattern is quadratic on a long run of dots
+        return text if is_email(text) else None
     if field == "locale":
         return text if len(text) <= 35 and LOCALE_RE.match(text) else None
     if field == "timezone":

@@ -226,6 +226,19 @@ def test_values_novu_would_refuse_stay_in_data() -> None:
     }
     spaced = sample_identify(traits={"email": "  Zoe.Nunez+tag@EXAMPLE.co.uk "})
     assert one(spaced).body["email"] == "Zoe.Nunez+tag@EXAMPLE.co.uk"
+    assert one(sample_identify(traits={"locale": "en-x"})).body.get("locale") is None
+
+
+@pytest.mark.parametrize(("email", "taken"), [
+    ("peter@example.com", True), ("用户@例子.广告", True), ('"quoted name"@example.com', True),
+    # the re-check, against class-validator 0.15 (validator.js isEmail) in Node: refused there
+    ("a@b.c", False), ("john..doe@gmail.com", False), ("user@gmail.com.", False),
+    ("first@my_company.com", False), ("x@example.c0m", False), (".a@example.com", False),
+    ("u@e.x-y", False), ("a" * 65 + "@example.com", False), ("a@[1.2.3.4]", False),
+])
+def test_emails_are_checked_as_novus_is_email_does(email: str, taken: bool) -> None:
+    body = one(sample_identify(traits={"email": email})).body
+    assert (body.get("email") == email) is taken
     track = sample_track(event="User Registered", context={"traits": {"email": "bad@", "phone": "555"}})
     assert one(track).body["to"] == {"subscriberId": "97980cfea0067", "phone": "555"}
 
