@@ -14,6 +14,8 @@ The scrubber is built once per destination; a result without a body or error cos
 from __future__ import annotations
 
 import base64
+import json
+import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
@@ -24,6 +26,7 @@ from ..deliveries import DeliveryResult
 REDACTED = "[redacted]"
 MIN_LENGTH = 6  # shorter values are not treated as secrets (as in the log filter)
 MIN_TAIL = 4  # a clipped body ending in this much of a secret loses that end
+_LOWER_HEX = re.compile(r"%[0-9A-F]{2}")
 
 
 def _forms(secret: str) -> list[str]:
@@ -34,9 +37,12 @@ def _forms(secret: str) -> list[str]:
     from the next 3-byte boundary on, cut after the last whole group of 3, so that it matches
     whatever came before and after it."""
     raw = secret.encode()
+    quoted = [quote(secret, safe=""), quote(secret, safe="/:@"), quote_plus(secret)]
+    escaped = json.dumps(secret)[1:-1]  # \u00e9 for a non-ASCII character
     forms = list(dict.fromkeys([
-        secret, quote(secret, safe=""), quote(secret, safe="/:@"), quote_plus(secret),
-        msgspec.json.encode(secret).decode()[1:-1], secret.replace("/", "\\/"),
+        secret, *quoted, *(_LOWER_HEX.sub(lambda m: m[0].lower(), q) for q in quoted),  # .NET
+        msgspec.json.encode(secret).decode()[1:-1], secret.replace("/", "\\/"), escaped,
+        escaped.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"),  # Go
     ]))
     for skip in range(3):  # the secret begins 0, 2 or 1 bytes after a 3-byte boundary
         part = raw[skip:]

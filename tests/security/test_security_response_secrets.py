@@ -182,6 +182,7 @@ def test_a_secret_is_redacted_base64_encoded_at_any_offset(before: str, after: s
     "token=ab%2Bcd%2Fef%3D%3Dgh",  # a query string or form quoted back
     "token=ab%2Bcd/ef%3D%3Dgh",
     '{"sent": "ab+cd\\/ef==gh"}',  # JSON that escapes its slashes (PHP's json_encode)
+    "token=ab%2bcd%2fef%3d%3dgh",  # lower-case hex (.NET's HttpUtility.UrlEncode; the re-check)
 ])
 def test_a_secret_is_redacted_url_encoded_or_json_escaped(echo: str) -> None:
     """Left from the security audit: a peer that echoed a key URL-encoded kept it whole in the
@@ -190,3 +191,15 @@ def test_a_secret_is_redacted_url_encoded_or_json_escaped(echo: str) -> None:
 
     cleaned = Scrubber(["ab+cd/ef==gh"]).text(f"400 bad request: {echo}")
     assert cleaned is not None and "[redacted]" in cleaned and "gh" not in cleaned
+
+
+def test_a_secret_is_redacted_as_go_or_ascii_json_escapes_it() -> None:
+    """The re-check: Go escapes &, < and > in JSON strings, and an ASCII-only encoder writes
+    \\u00e9 for a non-ASCII character: both kept the key whole."""
+    from hookyard.delivery.scrub import Scrubber
+
+    secret = "k&e<y>-\u00e9-123456"
+    for echo in ('{"key": "k\\u0026e\\u003cy\\u003e-\\u00e9-123456"}',
+                 '{"key": "k&e<y>-\\u00e9-123456"}'):
+        cleaned = Scrubber([secret]).text(echo)
+        assert cleaned == '{"key": "[redacted]"}', cleaned
