@@ -81,7 +81,13 @@ def _check_raw(i: int, raw: bytes, event: Any) -> None:
         raise TypeError(f"{where} is a {kind!r} event but whose event is a {typed!r} (make the"
                         " event from the final raw: hookyard.events.event_from_dict)")
     for key in _IDS:
-        if data.get(key) not in (None, "") and getattr(event, key, None) in (None, ""):
+        given, typed_id = data.get(key), getattr(event, key, None)
+        if given in (None, ""):
+            continue
+        if typed_id in (None, ""):
             raise TypeError(f"{where} has a {key} that its event lacks (make the event from the"
                             " final raw: hookyard.events.event_from_dict); it would be stored"
                             " without it")
+        if str(given) != str(typed_id):  # stored and delivered as raw's, keyed as the event's
+            raise TypeError(f"{where} has a {key} other than its event's (make the event from"
+                            " the final raw: hookyard.events.event_from_dict)")

@@ -256,8 +256,12 @@ def send_test(config_path: str | None, data_dir: str | None, url: str | None,
               user_id: str, wait: float) -> None:
     """Send a sample identify and track to a running server and show where each went."""
     try:
-        from_env = (click.get_current_context().get_parameter_source("admin_token")
+        context = click.get_current_context()
+        from_env = (context.get_parameter_source("admin_token")
                     is click.core.ParameterSource.ENVIRONMENT)
+        if source and context.get_parameter_source("write_key") is click.core.ParameterSource.ENVIRONMENT:
+            write_key = None  # --source names the key; a $HOOKYARD_WRITE_KEY left in the shell
+            # does not win over it (the re-check: the events went to another source)
         target = resolve(config_path, data_dir, url, write_key, admin_token, source, from_env)
         events = asyncio.run(run(target, samples(user_id), wait, click.echo))
     except HookyardError as exc:

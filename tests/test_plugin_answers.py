@@ -108,6 +108,14 @@ def parse_id_only_in_raw(self: Any, source: SourceContext, request: IngestReques
     return [ParsedEvent(raw=msgspec.json.encode(data), event=event)]
 
 
+def parse_id_disagrees(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    from hookyard.events import event_from_dict
+
+    data = msgspec.json.decode(request.body)
+    event = event_from_dict({**data, "userId": "USER-1"})
+    return [ParsedEvent(raw=msgspec.json.encode({**data, "userId": "user-1"}), event=event)]
+
+
 def parse_type_mismatch(self: Any, source: SourceContext, request: IngestRequest) -> Any:
     from hookyard.events import event_from_dict
 
@@ -155,6 +163,7 @@ def parse_long_reason(self: Any, source: SourceContext, request: IngestRequest) 
         (accept, parse_dict_raw, 503, "whose raw is dict (must be bytes"),
         (accept, parse_invalid_raw, 503, "whose raw is not valid JSON"),
         (accept, parse_id_only_in_raw, 503, "whose raw has a messageId that its event lacks"),
+        (accept, parse_id_disagrees, 503, "whose raw has a userId other than its event's"),
         (accept, parse_type_mismatch, 503, "whose raw is a 'track' event but whose event is a 'identify'"),
     ],
 )

@@ -49,7 +49,8 @@ it was kept). A file of a newer version stops start-up: a newer hookyard upgrade
 def _migrate(conn: sqlite3.Connection) -> None:
     from ..storage import refuse_newer
 
-    refuse_newer(int(conn.execute("PRAGMA user_version").fetchone()[0]), PROFILES_VERSION)
+    refuse_newer(int(conn.execute("PRAGMA user_version").fetchone()[0]), PROFILES_VERSION,
+                 "profiles.db (the profile store)")
     _create_or_upgrade(conn)
     conn.execute(f"PRAGMA user_version={PROFILES_VERSION}")
 
@@ -153,7 +154,8 @@ def _migrate_pg(conn: Any) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("hookyard.profiles",))
     conn.execute("CREATE TABLE IF NOT EXISTS profile_version (version integer NOT NULL)")
     found = conn.execute("SELECT max(version) FROM profile_version").fetchone()[0]
-    refuse_newer(int(found or 0), PROFILES_VERSION)
+    refuse_newer(int(found or 0), PROFILES_VERSION,
+                 "the profile store's tables (profile_version)")
     for statement in PG_TABLES:
         conn.execute(statement)
     if found != PROFILES_VERSION:

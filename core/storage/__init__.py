@@ -136,15 +136,16 @@ def known_version(conn: Any) -> int:
     return int(_schema_module(conn).SCHEMA_VERSION)
 
 
-def refuse_newer(found: int, known: int) -> None:
-    """:class:`SchemaMismatch` when the database's schema ``found`` is newer than the ``known``
-    one: a newer hookyard upgraded it, and this one would misread it (an older build once
-    stored duplicates on a database whose messageId index had moved)."""
+def refuse_newer(found: int, known: int, what: str = "the database's schema") -> None:
+    """:class:`SchemaMismatch` when ``what`` (the database's schema, the profile store's) of
+    version ``found`` is newer than the ``known`` one: a newer hookyard upgraded it, and this
+    one would misread it (an older build once stored duplicates on a database whose messageId
+    index had moved)."""
     if found > known:
         from .. import __version__
 
         raise SchemaMismatch(
-            f"the database's schema is version {found}, newer than hookyard {__version__} knows"
+            f"{what} is version {found}, newer than hookyard {__version__} knows"
             f" ({known}): a newer hookyard has upgraded it. Downgrading is not supported: run"
             " the newer hookyard, or restore the copy of the data made before the upgrade"
         )

@@ -54,6 +54,26 @@ def test_defaults_come_from_the_config_file(hookyard_server: Start, tmp_path: Pa
     assert not (tmp_path / "unused").exists()  # send-test reads, never creates
 
 
+def test_source_wins_over_a_write_key_left_in_the_environment(
+        hookyard_server: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the re-check: an exported $HOOKYARD_WRITE_KEY beat an explicit --source, and
+    the events were stored under another source."""
+    port = free_port()
+    other = "other-source-key-1"
+    sources = [{"name": "app", "plugin": "segment", "write_key": KEY},
+               {"name": "hook", "plugin": "segment", "write_key": other}]
+    srv = hookyard_server({"server": {"port": port, "admin_token": ADMIN}, "sources": sources})
+    config = tmp_path / "hookyard.toml"
+    config.write_text(f'[server]\nport = {port}\nadmin_token = "{ADMIN}"\n'
+                      + "".join(f'\n[[sources]]\nname = "{s["name"]}"\nplugin = "segment"\n'
+                                f'write_key = "{s["write_key"]}"\n' for s in sources))
+    monkeypatch.setenv("HOOKYARD_WRITE_KEY", KEY)
+    code, _, err = send_test("--config", str(config), "--source", "hook", "--user-id", "src-user")
+    assert code == 0, err
+    stored = srv.api("/api/events", params={"user_id": "src-user"}).json()["items"]
+    assert {e["source"] for e in stored} == {"hook"}
+
+
 def test_defaults_come_from_the_data_dir(hookyard_server: Start, tmp_path: Path,
                                          monkeypatch: object) -> None:
     data = tmp_path / "data"
