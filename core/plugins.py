@@ -273,8 +273,7 @@ class ConnectorRegistry:
         self.pm = pm
         self._connectors: dict[tuple[ConnectorKind, str], tuple[Connector, object]] = {}
         self._callers: dict[tuple[str, int], Any] = {}
-        self._direct_cache: dict[tuple[str, str, str], tuple[Any, list[Any]]] = {}
-        self._blocks_cache: dict[tuple[str, str, str], tuple[bool, list[Any]]] = {}
+        self._decisions: dict[tuple[str, str, str], tuple[Any, list[Any], bool]] = {}
         for impl in pm.hook.register_connectors.get_hookimpls():
             if impl.wrapper or impl.hookwrapper:
                 continue  # the registry reads every plugin's list itself; wrappers have nothing to add
@@ -357,41 +356,33 @@ class ConnectorRegistry:
             self._callers[key] = caller
         return caller
 
-    def _direct(self, hook_name: str, kind: ConnectorKind, name: str) -> Any:
-        """The owner's own implementation of ``hook_name`` when it is the only one the subset
-        caller would run (no wrappers): ``(impl, snapshot)``, else ``None``.
+    def _decision(self, hook_name: str, kind: ConnectorKind, name: str) -> tuple[Any, list[Any], bool]:
+        """``(direct, snapshot, blocks)`` for step ``hook_name`` of connector ``name``:
 
-        ``snapshot`` is the hook's implementation list when this was decided; a plugin
-        registered or unregistered later changes that list and the decision is made again.
-        """
-        hook = getattr(self.pm.hook, hook_name)
-        impls = hook.get_hookimpls()
+        * ``direct``: the owner's own implementation when it is the only one the subset caller
+          would run (no wrappers), else None;
+        * ``snapshot``: the hook's implementation list when this was decided (a plugin
+          registered or unregistered later changes it, and the decision is made again);
+        * ``blocks``: whether the owner's implementation is a plain function, not an ``async
+          def`` (:meth:`blocks`)."""
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
         key = (hook_name, kind, name)
-        cached = self._direct_cache.get(key)
+        cached = self._decisions.get(key)
         if cached is not None and cached[1] == impls:
-            return cached[0]
+            return cached
         owner = self._owner(kind, name)
         mine = [i for i in impls if i.plugin is owner and not (i.wrapper or i.hookwrapper)]
         wrapped = any(i.wrapper or i.hookwrapper for i in impls)
-        impl = mine[0] if len(mine) == 1 and not wrapped else None
-        self._direct_cache[key] = (impl, impls)
-        return impl
+        decision = (mine[0] if len(mine) == 1 and not wrapped else None, impls,
+                    bool(mine) and not inspect.iscoroutinefunction(mine[0].function))
+        self._decisions[key] = decision
+        return decision
 
     def blocks(self, hook_name: str, kind: ConnectorKind, name: str) -> bool:
         """True when the owner's implementation of ``hook_name`` is a plain function, not an
         ``async def``: a call of it may block, so the host may run it off the event loop
         (:mod:`hookyard.delivery.hook_thread`). Its wrappers, generators, run with it."""
-        hook = getattr(self.pm.hook, hook_name)
-        impls = hook.get_hookimpls()
-        key = (hook_name, kind, name)
-        cached = self._blocks_cache.get(key)
-        if cached is not None and cached[1] == impls:
-            return cached[0]
-        owner = self._owner(kind, name)
-        mine = [i for i in impls if i.plugin is owner and not (i.wrapper or i.hookwrapper)]
-        blocking = bool(mine) and not inspect.iscoroutinefunction(mine[0].function)
-        self._blocks_cache[key] = (blocking, impls)
-        return blocking
+        return self._decision(hook_name, kind, name)[2]
 
     def call(self, hook_name: str, kind: ConnectorKind, name: str, **kwargs: Any) -> Any:
         """Call step ``hook_name`` of connector ``name`` with keyword arguments.
@@ -399,7 +390,7 @@ class ConnectorRegistry:
         When the owner's implementation is the only one that would run (no wrappers), it is
         called directly: a pluggy hook call costs ~8 us more, which ingest pays per request.
         """
-        impl = self._direct(hook_name, kind, name)
+        impl = self._decision(hook_name, kind, name)[0]
         try:
             if impl is not None:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])

@@ -407,6 +407,22 @@ def test_a_plugin_that_changes_the_event_changes_it_for_itself_only(tmp_path: An
     assert seen == [("u1", "u1")]
 
 
+class SendsEvery:
+    """A destination connector named ``NAME`` that sends every event as one delivery with an
+    empty body; each test's subclass gives its ``deliver``."""
+
+    NAME = "sends"
+
+    @hookimpl
+    def register_connectors(self) -> list[Connector]:
+        return [Connector(name=self.NAME, kind="destination")]
+
+    @hookimpl
+    def map_event(self, destination: DestinationContext, event: Event,
+                  raw: dict[str, Any]) -> MapResult:
+        return MapResult.send(Delivery(kind="track", body={}))
+
+
 def test_a_blocking_plain_function_deliver_holds_neither_ingest_nor_other_destinations(
         hookyard_server: Callable[..., HookyardServer]) -> None:
     """Left from the misbehaving-plugins audit: a plain ``def deliver`` that blocks (a
@@ -415,15 +431,8 @@ def test_a_blocking_plain_function_deliver_holds_neither_ingest_nor_other_destin
     own now."""
     called, release = threading.Event(), threading.Event()
 
-    class Blocks:
-        @hookimpl
-        def register_connectors(self) -> list[Connector]:
-            return [Connector(name="blocker", kind="destination")]
-
-        @hookimpl
-        def map_event(self, destination: DestinationContext, event: Event,
-                      raw: dict[str, Any]) -> MapResult:
-            return MapResult.send(Delivery(kind="track", body={}))
+    class Blocks(SendsEvery):
+        NAME = "blocker"
 
         @hookimpl
         def deliver(self, destination: DestinationContext, deliveries: list[Delivery],
@@ -480,10 +489,8 @@ def test_a_map_event_that_strips_raw_keeps_the_deliveries_message_id() -> None:
     """Found by the plugin-author audit: a hook that popped messageId from raw (its vendor
     refuses unknown fields) left its deliveries without one, the idempotency key."""
 
-    class Strips:
-        @hookimpl
-        def register_connectors(self) -> list[Connector]:
-            return [Connector(name="strips", kind="destination")]
+    class Strips(SendsEvery):
+        NAME = "strips"
 
         @hookimpl
         def map_event(self, destination: DestinationContext, event: Event,
@@ -530,15 +537,8 @@ def test_a_plain_function_deliver_that_needs_the_loop_runs_on_it(
     delivery dead-lettered. It is called on the loop instead, with a warning."""
     sent: list[str] = []
 
-    class Gathers:
-        @hookimpl
-        def register_connectors(self) -> list[Connector]:
-            return [Connector(name="gathers", kind="destination")]
-
-        @hookimpl
-        def map_event(self, destination: DestinationContext, event: Event,
-                      raw: dict[str, Any]) -> MapResult:
-            return MapResult.send(Delivery(kind="track", body={}))
+    class Gathers(SendsEvery):
+        NAME = "gathers"
 
         @hookimpl
         def deliver(self, destination: DestinationContext, deliveries: list[Delivery],
