@@ -276,17 +276,14 @@ def retry_dead(
     """Move dead letters back to pending with a fresh attempt budget. With ``configured``,
     only those of these destinations (a removed destination's would wait for ever: no worker
     delivers for it)."""
-    sql = "UPDATE outbox SET state = 'pending', attempts = 0, next_at = 0, created_at = ?," \
-          " updated_at = ? WHERE state = 'dead'"
-    now = time.time()
-    params: list[Any] = [now, now]
-    sql, params = _narrow(conn, sql, params, destination, since, ids)
+    sql, params = _narrow(conn, "SELECT id FROM outbox WHERE state = 'dead'", [],
+                          destination, since, ids)
     if configured is not None:
         sql += f" AND destination IN ({','.join('?' * len(configured)) or 'NULL'})"
         params.extend(configured)
-    before = conn.total_changes
-    conn.execute(sql, params)
-    return conn.total_changes - before
+    now = time.time()
+    return _update_dead(conn, sql, params, "state = 'pending', attempts = 0, next_at = 0,"
+                        " created_at = ?, updated_at = ?", [now, now])
 
 
 def dead_elsewhere(
@@ -327,12 +324,26 @@ def discard_dead(
     ids: list[int] | None = None,
 ) -> int:
     """Mark dead letters as discarded (kept for the record, never retried)."""
-    sql = "UPDATE outbox SET state = 'discarded', updated_at = ? WHERE state = 'dead'"
-    params: list[Any] = [time.time()]
-    sql, params = _narrow(conn, sql, params, destination, since, ids)
-    before = conn.total_changes
-    conn.execute(sql, params)
-    return conn.total_changes - before
+    sql, params = _narrow(conn, "SELECT id FROM outbox WHERE state = 'dead'", [],
+                          destination, since, ids)
+    return _update_dead(conn, sql, params, "state = 'discarded', updated_at = ?", [time.time()])
+
+
+def _update_dead(conn: sqlite3.Connection, select: str, params: list[Any], assignments: str,
+                 values: list[Any]) -> int:
+    """``SET assignments`` on the dead letters ``select`` finds: their ids first, then the
+    rows by id, :data:`IDS_PER_STATEMENT` at a time. One UPDATE with the filter changed
+    ``state`` through the (destination, state, id) index it walked, so SQLite first collected
+    every matching row in memory: 529 MB to retry 150,000 dead letters, 98 MB this way
+    (backlog audit)."""
+    found = [row[0] for row in conn.execute(select, params).fetchall()]
+    count = 0
+    for chunk in chunks(found, IDS_PER_STATEMENT):
+        before = conn.total_changes
+        conn.execute(f"UPDATE outbox SET {assignments} WHERE state = 'dead' AND id IN"
+                     f" ({','.join('?' * len(chunk))})", [*values, *chunk])
+        count += conn.total_changes - before
+    return count
 
 
 def _narrow(
