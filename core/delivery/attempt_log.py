@@ -34,16 +34,19 @@ class AttemptLog:
         self.unlogged = {"retry": 0, "dead": 0}
         self.failing_since: float | None = None  # wall time of the first failure of a run
 
-    def record(self, outcomes: Iterable[Outcome]) -> None:
+    def record(self, outcomes: Iterable[Outcome]) -> float | None:
+        """Log ``outcomes``; when one is the first delivery after failures, how many seconds
+        the destination had failed (else None)."""
         debug = log.isEnabledFor(logging.DEBUG)
+        recovered: float | None = None
         for o in outcomes:
             if not o.sent:  # held back behind a failure of the same user: that one is logged
                 continue
             if o.outcome == "ok":
                 if self.failing_since is not None:
+                    recovered = time.time() - self.failing_since
                     log.warning("destination %s delivers again, after %.0f s of failures",
-                                o.destination, time.time() - self.failing_since,
-                                extra={"destination": o.destination})
+                                o.destination, recovered, extra={"destination": o.destination})
                     self.failing_since = None
                 if debug:  # (a log record and its extra dict cost ~2 us per delivery)
                     self._line(logging.DEBUG, o, "")
@@ -65,6 +68,7 @@ class AttemptLog:
                         f" {now - self.last_line[kind]:.0f} s ago; each is logged at DEBUG]")
             self._line(logging.WARNING, o, more)
             self.last_line[kind], self.unlogged[kind] = now, 0
+        return recovered
 
     @staticmethod
     def _line(level: int, o: Outcome, more: str) -> None:

@@ -269,6 +269,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+EXPEDITE_SPREAD = 10.0
+"""Seconds over which a destination's waiting retries are spread when it delivers again."""
+
+
+def expedite(conn: sqlite3.Connection, destination: str, now: float,
+             spread: float | None = None) -> int:
+    """Bring the retries of ``destination`` that wait past ``now + spread`` forward, each to a
+    random time within ``spread`` seconds (the peer that came back does not get them all at
+    once). Each delivery keeps its own backoff, up to ``retry_max_seconds`` (10 minutes): after
+    a long outage the backlog drained for minutes at a fraction of the destination's pace
+    (backlog audit: 588 s for 300,000 deliveries). The rows of a user stay in order: a claim
+    takes a user's first pending row. Returns the rows moved."""
+    spread = EXPEDITE_SPREAD if spread is None else spread
+    jitter = "random() * ?" if is_postgres(conn) else "(abs(random()) % 1000000) / 1000000.0 * ?"
+    before = conn.total_changes
+    conn.execute(f"UPDATE outbox SET next_at = ? + {jitter} WHERE destination = ?"
+                 " AND state = 'pending' AND next_at > ?", (now, spread, destination, now + spread))
+    return conn.total_changes - before
+
+
 def retry_dead(
     conn: sqlite3.Connection, destination: str | None = None, since: float | None = None,
     ids: list[int] | None = None, *, configured: list[str] | None = None,

@@ -35,6 +35,10 @@ IDLE_POLL = 1.0
 MAX_SCAN_PAGES = 40  # rows waiting for a retry are skipped over, this many pages at most
 DEEP_SCAN_SECONDS = 5.0  # how often a scan goes on past a page of blocked users only
 MAX_SKIPPED_USERS = 1000  # blocked users whose rows a scan leaves out in SQL, at most
+EXPEDITE_AFTER = 30.0
+"""Seconds a destination must have failed for its waiting retries to be brought forward when
+it delivers again (:func:`outbox.expedite`): a blip of a few failures keeps its backoff, and a
+destination that fails every other request is not retried at once over and over."""
 CLAIM_AHEAD = 8
 """Deliveries kept claimed ahead, in multiples of ``concurrency`` (at least one batch): a
 dispatch round takes two trips to the database threads (1-3 ms under load), longer than a
@@ -283,6 +287,20 @@ class DestinationWorker:
             return 0
         return min(limit - self.sending, limit + self._ahead() - len(self.tasks))
 
+    async def _expedite(self, failed_for: float) -> None:
+        """The destination delivers again after ``failed_for`` seconds of failures: its waiting
+        retries are brought forward (and this worker forgets when it thought they were due)."""
+        name = self.dest.name
+        moved = await self.rt.db.write(lambda conn: outbox.expedite(conn, name, time.time()))
+        if moved:
+            log.info("destination %s delivers again after %.0f s of failures: its %d waiting"
+                     " retries go out within %g s", name, failed_for, moved,
+                     outbox.EXPEDITE_SPREAD, extra={"destination": name})
+            self.skip_until.clear()
+            self.rescan = True
+            self.deep_scan_due = 0.0
+            self.wake.set()
+
     def _held(self) -> bool:
         """Whether this destination waits for the deliver process instead of delivering here:
         its hook had the helper killed (:attr:`DeliverProcess.blamed`), and here it would hold
@@ -380,7 +398,9 @@ class DestinationWorker:
                 for row, (message_id, res) in zip(rows, sent)
             ]
             await self.results.store(outcomes)
-            self.attempt_log.record(outcomes)
+            failed_for = self.attempt_log.record(outcomes)
+            if failed_for is not None and failed_for >= EXPEDITE_AFTER:
+                await self._expedite(failed_for)
             if self.rt.engine is not None:
                 self.rt.engine.observe(self.dest.name, outcomes)
         except asyncio.CancelledError:

@@ -224,3 +224,33 @@ def test_deliveries_waiting_for_a_retry_are_a_metric(
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'hookyard_retry_queue_depth{destination="rec"} 2.0' in metrics
     assert 'hookyard_outbox_rows{destination="rec",state="pending"} 2.0' in metrics
+
+
+def test_waiting_retries_go_out_soon_after_the_destination_delivers_again(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the backlog audit: each delivery kept its own backoff (up to 10 minutes), so
+    after a long outage the backlog drained for minutes at a fraction of the destination's
+    pace. A destination that delivers again after failing a while has its waiting retries
+    brought forward, spread over a few seconds."""
+    from hookyard.delivery import outbox, worker
+
+    monkeypatch.setattr(worker, "EXPEDITE_AFTER", 0.3)  # (30 s: an outage, not a blip)
+    monkeypatch.setattr(outbox, "EXPEDITE_SPREAD", 0.5)
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.default = (503, {"error": "down"}, {})
+    server = start(hookyard_server, fake, delivery={"retry_initial_seconds": 60,
+                                                    "retry_max_seconds": 60})
+    for user in ("u1", "u2", "u3"):
+        assert send(server, "/v1/track", track(user, 1)).status_code == 200
+    wait_until(lambda: all(trace(server, f"{u}-1") and trace(server, f"{u}-1")[0]["attempts"] >= 1
+                           for u in ("u1", "u2", "u3")), what="the first failed attempts")
+    time.sleep(0.4)
+    peer.default = (200, {"ok": True}, {})  # back; the retries wait up to 60 s
+    began = time.monotonic()
+    assert send(server, "/v1/track", track("fresh", 1)).status_code == 200
+    wait_until(lambda: sorted(peer.accepted_ids()) == ["fresh-1", "u1-1", "u2-1", "u3-1"],
+               timeout=15, what="the waiting retries delivered")
+    assert time.monotonic() - began < 10

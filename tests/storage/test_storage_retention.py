@@ -174,3 +174,19 @@ def test_inbox_retention_shorter_than_outbox_retention_is_a_config_error() -> No
         parse_config({**base, "storage": {"retention_days": 7, "inbox_retention_days": 1}})
     parse_config({**base, "storage": {"retention_days": 7, "inbox_retention_days": 7}})
     parse_config({**base, "storage": {"retention_days": 7, "inbox_retention_days": 0}})
+
+
+def test_expedite_brings_waiting_retries_forward(runtime: Runtime) -> None:
+    """outbox.expedite on both backends: only rows waiting past the spread move, each to a
+    time within it (the backlog audit's slow drain)."""
+    ingest(runtime, ["a", "b", "c"], retention.cutoff_iso(0))
+    route_all(runtime)
+    now = time.time()
+    runtime.db.write_sync(lambda c: c.execute(
+        "UPDATE outbox SET next_at = ? WHERE message_id IN ('a', 'b')", (now + 600,)))
+    runtime.db.write_sync(lambda c: c.execute(
+        "UPDATE outbox SET next_at = ? WHERE message_id = 'c'", (now + 5,)))
+    assert runtime.db.write_sync(lambda c: outbox.expedite(c, "seg", now, 10)) == 2
+    due = dict(runtime.db.read_sync(lambda c: c.execute(
+        "SELECT message_id, next_at FROM outbox").fetchall()))
+    assert all(now <= due[m] <= now + 10 for m in ("a", "b")) and due["c"] == now + 5
