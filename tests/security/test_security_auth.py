@@ -134,13 +134,13 @@ def test_parallel_guesses_from_one_address_take_turns(server: HookyardServer, wh
     async def main() -> tuple[list[int], float]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             started = time.monotonic()
-            codes = await asyncio.gather(*(guess(client, f"guess-{i:04d}") for i in range(8)),
+            codes = await asyncio.gather(*(guess(client, f"guess-{i:04d}") for i in range(5)),
                                          guess(client, ADMIN))
             return list(codes), time.monotonic() - started
 
     codes, took = asyncio.run(main())
-    assert codes[:8] == [401] * 8 and codes[8] == 200
-    assert took >= 8 * 0.25 * 0.9  # the right one answered after the 8 wrong ones' turns
+    assert codes[:5] == [401] * 5 and codes[5] == 200
+    assert took >= 5 * 0.25 * 0.9  # the wrong ones took turns, not all at once
 
 
 SECRET_NAMES = r"(write_key|writeKey|admin_token|api_key|apiKey|token|secret|password)"

@@ -124,7 +124,7 @@ def test_start_up_waits_for_a_server_not_up_yet(storage_settings: dict[str, str]
     real = conninfo_to_dict(storage_settings["url"])
     port, stop = free_port(), threading.Event()
     later = threading.Thread(target=forward_later, daemon=True, args=(
-        port, (str(real.get("host", "127.0.0.1")), int(real.get("port", 5432))), 1.5, stop))
+        port, (str(real.get("host", "127.0.0.1")), int(real.get("port", 5432))), 0.8, stop))
     later.start()
     try:
         url = moved(storage_settings["url"], port=port)
