@@ -7,6 +7,7 @@ state, retry queue depth) are read from the database when Prometheus scrapes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .delivery import outbox
 from .errors import StorageUnavailable
 from .sizes import unrouted_events
 
@@ -56,8 +58,9 @@ class _SizeCollector(Collector):
                 value=1 if deliverer.ready else 0)
         names = list(self.rt.destinations)
         try:
-            (inbox, states, retrying), unrouted = self.rt.db.read_sync(
-                lambda conn: (self.rt.sizes.read(conn, names), unrouted_events(conn)))
+            (inbox, states, retrying), unrouted, oldest = self.rt.db.read_sync(
+                lambda conn: (self.rt.sizes.read(conn, names), unrouted_events(conn),
+                              outbox.oldest_pending(conn, names)))
         except Exception as exc:  # noqa: BLE001 - a scrape must not fail because of the database
             if not self.failing:  # once per outage, not every scrape; a traceback for a bug
                 log.warning("metrics: the storage gauges are left out: reading the sizes"
@@ -90,6 +93,14 @@ class _SizeCollector(Collector):
         for dest in sorted({*names, *retrying}):
             depth.add_metric([dest], retrying.get(dest, 0))
         yield depth
+        age = GaugeMetricFamily(
+            "hookyard_oldest_pending_seconds", "Seconds since the oldest pending delivery of"
+            " the destination was queued (0: none pending): how stale its backlog is",
+            labels=["destination"])
+        now = time.time()
+        for dest in names:
+            age.add_metric([dest], max(0.0, now - oldest[dest]) if dest in oldest else 0.0)
+        yield age
 
 
 class Metrics:

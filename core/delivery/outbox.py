@@ -269,6 +269,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def oldest_pending(conn: sqlite3.Connection, destinations: Iterable[str]) -> dict[str, float]:
+    """When each destination's oldest pending delivery was queued (its ``created_at``), for
+    the destinations that have one: one seek each, the smallest pending id on the
+    (destination, state, id) index."""
+    found: dict[str, float] = {}
+    for name in destinations:
+        row = conn.execute("SELECT created_at FROM outbox WHERE destination = ? AND"
+                           " state = 'pending' ORDER BY id LIMIT 1", (name,)).fetchone()
+        if row is not None and row[0] is not None:
+            found[name] = float(row[0])
+    return found
+
+
 EXPEDITE_SPREAD = 10.0
 """Seconds over which a destination's waiting retries are spread when it delivers again."""
 

@@ -6,6 +6,7 @@ retries become dead letters; every attempt shows in ``GET /api/deliveries``."""
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -224,6 +225,9 @@ def test_deliveries_waiting_for_a_retry_are_a_metric(
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'hookyard_retry_queue_depth{destination="rec"} 2.0' in metrics
     assert 'hookyard_outbox_rows{destination="rec",state="pending"} 2.0' in metrics
+    # (the backlog audit: nothing said how stale a backlog was)
+    [age] = re.findall(r'hookyard_oldest_pending_seconds\{destination="rec"\} ([0-9.e+-]+)', metrics)
+    assert 0 < float(age) < 60
 
 
 def test_waiting_retries_go_out_soon_after_the_destination_delivers_again(
