@@ -51,8 +51,8 @@ class AttemptLog:
                 if debug:  # (a log record and its extra dict cost ~2 us per delivery)
                     self._line(logging.DEBUG, o, "")
                 continue
-            if self.failing_since is None:
-                self.failing_since = time.time()
+            if self.failing_since is None and o.outcome == "retryable":  # the destination's
+                self.failing_since = time.time()  # trouble; a permanent one is the event's
             kind = "dead" if o.state == "dead" else "retry"
             now = time.monotonic()
             if now - self.last_line[kind] < RETRY_LINE_SECONDS:

@@ -50,3 +50,12 @@ def test_at_debug_every_attempt_is_a_line(caplog: pytest.LogCaptureFixture) -> N
     AttemptLog().record([outcome(i, "retryable", "pending") for i in range(3)]
                         + [outcome(3, "ok", "done")])
     assert len(caplog.records) == 5  # and that it delivers again
+
+
+def test_permanent_failures_alone_are_no_outage(caplog: pytest.LogCaptureFixture) -> None:
+    """A 400 is the event's fault, not the destination's: no 'delivers again' after it."""
+    caplog.set_level(logging.WARNING, logger="hookyard.delivery")
+    log = AttemptLog()
+    log.record([outcome(1, "permanent", "dead")])
+    assert log.record([outcome(2, "ok", "done")]) is None
+    assert not [r for r in caplog.records if "delivers again" in r.getMessage()]
