@@ -45,8 +45,10 @@ class AttemptLog:
             if o.outcome == "ok":
                 if self.failing_since is not None:
                     recovered = time.time() - self.failing_since
-                    log.warning("destination %s delivers again, after %.0f s of failures",
-                                o.destination, recovered, extra={"destination": o.destination})
+                    # a blip (a destination failing every other request) is no news
+                    log.log(logging.WARNING if recovered >= RETRY_LINE_SECONDS else logging.DEBUG,
+                            "destination %s delivers again, after %.0f s of failures",
+                            o.destination, recovered, extra={"destination": o.destination})
                     self.failing_since = None
                 if debug:  # (a log record and its extra dict cost ~2 us per delivery)
                     self._line(logging.DEBUG, o, "")
@@ -69,6 +71,20 @@ class AttemptLog:
             self._line(logging.WARNING, o, more)
             self.last_line[kind], self.unlogged[kind] = now, 0
         return recovered
+
+    def flush(self, destination: str) -> None:
+        """Say how many failures and dead letters went unlogged since the last line, once
+        :data:`RETRY_LINE_SECONDS` have passed: a burst (100,000 given up in 3 s) was otherwise
+        never counted in the log. The worker calls it on every round."""
+        now = time.monotonic()
+        for kind, what in (("retry", "failures to retry"), ("dead", "dead letters")):
+            count = self.unlogged[kind]
+            if count and now - self.last_line[kind] >= RETRY_LINE_SECONDS:
+                log.warning("destination %s: %d more %s in the last %.0f s%s", destination,
+                            count, what, now - self.last_line[kind],
+                            " (hookyard dlq list)" if kind == "dead" else "",
+                            extra={"destination": destination})
+                self.last_line[kind], self.unlogged[kind] = now, 0
 
     @staticmethod
     def _line(level: int, o: Outcome, more: str) -> None:

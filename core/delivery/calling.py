@@ -126,10 +126,12 @@ async def _off_the_loop(dest: DestinationRuntime, call: Callable[[], Any]) -> An
         if "event loop" not in str(exc):
             raise
         reason = str(exc)
-    dest.loop_bound = True
-    log.warning("destination %s: its plain-function deliver hook uses the event loop (%s): it"
-                " runs on the loop from now on, where a blocking call holds every request;"
-                " make it async def", dest.name, reason, extra={"destination": dest.name})
+    if not dest.loop_bound:  # once: the calls already on the thread fail the same way
+        dest.loop_bound = True
+        log.warning("destination %s: its plain-function deliver hook uses the event loop (%s):"
+                    " it runs on the loop from now on, where a blocking call holds every"
+                    " request; make it async def", dest.name, reason,
+                    extra={"destination": dest.name})
     return call()
 
 

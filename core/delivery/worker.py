@@ -137,6 +137,7 @@ class DestinationWorker:
         limit = self.dest.policy.concurrency
         size = self.dest.batch_size
         await self._start_ready()
+        self.attempt_log.flush(self.dest.name)
         if self._held():  # nothing is claimed until the deliver process is back
             return IDLE_POLL
         # batches to claim: one per free slot, plus enough to keep about `limit` deliveries

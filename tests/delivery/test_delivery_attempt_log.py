@@ -26,7 +26,7 @@ def test_retryable_failures_are_one_line_a_while(
     monkeypatch.setattr(attempt_log.time, "time", lambda: clock[0])
     log = AttemptLog()
     log.record([outcome(i, "retryable", "pending") for i in range(500)])
-    clock[0] += 5
+    clock[0] += 12
     log.record([outcome(500, "ok", "done"), outcome(501, "permanent", "dead"),
                 outcome(502, "retryable", "dead")])  # given up: a dead letter too
     clock[0] += 11
@@ -34,10 +34,10 @@ def test_retryable_failures_are_one_line_a_while(
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "delivery m0 to crm attempt 1: retryable (connection error)",
-        "destination crm delivers again, after 5 s of failures",
+        "destination crm delivers again, after 12 s of failures",
         "delivery m501 to crm attempt 1: dead (connection error)",
         "delivery m600 to crm attempt 1: retryable (connection error) [and 499 more failures"
-        " of crm to retry since the last such line, 16 s ago; each is logged at DEBUG]",
+        " of crm to retry since the last such line, 23 s ago; each is logged at DEBUG]",
         "delivery m601 to crm attempt 1: dead (connection error) [and 1 more dead letters"
         " of crm (hookyard dlq list) since the last such line, 11 s ago; each is logged at"
         " DEBUG]",
@@ -59,3 +59,27 @@ def test_permanent_failures_alone_are_no_outage(caplog: pytest.LogCaptureFixture
     log.record([outcome(1, "permanent", "dead")])
     assert log.record([outcome(2, "ok", "done")]) is None
     assert not [r for r in caplog.records if "delivers again" in r.getMessage()]
+
+
+def test_a_burst_is_counted_once_it_is_over_and_a_blip_is_no_news(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the final re-check: 100,000 deliveries given up in 3 s logged one line, the
+    count waiting for a next line that never came; a destination failing every other request
+    logged 'delivers again' 513 times a minute."""
+    caplog.set_level(logging.WARNING, logger="hookyard.delivery")
+    clock = [1000.0]
+    monkeypatch.setattr(attempt_log.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(attempt_log.time, "time", lambda: clock[0])
+    log = AttemptLog()
+    log.record([outcome(i, "retryable", "dead") for i in range(100)])
+    log.flush("crm")  # too soon: nothing
+    clock[0] += 1
+    log.record([outcome(100, "ok", "done")])  # after 1 s of failures: at DEBUG only
+    clock[0] += 10
+    log.flush("crm")
+    log.flush("crm")
+    assert [r.getMessage() for r in caplog.records] == [
+        "delivery m0 to crm attempt 1: dead (connection error)",
+        "destination crm: 99 more dead letters in the last 11 s (hookyard dlq list)",
+    ]
