@@ -16,7 +16,9 @@ import os
 import pickle
 import socket
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..deliveries import DeliveryResult
@@ -93,8 +95,8 @@ class Lane:
                 self.proto.send(encoder.encode((req_id, False, 0.0, [])))
                 continue
             self.running += 1
-            task = asyncio.get_running_loop().create_task(
-                self._run(req_id, requests, max(0.1, deadline - now)))
+            task = asyncio.get_running_loop().create_task(  # named for report_stuck
+                self._run(req_id, requests, max(0.1, deadline - now)), name=TASK_PREFIX + self.dest.name)
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -137,6 +139,33 @@ def _init(frame: bytes, proto: Framed, setup_logging: Any, runtime: Any) -> Any:
     return rt
 
 
+TASK_PREFIX = "deliver:"
+
+
+def stuck_file(pid: int) -> Path:
+    """Where the child ``pid`` names the destination whose hook holds its event loop."""
+    return Path(tempfile.gettempdir()) / f"hookyard-deliver-{pid}.stuck"
+
+
+def report_stuck(signum: int, frame: Any) -> None:
+    """SIGUSR1 from the worker, whose answers stopped coming: write the destination whose
+    ``deliver`` holds the event loop (the task running now, named by :class:`Lane`) to
+    :func:`stuck_file`, so the worker blames that one destination and not every one it had
+    batches waiting here (the final re-check: all four were held back, a healthy one delivered
+    nothing for minutes). The handler runs between the hook's bytecodes, or when its system
+    call (a ``time.sleep``) is interrupted."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no loop running: not stuck in a hook
+        task = None
+    name = task.get_name() if task is not None else ""
+    try:
+        stuck_file(os.getpid()).write_text(name.removeprefix(TASK_PREFIX) if name.startswith(
+            TASK_PREFIX) else "")
+    except OSError:
+        pass
+
+
 def main() -> int:
     """The child's entry point: the socket named by :data:`SOCKET_FD`; stdout and stderr are
     the worker's."""
@@ -145,6 +174,7 @@ def main() -> int:
     from ..serving import run_loop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, report_stuck)
     sock = socket.socket(fileno=int(os.environ.pop(SOCKET_FD)))
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
+import signal
 import socket
 import subprocess
 import time
@@ -35,7 +37,7 @@ import msgspec
 
 from ..deliveries import DeliveryResult
 from .calling import failed
-from .deliver_child import SOCKET_FD
+from .deliver_child import SOCKET_FD, stuck_file
 from .frames import Framed, answer_decoder, encoder
 from .helper_processes import HelperProcess, exit_status, helper_modules, reap, spawn
 
@@ -89,6 +91,7 @@ class DeliverProcess(HelperProcess):
         # workers wait for it instead of delivering in the worker's process, where the same
         # hook would hold ingest and every other destination (re-check)
         self.blamed: set[str] = set()
+        self._judging = False  # asking a stuck child which hook holds it
 
     @classmethod
     def wanted(cls, rt: Runtime) -> DeliverProcess | None:
@@ -201,16 +204,56 @@ class DeliverProcess(HelperProcess):
                 return await fut
         except TimeoutError:
             self.waiting.pop(req_id, None)
-            plugin = self.rt.destinations[destination].config.plugin
-            self.blamed.add(destination)
-            self._gone(f"did not answer within {self.answer_grace:g} s of the time limit of"
-                       f" destination {destination}'s deliver hook (plugin {plugin!r}: does it"
-                       f" block its event loop?), killed; {destination} waits for it to start"
-                       " again rather than hold the worker's")
+            if self.ready and not self._judging:  # the first of its batches to time out
+                await self._kill_stuck()
         except ConnectionError:
             pass
         return 0.0, failed(self.rt.destinations[destination], requests,
                            DeliveryResult.retryable(STOPPED))
+
+    async def _kill_stuck(self) -> None:
+        """The child has answered nothing past a hook's time limit: ask it which destination's
+        hook holds its event loop (:func:`.deliver_child.report_stuck`), blame that one, and
+        kill it. The blamed destination waits for the next child instead of running the same
+        hook on the worker's loop, where it would hold ingest; the others deliver in the worker
+        meanwhile. A child that cannot say (stopped, or stuck outside a hook) blames none."""
+        self._judging = True
+        try:
+            culprit = await self._stuck_destination()
+        finally:
+            self._judging = False
+        if not self.ready:  # gone meanwhile
+            return
+        if culprit is None:
+            self._gone(f"did not answer within {self.answer_grace:g} s of a deliver hook's"
+                       " time limit, killed")
+            return
+        self.blamed.add(culprit)
+        plugin = self.rt.destinations[culprit].config.plugin
+        self._gone(f"did not answer within {self.answer_grace:g} s of a deliver hook's time"
+                   f" limit: destination {culprit}'s (plugin {plugin!r}) holds its event loop,"
+                   f" killed; {culprit} waits for it to start again rather than hold the"
+                   " worker's")
+
+    async def _stuck_destination(self) -> str | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        path = stuck_file(proc.pid)
+        path.unlink(missing_ok=True)
+        try:
+            os.kill(proc.pid, signal.SIGUSR1)
+        except OSError:
+            return None
+        for _ in range(10):
+            await asyncio.sleep(0.05)
+            try:
+                name = path.read_text()
+            except OSError:
+                continue
+            path.unlink(missing_ok=True)
+            return name if name in self.rt.destinations else None
+        return None
 
     def stop_starting(self, destination: str) -> None:
         """The worker of ``destination`` stops: batches the child has not started yet are
