@@ -282,6 +282,15 @@ def oldest_pending(conn: sqlite3.Connection, destinations: Iterable[str]) -> dic
     return found
 
 
+def failing_since(conn: sqlite3.Connection, destination: str) -> float | None:
+    """When the oldest retry of ``destination`` still waiting last failed (None: none waits):
+    how long it has failed at least, also across a restart, which the worker's memory of its
+    failures does not survive."""
+    row = conn.execute("SELECT min(updated_at) FROM outbox WHERE destination = ? AND"
+                       " state = 'pending' AND attempts > 0", (destination,)).fetchone()
+    return float(row[0]) if row is not None and row[0] is not None else None
+
+
 EXPEDITE_SPREAD = 10.0
 """Seconds over which a destination's waiting retries are spread when it delivers again."""
 

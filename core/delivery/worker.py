@@ -111,6 +111,7 @@ class DestinationWorker:
         self.scan_due = 0.0
         self.deep_scan_due = 0.0  # (monotonic) the next scan that may look past a fruitless page
         self.skip_until: dict[str, float] = {}  # the last deep scan's skipped users: retry due
+        self.delivered_once = False  # a delivery of this process succeeded (see _deliver)
         # how far incremental scans got, seeing only blocked users, since anything last changed
         # here (a result, a claim): a rescan on the timer alone goes on from there, with the
         # users they found blocked on the way (their later rows must still wait)
@@ -400,6 +401,13 @@ class DestinationWorker:
             ]
             await self.results.store(outcomes)
             failed_for = self.attempt_log.record(outcomes)
+            if not self.delivered_once and any(o.sent and o.outcome == "ok" for o in outcomes):
+                # the first delivery of this process: failures from before a restart are not in
+                # its attempt log, but their retries still wait (the final re-check)
+                self.delivered_once = True
+                since = await self.rt.db.read(lambda conn: outbox.failing_since(conn, name))
+                if since is not None:
+                    failed_for = max(failed_for or 0.0, time.time() - since)
             if failed_for is not None and failed_for >= EXPEDITE_AFTER:
                 await self._expedite(failed_for)
             if self.rt.engine is not None:

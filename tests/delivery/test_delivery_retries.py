@@ -258,3 +258,32 @@ def test_waiting_retries_go_out_soon_after_the_destination_delivers_again(
     wait_until(lambda: sorted(peer.accepted_ids()) == ["fresh-1", "u1-1", "u2-1", "u3-1"],
                timeout=15, what="the waiting retries delivered")
     assert time.monotonic() - began < 10
+
+
+def test_waiting_retries_go_out_soon_also_after_a_restart(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+) -> None:
+    """Found by the final re-check: a restart during the outage forgot the failures (the
+    worker's memory of them), and the backlog drained at each row's own backoff again."""
+    from hookyard.delivery import outbox, worker
+
+    monkeypatch.setattr(worker, "EXPEDITE_AFTER", 0.3)
+    monkeypatch.setattr(outbox, "EXPEDITE_SPREAD", 0.5)
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.default = (503, {"error": "down"}, {})
+    config = {"destinations": [recorder(fake.url, delivery={"retry_initial_seconds": 60,
+                                                            "retry_max_seconds": 60})]}
+    first = hookyard_server(config, plugins=[PLUGIN], data_dir=tmp_path / "data")
+    for user in ("u1", "u2"):
+        assert send(first, "/v1/track", track(user, 1)).status_code == 200
+    wait_until(lambda: all(trace(first, f"{u}-1") and trace(first, f"{u}-1")[0]["attempts"] >= 1
+                           for u in ("u1", "u2")), what="the first failed attempts")
+    first.stop()
+    time.sleep(0.4)
+    peer.default = (200, {"ok": True}, {})
+    second = hookyard_server(config, plugins=[PLUGIN], data_dir=tmp_path / "data")
+    assert send(second, "/v1/track", track("fresh", 1)).status_code == 200
+    wait_until(lambda: sorted(peer.accepted_ids()) == ["fresh-1", "u1-1", "u2-1"],
+               timeout=15, what="the waiting retries delivered after the restart")
