@@ -30,7 +30,7 @@ from .ingest import IngestEndpoint
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import build_openapi, render_docs
 from .plugins import plugin_label
-from .refused_tokens import RefusedTokens
+from .refused_tokens import RefusedTokens, TooManyGuesses
 from .runtime import Runtime
 
 log = logging.getLogger("hookyard")
@@ -92,10 +92,15 @@ class AdminAuth:
             if given:  # a guess, or a stale token: in the address's turn, slowed, counted
                 client = scope.get("client")
                 address = client[0] if client else None
-                async with self.refused.turn(address):
-                    right = hmac.compare_digest(given, self.token)
-                    if not right:
-                        await self.refused.refused("api", address)
+                try:
+                    async with self.refused.turn(address):
+                        right = hmac.compare_digest(given, self.token)
+                        if not right:
+                            await self.refused.refused("api", address)
+                except TooManyGuesses as exc:
+                    await JSONResponse({"error": exc.reason}, status_code=429,
+                                       headers={"Retry-After": "60"})(scope, receive, send)
+                    return
             else:
                 right = False
             if not right:

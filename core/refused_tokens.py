@@ -9,9 +9,13 @@ at once, the rest as one line per :data:`LOG_EVERY` seconds with how many and fr
 
 The delay alone did not slow a client that sent its guesses in parallel (385 a second with 200
 at a time; web-surfaces audit), and its right guess was answered at once beside the waiting
-wrong ones. So every check of a token given by one client takes its turn (:meth:`turn`): a
-wrong one holds the turn for its delay, so one address tries at most four tokens a second,
-right ones included. A client whose token is right holds its turn only for the comparison.
+wrong ones. So the checks of an address that gave a wrong token in the last
+:data:`PENALTY_SECONDS` take turns (:meth:`turn`): a wrong one holds the turn for its delay, so
+such an address tries at most four tokens a second, right ones included. An address with no
+wrong token lately is checked at once, without a turn. At most :data:`MAX_WAITING` checks of an
+address wait for their turn; more are answered 429 at once without being checked (the final
+re-check: 50 parallel guesses kept the right token of an admin behind the same address
+waiting 12 s).
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ FAILED_TOKEN_DELAY = 0.25
 """Seconds a wrong admin token waits for its answer."""
 LOG_EVERY = 60.0
 """Seconds between two log lines about wrong admin tokens."""
+PENALTY_SECONDS = 60.0
+"""How long after a wrong token an address's checks take turns."""
+MAX_WAITING = 16
+"""Checks of one address that may wait for their turn; more are refused at once (429)."""
+
+
+class TooManyGuesses(Exception):
+    """An address has :data:`MAX_WAITING` token checks waiting: answer 429 without checking."""
+
+    reason = "too many wrong admin tokens from this address: try again in a minute"
 
 
 class RefusedTokens:
@@ -41,17 +55,25 @@ class RefusedTokens:
         self._clients: set[str] = set()
         self._logged_at = float("-inf")
         self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per address: lock, users
+        self._last_wrong: dict[str, float] = {}  # per address: when it last gave a wrong token
 
     @contextlib.asynccontextmanager
     async def turn(self, client: str | None) -> AsyncIterator[None]:
-        """Check a token given by ``client`` (its address) in its turn: one check at a time
-        per address, and a wrong one (:meth:`refused`, awaited inside) holds the turn for its
-        delay. An address's entry lives while one of its checks does."""
+        """Check a token given by ``client`` (its address): at once for an address without a
+        wrong token lately, else in its turn, one check at a time, a wrong one
+        (:meth:`refused`, awaited inside) holding the turn for its delay. Raises
+        :class:`TooManyGuesses` when :data:`MAX_WAITING` checks of the address wait already.
+        An address's entry lives while one of its checks does."""
         key = client or "unknown"
         entry = self._turns.get(key)
+        if entry is None and time.monotonic() - self._last_wrong.get(key, -PENALTY_SECONDS) >= PENALTY_SECONDS:
+            yield
+            return
         if entry is None:
             entry = self._turns[key] = (asyncio.Lock(), [0])
         lock, users = entry
+        if users[0] >= MAX_WAITING:
+            raise TooManyGuesses(TooManyGuesses.reason)
         users[0] += 1
         try:
             async with lock:
@@ -66,6 +88,11 @@ class RefusedTokens:
         (its address), then wait :data:`FAILED_TOKEN_DELAY`."""
         if self.counter is not None:
             self.counter.labels(surface).inc()
+        now = time.monotonic()
+        if len(self._last_wrong) > 10_000:  # many addresses: keep those still in their penalty
+            self._last_wrong = {k: t for k, t in self._last_wrong.items()
+                                if now - t < PENALTY_SECONDS}
+        self._last_wrong[client or "unknown"] = now
         self._unlogged += 1
         if len(self._clients) < 10:  # a list of addresses, not a flood of them
             self._clients.add(client or "unknown")

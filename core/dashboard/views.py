@@ -19,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 
 from .. import operator_input
 from ..errors import BEARER_CHALLENGE
+from ..refused_tokens import TooManyGuesses
 from .auth import (
     HOME,
     LOGIN_COOKIE,
@@ -140,12 +141,15 @@ class Dashboard:
         if not header.lower().startswith("bearer "):
             return self.auth.identify(request)
         address = request.client.host if request.client else None
-        async with self.rt.refused_tokens.turn(address):
-            try:
-                return self.auth.identify(request)
-            except Refused:
-                await self.rt.refused_tokens.refused("dashboard", address)
-                raise
+        try:
+            async with self.rt.refused_tokens.turn(address):
+                try:
+                    return self.auth.identify(request)
+                except Refused:
+                    await self.rt.refused_tokens.refused("dashboard", address)
+                    raise
+        except TooManyGuesses as exc:
+            raise Refused(429, exc.reason, {"Retry-After": "60"}) from None
 
     async def login_form(self, request: Request) -> Response:
         try:
@@ -175,10 +179,13 @@ class Dashboard:
         if not nonce or not same(nonce, given):
             return self._login_page(request, target, "The login form expired: try again.", 403)
         address = request.client.host if request.client else None
-        async with self.rt.refused_tokens.turn(address):
-            right = self.auth.token_ok(form.get("token") or "")
-            if not right:
-                await self.rt.refused_tokens.refused("dashboard", address)
+        try:
+            async with self.rt.refused_tokens.turn(address):
+                right = self.auth.token_ok(form.get("token") or "")
+                if not right:
+                    await self.rt.refused_tokens.refused("dashboard", address)
+        except TooManyGuesses as exc:
+            return self._login_page(request, target, exc.reason[0].upper() + exc.reason[1:] + ".", 429)
         if not right:
             return self._login_page(request, target, "Wrong admin token.", 401)
         response = self.redirect(target)
