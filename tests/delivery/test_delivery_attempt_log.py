@@ -17,13 +17,19 @@ def outcome(i: int, outcome: str, state: str) -> Outcome:
                    "connection error" if outcome != "ok" else None, None, 1.0)
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The attempt log's clocks (monotonic and wall), moved on by hand."""
+    now = [1000.0]
+    monkeypatch.setattr(attempt_log.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(attempt_log.time, "time", lambda: now[0])
+    return now
+
+
 def test_retryable_failures_are_one_line_a_while(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, clock: list[float]
 ) -> None:
     caplog.set_level(logging.WARNING, logger="hookyard.delivery")
-    clock = [1000.0]
-    monkeypatch.setattr(attempt_log.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(attempt_log.time, "time", lambda: clock[0])
     log = AttemptLog()
     log.record([outcome(i, "retryable", "pending") for i in range(500)])
     clock[0] += 12
@@ -62,15 +68,12 @@ def test_permanent_failures_alone_are_no_outage(caplog: pytest.LogCaptureFixture
 
 
 def test_a_burst_is_counted_once_it_is_over_and_a_blip_is_no_news(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, clock: list[float]
 ) -> None:
     """Found by the final re-check: 100,000 deliveries given up in 3 s logged one line, the
     count waiting for a next line that never came; a destination failing every other request
     logged 'delivers again' 513 times a minute."""
     caplog.set_level(logging.WARNING, logger="hookyard.delivery")
-    clock = [1000.0]
-    monkeypatch.setattr(attempt_log.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(attempt_log.time, "time", lambda: clock[0])
     log = AttemptLog()
     log.record([outcome(i, "retryable", "dead") for i in range(100)])
     log.flush("crm")  # too soon: nothing
