@@ -159,9 +159,11 @@ def report_stuck(signum: int, frame: Any) -> None:
     except RuntimeError:  # no loop running: not stuck in a hook
         task = None
     name = task.get_name() if task is not None else ""
-    try:
-        stuck_file(os.getpid()).write_text(name.removeprefix(TASK_PREFIX) if name.startswith(
-            TASK_PREFIX) else "")
+    path = stuck_file(os.getpid())
+    try:  # written whole, then renamed: the worker never reads half a name
+        path.with_suffix(".tmp").write_text(
+            name.removeprefix(TASK_PREFIX) if name.startswith(TASK_PREFIX) else "")
+        path.with_suffix(".tmp").replace(path)
     except OSError:
         pass
 
