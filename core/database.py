@@ -324,7 +324,7 @@ class Database(GroupCommitWriter):
         except sqlite3.Error as exc:
             return self._roll_back_group(conn, jobs, dedupe, exc)
         dedupe.committed()
-        answers = [(job, ok, value if ok else _storage_error(value)) for job, ok, value in results]
+        answers = [(job, ok, value if ok else storage_error(value)) for job, ok, value in results]
         wrote = conn.total_changes != changes  # a group that changed no row (a probe, a claim
         # of nothing) commits on a full disk too: it is no sign that writes are taken again
         if syncer is not None and self._must_sync(jobs):
@@ -341,7 +341,7 @@ class Database(GroupCommitWriter):
         self._fail_all(jobs, exc)
 
     def _fail_all(self, jobs: list[Job], exc: BaseException) -> None:
-        err = _storage_error(exc)
+        err = storage_error(exc)
         if not isinstance(err, StorageUnavailable):  # that one starts an outage, logged once
             log.error("database commit failed: %s", exc)
         self._deliver([(job, False, err) for job in jobs])
@@ -393,7 +393,7 @@ def _file_id(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _storage_error(exc: BaseException) -> BaseException:
+def storage_error(exc: BaseException) -> BaseException:
     """sqlite errors that mean "cannot write now" become StorageUnavailable (503), and so does
     a damaged database file (with what to do: it will not mend by itself)."""
     if isinstance(exc, sqlite3.OperationalError):

@@ -120,16 +120,18 @@ async def deliver(
 
 def unavailable(exc: BaseException) -> str | None:
     """The reason when ``exc`` means the store's database cannot be reached or written now
-    (SQLite locked or out of disk, PostgreSQL down); None for anything else."""
-    if isinstance(exc, StorageUnavailable | sqlite3.OperationalError):
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - a dependency
+    (SQLite locked or out of disk, PostgreSQL down), as hookyard's own storage tells them
+    (:func:`hookyard.database.storage_error`, :func:`hookyard.storage.postgres.storage_error`);
+    None for anything else."""
+    from ..database import storage_error as sqlite_error
+    from ..storage.postgres import storage_error as pg_error
+
+    found = sqlite_error(exc)
+    if not isinstance(found, StorageUnavailable):
+        found = pg_error(exc)
+    if not isinstance(found, StorageUnavailable):
         return None
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
-    return None
+    return str(found).splitlines()[0].removeprefix("storage unavailable: ")
 
 
 @hookimpl
