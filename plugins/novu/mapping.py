@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import re
-import zoneinfo
 from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +26,7 @@ from urllib.parse import quote
 from hookyard.deliveries import Delivery, MapResult
 from hookyard.events import Event, Group, Identify, Track, event_type
 from hookyard.fields import MISSING, get_path
+from hookyard.profiles.mapping import valid_timezone
 
 from .email_check import is_email
 from .settings import SUBSCRIBER_FIELDS, NovuSettings
@@ -81,14 +81,8 @@ def novu_takes(field: str, text: str | None) -> str | None:
     if field == "locale":
         return text if len(text) <= 35 and LOCALE_RE.match(text) else None
     if field == "timezone":
-        return text if text in _timezones() else None
+        return valid_timezone(text)
     return text
-
-
-@functools.lru_cache(maxsize=1)
-def _timezones() -> frozenset[str]:
-    """IANA time zone names (the ``tzdata`` package, a dependency, when the system has none)."""
-    return frozenset(zoneinfo.available_timezones()) - {"localtime", "posixrules", "Factory"}
 
 
 @functools.lru_cache(maxsize=64)
