@@ -39,13 +39,17 @@ CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-
 def credentials(headers: Mapping[str, str] | None) -> list[str]:
     """The secret values a request carries in its credential headers (whole value, token,
     and for Basic the decoded user and password), longest first."""
-    values = tuple(v for k, v in (headers or {}).items() if k.lower() in CREDENTIAL_HEADERS)
+    values = _credential_values(headers)
     return list(_secrets_of(values)) if values else []
+
+
+def _credential_values(headers: Mapping[str, str] | None) -> tuple[str, ...]:
+    return tuple(v for k, v in (headers or {}).items() if k.lower() in CREDENTIAL_HEADERS)
 
 
 def _scrubber_of(headers: Mapping[str, str] | None) -> Scrubber | None:
     """The scrubber of the credentials ``headers`` carry, None without any."""
-    values = tuple(v for k, v in (headers or {}).items() if k.lower() in CREDENTIAL_HEADERS)
+    values = _credential_values(headers)
     return _scrubber(_secrets_of(values)) if values else None
 
 
