@@ -93,10 +93,8 @@ class AdminAuth:
                 client = scope.get("client")
                 address = client[0] if client else None
                 try:
-                    async with self.refused.turn(address):
-                        right = hmac.compare_digest(given, self.token)
-                        if not right:
-                            await self.refused.refused("api", address)
+                    right = await self.refused.check(
+                        "api", address, lambda: hmac.compare_digest(given, self.token))
                 except TooManyGuesses as exc:
                     await JSONResponse({"error": exc.reason}, status_code=429,
                                        headers={"Retry-After": "60"})(scope, receive, send)

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import Counter
 
@@ -82,6 +82,16 @@ class RefusedTokens:
             users[0] -= 1
             if not users[0]:
                 self._turns.pop(key, None)
+
+    async def check(self, surface: str, client: str | None, right: Callable[[], bool]) -> bool:
+        """``right()``, the comparison of a token ``client`` gave to ``surface``, made in the
+        address's turn (:meth:`turn`); a wrong one is slowed, counted and logged
+        (:meth:`refused`). Raises :class:`TooManyGuesses`."""
+        async with self.turn(client):
+            if right():
+                return True
+            await self.refused(surface, client)
+            return False
 
     async def refused(self, surface: str, client: str | None) -> None:
         """Note a wrong token given to ``surface`` (``api``, ``dashboard``) by ``client``

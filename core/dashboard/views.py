@@ -180,10 +180,8 @@ class Dashboard:
             return self._login_page(request, target, "The login form expired: try again.", 403)
         address = request.client.host if request.client else None
         try:
-            async with self.rt.refused_tokens.turn(address):
-                right = self.auth.token_ok(form.get("token") or "")
-                if not right:
-                    await self.rt.refused_tokens.refused("dashboard", address)
+            right = await self.rt.refused_tokens.check(
+                "dashboard", address, lambda: self.auth.token_ok(form.get("token") or ""))
         except TooManyGuesses as exc:
             return self._login_page(request, target, exc.reason[0].upper() + exc.reason[1:] + ".", 429)
         if not right:
