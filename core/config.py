@@ -100,6 +100,9 @@ class DeliverySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     retry_max_seconds: Seconds = 600.0
     give_up_after_seconds: Seconds = 86_400.0
     max_attempts: Positive = 20
+    # failures in a row (none delivered) after which the destination is paused and probed
+    # with one delivery at a time (hookyard.delivery.breaker); 0: never paused
+    pause_after_failures: Annotated[int, msgspec.Meta(ge=0)] = 20
     connect_timeout_seconds: Seconds = 5.0
     total_timeout_seconds: Seconds = 15.0
     lease_seconds: Seconds = 60.0

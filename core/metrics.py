@@ -56,6 +56,15 @@ class _SizeCollector(Collector):
                 " it, 0 while the worker sends them itself (the helper is starting, or"
                 " restarting after a failure)",
                 value=1 if deliverer.ready else 0)
+        workers = getattr(self.rt.engine, "workers", None)
+        if workers:  # see docs/delivery.md, "A destination that fails every delivery"
+            paused = GaugeMetricFamily(
+                "hookyard_destination_paused", "1 while the destination is paused after failing"
+                " every delivery (one delivery probes it now and then), else 0",
+                labels=["destination"])
+            for dest, worker in sorted(workers.items()):
+                paused.add_metric([dest], 1 if worker.breaker.paused else 0)
+            yield paused
         names = list(self.rt.destinations)
         try:
             (inbox, states, retrying), unrouted, oldest = self.rt.db.read_sync(

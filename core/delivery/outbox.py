@@ -311,6 +311,18 @@ def expedite(conn: sqlite3.Connection, destination: str, now: float,
     return conn.total_changes - before
 
 
+def give_up_waiting(conn: sqlite3.Connection, destination: str, created_before: float,
+                    error: str) -> int:
+    """Make dead letters of the deliveries of ``destination`` still pending that were queued
+    before ``created_before``: those of a paused destination (:mod:`.breaker`), which are not
+    attempted, so never run out of time on an attempt. Returns how many."""
+    before = conn.total_changes
+    conn.execute("UPDATE outbox SET state = 'dead', next_at = 0, updated_at = ?, last_error = ?"
+                 " WHERE destination = ? AND state = 'pending' AND created_at < ?",
+                 (time.time(), error, destination, created_before))
+    return conn.total_changes - before
+
+
 def retry_dead(
     conn: sqlite3.Connection, destination: str | None = None, since: float | None = None,
     ids: list[int] | None = None, *, configured: list[str] | None = None,

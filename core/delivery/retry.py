@@ -66,17 +66,20 @@ def clip(text: str | None, limit: int = RESPONSE_BODY_LIMIT) -> str | None:
 
 def decide(
     policy: DeliverySettings, destination: str, row: tuple[int, bytes, int, float],
-    message_id: str, res: DeliveryResult, latency: float,
+    message_id: str, res: DeliveryResult, latency: float, probe: bool = False,
 ) -> Outcome:
     """The outcome of one attempt at the outbox row ``(id, request, attempts, created_at)``:
-    done, pending again after a backoff, or dead (permanent, or out of attempts or time)."""
+    done, pending again after a backoff, or dead (permanent, or out of attempts or time).
+    A ``probe`` of a paused destination (:mod:`.breaker`) that fails gives up on time only:
+    it is the destination's failure, tried on whichever delivery came first."""
     attempt = row[2] + 1
     now = time.time()
     state, next_at = "done", 0.0
     if res.outcome == "retryable":
         age = now - row[3]
         if res.sent:
-            gave_up = attempt >= policy.max_attempts or age >= policy.give_up_after_seconds
+            gave_up = ((attempt >= policy.max_attempts and not probe)
+                       or age >= policy.give_up_after_seconds)
         else:  # held back behind a failing delivery of its user, never sent: no attempt is
             # counted, and the time limit is doubled, so that when that delivery runs out of
             # time (it was queued first) this one is still sent after it; the double limit
@@ -95,7 +98,9 @@ def decide(
         state = "dead"
     error = res.error
     if state == "dead" and res.outcome == "retryable":
-        error = (f"gave up after {attempt} attempts: {res.error}" if res.sent else
+        error = (f"gave up after {attempt} attempts: {res.error}"
+                 if res.sent and attempt >= policy.max_attempts else
+                 f"gave up after {policy.give_up_after_seconds:g} s: {res.error}" if res.sent else
                  f"gave up after {2 * policy.give_up_after_seconds:g} s without being sent:"
                  f" {res.error}")
     return Outcome(

@@ -22,6 +22,7 @@ from ..config import HOOK_LEASE_SHARE
 from ..logs import log_failure
 from . import outbox, router
 from .attempt_log import AttemptLog
+from .breaker import Breaker
 from .calling import client_for, deliver_rows
 from .deliver_process import NOT_STARTED, DeliverProcess
 from .results import ResultWriter
@@ -39,6 +40,9 @@ EXPEDITE_AFTER = 30.0
 """Seconds a destination must have failed for its waiting retries to be brought forward when
 it delivers again (:func:`outbox.expedite`): a blip of a few failures keeps its backoff, and a
 destination that fails every other request is not retried at once over and over."""
+GIVE_UP_CHECK_SECONDS = 300.0
+"""How often a paused destination's deliveries are checked for having waited longer than
+``give_up_after_seconds`` (they are not attempted, so no attempt finds it)."""
 CLAIM_AHEAD = 8
 """Deliveries kept claimed ahead, in multiples of ``concurrency`` (at least one batch): a
 dispatch round takes two trips to the database threads (1-3 ms under load), longer than a
@@ -84,6 +88,8 @@ class DestinationWorker:
         self.client = client_for(dest)
         self.scrub = rt.scrubber.result  # secrets out of bodies and errors
         self.attempt_log = AttemptLog()
+        self.breaker = Breaker(dest.name, dest.policy)
+        self.give_up_check = 0.0  # (monotonic) when a paused destination's old rows are checked
         self.deliverer: DeliverProcess | None = None  # set by the Engine when one is used
         self.wake = asyncio.Event()
         self.inflight_keys: set[str] = set()
@@ -141,10 +147,22 @@ class DestinationWorker:
         self.attempt_log.flush(self.dest.name)
         if self._held():  # nothing is claimed until the deliver process is back
             return IDLE_POLL
+        probing = False
+        wait = self.breaker.wait()
+        if wait is not None:  # paused: one batch at a time, at the probe's time, due or not
+            if self.tasks:  # the probe, or the last batches sent before the pause
+                return IDLE_POLL
+            if wait > 0 or self.stopping:
+                return max(wait, 0.01)
+            await self._give_up_waiting()
+            probing = True
+            self.rescan, self.deep_scan_due = True, 0.0  # from the first row, no user skipped
         # batches to claim: one per free slot, plus enough to keep about `limit` deliveries
         # ready (whole batches: at least one). Not more: a user with a claimed row cannot be in
         # another batch, so holding many users back would make the next batches small.
         free = self._free_slots() + (0 if self._in_child() else self._ahead()) - len(self.ready)
+        if probing:
+            free = min(free, 1)
         if free <= 0 or self.stopping:
             return IDLE_POLL
         if self._in_child() and len(self.tasks) >= limit and free < self._ahead() // 2:
@@ -178,6 +196,7 @@ class DestinationWorker:
         )
         blocked = set(self.inflight_keys) | leased | set(skip)
         next_due = now + IDLE_POLL
+        due_by = float("inf") if probing else now  # a probe takes the oldest row, due or not
         if skip:
             next_due = min(next_due, min(self.skip_until[key] for key in skip))
         if incremental:
@@ -206,7 +225,7 @@ class DestinationWorker:
                 key = c.user_key
                 if key in blocked:
                     continue
-                if c.next_at > now:
+                if c.next_at > due_by:
                     blocked.add(key)
                     waiting.setdefault(key, c.next_at)
                     next_due = min(next_due, c.next_at)
@@ -270,6 +289,9 @@ class DestinationWorker:
                 self.inflight_ids |= {r[0] for r in rows}
                 self.ready.append((claimed_at, rows, keys))
         await self._start_ready()
+        if probing:
+            self.breaker.probe_started()
+            return IDLE_POLL
         return 0.0 if self.sending < limit else IDLE_POLL
 
     def _ahead(self) -> int:
@@ -302,6 +324,33 @@ class DestinationWorker:
             self.rescan = True
             self.deep_scan_due = 0.0
             self.wake.set()
+
+    def _pause(self) -> None:
+        """The destination is paused (:mod:`.breaker`): the batches claimed ahead are given
+        back, and its waiting deliveries are checked for their age at the first probe."""
+        while self.ready:
+            _, rows, keys = self.ready.popleft()
+            self.stale.extend(r[0] for r in rows)
+            self.inflight_keys -= keys
+        self.give_up_check = 0.0
+
+    async def _give_up_waiting(self) -> None:
+        """While paused, every :data:`GIVE_UP_CHECK_SECONDS`: the deliveries that waited
+        longer than ``give_up_after_seconds`` become dead letters."""
+        if time.monotonic() < self.give_up_check:
+            return
+        self.give_up_check = time.monotonic() + GIVE_UP_CHECK_SECONDS
+        name, policy = self.dest.name, self.dest.policy
+        error = (f"gave up after {policy.give_up_after_seconds:g} s: {name} was paused, failing"
+                 f" every delivery (last: {self.breaker.last_error})")
+        cutoff = time.time() - policy.give_up_after_seconds
+        dead = await self.rt.db.write(
+            lambda conn: outbox.give_up_waiting(conn, name, cutoff, error))
+        if dead:
+            log.warning("destination %s: %d deliveries waited longer than %g s while it was"
+                        " paused and are dead letters (hookyard dlq list)", name, dead,
+                        policy.give_up_after_seconds, extra={"destination": name})
+            self.rescan = True
 
     def _held(self) -> bool:
         """Whether this destination waits for the deliver process instead of delivering here:
@@ -394,13 +443,15 @@ class DestinationWorker:
             self.sending_here -= here
             self._start_claimed()  # at once: a dispatch round may be waiting for the database
             self.wake.set()
-            name, scrub = self.dest.name, self.scrub
+            name, scrub, probe = self.dest.name, self.scrub, self.breaker.probing
             outcomes = [
-                decide(policy, name, row, message_id, scrub(res), latency)
+                decide(policy, name, row, message_id, scrub(res), latency, probe)
                 for row, (message_id, res) in zip(rows, sent)
             ]
             await self.results.store(outcomes)
             failed_for = self.attempt_log.record(outcomes)
+            if self.breaker.record(outcomes):
+                self._pause()
             if not self.delivered_once and any(o.sent and o.outcome == "ok" for o in outcomes):
                 # the first delivery of this process: failures from before a restart are not in
                 # its attempt log, but their retries still wait (the final re-check)

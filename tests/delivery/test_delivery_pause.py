@@ -1,0 +1,135 @@
+"""A destination that fails every delivery is paused and probed (hookyard.delivery.breaker).
+
+Found by the outage audit: with 800,000 deliveries waiting, each on its own retry schedule, a
+down destination got 1,300 attempts a second (a core busy, the attempt log growing 34 MB a
+minute), and every delivery spent its ``max_attempts`` within an hour or two."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from delivery_kit import PLUGIN, Peer, recorder, send, trace, track, wait_until
+from hookyard.config import DeliverySettings
+from hookyard.delivery.breaker import Breaker
+from hookyard.delivery.outbox import Outcome
+from hookyard.testing.fake_server import FakeServer
+from hookyard.testing.server import HookyardServer
+
+Start = Callable[..., HookyardServer]
+
+
+def paused(server: HookyardServer) -> float:
+    metrics = httpx.get(f"{server.url}/metrics").text
+    [value] = re.findall(r'hookyard_destination_paused\{destination="rec"\} ([0-9.]+)', metrics)
+    return float(value)
+
+
+def outcome(kind: str, sent: bool = True) -> Outcome:
+    state = {"ok": "done", "retryable": "pending", "permanent": "dead"}[kind]
+    return Outcome(outbox_id=1, destination="d", message_id="m", attempt=1, outcome=kind,
+                   state=state, next_at=0.0, http_status=None, error=f"{kind} error",
+                   response_body=None, latency_ms=1.0, sent=sent)
+
+
+def test_breaker_pauses_after_failures_in_a_row_and_a_delivery_ends_it() -> None:
+    breaker = Breaker("d", DeliverySettings(pause_after_failures=3, retry_initial_seconds=1,
+                                            retry_max_seconds=600))
+    assert breaker.wait() is None
+    assert not breaker.record([outcome("retryable"), outcome("retryable")])
+    assert not breaker.record([outcome("ok")])  # a delivery starts the count again
+    assert not breaker.record([outcome("retryable")] * 2)
+    # permanent failures and deliveries never sent neither count nor end the run
+    assert not breaker.record([outcome("permanent"), outcome("retryable", sent=False)])
+    assert breaker.record([outcome("retryable")])
+    assert breaker.paused and 0.9 < (breaker.wait() or 0) <= 1.0
+    assert breaker.last_error == "retryable error"
+    # a batch sent before the pause failing now does not push the first probe back
+    assert not breaker.record([outcome("retryable")])
+    assert (breaker.wait() or 0) <= 1.0
+    breaker.probe_started()
+    breaker.record([outcome("retryable")])  # the probe failed: twice as long, then capped
+    assert 1.9 < (breaker.wait() or 0) <= 2.0
+    for _ in range(10):
+        breaker.probe_started()
+        breaker.record([outcome("retryable")])
+    assert 59 < (breaker.wait() or 0) <= 60.0
+    breaker.probe_started()
+    assert not breaker.record([outcome("ok")])
+    assert breaker.wait() is None and not breaker.paused
+    assert breaker.probe_every == 1.0  # the next pause probes early again
+
+
+def test_breaker_probes_no_slower_than_the_retry_cap_and_can_be_off() -> None:
+    quick = Breaker("d", DeliverySettings(pause_after_failures=1, retry_initial_seconds=0.05,
+                                          retry_max_seconds=0.2))
+    assert quick.record([outcome("retryable")])
+    for _ in range(5):
+        quick.probe_started()
+        quick.record([outcome("retryable")])
+    assert (quick.wait() or 0) <= 0.2
+    off = Breaker("d", DeliverySettings(pause_after_failures=0))
+    assert not off.record([outcome("retryable")] * 100)
+    assert off.wait() is None
+
+
+def test_a_destination_failing_every_delivery_is_paused_probed_and_drained(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.default = (503, {"error": "down"}, {})
+    server = hookyard_server({"destinations": [recorder(
+        fake.url, per_item=True, delivery={"batch_size": 1, "pause_after_failures": 5,
+                                           "max_attempts": 8})]}, plugins=[PLUGIN])
+    sent = [track(f"u{u}", seq) for seq in range(1, 4) for u in range(10)]
+    assert send(server, "/v1/batch", {"batch": sent}).status_code == 200
+    wait_until(lambda: paused(server) == 1.0, what="the destination paused")
+    before = len(fake.requests)
+    time.sleep(1.5)
+    probes = len(fake.requests) - before
+    # one probe every 0.05-0.2 s (the test policy's retry_max_seconds): without the pause the
+    # 30 deliveries were retried every 0-0.2 s each, ~150 requests a second
+    assert probes <= 16, probes
+    assert not [r for r in (trace(server, e["messageId"])[0] for e in sent)
+                if r["state"] == "dead"], "no delivery ran out of attempts while paused"
+    peer.default = (200, {"ok": True}, {})
+    wait_until(lambda: len(set(peer.accepted_ids())) == 30, what="the backlog delivered")
+    assert paused(server) == 0.0
+    order: dict[str, list[int]] = {}
+    for message_id in peer.accepted_ids():
+        user, seq = message_id.split("-")
+        order.setdefault(user, []).append(int(seq))
+    assert all(seqs == sorted(seqs) for seqs in order.values()), order
+
+
+def test_deliveries_of_a_paused_destination_still_give_up_in_time(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hookyard.delivery import worker
+
+    monkeypatch.setattr(worker, "GIVE_UP_CHECK_SECONDS", 0.2)
+    fake = fake_destination()
+    fake.fail(503)
+    server = hookyard_server({"destinations": [recorder(
+        fake.url, per_item=True, delivery={"batch_size": 1, "pause_after_failures": 2,
+                                           "give_up_after_seconds": 1.5,
+                                           "retry_initial_seconds": 0.5,
+                                           "retry_max_seconds": 0.5})]}, plugins=[PLUGIN])
+    sent = [track(f"u{u}", 1) for u in range(12)]
+    assert send(server, "/v1/batch", {"batch": sent}).status_code == 200
+
+    def all_dead() -> list[dict[str, Any]] | None:
+        traces = [trace(server, e["messageId"]) for e in sent]
+        rows = [t[0] for t in traces if t]
+        return rows if len(rows) == len(sent) and all(r["state"] == "dead" for r in rows) else None
+
+    rows: list[dict[str, Any]] = wait_until(all_dead, what="every delivery given up")
+    waited = [r for r in rows if r["last_error"].startswith("gave up after 1.5 s: rec was paused")]
+    assert waited, [r["last_error"] for r in rows]
+    assert all(r["attempts"] < 4 for r in waited)
