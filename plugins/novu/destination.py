@@ -5,15 +5,19 @@ A ``deliver`` call gets up to ``batch_size`` deliveries of mixed kinds and sever
 out in *rounds*: each round takes, for every user (ordering key), either the next single request
 (subscriber upsert, topic subscription) or the user's next run of consecutive triggers. The
 round's single requests are sent concurrently; its triggers, from every user, are pooled into
-``POST /v1/events/trigger/bulk`` requests of at most 100 events (a lone trigger uses
-``/v1/events/trigger``). After a retryable failure a user's later deliveries are held back, so a
+``POST /v1/events/trigger/bulk`` requests of 100 events (setting ``bulk_min``: Novu Cloud
+counts a bulk request as 100 rate-limit tokens, a single trigger as 1, so the rest go as
+concurrent ``/v1/events/trigger`` requests). After a retryable failure a user's later deliveries are held back, so a
 retry never lands after a newer update of the same user.
 
 Outcomes:
 
 * 2xx: delivered. A trigger answer (single, or each item of a bulk answer) with a ``status``
-  other than ``processed`` is a permanent failure carrying Novu's error; a topic subscription
-  answer listing an error for the user (``SUBSCRIBER_NOT_FOUND``) too.
+  other than ``processed`` is a permanent failure carrying Novu's error (the workflow ran
+  nothing), except ``"status": "error"`` with an error that is not known to be permanent: a
+  bulk answer carries there whatever failed inside Novu for that event, which on a single
+  trigger is a 500 (:func:`item_error_is_permanent`); a topic subscription answer listing an
+  error for the user (``SUBSCRIBER_NOT_FOUND``) is permanent too.
 * "transactionId property is not unique": Novu already has this trigger (an earlier attempt
   succeeded but its answer was lost): delivered, never notified twice.
 * 408, 429, 5xx, timeouts, connection errors: retryable, honouring ``Retry-After``.
@@ -46,6 +50,15 @@ MAX_BULK = 100
 MAX_CONCURRENT = 10
 """Requests in flight at once per ``deliver`` call."""
 PROCESSED = "processed"
+ERROR = "error"
+PERMANENT_ITEM_ERRORS = (
+    "not_found", "not found", "missing", "required", "must ", "should ", "invalid",
+    "validation", "not allowed", "not active", "exceed", "too large", "too long", "forbidden",
+    "unauthorized", "payload", "schema", "subscriberid", "bad request",
+)
+"""Words in a bulk item's error that say the event itself is at fault (Novu's messages:
+``workflow_not_found``, ``Trigger is missing: ...``, ``... must be a string``, payload schema
+errors, ...); see :func:`item_error_is_permanent`."""
 DUPLICATE_MARKER = "transactionid property is not unique"
 AUTH_STATUSES = (401, 403)
 
@@ -71,7 +84,8 @@ def decode(body: bytes) -> Any:
 def error_message(body: bytes) -> str | None:
     """Novu's ``message`` from an error answer (a string or a list of strings), followed by the
     field details of a validation error (``errors: {field: {messages: [...]}}``, where the
-    ``message`` alone may be just ``Validation Error`` or missing)."""
+    ``message`` alone may be just ``Validation Error`` or missing, or the payload validation
+    error's ``errors: [{field, message, value}, ...]``)."""
     value = decode(body)
     if not isinstance(value, dict):
         return None
@@ -82,7 +96,21 @@ def error_message(body: bytes) -> str | None:
     errors = value.get("errors")
     if isinstance(errors, dict):
         parts.extend(_field_errors(errors))
+    elif isinstance(errors, list):
+        parts.extend(_listed_errors(errors))
     return "; ".join(parts) or None
+
+
+def _listed_errors(errors: list[Any]) -> list[str]:
+    """novu-py's PayloadValidationExceptionDto: ``[{field, message, value, schemaPath}]``."""
+    out = []
+    for error in errors:
+        if isinstance(error, dict) and error.get("message"):
+            field, text = error.get("field"), str(error["message"])
+            out.append(text if not field or str(field) in text else f"{field}: {text}")
+        elif isinstance(error, str):
+            out.append(error)
+    return out
 
 
 def _field_errors(errors: dict[str, Any]) -> list[str]:
@@ -130,7 +158,20 @@ def trigger_item_result(item: Any, http_status: int) -> DeliveryResult:
     if status == PROCESSED or is_duplicate(detail):
         return DeliveryResult(outcome="ok", http_status=http_status, response_body=_text(item))
     error = f"Novu trigger {status}" + (f": {detail}" if detail else "")
+    if status == ERROR and not item_error_is_permanent(detail):
+        return DeliveryResult.retryable(error, http_status=http_status, response_body=_text(item))
     return DeliveryResult.permanent(error, http_status=http_status, response_body=_text(item))
+
+
+def item_error_is_permanent(detail: str) -> bool:
+    """Whether the error of a bulk answer's ``"status": "error"`` item is the event's own
+    fault (retrying cannot help). Novu's bulk trigger answers an event whose processing threw
+    with its exception's message, whatever it was: a missing workflow or an invalid payload
+    (a 4xx on a single trigger), but also a database timeout (a 500 there, retried). Only the
+    known faults of the event are permanent; anything else is retried (safe: Novu queued
+    nothing, and the ``transactionId`` prevents a duplicate), up to ``max_attempts``."""
+    text = detail.lower()
+    return any(marker in text for marker in PERMANENT_ITEM_ERRORS)
 
 
 def topic_result(
@@ -201,9 +242,10 @@ class Sender:
         return with_message(result, response)
 
     async def send_bulk(self, indexes: list[int]) -> dict[int, DeliveryResult]:
-        """Up to 100 triggers in one bulk request; a lone one as a single trigger."""
-        if len(indexes) == 1:
-            return {indexes[0]: await self.send_one(indexes[0])}
+        """Up to 100 triggers in one bulk request; fewer than ``bulk_min`` as single triggers,
+        concurrently (each user's still come one after another: see :meth:`in_order`)."""
+        if len(indexes) < self.settings.bulk_min:
+            return await self.in_order(indexes, self.send_one)
         body = {"events": [self.deliveries[i].body for i in indexes]}
         result, response = await self.post(BULK_TRIGGER_PATH, body)
         if response is None or result.outcome == "retryable":

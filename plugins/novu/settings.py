@@ -42,6 +42,11 @@ class NovuSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                      event (``"$.context.locale"``).
     send_unmapped:   a track event with no workflow: ``"skip"`` (filtered with a reason) or
                      ``"error"`` (a permanent failure: a dead letter).
+    bulk_min:        the fewest triggers sent together as one bulk trigger; fewer go as single
+                     triggers, concurrently. Novu Cloud counts a bulk request as 100 of its
+                     rate-limit tokens and a single trigger as 1, so a smaller bulk only costs
+                     more (default 100: only full bulks). A self-hosted Novu without rate
+                     limits may prefer fewer requests (e.g. ``2``).
     """
 
     api_key: NonEmpty
@@ -50,6 +55,7 @@ class NovuSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     workflows: dict[NonEmpty, NonEmpty] = {}
     identify_fields: dict[NonEmpty, SubscriberField] = {}
     send_unmapped: Literal["skip", "error"] = "skip"
+    bulk_min: Annotated[int, msgspec.Meta(ge=2, le=100)] = 100
 
     def __post_init__(self) -> None:
         if not self.api_key.strip():

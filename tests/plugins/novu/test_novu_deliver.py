@@ -105,6 +105,13 @@ def test_error_message_of_a_validation_error_names_the_fields() -> None:
     assert error_message(generic) == (
         "Validation Error; to.email must be an email; payload: must be an object")
     assert error_message(b'{"errors": {"x": {"value": 1}}, "message": "m"}') == "m"
+    # novu-py's PayloadValidationExceptionDto (the vendor audit: only "Payload validation
+    # failed" was kept, the field's own message was not)
+    listed = {"statusCode": 400, "message": "Payload validation failed", "errors": [
+        {"field": "plan", "message": "must be string", "value": 3, "schemaPath": "#/p"},
+        {"field": "data.seats", "message": "data.seats must be integer"}]}
+    assert error_message(msgspec.json.encode(listed)) == (
+        "Payload validation failed; plan: must be string; data.seats must be integer")
 
 
 def test_trigger_item_results() -> None:
@@ -245,13 +252,16 @@ def test_several_triggers_go_as_one_bulk_with_per_item_results(fake: FakeServer)
             PROCESSED,
             {"acknowledged": True, "status": "error", "error": ["workflow_not_found"]},
             {"acknowledged": True, "status": "error", "error": [DUPLICATE]},
+            # what failed inside Novu for that event (a 500 on a single trigger): retried
+            {"acknowledged": True, "status": "error", "error": ["Internal server error"]},
         ),
         path=BULK,
     )
-    tracks = [track(fake, f"u{i}") for i in range(3)]
-    results = send(fake, tracks)
-    assert outcomes(results) == ["ok", "permanent", "ok"]
+    tracks = [track(fake, f"u{i}") for i in range(4)]
+    results = send(fake, tracks, bulk_min=2)
+    assert outcomes(results) == ["ok", "permanent", "ok", "retryable"]
     assert results[1].error == "Novu trigger error: workflow_not_found"
+    assert results[3].error == "Novu trigger error: Internal server error"
     [req] = fake.requests
     assert req.path == BULK and req.headers["authorization"] == "ApiKey nv-secret"
     assert req.json() == {"events": [t.body for t in tracks]}
@@ -270,7 +280,7 @@ def test_mixed_batch_keeps_each_users_order(fake: FakeServer) -> None:
     ]
     u2 = [track(fake, "u2"), identify(fake, "u2")]
     batch = [u1[0], u2[0], u1[1], u2[1], u1[2], u1[3]]
-    assert outcomes(send(fake, batch)) == ["ok"] * 6
+    assert outcomes(send(fake, batch, bulk_min=2)) == ["ok"] * 6
 
     def user(req: RecordedRequest) -> str:
         body = req.json()
@@ -318,7 +328,7 @@ def test_bulk_refused_as_a_whole_is_sent_one_by_one(fake: FakeServer) -> None:
         ),
         path=TRIGGER,
     )
-    results = send(fake, [track(fake, "u1"), track(fake, "bad"), track(fake, "u3")])
+    results = send(fake, [track(fake, "u1"), track(fake, "bad"), track(fake, "u3")], bulk_min=2)
     assert outcomes(results) == ["ok", "permanent", "ok"]
     assert results[1].error == "HTTP 422: to.email must be an email"
     assert len(fake.requests_to(BULK)) == 1 and len(fake.requests_to(TRIGGER)) == 3
@@ -332,7 +342,7 @@ def test_bulk_failing_as_a_whole(
     fake: FakeServer, status: int, outcome: str, retry_after: float | None
 ) -> None:
     fake.respond(status, {"message": "no"}, {"Retry-After": "3"}, path=BULK)
-    results = send(fake, [track(fake, "u1"), track(fake, "u2")])
+    results = send(fake, [track(fake, "u1"), track(fake, "u2")], bulk_min=2)
     assert {(r.outcome, r.http_status, r.retry_after) for r in results} == {
         (outcome, status, retry_after)
     }
@@ -342,7 +352,7 @@ def test_bulk_failing_as_a_whole(
 
 def test_unreadable_bulk_answer_is_retried(fake: FakeServer) -> None:
     fake.respond(201, {"data": [PROCESSED]}, path=BULK)  # one item for two events
-    results = send(fake, [track(fake, "u1"), track(fake, "u2")])
+    results = send(fake, [track(fake, "u1"), track(fake, "u2")], bulk_min=2)
     assert outcomes(results) == ["retryable", "retryable"]
     assert "unreadable Novu bulk trigger answer" in (results[0].error or "")
 
@@ -351,6 +361,24 @@ def test_more_than_100_triggers_are_split(fake: FakeServer) -> None:
     fake.set_handler(
         lambda req: (201, {"data": [PROCESSED] * len(req.json()["events"])}), path=BULK
     )
+    fake.respond(201, {"data": PROCESSED}, path=TRIGGER)
     results = send(fake, [track(fake, f"u{i}") for i in range(130)])
     assert outcomes(results) == ["ok"] * 130
-    assert sorted(len(r.json()["events"]) for r in fake.requests_to(BULK)) == [30, 100]
+    # a bulk costs 100 of Novu Cloud's rate-limit tokens: the 30 left go as single triggers
+    assert [len(r.json()["events"]) for r in fake.requests_to(BULK)] == [100]
+    assert len(fake.requests_to(TRIGGER)) == 30
+    results = send(fake, [track(fake, f"u{i}") for i in range(130)], bulk_min=20)
+    assert sorted(len(r.json()["events"]) for r in fake.requests_to(BULK)[1:]) == [30, 100]
+
+
+def test_fewer_triggers_than_bulk_min_go_one_by_one_in_each_users_order(
+    fake: FakeServer,
+) -> None:
+    """The vendor audit: two users' trickle went as bulks of 2, each 100 of Novu Cloud's
+    rate-limit tokens (2,000 tokens for 40 triggers, over the free plan's 60 a second)."""
+    fake.respond(201, {"data": PROCESSED}, path=TRIGGER)
+    batch = [track(fake, "u1", "m1"), track(fake, "u2", "m2"), track(fake, "u1", "m3")]
+    assert outcomes(send(fake, batch)) == ["ok"] * 3
+    assert fake.requests_to(BULK) == []
+    sent = [r.json()["transactionId"] for r in fake.requests_to(TRIGGER)]
+    assert sorted(sent) == ["m1", "m2", "m3"] and sent.index("m1") < sent.index("m3")

@@ -163,7 +163,7 @@ def test_client_error_goes_to_dead_letters_at_once(
 def test_queued_triggers_go_as_one_bulk_trigger(
     hookyard_server: Callable[..., HookyardServer], novu: FakeServer
 ) -> None:
-    server = start(hookyard_server, novu)
+    server = start(hookyard_server, novu, bulk_min=2)
     tracks = [sample_track(userId=f"user-{i}") for i in range(5)]
     tracks.append(sample_track(userId="user-0", event="Nope"))  # unmapped: skipped
     assert server.post("/v1/batch", {"batch": tracks}).status_code == 200

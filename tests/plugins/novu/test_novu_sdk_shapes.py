@@ -185,7 +185,8 @@ def test_the_sdk_sends_the_same_bulk_trigger(fake: FakeServer) -> None:
     sdk = sdk_request(fake, lambda c: c.trigger_bulk(bulk_trigger_event_dto=dto))
     fake.respond(201, {"data": [{"acknowledged": True, "status": "processed"}] * 2})
     before = len(fake.requests)
-    ctx = destination_context("novu", {**SETTINGS, "base_url": fake.url}, reg=REG)
+    ctx = destination_context("novu", {**SETTINGS, "base_url": fake.url, "bulk_min": 2},
+                              reg=REG)
     deliver_with(ctx, [hookyard_delivery(r) for r in raws], REG)
     [ours] = fake.requests[before:]
     same_request(ours, sdk)
