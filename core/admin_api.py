@@ -84,6 +84,16 @@ def _query(request: Request, *allowed: str) -> None:
         raise BadRequest(str(exc)) from None
 
 
+def _no_query(request: Request) -> None:
+    """400 for any query parameter on a route that takes its request as a JSON body
+    (``POST /api/dead-letters/retry?destination=hook`` retried every destination's dead
+    letters; operator audit)."""
+    if request.query_params:
+        names = ", ".join(sorted(set(request.query_params.keys())))
+        raise BadRequest(f"this route takes no query parameters ({names}): send them in the"
+                         " JSON body, e.g. {\"destination\": \"name\"}")
+
+
 ADMIN_BODY_LIMIT = 1_000_000  # bytes: a dead-letter id list, a preview event, a replay request
 
 
@@ -210,6 +220,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         action = request.path_params["action"]
         if action not in ("retry", "discard"):
             return _error(404, f"unknown action {action!r}: use retry or discard")
+        _no_query(request)
         try:
             body = msgspec.convert(await _body(request), DeadLetterRequest)
             destination, since, ids = dead_letter_filter(
@@ -246,6 +257,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             return _error(400, f"not a valid Segment event: {exc}")
 
     async def replay_endpoint(request: Request) -> Response:
+        _no_query(request)
         try:
             raw = await _body(request)
             if not isinstance(raw.get("source"), str):

@@ -123,6 +123,12 @@ def test_api_bad_dead_letter_requests_are_400(
         assert r.status_code == 400, (body, r.text)
         assert r.json()["error"]
     assert admin(server, "/api/dead-letters/nope", "POST", json={}).status_code == 404
+    # a filter in the query string was ignored: retry?destination=hook retried every dead
+    # letter (operator audit); the POST routes take their request as a JSON body only
+    for path in ("/api/dead-letters/retry?destination=rec", "/api/dead-letters/discard?x=1",
+                 "/api/replay?source=web"):
+        r = admin(server, path, "POST", json={"all": True} if "discard" in path else {})
+        assert r.status_code == 400 and "send them in the JSON body" in r.json()["error"], path
     assert admin(server, "/api/dead-letters?cursor=x").status_code == 400
     for query, reason in (("since=garbage", "invalid since 'garbage'"), ("since=", "since is empty"),
                           ("since=9999-12-31T23:59:59-05:00", "out of range"),
