@@ -92,8 +92,13 @@ class LocalApi:
 
 # -- events with their delivery status -----------------------------------------------------
 def _exists(states: tuple[str, ...]) -> str:
+    """The event has a delivery in one of ``states``, counting only each destination's newest
+    row: a replay's row replaces the one before it (the badge, :func:`status_of`, shows that
+    one; a replayed dead letter now delivered was listed under "failed"; operator audit)."""
     marks = ", ".join(f"'{s}'" for s in states)
-    return f"EXISTS (SELECT 1 FROM outbox o WHERE o.inbox_id = i.id AND o.state IN ({marks}))"
+    return (f"EXISTS (SELECT 1 FROM outbox o WHERE o.inbox_id = i.id AND o.state IN ({marks})"
+            " AND NOT EXISTS (SELECT 1 FROM outbox n WHERE n.inbox_id = o.inbox_id"
+            " AND n.destination = o.destination AND n.id > o.id))")
 
 
 _ACTIVE = ("dead", "pending", "inflight")

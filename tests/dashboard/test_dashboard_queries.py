@@ -138,3 +138,23 @@ def test_a_destination_retrying_outside_the_window_is_failing_not_idle(
     assert health["slow"].health() == "failing"
     assert (health["slow"].last_error, health["slow"].last_error_status) == ("HTTP 503", 503)
     assert health["quiet"].health() == "idle"
+
+
+def test_a_replayed_delivery_replaces_the_one_before_it_in_the_status_filter(
+    conn: sqlite3.Connection,
+) -> None:
+    """A dead letter replayed and delivered: the badge said delivered (each destination's
+    newest row) while the filter listed it under "failed" (any row; operator audit)."""
+    for n, states in enumerate((("dead", "done"), ("done", "dead"), ("dead", "pending"))):
+        cur = conn.execute(
+            "INSERT INTO inbox (source, message_id, type, user_id, received_at, raw)"
+            " VALUES ('web', ?, 'track', 'u1', '2026-01-01T00:00:00Z', '{}')", (f"r{n}",))
+        for state in states:  # the same destination twice: the replay's row is the newer
+            conn.execute("INSERT INTO outbox (destination, inbox_id, message_id, state,"
+                         " created_at) VALUES ('fwd', ?, ?, ?, 0)", (cur.lastrowid, f"r{n}", state))
+    expected = {"r0": "delivered", "r1": "failed", "r2": "pending"}
+    rows, _ = events_page(conn, limit=500)
+    assert {r.message_id: r.status for r in rows} == expected
+    for status in ("delivered", "failed", "pending"):
+        found, _ = events_page(conn, status=status, limit=500)
+        assert [r.message_id for r in found] == [m for m, s in expected.items() if s == status]
