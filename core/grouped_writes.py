@@ -7,6 +7,7 @@ collect and store them; the API log rows of a group go in by :func:`insert_log_r
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,10 +59,16 @@ _LOG_CHUNK = 100  # x 8 parameters: under SQLite's oldest variable limit (999)
 
 
 def insert_log_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Store a group's API log rows (:meth:`hookyard.inbox.LogEntry.deferred_row`: the last
+    value, the request's start, becomes its duration up to now, inside the transaction)."""
+    now = time.perf_counter()
     for start in range(0, len(rows), _LOG_CHUNK):
         chunk = rows[start:start + _LOG_CHUNK]
-        conn.execute(API_LOG_INSERT + ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk)),
-                     [v for row in chunk for v in row])
+        params: list[Any] = []
+        for row in chunk:
+            params.extend(row[:7])
+            params.append(row[7] if row[8] is None else (now - row[8]) * 1000)
+        conn.execute(API_LOG_INSERT + ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk)), params)
 
 
 class SharedInsert:

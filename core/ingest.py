@@ -286,7 +286,7 @@ class IngestEndpoint:
             rows = event_rows(source.name, parsed, received_at)
             entry = LogEntry(received_at, source.name, req.method, req.path, 200, count,
                              _refusal_note(refused, count) if refused else None,
-                             (time.perf_counter() - started) * 1000)
+                             (time.perf_counter() - started) * 1000, started)
             try:
                 await self.rt.db.write(InsertEvents(rows, entry))
             except RequestError:

@@ -113,3 +113,32 @@ def test_a_bug_in_the_writer_fails_its_group_and_the_writer_goes_on(
         assert ids == ["after", "before", "lost"]
     finally:
         db.stop()
+
+
+def test_the_api_log_duration_counts_the_wait_for_the_writer(tmp_path: Path) -> None:
+    """The duration was measured before the commit: an ingest request that waited 2 s for the
+    database's lock was logged as 1.86 ms (operator audit). Both the grouped path and the
+    ordinary one (one job too large for one statement) count up to their write."""
+    import time
+
+    db = Database(tmp_path / "h.db")
+    db.write_sync(migrate)
+    gate = threading.Event()
+    blocker = db.submit(lambda conn: gate.wait(5))
+    started = time.perf_counter()
+
+    def entry(events: int) -> LogEntry:
+        return LogEntry(now_iso(), "web", "POST", "/v1/batch", 200, events, None, 0.5, started)
+
+    futures = [db.submit(InsertEvents([_row("a")], entry(1))),
+               db.submit(InsertEvents([_row(f"m{i}") for i in range(INSERT_CHUNK + 1)],
+                                      entry(INSERT_CHUNK + 1)))]
+    time.sleep(0.3)
+    gate.set()
+    try:
+        assert blocker.result(10) is True
+        assert [f.result(10) for f in futures] == [1, INSERT_CHUNK + 1]
+        logged = db.read_sync(lambda c: [r[0] for r in c.execute("SELECT duration_ms FROM api_log")])
+        assert len(logged) == 2 and all(300 <= d < 5000 for d in logged), logged
+    finally:
+        db.stop()
