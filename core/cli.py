@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -81,12 +82,54 @@ def stored_runtime(config_path: str | None, data_dir: str | None, *,
             raise ConfigError(_no_database(path))
     try:
         rt = _runtime(config)
-    except ConfigError:
+    except ConfigError as exc:
         if unset:  # a placeholder a plugin refused: the missing variable is the error to name
+            missing = _unset_in_entry(str(exc), config_path, unset)
+            message = str(exc)
+            named = [var for var in missing if unset[var] in message] or missing
+            for var, placeholder in unset.items():
+                message = message.replace(placeholder, f"env:{var}")
+            if named:
+                names = ", ".join(f"env:{var}" for var in named)
+                raise ConfigError(
+                    f"{message} ({names}: not set in this shell; the plugin checks the form of"
+                    " this setting, so set it here as the server's environment does)") from None
             _load(config_path, data_dir=data_dir)
         raise
     rt.open(upgrade=False)  # an old server may still be running on it: serve upgrades it
     return rt
+
+
+def _unset_in_entry(message: str, config_path: str | None, unset: dict[str, str]) -> list[str]:
+    """The variables of ``unset`` that the config entry a runtime error names
+    (``destinations[pw].settings: ...``) refers to: a plugin refused their placeholders (the
+    docs audit: ``dlq`` named another entry's unset variable instead)."""
+    import tomllib
+
+    found = re.match(r"(sources|destinations)\[([^\]]+)\]", message)
+    if found is None or not config_path:
+        return []
+    try:
+        data = tomllib.loads(Path(config_path).read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return []
+    entries = data.get(found.group(1))
+    entry = next((e for e in entries if isinstance(e, dict) and e.get("name") == found.group(2)),
+                 None) if isinstance(entries, list) else None
+    refs: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and value.startswith("env:") and value[4:] in unset:
+            refs.append(value[4:])
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(entry)
+    return list(dict.fromkeys(refs))
 
 
 def _refuse_new_default_install(config_path: str | None, data_dir: str | None) -> None:

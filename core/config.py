@@ -144,8 +144,17 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     sources: list[SourceConfig] = []
     destinations: list[DestinationConfig] = []
-    # set when the config was generated because no file was given
-    generated: bool = False
+
+    @property
+    def generated(self) -> bool:
+        """Whether this is the default config made because no file was given (not a key a
+        file can set: ``generated = true`` in a file printed its write key in full; docs
+        audit)."""
+        return isinstance(self, GeneratedConfig)
+
+
+class GeneratedConfig(Config, kw_only=True):
+    """The default config of ``hookyard serve`` without a file (:func:`default_config`)."""
 
 
 ENV_VALUES: set[str] = set()
@@ -457,9 +466,8 @@ def default_config(data_dir: Path, *, create: bool = True) -> Config:
         write_key, _ = read_or_create_secret(key_file, "wk")
     else:
         write_key = (key_file.read_text().strip() if key_file.is_file() else "") or new_secret("wk")
-    return Config(
+    return GeneratedConfig(
         server=ServerSettings(data_dir=str(data_dir)),
         sources=[SourceConfig(name="default", plugin="segment", write_key=write_key)],
         destinations=[DestinationConfig(name="profiles", plugin="profiles", sources=["default"])],
-        generated=True,
     )

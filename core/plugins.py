@@ -310,9 +310,10 @@ class ConnectorRegistry:
         try:
             connector, owner = self._connectors[(kind, name)]
         except KeyError:
-            known = ", ".join(sorted(n for k, n in self._connectors if k == kind)) or "none"
+            names = sorted(n for k, n in self._connectors if k == kind)
             raise ConfigError(
-                f"no {kind} plugin named {name!r} is installed (installed: {known})"
+                f"no {kind} plugin named {name!r} is installed{did_you_mean(name, names)}"
+                f" (installed: {', '.join(names) or 'none'})"
             ) from None
         missing = [hook for hook in needs if not any(
             i.plugin is owner and not (i.wrapper or i.hookwrapper)

@@ -28,7 +28,7 @@ from .config import (
     read_or_create_secret,
 )
 from .config_errors import explain_invalid
-from .connectors import Connector, DestinationContext, SourceContext
+from .connectors import Connector, ConnectorKind, DestinationContext, SourceContext
 from .errors import ConfigError, HookyardError, PluginFailed, StorageUnavailable, did_you_mean
 from .integration_flags import switched_off
 from .plugins import (
@@ -160,8 +160,31 @@ def _unknown_setting(settings: Any, data: Any) -> str | None:
     for key in data:
         if key not in names:
             known = ", ".join(names) or "none"
-            return f"unknown setting {key!r}{did_you_mean(str(key), names)}; the settings are: {known}"
+            return (f"unknown setting {key!r}{did_you_mean(str(key), names)}"
+                    f"{_misplaced(str(key))}; the settings are: {known}")
     return None
+
+
+def _connector(registry: ConnectorRegistry, kind: ConnectorKind, plugin: str, where: str,
+               needs: tuple[str, ...]) -> Connector:
+    """``registry.get``, its error naming the config entry (``destinations[pw].plugin``)."""
+    try:
+        return registry.get(kind, plugin, needs=needs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.plugin: {exc}") from None
+
+
+def _misplaced(key: str) -> str:
+    """Where a key found in ``[destinations.settings]`` belongs when it is a key of the
+    destination itself or of its delivery policy: TOML puts every key written after the
+    ``[destinations.settings]`` header into that table (docs audit: ``filter`` or ``sources``
+    written below it got "unknown setting" and nothing more)."""
+    for table, struct in (("[[destinations]]", DestinationConfig),
+                          ("[destinations.delivery]", DeliverySettings)):
+        if key in {f.encode_name for f in msgspec.structs.fields(struct)}:
+            return (f" ({key!r} is a key of {table}: write it above [destinations.settings],"
+                    " since in TOML every key after a table header belongs to that table)")
+    return ""
 
 
 def _compile(expr: str | None, where: str) -> Predicate | None:
@@ -223,7 +246,8 @@ class Runtime:
         rt = cls(config, pm, registry, data_dir)
         by_pattern: dict[str, IngestRoute] = {}
         for src in config.sources:
-            connector = registry.get("source", src.plugin, needs=("authenticate", "parse_events"))
+            connector = _connector(registry, "source", src.plugin, f"sources[{src.name}]",
+                                   ("authenticate", "parse_events"))
             if connector.write_key and src.write_key is None:
                 raise ConfigError(f"source {src.name!r} has no write_key: the {src.plugin} plugin"
                                   " authenticates requests with it (write_key = \"...\", at"
@@ -240,7 +264,8 @@ class Runtime:
         rt.routes = list(by_pattern.values())
         for dest in config.destinations:
             where = f"destinations[{dest.name}]"
-            connector = registry.get("destination", dest.plugin, needs=("map_event", "deliver"))
+            connector = _connector(registry, "destination", dest.plugin, where,
+                                   ("map_event", "deliver"))
             dctx = DestinationContext(
                 name=dest.name,
                 plugin=dest.plugin,

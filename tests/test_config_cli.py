@@ -103,6 +103,44 @@ def test_unknown_field_in_sources(tmp_path: Path) -> None:
     assert "writekey" in message and "sources[0] ('web')" in message  # index and name
 
 
+def test_unknown_keys_get_the_closest_key_the_tables_keys_and_where_they_belong(
+    tmp_path: Path,
+) -> None:
+    """The docs audit: core config errors named the bad key but not how to fix it, where the
+    plugins' settings errors did."""
+    data = config(tmp_path)
+    data["destinations"][0]["delivery"] = {"concurency": 2}
+    message = config_error(data)
+    assert "(did you mean 'concurrency'?)" in message
+    assert "the keys of [destinations.delivery] are: concurrency, batch_size" in message
+    data = config(tmp_path)
+    data["storage"] = {"port": 8000}
+    assert "'port' is a key of [server]" in config_error(data)
+    data = config(tmp_path)
+    data["destinations"][0]["max_attempts"] = 3
+    assert "'max_attempts' is a key of [destinations.delivery]" in config_error(data)
+    assert "(did you mean 'server'?)" in config_error(config(tmp_path, sever={}))
+
+
+def test_generated_is_not_a_key_a_file_can_set(tmp_path: Path) -> None:
+    """The default config's flag was a field of the config: ``generated = true`` in a file
+    was accepted, and serve printed the file's write key in full (docs audit)."""
+    message = config_error(config(tmp_path, generated=True))
+    assert "unknown field `generated`" in message and "generated," not in message
+
+
+def test_a_destination_key_written_below_its_settings_says_where_it_belongs(
+    tmp_path: Path,
+) -> None:
+    data = config(tmp_path)
+    data["destinations"][0]["settings"] = {"filter": "type = 'track'"}
+    message = config_error(data)
+    assert "unknown setting 'filter'" in message
+    assert "'filter' is a key of [[destinations]]: write it above [destinations.settings]" in message
+    data["destinations"][0]["settings"] = {"max_attempts": 3}
+    assert "is a key of [destinations.delivery]" in config_error(data)
+
+
 def test_missing_field_in_destinations(tmp_path: Path) -> None:
     data = config(tmp_path)
     del data["destinations"][0]["plugin"]
@@ -129,7 +167,9 @@ def test_unknown_destination_plugin_lists_installed(tmp_path: Path) -> None:
     data = config(tmp_path)
     data["destinations"][0]["plugin"] = "suprsend"
     message = config_error(data)
-    assert "'suprsend'" in message
+    assert "'suprsend'" in message and message.startswith("destinations[profiles].plugin: ")
+    data["destinations"][0]["plugin"] = "profile"
+    assert "(did you mean 'profiles'?)" in config_error(data)
     installed = message.split("installed: ")[1]
     for name in ("profiles", "segment", "pushwoosh"):
         assert name in installed
@@ -474,6 +514,23 @@ def test_dlq_needs_no_secret_of_the_servers_environment(tmp_path: Path,
         assert result.exit_code == 0, (args, result.output)
     line = one_line_error(run("replay", "--config", str(path), "--source", "web"))
     assert "environment variable HY_TEST_UNSET_KEY, which is not set" in line
+
+
+def test_dlq_names_the_unset_variable_a_plugin_refused(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin that checks a setting's form refuses the placeholder of an unset variable:
+    ``dlq`` named another entry's unset variable instead of that one (docs audit)."""
+    path = _created(tmp_path)
+    path.write_text(path.read_text().replace(f'"{KEY}"', '"env:HY_TEST_UNSET_KEY"') + (
+        '\n[[destinations]]\nname = "pw"\nplugin = "pushwoosh"\nsources = ["web"]\n'
+        '[destinations.settings]\napi_key = "k"\napplication = "ABCDE-12345"\n'
+        'base_url = "env:HY_TEST_UNSET_BASE"\n'))
+    monkeypatch.delenv("HY_TEST_UNSET_KEY", raising=False)
+    monkeypatch.delenv("HY_TEST_UNSET_BASE", raising=False)
+    line = one_line_error(run("dlq", "list", "--config", str(path)))
+    assert line.startswith("Error: destinations[pw].settings: base_url must start with"), line
+    assert "'env:HY_TEST_UNSET_BASE' (env:HY_TEST_UNSET_BASE: not set in this shell" in line
+    assert "HY_TEST_UNSET_KEY" not in line
 
 
 def test_replay_unknown_source_fails_cleanly(tmp_path: Path) -> None:
