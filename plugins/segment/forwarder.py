@@ -144,7 +144,8 @@ async def deliver(
     Once a request fails with a retryable error (429, 5xx, timeout), the later batches of the
     call are not sent (retryable too, same ``Retry-After``): no hammering a rate-limited API.
     A request of several events answered 400 or 413 is sent again one event at a time
-    (:data:`SPLIT_ON`)."""
+    (:data:`SPLIT_ON`), unless the answer says the write key is invalid: then every event of
+    the call fails with it."""
     settings: SegmentForwarderSettings = destination.settings
     results: list[DeliveryResult | None] = [None] * len(deliveries)
     encoded: dict[int, bytes] = {}
@@ -170,6 +171,12 @@ async def deliver(
                 results[i] = DeliveryResult.not_sent(HELD_BACK, retry_after=failed.retry_after)
             continue
         result = await post(group)
+        if result.outcome == "permanent" and "write key" in (result.error or "").lower():
+            # the key is wrong, not an event: every event of the call fails alike (split, a
+            # batch of 100 was 101 requests answered the same; vendor audit)
+            for i in [*group, *(i for g in groups for i in g)]:
+                results[i] = msgspec.structs.replace(result)
+            break
         if result.http_status in SPLIT_ON and len(group) > 1:
             groups[:0] = [[i] for i in group]  # one event at a time: only a bad one fails
             continue

@@ -315,6 +315,17 @@ def test_an_unauthorized_batch_is_not_sent_again(fake: FakeServer) -> None:
     assert len(fake.requests) == 1
 
 
+def test_a_batch_refused_for_an_invalid_write_key_is_not_split(fake: FakeServer) -> None:
+    """Segment answers a wrong key ``400 {"code": "invalid_request", "message": "Invalid write
+    key"}`` (when it does not answer 200): split one event per request, a batch of 100 was 101
+    requests all answered the same (vendor audit)."""
+    fake.respond(400, {"code": "invalid_request", "message": "Invalid write key"})
+    results = send(ctx(fake.url), [mapped(sample_track(messageId=f"m{i}")) for i in range(3)])
+    assert {(r.outcome, r.http_status, r.error) for r in results} == {
+        ("permanent", 400, "HTTP 400: Invalid write key")}
+    assert len(fake.requests) == 1
+
+
 def test_oversize_event_goes_to_dead_letters_and_the_rest_is_sent(fake: FakeServer) -> None:
     small, huge, other = sample_track(), padded_track(1, MAX_EVENT_BYTES + 100), sample_identify()
     exact = padded_track(2, MAX_EVENT_BYTES)
