@@ -104,6 +104,31 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+EPOCH_AFTER = 1_000_000_000.0
+"""A rate-limit reset larger than this is a Unix time (GitHub's ``X-RateLimit-Reset``), not a
+number of seconds to wait (the IETF draft's and Novu's ``RateLimit-Reset``)."""
+
+
+def rate_limit_reset(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+    """Seconds until a 429's rate limit resets, from ``RateLimit-Reset`` or
+    ``X-RateLimit-Reset`` (used when there is no ``Retry-After``: Novu sends ``RateLimit-Reset:
+    2`` alone; vendor audit), or None."""
+    for name in ("ratelimit-reset", "x-ratelimit-reset"):
+        value = _header(headers, name)
+        if not value:
+            continue
+        try:
+            seconds = float(value.strip())
+        except ValueError:
+            continue
+        if seconds != seconds or seconds in (float("inf"), float("-inf")):
+            continue
+        if seconds > EPOCH_AFTER:
+            seconds -= time.time() if now is None else now
+        return max(0.0, seconds)
+    return None
+
+
 def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
     """A header by case-insensitive name, from any mapping (aiohttp's is already insensitive)."""
     if not headers:
@@ -131,6 +156,8 @@ def classify_http(
     error = f"HTTP {status}: {reason}" if reason else f"HTTP {status}"
     if status in (408, 429) or status >= 500:
         retry_after = parse_retry_after(_header(headers, "retry-after"))
+        if retry_after is None and status == 429:
+            retry_after = rate_limit_reset(headers)
         return DeliveryResult(
             outcome="retryable",
             http_status=status,

@@ -44,6 +44,21 @@ def test_retry_after_header_is_read_from_the_response() -> None:
     assert classify_http(503, CIMultiDict()).retry_after is None
 
 
+def test_a_429_without_retry_after_waits_for_its_rate_limit_reset() -> None:
+    """Novu answers a 429 with ``RateLimit-Reset: 3`` and no ``Retry-After``: it was retried
+    after 0.09 s (vendor audit). Retry-After still wins; a Unix time is made a wait."""
+    import time
+
+    assert classify_http(429, CIMultiDict({"RateLimit-Reset": "3"})).retry_after == 3.0
+    assert classify_http(429, CIMultiDict({"RateLimit-Reset": "3", "Retry-After": "9"})
+                         ).retry_after == 9.0
+    later = classify_http(429, CIMultiDict({"X-RateLimit-Reset": str(int(time.time()) + 60)}))
+    assert later.retry_after is not None and 55 < later.retry_after <= 60
+    for odd in ("soon", "nan", "inf", ""):
+        assert classify_http(429, CIMultiDict({"RateLimit-Reset": odd})).retry_after is None
+    assert classify_http(503, CIMultiDict({"RateLimit-Reset": "3"})).retry_after is None
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("120", 120.0), (" 3 ", 3.0), ("0", 0.0), ("1.5", 1.5), ("-4", 0.0), ("soon", None),
