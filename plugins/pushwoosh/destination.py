@@ -41,6 +41,10 @@ RATE_LIMITED = re.compile(r"too many requests|rate.?limit|throttl|quota", re.IGN
 
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])
 
+MAX_IN_FLIGHT = 20
+"""Requests of one ``deliver`` call in flight at once, whatever ``batch_size`` hands it (the
+vendor audit: ``batch_size = 200`` sent 200 requests at once)."""
+
 
 # -- mapping ----------------------------------------------------------------------------------
 def _as_id(value: Any) -> str | None:
@@ -237,4 +241,4 @@ async def deliver_pushwoosh(
     async def send(delivery: Delivery) -> DeliveryResult:
         return await send_one(settings, delivery, client)
 
-    return await send_in_order(deliveries, send, concurrency=len(deliveries))
+    return await send_in_order(deliveries, send, concurrency=min(len(deliveries), MAX_IN_FLIGHT))

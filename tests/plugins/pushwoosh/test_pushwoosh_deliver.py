@@ -218,6 +218,18 @@ def test_different_users_are_sent_concurrently(fake: FakeServer) -> None:
     assert took < 1.5  # sequential would take 2 s
 
 
+def test_at_most_20_requests_of_a_call_are_in_flight(fake: FakeServer) -> None:
+    """``batch_size = 200`` sent 200 requests at once (vendor audit)."""
+    fake.hang(0.3)
+    dest = ctx(fake.url)
+    deliveries = [mapped(dest, sample_track(userId=f"user-{i}")) for i in range(45)]
+    results = send(dest, deliveries)
+    assert [r.outcome for r in results] == ["ok"] * 45
+    arrived = sorted(r.received_at for r in fake.requests)
+    waves = [len([t for t in arrived if t - arrived[0] < 0.15])]
+    assert waves == [20], arrived
+
+
 def test_deliver_through_the_registry(fake: FakeServer) -> None:
     dest = destination_context(
         "pushwoosh", {"api_key": "k2", "application": APP, "base_url": fake.url}
