@@ -5,8 +5,10 @@ User Profile"), track -> Pushwoosh events (``/json/1.3/postEvent``, "Track Event
 :mod:`hookyard_pushwoosh.destination` and :mod:`hookyard_pushwoosh.tags`.
 
 Source ``pushwoosh``: Pushwoosh's message events (Email Sent, Push Delivered, ...) exported to
-hookyard as Segment track calls on ``/v1/track`` / ``/v1/batch`` with a write key, filtered by
-the source's ``events`` list; see :mod:`hookyard_pushwoosh.source`.
+hookyard as Segment track calls on ``/v1/track`` / ``/v1/batch`` with a write key, or posted by
+Pushwoosh's Webhook integration to ``/connector/pushwoosh/?writeKey=...``, filtered by the
+source's ``events`` list; see :mod:`hookyard_pushwoosh.source` and
+:mod:`hookyard_pushwoosh.webhook`.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from hookyard.connectors import (
 from hookyard.deliveries import Delivery, DeliveryResult, MapResult
 from hookyard.events import Event
 from hookyard.http import HttpClient
-from hookyard.tracking_api import authenticate_write_key
+from hookyard.tracking_api import authenticate_write_key, keys_match
 
 from .destination import deliver_pushwoosh, map_pushwoosh
 from .settings import PushwooshSettings, PushwooshSourceSettings
-from .source import TRACKING_PATH, parse_pushwoosh
+from .source import TRACKING_PATH, filtered_reason, parse_pushwoosh
+from .webhook import WEBHOOK_PATHS, parse_webhook, webhook_key
 
 BATCH_SIZE = 20
 """Deliveries per ``deliver`` call: sent concurrently across users (Pushwoosh has no batch
@@ -53,16 +56,27 @@ def register_connectors() -> list[Connector]:
             name="pushwoosh",
             kind="source",
             settings=PushwooshSourceSettings,
-            paths=(TRACKING_PATH,),
+            paths=(TRACKING_PATH, *WEBHOOK_PATHS),
             description="Pushwoosh message events (Email Sent, Push Delivered, ...) as Segment "
-            "track calls on /v1/track, /v1/batch and /v1/import, Basic or Bearer write key",
+            "track calls on /v1/track, /v1/batch and /v1/import, Basic or Bearer write key; "
+            "or from Pushwoosh's Webhook integration on /connector/pushwoosh/?writeKey=...",
         ),
     ]
 
 
 @hookimpl
 def authenticate(source: SourceContext, request: IngestRequest) -> AuthResult:
+    if request.path in WEBHOOK_PATHS:  # Pushwoosh's webhook sends no header: the key is in the URL
+        key = webhook_key(request)
+        if key is not None:
+            return AuthResult.accept() if keys_match(key, source.write_key) else _INVALID
+        if not request.headers.get("authorization"):
+            return AuthResult.refuse("missing write key: add ?writeKey=<write key> to the"
+                                     " webhook URL")
     return authenticate_write_key(source.write_key, request)
+
+
+_INVALID = AuthResult.refuse("invalid write key")
 
 
 @hookimpl
@@ -72,6 +86,12 @@ def parse_events(
     settings = source.settings
     if not isinstance(settings, PushwooshSourceSettings):
         settings = PushwooshSourceSettings()
+    if request.path in WEBHOOK_PATHS:
+        parsed = parse_webhook(request.body)
+        for item in parsed:
+            if isinstance(item, ParsedEvent):
+                item.filtered = filtered_reason(settings, item.event.event)  # type: ignore[union-attr]
+        return parsed
     return parse_pushwoosh(settings, request)
 
 

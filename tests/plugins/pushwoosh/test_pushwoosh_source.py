@@ -56,7 +56,7 @@ def test_the_source_connector_shares_the_tracking_path() -> None:
     [src] = [c for c in register_connectors() if c.kind == "source"]
     assert (src.name, src.paths, src.settings) == (
         "pushwoosh",
-        ("/v1/{call}",),
+        ("/v1/{call}", "/connector/pushwoosh/", "/connector/pushwoosh"),
         PushwooshSourceSettings,
     )
 
