@@ -149,8 +149,8 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         return _json(await paged(f"SELECT * FROM api_log{sql}", params, request, dict))
 
     async def events(request: Request) -> Response:
-        sql, params = where(request, {"source": "source", "type": "type", "user_id": "user_id"},
-                            "message_id")
+        sql, params = where(request, {"source": "source", "type": "type", "user_id": "user_id",
+                                      "anonymous_id": "anonymous_id"}, "message_id")
         message_id = request.query_params.get("message_id")
         if message_id:
             condition, times = by_message_id(db.dialect)

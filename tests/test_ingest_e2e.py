@@ -230,6 +230,17 @@ def test_message_id_and_received_at_are_added(server: HookyardServer, http: http
     assert row["event"]["receivedAt"] > "2000"  # the server's clock, not the client's
 
 
+def test_events_can_be_listed_by_anonymous_id(server: HookyardServer, http: httpx.Client) -> None:
+    """A dead letter's user_key may be an anonymousId: /api/events?user_id= found none of
+    those events (operator audit)."""
+    body = sample_track(anonymousId="anon-listed")
+    body.pop("userId", None)
+    assert_ok(post(http, "/v1/track", body))
+    [row] = server.api("/api/events?anonymous_id=anon-listed").json()["items"]
+    assert row["event"]["anonymousId"] == "anon-listed"
+    assert server.api("/api/events?user_id=anon-listed").json()["items"] == []
+
+
 @pytest.mark.parametrize("blank", ["", " ", "\t\n"])
 def test_a_blank_message_id_is_replaced(server: HookyardServer, http: httpx.Client,
                                         blank: str) -> None:
