@@ -186,12 +186,18 @@ async def destinations(view: Dashboard, call: Call) -> Response:
     names = list(view.rt.destinations)
     health = await view.rt.db.read(lambda conn: destination_health(conn, names, view.rt.sizes))
     rows = []
+    workers = getattr(view.rt.engine, "workers", None) or {}
     for name, dest in view.rt.destinations.items():
         h = health[name]
+        state, why = h.health(dest.config.enabled), ""
+        breaker = getattr(workers.get(name), "breaker", None)
+        if breaker is not None and breaker.paused and dest.config.enabled:
+            # this process delivers, and the destination failed every delivery lately
+            state, why = "paused", (f"failed {breaker.failures} deliveries in a row; one"
+                                    " delivery probes it every 5-60 s until one succeeds")
         rows.append({"name": name, "plugin": dest.config.plugin, "sources": dest.config.sources,
                      "enabled": dest.config.enabled, "filter": dest.config.filter,
-                     "trigger": dest.config.trigger, "h": h,
-                     "health": h.health(dest.config.enabled)})
+                     "trigger": dest.config.trigger, "h": h, "health": state, "why": why})
     return view.page(call, "destinations.html", "destinations", rows=rows)
 
 

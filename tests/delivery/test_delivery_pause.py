@@ -89,6 +89,8 @@ def test_a_destination_failing_every_delivery_is_paused_probed_and_drained(
     sent = [track(f"u{u}", seq) for seq in range(1, 4) for u in range(10)]
     assert send(server, "/v1/batch", {"batch": sent}).status_code == 200
     wait_until(lambda: paused(server) == 1.0, what="the destination paused")
+    page = httpx.get(f"{server.url}/ui/destinations", headers=server.admin_headers).text
+    assert re.search(r'data-destination="rec">.*?badge b-paused', page, re.S)
     before = len(fake.requests)
     time.sleep(1.5)
     probes = len(fake.requests) - before
