@@ -11,6 +11,16 @@ page must not put them in the outbox, the operator API or the dashboard. (The de
 also replaces every configured secret in every attempt's outcome: see
 :mod:`hookyard.delivery.scrub`.)
 
+An answer's body is read up to :data:`MAX_RESPONSE_BYTES` (after decompression): the rest is
+not read, and the connection is closed (a peer answering 100 MB, or a gzip bomb, took the
+worker's memory with it; delivery adversity audit).
+
+Inside a ``deliver`` call the host sets :func:`send_deadline`: a request that could not be
+answered before the call's time runs out is not started (a ``not_sent`` result, retried without
+counting an attempt), where the call's results were all thrown away when it overran, those of
+the requests that had been answered too (the same audit: a Novu call of 100 identifies, 10 at
+a time, to a peer answering in 6 s).
+
 Redirects are never followed: aiohttp would re-send a POST as a body-less ``GET`` to the new
 location (custom headers included), and the peer's ``200`` there would mark an event delivered
 that never arrived. A 3xx is a permanent failure whose error names the ``Location``.
@@ -20,7 +30,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
 import functools
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +45,27 @@ from .deliveries import DeliveryResult, classify_http
 from .delivery.scrub import Scrubber
 
 _encoder = msgspec.json.Encoder()
+MAX_RESPONSE_BYTES = 1_000_000
+"""The most of an answer's body that is read (a Novu bulk answer of 100 results is ~10 KB;
+only 2,000 characters of a body are kept for operators)."""
+FIRST_WAVE_SECONDS = 1.0
+"""Requests a ``deliver`` call starts this early are always sent, their timeout cut to the
+time the call has left (a lease as short as allowed leaves the call no more than one timeout)."""
+_deadline: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
+    "hookyard_send_deadline", default=None)
+NOT_STARTED = "not sent: the deliver call's time would run out before an answer (sent again)"
+
+
+@contextlib.contextmanager
+def send_deadline(seconds: float) -> Any:
+    """Within this block (a ``deliver`` call: :func:`hookyard.delivery.calling.call_deliver`),
+    :meth:`HttpClient.send` starts no request that could not be answered in ``seconds``."""
+    now = time.monotonic()
+    token = _deadline.set((now, now + seconds))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key",
                       "x-auth-token", "x-access-token"}
 
@@ -122,18 +156,28 @@ class HttpClient:
         json: Any = None,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> HttpResponse:
         """Send one request; network errors and timeouts raise (see :meth:`send`). A redirect
-        is returned as it is, never followed."""
+        is returned as it is, never followed. ``timeout``: the client's own when None."""
         hdrs = headers
         if json is not None:
             data = _encoder.encode(json)
             hdrs = {"Content-Type": "application/json", **(headers or {})}
         async with self._get_session().request(
-            method, url, data=data, headers=hdrs, allow_redirects=False
+            method, url, data=data, headers=hdrs, allow_redirects=False,
+            timeout=timeout or self._timeout,  # (None would be no timeout at all)
         ) as resp:
-            body = await resp.read()
-            return HttpResponse(resp.status, resp.headers, body)
+            chunks, size = [], 0
+            while size <= MAX_RESPONSE_BYTES:
+                chunk = await resp.content.read(MAX_RESPONSE_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:  # the rest is not read: the connection goes
+                resp.close()
+            return HttpResponse(resp.status, resp.headers, b"".join(chunks)[:MAX_RESPONSE_BYTES])
 
     async def send(
         self,
@@ -148,8 +192,19 @@ class HttpClient:
 
         Connection errors and timeouts become retryable results instead of exceptions.
         """
+        timeout = None
+        window = _deadline.get()
+        if window is not None:
+            started, deadline = window
+            now = time.monotonic()
+            left, total = deadline - now, self._timeout.total or 0.0
+            if total and left < total:
+                if now - started > FIRST_WAVE_SECONDS or left <= 0.05:
+                    return DeliveryResult.not_sent(NOT_STARTED), None
+                timeout = aiohttp.ClientTimeout(total=left, sock_connect=self._timeout.sock_connect)
         try:
-            resp = await self.request(method, url, json=json, data=data, headers=headers)
+            resp = await self.request(method, url, json=json, data=data, headers=headers,
+                                      timeout=timeout)
         except TimeoutError:
             return DeliveryResult.retryable("timeout"), None
         except aiohttp.ClientError as exc:

@@ -17,7 +17,7 @@ import msgspec
 from ..config import HOOK_LEASE_SHARE
 from ..deliveries import Delivery, DeliveryResult
 from ..errors import PermanentError, RetryableError
-from ..http import HttpClient
+from ..http import HttpClient, send_deadline
 from ..plugins import maybe_await
 from .retry import seconds_text, wrong_answer
 
@@ -90,10 +90,11 @@ async def call_deliver(
     )
     try:
         async with asyncio.timeout(limit):
-            if dest.loop_bound or not rt.registry.blocks("deliver", "destination", dest.config.plugin):
-                results = await maybe_await(call())
-            else:
-                results = await maybe_await(await _off_the_loop(dest, call))
+            with send_deadline(limit):  # no request started that could not be answered in time
+                if dest.loop_bound or not rt.registry.blocks("deliver", "destination", dest.config.plugin):
+                    results = await maybe_await(call())
+                else:
+                    results = await maybe_await(await _off_the_loop(dest, call))
     except TimeoutError:
         budget = dest.policy.lease_seconds * HOOK_LEASE_SHARE
         return [DeliveryResult.retryable(

@@ -142,3 +142,68 @@ def test_a_json_error_answer_gives_its_reason(body: bytes, error: str) -> None:
     """Found by the judge-style audit: dlq list showed 'HTTP 401' for a forwarder's dead
     letter, with Segment's reason only in the stored body."""
     assert classify_http(401, {}, body).error == error
+
+
+def test_an_answer_is_read_up_to_a_limit_gzip_included(
+    fake_destination: Callable[[], FakeServer],
+) -> None:
+    """A peer answering 100 MB (or a gzip bomb) had its whole body read into the worker's
+    memory: 1.2 GB for 0.5 MB on the wire (delivery adversity audit)."""
+    import gzip
+
+    from hookyard.http import MAX_RESPONSE_BYTES
+
+    fake = fake_destination()
+    fake.respond(200, b"x" * (3 * MAX_RESPONSE_BYTES), path="/big")
+    fake.respond(200, gzip.compress(b"0" * (20 * MAX_RESPONSE_BYTES)),
+                 {"Content-Encoding": "gzip"}, path="/bomb")
+    fake.respond(200, {"ok": True}, path="/small")
+
+    async def go() -> list[tuple[int, int]]:
+        client = HttpClient()
+        try:
+            out = []
+            for path in ("/big", "/bomb", "/small", "/big", "/small"):  # the pool still works
+                _, resp = await client.send("POST", fake.url + path, json={})
+                assert resp is not None
+                out.append((resp.status, len(resp.body)))
+            return out
+        finally:
+            await client.close()
+
+    assert asyncio.run(go()) == [(200, MAX_RESPONSE_BYTES), (200, MAX_RESPONSE_BYTES),
+                                 (200, len(b'{"ok":true}')), (200, MAX_RESPONSE_BYTES),
+                                 (200, len(b'{"ok":true}'))]
+
+
+def test_no_request_starts_that_the_deliver_calls_time_could_not_answer(
+    fake_destination: Callable[[], FakeServer],
+) -> None:
+    """A Novu call of 100 identifies, 10 at a time, to a peer answering each in 6 s overran
+    its 54 s: every result was thrown away, those of the 90 answered too, and all were sent
+    again (delivery adversity audit). Requests that could not be answered in time are not
+    started: retried later, no attempt counted."""
+    from hookyard.http import NOT_STARTED, send_deadline
+
+    fake = fake_destination()
+    fake.hang(1.1, path="/slow")  # every answer takes 1.1 s
+
+    async def go() -> list[DeliveryResult]:
+        client = HttpClient(total_timeout=2.0)
+        try:
+            with send_deadline(1.6):
+                # at 0 s: the call's first wave always goes, its timeout cut to 1.6 s
+                first = (await client.send("POST", fake.url + "/slow", json={}))[0]
+                second = (await client.send("POST", fake.url + "/slow", json={}))[0]  # at 1.1 s
+                third = (await client.send("POST", fake.url + "/slow", json={}))[0]
+            outside = (await client.send("POST", fake.url + "/slow", json={}))[0]
+            return [first, second, third, outside]
+        finally:
+            await client.close()
+
+    first, second, third, outside = asyncio.run(go())
+    assert first.outcome == "ok" and outside.outcome == "ok"
+    # second: 0.5 s left of the call, under the 2 s timeout, past the first second: not sent
+    assert (second.outcome, second.sent, second.error) == ("retryable", False, NOT_STARTED)
+    assert third.sent is False
+    assert len(fake.requests_to("/slow")) == 2
