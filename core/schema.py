@@ -14,6 +14,7 @@ Tables:
     outbox        one row per (event, destination): pending / inflight / done / dead / filtered;
                   found by messageId through inbox_id (no index of its own on message_id)
     attempts      every delivery attempt: outcome, HTTP status, latency, error; by outbox_id
+    destination_plugins  the plugin each destination name was last started with
 """
 
 from __future__ import annotations
@@ -137,10 +138,18 @@ def _m3_dedupe_table(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS idx_inbox_source_message_id")
 
 
+def _m4_destination_plugins(db: sqlite_utils.Database) -> None:
+    """The plugin of each destination name, so that a destination given another plugin
+    has its waiting deliveries mapped again (:mod:`hookyard.delivery.plugin_changes`)."""
+    db.execute("CREATE TABLE IF NOT EXISTS destination_plugins"
+               " (name TEXT PRIMARY KEY, plugin TEXT NOT NULL)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial,
     _m2_drop_random_message_id_indexes,
     _m3_dedupe_table,
+    _m4_destination_plugins,
 ]
 
 

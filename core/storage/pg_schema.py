@@ -111,8 +111,13 @@ M3_INFLIGHT_INDEX = [
     " WHERE state = 'inflight'",
 ]
 
+# The plugin of each destination name (hookyard.delivery.plugin_changes).
+M4_DESTINATION_PLUGINS = [
+    "CREATE TABLE IF NOT EXISTS destination_plugins (name text PRIMARY KEY, plugin text NOT NULL)",
+]
+
 MIGRATIONS: list[list[str]] = [
-    M1_INITIAL, M2_DROP_RANDOM_MESSAGE_ID_INDEXES, M3_INFLIGHT_INDEX,
+    M1_INITIAL, M2_DROP_RANDOM_MESSAGE_ID_INDEXES, M3_INFLIGHT_INDEX, M4_DESTINATION_PLUGINS,
 ]
 
 

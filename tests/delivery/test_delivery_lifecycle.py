@@ -320,3 +320,32 @@ def test_deliveries_of_a_destination_no_longer_configured_are_reported_at_start(
         asyncio.run(start_and_stop())
     [line] = [r.getMessage() for r in caplog.records if "no longer configured" in r.getMessage()]
     assert "'old-crm'" in line and "3 of its deliveries are waiting" in line
+
+
+def test_a_destination_given_another_plugin_maps_its_waiting_deliveries_again(
+    hookyard_server: Callable[..., HookyardServer], fake_destination: Callable[[], FakeServer],
+    tmp_path: Path,
+) -> None:
+    """A destination kept its name and got another plugin: the new connector sent the old
+    one's stored requests (Novu triggers to Segment's /v1/batch, answered 200, counted
+    delivered, lost; delivery adversity audit). They are mapped again by the new plugin."""
+    old, new = fake_destination(), fake_destination()
+    old.fail(503)
+    first = hookyard_server({"destinations": [recorder(old.url, name="out")]},
+                            plugins=[PLUGIN], data_dir=tmp_path / "data")
+    for user in ("u1", "u2"):
+        assert send(first, "/v1/track", track(user, 1)).status_code == 200
+    wait_until(lambda: all(trace(first, f"{u}-1") and trace(first, f"{u}-1")[0]["attempts"] >= 1
+                           for u in ("u1", "u2")), what="the first failed attempts")
+    first.stop()
+    second = hookyard_server({"destinations": [{
+        "name": "out", "plugin": "segment", "sources": ["web"],
+        "settings": {"write_key": "downstream-key-123", "base_url": new.url}}]},
+        plugins=[PLUGIN], data_dir=tmp_path / "data")
+    wait_until(lambda: len({e["messageId"] for r in new.requests for e in r.json()["batch"]}) == 2,
+               timeout=20, what="the deliveries mapped again and sent by the segment plugin")
+    for r in new.requests:
+        assert r.path == "/v1/batch"
+        for e in r.json()["batch"]:  # Segment events, not the recorder's stored bodies
+            assert e["type"] == "track" and e["event"] == "Step" and "seq" not in e
+    assert {t["state"] for u in ("u1", "u2") for t in trace(second, f"{u}-1")} == {"done"}
