@@ -87,17 +87,18 @@ def warn_if_others_may_write(data_dir: Path) -> None:
                     " it; chmod 700 %s", data_dir, info.st_mode & 0o7777, data_dir)
 
 
-def lock_data_dir(data_dir: Path, role: str) -> IO[str] | None:
+def lock_data_dir(data_dir: Path, role: str, file_name: str | None = None) -> IO[str] | None:
     """Hold ``<data_dir>/<role>.lock`` for the life of the process (the kernel lets go when it
     ends, ``kill -9`` included): a second ``hookyard <role>`` on the same data dir stops with
     :class:`ConfigError` naming the first one's pid. ``serve --no-workers`` and ``worker``
     take different locks and may share a data dir; ``serve`` with workers and ``worker`` both
-    take :data:`DELIVERY` too. Keep the returned file open."""
+    take :data:`DELIVERY` too (``file_name``: another name for the lock file in ``data_dir``).
+    Keep the returned file open."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
         return None
-    path = data_dir / f"{role}.lock"
+    path = data_dir / (file_name or f"{role}.lock")
     try:  # not through a symlink: one planted there would have this process overwrite its target
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
         fh = os.fdopen(fd, "a+")
@@ -115,7 +116,7 @@ def lock_data_dir(data_dir: Path, role: str) -> IO[str] | None:
         if role == DELIVERY:
             raise ConfigError(
                 f"another hookyard process (pid {pid}: `serve` with its workers, or `worker`)"
-                f" delivers from the data dir {data_dir}: one process per SQLite database"
+                f" delivers from the SQLite database of {path}: one process per database"
                 " delivers, to keep each user's deliveries in order. Beside a `hookyard worker`,"
                 " run `hookyard serve --no-workers`") from None
         raise ConfigError(f"another `hookyard {role}` (pid {pid}) is running on the data dir"
@@ -128,12 +129,20 @@ def lock_data_dir(data_dir: Path, role: str) -> IO[str] | None:
 
 
 def lock_delivery(data_dir: Path, storage: Any) -> IO[str] | None:
-    """Hold :data:`DELIVERY` on a SQLite data dir for a process that delivers (PostgreSQL's
+    """Hold :data:`DELIVERY` on a SQLite database for a process that delivers (PostgreSQL's
     nodes share leases, and any number of them deliver: no lock). ``storage``: the config's
-    ``[storage]`` settings. Keep the returned file open."""
-    from .storage import POSTGRESQL, backend
+    ``[storage]`` settings. The lock is ``delivery.lock`` in the data dir for a database in
+    it, else ``<database file>.delivery.lock`` beside a database elsewhere (``storage.url``):
+    two data dirs sharing one database each took their own lock, and both delivered (delivery
+    adversity audit). Keep the returned file open."""
+    from .storage import POSTGRESQL, backend, sqlite_path
 
-    return None if backend(storage) == POSTGRESQL else lock_data_dir(data_dir, DELIVERY)
+    if backend(storage) == POSTGRESQL:
+        return None
+    database = sqlite_path(storage, data_dir).resolve()
+    if database.parent == data_dir.resolve():
+        return lock_data_dir(data_dir, DELIVERY)
+    return lock_data_dir(database.parent, DELIVERY, f"{database.name}.delivery.lock")
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

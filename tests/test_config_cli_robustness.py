@@ -159,10 +159,28 @@ def test_one_delivering_process_per_sqlite_database(tmp_path: Path,
         result = CliRunner().invoke(main, [*command, *args])
         assert result.exit_code == 1, result.output
         assert f"another hookyard process (pid {os.getpid()}: `serve` with its workers, or" \
-               " `worker`) delivers from the data dir" in " ".join(result.output.split())
+               " `worker`) delivers from the SQLite database of" in " ".join(result.output.split())
         assert "hookyard serve --no-workers" in result.output
     assert delivering is not None
     delivering.close()
+
+
+def test_one_delivering_process_per_database_shared_by_two_data_dirs(tmp_path: Path) -> None:
+    """Two data dirs with one database (``storage.url``) each took their own delivery lock,
+    and both delivered (delivery adversity audit): the lock is beside the database."""
+    from hookyard.config import StorageSettings
+    from hookyard.serving import lock_delivery
+
+    storage = StorageSettings(url=f"sqlite:///{tmp_path / 'shared' / 'events.db'}")
+    (tmp_path / "shared").mkdir()
+    first = lock_delivery(tmp_path / "a", storage)
+    assert first is not None and (tmp_path / "shared" / "events.db.delivery.lock").exists()
+    with pytest.raises(ConfigError, match="delivers from the SQLite database of"):
+        lock_delivery(tmp_path / "b", storage)
+    first.close()
+    here = lock_delivery(tmp_path, StorageSettings())  # the database in the data dir: as before
+    assert here is not None and (tmp_path / "delivery.lock").exists()
+    here.close()
 
 
 def test_check_config_checks_the_data_dir_and_warns_of_no_sources(tmp_path: Path) -> None:
