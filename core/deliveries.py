@@ -154,7 +154,7 @@ def classify_http(
         return DeliveryResult(outcome="ok", http_status=status, response_body=text)
     reason = error_reason(text)
     error = f"HTTP {status}: {reason}" if reason else f"HTTP {status}"
-    if status in (408, 429) or status >= 500:
+    if status in (408, 429) or 500 <= status < 600:
         retry_after = parse_retry_after(_header(headers, "retry-after"))
         if retry_after is None and status == 429:
             retry_after = rate_limit_reset(headers)

@@ -207,6 +207,9 @@ class HttpClient:
                                       timeout=timeout)
         except TimeoutError:
             return DeliveryResult.retryable("timeout"), None
+        except aiohttp.ClientResponseError as exc:  # the answer could not be parsed: aiohttp
+            # raises it with a status 400 of its own, which read as the peer's (adversity audit)
+            return DeliveryResult.retryable(f"invalid HTTP answer: {exc.message}"), None
         except aiohttp.ClientError as exc:
             return DeliveryResult.retryable(f"connection error: {type(exc).__name__}: {exc}"), None
         result = classify_http(resp.status, resp.headers, resp.body)

@@ -207,3 +207,29 @@ def test_no_request_starts_that_the_deliver_calls_time_could_not_answer(
     assert (second.outcome, second.sent, second.error) == ("retryable", False, NOT_STARTED)
     assert third.sent is False
     assert len(fake.requests_to("/slow")) == 2
+
+
+def test_an_answer_that_is_not_http_is_an_invalid_answer_not_a_400() -> None:
+    """aiohttp refuses a bad status line with an error carrying a status 400 of its own, which
+    the attempt log showed as if the peer had answered 400 (delivery adversity audit)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 abc nonsense\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        result = asyncio.run(_send(f"http://127.0.0.1:{port}/x", json={}))
+    finally:
+        listener.close()
+    assert result.outcome == "retryable" and result.http_status is None
+    assert (result.error or "").startswith("invalid HTTP answer: "), result.error

@@ -25,7 +25,8 @@ def test_408_429_5xx_are_retryable(status: int) -> None:
     assert (res.outcome, res.http_status, res.error) == ("retryable", status, f"HTTP {status}")
 
 
-@pytest.mark.parametrize("status", [300, 304, 400, 401, 403, 404, 405, 409, 410, 413, 422, 451])
+@pytest.mark.parametrize("status", [300, 304, 400, 401, 403, 404, 405, 409, 410, 413, 422, 451,
+                                    600, 999])  # not HTTP statuses: not 5xx (adversity audit)
 def test_other_statuses_are_permanent(status: int) -> None:
     res = classify_http(status, {"Retry-After": "5"}, "x")
     assert (res.outcome, res.error, res.retry_after) == ("permanent", f"HTTP {status}", None)
