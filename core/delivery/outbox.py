@@ -311,15 +311,21 @@ def expedite(conn: sqlite3.Connection, destination: str, now: float,
     return conn.total_changes - before
 
 
+GIVE_UP_CHUNK = 20_000
+"""Rows :func:`give_up_waiting` changes in one transaction (the writer takes ingest between)."""
+
+
 def give_up_waiting(conn: sqlite3.Connection, destination: str, created_before: float,
-                    error: str) -> int:
-    """Make dead letters of the deliveries of ``destination`` still pending that were queued
-    before ``created_before``: those of a paused destination (:mod:`.breaker`), which are not
-    attempted, so never run out of time on an attempt. Returns how many."""
+                    error: str, limit: int = GIVE_UP_CHUNK) -> int:
+    """Make dead letters of the first ``limit`` deliveries of ``destination`` still pending
+    (in queue order) that were queued before ``created_before``: those of a paused destination
+    (:mod:`.breaker`), which are not attempted, so never run out of time on an attempt.
+    Returns how many (``limit``: call again for more)."""
     before = conn.total_changes
     conn.execute("UPDATE outbox SET state = 'dead', next_at = 0, updated_at = ?, last_error = ?"
-                 " WHERE destination = ? AND state = 'pending' AND created_at < ?",
-                 (time.time(), error, destination, created_before))
+                 " WHERE id IN (SELECT id FROM outbox WHERE destination = ? AND state = 'pending'"
+                 " AND created_at < ? ORDER BY id LIMIT ?)",
+                 (time.time(), error, destination, created_before, limit))
     return conn.total_changes - before
 
 

@@ -344,8 +344,13 @@ class DestinationWorker:
         error = (f"gave up after {policy.give_up_after_seconds:g} s: {name} was paused, failing"
                  f" every delivery (last: {self.breaker.last_error})")
         cutoff = time.time() - policy.give_up_after_seconds
-        dead = await self.rt.db.write(
-            lambda conn: outbox.give_up_waiting(conn, name, cutoff, error))
+        dead = 0
+        while True:  # in chunks: each its own transaction, ingest's writes between them
+            done = await self.rt.db.write(
+                lambda conn: outbox.give_up_waiting(conn, name, cutoff, error))
+            dead += done
+            if done < outbox.GIVE_UP_CHUNK or self.stopping:
+                break
         if dead:
             log.warning("destination %s: %d deliveries waited longer than %g s while it was"
                         " paused and are dead letters (hookyard dlq list)", name, dead,
