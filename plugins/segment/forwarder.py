@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -79,10 +81,34 @@ def forwarded_event(raw: Mapping[str, Any]) -> dict[str, Any]:
         value = event.get(key)  # as Segment's spec types it and its Python library sends it
         if isinstance(value, int | float) and not isinstance(value, bool):
             event[key] = str(value)
+    message_id = event.get("messageId")
+    if isinstance(message_id, str) and len(message_id) > MAX_MESSAGE_ID:
+        event["messageId"] = long_id(message_id)
     timestamp = event_time(raw)
     if timestamp is not None:
         event["timestamp"] = timestamp
     return event
+
+
+MAX_MESSAGE_ID = 100
+"""Segment drops an event whose ``messageId`` has 100 characters or more, still answering 200
+(its HTTP API's "Errors"; hookyard accepts up to 256)."""
+
+
+def long_id(message_id: str) -> str:
+    """A ``messageId`` too long for Segment as a stable shorter one (``hy-`` and 64 hex
+    digits of its SHA-256): the same event always gets the same, so Segment still dedupes a
+    retry or a replay."""
+    return "hy-" + hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def invalid_write_key(result: DeliveryResult) -> bool:
+    """Whether a refusal says the write key is wrong (``Invalid write key``, ``Invalid
+    writeKey``, ``invalid_write_key``; in a JSON reason or a plain-text body)."""
+    if result.outcome != "permanent":
+        return False
+    text = f"{result.error or ''} {result.response_body or ''}".lower()
+    return "writekey" in re.sub(r"[\s_\-]", "", text)
 
 
 @functools.lru_cache(maxsize=64)  # one per configured destination, built once
@@ -171,7 +197,7 @@ async def deliver(
                 results[i] = DeliveryResult.not_sent(HELD_BACK, retry_after=failed.retry_after)
             continue
         result = await post(group)
-        if result.outcome == "permanent" and "write key" in (result.error or "").lower():
+        if invalid_write_key(result):
             # the key is wrong, not an event: every event of the call fails alike (split, a
             # batch of 100 was 101 requests answered the same; vendor audit)
             for i in [*group, *(i for g in groups for i in g)]:

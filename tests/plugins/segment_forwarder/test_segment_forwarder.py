@@ -326,6 +326,30 @@ def test_a_batch_refused_for_an_invalid_write_key_is_not_split(fake: FakeServer)
     assert len(fake.requests) == 1
 
 
+@pytest.mark.parametrize(("status", "body"), [
+    (400, "Invalid write key"), (400, {"message": "Invalid writeKey"}),
+    (400, {"error": "invalid_write_key"}), (403, "INVALID WRITE-KEY")])
+def test_every_form_of_an_invalid_write_key_answer_fails_the_call_unsplit(
+    fake: FakeServer, status: int, body: Any,
+) -> None:
+    """A plain-text body or another spelling was split one event per request (vendor
+    re-check: 105 requests for 103 events)."""
+    fake.respond(status, body)
+    results = send(ctx(fake.url), [mapped(sample_track(messageId=f"m{i}")) for i in range(3)])
+    assert {(r.outcome, r.http_status) for r in results} == {("permanent", status)}
+    assert len(fake.requests) == 1
+
+
+def test_a_message_id_too_long_for_segment_is_sent_as_a_stable_hash() -> None:
+    """Segment drops, answering 200, an event whose messageId has 100 characters or more;
+    hookyard accepts 256 (vendor re-check)."""
+    long = "m" * 200
+    first = forwarded_event(sample_track(messageId=long))["messageId"]
+    assert first == forwarded_event(sample_track(messageId=long))["messageId"]
+    assert first.startswith("hy-") and len(first) == 67
+    assert forwarded_event(sample_track(messageId="m" * 99))["messageId"] == "m" * 99
+
+
 def test_oversize_event_goes_to_dead_letters_and_the_rest_is_sent(fake: FakeServer) -> None:
     small, huge, other = sample_track(), padded_track(1, MAX_EVENT_BYTES + 100), sample_identify()
     exact = padded_track(2, MAX_EVENT_BYTES)
