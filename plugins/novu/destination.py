@@ -2,22 +2,24 @@
 into bulk triggers.
 
 A ``deliver`` call gets up to ``batch_size`` deliveries of mixed kinds and several users. They go
-out in *rounds*: each round takes, for every user (ordering key), either the next single request
-(subscriber upsert, topic subscription) or the user's next run of consecutive triggers. The
-round's single requests are sent concurrently; its triggers, from every user, are pooled into
-``POST /v1/events/trigger/bulk`` requests of 100 events (setting ``bulk_min``: Novu Cloud
-counts a bulk request as 100 rate-limit tokens, a single trigger as 1, so the rest go as
-concurrent ``/v1/events/trigger`` requests). After a retryable failure a user's later deliveries are held back, so a
-retry never lands after a newer update of the same user.
+out in *rounds*: each round takes the next request of every user (ordering key): a subscriber
+upsert, a topic subscription or a trigger (one: Novu handles a bulk's events side by side, so
+two of a user's triggers never share a bulk). The round's requests are sent concurrently; its
+triggers, from every user, are pooled into ``POST /v1/events/trigger/bulk`` requests of 100
+events (setting ``bulk_min``: Novu Cloud counts a bulk request as 100 rate-limit tokens, a
+single trigger as 1, so the rest go as concurrent ``/v1/events/trigger`` requests). After a
+retryable failure a user's later deliveries are held back, so a retry never lands after a
+newer update of the same user; after a 429 every user's are (the limit is the environment's).
 
 Outcomes:
 
 * 2xx: delivered. A trigger answer (single, or each item of a bulk answer) with a ``status``
   other than ``processed`` is a permanent failure carrying Novu's error (the workflow ran
-  nothing), except ``"status": "error"`` with an error that is not known to be permanent: a
-  bulk answer carries there whatever failed inside Novu for that event, which on a single
-  trigger is a 500 (:func:`item_error_is_permanent`); a topic subscription answer listing an
-  error for the user (``SUBSCRIBER_NOT_FOUND``) is permanent too.
+  nothing), except ``"status": "error"``, which carries whatever failed inside Novu for that
+  event: a bulk's such item is sent again alone and that answer's status decides; in a single
+  trigger's answer only Novu's known messages for an event at fault are permanent
+  (:func:`item_error_is_permanent`). A topic subscription answer listing an error for the user
+  (``SUBSCRIBER_NOT_FOUND``) is permanent too.
 * "transactionId property is not unique": Novu already has this trigger (an earlier attempt
   succeeded but its answer was lost): delivered, never notified twice.
 * 408, 429, 5xx, timeouts, connection errors: retryable, honouring ``Retry-After``.
@@ -52,13 +54,12 @@ MAX_CONCURRENT = 10
 PROCESSED = "processed"
 ERROR = "error"
 PERMANENT_ITEM_ERRORS = (
-    "not_found", "not found", "missing", "required", "must ", "should ", "invalid",
-    "validation", "not allowed", "not active", "exceed", "too large", "too long", "forbidden",
-    "unauthorized", "payload", "schema", "subscriberid", "bad request",
+    "workflow_not_found", "trigger is missing", "validation failed", "must be a", "must be an",
+    "should be", "is not a valid",
 )
-"""Words in a bulk item's error that say the event itself is at fault (Novu's messages:
-``workflow_not_found``, ``Trigger is missing: ...``, ``... must be a string``, payload schema
-errors, ...); see :func:`item_error_is_permanent`."""
+"""Novu's own messages for an event at fault (``workflow_not_found``, ``Trigger is missing:
+...``, ``Payload validation failed``, ``... must be a string``), in a trigger answer's
+``"status": "error"``; see :func:`item_error_is_permanent`."""
 DUPLICATE_MARKER = "transactionid property is not unique"
 AUTH_STATUSES = (401, 403)
 
@@ -164,12 +165,13 @@ def trigger_item_result(item: Any, http_status: int) -> DeliveryResult:
 
 
 def item_error_is_permanent(detail: str) -> bool:
-    """Whether the error of a bulk answer's ``"status": "error"`` item is the event's own
-    fault (retrying cannot help). Novu's bulk trigger answers an event whose processing threw
-    with its exception's message, whatever it was: a missing workflow or an invalid payload
-    (a 4xx on a single trigger), but also a database timeout (a 500 there, retried). Only the
-    known faults of the event are permanent; anything else is retried (safe: Novu queued
-    nothing, and the ``transactionId`` prevents a duplicate), up to ``max_attempts``."""
+    """Whether the error of a trigger answer's ``"status": "error"`` is the event's own fault
+    (retrying cannot help). Novu answers so an event whose processing threw, with the
+    exception's message, whatever it was: a missing workflow or an invalid payload, but also a
+    database timeout. A bulk's such items are sent again alone (:meth:`Sender.send_bulk`),
+    where the answer's status decides; for any other answer, only Novu's known messages for an
+    event at fault are permanent, and anything else is retried (safe: Novu queued nothing, and
+    the ``transactionId`` prevents a duplicate), up to ``max_attempts``."""
     text = detail.lower()
     return any(marker in text for marker in PERMANENT_ITEM_ERRORS)
 
@@ -266,7 +268,15 @@ class Sender:
                 )
                 for i in indexes
             }
-        return {i: trigger_item_result(item, response.status) for i, item in zip(indexes, items)}
+        out = {i: trigger_item_result(item, response.status) for i, item in zip(indexes, items)}
+        # an item Novu answers "status": "error" carries whatever its processing threw, the
+        # event's fault or Novu's own (a database timeout): sent again alone, the HTTP status of
+        # the answer tells which (safe: the transactionId prevents a second notification)
+        again = [i for i, item in zip(indexes, items) if isinstance(item, dict)
+                 and item.get("status") == ERROR and out[i].outcome != "ok"]
+        if again:
+            out.update(await self.in_order(again, self.send_one))
+        return out
 
     async def in_order(self, indexes: list[int], send: Send) -> dict[int, DeliveryResult]:
         """Send ``indexes`` one by one per ordering key (keys concurrently); after a retryable
@@ -306,8 +316,9 @@ class Sender:
                     while queue:
                         results[queue.popleft()] = held_back(failed[key])
                 elif queue and self.deliveries[queue[0]].kind == KIND_TRIGGER:
-                    while queue and self.deliveries[queue[0]].kind == KIND_TRIGGER:
-                        triggers.append(queue.popleft())
+                    # one trigger of a user per round: Novu handles a bulk's events side by
+                    # side, and a retried one must not land after its user's later ones
+                    triggers.append(queue.popleft())
                 elif queue:
                     singles.append(queue.popleft())
             chunks = [triggers[n : n + MAX_BULK] for n in range(0, len(triggers), MAX_BULK)]
@@ -322,6 +333,11 @@ class Sender:
                 results[i] = round_results[i]
                 if round_results[i].outcome == "retryable":
                     failed.setdefault(self.key(i), round_results[i])
+            limited = next((r for r in round_results.values()
+                            if r.sent and r.http_status == 429), None)
+            if limited is not None:  # Novu's rate limit is the environment's, not the user's:
+                for key in queues:  # the rest of the call waits with the 429's Retry-After
+                    failed.setdefault(key, limited)
         return [r if r is not None else DeliveryResult.not_sent("not sent") for r in results]
 
 

@@ -257,14 +257,48 @@ def test_several_triggers_go_as_one_bulk_with_per_item_results(fake: FakeServer)
         ),
         path=BULK,
     )
+    # the errored items are sent again alone, and the single answer's status decides (the
+    # vendor re-check: a bulk item's error text told a Redis OOM from a missing workflow badly)
+    fake.set_handler(lambda req: {
+        "u1": (422, {"statusCode": 422, "message": "workflow_not_found"}),
+        "u3": (500, {"statusCode": 500, "message": "Internal server error"}),
+    }[req.json()["to"]["subscriberId"]], path=TRIGGER)
     tracks = [track(fake, f"u{i}") for i in range(4)]
     results = send(fake, tracks, bulk_min=2)
     assert outcomes(results) == ["ok", "permanent", "ok", "retryable"]
-    assert results[1].error == "Novu trigger error: workflow_not_found"
-    assert results[3].error == "Novu trigger error: Internal server error"
-    [req] = fake.requests
+    assert results[1].error == "HTTP 422: workflow_not_found"
+    assert results[3].error == "HTTP 500: Internal server error"
+    req = fake.requests[0]
     assert req.path == BULK and req.headers["authorization"] == "ApiKey nv-secret"
     assert req.json() == {"events": [t.body for t in tracks]}
+    assert [r.json()["to"]["subscriberId"] for r in fake.requests_to(TRIGGER)] in (
+        ["u1", "u3"], ["u3", "u1"])
+
+
+def test_a_users_triggers_go_in_separate_rounds_and_a_429_holds_back_the_call(
+    fake: FakeServer,
+) -> None:
+    """One trigger of a user per bulk (a retried one must not land after the user's later
+    ones); a 429 (Novu's limit is the environment's) holds back the rest of the call."""
+    fake.set_handler(
+        lambda req: (201, {"data": [PROCESSED] * len(req.json()["events"])}), path=BULK)
+    batch = [track(fake, "u1", "a1"), track(fake, "u1", "a2"), track(fake, "u2", "b1")]
+    assert outcomes(send(fake, batch, bulk_min=2)) == ["ok"] * 3
+    bulks = [[e["transactionId"] for e in r.json()["events"]] for r in fake.requests_to(BULK)]
+    assert bulks == [["a1", "b1"]]  # a2 alone after them, as a single trigger
+    assert [r.json()["transactionId"] for r in fake.requests_to(TRIGGER)] == ["a2"]
+    fake.set_handler(lambda req: (429, {"message": "Too Many Requests"}, {"Retry-After": "7"}),
+                     path=SUBSCRIBERS)
+    calls = [identify(fake, "u3"), identify(fake, "u4"), track(fake, "u3"), track(fake, "u5"),
+             track(fake, "u5")]
+    before = len(fake.requests_to(TRIGGER))
+    results = send(fake, calls)
+    # round 1: the two identifies (429) and u5's first trigger, side by side; then nothing
+    assert [r.outcome for r in results] == ["retryable", "retryable", "retryable", "ok",
+                                            "retryable"]
+    assert [r.sent for r in results] == [True, True, False, True, False]
+    assert {r.retry_after for r in results if r.outcome == "retryable"} == {7.0}
+    assert len(fake.requests_to(TRIGGER)) - before == 1
 
 
 def test_mixed_batch_keeps_each_users_order(fake: FakeServer) -> None:
@@ -293,11 +327,11 @@ def test_mixed_batch_keeps_each_users_order(fake: FakeServer) -> None:
         )
 
     seen = [(r.path, user(r)) for r in fake.requests]
-    # round 1: u1 identify + u2 single trigger; round 2: u1's two triggers in one bulk, u2
-    # identify; round 3: u1 group
+    # round 1: u1 identify + u2 trigger; round 2: u1's first trigger, u2 identify; round 3:
+    # u1's second trigger (one trigger of a user per round); round 4: u1 group
     assert sorted(seen[:2]) == [(TRIGGER, "u2"), (SUBSCRIBERS, "u1")]
-    assert sorted(seen[2:4]) == [(BULK, "u1,u1"), (SUBSCRIBERS, "u2")]
-    assert seen[4] == ("/v2/topics/acme/subscriptions", "u1")
+    assert sorted(seen[2:4]) == [(TRIGGER, "u1"), (SUBSCRIBERS, "u2")]
+    assert seen[4:] == [(TRIGGER, "u1"), ("/v2/topics/acme/subscriptions", "u1")]
 
 
 def test_retryable_failure_holds_back_the_users_later_deliveries(fake: FakeServer) -> None:
