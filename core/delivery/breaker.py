@@ -77,7 +77,11 @@ class Breaker:
                 continue
             if o.outcome == "ok":
                 self.failures = 0
-                if self.paused_at is not None:
+                if self.paused_at is not None:  # said once, however short the pause (the
+                    # "delivers again" line is a WARNING only after 10 s of failures)
+                    log.info("destination %s resumes: a delivery went through after %.0f s"
+                             " paused", self.destination, time.time() - self.paused_at,
+                             extra={"destination": self.destination})
                     self.paused_at = None
                     self.probe_every = self.first_probe
                 failed = False

@@ -43,7 +43,8 @@ def filtered_reason(settings: PushwooshSourceSettings, name: str) -> str | None:
     accepted = event_filter(settings.events)
     if not accepted or name.strip().casefold() in accepted:
         return None
-    return f'event "{name}" is not in this source\'s events list'
+    shown = name if len(name) <= 200 else name[:200] + "…"
+    return f'event "{shown}" is not in this source\'s events list'
 
 
 def parse_pushwoosh(
