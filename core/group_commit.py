@@ -52,6 +52,19 @@ REFUSE_AFTER_FAILURE = 1.0
 than each waiting for the lock or the disk again); then one write tries again."""
 
 
+PROBE_QUIET_SECONDS = 10.0
+"""A readiness probe's write ends an outage only when no other write failed for this long: on a
+full disk its one-row update still fits where ingest's inserts do not, and every probe ended the
+outage (``/readyz`` 200 while ingest was refused, two log lines per probe; resources audit).
+An idle server still becomes ready by itself, this long after its last failure."""
+
+
+def _only_probes(results: list[tuple[Any, bool, Any]]) -> bool:
+    """Whether a group held nothing but readiness probes (functions marked
+    ``readiness_probe``)."""
+    return all(getattr(job.fn, "readiness_probe", False) for job, _, _ in results)
+
+
 class _Job:
     __slots__ = ("fn", "future", "durable")
 
@@ -376,6 +389,11 @@ class GroupCommitWriter:
             self._went_down(down, failed)
         elif down is not None:  # one job's own failure (a statement timeout) in a group that
             self.last_unavailable = (time.monotonic(), down)  # committed: no outage
-        elif committed and wrote and self._outage is not None:
+        elif committed and wrote and self._outage is not None and not (
+                _only_probes(results) and self._failed_within(PROBE_QUIET_SECONDS)):
             self._went_up()
         _wake_loops(by_loop)
+
+    def _failed_within(self, seconds: float) -> bool:
+        failed = self.last_unavailable
+        return failed is not None and time.monotonic() - failed[0] < seconds

@@ -46,7 +46,11 @@ def test_a_stuck_write_fails_its_waiters_and_new_writes_until_it_ends(runtime: R
         except StorageUnavailable:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    db.write_sync(touch_cursor)  # a write that changes a row (as /readyz's probe) ends it
+    # /readyz's probe alone does not end it while other writes failed in the last 10 s (on a
+    # full disk its one-row update fits where ingest's inserts do not: resources audit)
+    db.write_sync(touch_cursor)
+    assert db.recent_failure(0.0) is not None
+    db.write_sync(lambda conn: touch_cursor(conn))  # any other write that changes a row does
     assert db.recent_failure(0.0) is None
 
 
@@ -164,3 +168,33 @@ def test_postgresql_that_stops_answering_is_503_then_recovers(tmp_path: Path) ->
             except StorageUnavailable:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
+
+
+def test_an_idle_server_is_ready_again_by_its_probe_once_no_write_failed_lately(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The readiness probe ends an outage only after PROBE_QUIET_SECONDS without another
+    failed write: an idle server (no traffic while unready) still becomes ready by itself."""
+    from hookyard import group_commit
+
+    monkeypatch.setattr(group_commit, "PROBE_QUIET_SECONDS", 0.4)
+    db = runtime.db
+    db.write_timeout = 0.3
+    release = threading.Event()
+    stuck = db.submit(lambda conn: release.wait(10))
+    with pytest.raises(StorageUnavailable):
+        stuck.result(timeout=5)
+    release.set()
+    deadline = time.monotonic() + 5
+    while True:  # the writer takes writes again (a read-only job: no outage ends)
+        try:
+            db.write_sync(lambda conn: conn.execute("SELECT 1").fetchone())
+            break
+        except StorageUnavailable:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    db.write_sync(touch_cursor)
+    assert db.recent_failure(0.0) is not None  # failed 0.4 s ago at most: still unready
+    time.sleep(0.45)
+    db.write_sync(touch_cursor)
+    assert db.recent_failure(0.0) is None
