@@ -197,6 +197,10 @@ class DestinationWorker:
         blocked = set(self.inflight_keys) | leased | set(skip)
         next_due = now + IDLE_POLL
         due_by = float("inf") if probing else now  # a probe takes the oldest row, due or not
+        # no retry waits longer than retry_max_seconds (Retry-After is capped at it): a row due
+        # later than that was scheduled before the clock went back, and is due now (a step back
+        # of an hour held every retrying user for the hour; resources audit)
+        horizon = now + self.dest.policy.retry_max_seconds + 1.0
         if skip:
             next_due = min(next_due, min(self.skip_until[key] for key in skip))
         if incremental:
@@ -225,7 +229,7 @@ class DestinationWorker:
                 key = c.user_key
                 if key in blocked:
                     continue
-                if c.next_at > due_by:
+                if due_by < c.next_at <= horizon:
                     blocked.add(key)
                     waiting.setdefault(key, c.next_at)
                     next_due = min(next_due, c.next_at)

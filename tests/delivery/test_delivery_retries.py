@@ -287,3 +287,29 @@ def test_waiting_retries_go_out_soon_also_after_a_restart(
     assert send(second, "/v1/track", track("fresh", 1)).status_code == 200
     wait_until(lambda: sorted(peer.accepted_ids()) == ["fresh-1", "u1-1", "u2-1"],
                timeout=15, what="the waiting retries delivered after the restart")
+
+
+def test_a_retry_scheduled_before_the_clock_went_back_is_not_held(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+) -> None:
+    """The wall clock stepped back an hour: every retry was then due an hour later, and each
+    retrying user's events waited that long (resources audit). No retry waits longer than
+    retry_max_seconds, so a row due later than that is due now."""
+    import sqlite3
+
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    peer.fail("clk-1", (503, None, {}))
+    server = start(hookyard_server, fake, delivery={"retry_initial_seconds": 1,
+                                                    "retry_max_seconds": 1})
+    assert send(server, "/v1/track", track("clk", 1)).status_code == 200
+    wait_until(lambda: [r["attempts"] for r in trace(server, "clk-1")] == [1],
+               what="a failed first attempt")
+    conn = sqlite3.connect(server.runtime.data_dir / "hookyard.db")
+    with conn:  # as if scheduled an hour ahead by a clock since set back
+        conn.execute("UPDATE outbox SET next_at = ? WHERE message_id = 'clk-1'",
+                     (time.time() + 3600,))
+    conn.close()
+    assert send(server, "/v1/track", track("clk", 2)).status_code == 200
+    wait_until(lambda: peer.accepted_ids() == ["clk-1", "clk-2"], timeout=10,
+               what="both delivered, in order, without waiting for the hour")
