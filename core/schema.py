@@ -12,9 +12,9 @@ Tables:
     api_log       every ingest request, accepted or refused
     router_state  how far the router has mapped the inbox
     outbox        one row per (event, destination): pending / inflight / done / dead / filtered;
-                  found by messageId through inbox_id (no index of its own on message_id)
+                  found by messageId through inbox_id (no index of its own on message_id);
+                  ``plugin``: the plugin that made its request
     attempts      every delivery attempt: outcome, HTTP status, latency, error; by outbox_id
-    destination_plugins  the plugin each destination name was last started with
 """
 
 from __future__ import annotations
@@ -138,18 +138,25 @@ def _m3_dedupe_table(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX IF EXISTS idx_inbox_source_message_id")
 
 
-def _m4_destination_plugins(db: sqlite_utils.Database) -> None:
-    """The plugin of each destination name, so that a destination given another plugin
-    has its waiting deliveries mapped again (:mod:`hookyard.delivery.plugin_changes`)."""
-    db.execute("CREATE TABLE IF NOT EXISTS destination_plugins"
-               " (name TEXT PRIMARY KEY, plugin TEXT NOT NULL)")
+def _m4_outbox_plugin(db: sqlite_utils.Database) -> None:
+    """Each outbox row names the plugin that made its request (:mod:`hookyard.delivery.
+    plugin_changes`); the requests of the rows still to send, made before rows said so, are
+    cleared, to be made again by the configured plugin when they are claimed."""
+    db.execute("ALTER TABLE outbox ADD COLUMN plugin TEXT")
+    db.execute(CLEAR_UNLABELLED)
+
+
+CLEAR_UNLABELLED = (
+    "UPDATE outbox SET request = NULL WHERE state IN ('pending', 'inflight', 'dead')"
+    " AND request IS NOT NULL"
+)
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial,
     _m2_drop_random_message_id_indexes,
     _m3_dedupe_table,
-    _m4_destination_plugins,
+    _m4_outbox_plugin,
 ]
 
 

@@ -87,13 +87,14 @@ def warn_if_others_may_write(data_dir: Path) -> None:
                     " it; chmod 700 %s", data_dir, info.st_mode & 0o7777, data_dir)
 
 
-def lock_data_dir(data_dir: Path, role: str, file_name: str | None = None) -> IO[str] | None:
+def lock_data_dir(data_dir: Path, role: str, file_name: str | None = None,
+                  database: Path | None = None) -> IO[str] | None:
     """Hold ``<data_dir>/<role>.lock`` for the life of the process (the kernel lets go when it
     ends, ``kill -9`` included): a second ``hookyard <role>`` on the same data dir stops with
     :class:`ConfigError` naming the first one's pid. ``serve --no-workers`` and ``worker``
     take different locks and may share a data dir; ``serve`` with workers and ``worker`` both
-    take :data:`DELIVERY` too (``file_name``: another name for the lock file in ``data_dir``).
-    Keep the returned file open."""
+    take :data:`DELIVERY` too (``file_name``: another name for the lock file in ``data_dir``;
+    ``database``: the database it guards, for the message). Keep the returned file open."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -116,7 +117,8 @@ def lock_data_dir(data_dir: Path, role: str, file_name: str | None = None) -> IO
         if role == DELIVERY:
             raise ConfigError(
                 f"another hookyard process (pid {pid}: `serve` with its workers, or `worker`)"
-                f" delivers from the SQLite database of {path}: one process per database"
+                f" delivers from the SQLite database {database or data_dir / 'hookyard.db'}"
+                f" (lock {path}): one process per database"
                 " delivers, to keep each user's deliveries in order. Beside a `hookyard worker`,"
                 " run `hookyard serve --no-workers`") from None
         raise ConfigError(f"another `hookyard {role}` (pid {pid}) is running on the data dir"
@@ -128,21 +130,25 @@ def lock_data_dir(data_dir: Path, role: str, file_name: str | None = None) -> IO
     return fh
 
 
-def lock_delivery(data_dir: Path, storage: Any) -> IO[str] | None:
+def lock_delivery(data_dir: Path, storage: Any) -> list[IO[str] | None]:
     """Hold :data:`DELIVERY` on a SQLite database for a process that delivers (PostgreSQL's
     nodes share leases, and any number of them deliver: no lock). ``storage``: the config's
-    ``[storage]`` settings. The lock is ``delivery.lock`` in the data dir for a database in
-    it, else ``<database file>.delivery.lock`` beside a database elsewhere (``storage.url``):
-    two data dirs sharing one database each took their own lock, and both delivered (delivery
-    adversity audit). Keep the returned file open."""
+    ``[storage]`` settings. The lock is ``<database file>.delivery.lock`` beside the database,
+    wherever it is (two data dirs sharing one database each took their own lock, and both
+    delivered: delivery adversity audit and its re-check), and also ``delivery.lock`` in the
+    data dir for a database in it (the lock of older versions). Keep the returned files
+    open."""
     from .storage import POSTGRESQL, backend, sqlite_path
 
     if backend(storage) == POSTGRESQL:
-        return None
+        return []
     database = sqlite_path(storage, data_dir).resolve()
+    locks = []
     if database.parent == data_dir.resolve():
-        return lock_data_dir(data_dir, DELIVERY)
-    return lock_data_dir(database.parent, DELIVERY, f"{database.name}.delivery.lock")
+        locks.append(lock_data_dir(data_dir, DELIVERY, database=database))
+    locks.append(lock_data_dir(database.parent, DELIVERY, f"{database.name}.delivery.lock",
+                               database=database))
+    return locks
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -159,7 +159,7 @@ def test_one_delivering_process_per_sqlite_database(tmp_path: Path,
         result = CliRunner().invoke(main, [*command, *args])
         assert result.exit_code == 1, result.output
         assert f"another hookyard process (pid {os.getpid()}: `serve` with its workers, or" \
-               " `worker`) delivers from the SQLite database of" in " ".join(result.output.split())
+               " `worker`) delivers from the SQLite database" in " ".join(result.output.split())
         assert "hookyard serve --no-workers" in result.output
     assert delivering is not None
     delivering.close()
@@ -173,14 +173,26 @@ def test_one_delivering_process_per_database_shared_by_two_data_dirs(tmp_path: P
 
     storage = StorageSettings(url=f"sqlite:///{tmp_path / 'shared' / 'events.db'}")
     (tmp_path / "shared").mkdir()
+    (tmp_path / "a").mkdir()
     first = lock_delivery(tmp_path / "a", storage)
-    assert first is not None and (tmp_path / "shared" / "events.db.delivery.lock").exists()
-    with pytest.raises(ConfigError, match="delivers from the SQLite database of"):
+    assert (tmp_path / "shared" / "events.db.delivery.lock").exists()
+    with pytest.raises(ConfigError, match="delivers from the SQLite database .*events.db"):
         lock_delivery(tmp_path / "b", storage)
-    first.close()
-    here = lock_delivery(tmp_path, StorageSettings())  # the database in the data dir: as before
-    assert here is not None and (tmp_path / "delivery.lock").exists()
-    here.close()
+    for lock in first:
+        assert lock is not None
+        lock.close()
+    # a second data dir pointed at the first one's database (the upgrade re-check): the lock
+    # beside that database refuses it too
+    home = tmp_path / "home"
+    home.mkdir()
+    here = lock_delivery(home, StorageSettings())
+    assert (home / "delivery.lock").exists() and (home / "hookyard.db.delivery.lock").exists()
+    other = StorageSettings(url=f"sqlite:///{home / 'hookyard.db'}")
+    with pytest.raises(ConfigError, match="delivers from the SQLite database"):
+        lock_delivery(tmp_path / "b", other)
+    for lock in here:
+        assert lock is not None
+        lock.close()
 
 
 def test_check_config_checks_the_data_dir_and_warns_of_no_sources(tmp_path: Path) -> None:

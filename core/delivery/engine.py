@@ -19,7 +19,6 @@ from ..logs import log_failure
 from . import outbox, router
 from .deliver_process import DeliverProcess
 from .map_process import MapProcess
-from .plugin_changes import note_plugins
 from .retry import backoff
 from .worker import IDLE_POLL, DestinationWorker
 
@@ -85,17 +84,6 @@ class Engine:
             recovered = 0
         if recovered:
             log.info("recovered %d deliveries leased by a stopped process", recovered)
-        plugins = {name: d.config.plugin for name, d in self.rt.destinations.items()}
-        try:
-            changed = await self.rt.db.write(lambda c: note_plugins(c, plugins))
-        except StorageUnavailable as exc:
-            log.warning("could not check the destinations' plugins at start-up (%s)", exc)
-            changed = {}
-        for name, (before, count) in changed.items():
-            log.warning("destination %r was delivered by the %s plugin and now is by %s: its %d"
-                        " deliveries still to send (dead letters included) are mapped again by"
-                        " %s before they are sent", name, before, plugins[name], count,
-                        plugins[name], extra={"destination": name})
         for name, count in (await self.rt.db.read(
                 lambda c: outbox.waiting_elsewhere(c, names))).items():
             log.warning("destination %r is no longer configured, but %d of its deliveries are"

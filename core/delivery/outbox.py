@@ -28,8 +28,8 @@ from ..storage.base import is_postgres
 
 INSERT = (
     "INSERT INTO outbox (destination, inbox_id, message_id, user_key, kind, request, state,"
-    " attempts, next_at, created_at, updated_at, last_error)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)"
+    " attempts, next_at, created_at, updated_at, last_error, plugin)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)"
 )
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 """Who holds a lease: host, pid and a per-process token (a restarted pid 1 is a new owner)."""
@@ -44,10 +44,10 @@ def pg_queue() -> ModuleType:
 
 INSERT_MANY = (
     "INSERT INTO outbox (destination, inbox_id, message_id, user_key, kind, request, state,"
-    " attempts, next_at, created_at, updated_at, last_error) VALUES "
+    " attempts, next_at, created_at, updated_at, last_error, plugin) VALUES "
 )
-INSERT_VALUES = "(?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)"
-ROWS_PER_STATEMENT = 90  # multi-row statements: 10 parameters a row, well under SQLite's limit
+INSERT_VALUES = "(?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)"
+ROWS_PER_STATEMENT = 90  # multi-row statements: 11 parameters a row, well under SQLite's limit
 IDS_PER_STATEMENT = 500
 
 
@@ -69,13 +69,19 @@ _insert_sql: dict[int, str] = {}
 
 def insert_rows(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
     """Insert outbox rows (destination, inbox_id, message_id, user_key, kind, request, state,
-    created_at, updated_at, last_error), several rows per statement on SQLite."""
+    created_at, updated_at, last_error, plugin), several rows per statement on SQLite."""
     if is_postgres(conn):
         conn.executemany(INSERT, rows)
         return
     for chunk in chunks(list(rows), ROWS_PER_STATEMENT):
         sql = _values_sql(INSERT_MANY, INSERT_VALUES, len(chunk), _insert_sql)
         conn.execute(sql, [v for row in chunk for v in row])
+
+
+Claimed = tuple[int, bytes | None, int, float, str | None]
+"""A claimed outbox row: (id, request, attempts, created_at, plugin). ``request`` is None for a
+row to map again (a failed ``map_event``'s dead letter retried, a request made before rows
+named their plugin); ``plugin`` names the plugin that made the request."""
 
 
 @dataclass
@@ -131,20 +137,21 @@ def inflight_keys(conn: sqlite3.Connection, destination: str) -> set[str]:
 
 def claim(
     conn: sqlite3.Connection, ids: list[int], lease_seconds: float
-) -> list[tuple[int, bytes, int, float]]:
-    """Lease ``ids`` that are still pending; return (id, request, attempts, created_at)."""
+) -> list[Claimed]:
+    """Lease ``ids`` that are still pending; return (id, request, attempts, created_at,
+    plugin)."""
     if is_postgres(conn):
         return pg_queue().claim(conn, ids, lease_seconds)
     now = time.time()
-    claimed: list[tuple[int, bytes, int, float]] = []
+    claimed: list[Claimed] = []
     for chunk in chunks(list(ids), IDS_PER_STATEMENT):
         cur = conn.execute(
             "UPDATE outbox SET state = 'inflight', lease_until = ?, lease_owner = ?, updated_at = ?"
             f" WHERE id IN ({','.join('?' * len(chunk))}) AND state = 'pending'"
-            " RETURNING id, request, attempts, created_at",
+            " RETURNING id, request, attempts, created_at, plugin",
             (now + lease_seconds, OWNER, now, *chunk),
         )
-        claimed.extend((row[0], row[1], row[2], row[3]) for row in cur)
+        claimed.extend((row[0], row[1], row[2], row[3], row[4]) for row in cur)
     claimed.sort()
     return claimed
 

@@ -4,37 +4,45 @@ again by the new plugin before they are sent.
 An outbox row holds the request its destination's plugin made (a Novu trigger, a Segment
 batch item). A config that kept a destination's name but gave it another plugin had the new
 connector send the old one's requests: Novu triggers posted to Segment's ``/v1/batch``,
-answered 200 and counted delivered, the events lost (delivery adversity audit). The plugin of
-each destination is now kept (``destination_plugins``); at start-up a destination whose plugin
-differs from the one recorded has the requests of its rows still to send (pending, in flight,
-dead letters) cleared, and a cleared row is mapped again when it is claimed (as a dead letter
-of a failed ``map_event`` is).
+answered 200 and counted delivered, the events lost (delivery adversity audit). Each row now
+names the plugin that made its request (``outbox.plugin``); the worker maps a claimed row
+made by another plugin again before sending it, so a plugin change is safe across a restart,
+a rolling restart of several PostgreSQL nodes, an upgrade, and a replay run with another
+config. Rows made before rows named their plugin had their requests cleared by the schema's
+migration, and are mapped again the same way.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-STILL_TO_SEND = ("pending", "inflight", "dead")
+log = logging.getLogger("hookyard.delivery")
+LOG_EVERY = 60.0
 
 
-def note_plugins(conn: sqlite3.Connection, plugins: Mapping[str, str]) -> dict[str, tuple[str, int]]:
-    """Record the plugin of each destination (name -> plugin); for each whose recorded plugin
-    was another, clear the requests of its rows still to send. Returns those destinations:
-    name -> (the plugin before, rows cleared)."""
-    changed: dict[str, tuple[str, int]] = {}
-    for name, plugin in plugins.items():
-        row = conn.execute("SELECT plugin FROM destination_plugins WHERE name = ?",
-                           (name,)).fetchone()
-        if row is not None and row[0] != plugin:
-            before = conn.total_changes
-            conn.execute(
-                "UPDATE outbox SET request = NULL WHERE destination = ? AND state IN"
-                f" ({', '.join('?' * len(STILL_TO_SEND))})", (name, *STILL_TO_SEND))
-            changed[name] = (row[0], conn.total_changes - before)
-        if row is None or row[0] != plugin:
-            conn.execute("INSERT INTO destination_plugins (name, plugin) VALUES (?, ?)"
-                         " ON CONFLICT (name) DO UPDATE SET plugin = excluded.plugin",
-                         (name, plugin))
-    return changed
+class PluginChanges:
+    """Says, at most once a minute per destination, how many claimed deliveries were made by
+    another plugin (or by an older hookyard) and are mapped again."""
+
+    def __init__(self, destination: str, plugin: str) -> None:
+        self.destination, self.plugin = destination, plugin
+        self.counts: dict[str, int] = {}
+        self.logged_at = -LOG_EVERY
+
+    def note(self, claimed: Sequence[tuple[Any, ...]], unmapped: Iterable[int]) -> None:
+        ids = set(unmapped)
+        for row in claimed:
+            if row[0] in ids and row[4] is not None and row[4] != self.plugin:
+                self.counts[row[4]] = self.counts.get(row[4], 0) + 1
+        now = time.monotonic()
+        if self.counts and now - self.logged_at >= LOG_EVERY:
+            made = ", ".join(f"{count} by the {plugin} plugin"
+                             for plugin, count in sorted(self.counts.items()))
+            log.warning("destination %s: deliveries made by another plugin (%s) are mapped again"
+                        " by %s before they are sent (its plugin was changed)", self.destination,
+                        made, self.plugin, extra={"destination": self.destination})
+            self.counts.clear()
+            self.logged_at = now

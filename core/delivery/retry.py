@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, overload
 
 from ..deliveries import RESPONSE_BODY_LIMIT, DeliveryResult
-from .outbox import Outcome
+from .outbox import Claimed, Outcome
 
 if TYPE_CHECKING:
     from ..config import DeliverySettings
@@ -65,7 +65,7 @@ def clip(text: str | None, limit: int = RESPONSE_BODY_LIMIT) -> str | None:
 
 
 def decide(
-    policy: DeliverySettings, destination: str, row: tuple[int, bytes, int, float],
+    policy: DeliverySettings, destination: str, row: Claimed,
     message_id: str, res: DeliveryResult, latency: float, probe: bool = False,
 ) -> Outcome:
     """The outcome of one attempt at the outbox row ``(id, request, attempts, created_at)``:

@@ -172,7 +172,8 @@ def map_rows(
                 if only is None or dest.name in only:
                     out.append((dest.name, row[0], row[2], user, "", None, "dead", now, now,
                                 rt.scrubber.text(f"stored event cannot be decoded:"
-                                                 f" {type(exc).__name__}: {exc}")))
+                                                 f" {type(exc).__name__}: {exc}"),
+                                dest.config.plugin))
             continue
         given = False
         for dest in rt.destinations_for(row[1]):
@@ -189,15 +190,16 @@ def map_rows(
                 log.exception("map_event of %s failed for %s", dest.name, row[2])
                 user = stored_key(event.user_id or event.anonymous_id or "")
                 out.append((dest.name, row[0], row[2], user, "", None, "dead", now, now,
-                            rt.scrubber.text(f"map_event failed: {type(exc).__name__}: {exc}")))
+                            rt.scrubber.text(f"map_event failed: {type(exc).__name__}: {exc}"),
+                            dest.config.plugin))
                 continue
             if not result.deliveries:
                 out.append((dest.name, row[0], row[2], "", "", None, "filtered", now, now,
-                            result.filtered or "no deliveries"))
+                            result.filtered or "no deliveries", dest.config.plugin))
                 continue
             for d, request in zip(result.deliveries, requests, strict=True):
                 out.append((dest.name, row[0], d.message_id, d.ordering_key, d.kind,
-                            request, "pending", now, now, None))
+                            request, "pending", now, now, None, dest.config.plugin))
     return out
 
 
@@ -411,8 +413,8 @@ SELECT_REMAP = (
 UPDATE_REMAPPED = (
     "UPDATE outbox SET message_id = COALESCE(NULLIF(?, ''), message_id),"
     " user_key = COALESCE(NULLIF(?, ''), user_key), kind = ?, request = ?, state = ?,"
-    " next_at = 0, lease_until = NULL, lease_owner = NULL, updated_at = ?, last_error = ?"
-    " WHERE id = ? AND state = 'inflight'"
+    " next_at = 0, lease_until = NULL, lease_owner = NULL, updated_at = ?, last_error = ?,"
+    " plugin = ? WHERE id = ? AND state = 'inflight'"
 )
 
 
@@ -433,18 +435,20 @@ async def remap(rt: Runtime, dest: DestinationRuntime, ids: list[int]) -> None:
     for oid, *event in found:
         if event[0] is None:
             new = [(dest.name, None, "", "", "", None, "dead", now, now,
-                    "the stored event is gone (retention): cannot map it again")]
+                    "the stored event is gone (retention): cannot map it again",
+                    dest.config.plugin)]
         else:
             new = map_rows(rt, [tuple(event)], {dest.name})
             if not new:
                 why = event[6] or f"destination no longer receives source {event[1]!r}"
-                new = [(dest.name, event[0], event[2], "", "", None, "filtered", now, now, why)]
+                new = [(dest.name, event[0], event[2], "", "", None, "filtered", now, now, why,
+                        dest.config.plugin)]
         plans.append((oid, new))
 
     def apply(conn: sqlite3.Connection) -> None:
         for oid, (first, *rest) in plans:
             conn.execute(UPDATE_REMAPPED, (first[2], first[3], first[4], first[5], first[6],
-                                           now, first[9], oid))
+                                           now, first[9], first[10], oid))
             outbox.insert_rows(conn, rest)
 
     await rt.db.write(apply)

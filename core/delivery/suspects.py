@@ -123,4 +123,4 @@ class Suspects:
         log.error("inbox event %s (messageId %s) stopped the map process in the map_event of"
                   " destination %s (plugin %r): a dead letter for it", row[0], row[2], name, plugin)
         reason = f"{STOPPED} (destination {name}, plugin {plugin!r})"
-        return [(name, row[0], row[2], user, "", None, "dead", now, now, reason)]
+        return [(name, row[0], row[2], user, "", None, "dead", now, now, reason, plugin)]

@@ -25,6 +25,7 @@ from .attempt_log import AttemptLog
 from .breaker import Breaker
 from .calling import client_for, deliver_rows
 from .deliver_process import NOT_STARTED, DeliverProcess
+from .plugin_changes import PluginChanges
 from .results import ResultWriter
 from .retry import decide
 
@@ -89,6 +90,7 @@ class DestinationWorker:
         self.scrub = rt.scrubber.result  # secrets out of bodies and errors
         self.attempt_log = AttemptLog()
         self.breaker = Breaker(dest.name, dest.policy)
+        self.plugin_changes = PluginChanges(dest.name, dest.config.plugin)
         self.give_up_check = 0.0  # (monotonic) when a paused destination's old rows are checked
         self.deliverer: DeliverProcess | None = None  # set by the Engine when one is used
         self.wake = asyncio.Event()
@@ -102,7 +104,7 @@ class DestinationWorker:
         self.sending_here = 0  # of those, sent by this process (not by the deliver process)
         # batches claimed ahead, started as soon as a slot frees without a trip to the
         # database: (monotonic claim time, rows, keys); their users are blocked like in-flight ones
-        self.ready: collections.deque[tuple[float, list[tuple[int, bytes, int, float]], set[str]]] = (
+        self.ready: collections.deque[tuple[float, list[outbox.Claimed], set[str]]] = (
             collections.deque()
         )
         self.stale: list[int] = []  # claimed ahead for too long, to be given back
@@ -282,11 +284,17 @@ class DestinationWorker:
         claimed_at = time.monotonic()
         claimed = await self.rt.db.write(lambda conn: outbox.claim(conn, ids, lease), durable=False)
         by_id = {row[0]: row for row in claimed}
-        unmapped = [row[0] for row in claimed if row[1] is None]
-        if unmapped:  # dead letters of a failed map_event, queued again: map them again
+        plugin = self.dest.config.plugin
+        # rows to map again: dead letters of a failed map_event queued again, and requests made
+        # by another plugin (the destination's was changed: plugin_changes)
+        unmapped = [row[0] for row in claimed if row[1] is None
+                    or (row[4] is not None and row[4] != plugin)]
+        if unmapped:
+            self.plugin_changes.note(claimed, unmapped)
             await self._remap(unmapped)
+        remapped = set(unmapped)
         for batch in batches:
-            rows = [by_id[i] for i in batch if i in by_id and by_id[i][1] is not None]
+            rows = [by_id[i] for i in batch if i in by_id and i not in remapped]
             if rows:
                 keys = {key_of[r[0]] for r in rows}
                 self.inflight_keys |= keys
@@ -410,7 +418,7 @@ class DestinationWorker:
         self.wake.set()
 
     def _start(
-        self, rows: list[tuple[int, bytes, int, float]], keys: set[str], claimed_at: float
+        self, rows: list[outbox.Claimed], keys: set[str], claimed_at: float
     ) -> None:
         self.sending += 1
         here = not self._in_child()
@@ -422,7 +430,7 @@ class DestinationWorker:
         task.add_done_callback(self.tasks.discard)
 
     async def _deliver(
-        self, rows: list[tuple[int, bytes, int, float]], keys: set[str], claimed_at: float,
+        self, rows: list[outbox.Claimed], keys: set[str], claimed_at: float,
         here: bool,
     ) -> None:
         """Deliver a claimed batch (``here``: in this process, else by the deliver process) and
@@ -432,7 +440,7 @@ class DestinationWorker:
         try:
             policy = self.dest.policy
             deadline = claimed_at + policy.lease_seconds * HOOK_LEASE_SHARE
-            requests = [row[1] for row in rows]
+            requests = [row[1] or b"" for row in rows]  # (every one made: see dispatch)
             if here:
                 limit = max(0.1, deadline - time.monotonic())
                 sent = await deliver_rows(self.rt, self.dest, self.client, requests, limit)

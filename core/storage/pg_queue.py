@@ -90,11 +90,11 @@ SELECT k.user_key, (
 """
 TAKE = """
 UPDATE outbox SET state = 'inflight', lease_until = ?, lease_owner = ?, updated_at = ?
-WHERE id = ANY(?) RETURNING id, request, attempts, created_at
+WHERE id = ANY(?) RETURNING id, request, attempts, created_at, plugin
 """
 
 
-def claim(conn: Any, ids: list[int], lease_seconds: float) -> list[tuple[int, bytes, int, float]]:
+def claim(conn: Any, ids: list[int], lease_seconds: float) -> list[Any]:
     """Lease those of ``ids`` that are free and first in line for their user (see module doc).
 
     Three statements in the caller's transaction: lock the free rows (``SKIP LOCKED``: rows
@@ -120,7 +120,7 @@ def claim(conn: Any, ids: list[int], lease_seconds: float) -> list[tuple[int, by
     if not take:
         return []
     rows = conn.execute(TAKE, (now + lease_seconds, OWNER, now, take)).fetchall()
-    return sorted((r[0], r[1], r[2], r[3]) for r in rows)
+    return sorted((r[0], r[1], r[2], r[3], r[4]) for r in rows)
 
 
 RECORD = """

@@ -111,13 +111,16 @@ M3_INFLIGHT_INDEX = [
     " WHERE state = 'inflight'",
 ]
 
-# The plugin of each destination name (hookyard.delivery.plugin_changes).
-M4_DESTINATION_PLUGINS = [
-    "CREATE TABLE IF NOT EXISTS destination_plugins (name text PRIMARY KEY, plugin text NOT NULL)",
+# The plugin that made each outbox row's request (hookyard.delivery.plugin_changes); the
+# requests of the rows still to send from before are made again when claimed.
+M4_OUTBOX_PLUGIN = [
+    "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS plugin text",
+    "UPDATE outbox SET request = NULL WHERE state IN ('pending', 'inflight', 'dead')"
+    " AND request IS NOT NULL",
 ]
 
 MIGRATIONS: list[list[str]] = [
-    M1_INITIAL, M2_DROP_RANDOM_MESSAGE_ID_INDEXES, M3_INFLIGHT_INDEX, M4_DESTINATION_PLUGINS,
+    M1_INITIAL, M2_DROP_RANDOM_MESSAGE_ID_INDEXES, M3_INFLIGHT_INDEX, M4_OUTBOX_PLUGIN,
 ]
 
 

@@ -308,7 +308,7 @@ def test_deliveries_of_a_destination_no_longer_configured_are_reported_at_start(
     rt = server.runtime
     now = time.time()
     rt.db.write_sync(lambda c: outbox.insert_rows(c, [
-        ("old-crm", None, f"m{n}", "u1", "event", b"{}", "pending", now, now, None)
+        ("old-crm", None, f"m{n}", "u1", "event", b"{}", "pending", now, now, None, "webhook")
         for n in range(3)]))
 
     async def start_and_stop() -> None:

@@ -25,7 +25,7 @@ def add(rt: Runtime, state: str, n: int, start: int) -> None:
     rt.db.write_sync(lambda c: insert_events(c, rows, log_entry(n)))
     out = [("seg", start + i, f"m{start + i}", "u", "track",
             encoder.encode(Delivery(kind="track", body={}, message_id=f"m{start + i}")),
-            state, now, now, None) for i in range(n)]
+            state, now, now, None, "segment") for i in range(n)]
     rt.db.write_sync(lambda c: outbox.insert_rows(c, out))
 
 

@@ -21,7 +21,7 @@ def add_rows(rt: Runtime, *user_keys: str, destination: str = "seg") -> list[int
     now = time.time()
     rows = [(destination, i, f"m{i}", key, "track",
              encoder.encode(Delivery(kind="track", body={"n": i}, message_id=f"m{i}", ordering_key=key)),
-             "pending", now, now, None) for i, key in enumerate(user_keys)]
+             "pending", now, now, None, "segment") for i, key in enumerate(user_keys)]
     rt.db.write_sync(lambda c: outbox.insert_rows(c, rows))
     return [r[0] for r in rt.db.read_sync(lambda c: c.execute(
         "SELECT id FROM outbox ORDER BY id").fetchall())][-len(rows):]

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from hookyard.cli import main
 from hookyard.errors import SchemaMismatch
 from hookyard.profiles.store import PROFILES_VERSION, ProfileStore
-from hookyard.schema import MIGRATIONS
+from hookyard.schema import MIGRATIONS, migrate
 from hookyard.storage import known_version, schema_version
 from storage_kit import make_runtime
 
@@ -70,6 +70,23 @@ def test_an_upgrade_is_logged_and_a_new_database_is_not(
     assert rt.db.read_sync(schema_version) == len(MIGRATIONS)
     assert f"database upgraded from schema version {len(MIGRATIONS) - 1} to {len(MIGRATIONS)}" in caplog.text
     rt.close()
+
+
+def test_the_upgrade_to_schema_4_clears_the_requests_still_to_send(tmp_path: Path) -> None:
+    """Rows from before outbox rows named their plugin may have been made by another plugin
+    than the one configured after the upgrade (an upgrade and a plugin change in one restart
+    sent Novu triggers to Segment; upgrade re-check): their requests are made again."""
+    with sqlite3.connect(tmp_path / "hookyard.db", isolation_level=None) as conn:
+        for number, migration in enumerate(MIGRATIONS[:3], start=1):
+            migration(sqlite_utils.Database(conn))
+            conn.execute(f"PRAGMA user_version={number}")
+        for state in ("pending", "inflight", "dead", "done"):
+            conn.execute("INSERT INTO outbox (destination, state, request, created_at)"
+                         " VALUES ('crm', ?, x'7b7d', 0)", (state,))
+        migrate(conn)
+        rows = dict(conn.execute("SELECT state, request FROM outbox").fetchall())
+        assert rows == {"pending": None, "inflight": None, "dead": None, "done": b"{}"}
+        assert conn.execute("SELECT plugin FROM outbox").fetchall() == [(None,)] * 4
 
 
 def test_a_profiles_db_newer_than_this_hookyard_stops_start_up(tmp_path: Path) -> None:
