@@ -414,7 +414,7 @@ UPDATE_REMAPPED = (
     "UPDATE outbox SET message_id = COALESCE(NULLIF(?, ''), message_id),"
     " user_key = COALESCE(NULLIF(?, ''), user_key), kind = ?, request = ?, state = ?,"
     " next_at = 0, lease_until = NULL, lease_owner = NULL, updated_at = ?, last_error = ?,"
-    " plugin = ? WHERE id = ? AND state = 'inflight'"
+    " plugin = ?, last_status = NULL, response_body = NULL WHERE id = ? AND state = 'inflight'"
 )
 
 
@@ -435,7 +435,8 @@ async def remap(rt: Runtime, dest: DestinationRuntime, ids: list[int]) -> None:
     for oid, *event in found:
         if event[0] is None:
             new = [(dest.name, None, "", "", "", None, "dead", now, now,
-                    "the stored event is gone (retention): cannot map it again",
+                    "the stored event is gone from the inbox (deleted or not restored):"
+                    " cannot map it again",
                     dest.config.plugin)]
         else:
             new = map_rows(rt, [tuple(event)], {dest.name})
@@ -444,6 +445,11 @@ async def remap(rt: Runtime, dest: DestinationRuntime, ids: list[int]) -> None:
                 new = [(dest.name, event[0], event[2], "", "", None, "filtered", now, now, why,
                         dest.config.plugin)]
         plans.append((oid, new))
+
+    dead = [first for _, (first, *_) in plans if first[6] == "dead"]
+    if dead:  # logged as every other dead letter is (a remap's were not: upgrade re-check)
+        log.warning("destination %s: %d deliveries mapped again are dead letters (%s)",
+                    dest.name, len(dead), dead[0][9], extra={"destination": dest.name})
 
     def apply(conn: sqlite3.Connection) -> None:
         for oid, (first, *rest) in plans:
