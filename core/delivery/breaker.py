@@ -5,8 +5,9 @@ backlog of 800,000, 1,300 attempts a second went to a peer that refused them all
 busy and the attempt log growing by ~34 MB a minute (outage audit), and every delivery used
 up its ``max_attempts`` within an hour or two and became a dead letter, to be retried by hand.
 
-After ``pause_after_failures`` failures in a row that will be retried (none delivered in
-between) the worker stops claiming deliveries of the destination. Every ``probe`` seconds —
+After ``pause_after_failures`` failed ``deliver`` calls in a row (each sent something that
+will be retried and delivered nothing; a batch is one call) the worker stops claiming
+deliveries of the destination. Every ``probe`` seconds —
 ``retry_initial_seconds`` at first, doubling up to ``retry_max_seconds`` or
 :data:`PROBE_MAX_SECONDS`, whichever is shorter — it sends one (one batch), the oldest due or
 not. The first one delivered ends the pause; the worker then brings the waiting retries
@@ -45,7 +46,7 @@ class Breaker:
         self.threshold = policy.pause_after_failures  # 0: never paused
         self.max_probe = min(policy.retry_max_seconds, PROBE_MAX_SECONDS)
         self.first_probe = min(policy.retry_initial_seconds, self.max_probe)
-        self.failures = 0  # failures in a row, none delivered since
+        self.failures = 0  # failed deliver calls in a row, none delivered since
         self.paused_at: float | None = None  # wall time it was paused (None: not paused)
         self.probe_every = self.first_probe
         self.probe_at = 0.0  # monotonic time the next probe may start
@@ -69,27 +70,34 @@ class Breaker:
         self.probing = True
 
     def record(self, outcomes: Iterable[Outcome]) -> bool:
-        """Count ``outcomes``; True when they pause the destination (it was not)."""
+        """Count the outcomes of one ``deliver`` call: a failure when one of its deliveries
+        was sent and will be retried and none was delivered (a batch of 100 refused by one 503
+        is one failure, not 100: the session's review); True when it pauses the destination
+        (it was not)."""
         probe, self.probing = self.probing, False
-        failed = False
+        failed = delivered = False
         for o in outcomes:
             if not o.sent or o.outcome == "permanent":
                 continue
             if o.outcome == "ok":
-                self.failures = 0
-                if self.paused_at is not None:  # said once, however short the pause (the
-                    # "delivers again" line is a WARNING only after 10 s of failures)
-                    log.info("destination %s resumes: a delivery went through after %.0f s"
-                             " paused", self.destination, time.time() - self.paused_at,
-                             extra={"destination": self.destination})
-                    self.paused_at = None
-                    self.probe_every = self.first_probe
-                failed = False
-                continue
-            self.failures += 1
-            self.last_error = o.error
-            failed = True
-        if not failed or not self.threshold:
+                delivered = True
+            else:
+                failed = True
+                self.last_error = o.error
+        if delivered:
+            self.failures = 0
+            if self.paused_at is not None:  # said once, however short the pause (the
+                # "delivers again" line is a WARNING only after 10 s of failures)
+                log.info("destination %s resumes: a delivery went through after %.0f s"
+                         " paused", self.destination, time.time() - self.paused_at,
+                         extra={"destination": self.destination})
+                self.paused_at = None
+                self.probe_every = self.first_probe
+            return False
+        if not failed:
+            return False
+        self.failures += 1
+        if not self.threshold:
             return False
         if self.paused_at is not None:
             if probe:  # a probe failed: the next one waits longer (a batch sent before the
@@ -102,7 +110,7 @@ class Breaker:
         self.paused_at = time.time()
         self.probe_at = time.monotonic() + self.probe_every
         self.probe_every = min(self.max_probe, self.probe_every * 2)
-        log.warning("destination %s paused after %d failures in a row (last: %s): one delivery"
+        log.warning("destination %s paused after %d failed requests in a row (last: %s): one delivery"
                     " is tried every %g-%g s until one succeeds; the others wait, spending none"
                     " of their attempts", self.destination, self.failures, self.last_error,
                     self.first_probe, self.max_probe, extra={"destination": self.destination})

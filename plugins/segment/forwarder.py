@@ -82,7 +82,7 @@ def forwarded_event(raw: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, int | float) and not isinstance(value, bool):
             event[key] = str(value)
     message_id = event.get("messageId")
-    if isinstance(message_id, str) and len(message_id) > MAX_MESSAGE_ID:
+    if isinstance(message_id, str) and len(message_id) >= MAX_MESSAGE_ID:
         event["messageId"] = long_id(message_id)
     timestamp = event_time(raw)
     if timestamp is not None:

@@ -42,9 +42,14 @@ def test_breaker_pauses_after_failures_in_a_row_and_a_delivery_ends_it() -> None
     assert breaker.wait() is None
     assert not breaker.record([outcome("retryable"), outcome("retryable")])
     assert not breaker.record([outcome("ok")])  # a delivery starts the count again
+    # a failed call counts once, however many deliveries it held (a batch of 100 refused by
+    # one 503 paused the destination at once: the session's review)
+    assert not breaker.record([outcome("retryable")] * 100)
+    assert not breaker.record([outcome("retryable"), outcome("ok")])  # a call that delivered
     assert not breaker.record([outcome("retryable")] * 2)
     # permanent failures and deliveries never sent neither count nor end the run
     assert not breaker.record([outcome("permanent"), outcome("retryable", sent=False)])
+    assert not breaker.record([outcome("retryable")])
     assert breaker.record([outcome("retryable")])
     assert breaker.paused and 0.9 < (breaker.wait() or 0) <= 1.0
     assert breaker.last_error == "retryable error"

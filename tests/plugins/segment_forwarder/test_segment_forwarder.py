@@ -348,6 +348,7 @@ def test_a_message_id_too_long_for_segment_is_sent_as_a_stable_hash() -> None:
     assert first == forwarded_event(sample_track(messageId=long))["messageId"]
     assert first.startswith("hy-") and len(first) == 67
     assert forwarded_event(sample_track(messageId="m" * 99))["messageId"] == "m" * 99
+    assert forwarded_event(sample_track(messageId="m" * 100))["messageId"].startswith("hy-")
 
 
 def test_oversize_event_goes_to_dead_letters_and_the_rest_is_sent(fake: FakeServer) -> None:
