@@ -201,7 +201,9 @@ class HttpClient:
             if total and left < total:
                 if now - started > FIRST_WAVE_SECONDS or left <= 0.05:
                     return DeliveryResult.not_sent(NOT_STARTED), None
-                timeout = aiohttp.ClientTimeout(total=left, sock_connect=self._timeout.sock_connect)
+                timeout = aiohttp.ClientTimeout(  # not rounded up to a whole second, as
+                    total=left, sock_connect=self._timeout.sock_connect,  # aiohttp does from 5 s
+                    ceil_threshold=float("inf"))
         try:
             resp = await self.request(method, url, json=json, data=data, headers=headers,
                                       timeout=timeout)

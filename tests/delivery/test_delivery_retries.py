@@ -313,3 +313,24 @@ def test_a_retry_scheduled_before_the_clock_went_back_is_not_held(
     assert send(server, "/v1/track", track("clk", 2)).status_code == 200
     wait_until(lambda: peer.accepted_ids() == ["clk-1", "clk-2"], timeout=10,
                what="both delivered, in order, without waiting for the hour")
+
+
+def test_an_answered_request_keeps_its_result_when_another_one_of_the_call_hangs(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+) -> None:
+    """A request's timeout was cut to exactly what the deliver call had left, so the call's
+    own timer fired first and threw away the result of a request answered 200 (sent again):
+    the session's review. The cut leaves a margin."""
+    fake = fake_destination()
+    fake.respond(200, {"ok": True}, times=1)  # the first request: answered at once
+    fake.hang(10, times=1)  # the second: hangs
+    server = start(hookyard_server, fake, per_item=True, delivery={
+        "total_timeout_seconds": 2, "connect_timeout_seconds": 1, "lease_seconds": 2.224,
+        "retry_initial_seconds": 30, "retry_max_seconds": 30, "batch_size": 5})
+    assert send(server, "/v1/batch", {"batch": [track("u1", 1), track("u2", 1)]}).status_code == 200
+    first = settled(server, "u1-1", "done")
+    assert first["attempts"] == 1
+    wait_until(lambda: [r["attempts"] for r in trace(server, "u2-1")] == [1], timeout=15,
+               what="the hanging request's attempt recorded")
+    [hung] = trace(server, "u2-1")
+    assert hung["state"] == "pending" and hung["last_error"] == "timeout"
