@@ -293,6 +293,14 @@ class DestinationWorker:
             self.plugin_changes.note(claimed, unmapped)
             await self._remap(unmapped)
         remapped = set(unmapped)
+        # a user with a row mapped again waits for it: their later rows of this claim go back
+        # (sent before it, they broke the user's order; the session's review)
+        waiting_for = {key_of[i] for i in remapped if i in key_of}
+        held = [i for b in batches for i in b
+                if i in by_id and i not in remapped and key_of[i] in waiting_for]
+        if held:
+            await self.rt.db.write(lambda conn: outbox.release(conn, held))
+        remapped.update(held)
         for batch in batches:
             rows = [by_id[i] for i in batch if i in by_id and i not in remapped]
             if rows:
