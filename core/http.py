@@ -211,7 +211,8 @@ class HttpClient:
             return DeliveryResult.retryable("timeout"), None
         except aiohttp.ClientResponseError as exc:  # the answer could not be parsed: aiohttp
             # raises it with a status 400 of its own, which read as the peer's (adversity audit)
-            return DeliveryResult.retryable(f"invalid HTTP answer: {exc.message}"), None
+            reason = " ".join(str(exc.message).split())  # aiohttp's has lines and a caret
+            return DeliveryResult.retryable(f"invalid HTTP answer: {reason}"), None
         except aiohttp.ClientError as exc:
             return DeliveryResult.retryable(f"connection error: {type(exc).__name__}: {exc}"), None
         result = classify_http(resp.status, resp.headers, resp.body)

@@ -35,14 +35,17 @@ class PluginChanges:
     def note(self, claimed: Sequence[tuple[Any, ...]], unmapped: Iterable[int]) -> None:
         ids = set(unmapped)
         for row in claimed:
-            if row[0] in ids and row[4] is not None and row[4] != self.plugin:
-                self.counts[row[4]] = self.counts.get(row[4], 0) + 1
+            if row[0] in ids and row[4] != self.plugin:  # None: queued by an older hookyard
+                if row[4] is not None or row[1] is None:
+                    label = f"the {row[4]} plugin" if row[4] else "an older hookyard"
+                    self.counts[label] = self.counts.get(label, 0) + 1
         now = time.monotonic()
         if self.counts and now - self.logged_at >= LOG_EVERY:
-            made = ", ".join(f"{count} by the {plugin} plugin"
-                             for plugin, count in sorted(self.counts.items()))
-            log.warning("destination %s: deliveries made by another plugin (%s) are mapped again"
-                        " by %s before they are sent (its plugin was changed)", self.destination,
-                        made, self.plugin, extra={"destination": self.destination})
+            made = ", ".join(f"{count} by {label}" for label, count in sorted(self.counts.items()))
+            log.warning("destination %s: deliveries made by another plugin or version (%s) are"
+                        " mapped again by %s before they are sent (its plugin was changed, a"
+                        " replay ran with another config, or hookyard was upgraded)",
+                        self.destination, made, self.plugin,
+                        extra={"destination": self.destination})
             self.counts.clear()
             self.logged_at = now

@@ -233,3 +233,4 @@ def test_an_answer_that_is_not_http_is_an_invalid_answer_not_a_400() -> None:
         listener.close()
     assert result.outcome == "retryable" and result.http_status is None
     assert (result.error or "").startswith("invalid HTTP answer: "), result.error
+    assert "\n" not in (result.error or "")
