@@ -329,9 +329,11 @@ def give_up_waiting(conn: sqlite3.Connection, destination: str, created_before: 
     (:mod:`.breaker`), which are not attempted, so never run out of time on an attempt.
     Returns how many (``limit``: call again for more)."""
     before = conn.total_changes
+    # state again outside the subquery: on PostgreSQL a row another node claims meanwhile is
+    # checked anew against the UPDATE's own condition only
     conn.execute("UPDATE outbox SET state = 'dead', next_at = 0, updated_at = ?, last_error = ?"
                  " WHERE id IN (SELECT id FROM outbox WHERE destination = ? AND state = 'pending'"
-                 " AND created_at < ? ORDER BY id LIMIT ?)",
+                 " AND created_at < ? ORDER BY id LIMIT ?) AND state = 'pending'",
                  (time.time(), error, destination, created_before, limit))
     return conn.total_changes - before
 
