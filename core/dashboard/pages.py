@@ -193,8 +193,9 @@ async def destinations(view: Dashboard, call: Call) -> Response:
         breaker = getattr(workers.get(name), "breaker", None)
         if breaker is not None and breaker.paused and dest.config.enabled:
             # this process delivers, and the destination failed every delivery lately
-            state, why = "paused", (f"failed {breaker.failures} deliveries in a row; one"
-                                    " delivery probes it every 5-60 s until one succeeds")
+            state, why = "paused", (f"failed {breaker.failures} requests in a row; one"
+                                    f" delivery probes it every {breaker.first_probe:g}-"
+                                    f"{breaker.max_probe:g} s until one succeeds")
         rows.append({"name": name, "plugin": dest.config.plugin, "sources": dest.config.sources,
                      "enabled": dest.config.enabled, "filter": dest.config.filter,
                      "trigger": dest.config.trigger, "h": h, "health": state, "why": why})

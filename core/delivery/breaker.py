@@ -10,12 +10,14 @@ will be retried and delivered nothing; a batch is one call) the worker stops cla
 deliveries of the destination. Every ``probe`` seconds —
 ``retry_initial_seconds`` at first, doubling up to ``retry_max_seconds`` or
 :data:`PROBE_MAX_SECONDS`, whichever is shorter — it sends one (one batch), the oldest due or
-not. The first one delivered ends the pause; the worker then brings the waiting retries
-forward (:func:`hookyard.delivery.outbox.expedite`). A delivery not attempted while paused
-spends none of its attempts, and a probe that fails does not make a dead letter of its delivery
-for running out of attempts (the failure is the destination's; the first delivery in line would
-otherwise be given up after 20 probes); one still waiting after ``give_up_after_seconds``
-becomes a dead letter all the same (:func:`hookyard.delivery.outbox.give_up_waiting`).
+not, of a user not probed since the pause (round the users, then again), preferring a user
+whose next delivery never failed (a new event: a retrying user's may be the one that fails),
+and never sooner than a ``Retry-After`` asked. The first one delivered ends the pause; the worker then brings the
+waiting retries forward (:func:`hookyard.delivery.outbox.expedite`). A delivery not attempted
+while paused spends none of its attempts (a probe is an ordinary attempt); one still waiting
+after ``give_up_after_seconds`` becomes a dead letter all the same
+(:func:`hookyard.delivery.outbox.give_up_waiting`). Failures of a single user never pause the
+destination.
 
 A permanent failure (a 400 for one event) neither counts towards a pause nor ends one: it is
 the event's trouble, not the destination's.
@@ -52,6 +54,9 @@ class Breaker:
         self.probe_at = 0.0  # monotonic time the next probe may start
         self.last_error: str | None = None
         self.probing = False  # a probe was started and its result has not come back
+        self.failing_users: set[str] = set()  # the users of the failures in a row (a few)
+        self.probed: set[str] = set()  # users probed since the pause, or since all were
+        self.fresh_first = True  # the next probe looks first for a user with no failed delivery
 
     @property
     def paused(self) -> bool:
@@ -69,11 +74,15 @@ class Breaker:
         the next result it records is the probe's)."""
         self.probing = True
 
-    def record(self, outcomes: Iterable[Outcome]) -> bool:
-        """Count the outcomes of one ``deliver`` call: a failure when one of its deliveries
-        was sent and will be retried and none was delivered (a batch of 100 refused by one 503
-        is one failure, not 100: the session's review); True when it pauses the destination
-        (it was not)."""
+    def record(self, outcomes: Iterable[Outcome], users: Iterable[str] = (),
+               retry_after: float | None = None) -> bool:
+        """Count the outcomes of one ``deliver`` call of ``users``' deliveries: a failure when
+        one of them was sent and will be retried and none was delivered (a batch of 100
+        refused by one 503 is one failure, not 100: the session's review). ``retry_after``:
+        what the destination asked for, the least wait before the next probe. True when it
+        pauses the destination (it was not). Failures of one user alone never pause it: that
+        user's events are the trouble, not the destination (one user answered 500 while no
+        one else sent anything paused it: outage re-check)."""
         probe, self.probing = self.probing, False
         failed = delivered = False
         for o in outcomes:
@@ -83,8 +92,10 @@ class Breaker:
                 delivered = True
             else:
                 failed = True
-                self.last_error = o.error
+                if o.state != "dead":  # its own error, not "gave up after ...: <error>"
+                    self.last_error = o.error
         if delivered:
+            self.failing_users.clear()
             self.failures = 0
             if self.paused_at is not None:  # said once, however short the pause (the
                 # "delivers again" line is a WARNING only after 10 s of failures)
@@ -97,21 +108,32 @@ class Breaker:
         if not failed:
             return False
         self.failures += 1
+        if len(self.failing_users) < 2:
+            self.failing_users.update(users)
         if not self.threshold:
             return False
+        wait = max(self.probe_every, min(retry_after or 0.0, self.max_probe))
         if self.paused_at is not None:
             if probe:  # a probe failed: the next one waits longer (a batch sent before the
                 # pause that fails now does not push the first probe back)
-                self.probe_at = time.monotonic() + self.probe_every
+                self.probe_at = time.monotonic() + wait
                 self.probe_every = min(self.max_probe, self.probe_every * 2)
             return False
-        if self.failures < self.threshold:
+        if self.failures < self.threshold or len(self.failing_users) < 2:
             return False
         self.paused_at = time.time()
-        self.probe_at = time.monotonic() + self.probe_every
+        self.probed.clear()
+        self.probe_at = time.monotonic() + wait
         self.probe_every = min(self.max_probe, self.probe_every * 2)
-        log.warning("destination %s paused after %d failed requests in a row (last: %s): one delivery"
-                    " is tried every %g-%g s until one succeeds; the others wait, spending none"
-                    " of their attempts", self.destination, self.failures, self.last_error,
-                    self.first_probe, self.max_probe, extra={"destination": self.destination})
+        log.warning("destination %s paused after %d failed requests in a row (last: %s): one"
+                    " delivery is tried every %g-%g s until one succeeds, each time of another"
+                    " user; the others wait, spending none of their attempts", self.destination,
+                    self.failures, self.last_error, self.first_probe, self.max_probe,
+                    extra={"destination": self.destination})
         return True
+
+    def probe_users(self, users: Iterable[str]) -> None:
+        """Note the users of a probe: the next probes take other users' deliveries first (the
+        oldest delivery was always the probe: one user's event that failed for ever kept the
+        destination paused, holding every other user's; outage re-check)."""
+        self.probed.update(users)

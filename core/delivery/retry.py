@@ -66,20 +66,17 @@ def clip(text: str | None, limit: int = RESPONSE_BODY_LIMIT) -> str | None:
 
 def decide(
     policy: DeliverySettings, destination: str, row: Claimed,
-    message_id: str, res: DeliveryResult, latency: float, probe: bool = False,
+    message_id: str, res: DeliveryResult, latency: float,
 ) -> Outcome:
     """The outcome of one attempt at the outbox row ``(id, request, attempts, created_at)``:
-    done, pending again after a backoff, or dead (permanent, or out of attempts or time).
-    A ``probe`` of a paused destination (:mod:`.breaker`) that fails gives up on time only:
-    it is the destination's failure, tried on whichever delivery came first."""
+    done, pending again after a backoff, or dead (permanent, or out of attempts or time)."""
     attempt = row[2] + 1
     now = time.time()
     state, next_at = "done", 0.0
     if res.outcome == "retryable":
         age = now - row[3]
         if res.sent:
-            gave_up = ((attempt >= policy.max_attempts and not probe)
-                       or age >= policy.give_up_after_seconds)
+            gave_up = attempt >= policy.max_attempts or age >= policy.give_up_after_seconds
         else:  # held back behind a failing delivery of its user, never sent: no attempt is
             # counted, and the time limit is doubled, so that when that delivery runs out of
             # time (it was queued first) this one is still sent after it; the double limit

@@ -154,8 +154,8 @@ class DestinationWorker:
         if wait is not None:  # paused: one batch at a time, at the probe's time, due or not
             if self.tasks:  # the probe, or the last batches sent before the pause
                 return IDLE_POLL
-            if wait > 0 or self.stopping:
-                return max(wait, 0.01)
+            if wait > 0 or self.stopping:  # (back within 10 s: the log's counts are flushed)
+                return min(max(wait, 0.01), 10.0)
             await self._give_up_waiting()
             probing = True
             self.rescan, self.deep_scan_due = True, 0.0  # from the first row, no user skipped
@@ -229,8 +229,11 @@ class DestinationWorker:
             before = (total, len(blocked))
             for c in page:
                 key = c.user_key
-                if key in blocked:
+                if key in blocked or (probing and key in self.breaker.probed):
                     continue
+                if probing and self.breaker.fresh_first and c.next_at > 0 and key not in collected:
+                    blocked.add(key)  # a probe tries a user whose next delivery never failed
+                    continue  # first: a retrying user's event may be the one that fails
                 if due_by < c.next_at <= horizon:
                     blocked.add(key)
                     waiting.setdefault(key, c.next_at)
@@ -264,6 +267,13 @@ class DestinationWorker:
         if deep:  # the users waiting for a retry among them: the next scans skip them too
             self.skip_until = {key: waiting[key] for key in skip if key in waiting}
         batches, key_of = pack(collected, free, size)
+        if not batches and probing and not self.stopping:
+            if self.breaker.fresh_first:  # no such user waits: any user not probed yet
+                self.breaker.fresh_first = False
+                return 0.01
+            if self.breaker.probed:  # every waiting user was probed: round again
+                self.breaker.probed.clear()
+                return 0.01
         if not batches or self.stopping:
             if incremental:  # every row up to here: a blocked user's
                 self.walked_to, self.walked_blocked = after, set(blocked)
@@ -311,6 +321,8 @@ class DestinationWorker:
         await self._start_ready()
         if probing:
             self.breaker.probe_started()
+            self.breaker.probe_users(key_of.values())
+            self.breaker.fresh_first = True
             return IDLE_POLL
         return 0.0 if self.sending < limit else IDLE_POLL
 
@@ -468,14 +480,16 @@ class DestinationWorker:
             self.sending_here -= here
             self._start_claimed()  # at once: a dispatch round may be waiting for the database
             self.wake.set()
-            name, scrub, probe = self.dest.name, self.scrub, self.breaker.probing
+            name, scrub = self.dest.name, self.scrub
             outcomes = [
-                decide(policy, name, row, message_id, scrub(res), latency, probe)
+                decide(policy, name, row, message_id, scrub(res), latency)
                 for row, (message_id, res) in zip(rows, sent)
             ]
             await self.results.store(outcomes)
             failed_for = self.attempt_log.record(outcomes)
-            if self.breaker.record(outcomes):
+            asked = max((res.retry_after or 0.0 for _, res in sent
+                         if res.outcome == "retryable" and res.sent), default=0.0)
+            if self.breaker.record(outcomes, keys, asked):
                 self._pause()
             if not self.delivered_once and any(o.sent and o.outcome == "ok" for o in outcomes):
                 # the first delivery of this process: failures from before a restart are not in

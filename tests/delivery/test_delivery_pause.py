@@ -40,17 +40,21 @@ def test_breaker_pauses_after_failures_in_a_row_and_a_delivery_ends_it() -> None
     breaker = Breaker("d", DeliverySettings(pause_after_failures=3, retry_initial_seconds=1,
                                             retry_max_seconds=600))
     assert breaker.wait() is None
-    assert not breaker.record([outcome("retryable"), outcome("retryable")])
-    assert not breaker.record([outcome("ok")])  # a delivery starts the count again
+    assert not breaker.record([outcome("retryable"), outcome("retryable")], ["u1"])
+    assert not breaker.record([outcome("ok")], ["u1"])  # a delivery starts the count again
     # a failed call counts once, however many deliveries it held (a batch of 100 refused by
     # one 503 paused the destination at once: the session's review)
-    assert not breaker.record([outcome("retryable")] * 100)
-    assert not breaker.record([outcome("retryable"), outcome("ok")])  # a call that delivered
-    assert not breaker.record([outcome("retryable")] * 2)
+    assert not breaker.record([outcome("retryable")] * 100, ["u1"])
+    assert not breaker.record([outcome("retryable"), outcome("ok")], ["u2"])  # delivered
+    assert not breaker.record([outcome("retryable")] * 2, ["u1"])
     # permanent failures and deliveries never sent neither count nor end the run
-    assert not breaker.record([outcome("permanent"), outcome("retryable", sent=False)])
-    assert not breaker.record([outcome("retryable")])
-    assert breaker.record([outcome("retryable")])
+    assert not breaker.record([outcome("permanent"), outcome("retryable", sent=False)], ["u3"])
+    assert not breaker.record([outcome("retryable")], ["u1"])
+    # one user's failures alone never pause it (outage re-check: one user answered 500 while
+    # no one else sent anything paused the destination, holding everyone's events)
+    assert not breaker.record([outcome("retryable")], ["u1"])
+    assert breaker.failures == 3 and not breaker.paused
+    assert breaker.record([outcome("retryable")], ["u2"])
     assert breaker.paused and 0.9 < (breaker.wait() or 0) <= 1.0
     assert breaker.last_error == "retryable error"
     # a batch sent before the pause failing now does not push the first probe back
@@ -72,14 +76,24 @@ def test_breaker_pauses_after_failures_in_a_row_and_a_delivery_ends_it() -> None
 def test_breaker_probes_no_slower_than_the_retry_cap_and_can_be_off() -> None:
     quick = Breaker("d", DeliverySettings(pause_after_failures=1, retry_initial_seconds=0.05,
                                           retry_max_seconds=0.2))
-    assert quick.record([outcome("retryable")])
+    assert quick.record([outcome("retryable")] * 2, ["u1", "u2"])
     for _ in range(5):
         quick.probe_started()
         quick.record([outcome("retryable")])
     assert (quick.wait() or 0) <= 0.2
     off = Breaker("d", DeliverySettings(pause_after_failures=0))
-    assert not off.record([outcome("retryable")] * 100)
+    assert not off.record([outcome("retryable")] * 100, ["u1", "u2"])
     assert off.wait() is None
+
+
+def test_a_probe_waits_at_least_what_a_retry_after_asked() -> None:
+    breaker = Breaker("d", DeliverySettings(pause_after_failures=1, retry_initial_seconds=1,
+                                            retry_max_seconds=600))
+    assert breaker.record([outcome("retryable")], ["u1", "u2"], retry_after=30)
+    assert 29 < (breaker.wait() or 0) <= 30  # not the first probe's 1 s (outage re-check)
+    breaker.probe_started()
+    breaker.record([outcome("retryable")], ["u1"], retry_after=3600)
+    assert 59 < (breaker.wait() or 0) <= 60  # capped like the probes
 
 
 def test_a_destination_failing_every_delivery_is_paused_probed_and_drained(
@@ -140,3 +154,28 @@ def test_deliveries_of_a_paused_destination_still_give_up_in_time(
     waited = [r for r in rows if r["last_error"].startswith("gave up after 1.5 s: rec was paused")]
     assert waited, [r["last_error"] for r in rows]
     assert all(r["attempts"] < 4 for r in waited)
+
+
+def test_users_whose_events_fail_do_not_hold_the_others(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+) -> None:
+    """Outage re-check: a peer answering 500 for some users paused the destination once only
+    their retries were left, and every probe took the oldest delivery, theirs: new users'
+    events waited up to 24 h. A probe now tries a user whose next delivery never failed."""
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    for user in ("bad0", "bad1", "bad2"):
+        for _ in range(50):
+            peer.fail(f"{user}-1", (500, {"error": "no"}, {}))
+    server = hookyard_server({"destinations": [recorder(
+        fake.url, per_item=True, delivery={"batch_size": 1, "pause_after_failures": 3,
+                                           "retry_initial_seconds": 0.2,
+                                           "retry_max_seconds": 1})]}, plugins=[PLUGIN])
+    bad = [track(f"bad{i}", 1) for i in range(3)]
+    assert send(server, "/v1/batch", {"batch": bad}).status_code == 200
+    wait_until(lambda: paused(server) == 1.0, what="paused by the failing users alone")
+    good = [track(f"good{i}", 1) for i in range(5)]
+    assert send(server, "/v1/batch", {"batch": good}).status_code == 200
+    wait_until(lambda: {f"good{i}-1" for i in range(5)} <= set(peer.accepted_ids()),
+               timeout=10, what="the new users' events delivered")
+    wait_until(lambda: paused(server) == 0.0, what="the pause ended")
