@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import HOOK_LEASE_SHARE
 from ..logs import log_failure
-from . import outbox, router
+from . import outbox
 from .attempt_log import AttemptLog
 from .breaker import Breaker
 from .calling import client_for, deliver_rows
 from .deliver_process import NOT_STARTED, DeliverProcess
 from .plugin_changes import PluginChanges
+from .remap import remap
 from .results import ResultWriter
 from .retry import decide
 
@@ -431,7 +432,7 @@ class DestinationWorker:
 
     async def _remap(self, ids: list[int]) -> None:
         try:
-            await router.remap(self.rt, self.dest, ids)
+            await remap(self.rt, self.dest, ids)
         except Exception:  # noqa: BLE001 - give the rows back; the next round tries again
             log.exception("mapping %d deliveries of %s again failed", len(ids), self.dest.name)
             await self.rt.db.write(lambda conn: outbox.release(conn, ids))
