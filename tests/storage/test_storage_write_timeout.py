@@ -54,15 +54,22 @@ def test_a_stuck_write_fails_its_waiters_and_new_writes_until_it_ends(runtime: R
     assert db.recent_failure(0.0) is None
 
 
+def held_writer(db: Any, write_timeout: float, hold: float) -> threading.Event:
+    """The writer held by a job until the returned event is set (at most ``hold`` s), that
+    job already failed as storage unavailable after ``write_timeout``."""
+    db.write_timeout = write_timeout
+    release = threading.Event()
+    stuck = db.submit(lambda conn: release.wait(hold))
+    with pytest.raises(StorageUnavailable):
+        stuck.result(timeout=5)
+    return release
+
+
 def test_stopping_does_not_wait_for_a_stuck_writer(runtime: Runtime) -> None:
     """Found by an outside audit: SIGTERM behind a hung PostgreSQL took 48 s (the writer was
     waited for 30 s), past systemd's 30 s stop timeout."""
     db = runtime.db
-    db.write_timeout = 0.5
-    release = threading.Event()
-    stuck = db.submit(lambda conn: release.wait(20))
-    with pytest.raises(StorageUnavailable):
-        stuck.result(timeout=5)
+    release = held_writer(db, 0.5, 20)
     started = time.monotonic()
     try:
         db.stop()
@@ -179,12 +186,7 @@ def test_an_idle_server_is_ready_again_by_its_probe_once_no_write_failed_lately(
 
     monkeypatch.setattr(group_commit, "PROBE_QUIET_SECONDS", 0.4)
     db = runtime.db
-    db.write_timeout = 0.3
-    release = threading.Event()
-    stuck = db.submit(lambda conn: release.wait(10))
-    with pytest.raises(StorageUnavailable):
-        stuck.result(timeout=5)
-    release.set()
+    held_writer(db, 0.3, 10).set()
     deadline = time.monotonic() + 5
     while True:  # the writer takes writes again (a read-only job: no outage ends)
         try:
