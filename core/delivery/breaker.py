@@ -14,10 +14,12 @@ not, of a user not probed since the pause (round the users, then again), preferr
 whose next delivery never failed (a new event: a retrying user's may be the one that fails),
 and never sooner than a ``Retry-After`` asked. The first one delivered ends the pause; the worker then brings the
 waiting retries forward (:func:`hookyard.delivery.outbox.expedite`). A delivery not attempted
-while paused spends none of its attempts (a probe is an ordinary attempt); one still waiting
-after ``give_up_after_seconds`` becomes a dead letter all the same
-(:func:`hookyard.delivery.outbox.give_up_waiting`). Failures of a single user never pause the
-destination.
+while paused spends none of its attempts, nor does a probe that fails (it is logged, but the
+failure is the destination's: probes going round 10 users' deliveries made dead letters of all
+of them in about 3 h; outage re-check); one still waiting after ``give_up_after_seconds``
+becomes a dead letter all the same (:func:`hookyard.delivery.outbox.give_up_waiting`). A probe
+is one delivery, also for a connector that takes batches. New deliveries bring the next probe
+forward to ``retry_initial_seconds``. Failures of a single user never pause the destination.
 
 A permanent failure (a 400 for one event) neither counts towards a pause nor ends one: it is
 the event's trouble, not the destination's.
@@ -57,6 +59,7 @@ class Breaker:
         self.failing_users: set[str] = set()  # the users of the failures in a row (a few)
         self.probed: set[str] = set()  # users probed since the pause, or since all were
         self.fresh_first = True  # the next probe looks first for a user with no failed delivery
+        self.hurried = False  # new deliveries brought the next probe forward already
 
     @property
     def paused(self) -> bool:
@@ -73,6 +76,7 @@ class Breaker:
         """The worker started a probe (it starts one only when nothing else is in flight, so
         the next result it records is the probe's)."""
         self.probing = True
+        self.hurried = False
 
     def record(self, outcomes: Iterable[Outcome], users: Iterable[str] = (),
                retry_after: float | None = None) -> bool:
@@ -131,6 +135,14 @@ class Breaker:
                     self.failures, self.last_error, self.first_probe, self.max_probe,
                     extra={"destination": self.destination})
         return True
+
+    def new_deliveries(self) -> None:
+        """New deliveries were queued: a paused destination is probed within
+        ``retry_initial_seconds`` (one of them may be a user's that never failed; they waited
+        for a probe up to 60 s: outage re-check), at most once per probe."""
+        if self.paused_at is not None and not self.probing and not self.hurried:
+            self.probe_at = min(self.probe_at, time.monotonic() + self.first_probe)
+            self.hurried = True
 
     def probe_users(self, users: Iterable[str]) -> None:
         """Note the users of a probe: the next probes take other users' deliveries first (the

@@ -115,6 +115,7 @@ class Engine:
                 await asyncio.sleep(1)
             for name in touched:
                 if name in self.workers:
+                    self.workers[name].breaker.new_deliveries()
                     self.workers[name].wake.set()
             if count or self.router.busy:
                 continue

@@ -172,6 +172,14 @@ class Outcome:
     response_body: str | None
     latency_ms: float
     sent: bool = True  # False: the hook did not send it (no attempt counted nor logged)
+    # the row's attempt count to store when it is not ``attempt`` (a paused destination's
+    # probe that failed: logged as an attempt, not counted; hookyard.delivery.breaker)
+    row_attempts: int | None = None
+
+    @property
+    def counted(self) -> int:
+        """The attempts stored in the row."""
+        return self.attempt if self.row_attempts is None else self.row_attempts
 
 
 def record(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
@@ -182,7 +190,7 @@ def record(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
     groups: dict[tuple[Any, ...], list[int]] = {}  # identical updates: one statement for all
     for o in outcomes:
         groups.setdefault(
-            (o.state, o.attempt, o.next_at, o.http_status, o.error, o.response_body), []
+            (o.state, o.counted, o.next_at, o.http_status, o.error, o.response_body), []
         ).append(o.outbox_id)
     for (state, attempt, next_at, status, error, body), ids in groups.items():
         for chunk in chunks(ids, IDS_PER_STATEMENT):

@@ -66,16 +66,22 @@ def clip(text: str | None, limit: int = RESPONSE_BODY_LIMIT) -> str | None:
 
 def decide(
     policy: DeliverySettings, destination: str, row: Claimed,
-    message_id: str, res: DeliveryResult, latency: float,
+    message_id: str, res: DeliveryResult, latency: float, probe: bool = False,
 ) -> Outcome:
     """The outcome of one attempt at the outbox row ``(id, request, attempts, created_at)``:
-    done, pending again after a backoff, or dead (permanent, or out of attempts or time)."""
+    done, pending again after a backoff, or dead (permanent, or out of attempts or time).
+    A paused destination's ``probe`` that fails is logged as an attempt but not counted
+    against ``max_attempts`` (:mod:`.breaker`): it gives up on time only."""
     attempt = row[2] + 1
     now = time.time()
     state, next_at = "done", 0.0
+    row_attempts: int | None = None
     if res.outcome == "retryable":
         age = now - row[3]
-        if res.sent:
+        if res.sent and probe:
+            row_attempts = row[2]
+            gave_up = age >= policy.give_up_after_seconds
+        elif res.sent:
             gave_up = attempt >= policy.max_attempts or age >= policy.give_up_after_seconds
         else:  # held back behind a failing delivery of its user, never sent: no attempt is
             # counted, and the time limit is doubled, so that when that delivery runs out of
@@ -96,7 +102,7 @@ def decide(
     error = res.error
     if state == "dead" and res.outcome == "retryable":
         error = (f"gave up after {attempt} attempts: {res.error}"
-                 if res.sent and attempt >= policy.max_attempts else
+                 if res.sent and attempt >= policy.max_attempts and not probe else
                  f"gave up after {policy.give_up_after_seconds:g} s: {res.error}" if res.sent else
                  f"gave up after {2 * policy.give_up_after_seconds:g} s without being sent:"
                  f" {res.error}")
@@ -104,5 +110,5 @@ def decide(
         outbox_id=row[0], destination=destination, message_id=message_id,
         attempt=attempt, outcome=res.outcome, state=state, next_at=next_at,
         http_status=res.http_status, error=clip(error), response_body=clip(res.response_body),
-        latency_ms=latency, sent=res.sent,
+        latency_ms=latency, sent=res.sent, row_attempts=row_attempts,
     )

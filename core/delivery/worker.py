@@ -164,8 +164,8 @@ class DestinationWorker:
         # ready (whole batches: at least one). Not more: a user with a claimed row cannot be in
         # another batch, so holding many users back would make the next batches small.
         free = self._free_slots() + (0 if self._in_child() else self._ahead()) - len(self.ready)
-        if probing:
-            free = min(free, 1)
+        if probing:  # one delivery: a probe spends no attempt, and tells about the destination
+            free, size = min(free, 1), 1
         if free <= 0 or self.stopping:
             return IDLE_POLL
         if self._in_child() and len(self.tasks) >= limit and free < self._ahead() // 2:
@@ -481,9 +481,9 @@ class DestinationWorker:
             self.sending_here -= here
             self._start_claimed()  # at once: a dispatch round may be waiting for the database
             self.wake.set()
-            name, scrub = self.dest.name, self.scrub
+            name, scrub, probe = self.dest.name, self.scrub, self.breaker.probing
             outcomes = [
-                decide(policy, name, row, message_id, scrub(res), latency)
+                decide(policy, name, row, message_id, scrub(res), latency, probe)
                 for row, (message_id, res) in zip(rows, sent)
             ]
             await self.results.store(outcomes)

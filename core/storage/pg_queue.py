@@ -152,7 +152,7 @@ def record(conn: Any, outcomes: list[Outcome]) -> None:
     now = time.time()
     conn.execute(RECORD, (
         now, [o.outbox_id for o in outcomes], [o.state for o in outcomes],
-        [o.attempt for o in outcomes], [float(o.next_at) for o in outcomes],
+        [o.counted for o in outcomes], [float(o.next_at) for o in outcomes],
         [o.http_status for o in outcomes], [o.error for o in outcomes],
         [o.response_body for o in outcomes], OWNER,
     ))

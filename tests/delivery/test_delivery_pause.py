@@ -179,3 +179,22 @@ def test_users_whose_events_fail_do_not_hold_the_others(
     wait_until(lambda: {f"good{i}-1" for i in range(5)} <= set(peer.accepted_ids()),
                timeout=10, what="the new users' events delivered")
     wait_until(lambda: paused(server) == 0.0, what="the pause ended")
+
+
+def test_a_failed_probe_is_logged_but_not_counted_against_max_attempts() -> None:
+    """Outage re-check: probes going round 10 users' deliveries made dead letters of all of
+    them in about 3 h; before that, the same exemption kept only for probes made rows past
+    max_attempts die at a restart. A probe's failure is the destination's: it gives up on
+    time only, and the row keeps its count."""
+    from hookyard.deliveries import DeliveryResult
+    from hookyard.delivery.retry import decide
+
+    policy = DeliverySettings(max_attempts=3)
+    row = (1, b"{}", 2, time.time())  # two attempts so far: the third is the last
+    failed = DeliveryResult.retryable("connection refused")
+    plain = decide(policy, "d", (*row, None), "m", failed, 1.0)
+    probe = decide(policy, "d", (*row, None), "m", failed, 1.0, probe=True)
+    assert (plain.state, plain.counted) == ("dead", 3)
+    assert (probe.state, probe.attempt, probe.counted) == ("pending", 3, 2)
+    old = (1, b"{}", 2, time.time() - 90_000, None)  # past give_up_after_seconds
+    assert decide(policy, "d", old, "m", failed, 1.0, probe=True).state == "dead"
