@@ -136,6 +136,20 @@ class Breaker:
                     extra={"destination": self.destination})
         return True
 
+    def start_paused(self) -> None:
+        """Start paused, probing at once: the destination's deliveries of several users were
+        waiting for a retry when the process started (a restart during an outage sent up to
+        ``pause_after_failures`` x ``batch_size`` of them again before pausing, an attempt each:
+        two restarts made dead letters of half a backlog with ``max_attempts = 3``; outage
+        re-check). A destination that is back answers the first probe and resumes at once."""
+        if not self.threshold:
+            return
+        self.paused_at = time.time()
+        self.probe_at = time.monotonic()
+        log.info("destination %s had deliveries of several users waiting for a retry at"
+                 " start-up: one is sent first, the rest once it is delivered",
+                 self.destination, extra={"destination": self.destination})
+
     def new_deliveries(self) -> None:
         """New deliveries were queued: a paused destination is probed within
         ``retry_initial_seconds`` (one of them may be a user's that never failed; they waited

@@ -84,6 +84,14 @@ class Engine:
             recovered = 0
         if recovered:
             log.info("recovered %d deliveries leased by a stopped process", recovered)
+        try:  # destinations failing when the last process stopped are probed before the rest
+            retrying = await self.rt.db.read(
+                lambda c: {n: outbox.retrying_users(c, n) for n in names})
+        except StorageUnavailable:
+            retrying = {}
+        for name, users in retrying.items():
+            if users >= 2:
+                self.workers[name].breaker.start_paused()
         for name, count in (await self.rt.db.read(
                 lambda c: outbox.waiting_elsewhere(c, names))).items():
             log.warning("destination %r is no longer configured, but %d of its deliveries are"

@@ -306,6 +306,14 @@ def failing_since(conn: sqlite3.Connection, destination: str) -> float | None:
     return float(row[0]) if row is not None and row[0] is not None else None
 
 
+def retrying_users(conn: sqlite3.Connection, destination: str, limit: int = 2) -> int:
+    """How many users (up to ``limit``) have a delivery of ``destination`` waiting for a retry
+    (pending after a failed attempt)."""
+    rows = conn.execute("SELECT DISTINCT user_key FROM outbox WHERE destination = ? AND"
+                        " state = 'pending' AND attempts > 0 LIMIT ?", (destination, limit))
+    return len(rows.fetchall())
+
+
 EXPEDITE_SPREAD = 10.0
 """Seconds over which a destination's waiting retries are spread when it delivers again."""
 

@@ -198,3 +198,27 @@ def test_a_failed_probe_is_logged_but_not_counted_against_max_attempts() -> None
     assert (probe.state, probe.attempt, probe.counted) == ("pending", 3, 2)
     old = (1, b"{}", 2, time.time() - 90_000, None)  # past give_up_after_seconds
     assert decide(policy, "d", old, "m", failed, 1.0, probe=True).state == "dead"
+
+
+def test_a_restart_during_an_outage_probes_before_sending_the_backlog(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer], tmp_path: Any,
+) -> None:
+    """Outage re-check: a restart started unpaused and sent the backlog again before pausing,
+    an attempt each (two restarts made dead letters of half a backlog with max_attempts 3).
+    Deliveries of several users waiting for a retry at start-up: one probe first."""
+    fake = fake_destination()
+    fake.fail(503)
+    config = {"destinations": [recorder(fake.url, per_item=True, delivery={
+        "batch_size": 1, "retry_initial_seconds": 2, "retry_max_seconds": 2})]}
+    first = hookyard_server(config, plugins=[PLUGIN], data_dir=tmp_path / "d")
+    sent = [track(f"u{u}", 1) for u in range(10)]
+    assert send(first, "/v1/batch", {"batch": sent}).status_code == 200
+    wait_until(lambda: all(trace(first, e["messageId"])
+                           and trace(first, e["messageId"])[0]["attempts"] >= 1 for e in sent),
+               what="every delivery failed once")
+    first.stop()
+    before = len(fake.requests)
+    second = hookyard_server(config, plugins=[PLUGIN], data_dir=tmp_path / "d")
+    assert paused(second) == 1.0
+    time.sleep(1.5)
+    assert len(fake.requests) - before <= 2  # the probe (and at most a second one)
