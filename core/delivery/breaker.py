@@ -72,11 +72,27 @@ class Breaker:
             return None
         return max(0.0, self.probe_at - time.monotonic())
 
-    def probe_started(self) -> None:
-        """The worker started a probe (it starts one only when nothing else is in flight, so
-        the next result it records is the probe's)."""
+    def probe_started(self, users: Iterable[str] = ()) -> None:
+        """The worker started a probe of ``users``' deliveries (it starts one only when nothing
+        else is in flight, so the next result it records is the probe's). The next probes take
+        other users' first (the oldest delivery was always the probe: one user's event that
+        failed for ever kept the destination paused, holding every other user's; outage
+        re-check), again one whose next delivery never failed first."""
         self.probing = True
         self.hurried = False
+        self.probed.update(users)
+        self.fresh_first = True
+
+    def widen_probe(self) -> bool:
+        """No user to probe was found: look next at users whose deliveries failed, then at
+        users probed already. False when there is nowhere wider to look."""
+        if self.fresh_first:
+            self.fresh_first = False
+            return True
+        if self.probed:
+            self.probed.clear()
+            return True
+        return False
 
     def record(self, outcomes: Iterable[Outcome], users: Iterable[str] = (),
                retry_after: float | None = None) -> bool:
@@ -158,8 +174,3 @@ class Breaker:
             self.probe_at = min(self.probe_at, time.monotonic() + self.first_probe)
             self.hurried = True
 
-    def probe_users(self, users: Iterable[str]) -> None:
-        """Note the users of a probe: the next probes take other users' deliveries first (the
-        oldest delivery was always the probe: one user's event that failed for ever kept the
-        destination paused, holding every other user's; outage re-check)."""
-        self.probed.update(users)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 log = logging.getLogger("hookyard.delivery")
@@ -32,13 +32,23 @@ class PluginChanges:
         self.counts: dict[str, int] = {}
         self.logged_at = -LOG_EVERY
 
-    def note(self, claimed: Sequence[tuple[Any, ...]], unmapped: Iterable[int]) -> None:
-        ids = set(unmapped)
+    def to_map_again(self, claimed: Sequence[tuple[Any, ...]]) -> list[int]:
+        """The ids of the claimed rows (id, request, attempts, created_at, plugin) to map
+        again: those without a request (a failed ``map_event``'s dead letter queued again, a
+        request cleared by the migration) and those another plugin made; counted for the log."""
+        again = []
         for row in claimed:
-            if row[0] in ids and row[4] != self.plugin:  # None: queued by an older hookyard
-                if row[4] is not None or row[1] is None:
-                    label = f"the {row[4]} plugin" if row[4] else "an older hookyard"
+            other = row[4] is not None and row[4] != self.plugin
+            if row[1] is None or other:
+                again.append(row[0])
+                if other or row[4] is None:  # None: queued by an older hookyard
+                    label = f"the {row[4]} plugin" if other else "an older hookyard"
                     self.counts[label] = self.counts.get(label, 0) + 1
+        if again:
+            self._log()
+        return again
+
+    def _log(self) -> None:
         now = time.monotonic()
         if self.counts and now - self.logged_at >= LOG_EVERY:
             made = ", ".join(f"{count} by {label}" for label, count in sorted(self.counts.items()))

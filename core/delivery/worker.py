@@ -269,11 +269,7 @@ class DestinationWorker:
             self.skip_until = {key: waiting[key] for key in skip if key in waiting}
         batches, key_of = pack(collected, free, size)
         if not batches and probing and not self.stopping:
-            if self.breaker.fresh_first:  # no such user waits: any user not probed yet
-                self.breaker.fresh_first = False
-                return 0.01
-            if self.breaker.probed:  # every waiting user was probed: round again
-                self.breaker.probed.clear()
+            if self.breaker.widen_probe():  # no user to probe found: look wider, again
                 return 0.01
         if not batches or self.stopping:
             if incremental:  # every row up to here: a blocked user's
@@ -295,13 +291,8 @@ class DestinationWorker:
         claimed_at = time.monotonic()
         claimed = await self.rt.db.write(lambda conn: outbox.claim(conn, ids, lease), durable=False)
         by_id = {row[0]: row for row in claimed}
-        plugin = self.dest.config.plugin
-        # rows to map again: dead letters of a failed map_event queued again, and requests made
-        # by another plugin (the destination's was changed: plugin_changes)
-        unmapped = [row[0] for row in claimed if row[1] is None
-                    or (row[4] is not None and row[4] != plugin)]
+        unmapped = self.plugin_changes.to_map_again(claimed)
         if unmapped:
-            self.plugin_changes.note(claimed, unmapped)
             await self._remap(unmapped)
         remapped = set(unmapped)
         # a user with a row mapped again waits for it: their later rows of this claim go back
@@ -321,9 +312,7 @@ class DestinationWorker:
                 self.ready.append((claimed_at, rows, keys))
         await self._start_ready()
         if probing:
-            self.breaker.probe_started()
-            self.breaker.probe_users(key_of.values())
-            self.breaker.fresh_first = True
+            self.breaker.probe_started(key_of.values())
             return IDLE_POLL
         return 0.0 if self.sending < limit else IDLE_POLL
 
