@@ -100,6 +100,8 @@ def decide(
     elif res.outcome == "permanent":
         state = "dead"
     error = res.error
+    if row_attempts is not None:  # its attempt number repeats in the log: say why
+        error = f"probe of a paused destination, not counted: {error}"
     if state == "dead" and res.outcome == "retryable":
         error = (f"gave up after {attempt} attempts: {res.error}"
                  if res.sent and attempt >= policy.max_attempts and not probe else

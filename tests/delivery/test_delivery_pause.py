@@ -196,6 +196,7 @@ def test_a_failed_probe_is_logged_but_not_counted_against_max_attempts() -> None
     probe = decide(policy, "d", (*row, None), "m", failed, 1.0, probe=True)
     assert (plain.state, plain.counted) == ("dead", 3)
     assert (probe.state, probe.attempt, probe.counted) == ("pending", 3, 2)
+    assert probe.error == "probe of a paused destination, not counted: connection refused"
     old = (1, b"{}", 2, time.time() - 90_000, None)  # past give_up_after_seconds
     assert decide(policy, "d", old, "m", failed, 1.0, probe=True).state == "dead"
 
