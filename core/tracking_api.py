@@ -86,6 +86,8 @@ def json_text(body: bytes) -> bytes:
     """
     if not body or body.isspace():  # not strip(): that copies the body
         raise BadRequest("malformed JSON: the body is empty (expected a JSON object)")
+    if body.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows tools write
+        body = body[3:]  # one): not JSON, but RFC 8259 lets a reader ignore it, as we do
     if not body.isascii():
         try:
             body.decode("utf-8")
@@ -138,6 +140,8 @@ def body_write_key(body: bytes) -> str | None:
         return _write_key_decoder.decode(body).writeKey
     except (msgspec.ValidationError, *_UNDECODABLE):
         pass
+    if body.startswith(b"\xef\xbb\xbf"):  # json_text ignores a byte order mark: so must this
+        return body_write_key(body[3:])
     fixed = _non_finite_as_null(body)  # parse_call reads a NaN as null: so must the key's lookup
     if fixed is None:
         return None
@@ -306,6 +310,14 @@ def _nan_as_null_if_needed(parse: Callable[[bytes], Parsed], body: bytes) -> Par
             raise (exc if again.reason.startswith("malformed JSON") else again) from None
 
 
+def read_json(parse: Callable[[bytes], Parsed], body: bytes) -> Parsed:
+    """``parse(body)`` after :func:`json_text`, reading a bare ``NaN`` or ``Infinity`` as
+    ``null`` when ``parse`` refuses the body as ``malformed JSON: ...`` (:class:`BadRequest`):
+    for a source plugin with a body format of its own, so that it reads what the tracking
+    API reads."""
+    return _nan_as_null_if_needed(parse, json_text(body))
+
+
 def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
     """Parse a tracking-API call body (``call`` is the last path segment, long or short form).
 
@@ -316,7 +328,7 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
     so refusing the batch would lose every valid event in it. A bare ``NaN`` or ``Infinity``
     (Python's ``json.dumps``) is read as ``null``."""
     call = SHORT_CALLS.get(call, call)
-    return _nan_as_null_if_needed(lambda text: _parse_call(call, text), json_text(body))
+    return read_json(lambda text: _parse_call(call, text), body)
 
 
 def _parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
@@ -361,8 +373,7 @@ def parse_webhook(
     :class:`RefusedEvent`), so the identified events of the batch are still stored (Segment
     does not retry a 400: refusing the whole batch would lose them). An invalid event in an
     array is refused alone the same way. A bare ``NaN`` or ``Infinity`` is read as ``null``."""
-    return _nan_as_null_if_needed(lambda text: _parse_webhook(text, require_user_id),
-                                  json_text(body))
+    return read_json(lambda text: _parse_webhook(text, require_user_id), body)
 
 
 def _parse_webhook(body: bytes, require_user_id: bool) -> list[ParsedEvent | RefusedEvent]:

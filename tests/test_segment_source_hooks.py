@@ -105,6 +105,16 @@ def test_a_body_write_key_is_found_beside_a_nan() -> None:
     assert raw_of(parsed)["properties"] == {"a": None} and "writeKey" not in raw_of(parsed)
 
 
+def test_a_byte_order_mark_before_the_body_is_ignored() -> None:
+    """Fuzz audit: a body starting with a UTF-8 BOM (Windows tools write one) was refused as
+    'invalid character (byte 0)'; RFC 8259 lets a reader ignore it."""
+    body = b"\xef\xbb\xbf" + msgspec.json.encode({**sample_track(), "writeKey": KEY})
+    req = v1("track", body)
+    assert seg.authenticate(source=SOURCE, request=req).accepted
+    [parsed] = parse(req)
+    assert raw_of(parsed)["event"] == sample_track()["event"] and "writeKey" not in raw_of(parsed)
+
+
 def test_a_bearer_write_key_is_accepted_on_the_tracking_api() -> None:
     """Customer.io's Segment-protocol library sends keys starting pk_/sk_ as a Bearer token."""
     assert seg.authenticate(source=SOURCE, request=v1("track", sample_track(), bearer(KEY))).accepted

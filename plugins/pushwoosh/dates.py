@@ -60,7 +60,10 @@ def to_datetime(value: object) -> datetime | None:
     if isinstance(value, str):
         return parse_tag_date(value)
     if isinstance(value, int | float):
-        return from_epoch(float(value))
+        try:
+            return from_epoch(float(value))
+        except OverflowError:  # an integer of 309 digits or more
+            return None
     return None
 
 

@@ -95,7 +95,10 @@ def _to_float(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of 309 digits or more
+            return None
     elif isinstance(value, str):
         try:
             number = float(value.strip())
@@ -107,9 +110,9 @@ def _to_float(value: Any) -> float | None:
 
 
 def _to_decimal(value: Any) -> int | float | None:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX:
         return value
-    return _to_float(value)
+    return _to_float(value)  # a larger integer as the nearest double
 
 
 def _to_bool(value: Any) -> bool | None:

@@ -22,14 +22,18 @@ stored once.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import msgspec
 from hookyard.connectors import IngestRequest, ParsedEvent, RefusedEvent
 from hookyard.errors import BadRequest
-from hookyard.events import event_from_dict, validate_event
+from hookyard.events import MAX_ID, event_from_dict, validate_event
+from hookyard.tracking_api import read_json
 
 WEBHOOK_PATHS = ("/connector/pushwoosh/", "/connector/pushwoosh")
+WRITE_KEY_FIELDS = ("writeKey", "write_key")
+"""A key in the body is never stored nor forwarded (the URL's query is the key's place)."""
 FIELDS = ("event_name", "message_id", "message_code", "campaign_id", "platform",
           "application_code", "hwid", "user_id", "payload")
 """The body's documented fields, all kept as properties (unknown ones too)."""
@@ -38,13 +42,19 @@ _object = msgspec.json.Decoder(dict[str, Any] | list[dict[str, Any]])
 
 
 def parse_webhook(body: bytes) -> list[ParsedEvent | RefusedEvent]:
-    """One event per object of the body (an object, or an array of them)."""
+    """One event per object of the body (an object, or an array of them). The body is read
+    as the tracking API reads one (a bare ``NaN`` is ``null``, a lone UTF-16 surrogate is
+    U+FFFD)."""
+    return read_json(_parse, body)
+
+
+def _parse(body: bytes) -> list[ParsedEvent | RefusedEvent]:
     try:
         data = _object.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"a Pushwoosh webhook body is a JSON object: {exc}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadRequest(f"invalid JSON: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
     items = data if isinstance(data, list) else [data]
     if not items:
         raise BadRequest("empty array: no Pushwoosh event")
@@ -56,15 +66,23 @@ def webhook_event(item: dict[str, Any]) -> ParsedEvent | RefusedEvent:
     name = item.get("event_name")
     if not isinstance(name, str) or not name.strip():
         return RefusedEvent("event_name is required (the Pushwoosh event, e.g. \"Email Sent\")")
+    for field in ("user_id", "hwid"):
+        value = item.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | float)):
+            return RefusedEvent(f"{field} must be text or a number, not {type(value).__name__}")
     user = _text(item.get("user_id"))
     hwid = _text(item.get("hwid"))
     if not user and not hwid:
         return RefusedEvent("user_id or hwid is required: the event names no user")
+    for field, value in (("user_id", user), ("hwid", hwid)):
+        if value is not None and len(value) > MAX_ID:
+            return RefusedEvent(f"{field} is longer than {MAX_ID} characters")
+    properties = {k: v for k, v in item.items() if k not in WRITE_KEY_FIELDS}
     raw: dict[str, Any] = {
         "type": "track",
         "event": name,
-        "properties": dict(item),
-        "messageId": "pw-" + hashlib.sha256(msgspec.json.encode(item, order="sorted")
+        "properties": properties,
+        "messageId": "pw-" + hashlib.sha256(msgspec.json.encode(properties, order="sorted")
                                             ).hexdigest()[:32],
         "context": {"integration": {"name": "pushwoosh-webhook"}},
     }
@@ -83,9 +101,12 @@ def webhook_event(item: dict[str, Any]) -> ParsedEvent | RefusedEvent:
 
 
 def _text(value: Any) -> str | None:
-    """An id as text (Pushwoosh's ``user_id`` may come as a number), None when blank."""
+    """An id as text (Pushwoosh's ``user_id`` may come as a number), None when blank or of
+    another type."""
     if isinstance(value, bool) or value is None:
         return None
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, int | str):
         text = str(value).strip()
         return text or None

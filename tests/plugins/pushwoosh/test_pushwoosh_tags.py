@@ -98,6 +98,7 @@ def test_null_traits_are_left_out() -> None:
         (True, "Integer", 1),
         ("19.95", "Decimal", 19.95),
         (20, "Decimal", 20),
+        (10**20, "Decimal", 1e20),  # past 64 bits: the nearest double, as a JSON number
         ("yes", "Boolean", True),
         ("FALSE", "Boolean", False),
         (1, "Boolean", True),
@@ -131,6 +132,9 @@ def test_forced_types_coerce(value: Any, tag_type: Any, sent: Any) -> None:
         (2, "Boolean"),
         ({"a": 1}, "List"),
         ("9" * 5000, "Integer"),  # int() refuses past 4,300 digits: it was a map_event crash
+        (10**400, "Date"),  # float() refuses it: a map_event crash, the identify dead (fuzz)
+        (10**400, "Decimal"),
+        (-(10**400), "Decimal"),
         ("next tuesday", "Date"),
         (True, "Date"),
         ("0001-01-01T00:00:00+05:00", "Date"),  # before year 1 in UTC: an OverflowError

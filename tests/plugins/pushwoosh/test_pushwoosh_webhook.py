@@ -88,6 +88,33 @@ def test_the_events_list_applies_and_bad_objects_are_refused_alone() -> None:
     assert isinstance(no_user, RefusedEvent) and "user_id or hwid" in no_user.reason
 
 
+def test_a_write_key_in_the_body_is_neither_stored_nor_forwarded() -> None:
+    """Fuzz audit: a ``writeKey`` field was kept in the event's properties (inbox, read API,
+    every destination), where the Segment paths drop it."""
+    [item] = parsed(body(writeKey=KEY, write_key=KEY))
+    assert isinstance(item, ParsedEvent) and KEY.encode() not in item.raw
+    [plain] = parsed(body())
+    assert isinstance(plain, ParsedEvent)
+    assert msgspec.json.decode(item.raw)["messageId"] == msgspec.json.decode(plain.raw)["messageId"]
+
+
+def test_the_body_is_read_as_the_tracking_api_reads_one() -> None:
+    """Fuzz audit: a bare NaN, a lone UTF-16 surrogate and a byte order mark were refused here
+    and taken on /v1; a user_id of 12.5 was 'no user', one of true was dropped unseen, and a
+    too long one was refused naming $.userId."""
+    text = msgspec.json.encode(body()).replace(b'"payload":"Welcome aboard"',
+                                               b'"payload":"\\ud83c","score":NaN')
+    [item] = parsed(b"\xef\xbb\xbf" + text)
+    assert isinstance(item, ParsedEvent)
+    props = msgspec.json.decode(item.raw)["properties"]
+    assert (props["payload"], props["score"]) == ("\ufffd", None)
+    [decimal] = parsed(body(user_id=12.5))
+    assert isinstance(decimal, ParsedEvent) and msgspec.json.decode(decimal.raw)["userId"] == "12.5"
+    [true, long] = parsed([body(user_id=True), body(user_id="u" * 600)])
+    assert isinstance(true, RefusedEvent) and true.reason == "user_id must be text or a number, not bool"
+    assert isinstance(long, RefusedEvent) and long.reason == "user_id is longer than 512 characters"
+
+
 @pytest.mark.parametrize("data", [b"{", b"[]", b"3", b'"x"', b"\xff"])
 def test_a_body_that_is_not_an_object_is_a_bad_request(data: bytes) -> None:
     with pytest.raises(BadRequest):
