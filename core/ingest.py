@@ -79,6 +79,20 @@ _OK = _json_answer(200, OK_BODY)
 _INTERNAL_ERROR = _json_answer(500, error_body(500, "internal server error"))
 
 
+def _query(query_string: bytes) -> dict[str, str]:
+    """The query's parameters; one given twice is refused (``?writeKey=a&writeKey=b`` must not
+    mean whichever comes last, as the operator API refuses it too)."""
+    params = QueryParams(query_string)
+    items = params.multi_items()
+    if len(items) != len(params):
+        seen: set[str] = set()
+        for name, _ in items:
+            if name in seen:
+                raise BadRequest(f"query parameter {name[:40]!r} is given more than once")
+            seen.add(name)
+    return dict(items)
+
+
 class _RawResponse(Response):
     """A Starlette response from an :data:`Answer` (headers already rendered)."""
 
@@ -241,7 +255,7 @@ class IngestEndpoint:
                 headers=headers,
                 body=body,
                 path_params=dict(scope.get("path_params") or {}),
-                query=dict(QueryParams(scope["query_string"])) if scope.get("query_string") else {},
+                query=_query(scope["query_string"]) if scope.get("query_string") else {},
                 client=peer[0] if (peer := scope.get("client")) else None,
             )
             source = self.authenticate(req)

@@ -199,6 +199,9 @@ def _decode_event(raw: bytes, call: str | None, require_user_id: bool = False) -
         msg = _clean(str(exc))
         if call is None and "type" in msg:
             msg = f"type must be one of {', '.join(EVENT_TYPES)} ({msg})"
+        elif call is not None and msg.endswith("at $.type"):
+            msg = (f"its type is not {call!r}, as the path /v1/{call} says ({msg}): leave type"
+                   " out, or post the event to the path of its type")
         raise BadRequest(f"the event is not a valid Segment event: {msg}") from None
     except RecursionError:  # deeper than the decoder goes: ~950 levels (Python 3.11)
         raise BadRequest(f"the event is {TOO_DEEP}") from None

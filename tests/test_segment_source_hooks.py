@@ -115,6 +115,11 @@ def test_a_byte_order_mark_before_the_body_is_ignored() -> None:
     assert raw_of(parsed)["event"] == sample_track()["event"] and "writeKey" not in raw_of(parsed)
 
 
+def test_an_event_whose_type_is_not_its_paths_says_so() -> None:
+    with pytest.raises(BadRequest, match="its type is not 'track', as the path /v1/track says"):
+        parse(v1("track", {**sample_track(), "type": "identify"}))
+
+
 def test_a_bearer_write_key_is_accepted_on_the_tracking_api() -> None:
     """Customer.io's Segment-protocol library sends keys starting pk_/sk_ as a Bearer token."""
     assert seg.authenticate(source=SOURCE, request=v1("track", sample_track(), bearer(KEY))).accepted
@@ -181,13 +186,21 @@ def test_webhook_wrong_bearer_is_refused() -> None:
     assert not result.accepted and "invalid write key" in result.reason
 
 
-@pytest.mark.parametrize("headers", [{}, basic(KEY), {"Authorization": "Bearer   "}],
-                         ids=["none", "basic-instead", "blank-bearer"])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer   "}, {"Authorization": "Token x"}],
+                         ids=["none", "blank-bearer", "other-scheme"])
 def test_webhook_needs_bearer(headers: dict[str, str]) -> None:
     result = seg.authenticate(source=SOURCE, request=webhook(sample_identify(), headers))
     assert not result.accepted
     assert "Bearer" in result.reason
     assert result.challenge == 'Bearer realm="hookyard"'  # the 401's WWW-Authenticate
+
+
+def test_webhook_takes_the_tracking_apis_basic_auth_too() -> None:
+    """Fuzz audit: a right key sent as Basic (the tracking API's way) was refused as 'missing
+    Authorization: Bearer', although the header was there."""
+    assert seg.authenticate(source=SOURCE, request=webhook(sample_identify(), basic(KEY))).accepted
+    wrong = seg.authenticate(source=SOURCE, request=webhook(sample_identify(), basic("nope")))
+    assert not wrong.accepted and wrong.reason == "invalid write key"
 
 
 def test_webhook_does_not_accept_a_body_write_key() -> None:

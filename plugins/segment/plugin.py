@@ -27,6 +27,7 @@ from hookyard.connectors import (
 from hookyard.events import encoder, raw_dict_decoder
 from hookyard.tracking_api import (
     authenticate_write_key,
+    basic_auth_user,
     bearer_token,
     keys_match,
     parse_call,
@@ -72,7 +73,11 @@ def authenticate(source: SourceContext, request: IngestRequest) -> AuthResult:
     if _is_webhook(request):
         token = bearer_token(request.headers)
         if token is None:
-            return AuthResult.refuse("missing Authorization: Bearer <write key>", BEARER_CHALLENGE)
+            token = basic_auth_user(request.headers)  # the tracking API's way works here too
+        if token is None:
+            return AuthResult.refuse("missing Authorization: Bearer <write key>" if not
+                                     request.headers.get("authorization") else
+                                     "Authorization must be Bearer <write key>", BEARER_CHALLENGE)
         if keys_match(token, source.write_key):
             return AuthResult.accept()
         return AuthResult.refuse("invalid write key", BEARER_CHALLENGE)

@@ -136,6 +136,11 @@ def test_pushwoosh_webhook_end_to_end(hookyard_server: Callable[..., HookyardSer
     missing = httpx.post(f"{server.url}{PATH}", json=body())
     assert missing.status_code == 401 and "writeKey" in missing.json()["error"]
     assert httpx.post(url, content=b"{").status_code == 400
+    for twice in (f"writeKey=wrong&writeKey={KEY}", f"writeKey={KEY}&writeKey=wrong"):
+        # fuzz audit: the last one was taken, so the order decided between 200 and 401
+        refused = httpx.post(f"{server.url}{PATH}?{twice}", json=body(payload="twice"))
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "query parameter 'writeKey' is given more than once"
     server.wait_idle()
     events = server.api("/api/subscribers/1500008/events").json()["events"]
     assert [e["event"] for e in events] == ["Email Sent"]  # Bounced: not in the list
