@@ -71,7 +71,11 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
         return body
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise BadRequest(f"unsupported Content-Encoding {encoding!r}: use gzip, deflate or none")
-    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
+    wbits = 16 + zlib.MAX_WBITS
+    if encoding == "deflate":  # HTTP's deflate is zlib-wrapped (RFC 9110), but some clients
+        # send the raw stream: a body that does not start with a zlib header is read as one
+        zlib_header = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+        wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
     parts: list[bytes] = []
     size = 0
     while True:  # gzip allows several members, one after the other (RFC 1952)
@@ -89,5 +93,5 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
         body = inflater.unused_data
         if not body:
             return parts[0] if len(parts) == 1 else b"".join(parts)
-        if wbits == zlib.MAX_WBITS or not body.startswith(b"\x1f\x8b"):
+        if encoding == "deflate" or not body.startswith(b"\x1f\x8b"):
             raise BadRequest(f"unexpected data after the {encoding} body")

@@ -157,6 +157,10 @@ def test_gzip_bodies_of_several_members_and_trailing_data() -> None:
                            (zlib.compress(b"{}") + b"x", "deflate")):
         with pytest.raises(BadRequest, match=f"unexpected data after the {encoding} body"):
             decode_content(body, encoding, 100)
+    # fuzz audit: a raw deflate stream (no zlib header, as some clients send) was refused
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    assert decode_content(raw.compress(b'{"a":1}') + raw.flush(), "deflate", 100) == b'{"a":1}'
+    assert decode_content(zlib.compress(b'{"a":1}'), "deflate", 100) == b'{"a":1}'
 
 
 def test_a_request_cut_off_by_shutdown_is_answered_503(tmp_path: Path) -> None:
