@@ -48,7 +48,15 @@ class _WriteKeyOnly(msgspec.Struct):
     writeKey: str | None = None
 
 
+class _LooseBatchBody(msgspec.Struct):
+    batch: list[msgspec.Raw]
+    context: Any = None
+    integrations: Any = None
+    sentAt: Any = None
+
+
 _batch_decoder = msgspec.json.Decoder(_BatchBody)
+_loose_batch_decoder = msgspec.json.Decoder(_LooseBatchBody)
 _raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _write_key_decoder = msgspec.json.Decoder(_WriteKeyOnly)
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])
@@ -247,6 +255,23 @@ def _rewritten(raw: bytes, drop_write_key: bool, context_traits: bool) -> bytes:
     return encoder.encode(data) if changed else raw
 
 
+def _without_malformed_defaults(body: bytes, exc: msgspec.ValidationError) -> _BatchBody:
+    """The batch with its ``context``, ``integrations`` or ``sentAt`` left out where it has
+    the wrong type (a ``sentAt`` of ``123``, a ``context`` that is a list): they are only
+    defaults for the events, and refusing the batch would lose every event in it (the
+    Segment libraries drop a batch answered 400). A ``batch`` that is not a list is refused."""
+    try:
+        loose = _loose_batch_decoder.decode(body)
+    except msgspec.ValidationError:
+        raise BadRequest(f"invalid batch: {_clean(str(exc))}") from None
+    return _BatchBody(
+        batch=loose.batch,
+        context=loose.context if isinstance(loose.context, dict) else None,
+        integrations=loose.integrations if isinstance(loose.integrations, dict) else None,
+        sentAt=loose.sentAt if isinstance(loose.sentAt, str) else None,
+    )
+
+
 def _with_batch_defaults(raw: bytes, body: _BatchBody, sent_at_field: bytes) -> bytes:
     """The event with the batch's ``context``/``integrations`` merged under its own and the
     batch's ``sentAt`` when it has none (``sent_at_field``: ``"sentAt":"...",`` encoded)."""
@@ -339,7 +364,7 @@ def _parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
         try:
             batch = _batch_decoder.decode(body)
         except msgspec.ValidationError as exc:
-            raise BadRequest(f"invalid batch: {_clean(str(exc))}") from None
+            batch = _without_malformed_defaults(body, exc)
         except _UNDECODABLE as exc:
             raise BadRequest(f"malformed JSON: {_describe(exc)}") from None
         needs_defaults = batch.context or batch.integrations or batch.sentAt

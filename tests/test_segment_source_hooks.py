@@ -319,6 +319,19 @@ def test_invalid_batch_is_bad_request(body: dict[str, Any], reason: str) -> None
     assert reason in err.value.reason
 
 
+def test_malformed_batch_defaults_are_left_out_not_the_batch() -> None:
+    """Fuzz audit: a batch-level sentAt of 123 or a context that is a list refused the whole
+    batch (400: the Segment libraries drop it); they are only the events' defaults."""
+    event = sample_track()
+    body = {"batch": [event], "sentAt": 123, "context": ["x"], "integrations": 1}
+    [parsed] = parse(v1("batch", body, basic(KEY)))
+    assert isinstance(parsed, ParsedEvent)
+    assert raw_of(parsed) == event
+    mixed = {"batch": [sample_track()], "sentAt": 123, "context": {"app": {"name": "a"}}}
+    [parsed] = parse(v1("batch", mixed, basic(KEY)))
+    assert raw_of(parsed)["context"]["app"] == {"name": "a"} and "sentAt" not in raw_of(parsed)
+
+
 @pytest.mark.parametrize(
     ("item", "reason"),
     [
