@@ -424,7 +424,7 @@ def preview(config_path: str | None, data_dir: str | None, destination: str, eve
 @click.option("--settings", "show_settings", is_flag=True,
               help="Also list each connector's settings (key, type, default) and its package")
 def plugins(show_settings: bool) -> None:
-    """List installed connectors: the name a config's ``plugin =`` takes, its kind, and the
+    """List installed connectors: the name a config's "plugin =" takes, its kind, and the
     plugin (entry point) it comes from."""
     from .connectors import settings_lines
     from .plugins import ConnectorRegistry, make_plugin_manager
