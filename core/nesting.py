@@ -11,6 +11,7 @@ per level.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -52,3 +53,63 @@ def depth_exceeds(value: Any, limit: int = MAX_NESTING) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
+
+
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)|[\[{]+|[\]}]+|[:,]')
+"""A JSON string (skipped whole, linear even when never closed), a run of opening or of
+closing brackets (a run at a time: 500 KB of brackets is read in milliseconds), or ``:``, ``,``."""
+
+
+def deep_items_emptied(body: bytes, limit: int = MAX_NESTING) -> tuple[bytes, list[int]] | None:
+    """For a body too deep for the JSON decoder to read at all (about 1,000 levels: it refuses
+    the whole body), when it is an array of events or an object whose ``batch`` is one: the
+    body with each event nested more than ``limit`` levels replaced by ``{}``, and their
+    positions, so that only those events are refused, not the events beside them. None when
+    the body is of neither shape, or no event in it is too deep (an iterative scan: any depth)."""
+    depth = 0
+    items_at = 0  # the depth of the array holding the events, once found
+    key = last = b""
+    start = deepest = index = 0
+    spans: list[tuple[int, int]] = []
+    found: list[int] = []
+
+    def item_ends(end: int) -> None:
+        if deepest > limit:
+            spans.append((start, end))
+            found.append(index)
+
+    for match in _TOKEN.finditer(body):
+        token = match.group()
+        char = token[:1]
+        if char == b'"':
+            last = token
+        elif char == b":":
+            if depth == 1:
+                key = last
+        elif char == b",":
+            if items_at and depth == items_at:
+                item_ends(match.start())
+                start, deepest, index = match.end(), 0, index + 1
+        elif char in b"[{":
+            if not items_at:  # the events' array opens at depth 1 or 2: in a run's first two
+                for i, bracket in enumerate(token[:2]):
+                    if bracket == 0x5B and (depth + i + 1 == 1
+                                            or (depth + i + 1 == 2 and key == b'"batch"')):
+                        items_at, start = depth + i + 1, match.start() + i + 1
+                        break
+            depth += len(token)
+            if items_at:
+                deepest = max(deepest, depth - items_at)
+        elif items_at and depth - len(token) < items_at:  # this run closes the events' array
+            item_ends(match.start() + depth - items_at)
+            break
+        else:
+            depth -= len(token)
+    if not found:
+        return None
+    parts, at = [], 0
+    for begin, end in spans:
+        parts += [body[at:begin], b"{}"]
+        at = end
+    parts.append(body[at:])
+    return b"".join(parts), found

@@ -32,7 +32,7 @@ from .events import (
     event_decoders,
     validate_event,
 )
-from .nesting import TOO_DEEP, too_deep
+from .nesting import TOO_DEEP, deep_items_emptied, too_deep
 
 BATCH_CALLS = ("batch", "import")
 
@@ -342,8 +342,24 @@ def read_json(parse: Callable[[bytes], Parsed], body: bytes) -> Parsed:
     """``parse(body)`` after :func:`json_text`, reading a bare ``NaN`` or ``Infinity`` as
     ``null`` when ``parse`` refuses the body as ``malformed JSON: ...`` (:class:`BadRequest`):
     for a source plugin with a body format of its own, so that it reads what the tracking
-    API reads."""
-    return _nan_as_null_if_needed(parse, json_text(body))
+    API reads. An array of events (or a batch) too deep for the decoder to read has only its
+    too deep events refused (:func:`hookyard.nesting.deep_items_emptied`)."""
+    text = json_text(body)
+    try:
+        return _nan_as_null_if_needed(parse, text)
+    except BadRequest as exc:
+        emptied = deep_items_emptied(text) if exc.reason == _UNREADABLY_DEEP else None
+        if emptied is None:
+            raise
+    fixed, deep = emptied
+    events = _nan_as_null_if_needed(parse, fixed)
+    for i in deep:
+        if i < len(events):
+            events[i] = RefusedEvent(f"the event is {TOO_DEEP}")
+    return events
+
+
+_UNREADABLY_DEEP = f"malformed JSON: {TOO_DEEP}"
 
 
 def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:

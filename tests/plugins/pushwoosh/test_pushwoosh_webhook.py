@@ -115,6 +115,17 @@ def test_the_body_is_read_as_the_tracking_api_reads_one() -> None:
     assert isinstance(long, RefusedEvent) and long.reason == "user_id is longer than 512 characters"
 
 
+@pytest.mark.parametrize("levels", [150, 5_000])
+def test_an_object_nested_too_deeply_is_refused_alone(levels: int) -> None:
+    """The tracking API's limit (hookyard.nesting): 150 levels were stored, and past the
+    decoder's own limit the whole body was a 400."""
+    deep = msgspec.json.encode(body(payload="__DEEP__")).replace(
+        b'"__DEEP__"', b"[" * levels + b"]" * levels)
+    stored, refused = parsed(b"[" + msgspec.json.encode(body()) + b"," + deep + b"]")
+    assert isinstance(stored, ParsedEvent)
+    assert isinstance(refused, RefusedEvent) and "nested too deeply" in refused.reason
+
+
 @pytest.mark.parametrize("data", [b"{", b"[]", b"3", b'"x"', b"\xff"])
 def test_a_body_that_is_not_an_object_is_a_bad_request(data: bytes) -> None:
     with pytest.raises(BadRequest):
