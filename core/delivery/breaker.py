@@ -112,8 +112,8 @@ class Breaker:
                 delivered = True
             else:
                 failed = True
-                if o.state != "dead":  # its own error, not "gave up after ...: <error>"
-                    self.last_error = o.error
+                if o.state != "dead" or self.last_error is None:  # its own error, rather
+                    self.last_error = o.error  # than "gave up after ...: <error>"
         if delivered:
             self.failing_users.clear()
             self.failures = 0

@@ -25,6 +25,7 @@ from ..deliveries import DeliveryResult
 from ..http import HttpClient
 from .calling import client_for, deliver_rows
 from .frames import ANSWER_DELAY, Framed, encoder, request_decoder
+from .retry import rate_limit_wait
 
 if TYPE_CHECKING:
     from ..runtime import DestinationRuntime, Runtime
@@ -84,10 +85,13 @@ class Lane:
         self.queue: collections.deque[tuple[int, float, float, list[bytes]]] = collections.deque()
         self.tasks: set[asyncio.Task[None]] = set()
         self.running = 0
+        self.rate_limited_until = 0.0  # (monotonic) the destination answered 429: none start
 
     def pump(self) -> None:
         """Start the queued batches that fit (at once when one ends: as the baseline of a
         bare aiohttp loop does, not a trip to the worker and back)."""
+        if time.monotonic() < self.rate_limited_until:
+            return  # pumped again when it ends
         while self.queue and self.running < self.limit:
             req_id, start_by, deadline, requests = self.queue.popleft()
             now = time.monotonic()
@@ -118,6 +122,10 @@ class Lane:
             self.running -= 1
         latency = (time.perf_counter() - started) * 1000
         self.proto.send(encoder.encode((req_id, True, latency, sent)))
+        wait = rate_limit_wait(self.dest.policy, (res for _, res in sent))
+        if wait is not None and time.monotonic() + wait > self.rate_limited_until:
+            self.rate_limited_until = time.monotonic() + wait  # as the worker does
+            asyncio.get_running_loop().call_later(wait, self.pump)
         self.pump()
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, overload
 
 from ..deliveries import RESPONSE_BODY_LIMIT, DeliveryResult
@@ -62,6 +63,22 @@ def clip(text: str | None, limit: int = RESPONSE_BODY_LIMIT) -> str | None:
     if text is None or len(text) <= limit:
         return text
     return text[:limit] + "…"
+
+
+RATE_LIMITED_WAIT = 1.0
+"""Seconds a destination that answered ``429`` without saying how long to wait gets no new
+requests (with ``Retry-After`` or ``RateLimit-Reset``: that long, up to ``retry_max_seconds``)."""
+
+
+def rate_limit_wait(policy: DeliverySettings, results: Iterable[DeliveryResult]) -> float | None:
+    """How long the destination of a deliver call's ``results`` takes no new requests: it
+    answered one of them ``429``. Each request sent meanwhile would be refused too and spend
+    an attempt of its delivery: at full concurrency, a backlog larger than a Novu plan's rate
+    made dead letters of a destination that was up (delivery adversity audit). None: no 429."""
+    asked = [res.retry_after or 0.0 for res in results if res.http_status == 429 and res.sent]
+    if not asked:
+        return None
+    return min(max(max(asked), RATE_LIMITED_WAIT), policy.retry_max_seconds)
 
 
 def decide(

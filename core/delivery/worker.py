@@ -28,7 +28,7 @@ from .deliver_process import NOT_STARTED, DeliverProcess
 from .plugin_changes import PluginChanges
 from .remap import remap
 from .results import ResultWriter
-from .retry import decide
+from .retry import decide, rate_limit_wait
 
 if TYPE_CHECKING:
     from ..runtime import DestinationRuntime, Runtime
@@ -93,6 +93,7 @@ class DestinationWorker:
         self.breaker = Breaker(dest.name, dest.policy)
         self.plugin_changes = PluginChanges(dest.name, dest.config.plugin)
         self.give_up_check = 0.0  # (monotonic) when a paused destination's old rows are checked
+        self.rate_limited_until = 0.0  # (monotonic) no new requests before: it answered 429
         self.deliverer: DeliverProcess | None = None  # set by the Engine when one is used
         self.wake = asyncio.Event()
         self.inflight_keys: set[str] = set()
@@ -146,6 +147,11 @@ class DestinationWorker:
         """Start as many due batches as there are free slots; return how long to sleep."""
         limit = self.dest.policy.concurrency
         size = self.dest.batch_size
+        rate_limited = self.rate_limited_until - time.monotonic()
+        if rate_limited > 0 and not self.stopping:  # (back within 10 s: counts are flushed)
+            await self._give_back_stale()
+            self.attempt_log.flush(self.dest.name)
+            return min(rate_limited, 10.0)
         await self._start_ready()
         self.attempt_log.flush(self.dest.name)
         if self._held():  # nothing is claimed until the deliver process is back
@@ -349,22 +355,47 @@ class DestinationWorker:
 
     def _pause(self) -> None:
         """The destination is paused (:mod:`.breaker`): the batches claimed ahead are given
-        back, and its waiting deliveries are checked for their age at the first probe."""
+        back, and the age of its waiting deliveries is checked once it was paused long enough."""
+        self._give_back_ready()
+        self.give_up_check = 0.0
+
+    def _give_back_ready(self) -> None:
         while self.ready:
             _, rows, keys = self.ready.popleft()
             self.stale.extend(r[0] for r in rows)
             self.inflight_keys -= keys
-        self.give_up_check = 0.0
+
+    def _rate_limited(self, wait: float) -> None:
+        """The destination answered ``429``: no new request goes out for ``wait`` seconds
+        (:func:`.retry.rate_limit_wait`; the deliver process holds back too), and the batches
+        claimed ahead are given back."""
+        until = time.monotonic() + wait
+        if until <= self.rate_limited_until:
+            return
+        if self.rate_limited_until < time.monotonic() - 60:  # said once a minute at most
+            log.info("destination %s is rate-limiting (429): no new requests for %g s",
+                     self.dest.name, wait, extra={"destination": self.dest.name})
+        self.rate_limited_until = until
+        self._give_back_ready()
 
     async def _give_up_waiting(self) -> None:
-        """While paused, every :data:`GIVE_UP_CHECK_SECONDS`: the deliveries that waited
-        longer than ``give_up_after_seconds`` become dead letters."""
-        if time.monotonic() < self.give_up_check:
+        """Once paused for ``give_up_after_seconds``, every :data:`GIVE_UP_CHECK_SECONDS`: the
+        deliveries that waited longer than that become dead letters, as their attempts would
+        have made them had they been sent. Not sooner: a blip's pause, or one at a restart,
+        made dead letters of a backlog older than that which was never tried (a slow
+        destination's), although the destination was up (delivery adversity audit)."""
+        policy, paused_at = self.dest.policy, self.breaker.paused_at
+        if time.monotonic() < self.give_up_check or paused_at is None:
+            return
+        paused_for = time.time() - paused_at
+        if paused_for < policy.give_up_after_seconds:
+            self.give_up_check = time.monotonic() + min(
+                GIVE_UP_CHECK_SECONDS, policy.give_up_after_seconds - paused_for)
             return
         self.give_up_check = time.monotonic() + GIVE_UP_CHECK_SECONDS
-        name, policy = self.dest.name, self.dest.policy
+        name, last = self.dest.name, self.breaker.last_error
         error = (f"gave up after {policy.give_up_after_seconds:g} s: {name} was paused, failing"
-                 f" every delivery (last: {self.breaker.last_error})")
+                 f" every delivery" + (f" (last: {last})" if last else ""))
         cutoff = time.time() - policy.give_up_after_seconds
         dead = 0
         while True:  # in chunks: each its own transaction, ingest's writes between them
@@ -397,6 +428,8 @@ class DestinationWorker:
         of the lease, so a delivery never outlives its lease) in ``stale``, to be given back."""
         stale_after = self.dest.policy.lease_seconds / 4
         now = time.monotonic()
+        if now < self.rate_limited_until:
+            return
         while self.ready and not self.stopping:
             if now - self.ready[0][0] > stale_after:
                 _, rows, keys = self.ready.popleft()
@@ -411,6 +444,9 @@ class DestinationWorker:
     async def _start_ready(self) -> None:
         """:meth:`_start_claimed`, and give back the stale ones (also those found meanwhile)."""
         self._start_claimed()
+        await self._give_back_stale()
+
+    async def _give_back_stale(self) -> None:
         stale, self.stale = self.stale, []
         if stale:
             log.debug("%s: gave back %d deliveries claimed ahead that waited too long",
@@ -468,6 +504,9 @@ class DestinationWorker:
             answered = True
             self.sending -= 1  # the slot is free; the rows' users wait for the record
             self.sending_here -= here
+            rate_limited = rate_limit_wait(policy, (res for _, res in sent))
+            if rate_limited is not None:  # before the next batch starts
+                self._rate_limited(rate_limited)
             self._start_claimed()  # at once: a dispatch round may be waiting for the database
             self.wake.set()
             name, scrub, probe = self.dest.name, self.scrub, self.breaker.probing

@@ -156,6 +156,34 @@ def test_deliveries_of_a_paused_destination_still_give_up_in_time(
     assert all(r["attempts"] < 4 for r in waited)
 
 
+def test_a_short_pause_makes_no_dead_letters_of_an_old_backlog(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Delivery adversity audit: the first probe of any pause made dead letters of every
+    delivery older than give_up_after_seconds (a slow destination's backlog, never tried)
+    after a blip of 3 s, or at a restart. Only a pause that lasted that long gives up."""
+    from hookyard.delivery import worker
+
+    monkeypatch.setattr(worker, "GIVE_UP_CHECK_SECONDS", 0.2)
+    fake = fake_destination()
+    fake.hang(0.4, times=8)  # slow: the backlog gets older than give_up_after_seconds
+    fake.fail(503, times=4)  # then a blip: paused for about a second, probed, resumed
+    server = hookyard_server({"destinations": [recorder(
+        fake.url, per_item=True, delivery={"batch_size": 1, "concurrency": 1,
+                                           "pause_after_failures": 2,
+                                           "give_up_after_seconds": 3,
+                                           "retry_initial_seconds": 0.3,
+                                           "retry_max_seconds": 0.5})]}, plugins=[PLUGIN])
+    sent = [track(f"u{u}", 1) for u in range(60)]
+    assert send(server, "/v1/batch", {"batch": sent}).status_code == 200
+    fake.wait_for(len(sent), timeout=20)  # each once: 8 slow, 4 failed (too old: dead), 48
+    rows = [trace(server, e["messageId"])[0] for e in sent]
+    states = [(r["state"], r["attempts"], r["last_error"]) for r in rows]
+    assert sum(r["state"] == "done" for r in rows) >= len(sent) - 4, states
+    assert all(r["attempts"] >= 1 for r in rows if r["state"] == "dead"), states
+
+
 def test_users_whose_events_fail_do_not_hold_the_others(
     hookyard_server: Start, fake_destination: Callable[[], FakeServer],
 ) -> None:

@@ -111,6 +111,36 @@ def test_retry_after_seconds_and_http_date_are_honoured(
         assert len(sent) == 2 and sent[1] - sent[0] >= floor, (user, sent)
 
 
+def test_a_429_holds_back_the_destinations_next_requests(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    """Delivery adversity audit: a 429 delayed its own delivery only, so a destination over its
+    rate limit went on at full concurrency, each refused request spending an attempt: 91 % of
+    requests refused and dead letters from a destination that was up. Now no new request goes
+    out for what the 429 asked (here 1 s)."""
+    fake = fake_destination()
+    limited_until = [0.0]
+
+    def rate_limit(req: Any) -> tuple[int, Any, dict[str, str]]:
+        now = time.monotonic()
+        if not limited_until[0]:
+            limited_until[0] = now + 1.0
+        if now < limited_until[0]:
+            return 429, {"error": "slow down"}, {"Retry-After": "1"}
+        return 200, {"ok": True}, {}
+
+    fake.set_handler(rate_limit)
+    server = start(hookyard_server, fake, per_item=True,
+                   delivery={"batch_size": 1, "concurrency": 4, "retry_initial_seconds": 0.1,
+                             "retry_max_seconds": 2, "max_attempts": 3})
+    sent = [track(f"r{u}", 1) for u in range(40)]
+    assert send(server, "/v1/batch", {"batch": sent}).status_code == 200
+    for event in sent:
+        settled(server, event["messageId"], "done")
+    refused = [r for r in fake.requests if r.received_at - fake.requests[0].received_at < 0.9]
+    assert len(refused) <= 4 + 1, len(refused)  # those in flight when the first 429 came back
+
+
 def test_retry_after_is_capped_by_retry_max_seconds(
     hookyard_server: Start, fake_destination: Callable[[], FakeServer]
 ) -> None:
