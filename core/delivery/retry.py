@@ -98,6 +98,10 @@ def decide(
         if res.sent and probe:
             row_attempts = row[2]
             gave_up = age >= policy.give_up_after_seconds
+        elif res.sent and res.http_status == 429:  # rate-limited: the destination is up and
+            # says "later", so only time gives up (a backlog larger than its rate would run
+            # out of attempts while it is delivered; delivery adversity audit)
+            gave_up = age >= policy.give_up_after_seconds
         elif res.sent:
             gave_up = attempt >= policy.max_attempts or age >= policy.give_up_after_seconds
         else:  # held back behind a failing delivery of its user, never sent: no attempt is
@@ -121,7 +125,8 @@ def decide(
         error = f"probe of a paused destination, not counted: {error}"
     if state == "dead" and res.outcome == "retryable":
         error = (f"gave up after {attempt} attempts: {res.error}"
-                 if res.sent and attempt >= policy.max_attempts and not probe else
+                 if res.sent and attempt >= policy.max_attempts and not probe
+                 and res.http_status != 429 else
                  f"gave up after {policy.give_up_after_seconds:g} s: {res.error}" if res.sent else
                  f"gave up after {2 * policy.give_up_after_seconds:g} s without being sent:"
                  f" {res.error}")

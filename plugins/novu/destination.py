@@ -203,12 +203,21 @@ class Sender:
         self.client = client
         self.headers = {"Authorization": f"ApiKey {settings.api_key}", "Accept": "application/json"}
         self.slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self.limited: DeliveryResult | None = None  # a 429 of this call's
 
     async def post(self, path: str, body: Any) -> tuple[DeliveryResult, HttpResponse | None]:
+        """One request; after a 429 of this call none is sent (Novu's rate limit is the
+        environment's: the call's other requests, waiting for a slot, would be refused too and
+        spend an attempt each; delivery adversity audit)."""
         async with self.slots:
-            return await self.client.send(
+            if self.limited is not None:
+                return held_back(self.limited), None
+            result, response = await self.client.send(
                 "POST", self.settings.api_url + path, json=body, headers=self.headers
             )
+            if result.http_status == 429 and result.sent:
+                self.limited = result
+            return result, response
 
     async def send_one(self, i: int) -> DeliveryResult:
         """One delivery as its own request (a trigger through ``/v1/events/trigger``)."""

@@ -128,3 +128,22 @@ def test_a_delivery_not_sent_counts_no_attempt_and_outlives_the_one_it_waits_for
     assert gone.state == "dead" and "gave up after 200 s without being sent" in (gone.error or "")
     head = decide(policy, "d", (1, b"", 0, now - 150), "m", DeliveryResult.retryable("503"), 0.0)
     assert head.state == "dead"
+
+
+def test_a_429_gives_up_on_time_only_and_sets_how_long_the_destination_waits() -> None:
+    """Delivery adversity audit: a rate-limited destination is up and says "later": a backlog
+    larger than its rate spent every delivery's attempts on 429s and made dead letters."""
+    from hookyard.deliveries import DeliveryResult
+    from hookyard.delivery.retry import decide, rate_limit_wait
+
+    policy = DeliverySettings(max_attempts=3, retry_max_seconds=30)
+    row = (1, b"{}", 2, time.time(), None)  # two attempts so far: the third is the last
+    limited = classify_http(429, CIMultiDict({"Retry-After": "5"}))
+    assert decide(policy, "d", row, "m", limited, 1.0).state == "pending"
+    assert decide(policy, "d", row, "m", classify_http(503, {}), 1.0).state == "dead"
+    old = (1, b"{}", 2, time.time() - 90_000, None)  # past give_up_after_seconds
+    assert decide(policy, "d", old, "m", limited, 1.0).error == "gave up after 86400 s: HTTP 429"
+    assert rate_limit_wait(policy, [DeliveryResult.ok(), limited]) == 5.0
+    assert rate_limit_wait(policy, [classify_http(429, {})]) == 1.0  # at least a second
+    assert rate_limit_wait(policy, [classify_http(429, {"Retry-After": "3600"})]) == 30.0
+    assert rate_limit_wait(policy, [classify_http(503, {"Retry-After": "9"})]) is None

@@ -301,6 +301,19 @@ def test_a_users_triggers_go_in_separate_rounds_and_a_429_holds_back_the_call(
     assert len(fake.requests_to(TRIGGER)) - before == 1
 
 
+def test_after_a_429_the_call_sends_no_more_requests(fake: FakeServer) -> None:
+    """Delivery adversity audit: the triggers of a round waiting for one of the 10 slots were
+    sent after Novu's 429 all the same, each refused and spending an attempt."""
+    from hookyard_novu.destination import MAX_CONCURRENT
+
+    fake.set_handler(lambda req: (429, {"message": "Too Many Requests"}, {"Retry-After": "2"}),
+                     path=TRIGGER)
+    results = send(fake, [track(fake, f"u{i}") for i in range(MAX_CONCURRENT + 5)])
+    assert len(fake.requests_to(TRIGGER)) == MAX_CONCURRENT  # the first wave, side by side
+    assert sum(r.sent for r in results) == MAX_CONCURRENT
+    assert all(r.outcome == "retryable" and r.retry_after == 2.0 for r in results)
+
+
 def test_mixed_batch_keeps_each_users_order(fake: FakeServer) -> None:
     fake.set_handler(
         lambda req: (201, {"data": [PROCESSED] * len(req.json()["events"])}), path=BULK
