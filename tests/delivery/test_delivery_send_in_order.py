@@ -64,3 +64,14 @@ def test_deliveries_without_an_ordering_key_are_independent() -> None:
     results, sent, _ = run(batch("", ""), {0: DeliveryResult.retryable("timeout")})
     assert [r.outcome for r in results] == ["retryable", "ok"]
     assert sorted(sent) == [0, 1]
+
+
+def test_after_a_429_nothing_more_of_the_call_is_sent() -> None:
+    """Delivery adversity audit: a rate limit is the destination's, not the user's: the other
+    users' requests, waiting for a slot, were refused too and spent an attempt each."""
+    deliveries = batch(*(f"u{i}" for i in range(10)))
+    limited = DeliveryResult.retryable("HTTP 429", http_status=429, retry_after=3.0)
+    results, sent, _ = run(deliveries, {1: limited}, concurrency=2)
+    assert sent == [0, 1]  # the first two side by side, then nothing
+    assert [r.sent for r in results] == [True, True] + [False] * 8
+    assert all(r.retry_after == 3.0 for r in results[1:])
