@@ -114,6 +114,8 @@ def percent(value: float | None) -> str:
 
 
 INVISIBLE = {code: f"\\u{code:04x}" for code in (
+    *(c for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)), 0x7F,  # control characters
+    # (a NUL went into the page as is: judge audit)
     *range(0x200B, 0x2010),  # zero-width spaces and joiners, the LTR / RTL marks
     *range(0x202A, 0x202F),  # bidi embeddings and overrides
     *range(0x2066, 0x206A),  # bidi isolates

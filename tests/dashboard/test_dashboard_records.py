@@ -21,7 +21,7 @@ ODD_IDS = ("a/../b", "..", ".", " lead", "q?x=1#f", "100%", "line1\nline2")
 
 @pytest.fixture(scope="module")
 def client(server: HookyardServer) -> Iterator[httpx.Client]:
-    for uid in (*ODD_IDS, "b", "\u202eeciffo-", "admin\u200b"):
+    for uid in (*ODD_IDS, "b", "\u202eeciffo-", "admin\u200b", "nul\x00x"):
         ident = sample_identify(userId=uid, messageId=f"id-{uid}",
                                 traits={"name": f"user {uid}", "greeting": "مرحبا 🎉", "gone": None})
         assert server.post("/v1/identify", ident).status_code == 200
@@ -67,7 +67,8 @@ def test_an_id_with_a_line_break_opens_its_records(client: httpx.Client) -> None
 def test_characters_that_reorder_or_hide_text_are_shown_escaped(client: httpx.Client) -> None:
     """Found by the web-surfaces audit: a userId of U+202E + 'eciffo-' read '-office' and
     reversed its line; 'admin' + U+200B looked like 'admin'."""
-    for uid, shown in (("\u202eeciffo-", "\\u202eeciffo-"), ("admin\u200b", "admin\\u200b")):
+    for uid, shown in (("\u202eeciffo-", "\\u202eeciffo-"), ("admin\u200b", "admin\\u200b"),
+                       ("nul\x00x", "nul\\u0000x")):  # a NUL went into the page (judge audit)
         page = client.get("/ui/events", params={"user_id": uid}).text
         assert shown in page and uid not in page
         [link] = {h for h in hrefs(page) if h.startswith("/ui/events/")}
