@@ -8,12 +8,14 @@ without an HTTP server, in waves of concurrent requests, once with 1 wave and on
 ``--waves``, and prints the difference per request and per event (start-up cancels out; the
 request bodies of every wave are built in both runs, so building them cancels out too).
 
-    python -m bench.instructions [single|batch] [--waves 61]
+    python -m bench.instructions [single|batch] [--waves 61] [--app hookyard|bare]
 
 ``single``: waves of 32 ``POST /v1/track``; ``batch``: waves of 8 ``POST /v1/batch`` with 100
 events each (the connection counts of bench/ingest.py). Needs valgrind (Debian: ``valgrind``);
-takes 2-4 minutes per case. Instructions are not time (cache misses, syscalls and the GIL's
-hand-offs do not show), so confirm a change with bench/ingest.py too.
+takes 2-4 minutes per case. ``--app bare`` drives ``bench.apps:bare`` (the baseline of
+bench/ingest.py) the same way, so the two counts compare the apps without the HTTP server.
+Instructions are not time (cache misses, syscalls and the GIL's hand-offs do not show), so
+confirm a change with bench/ingest.py too.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _bodies(case: str, waves: int) -> list[list[bytes]]:
     return [[one(w * conns + c) for c in range(conns)] for w in range(waves)]
 
 
-def child(case: str, waves: int, built: int) -> None:
+def child(case: str, waves: int, built: int, which: str = "hookyard") -> None:
     """Drive the app: ``built`` waves of bodies are made, the first ``waves`` are sent."""
     from hookyard.app import create_app
     from hookyard.config import default_config
@@ -57,7 +59,10 @@ def child(case: str, waves: int, built: int) -> None:
     data = Path(tempfile.mkdtemp(prefix="hookyard-instructions-"))
     try:
         (data / "write_key").write_text(WRITE_KEY + "\n")
-        app = create_app(Runtime.build(default_config(data)), run_workers=False)
+        if which == "bare":
+            from .apps import bare as app
+        else:
+            app = create_app(Runtime.build(default_config(data)), run_workers=False)
         path = "/v1/track" if case == "single" else "/v1/batch"
         auth = b"Basic " + base64.b64encode(f"{WRITE_KEY}:".encode())
         bodies = _bodies(case, built)
@@ -97,11 +102,11 @@ def child(case: str, waves: int, built: int) -> None:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def _count(case: str, waves: int, built: int, work: Path) -> int:
-    out = work / f"callgrind.{case}.{waves}"
+def _count(case: str, waves: int, built: int, work: Path, which: str = "hookyard") -> int:
+    out = work / f"callgrind.{which}.{case}.{waves}"
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
-         "bench.instructions", "--child", case, str(waves), str(built)],
+         "bench.instructions", "--child", case, str(waves), str(built), which],
         capture_output=True, text=True,
     )
     found = re.search(r"Collected : ([\d,]+)", proc.stderr)
@@ -110,29 +115,31 @@ def _count(case: str, waves: int, built: int, work: Path) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def measure(case: str, waves: int) -> tuple[float, float]:
+def measure(case: str, waves: int, which: str = "hookyard") -> tuple[float, float]:
     """Instructions per request and per event (``waves`` waves minus one wave)."""
     with tempfile.TemporaryDirectory(prefix="hookyard-callgrind-") as work:
-        one = _count(case, 1, waves, Path(work))
-        many = _count(case, waves, waves, Path(work))
+        one = _count(case, 1, waves, Path(work), which)
+        many = _count(case, waves, waves, Path(work), which)
     per_request = (many - one) / ((waves - 1) * CONNECTIONS[case])
     return per_request, per_request / EVENTS[case]
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:])
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("cases", nargs="*", choices=[*CONNECTIONS, []], metavar="CASE",
                    help="single, batch (default: both)")
     p.add_argument("--waves", type=int, default=61, help="waves in the long run (default 61)")
+    p.add_argument("--app", choices=["hookyard", "bare"], default="hookyard",
+                   help="the app driven: hookyard (default) or bench.apps:bare")
     a = p.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     for case in a.cases or list(CONNECTIONS):
-        per_request, per_event = measure(case, max(2, a.waves))
-        print(f"{case:6}  {per_request:>12,.0f} instructions/request  {per_event:>10,.0f} /event",
+        per_request, per_event = measure(case, max(2, a.waves), a.app)
+        print(f"{a.app:8} {case:6}  {per_request:>12,.0f} instructions/request  {per_event:>10,.0f} /event",
               flush=True)
 
 
