@@ -137,7 +137,8 @@ async def run(target: Target, events: list[Sent], wait: float,
                                             headers={"Authorization": auth})
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise HookyardError(f"cannot reach hookyard at {target.url}: "
-                                    f"{exc or type(exc).__name__}") from None
+                                    f"{exc or type(exc).__name__} (a server started with"
+                                    " --host or --port: pass its address with --url)") from None
             ev.status = resp.status
             if resp.status != 200:
                 raise HookyardError(f"{ev.kind} refused by {target.url}: HTTP {resp.status} "
