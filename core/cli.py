@@ -432,6 +432,7 @@ def plugins(show_settings: bool) -> None:
     try:
         pm = make_plugin_manager()
         registry = ConnectorRegistry(pm)
+        registry.check_step_owners()
     except ConfigError as exc:
         fail(exc)
     packages = {id(p): f"{d.project_name} {d.version}" for p, d in pm.list_plugin_distinfo()}

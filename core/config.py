@@ -187,6 +187,20 @@ def resolve_env(value: Any, where: str = "", unset: dict[str, str] | None = None
     return value
 
 
+def _unset_variables(value: Any, where: str) -> list[tuple[str, str]]:
+    """(setting, variable) of every ``env:VAR`` inside ``value`` whose variable is not set."""
+    if isinstance(value, str) and value.startswith("env:"):
+        var = value[4:]
+        return [(where or "a setting", var)] if var.strip() and var not in os.environ else []
+    if isinstance(value, dict):
+        return [m for k, v in value.items()
+                for m in _unset_variables(v, f"{where}.{k}" if where else k)]
+    if isinstance(value, list):
+        return [m for i, v in enumerate(value)
+                for m in _unset_variables(v, f"{where}[{_item_label(v, i)}]")]
+    return []
+
+
 def _item_label(item: Any, index: int) -> str:
     """How an error names a list item: a source's or destination's name, else its index."""
     name = item.get("name") if isinstance(item, dict) else None
@@ -238,6 +252,11 @@ def parse_config(data: dict[str, Any], origin: str = "config",
                  unset_env: dict[str, str] | None = None) -> Config:
     """Validate a config dict (as read from TOML). Raises ConfigError naming the bad key.
     ``unset_env``: see :func:`resolve_env`."""
+    missing = _unset_variables(data, "") if unset_env is None else []
+    if len(missing) > 1:  # all of them at once, not one per run (plugin-author audit)
+        listed = ", ".join(f"{where} ({var})" for where, var in missing)
+        raise ConfigError(f"{origin}: {len(missing)} settings refer to environment variables"
+                          f" that are not set: {listed}")
     try:
         resolved = resolve_env(data, "", unset_env)
     except ConfigError as exc:

@@ -6,6 +6,7 @@ a ``ConfigError`` naming the plugin."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -22,6 +23,13 @@ def connector_problem(connector: Any) -> str | None:
     if connector.kind not in ("source", "destination"):
         return (f"connector {connector.name!r} has kind {connector.kind!r}:"
                 " use 'source' or 'destination'")
+    if not isinstance(connector.name, str) or not _NAME.fullmatch(connector.name):
+        return (f"connector name {connector.name!r} is what a config's plugin = \"...\" names:"
+                " lower-case letters, digits, '-', '_' or '.', starting with a letter or digit,"
+                " at most 64 characters")
+    if connector.kind == "destination" and connector.paths:
+        return (f"destination connector {connector.name!r} has paths: only a source receives"
+                " requests (a destination's own routes: the register_routes hook)")
     settings = connector.settings
     if not (isinstance(settings, type) and issubclass(settings, msgspec.Struct)):
         return (f"connector {connector.name!r}: settings must be a msgspec.Struct class,"
@@ -39,6 +47,9 @@ def connector_problem(connector: Any) -> str | None:
     if connector.kind == "source":
         return _paths_problem(connector)
     return None
+
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 def _wrong_default(settings: type[msgspec.Struct]) -> str | None:

@@ -233,6 +233,10 @@ def check_hooks(pm: pluggy.PluginManager) -> None:
     check_not_async(pm)
 
 
+STEP_HOOKS = {"authenticate": "source", "parse_events": "source",
+              "map_event": "destination", "deliver": "destination"}
+"""The pipeline's steps, each answered by the plugin owning the connector of that kind."""
+
 ASYNC_HOOKS = ("deliver", "startup", "shutdown")
 """The hooks the host awaits; the others are called as plain functions."""
 
@@ -303,6 +307,25 @@ class ConnectorRegistry:
                     )
                 self._connectors[key] = (connector, impl.plugin)
 
+    def check_step_owners(self) -> None:
+        """Refuse a plugin implementing a step hook (``map_event``, ...) without owning a
+        connector of its kind and without being a wrapper: the hook would never be called
+        (a generator ``map_event`` without ``wrapper=True`` loaded silently and did nothing;
+        plugin-author audit). Called when a server or ``hookyard plugins`` loads them."""
+        owners: dict[str, set[int]] = {"source": set(), "destination": set()}
+        for connector, plugin in self._connectors.values():
+            owners[connector.kind].add(id(plugin))
+        for hook_name, kind in STEP_HOOKS.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if impl.wrapper or impl.hookwrapper or id(impl.plugin) in owners[kind]:
+                    continue
+                raise ConfigError(
+                    f"{plugin_label(self.pm, impl.plugin)}: implements {hook_name} but registers"
+                    f" no {kind} connector, so it would never be called: register one, or make"
+                    f" it a wrapper of every {kind}'s {hook_name} (@hookimpl(wrapper=True), a"
+                    " generator that yields once)"
+                )
+
     def get(self, kind: ConnectorKind, name: str, needs: Iterable[str] = ()) -> Connector:
         """The connector of that kind and name, or a ConfigError listing what exists; also
         a ConfigError when its plugin lacks one of the hooks ``needs`` (so a destination
@@ -310,6 +333,11 @@ class ConnectorRegistry:
         try:
             connector, owner = self._connectors[(kind, name)]
         except KeyError:
+            other = "source" if kind == "destination" else "destination"
+            if (other, name) in self._connectors:
+                raise ConfigError(
+                    f"{name!r} is a {other} connector, not a {kind}: use it under"
+                    f" [[{other}s]]") from None
             names = sorted(n for k, n in self._connectors if k == kind)
             raise ConfigError(
                 f"no {kind} plugin named {name!r} is installed{did_you_mean(name, names)}"

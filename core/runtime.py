@@ -242,6 +242,7 @@ class Runtime:
         ``prepare=False``, as ``check-config`` does, nothing is created on disk)."""
         pm = make_plugin_manager(plugins or ())
         registry = ConnectorRegistry(pm)
+        registry.check_step_owners()
         data_dir = Path(config.server.data_dir).expanduser().resolve()
         rt = cls(config, pm, registry, data_dir)
         by_pattern: dict[str, IngestRoute] = {}

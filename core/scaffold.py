@@ -357,7 +357,9 @@ def module_name(name: str) -> str:
 
 def files(name: str, kind: Kind) -> dict[str, str]:
     """The package's files (relative path -> text) for plugin ``name`` of ``kind``."""
-    if not NAME_RE.match(name) or len(name) > 40:
+    if len(name) > 40:
+        raise ConfigError(f"plugin name {name[:60]!r} is {len(name)} characters long: at most 40")
+    if not NAME_RE.match(name):
         raise ConfigError(
             f"plugin name {name!r} must be lower-case letters and digits, words joined by "
             "'-' or '_', starting with a letter (e.g. 'acme' or 'acme-crm')"

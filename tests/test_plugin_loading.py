@@ -249,6 +249,12 @@ class TextDefault(msgspec.Struct):
      "connector 'd': settings field 'timeout' has a default its own type refuses (Expected `int`, got `str`)"),
     ([Connector(name="d", kind="destination", batch_size=0)],
      "connector 'd': batch_size must be a whole number >= 1, not 0"),
+    ([Connector(name="Broken One", kind="destination")],  # the plugin-author re-check
+     "connector name 'Broken One' is what a config's plugin = \"...\" names: lower-case letters,"
+     " digits, '-', '_' or '.', starting with a letter or digit, at most 64 characters"),
+    ([Connector(name="d", kind="destination", paths=("/in",))],
+     "destination connector 'd' has paths: only a source receives requests (a destination's"
+     " own routes: the register_routes hook)"),
 ])
 def test_register_connectors_mistakes_stop_loading(answer: Any, message: str) -> None:
     """Found by the plugin-author audit: a forgotten return made the plugin 'not installed';
@@ -257,6 +263,29 @@ def test_register_connectors_mistakes_stop_loading(answer: Any, message: str) ->
     with pytest.raises(ConfigError) as err:
         registry([Registers(answer)])
     assert str(err.value).endswith(message), str(err.value)
+
+
+class Unwrapped:
+    """A map_event meant to run around every destination's, without wrapper=True."""
+
+    @hookimpl
+    def map_event(self, destination: Any, event: Any, raw: Any) -> Any:
+        raw["context"] = {"enriched": True}
+        yield
+
+    def __repr__(self) -> str:
+        return "Unwrapped"
+
+
+def test_a_step_hook_that_would_never_be_called_stops_loading() -> None:
+    """Plugin-author audit: a generator map_event without wrapper=True in a plugin owning no
+    destination loaded silently and never ran."""
+    with pytest.raises(ConfigError) as err:
+        registry([Unwrapped()]).check_step_owners()
+    assert str(err.value).endswith(
+        ": implements map_event but registers no destination connector, so it would never be"
+        " called: register one, or make it a wrapper of every destination's map_event"
+        " (@hookimpl(wrapper=True), a generator that yields once)"), str(err.value)
 
 
 def test_an_unhashable_plugin_object_stops_loading() -> None:

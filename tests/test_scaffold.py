@@ -56,6 +56,12 @@ def test_bad_names_are_refused(name: str) -> None:
         files(name, "destination")
 
 
+def test_a_too_long_name_says_so() -> None:
+    """Plugin-author audit: a 65-character name was refused for its letters."""
+    with pytest.raises(ConfigError, match="is 65 characters long: at most 40"):
+        files("a" * 65, "destination")
+
+
 def test_files_of_each_kind() -> None:
     assert module_name("acme-crm") == "hookyard_acme_crm"
     dest = files("acme-crm", "destination")

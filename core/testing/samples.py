@@ -182,7 +182,11 @@ def map_with(
     without the filter and trigger: ``hookyard.delivery.router.call_map_event`` (a
     ``hookyard.fields.FieldMissing`` raised by the hook is the skip
     ``MapResult.skip(exc.reason)``; each delivery without a ``message_id`` / ``ordering_key``
-    gets the event's ``messageId`` / ``userId``, else ``anonymousId``)."""
+    gets the event's ``messageId`` / ``userId``, else ``anonymousId``). The hook gets a copy
+    of ``raw``, as each destination does in the router: a wrapper that changes it does not
+    change the test's own dict (a test comparing a body with ``raw`` passed only because both
+    had changed; plugin-author audit)."""
+    raw = msgspec.json.decode(msgspec.json.encode(raw))
     return call_map_event(_registry_for(ctx, reg), ctx, raw, as_event(raw))
 
 

@@ -71,6 +71,7 @@ class HookyardServer:
         server.setdefault("deliver_process", False)
         config["server"] = server
         self.config = parse_config(config)
+        self.data_dir = Path(self.config.server.data_dir)  # what a startup hook made is here
         self.runtime = Runtime.build(self.config, plugins)
         self.url = f"http://{self.config.server.host}:{self.config.server.port}"
         self._server: uvicorn.Server | None = None
