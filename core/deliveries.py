@@ -219,9 +219,9 @@ async def send_in_order(
     with a retryable result, that key's later deliveries in this call are not sent: they are
     answered :func:`held_back` (retryable, same ``retry_after``), so the retry can never land
     after a newer update of the same user. A permanent failure does not hold the key back (it
-    becomes a dead letter; the user's later events go on, as in the engine). After a ``429``
-    (the destination's rate limit) nothing more of the call is sent: held back the same way
-    (each would be refused too, and spend an attempt).
+    becomes a dead letter; the user's later events go on, as in the engine). After ``429``
+    answers for two keys (the destination's rate limit, not one user's) nothing more of the
+    call is sent: held back the same way (each would be refused too).
 
     For a deliver hook that sends a batch as separate requests (``batch_size`` > 1); a hook
     that sends the whole batch in one request keeps the order anyway. An exception from
@@ -231,24 +231,23 @@ async def send_in_order(
     for i, delivery in enumerate(deliveries):
         keys.setdefault(delivery.ordering_key or f"\x00{i}", []).append(i)
     slots = asyncio.Semaphore(max(1, concurrency))
-    limited: list[DeliveryResult] = []  # a 429 of this call's
+    limited: dict[str, DeliveryResult] = {}  # the 429s of this call, by key
 
-    async def one_key(indexes: list[int]) -> None:
+    async def one_key(key: str, indexes: list[int]) -> None:
         failed: DeliveryResult | None = None
         for i in indexes:
             if failed is not None:
                 results[i] = held_back(failed)
                 continue
             async with slots:
-                if limited:
-                    results[i] = held_back(limited[0])
-                    failed = results[i]
+                if len(limited) >= 2:
+                    results[i] = failed = held_back(next(iter(limited.values())))
                     continue
                 results[i] = await send(deliveries[i])
             if results[i].outcome == "retryable":
                 failed = results[i]
                 if failed.http_status == 429 and failed.sent:
-                    limited.append(failed)
+                    limited[key] = failed
 
-    await asyncio.gather(*(one_key(indexes) for indexes in keys.values()))
+    await asyncio.gather(*(one_key(key, indexes) for key, indexes in keys.items()))
     return results

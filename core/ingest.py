@@ -79,18 +79,18 @@ _OK = _json_answer(200, OK_BODY)
 _INTERNAL_ERROR = _json_answer(500, error_body(500, "internal server error"))
 
 
+KEY_PARAMETERS = ("writeKey", "write_key")
+
+
 def _query(query_string: bytes) -> dict[str, str]:
-    """The query's parameters; one given twice is refused (``?writeKey=a&writeKey=b`` must not
-    mean whichever comes last, as the operator API refuses it too)."""
+    """The query's parameters; a write key given twice is refused (``?writeKey=a&writeKey=b``
+    must not mean whichever comes last). Other parameters: the last one, as Starlette reads
+    them (a client's own repeated ``?x=1&x=1`` lost its events: re-check)."""
     params = QueryParams(query_string)
-    items = params.multi_items()
-    if len(items) != len(params):
-        seen: set[str] = set()
-        for name, _ in items:
-            if name in seen:
-                raise BadRequest(f"query parameter {name[:40]!r} is given more than once")
-            seen.add(name)
-    return dict(items)
+    for name in KEY_PARAMETERS:
+        if len(params.getlist(name)) > 1:
+            raise BadRequest(f"query parameter {name!r} is given more than once")
+    return dict(params.multi_items())
 
 
 class _RawResponse(Response):

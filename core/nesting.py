@@ -60,12 +60,14 @@ _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)|[\[{]+|[\]}]+|[:,]')
 closing brackets (a run at a time: 500 KB of brackets is read in milliseconds), or ``:``, ``,``."""
 
 
-def deep_items_emptied(body: bytes, limit: int = MAX_NESTING) -> tuple[bytes, list[int]] | None:
+def deep_items_emptied(body: bytes, limit: int = MAX_NESTING, *,
+                       batch: bool = False) -> tuple[bytes, list[int]] | None:
     """For a body too deep for the JSON decoder to read at all (about 1,000 levels: it refuses
-    the whole body), when it is an array of events or an object whose ``batch`` is one: the
-    body with each event nested more than ``limit`` levels replaced by ``{}``, and their
-    positions, so that only those events are refused, not the events beside them. None when
-    the body is of neither shape, or no event in it is too deep (an iterative scan: any depth)."""
+    the whole body), when it is an array of events (or with ``batch``, an object whose
+    ``batch`` is one): the body with each event nested more than ``limit`` levels replaced by
+    ``{}``, and their positions, so that only those events are refused, not the events beside
+    them. None when the body is not of that shape, or no event in it is too deep (an
+    iterative scan: any depth)."""
     depth = 0
     items_at = 0  # the depth of the array holding the events, once found
     key = last = b""
@@ -93,8 +95,9 @@ def deep_items_emptied(body: bytes, limit: int = MAX_NESTING) -> tuple[bytes, li
         elif char in b"[{":
             if not items_at:  # the events' array opens at depth 1 or 2: in a run's first two
                 for i, bracket in enumerate(token[:2]):
-                    if bracket == 0x5B and (depth + i + 1 == 1
-                                            or (depth + i + 1 == 2 and key == b'"batch"')):
+                    opened = depth + i + 1
+                    if bracket == 0x5B and (opened == 2 and batch and key == b'"batch"'
+                                            or opened == 1 and not batch):
                         items_at, start = depth + i + 1, match.start() + i + 1
                         break
             depth += len(token)

@@ -18,7 +18,7 @@ import binascii
 import hmac
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -32,7 +32,7 @@ from .events import (
     event_decoders,
     validate_event,
 )
-from .nesting import TOO_DEEP, deep_items_emptied, too_deep
+from .nesting import MAX_NESTING, TOO_DEEP, deep_items_emptied, too_deep
 
 BATCH_CALLS = ("batch", "import")
 
@@ -208,8 +208,8 @@ def _decode_event(raw: bytes, call: str | None, require_user_id: bool = False) -
         if call is None and "type" in msg:
             msg = f"type must be one of {', '.join(EVENT_TYPES)} ({msg})"
         elif call is not None and msg.endswith("at $.type"):
-            msg = (f"its type is not {call!r}, as the path /v1/{call} says ({msg}): leave type"
-                   " out, or post the event to the path of its type")
+            msg = (f"its type is not {call!r}, as its path says ({msg}): leave type out, or"
+                   " post the event to the path of its type")
         raise BadRequest(f"the event is not a valid Segment event: {msg}") from None
     except RecursionError:  # deeper than the decoder goes: ~950 levels (Python 3.11)
         raise BadRequest(f"the event is {TOO_DEEP}") from None
@@ -321,45 +321,45 @@ def _non_finite_as_null(body: bytes) -> bytes | None:
 Parsed = list[ParsedEvent | RefusedEvent]
 
 
-def _nan_as_null_if_needed(parse: Callable[[bytes], Parsed], body: bytes) -> Parsed:
-    """``parse(body)``; when that is refused as malformed JSON and the body has a bare ``NaN``
-    or ``Infinity``, ``parse`` of the body with them as ``null`` (nothing is paid for bodies
-    that are JSON). Its refusal is the one a client reads, unless it is malformed JSON still:
-    then the first one, about the client's own bytes."""
-    try:
-        return parse(body)
-    except BadRequest as exc:
-        fixed = _non_finite_as_null(body) if exc.reason.startswith("malformed JSON") else None
-        if fixed is None:
-            raise
-        try:
-            return parse(fixed)
-        except BadRequest as again:
-            raise (exc if again.reason.startswith("malformed JSON") else again) from None
+def read_json(parse: Callable[[bytes], Parsed], body: bytes,
+              events_in: Literal["array", "batch"] | None = None) -> Parsed:
+    """``parse(body)`` after :func:`json_text`, for a source plugin with a body format of its
+    own too, so that it reads what the tracking API reads. When ``parse`` refuses the body as
+    ``malformed JSON: ...`` (:class:`BadRequest`), it is parsed again with
 
+    * each bare ``NaN``, ``Infinity`` and ``-Infinity`` read as ``null`` (Python's
+      ``json.dumps`` writes them: one NaN from a pandas frame lost a batch of 100 events);
+    * with ``events_in`` (the events are a top-level ``"array"``, or the ``"batch"`` array of
+      an object), each event nested too deeply for the decoder to read at all (about 1,000
+      levels: it refuses the whole body) replaced by ``{}``, and refused alone
+      (:func:`hookyard.nesting.deep_items_emptied`).
 
-def read_json(parse: Callable[[bytes], Parsed], body: bytes) -> Parsed:
-    """``parse(body)`` after :func:`json_text`, reading a bare ``NaN`` or ``Infinity`` as
-    ``null`` when ``parse`` refuses the body as ``malformed JSON: ...`` (:class:`BadRequest`):
-    for a source plugin with a body format of its own, so that it reads what the tracking
-    API reads. An array of events (or a batch) too deep for the decoder to read has only its
-    too deep events refused (:func:`hookyard.nesting.deep_items_emptied`)."""
+    Nothing is paid for bodies that are JSON. The second refusal is the one a client reads,
+    unless it is malformed JSON still: then the first one, about the client's own bytes."""
     text = json_text(body)
     try:
-        return _nan_as_null_if_needed(parse, text)
+        return parse(text)
     except BadRequest as exc:
-        emptied = deep_items_emptied(text) if exc.reason == _UNREADABLY_DEEP else None
-        if emptied is None:
+        if not exc.reason.startswith("malformed JSON"):
             raise
-    fixed, deep = emptied
-    events = _nan_as_null_if_needed(parse, fixed)
+        first = exc
+    fixed = _non_finite_as_null(text)
+    deep: list[int] = []
+    if events_in is not None and text.count(b"[") + text.count(b"{") > MAX_NESTING:
+        emptied = deep_items_emptied(fixed or text, batch=events_in == "batch")
+        if emptied is not None:
+            fixed, deep = emptied
+    if fixed is None:
+        raise first
+    try:
+        events = parse(fixed)
+    except BadRequest as again:
+        raise (first if again.reason.startswith("malformed JSON") else again) from None
+    if deep and len(events) <= deep[-1]:  # not the events' array after all: as it was
+        raise first
     for i in deep:
-        if i < len(events):
-            events[i] = RefusedEvent(f"the event is {TOO_DEEP}")
+        events[i] = RefusedEvent(f"the event is {TOO_DEEP}")
     return events
-
-
-_UNREADABLY_DEEP = f"malformed JSON: {TOO_DEEP}"
 
 
 def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
@@ -372,7 +372,8 @@ def parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
     so refusing the batch would lose every valid event in it. A bare ``NaN`` or ``Infinity``
     (Python's ``json.dumps``) is read as ``null``."""
     call = SHORT_CALLS.get(call, call)
-    return read_json(lambda text: _parse_call(call, text), body)
+    return read_json(lambda text: _parse_call(call, text), body,
+                     "batch" if call in BATCH_CALLS else None)
 
 
 def _parse_call(call: str, body: bytes) -> list[ParsedEvent | RefusedEvent]:
@@ -417,7 +418,7 @@ def parse_webhook(
     :class:`RefusedEvent`), so the identified events of the batch are still stored (Segment
     does not retry a 400: refusing the whole batch would lose them). An invalid event in an
     array is refused alone the same way. A bare ``NaN`` or ``Infinity`` is read as ``null``."""
-    return read_json(lambda text: _parse_webhook(text, require_user_id), body)
+    return read_json(lambda text: _parse_webhook(text, require_user_id), body, "array")
 
 
 def _parse_webhook(body: bytes, require_user_id: bool) -> list[ParsedEvent | RefusedEvent]:

@@ -116,7 +116,7 @@ def test_a_byte_order_mark_before_the_body_is_ignored() -> None:
 
 
 def test_an_event_whose_type_is_not_its_paths_says_so() -> None:
-    with pytest.raises(BadRequest, match="its type is not 'track', as the path /v1/track says"):
+    with pytest.raises(BadRequest, match="its type is not 'track', as its path says"):
         parse(v1("track", {**sample_track(), "type": "identify"}))
 
 
@@ -602,12 +602,29 @@ def test_finding_the_too_deep_events_reads_brackets_not_strings() -> None:
 
     tricky = b'{"type": "track", "userId": "u", "event": "E", "properties": {"s": "[[[\\"{{"}}'
     deep = b'{"p": ' + b"[" * 3_000 + b"]" * 3_000 + b"}"
-    assert deep_items_emptied(b'{"batch": [' + tricky + b", " + deep + b"]}") == (
+    assert deep_items_emptied(b'{"batch": [' + tricky + b", " + deep + b"]}", batch=True) == (
         b'{"batch": [' + tricky + b",{}]}", [1])
     assert deep_items_emptied(b"[[" + b"[" * 300 + b"]" * 300 + b"]]") == (b"[{}]", [0])
     assert deep_items_emptied(b"[" + tricky + b"]") is None  # nothing too deep
     assert deep_items_emptied(deep) is None  # not an array of events
-    assert deep_items_emptied(b'{"context": ' + deep + b', "batch": []}') is None
+    assert deep_items_emptied(b'{"context": ' + deep + b', "batch": []}', batch=True) is None
+    # re-check: a single event with a "batch" field of its own was changed and stored
+    assert deep_items_emptied(b'{"event": "x", "batch": [0, ' + deep + b"]}") is None
+    assert deep_items_emptied(b'[0, ' + deep + b"]", batch=True) is None
+
+
+def test_a_nan_beside_a_too_deep_event_refuses_neither_the_batch() -> None:
+    """Re-check: a NaN before the too deep event refused the whole batch, naming the NaN."""
+    deep = b'{"type": "track", "userId": "u", "event": "E", "p": ' + _nested(2_000, "array") + b"}"
+    nan = msgspec.json.encode({**sample_track(), "properties": {"n": "__N__"}}).replace(
+        b'"__N__"', b"NaN")
+    ok = msgspec.json.encode(sample_track())
+    for body in (b'{"batch": [' + nan + b", " + deep + b", " + ok + b"]}",
+                 b'{"batch": [' + deep + b", " + nan + b"]}"):
+        events = parse(v1("batch", body, basic(KEY)))
+        assert [type(e).__name__ for e in events if isinstance(e, RefusedEvent)] == ["RefusedEvent"]
+        assert any(isinstance(e, ParsedEvent) and raw_of(e)["properties"] == {"n": None}
+                   for e in events)
 
 
 def test_a_batch_context_that_makes_its_events_too_deep_refuses_them() -> None:

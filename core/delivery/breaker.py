@@ -152,15 +152,16 @@ class Breaker:
                     extra={"destination": self.destination})
         return True
 
-    def start_paused(self) -> None:
+    def start_paused(self, since: float | None = None) -> None:
         """Start paused, probing at once: the destination's deliveries of several users were
         waiting for a retry when the process started (a restart during an outage sent up to
         ``pause_after_failures`` x ``batch_size`` of them again before pausing, an attempt each:
         two restarts made dead letters of half a backlog with ``max_attempts = 3``; outage
-        re-check). A destination that is back answers the first probe and resumes at once."""
+        re-check). A destination that is back answers the first probe and resumes at once.
+        ``since``: when its failures began (wall time), the pause's start."""
         if not self.threshold:
             return
-        self.paused_at = time.time()
+        self.paused_at = min(time.time(), since or time.time())
         self.probe_at = time.monotonic()
         log.info("destination %s had deliveries of several users waiting for a retry at"
                  " start-up: one is sent first, the rest once it is delivered",

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..deliveries import DeliveryResult
 from ..http import HttpClient
 from .calling import client_for, deliver_rows
-from .frames import ANSWER_DELAY, Framed, encoder, request_decoder
-from .retry import rate_limit_wait
+from .frames import ANSWER_DELAY, HOLD, Framed, encoder, request_decoder
 
 if TYPE_CHECKING:
     from ..runtime import DestinationRuntime, Runtime
@@ -59,6 +58,9 @@ async def _serve(sock: socket.socket) -> None:
             proto.send(encoder.encode((req_id, True, 0.0, [("", error)] * len(requests))))
         elif req_id == 0:
             lane.stop()
+        elif req_id == HOLD:  # the worker saw the destination rate-limit: until start_by
+            lane.rate_limited_until = max(lane.rate_limited_until, start_by)
+            lane.pump()
         else:
             lane.queue.append((req_id, start_by, deadline, requests))
             lane.pump()
@@ -85,13 +87,15 @@ class Lane:
         self.queue: collections.deque[tuple[int, float, float, list[bytes]]] = collections.deque()
         self.tasks: set[asyncio.Task[None]] = set()
         self.running = 0
-        self.rate_limited_until = 0.0  # (monotonic) the destination answered 429: none start
+        self.rate_limited_until = 0.0  # (monotonic) it rate-limits: nothing starts (HOLD)
 
     def pump(self) -> None:
         """Start the queued batches that fit (at once when one ends: as the baseline of a
         bare aiohttp loop does, not a trip to the worker and back)."""
-        if time.monotonic() < self.rate_limited_until:
-            return  # pumped again when it ends
+        if time.monotonic() < self.rate_limited_until:  # rate-limited: what waits here is
+            while self.queue:  # given back at once (its answer not waited for past its time)
+                self.proto.send(encoder.encode((self.queue.popleft()[0], False, 0.0, [])))
+            return
         while self.queue and self.running < self.limit:
             req_id, start_by, deadline, requests = self.queue.popleft()
             now = time.monotonic()
@@ -122,10 +126,6 @@ class Lane:
             self.running -= 1
         latency = (time.perf_counter() - started) * 1000
         self.proto.send(encoder.encode((req_id, True, latency, sent)))
-        wait = rate_limit_wait(self.dest.policy, (res for _, res in sent))
-        if wait is not None and time.monotonic() + wait > self.rate_limited_until:
-            self.rate_limited_until = time.monotonic() + wait  # as the worker does
-            asyncio.get_running_loop().call_later(wait, self.pump)
         self.pump()
 
     async def close(self) -> None:

@@ -38,7 +38,7 @@ import msgspec
 from ..deliveries import DeliveryResult
 from .calling import failed
 from .deliver_child import SOCKET_FD, stuck_file
-from .frames import Framed, answer_decoder, encoder
+from .frames import HOLD, Framed, answer_decoder, encoder
 from .helper_processes import HelperProcess, exit_status, helper_modules, reap, spawn
 
 if TYPE_CHECKING:
@@ -254,6 +254,14 @@ class DeliverProcess(HelperProcess):
             path.unlink(missing_ok=True)
             return name if name in self.rt.destinations else None
         return None
+
+    def hold(self, destination: str, until: float) -> None:
+        """``destination`` rate-limits until ``until`` (``time.monotonic()``): the batches of
+        it waiting in the child are answered :data:`NOT_STARTED` (given back, not left to time
+        out: a hold longer than a lease killed the child as stuck; re-check), and none starts
+        before then."""
+        if self.ready and self.proto is not None:
+            self.proto.send(encoder.encode((HOLD, destination, until, 0.0, [])))
 
     def stop_starting(self, destination: str) -> None:
         """The worker of ``destination`` stops: batches the child has not started yet are

@@ -84,14 +84,15 @@ class Engine:
             recovered = 0
         if recovered:
             log.info("recovered %d deliveries leased by a stopped process", recovered)
-        try:  # destinations failing when the last process stopped are probed before the rest
-            retrying = await self.rt.db.read(
-                lambda c: {n: outbox.retrying_users(c, n) for n in names})
+        try:  # destinations failing when the last process stopped are probed before the rest,
+            # paused since their failures began (a restart must not start the clock of giving
+            # up waiting deliveries again: re-check)
+            retrying = await self.rt.db.read(lambda c: {
+                n: outbox.failing_since(c, n) for n in names if outbox.retrying_users(c, n) >= 2})
         except StorageUnavailable:
             retrying = {}
-        for name, users in retrying.items():
-            if users >= 2:
-                self.workers[name].breaker.start_paused()
+        for name, since in retrying.items():
+            self.workers[name].breaker.start_paused(since)
         for name, count in (await self.rt.db.read(
                 lambda c: outbox.waiting_elsewhere(c, names))).items():
             log.warning("destination %r is no longer configured, but %d of its deliveries are"

@@ -18,6 +18,9 @@ from ..deliveries import DeliveryResult
 
 encoder = msgspec.msgpack.Encoder()
 request_decoder = msgspec.msgpack.Decoder(tuple[int, str, float, float, list[bytes]])
+HOLD = -1
+"""A request id that is no batch: the destination rate-limits until the frame's ``start_by``
+(``time.monotonic()``); the child gives back what waits for it and starts nothing before."""
 answer_decoder = msgspec.msgpack.Decoder(
     tuple[int, bool, float, list[tuple[str, DeliveryResult]]])
 ANSWER_DELAY = 0.002

@@ -42,6 +42,8 @@ EXPEDITE_AFTER = 30.0
 """Seconds a destination must have failed for its waiting retries to be brought forward when
 it delivers again (:func:`outbox.expedite`): a blip of a few failures keeps its backoff, and a
 destination that fails every other request is not retried at once over and over."""
+RATE_LIMIT_WINDOW = 10.0
+"""Seconds within which 429s of two users say the destination's own rate limit is reached."""
 GIVE_UP_CHECK_SECONDS = 300.0
 """How often a paused destination's deliveries are checked for having waited longer than
 ``give_up_after_seconds`` (they are not attempted, so no attempt finds it)."""
@@ -94,6 +96,7 @@ class DestinationWorker:
         self.plugin_changes = PluginChanges(dest.name, dest.config.plugin)
         self.give_up_check = 0.0  # (monotonic) when a paused destination's old rows are checked
         self.rate_limited_until = 0.0  # (monotonic) no new requests before: it answered 429
+        self.limited_users: dict[str, float] = {}  # user -> (monotonic) their last 429
         self.deliverer: DeliverProcess | None = None  # set by the Engine when one is used
         self.wake = asyncio.Event()
         self.inflight_keys: set[str] = set()
@@ -365,11 +368,24 @@ class DestinationWorker:
             self.stale.extend(r[0] for r in rows)
             self.inflight_keys -= keys
 
-    def _rate_limited(self, wait: float) -> None:
-        """The destination answered ``429``: no new request goes out for ``wait`` seconds
-        (:func:`.retry.rate_limit_wait`; the deliver process holds back too), and the batches
-        claimed ahead are given back."""
-        until = time.monotonic() + wait
+    def _rate_limited(self, wait: float, users: set[str]) -> None:
+        """A call of ``users``' deliveries was answered ``429``. Once 429s came for two users
+        or more within :data:`RATE_LIMIT_WINDOW` (one request of several users' events counts
+        for all of them), the destination's limit is reached: no new request goes out for
+        ``wait`` seconds (:func:`.retry.rate_limit_wait`; the deliver process holds back too)
+        and the batches claimed ahead are given back. One user's 429s hold only that user's
+        deliveries, by their own Retry-After: an API limiting each user's rate made the whole
+        destination wait each time that user's retry was refused again (re-check)."""
+        now = time.monotonic()
+        for user in users:
+            self.limited_users[user] = now
+        if len(self.limited_users) < 2:
+            return
+        self.limited_users = {u: t for u, t in self.limited_users.items()
+                              if t > now - RATE_LIMIT_WINDOW}
+        if len(self.limited_users) < 2:
+            return
+        until = now + wait
         if until <= self.rate_limited_until:
             return
         if self.rate_limited_until < time.monotonic() - 60:  # said once a minute at most
@@ -377,6 +393,8 @@ class DestinationWorker:
                      self.dest.name, wait, extra={"destination": self.dest.name})
         self.rate_limited_until = until
         self._give_back_ready()
+        if self.deliverer is not None:
+            self.deliverer.hold(self.dest.name, until)
 
     async def _give_up_waiting(self) -> None:
         """Once paused for ``give_up_after_seconds``, every :data:`GIVE_UP_CHECK_SECONDS`: the
@@ -506,7 +524,7 @@ class DestinationWorker:
             self.sending_here -= here
             rate_limited = rate_limit_wait(policy, (res for _, res in sent))
             if rate_limited is not None:  # before the next batch starts
-                self._rate_limited(rate_limited)
+                self._rate_limited(rate_limited, keys)
             self._start_claimed()  # at once: a dispatch round may be waiting for the database
             self.wake.set()
             name, scrub, probe = self.dest.name, self.scrub, self.breaker.probing

@@ -46,7 +46,7 @@ def parse_webhook(body: bytes) -> list[ParsedEvent | RefusedEvent]:
     """One event per object of the body (an object, or an array of them). The body is read
     as the tracking API reads one (a bare ``NaN`` is ``null``, a lone UTF-16 surrogate is
     U+FFFD)."""
-    return read_json(_parse, body)
+    return read_json(_parse, body, "array")
 
 
 def _parse(body: bytes) -> list[ParsedEvent | RefusedEvent]:

@@ -103,7 +103,7 @@ async def misbehave(how: str, deliveries: list[Delivery]) -> list[DeliveryResult
     if how == "permanent":
         raise PermanentError("account suspended", http_status=403)
     if how == "retryable":
-        raise RetryableError("rate limited", http_status=429, retry_after=0.01)
+        raise RetryableError("busy, try later", http_status=503, retry_after=0.01)
     if how == "none":
         return [None] * len(deliveries)  # type: ignore[list-item]
     return []  # "short": fewer results than deliveries

@@ -66,12 +66,15 @@ def test_deliveries_without_an_ordering_key_are_independent() -> None:
     assert sorted(sent) == [0, 1]
 
 
-def test_after_a_429_nothing_more_of_the_call_is_sent() -> None:
-    """Delivery adversity audit: a rate limit is the destination's, not the user's: the other
-    users' requests, waiting for a slot, were refused too and spent an attempt each."""
+def test_after_429s_of_two_users_nothing_more_of_the_call_is_sent() -> None:
+    """Delivery adversity audit: a rate limit is the destination's: the other users' requests,
+    waiting for a slot, were refused too. One user's 429 holds back that user only (an API
+    limiting each user's rate: re-check)."""
     deliveries = batch(*(f"u{i}" for i in range(10)))
     limited = DeliveryResult.retryable("HTTP 429", http_status=429, retry_after=3.0)
-    results, sent, _ = run(deliveries, {1: limited}, concurrency=2)
+    results, sent, _ = run(deliveries, {0: limited, 1: limited}, concurrency=2)
     assert sent == [0, 1]  # the first two side by side, then nothing
     assert [r.sent for r in results] == [True, True] + [False] * 8
-    assert all(r.retry_after == 3.0 for r in results[1:])
+    assert all(r.retry_after == 3.0 for r in results)
+    results, sent, _ = run(deliveries, {1: limited}, concurrency=2)
+    assert sorted(sent) == list(range(10))  # one user's 429: the others go on
