@@ -140,11 +140,19 @@ def _refusal_note(refused: list[tuple[int, str]], stored: int) -> str:
     return f"{len(refused)} of {len(refused) + stored} events refused: {shown}{more}"
 
 
+MAX_LISTED_REFUSALS = 100
+"""Refused events an answer lists at most (then ``refused_count`` says how many in all)."""
+
+
 def _partial_answer(refused: list[tuple[int, str]]) -> Answer:
-    """200 with the events that were refused (the others are committed)."""
-    return _json_answer(200, encoder.encode({"success": True, "refused": [
-        {"index": i, "error": clip(reason, MAX_LOGGED_ERROR)} for i, reason in refused
-    ]}))
+    """200 with the events that were refused (the others are committed): the first
+    :data:`MAX_LISTED_REFUSALS`, and with more, how many in all."""
+    answer: dict[str, Any] = {"success": True, "refused": [
+        {"index": i, "error": clip(reason, MAX_LOGGED_ERROR)}
+        for i, reason in refused[:MAX_LISTED_REFUSALS]]}
+    if len(refused) > MAX_LISTED_REFUSALS:
+        answer["refused_count"] = len(refused)
+    return _json_answer(200, encoder.encode(answer))
 
 
 def _reply_answer(reply: Reply) -> Answer:

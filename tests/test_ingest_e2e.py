@@ -338,6 +338,16 @@ def test_bad_body_is_400_with_reason(server: HookyardServer, http: httpx.Client,
     assert inbox_count(server) == 0
 
 
+def test_an_answer_lists_a_hundred_refused_events_and_counts_them_all(
+        server: HookyardServer, http: httpx.Client) -> None:
+    """Re-check: every refused event was listed (a 500 KB batch of {} had a 16 MB answer)."""
+    r = post(http, "/v1/batch", {"batch": [sample_track()] + [{}] * 150})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert len(answer["refused"]) == 100 and answer["refused_count"] == 150
+    assert answer["refused"][0]["index"] == 1
+
+
 def test_a_bad_event_in_a_batch_is_refused_alone(server: HookyardServer,
                                                 http: httpx.Client) -> None:
     """As Segment's API does (200, the event dropped): the libraries drop a whole batch

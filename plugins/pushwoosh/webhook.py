@@ -30,7 +30,7 @@ from hookyard.connectors import IngestRequest, ParsedEvent, RefusedEvent
 from hookyard.errors import BadRequest
 from hookyard.events import MAX_ID, event_from_dict, validate_event
 from hookyard.nesting import TOO_DEEP, too_deep
-from hookyard.tracking_api import read_json
+from hookyard.tracking_api import check_event_count, read_json
 
 WEBHOOK_PATHS = ("/connector/pushwoosh/", "/connector/pushwoosh")
 WRITE_KEY_FIELDS = ("writeKey", "write_key")
@@ -61,6 +61,7 @@ def _parse(body: bytes) -> list[ParsedEvent | RefusedEvent]:
     items = data if isinstance(data, list) else [data]
     if not items:
         raise BadRequest("empty array: no Pushwoosh event")
+    check_event_count(len(items))
     return [webhook_event(item) for item in items]
 
 
