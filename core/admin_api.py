@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -232,15 +233,18 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             return _error(400, refusal)
         names = list(rt.destinations)
         answer: dict[str, Any] = {"action": action}
-        if action == "retry":  # only configured destinations: no worker delivers the others'
-            answer["count"] = await db.write(lambda c: outbox.retry_dead(
-                c, destination, since, ids, configured=names))
+        retry = action == "retry"  # only configured destinations: no worker delivers the others'
+        found = await db.read(lambda c: outbox.dead_ids(
+            c, destination, since, ids, configured=names if retry else None))
+        change = outbox.retry_dead_ids if retry else outbox.discard_dead_ids
+        count = 0
+        for chunk in outbox.chunks(found, outbox.DEAD_CHUNK):  # a transaction each: ingest goes on
+            count += await db.write(functools.partial(change, ids=chunk))
+        answer["count"] = count
+        if retry:
             left = await db.read(lambda c: outbox.dead_elsewhere(c, names, since, ids))
             if left:  # matched, but of destinations no longer in the config: not retried
                 answer["left_dead"] = left
-        else:
-            answer["count"] = await db.write(
-                lambda c: outbox.discard_dead(c, destination, since, ids))
         if rt.engine is not None:
             rt.engine.wake_all()
         return _json(answer)

@@ -3,6 +3,7 @@ actions as ``/api/dead-letters``, checked by :mod:`hookyard.operator_input`)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -89,14 +90,15 @@ def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
         rt.close()
         fail(ConfigError(refusal))
     try:
-        if action == "retry":
-            names = list(rt.destinations)
-            count = rt.db.write_sync(lambda c: outbox.retry_dead(
-                c, destination, when, id_list, configured=names))
-            left = rt.db.read_sync(lambda c: outbox.dead_elsewhere(c, names, when, id_list))
-        else:
-            count = rt.db.write_sync(lambda c: outbox.discard_dead(c, destination, when, id_list))
-            left = {}
+        names = list(rt.destinations)
+        found = rt.db.read_sync(lambda c: outbox.dead_ids(
+            c, destination, when, id_list, configured=names if action == "retry" else None))
+        change = outbox.retry_dead_ids if action == "retry" else outbox.discard_dead_ids
+        count = 0
+        for chunk in outbox.chunks(found, outbox.DEAD_CHUNK):  # a transaction each: ingest goes on
+            count += rt.db.write_sync(functools.partial(change, ids=chunk))
+        left = (rt.db.read_sync(lambda c: outbox.dead_elsewhere(c, names, when, id_list))
+                if action == "retry" else {})
     except HookyardError as exc:  # storage unavailable: a read-only file, a full disk
         fail(exc)
     finally:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from delivery_kit import (
     FAST,
@@ -221,8 +222,12 @@ def cli(config: Path, data: Path, *args: str) -> str:
 
 
 def test_dlq_commands(
-    hookyard_server: Start, fake_destination: Callable[[], FakeServer], tmp_path: Path
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from hookyard.delivery import outbox
+
+    monkeypatch.setattr(outbox, "DEAD_CHUNK", 1)  # a transaction per dead letter (scale audit)
     fake = fake_destination()
     fake.respond(400, {"success": False, "error": "bad"})
     config = forwarder_config(fake.url)
