@@ -152,11 +152,21 @@ CLEAR_UNLABELLED = (
 )
 
 
+def _m5_retrying_index(db: sqlite_utils.Database) -> None:
+    """The deliveries waiting for a retry (pending after a failed attempt), by destination:
+    the retry depth of /metrics and the dashboard and when a destination's failures began
+    are read from them alone (a scrape read every pending row of a backlog, 1.3 s with
+    1.77 M; scale audit). A delivery that goes out at its first try never enters it."""
+    db.execute("CREATE INDEX IF NOT EXISTS idx_outbox_retrying ON outbox (destination,"
+               " updated_at) WHERE state = 'pending' AND attempts > 0")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial,
     _m2_drop_random_message_id_indexes,
     _m3_dedupe_table,
     _m4_outbox_plugin,
+    _m5_retrying_index,
 ]
 
 

@@ -264,9 +264,11 @@ def destination_health(
         if h.last_error is None:  # older than the window: the newest row of the destination
             # that failed says why, a delivery waiting to be retried or a dead letter
             rows = [conn.execute(
-                "SELECT last_error, last_status, updated_at FROM outbox WHERE destination = ?"
-                f" AND state = '{state}'{more} ORDER BY id DESC LIMIT 1", (h.name,),
-            ).fetchone() for state, more in (("pending", " AND attempts > 0"), ("dead", ""))]
+                f"SELECT last_error, last_status, updated_at FROM {table} WHERE destination = ?"
+                f" AND state = '{state}'{more} ORDER BY {order} DESC LIMIT 1", (h.name,),
+            ).fetchone() for table, state, more, order in (
+                (outbox.retrying(conn), "pending", " AND attempts > 0", "updated_at"),
+                ("outbox", "dead", "", "id"))]
             found = [r for r in rows if r is not None]
             if found:
                 row = max(found, key=lambda r: r[2] or 0)

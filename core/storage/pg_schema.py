@@ -119,8 +119,18 @@ M4_OUTBOX_PLUGIN = [
     " AND request IS NOT NULL",
 ]
 
+# The deliveries waiting for a retry (pending after a failed attempt): the retry depth of
+# /metrics and the dashboard, and when a destination's failures began, read from them alone
+# (a scrape read every pending row of a backlog: 1.3 s with 1.77 M; scale audit). A delivery
+# that goes out at its first try never enters it.
+M5_RETRYING_INDEX = [
+    "CREATE INDEX IF NOT EXISTS outbox_retrying ON outbox (destination, updated_at)"
+    " WHERE state = 'pending' AND attempts > 0",
+]
+
 MIGRATIONS: list[list[str]] = [
     M1_INITIAL, M2_DROP_RANDOM_MESSAGE_ID_INDEXES, M3_INFLIGHT_INDEX, M4_OUTBOX_PLUGIN,
+    M5_RETRYING_INDEX,
 ]
 
 
