@@ -106,9 +106,12 @@ class Breaker:
         probe, self.probing = self.probing, False
         failed = delivered = False
         for o in outcomes:
-            if not o.sent or o.outcome == "permanent":
-                continue
-            if o.outcome == "ok":
+            if not o.sent or (o.outcome == "permanent" and o.http_status is None):
+                continue  # not sent, or refused without an answer (a plugin's own reason)
+            if o.outcome == "ok" or o.outcome == "permanent":
+                # a refusal (400, 404...) is an answer too: the destination is up, and
+                # paused it made one dead letter per probe, 3 a second for 316,000 events
+                # where unpaused it answered them all in 45 s (scale audit)
                 delivered = True
             else:
                 failed = True

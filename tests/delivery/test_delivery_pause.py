@@ -6,6 +6,7 @@ minute), and every delivery spent its ``max_attempts`` within an hour or two."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -71,6 +72,17 @@ def test_breaker_pauses_after_failures_in_a_row_and_a_delivery_ends_it() -> None
     assert not breaker.record([outcome("ok")])
     assert breaker.wait() is None and not breaker.paused
     assert breaker.probe_every == 1.0  # the next pause probes early again
+
+
+def test_a_refusal_ends_a_pause_as_a_delivery_does() -> None:
+    """Scale audit: a destination back but answering 400 stayed paused, one dead letter per
+    probe (3 a second for 316,000 events, where unpaused it answered them all in 45 s)."""
+    breaker = Breaker("d", DeliverySettings(pause_after_failures=1))
+    assert breaker.record([outcome("retryable")] * 2, ["u1", "u2"])
+    breaker.probe_started()
+    refused = dataclasses.replace(outcome("permanent"), http_status=400)
+    assert not breaker.record([refused])
+    assert not breaker.paused
 
 
 def test_breaker_probes_no_slower_than_the_retry_cap_and_can_be_off() -> None:
