@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -380,6 +381,10 @@ def replay(config_path: str | None, data_dir: str | None, source: str, destinati
         async def run() -> Replayed:
             upto = await routed_until(rt)  # one bound too
             total = await count_events(rt, source, since, end, upto)
+            if not sys.stderr.isatty():  # a log or a pipe: a line every 10 s (a bar shows
+                # nothing there, and a long replay looked stuck; scale audit)
+                return await do_replay(rt, source, destination, since, end,
+                                       _progress_lines(source, total), upto)
             with click.progressbar(length=total, label=f"replaying {source}", file=sys.stderr) as bar:
                 return await do_replay(rt, source, destination, since, end, bar.update, upto)
 
@@ -390,6 +395,19 @@ def replay(config_path: str | None, data_dir: str | None, source: str, destinati
     click.echo(done.summary())
     if done.failed:  # dead letters made: a script should notice
         sys.exit(1)
+
+
+def _progress_lines(source: str, total: int, every: float = 10.0) -> Callable[[int], None]:
+    """A replay's progress as a line on stderr every ``every`` seconds."""
+    state = {"done": 0, "said": time.monotonic()}
+
+    def update(count: int) -> None:
+        state["done"] += count
+        if time.monotonic() - state["said"] >= every:
+            state["said"] = time.monotonic()
+            click.echo(f"replaying {source}: {state['done']} of {total} events", err=True)
+
+    return update
 
 
 @main.command()

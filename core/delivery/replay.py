@@ -105,7 +105,11 @@ async def replay(
         only = connected
     lo, hi = window(since, open_end(since, until))
     bound = await routed_until(rt) if upto is None else upto
-    after, done = 0, Replayed()
+    start = await rt.db.read(lambda c: router.replay_start(c, source, lo))
+    done = Replayed()
+    if start is None:
+        return done
+    after = start
     while True:
         rows = await rt.db.read(
             lambda c: router.replay_rows(rt, c, source, lo, hi, only, after,  # noqa: B023

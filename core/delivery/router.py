@@ -384,6 +384,16 @@ class Router:
                 await self.mapper.close()
 
 
+def replay_start(conn: sqlite3.Connection, source: str, since: str | None) -> int | None:
+    """The id before the first inbox row of ``source`` received at ``since`` or later (0
+    without ``since``), where :func:`replay_rows` starts; None when there is none."""
+    if not since:
+        return 0
+    row = conn.execute("SELECT min(id) FROM inbox WHERE source = ? AND received_at >= ?",
+                       (source, since)).fetchone()
+    return int(row[0]) - 1 if row is not None and row[0] is not None else None
+
+
 def replay_rows(
     rt: Runtime, conn: sqlite3.Connection, source: str, since: str | None, until: str | None,
     destinations: set[str] | None, after_id: int = 0, limit: int = 500, *, upto: int,
@@ -393,7 +403,12 @@ def replay_rows(
     maps itself, with the mapping as it is now (mapped by both, they were sent twice, the
     replayed copy after the newer events of the user: an outside audit, with the router
     behind)."""
-    sql = f"{SELECT_INBOX} WHERE source = ? AND id > ? AND id <= ?"
+    # by id (the primary key's order, so each page reads on from the last): through the
+    # (source, received_at) index, every page read and sorted the whole window again, 0.3 s
+    # a page of 500 for 2.45 M events (scale audit); the window's first id is found once
+    table = "inbox" if is_postgres(conn) else "inbox NOT INDEXED"
+    sql = f"{SELECT_INBOX.replace('FROM inbox', 'FROM ' + table)} WHERE source = ? AND id > ?" \
+          " AND id <= ?"
     params: list[Any] = [source, after_id, upto]
     if since:
         sql += " AND received_at >= ?"

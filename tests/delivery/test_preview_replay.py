@@ -358,3 +358,17 @@ def test_preview_stamps_received_at_as_ingest_does(hookyard_server: Start) -> No
     event = {"type": "track", "userId": "u1", "event": "E", "receivedAt": "1999-01-01T00:00:00Z"}
     [request] = preview(server, "profiles", event)["requests"]
     assert request["body"]["received_at"] > "2026"
+
+
+def test_a_replay_off_a_terminal_says_how_far_it_got(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scale audit: off a terminal the progress bar wrote nothing, and a replay of 2.45 M
+    events looked stuck for half an hour."""
+    import hookyard.cli as cli
+
+    clock = iter([0.0, 5.0, 11.0, 11.0, 12.0])
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    update = cli._progress_lines("web", 100)
+    for count in (10, 20, 30):
+        update(count)
+    assert capsys.readouterr().err == "replaying web: 30 of 100 events\n"
