@@ -116,6 +116,12 @@ STATUS_SQL = {
 }
 
 
+RARE_STATES = {"failed": ("dead",), "pending": ("pending", "inflight"),
+               "discarded": ("discarded",)}
+"""The statuses an event has only with a row in one of these states: few events, found from
+the outbox's side."""
+
+
 def status_of(inbox_filtered: str | None, states: set[str]) -> str:
     """The event's status from its outbox row states (same rules as ``STATUS_SQL``)."""
     if inbox_filtered:
@@ -166,6 +172,14 @@ def events_page(
         params += [user_id, user_id]
     if status:
         sql += f" AND {STATUS_SQL[status]}"
+        if status in RARE_STATES:  # the few events with such a row, through the outbox's
+            # (destination, state, id) index: the conditions alone were checked on every
+            # inbox row, newest first, until 50 matched (12 s with 3.2 M events; scale audit)
+            names = outbox.destinations_in(conn)
+            marks = ", ".join(f"'{s}'" for s in RARE_STATES[status])
+            sql += (" AND i.id IN (SELECT inbox_id FROM outbox WHERE destination IN"
+                    f" ({', '.join('?' * len(names)) or 'NULL'}) AND state IN ({marks}))")
+            params += names
     if cursor is not None:
         sql += " AND i.id < ?"
         params.append(cursor)
