@@ -73,8 +73,11 @@
     toggle.parentNode.appendChild(note);
   }
   if (live && toggle && live.dataset.refresh) {
+    var busy = false;  // a slow page is not asked for again before it came (scale audit:
+    // a page taking seconds, asked every 3 s, kept a core of the server busy)
     var timer = setInterval(function () {
-      if (!toggle.checked || document.hidden) { return; }
+      if (busy || !toggle.checked || document.hidden) { return; }
+      busy = true;
       fetch(location.href, { credentials: "same-origin" }).then(function (r) {
         if (r.redirected || r.status === 401 || r.status === 403) {
           stopRefresh(timer, "auto-refresh stopped: you are signed out. Reload the page to sign in.");
@@ -85,7 +88,8 @@
         if (!html) { return; }
         var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live");
         if (fresh) { live.innerHTML = fresh.innerHTML; }
-      }).catch(function () { /* offline for a moment: try again next tick */ });
+      }).catch(function () { /* offline for a moment: try again next tick */ })
+        .then(function () { busy = false; });
     }, Number(live.dataset.refresh));
   }
 })();
