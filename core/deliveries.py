@@ -220,8 +220,9 @@ async def send_in_order(
     answered :func:`held_back` (retryable, same ``retry_after``), so the retry can never land
     after a newer update of the same user. A permanent failure does not hold the key back (it
     becomes a dead letter; the user's later events go on, as in the engine). After ``429``
-    answers for two keys (the destination's rate limit, not one user's) nothing more of the
-    call is sent: held back the same way (each would be refused too).
+    answers for two keys with no delivery in between (the destination's rate limit, not a
+    user's own) nothing more of the call is sent: held back the same way (each would be
+    refused too).
 
     For a deliver hook that sends a batch as separate requests (``batch_size`` > 1); a hook
     that sends the whole batch in one request keeps the order anyway. An exception from
@@ -244,7 +245,9 @@ async def send_in_order(
                     results[i] = failed = held_back(next(iter(limited.values())))
                     continue
                 results[i] = await send(deliveries[i])
-            if results[i].outcome == "retryable":
+            if results[i].outcome == "ok":
+                limited.clear()  # it takes requests: the 429s were those users' own
+            elif results[i].outcome == "retryable":
                 failed = results[i]
                 if failed.http_status == 429 and failed.sent:
                     limited[key] = failed

@@ -114,10 +114,11 @@ def decide(
             state = "dead"
         else:
             state = "pending"
+            # a 429 waits what it asked, not longer for the attempts it made: refused many
+            # times under a long limit, a delivery waited up to retry_max_seconds (final re-check)
+            step = 1 if res.http_status == 429 else max(attempt, 1)
             next_at = now + backoff(
-                max(attempt, 1), policy.retry_initial_seconds, policy.retry_max_seconds,
-                res.retry_after
-            )
+                step, policy.retry_initial_seconds, policy.retry_max_seconds, res.retry_after)
     elif res.outcome == "permanent":
         state = "dead"
     error = res.error

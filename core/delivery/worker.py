@@ -370,8 +370,10 @@ class DestinationWorker:
 
     def _rate_limited(self, wait: float, users: set[str]) -> None:
         """A call of ``users``' deliveries was answered ``429``. Once 429s came for two users
-        or more within :data:`RATE_LIMIT_WINDOW` (one request of several users' events counts
-        for all of them), the destination's limit is reached: no new request goes out for
+        or more within :data:`RATE_LIMIT_WINDOW` with no delivery in between (one request of
+        several users' events counts for all of them), the destination's limit is reached (two
+        users limited each on their own, between other users' deliveries, held everyone: final
+        re-check): no new request goes out for
         ``wait`` seconds (:func:`.retry.rate_limit_wait`; the deliver process holds back too)
         and the batches claimed ahead are given back. One user's 429s hold only that user's
         deliveries, by their own Retry-After: an API limiting each user's rate made the whole
@@ -525,6 +527,8 @@ class DestinationWorker:
             rate_limited = rate_limit_wait(policy, (res for _, res in sent))
             if rate_limited is not None:  # before the next batch starts
                 self._rate_limited(rate_limited, keys)
+            elif self.limited_users and any(res.outcome == "ok" for _, res in sent):
+                self.limited_users.clear()  # it takes requests: the 429s were those users'
             self._start_claimed()  # at once: a dispatch round may be waiting for the database
             self.wake.set()
             name, scrub, probe = self.dest.name, self.scrub, self.breaker.probing

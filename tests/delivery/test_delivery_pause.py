@@ -80,6 +80,10 @@ def test_a_refusal_ends_a_pause_as_a_delivery_does() -> None:
     breaker = Breaker("d", DeliverySettings(pause_after_failures=1))
     assert breaker.record([outcome("retryable")] * 2, ["u1", "u2"])
     breaker.probe_started()
+    revoked = dataclasses.replace(outcome("permanent"), http_status=401)
+    assert not breaker.record([revoked])  # a proxy or a revoked key may say so: still paused
+    assert breaker.paused
+    breaker.probe_started()
     refused = dataclasses.replace(outcome("permanent"), http_status=400)
     assert not breaker.record([refused])
     assert not breaker.paused

@@ -140,6 +140,8 @@ def test_a_429_gives_up_on_time_only_and_sets_how_long_the_destination_waits() -
     row = (1, b"{}", 2, time.time(), None)  # two attempts so far: the third is the last
     limited = classify_http(429, CIMultiDict({"Retry-After": "5"}))
     assert decide(policy, "d", row, "m", limited, 1.0).state == "pending"
+    many = (1, b"{}", 40, time.time(), None)  # refused 40 times: waits what it asked, not 30 s
+    assert decide(policy, "d", many, "m", limited, 1.0).next_at - time.time() < 5.5
     assert decide(policy, "d", row, "m", classify_http(503, {}), 1.0).state == "dead"
     old = (1, b"{}", 2, time.time() - 90_000, None)  # past give_up_after_seconds
     assert decide(policy, "d", old, "m", limited, 1.0).error == "gave up after 86400 s: HTTP 429"

@@ -78,3 +78,5 @@ def test_after_429s_of_two_users_nothing_more_of_the_call_is_sent() -> None:
     assert all(r.retry_after == 3.0 for r in results)
     results, sent, _ = run(deliveries, {1: limited}, concurrency=2)
     assert sorted(sent) == list(range(10))  # one user's 429: the others go on
+    results, sent, _ = run(deliveries, {0: limited, 3: limited}, concurrency=1)
+    assert sorted(sent) == list(range(10))  # two users' own 429s, deliveries in between
