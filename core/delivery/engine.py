@@ -57,6 +57,7 @@ class Engine:
         self.inbox_rescan_at = 0.0
         self.inbox_pass_ended = False
         self.outbox_purged = False
+        self.purge_capped = False  # the last maintenance run stopped at a cap: run again soon
         rt.engine = self
 
     def notify(self) -> None:
@@ -145,7 +146,8 @@ class Engine:
                 continue
             self._maintain_at = time.monotonic() + MAINTENANCE_SECONDS
             try:
-                if await self.maintain() >= MAX_PURGE_ROUNDS * outbox.PURGE_BATCH:
+                await self.maintain()
+                if self.purge_capped:
                     # more past retention than a run deletes: the next run at the next check,
                     # not in 30 s (a run deletes ~200,000 rows in 6-7 s: 30 s between runs
                     # capped retention at ~6,700 rows/s, less than a day's heavy ingest
@@ -160,6 +162,7 @@ class Engine:
         step is bounded and its own transaction, so ingest commits in between. Returns the
         outbox rows purged."""
         names = list(self.workers)
+        self.purge_capped = False
         await self.rt.db.write(lambda c: outbox.recover_leases(c, names))
         storage = self.rt.config.storage
         purged = 0
@@ -189,6 +192,8 @@ class Engine:
             if not gone or self.stopping:
                 break
             await asyncio.sleep(PURGE_PAUSE)  # the writer free for ingest between two rounds
+        else:
+            self.purge_capped = True  # more to do than one run does
         return total
 
     async def _purge_inbox(self, before: str) -> int:
@@ -212,6 +217,8 @@ class Engine:
             if frontier or self.stopping:
                 break
             await asyncio.sleep(PURGE_PAUSE)
+        else:
+            self.purge_capped = True  # the pass goes on at the next check
         if total:
             log.info("deleted %d inbox events past inbox_retention_days", total)
         return total

@@ -123,14 +123,21 @@ def test_engine_maintenance_applies_both_retentions(storage_settings: dict[str, 
         rt.db.write_sync(lambda c: c.execute("UPDATE outbox SET state = 'done', updated_at = 0"
                                              " WHERE message_id != 'new'"))
 
-        async def run() -> int:
+        async def run() -> tuple[int, bool]:
+            from hookyard.delivery import engine as engine_module
+
             engine = Engine(rt)
             try:
-                return await engine.maintain()
+                purged = await engine.maintain()
+                capped = engine.purge_capped
+                with pytest.MonkeyPatch.context() as mp:  # scale audit: a run that stops at
+                    mp.setattr(engine_module, "MAX_PURGE_ROUNDS", 0)  # its cap runs again soon
+                    await engine.maintain()
+                return purged, not capped and engine.purge_capped
             finally:
                 rt.engine = None
 
-        assert asyncio.run(run()) == 3
+        assert asyncio.run(run()) == (3, True)
         assert inbox_ids(rt) == ["new"]
         assert rt.db.read_sync(lambda c: c.execute("SELECT count(*) FROM api_log").fetchone()[0]) == 1
     finally:
