@@ -162,43 +162,40 @@ ENV_VALUES: set[str] = set()
 treats as secret whatever the setting's name: ``env:`` is how the docs say to pass secrets)."""
 
 
-def resolve_env(value: Any, where: str = "", unset: dict[str, str] | None = None) -> Any:
+def resolve_env(value: Any, where: str = "", unset: dict[str, str] | None = None,
+                missing: list[tuple[str, str]] | None = None) -> Any:
     """Replace every ``env:VAR`` string inside ``value`` by the variable's value (noted in
     :data:`ENV_VALUES`).
 
     ``unset``, for a command that sends nothing (``hookyard dlq``): a variable that is not set
-    outside ``[storage]`` gets a placeholder instead of an error, noted there by name."""
+    outside ``[storage]`` gets a placeholder instead of an error, noted there by name. Without
+    it, a variable that is not set raises ConfigError, unless ``missing`` is given: then each
+    is noted there as (setting, variable) and left as written (all of them are named at once)."""
     if isinstance(value, str) and value.startswith("env:"):
         var = value[4:]
         if not var.strip():
             raise ConfigError(f"{where or 'a setting'} is {value!r}: name the environment"
                               " variable after env: (env:VAR_NAME)")
         if var not in os.environ:
+            if unset is None and missing is not None:
+                missing.append((where or "a setting", var))
+                return value
             if unset is None or where.startswith("storage"):
-                raise ConfigError(f"{where or 'a setting'} refers to environment variable {var},"
-                                  " which is not set")
+                raise ConfigError(_not_set(where or "a setting", var))
             return unset.setdefault(var, f"unset-{var}-{secrets.token_hex(8)}")
         ENV_VALUES.add(os.environ[var])
         return os.environ[var]
     if isinstance(value, dict):
-        return {k: resolve_env(v, f"{where}.{k}" if where else k, unset) for k, v in value.items()}
+        return {k: resolve_env(v, f"{where}.{k}" if where else k, unset, missing)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_env(v, f"{where}[{_item_label(v, i)}]", unset) for i, v in enumerate(value)]
+        return [resolve_env(v, f"{where}[{_item_label(v, i)}]", unset, missing)
+                for i, v in enumerate(value)]
     return value
 
 
-def _unset_variables(value: Any, where: str) -> list[tuple[str, str]]:
-    """(setting, variable) of every ``env:VAR`` inside ``value`` whose variable is not set."""
-    if isinstance(value, str) and value.startswith("env:"):
-        var = value[4:]
-        return [(where or "a setting", var)] if var.strip() and var not in os.environ else []
-    if isinstance(value, dict):
-        return [m for k, v in value.items()
-                for m in _unset_variables(v, f"{where}.{k}" if where else k)]
-    if isinstance(value, list):
-        return [m for i, v in enumerate(value)
-                for m in _unset_variables(v, f"{where}[{_item_label(v, i)}]")]
-    return []
+def _not_set(where: str, var: str) -> str:
+    return f"{where} refers to environment variable {var}, which is not set"
 
 
 def _item_label(item: Any, index: int) -> str:
@@ -252,15 +249,17 @@ def parse_config(data: dict[str, Any], origin: str = "config",
                  unset_env: dict[str, str] | None = None) -> Config:
     """Validate a config dict (as read from TOML). Raises ConfigError naming the bad key.
     ``unset_env``: see :func:`resolve_env`."""
-    missing = _unset_variables(data, "") if unset_env is None else []
-    if len(missing) > 1:  # all of them at once, not one per run (plugin-author audit)
+    missing: list[tuple[str, str]] = []
+    try:
+        resolved = resolve_env(data, "", unset_env, missing)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    if len(missing) == 1:
+        raise ConfigError(f"{origin}: {_not_set(*missing[0])}")
+    if missing:  # all of them at once, not one per run (plugin-author audit)
         listed = ", ".join(f"{where} ({var})" for where, var in missing)
         raise ConfigError(f"{origin}: {len(missing)} settings refer to environment variables"
                           f" that are not set: {listed}")
-    try:
-        resolved = resolve_env(data, "", unset_env)
-    except ConfigError as exc:
-        raise ConfigError(f"{origin}: {exc}") from None
     server = resolved.get("server") if isinstance(resolved, dict) else None
     if isinstance(server, dict) and isinstance(server.get("log_level"), str):  # "INFO" too
         resolved = {**resolved, "server": {**server, "log_level": server["log_level"].lower()}}
