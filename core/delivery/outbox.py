@@ -391,15 +391,6 @@ def retry_dead_ids(conn: sqlite3.Connection, ids: list[int]) -> int:
                         " created_at = ?, updated_at = ?", [now, now])
 
 
-def retry_dead(
-    conn: sqlite3.Connection, destination: str | None = None, since: float | None = None,
-    ids: list[int] | None = None, *, configured: list[str] | None = None,
-) -> int:
-    """:func:`retry_dead_ids` of the :func:`dead_ids` matching the filter, in this one
-    transaction (a few; many go in chunks of :data:`DEAD_CHUNK`, a write each)."""
-    return retry_dead_ids(conn, dead_ids(conn, destination, since, ids, configured=configured))
-
-
 def dead_elsewhere(
     conn: sqlite3.Connection, configured: list[str], since: float | None = None,
     ids: list[int] | None = None,
@@ -431,14 +422,6 @@ def _elsewhere(conn: sqlite3.Connection, configured: list[str],
             if count:
                 left[name] = count
     return left
-
-
-def discard_dead(
-    conn: sqlite3.Connection, destination: str | None = None, since: float | None = None,
-    ids: list[int] | None = None,
-) -> int:
-    """Mark dead letters as discarded (kept for the record, never retried)."""
-    return discard_dead_ids(conn, dead_ids(conn, destination, since, ids))
 
 
 def discard_dead_ids(conn: sqlite3.Connection, ids: list[int]) -> int:

@@ -109,8 +109,10 @@ def test_dead_letters_retry_discard_and_purge(runtime: Runtime) -> None:
     claim(runtime, [a, b, c])
     runtime.db.write_sync(lambda conn: outbox.record(
         conn, [outcome(a, "dead"), outcome(b, "dead"), outcome(c, "done")]))
-    assert runtime.db.write_sync(lambda conn: outbox.retry_dead(conn, "seg", ids=[a])) == 1
-    assert runtime.db.write_sync(lambda conn: outbox.discard_dead(conn, "seg")) == 1
+    assert runtime.db.write_sync(lambda conn: outbox.retry_dead_ids(
+        conn, outbox.dead_ids(conn, "seg", ids=[a]))) == 1
+    assert runtime.db.write_sync(lambda conn: outbox.discard_dead_ids(
+        conn, outbox.dead_ids(conn, "seg"))) == 1
     assert states(runtime) == {a: "pending", b: "discarded", c: "done"}
     removed = runtime.db.write_sync(lambda conn: outbox.purge(conn, time.time() + 1, ["seg"]))
     assert removed == 2  # rows b and c (their attempts go with them)
