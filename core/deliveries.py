@@ -64,6 +64,12 @@ class DeliveryResult(msgspec.Struct, kw_only=True):
     """False for a delivery the hook did not send (:meth:`not_sent`): retried without counting
     an attempt, so a user's later events held behind a failing one never run out of attempts."""
 
+    @property
+    def rate_limited(self) -> bool:
+        """Sent and answered ``429``: the destination says "later" (retried on time only, and
+        two users' in a row hold back the destination's next requests)."""
+        return self.sent and self.http_status == 429
+
     @classmethod
     def ok(cls, http_status: int | None = None) -> DeliveryResult:
         return cls(outcome="ok", http_status=http_status)
@@ -249,7 +255,7 @@ async def send_in_order(
                 limited.clear()  # it takes requests: the 429s were those users' own
             elif results[i].outcome == "retryable":
                 failed = results[i]
-                if failed.http_status == 429 and failed.sent:
+                if failed.rate_limited:
                     limited[key] = failed
 
     await asyncio.gather(*(one_key(key, indexes) for key, indexes in keys.items()))

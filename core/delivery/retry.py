@@ -75,7 +75,7 @@ def rate_limit_wait(policy: DeliverySettings, results: Iterable[DeliveryResult])
     answered one of them ``429``. Each request sent meanwhile would be refused too and spend
     an attempt of its delivery: at full concurrency, a backlog larger than a Novu plan's rate
     made dead letters of a destination that was up (delivery adversity audit). None: no 429."""
-    asked = [res.retry_after or 0.0 for res in results if res.http_status == 429 and res.sent]
+    asked = [res.retry_after or 0.0 for res in results if res.rate_limited]
     if not asked:
         return None
     return min(max(max(asked), RATE_LIMITED_WAIT), policy.retry_max_seconds)
@@ -98,9 +98,9 @@ def decide(
         if res.sent and probe:
             row_attempts = row[2]
             gave_up = age >= policy.give_up_after_seconds
-        elif res.sent and res.http_status == 429:  # rate-limited: the destination is up and
-            # says "later", so only time gives up (a backlog larger than its rate would run
-            # out of attempts while it is delivered; delivery adversity audit)
+        elif res.rate_limited:  # the destination is up and says "later", so only time gives
+            # up (a backlog larger than its rate would run out of attempts while it is
+            # delivered; delivery adversity audit)
             gave_up = age >= policy.give_up_after_seconds
         elif res.sent:
             gave_up = attempt >= policy.max_attempts or age >= policy.give_up_after_seconds
@@ -116,7 +116,7 @@ def decide(
             state = "pending"
             # a 429 waits what it asked, not longer for the attempts it made: refused many
             # times under a long limit, a delivery waited up to retry_max_seconds (final re-check)
-            step = 1 if res.http_status == 429 else max(attempt, 1)
+            step = 1 if res.rate_limited else max(attempt, 1)
             next_at = now + backoff(
                 step, policy.retry_initial_seconds, policy.retry_max_seconds, res.retry_after)
     elif res.outcome == "permanent":
@@ -127,7 +127,7 @@ def decide(
     if state == "dead" and res.outcome == "retryable":
         error = (f"gave up after {attempt} attempts: {res.error}"
                  if res.sent and attempt >= policy.max_attempts and not probe
-                 and res.http_status != 429 else
+                 and not res.rate_limited else
                  f"gave up after {policy.give_up_after_seconds:g} s: {res.error}" if res.sent else
                  f"gave up after {2 * policy.give_up_after_seconds:g} s without being sent:"
                  f" {res.error}")

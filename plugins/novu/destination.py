@@ -215,7 +215,7 @@ class Sender:
             result, response = await self.client.send(
                 "POST", self.settings.api_url + path, json=body, headers=self.headers
             )
-            if result.http_status == 429 and result.sent:
+            if result.rate_limited:
                 self.limited = result
             return result, response
 
@@ -342,8 +342,7 @@ class Sender:
                 results[i] = round_results[i]
                 if round_results[i].outcome == "retryable":
                     failed.setdefault(self.key(i), round_results[i])
-            limited = next((r for r in round_results.values()
-                            if r.sent and r.http_status == 429), None)
+            limited = next((r for r in round_results.values() if r.rate_limited), None)
             if limited is not None:  # Novu's rate limit is the environment's, not the user's:
                 for key in queues:  # the rest of the call waits with the 429's Retry-After
                     failed.setdefault(key, limited)
