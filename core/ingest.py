@@ -46,6 +46,7 @@ from .parse_checks import check_parsed, wrong_type
 from .refusal_budget import RefusalBudget
 from .request_body import decode_content, receive_body
 from .times import now_iso
+from .tracking_api import WRITE_KEY_NAMES
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -79,15 +80,12 @@ _OK = _json_answer(200, OK_BODY)
 _INTERNAL_ERROR = _json_answer(500, error_body(500, "internal server error"))
 
 
-KEY_PARAMETERS = ("writeKey", "write_key")
-
-
 def _query(query_string: bytes) -> dict[str, str]:
     """The query's parameters; a write key given twice is refused (``?writeKey=a&writeKey=b``
     must not mean whichever comes last). Other parameters: the last one, as Starlette reads
     them (a client's own repeated ``?x=1&x=1`` lost its events: re-check)."""
     params = QueryParams(query_string)
-    for name in KEY_PARAMETERS:
+    for name in WRITE_KEY_NAMES:
         if len(params.getlist(name)) > 1:
             raise BadRequest(f"query parameter {name!r} is given more than once")
     return dict(params.multi_items())

@@ -35,6 +35,9 @@ from .events import (
 from .nesting import MAX_NESTING, TOO_DEEP, deep_items_emptied, too_deep
 
 BATCH_CALLS = ("batch", "import")
+WRITE_KEY_NAMES = ("writeKey", "write_key")
+"""The names a write key goes by in a URL's query (a webhook that sends no header of its own)
+or a vendor's body: a query giving one twice is refused, a body's is never stored."""
 MAX_BATCH_EVENTS = 10_000
 """Events in one request at most. Segment's libraries send 100 or fewer per batch; 500 KB of
 ``{}`` is 166,000 of them, 0.4 s of the event loop, and a 16 MB answer listing each refused."""

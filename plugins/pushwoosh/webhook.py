@@ -30,11 +30,9 @@ from hookyard.connectors import IngestRequest, ParsedEvent, RefusedEvent
 from hookyard.errors import BadRequest
 from hookyard.events import MAX_ID, event_from_dict, validate_event
 from hookyard.nesting import TOO_DEEP, too_deep
-from hookyard.tracking_api import check_event_count, read_json
+from hookyard.tracking_api import WRITE_KEY_NAMES, check_event_count, read_json
 
 WEBHOOK_PATHS = ("/connector/pushwoosh/", "/connector/pushwoosh")
-WRITE_KEY_FIELDS = ("writeKey", "write_key")
-"""A key in the body is never stored nor forwarded (the URL's query is the key's place)."""
 FIELDS = ("event_name", "message_id", "message_code", "campaign_id", "platform",
           "application_code", "hwid", "user_id", "payload")
 """The body's documented fields, all kept as properties (unknown ones too)."""
@@ -81,7 +79,7 @@ def webhook_event(item: dict[str, Any]) -> ParsedEvent | RefusedEvent:
     for field, value in (("user_id", user), ("hwid", hwid)):
         if value is not None and len(value) > MAX_ID:
             return RefusedEvent(f"{field} is longer than {MAX_ID} characters")
-    properties = {k: v for k, v in item.items() if k not in WRITE_KEY_FIELDS}
+    properties = {k: v for k, v in item.items() if k not in WRITE_KEY_NAMES}
     raw: dict[str, Any] = {
         "type": "track",
         "event": name,
