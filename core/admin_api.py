@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -236,10 +235,9 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         retry = action == "retry"  # only configured destinations: no worker delivers the others'
         found = await db.read(lambda c: outbox.dead_ids(
             c, destination, since, ids, configured=names if retry else None))
-        change = outbox.retry_dead_ids if retry else outbox.discard_dead_ids
         count = 0
-        for chunk in outbox.chunks(found, outbox.DEAD_CHUNK):  # a transaction each: ingest goes on
-            count += await db.write(functools.partial(change, ids=chunk))
+        for write in outbox.dead_letter_writes(action, found):  # ingest goes on between them
+            count += await db.write(write)
         answer["count"] = count
         if retry:
             left = await db.read(lambda c: outbox.dead_elsewhere(c, names, since, ids))

@@ -3,7 +3,6 @@ actions as ``/api/dead-letters``, checked by :mod:`hookyard.operator_input`)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -93,10 +92,8 @@ def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
         names = list(rt.destinations)
         found = rt.db.read_sync(lambda c: outbox.dead_ids(
             c, destination, when, id_list, configured=names if action == "retry" else None))
-        change = outbox.retry_dead_ids if action == "retry" else outbox.discard_dead_ids
-        count = 0
-        for chunk in outbox.chunks(found, outbox.DEAD_CHUNK):  # a transaction each: ingest goes on
-            count += rt.db.write_sync(functools.partial(change, ids=chunk))
+        count = sum(rt.db.write_sync(write)  # ingest goes on between the writes
+                    for write in outbox.dead_letter_writes(action, found))
         left = (rt.db.read_sync(lambda c: outbox.dead_elsewhere(c, names, when, id_list))
                 if action == "retry" else {})
     except HookyardError as exc:  # storage unavailable: a read-only file, a full disk

@@ -14,12 +14,13 @@ Row states::
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -382,6 +383,15 @@ def dead_ids(
         sql += f" AND destination IN ({','.join('?' * len(configured)) or 'NULL'})"
         params.extend(configured)
     return [row[0] for row in conn.execute(sql, params).fetchall()]
+
+
+def dead_letter_writes(action: str, found: list[int]) -> Iterator[Callable[[Any], int]]:
+    """The writes that ``retry`` or ``discard`` the dead letters ``found``, one transaction
+    of :data:`DEAD_CHUNK` each, for the CLI's ``write_sync`` and the API's ``write`` (each
+    returns how many rows it changed)."""
+    change = retry_dead_ids if action == "retry" else discard_dead_ids
+    for chunk in chunks(found, DEAD_CHUNK):
+        yield functools.partial(change, ids=chunk)
 
 
 def retry_dead_ids(conn: sqlite3.Connection, ids: list[int]) -> int:

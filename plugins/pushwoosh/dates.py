@@ -42,6 +42,16 @@ def parse_tag_date(value: str) -> datetime | None:
         return None
 
 
+def finite_float(value: int | float) -> float | None:
+    """``value`` as a finite float; None for NaN, infinity and an integer of 309 digits or
+    more (too large for a float)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def from_epoch(value: float) -> datetime | None:
     """An aware UTC datetime from epoch seconds (or milliseconds, when that large)."""
     if not math.isfinite(value):
@@ -60,10 +70,8 @@ def to_datetime(value: object) -> datetime | None:
     if isinstance(value, str):
         return parse_tag_date(value)
     if isinstance(value, int | float):
-        try:
-            return from_epoch(float(value))
-        except OverflowError:  # an integer of 309 digits or more
-            return None
+        number = finite_float(value)
+        return from_epoch(number) if number is not None else None
     return None
 
 

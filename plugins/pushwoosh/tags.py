@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from .dates import parse_tag_date, pushwoosh_date
+from .dates import finite_float, parse_tag_date, pushwoosh_date
 from .settings import TagType
 
 TagValue = bool | int | float | str | list[str]
@@ -95,18 +95,13 @@ def _to_float(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
+        return finite_float(value)
+    if isinstance(value, str):
         try:
-            number = float(value)
-        except OverflowError:  # an integer of 309 digits or more
-            return None
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
+            return finite_float(float(value.strip()))
         except ValueError:
             return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
+    return None
 
 
 def _to_decimal(value: Any) -> int | float | None:
