@@ -6,7 +6,9 @@ run is reproducible: the same examples every time. Explore new inputs with
 """
 
 import importlib.util
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,44 +37,86 @@ def far_time_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 # -- the single-file binary, built while the other tests run ------------------------------------
 # A cold PyInstaller build takes ~40 s of CPU, and the suite's tests leave a core idle much of
 # the time (they wait for servers), so it starts as soon as the binary test is collected, at a
-# low priority, and tests/test_binary.py waits for it instead of building on its own.
+# low priority, and tests/test_binary.py waits for it instead of building on its own. Under
+# pytest-xdist the controller starts it (once, not once per worker) and the worker that runs
+# the test waits for the build's status file in the directory named by BINARY_DIR_ENV.
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "build-binary"
+BINARY_DIR_ENV = "HOOKYARD_TEST_BINARY_DIR"
+BINARY_TEST_FILE = "tests/test_binary.py"
 
 
 class BinaryBuild:
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="hookyard-binary-"))
-        self.log = open(self.dir / "build.log", "w+b")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            ["nice", "-n", "15", sys.executable, str(BUILD_SCRIPT), "--dist", str(self.dir / "dist")],
-            stdout=self.log, stderr=subprocess.STDOUT,
+    """A build into ``directory``: ``build.log``, ``dist/hookyard``, and ``status`` (its exit
+    code) once done. ``proc`` is set in the process that started it, which stops it."""
+
+    def __init__(self, directory: Path, proc: subprocess.Popen[bytes] | None = None) -> None:
+        self.dir = directory
+        self.proc = proc
+
+    @classmethod
+    def start(cls, directory: Path) -> "BinaryBuild":
+        proc = subprocess.Popen(
+            ["sh", "-c", 'nice -n 15 "$0" "$1" --dist "$2/dist" >"$2/build.log" 2>&1;'
+             ' echo $? >"$2/status.tmp" && mv "$2/status.tmp" "$2/status"',
+             sys.executable, str(BUILD_SCRIPT), str(directory)],
+            start_new_session=True,  # stop() ends the shell and the build under it
         )
+        return cls(directory, proc)
 
     def wait(self, timeout: float = 900) -> tuple[int, str, Path]:
         """(exit status, the build's output, the binary)."""
-        code = self.proc.wait(timeout=timeout)
-        self.log.seek(0)
-        return code, self.log.read().decode(errors="replace"), self.dir / "dist" / "hookyard"
+        status = self.dir / "status"
+        deadline = time.monotonic() + timeout
+        while not status.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the binary build in {self.dir} did not end in {timeout} s")
+            time.sleep(0.5)
+        log = (self.dir / "build.log").read_text(errors="replace")
+        return int(status.read_text()), log, self.dir / "dist" / "hookyard"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _can_build() -> bool:
+    return importlib.util.find_spec("PyInstaller") is not None
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _xdist_controller(config) and _can_build():  # before the workers start: they inherit it
+        os.environ[BINARY_DIR_ENV] = tempfile.mkdtemp(prefix="hookyard-binary-")
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, in its controller
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    config = node.config  # type: ignore[attr-defined]
+    if BINARY_BUILD not in config.stash and any(i.startswith(BINARY_TEST_FILE) for i in ids) \
+            and os.environ.get(BINARY_DIR_ENV):
+        config.stash[BINARY_BUILD] = BinaryBuild.start(Path(os.environ[BINARY_DIR_ENV]))
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m took out what does not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if any(item.get_closest_marker("binary") for item in items) and \
-            importlib.util.find_spec("PyInstaller") is not None:
-        config.stash[BINARY_BUILD] = BinaryBuild()
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller builds
+        return
+    if any(item.get_closest_marker("binary") for item in items) and _can_build():
+        config.stash[BINARY_BUILD] = BinaryBuild.start(
+            Path(tempfile.mkdtemp(prefix="hookyard-binary-")))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     build = config.stash.get(BINARY_BUILD, None)
     if build is not None:
         build.stop()
+    elif _xdist_controller(config) and os.environ.get(BINARY_DIR_ENV):
+        shutil.rmtree(os.environ[BINARY_DIR_ENV], ignore_errors=True)  # made, never built
 
 
 BINARY_BUILD = pytest.StashKey[BinaryBuild]()
@@ -81,4 +125,7 @@ BINARY_BUILD = pytest.StashKey[BinaryBuild]()
 @pytest.fixture()
 def binary_build(request: pytest.FixtureRequest) -> BinaryBuild | None:
     """The build started at collection, or None (PyInstaller missing: the test skips)."""
+    if hasattr(request.config, "workerinput"):
+        directory = os.environ.get(BINARY_DIR_ENV)
+        return BinaryBuild(Path(directory)) if directory else None
     return request.config.stash.get(BINARY_BUILD, None)
