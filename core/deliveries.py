@@ -202,6 +202,31 @@ def error_reason(text: str | None) -> str | None:
     return None
 
 
+def expect_json(
+    result: DeliveryResult, body: bytes | None, service: str, url_setting: str
+) -> DeliveryResult:
+    """``result``, unless it is a 2xx whose body is no JSON object or array: then not
+    ``service``'s answer, where the service answers every call with JSON, but a proxy's, a
+    captive portal's or a web app's page (``url_setting`` pointing at the vendor's dashboard):
+    retryable, saying so, and never counted as delivered (vendors audit: a 200 of
+    ``<html>Welcome to nginx!</html>`` was)."""
+    if result.outcome != "ok" or body is None:
+        return result
+    text = body.lstrip()
+    if text[:1] in (b"{", b"["):
+        try:
+            msgspec.json.decode(body)
+            return result
+        except msgspec.DecodeError:
+            pass
+    what = "an empty body" if not text else "a body that is not JSON"
+    return DeliveryResult.retryable(
+        f"HTTP {result.http_status} with {what}: not an answer of {service}'s API"
+        f" (is the destination's {url_setting} right?)",
+        http_status=result.http_status, response_body=result.response_body,
+    )
+
+
 HELD_BACK = "not sent: an earlier delivery with the same ordering key failed and will be retried"
 
 

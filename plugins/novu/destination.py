@@ -40,6 +40,7 @@ from hookyard.deliveries import (  # noqa: F401 - HELD_BACK: the text tests comp
     RESPONSE_BODY_LIMIT,
     Delivery,
     DeliveryResult,
+    expect_json,
     held_back,
 )
 from hookyard.http import HttpClient, HttpResponse
@@ -228,6 +229,8 @@ class Sender:
         if not d.path.startswith("/"):
             return DeliveryResult.permanent(f"cannot send Novu delivery of kind {d.kind!r}")
         result, response = await self.post(d.path, d.body)
+        if response is not None:
+            result = expect_json(result, response.body, "Novu", "api_url")
         if d.kind == KIND_TRIGGER:
             return self.trigger_result(result, response)
         if d.kind == KIND_TOPIC:

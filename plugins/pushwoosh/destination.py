@@ -22,6 +22,7 @@ from hookyard.deliveries import (
     Delivery,
     DeliveryResult,
     MapResult,
+    expect_json,
     parse_retry_after,
     send_in_order,
 )
@@ -228,6 +229,8 @@ async def send_one(
     url = settings.base_url.rstrip("/") + delivery.path
     headers = {"Authorization": f"Token {settings.api_key}", "Accept": "application/json"}
     result, response = await client.send(delivery.method, url, json=delivery.body, headers=headers)
+    if response is not None:
+        result = expect_json(result, response.body, "Pushwoosh", "base_url")
     return classify(result, response)
 
 

@@ -151,11 +151,23 @@ def test_single_trigger_statuses(fake: FakeServer) -> None:
         422, {"statusCode": 422, "message": "to.email must be an email"}, path=TRIGGER, times=1
     )
     fake.respond(201, b"", path=TRIGGER, times=1)
-    results = [send(fake, [track(fake)])[0] for _ in range(5)]
-    assert outcomes(results) == ["ok", "permanent", "ok", "permanent", "ok"]
+    fake.respond(200, b"<html>captive portal</html>", path=TRIGGER, times=1)
+    results = [send(fake, [track(fake)])[0] for _ in range(6)]
+    assert outcomes(results) == ["ok", "permanent", "ok", "permanent", "retryable", "retryable"]
     assert results[1].error == "Novu trigger no_workflow_steps_defined"
     assert results[2].http_status == 400  # Novu already had this transactionId: delivered
     assert results[3].error == "HTTP 422: to.email must be an email"
+    # Novu answers every call with JSON: anything else is not Novu, never counted delivered
+    assert results[4].error == ("HTTP 201 with an empty body: not an answer of Novu's API"
+                                " (is the destination's api_url right?)")
+    assert "a body that is not JSON" in (results[5].error or "")
+
+
+def test_a_subscriber_or_topic_answer_that_is_not_json_is_retried(fake: FakeServer) -> None:
+    fake.respond(200, b"<!doctype html><title>Novu dashboard</title>")
+    results = send(fake, [identify(fake)])
+    assert outcomes(results) == ["retryable"]
+    assert results[0].response_body is not None and "doctype" in results[0].response_body
 
 
 @pytest.mark.parametrize(

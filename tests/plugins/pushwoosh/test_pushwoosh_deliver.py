@@ -96,7 +96,9 @@ def test_error_in_a_200_body_is_permanent(fake: FakeServer) -> None:
         ({"status_code": 210, "status_message": "Application not found"}, "permanent"),
         ({"status_code": "200", "status_message": "OK"}, "ok"),
         ({"result": "no status code"}, "ok"),
-        (b"not json", "ok"),
+        (b"not json", "retryable"),  # not Pushwoosh (a proxy's page): never delivered
+        (b"<html>Welcome to nginx!</html>", "retryable"),
+        (None, "retryable"),  # an empty body
     ],
 )
 def test_status_code_in_the_body(fake: FakeServer, body: Any, outcome: str) -> None:
