@@ -12,7 +12,9 @@ replays).
   groupId (Novu creates a missing topic).
 * page, screen, alias: skipped with a reason.
 
-Bodies never carry ``null``: absent values are left out, exactly as Novu's SDK sends them.
+An identify's trait that is explicitly ``null`` clears the attribute in Novu (``"email":
+null``) and stays ``null`` in ``data``; a trigger's payload leaves its top-level ``null``s out.
+Integers past 2^53 go as text: Novu reads JSON in JavaScript, where they would be rounded.
 """
 
 from __future__ import annotations
@@ -140,7 +142,49 @@ def without_nulls(
     values: Mapping[str, Any] | None, exclude: Collection[str] = ()
 ) -> dict[str, Any]:
     """A copy without ``null`` values (and without the ``exclude`` keys)."""
-    return {k: v for k, v in (values or {}).items() if v is not None and k not in exclude}
+    return {k: js_safe(v) for k, v in (values or {}).items() if v is not None and k not in exclude}
+
+
+def without_keys(values: Mapping[str, Any], exclude: Collection[str]) -> dict[str, Any]:
+    """A copy without the ``exclude`` keys, ``null``s kept."""
+    return {k: js_safe(v) for k, v in values.items() if k not in exclude}
+
+
+JS_SAFE_INT = 2**53 - 1
+"""The largest integer JavaScript's numbers hold exactly (``Number.MAX_SAFE_INTEGER``)."""
+
+
+def js_safe(value: Any) -> Any:
+    """``value`` with every integer beyond +-2^53 - 1 (at any depth) as its decimal text: Novu
+    parses JSON in JavaScript, which rounded ``9223372036854775807`` to
+    ``9223372036854776000`` (vendors audit)."""
+    if isinstance(value, int):
+        return str(value) if not -JS_SAFE_INT <= value <= JS_SAFE_INT else value
+    if isinstance(value, dict):
+        return {k: js_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [js_safe(v) for v in value]
+    return value
+
+
+def cleared_fields(
+    settings: NovuSettings, traits: Mapping[str, Any], found: Mapping[str, str]
+) -> tuple[dict[str, None], set[str]]:
+    """The subscriber attributes an identify clears, and the top-level ``null`` traits an
+    attribute is read from (not repeated in ``data``). An attribute is cleared when such a
+    trait is explicitly ``null`` and no other source gave a value
+    (``{"email": null}`` -> ``"email": null``, which Novu stores; leaving it out kept the old
+    address, vendors audit)."""
+    candidates = _candidates(tuple(settings.identify_fields.items()))
+    cleared: dict[str, None] = {}
+    used: set[str] = set()
+    for field in SUBSCRIBER_FIELDS:
+        nulls = [path for path in candidates[field]
+                 if not path.startswith("$.") and get_path(traits, path) is None]
+        if nulls and field not in found:
+            cleared[field] = None
+        used.update(path for path in nulls if "." not in path)  # not in data: an attribute's
+    return cleared, used
 
 
 def _context_traits(raw: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -155,8 +199,11 @@ def map_identify(settings: NovuSettings, event: Identify, raw: Mapping[str, Any]
         return MapResult.skip(NO_USER_ID)
     traits = event.traits or {}
     fields, used = subscriber_fields(settings, traits, raw)
-    body: dict[str, Any] = {"subscriberId": user_id, **fields}
-    data = without_nulls(traits, used)
+    cleared, nulls = cleared_fields(settings, traits, fields)
+    given = {**fields, **cleared}
+    body: dict[str, Any] = {"subscriberId": user_id}
+    body.update((field, given[field]) for field in SUBSCRIBER_FIELDS if field in given)
+    data = without_keys(traits, used | nulls)
     if data:
         body["data"] = data
     return MapResult.send(

@@ -145,10 +145,18 @@ def test_identify_reserved_traits_and_nulls() -> None:
         "lastName": "Gibbons",  # lastName is null: taken from name
         "phone": "5551234",
         "avatar": "https://example.com/p.png",
+        "email": None,  # explicitly null: cleared in Novu (left out, Novu kept the old one)
         "locale": "en-US",
-        "data": {"title": "Engineer"},
+        "data": {"company": None, "title": "Engineer"},  # Novu replaces data as a whole
     }
-    assert None not in d.body.values() and "email" not in d.body
+
+
+def test_identify_integers_past_2_53_go_as_text() -> None:
+    big = {"id": 9223372036854775807, "n": [2**70, 5], "safe": 2**53 - 1, "neg": -(2**53)}
+    d = one(sample_identify(traits={"account": big, "plan": "pro"}))
+    assert d.body["data"]["account"] == {
+        "id": "9223372036854775807", "n": [str(2**70), 5], "safe": 2**53 - 1, "neg": str(-(2**53))
+    }
 
 
 def test_identify_keeps_an_unused_name_in_data_and_omits_empty_data() -> None:

@@ -78,7 +78,17 @@ def sdk_subscriber() -> models.CreateSubscriberRequestDto:
         avatar="https://example.com/p.png",
         locale="en-US",
         timezone="Asia/Kolkata",
-        data={"plan": "premium", "logins": 5, "address": {"city": "Austin"}},
+        data={"plan": "premium", "logins": 5, "address": {"city": "Austin"}, "nickname": None},
+    )
+
+
+CLEARING_TRAITS = {"email": None, "phone": None, "plan": "pro", "vip": None}
+"""An identify clearing attributes: Novu's SDK sends an attribute set to None as ``null``."""
+
+
+def sdk_clearing_subscriber() -> models.CreateSubscriberRequestDto:
+    return models.CreateSubscriberRequestDto(
+        subscriber_id="97980cfea0067", email=None, phone=None, data={"plan": "pro", "vip": None}
     )
 
 
@@ -102,6 +112,11 @@ def track_raw(user: str = "97980cfea0067") -> dict[str, Any]:
 def test_subscriber_upsert_matches_the_sdk_model() -> None:
     ours = hookyard_json(hookyard_delivery(sample_identify(traits=TRAITS)))
     same_json(ours, marshal_json(sdk_subscriber(), models.CreateSubscriberRequestDto))
+
+
+def test_a_clearing_subscriber_upsert_matches_the_sdk_model() -> None:
+    ours = hookyard_json(hookyard_delivery(sample_identify(traits=CLEARING_TRAITS)))
+    same_json(ours, marshal_json(sdk_clearing_subscriber(), models.CreateSubscriberRequestDto))
 
 
 def test_trigger_matches_the_sdk_model() -> None:
@@ -167,6 +182,13 @@ def test_the_sdk_sends_the_same_subscriber_upsert(fake: FakeServer) -> None:
         fake, lambda c: c.subscribers.create(create_subscriber_request_dto=sdk_subscriber())
     )
     same_request(hookyard_request(fake, hookyard_delivery(sample_identify(traits=TRAITS))), sdk)
+
+
+def test_the_sdk_sends_the_same_clearing_subscriber_upsert(fake: FakeServer) -> None:
+    sdk = sdk_request(fake, lambda c: c.subscribers.create(
+        create_subscriber_request_dto=sdk_clearing_subscriber()))
+    ours = hookyard_request(fake, hookyard_delivery(sample_identify(traits=CLEARING_TRAITS)))
+    same_request(ours, sdk)
 
 
 def test_the_sdk_sends_the_same_trigger(fake: FakeServer) -> None:
