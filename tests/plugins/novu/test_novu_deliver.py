@@ -163,6 +163,24 @@ def test_single_trigger_statuses(fake: FakeServer) -> None:
     assert "a body that is not JSON" in (results[5].error or "")
 
 
+def test_a_novu_that_only_creates_subscribers_gets_the_update_as_a_patch(fake: FakeServer) -> None:
+    """Self-hosted Novu releases whose POST /v2/subscribers does not upsert answer 409 for a
+    known subscriber: the same attributes go out as PATCH /v2/subscribers/{id}."""
+    exists = {"statusCode": 409, "message": "Subscriber: u/1 already exists"}
+    fake.respond(409, exists, path="/v2/subscribers", times=1)
+    delivery = d(fake, sample_identify(userId="u/1", traits={"email": "a@b.co", "plan": "pro"}))
+    [result] = send(fake, [delivery])
+    assert result.outcome == "ok"
+    first, patch = fake.requests
+    assert (first.method, first.path) == ("POST", "/v2/subscribers")
+    assert (patch.method, patch.raw_path) == ("PATCH", "/v2/subscribers/u%2F1")
+    assert patch.json() == {"email": "a@b.co", "data": {"plan": "pro"}}
+    fake.respond(409, exists, path="/v2/subscribers", times=1)
+    fake.respond(404, {"statusCode": 404, "message": "Subscriber not found"}, times=1)
+    [result] = send(fake, [delivery])
+    assert result.outcome == "permanent" and result.error == "HTTP 404: Subscriber not found"
+
+
 def test_a_subscriber_or_topic_answer_that_is_not_json_is_retried(fake: FakeServer) -> None:
     fake.respond(200, b"<!doctype html><title>Novu dashboard</title>")
     results = send(fake, [identify(fake)])

@@ -191,6 +191,19 @@ def test_the_sdk_sends_the_same_clearing_subscriber_upsert(fake: FakeServer) -> 
     same_request(ours, sdk)
 
 
+def test_the_sdk_sends_the_same_subscriber_patch(fake: FakeServer) -> None:
+    """The update sent when a Novu that only creates answers 409 (destination.py)."""
+    sdk = sdk_request(fake, lambda c: c.subscribers.patch(
+        subscriber_id="97980cfea0067", patch_subscriber_request_dto=models.PatchSubscriberRequestDto(
+            email=None, phone=None, data={"plan": "pro", "vip": None})))
+    fake.respond(409, {"statusCode": 409, "message": "exists"}, path="/v2/subscribers", times=1)
+    before = len(fake.requests)
+    ctx = destination_context("novu", {**SETTINGS, "base_url": fake.url}, reg=REG)
+    deliver_with(ctx, [hookyard_delivery(sample_identify(traits=CLEARING_TRAITS))], REG)
+    [_, ours] = fake.requests[before:]
+    same_request(ours, sdk)
+
+
 def test_the_sdk_sends_the_same_trigger(fake: FakeServer) -> None:
     raw = track_raw()
     sdk = sdk_request(
