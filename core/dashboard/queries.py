@@ -251,7 +251,7 @@ def destination_health(
 
     if sizes is None:
         states, retrying = outbox.counts(conn, names)
-    else:  # the runtime's counter: finished rows counted at most once a minute once slow
+    else:  # the runtime's counter: finished rows reused a while once slow (sizes.py)
         _, states, retrying = sizes.read(conn, names)
     for dest, state, count in states:
         get(dest).states[state] = count

@@ -61,13 +61,19 @@ def test_slow_counts_are_reused_live_ones_are_not(runtime: Runtime, monkeypatch:
     add(runtime, "pending", 4, 5)
     add(runtime, "dead", 1, 9)
     second = scrape(collector)
-    assert second["hookyard_inbox_events"] == 3  # reused for FINISHED_COUNTS_SECONDS
+    assert second["hookyard_inbox_events"] == 3  # reused (for MIN_REUSE_SECONDS: a quick count)
     assert second["hookyard_outbox_rows,seg,done"] == 3
     assert second["hookyard_outbox_rows,seg,pending"] == 4  # live: counted now
     assert second["hookyard_outbox_rows,seg,dead"] == 1
     monkeypatch.setattr(sizes, "FINISHED_COUNTS_SECONDS", 0.0)
     third = scrape(collector)
     assert third["hookyard_inbox_events"] == 10 and third["hookyard_outbox_rows,seg,done"] == 5
+
+
+def test_a_slow_count_is_reused_for_twenty_times_its_duration_within_bounds() -> None:
+    assert sizes.reuse_seconds(0.001) == sizes.MIN_REUSE_SECONDS == 1.0
+    assert sizes.reuse_seconds(0.1) == pytest.approx(2.0)  # ~2 million rows
+    assert sizes.reuse_seconds(30.0) == sizes.FINISHED_COUNTS_SECONDS == 60.0
 
 
 def test_the_dashboard_shares_the_slow_counts(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
