@@ -116,7 +116,10 @@ def map_identify(settings: PushwooshSettings, event: Identify, raw: Mapping[str,
     who = identity(settings, event, raw)
     if who is None:
         return _no_identity(settings)
-    tags, dropped = build_tags(event.traits or {}, settings.tag_names, settings.tag_types)
+    traits = event.traits or {}
+    if settings.exclude_traits:
+        traits = {k: v for k, v in traits.items() if k not in settings.exclude_traits}
+    tags, dropped = build_tags(traits, settings.tag_names, settings.tag_types)
     if not tags:
         reason = "no traits to send as Pushwoosh tags"
         if dropped:

@@ -27,6 +27,9 @@ class PushwooshSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
                    ``"userId"`` or ``"traits.external_id"``).
     tag_types:     tag (or trait) name -> forced tag type; the value is coerced to it.
     tag_names:     trait name -> Pushwoosh tag name (``"address.city"`` for address parts).
+    exclude_traits: top-level trait names never sent as tags (personal data: Pushwoosh's
+                   own RudderStack integration leaves out ``email``, ``phone``, ``firstName``,
+                   ``lastName``, ``name`` and ``address``).
     create_or_update_user_profile: identify -> ``/setTags`` ("Create or Update User Profile").
     track_events:  track -> ``/postEvent`` ("Track Events").
     """
@@ -39,6 +42,7 @@ class PushwooshSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     tag_names: dict[str, NonEmpty] = {}
     create_or_update_user_profile: bool = True
     track_events: bool = True
+    exclude_traits: list[NonEmpty] = []
 
     def __post_init__(self) -> None:
         if not self.api_key.strip():

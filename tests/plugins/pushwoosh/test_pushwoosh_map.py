@@ -125,6 +125,15 @@ def test_identify_settings_rename_and_type_tags() -> None:
     assert request["tags"]["logins"] == "5"
 
 
+def test_identify_leaves_excluded_traits_out() -> None:
+    traits = {"email": "a@b.co", "phone": "+1555", "address": {"city": "Austin"}, "plan": "pro"}
+    request = request_of(run(sample_identify(traits=traits),
+                             exclude_traits=["email", "phone", "address"]))
+    assert request["tags"] == {"plan": "pro"}
+    only = run(sample_identify(traits={"email": "a@b.co"}), exclude_traits=["email"])
+    assert only.filtered == "no traits to send as Pushwoosh tags"
+
+
 def test_identify_with_user_id_from_a_dotted_path() -> None:
     raw = sample_identify(traits={"external_id": "crm-42", "plan": "pro"})
     request = request_of(run(raw, user_id_field="traits.external_id"))
