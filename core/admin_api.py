@@ -33,6 +33,7 @@ from .operator_input import (
     int_param,
     page_limit,
     parse_time,
+    replay_start,
     retry_refusal,
 )
 from .request_body import read_body
@@ -267,6 +268,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             body = msgspec.convert(raw, ReplayRequest)
             if body.source not in rt.sources:
                 return _error(404, f"no source named {body.source!r}")
+            replay_start(body.since, body.every)
             started = time.time()
             done = await replay(rt, body.source, body.destination, body.since, body.until)
         except ConfigError as exc:

@@ -234,12 +234,14 @@ class PreviewResult(msgspec.Struct):
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Unknown keys are a 400. ``since`` / ``until``: ISO-8601 (UTC when no zone is given) or
-    Unix seconds, on the time an event was received; ``until`` is exclusive."""
+    Unix seconds, on the time an event was received; ``until`` is exclusive. ``since`` or
+    ``"all": true`` (every stored event of the source) is required."""
 
     source: str
     destination: str | None = None
     since: str | float | None = None
     until: str | float | None = None
+    every: bool = msgspec.field(default=False, name="all")  # from the first stored event
 
 
 class ReplayResult(msgspec.Struct):

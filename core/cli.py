@@ -359,14 +359,20 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
 @click.option("--destination", help="Only this destination (default: every connected one)")
 @click.option("--since", help=f"Received at or after this time: {TIME_HELP}")
 @click.option("--until", help=f"Received before this time: {TIME_HELP}")
+@click.option("--all", "every", is_flag=True,
+              help="From the first stored event of the source (instead of --since)")
 def replay(config_path: str | None, data_dir: str | None, source: str, destination: str | None,
-           since: str | None, until: str | None) -> None:
-    """Map stored events again and queue their deliveries (mapping changes reach the past)."""
+           since: str | None, until: str | None, every: bool) -> None:
+    """Map stored events again and queue their deliveries (mapping changes reach the past).
+
+    Say where the replay starts: --since TIME, or --all for every stored event of the
+    source."""
     from .delivery.replay import Replayed, count_events, open_end, routed_until
     from .delivery.replay import replay as do_replay
-    from .operator_input import window
+    from .operator_input import replay_start, window
 
     try:
+        replay_start(since, every, cli=True)
         window(since, until)  # a bad time or window stops here, before the database is opened
         rt = stored_runtime(config_path, data_dir)
         if source not in rt.sources:

@@ -73,6 +73,20 @@ def window(since: Any, until: Any) -> tuple[str | None, str | None]:
     return (None if lo is None else iso_utc(lo)), (None if hi is None else iso_utc(hi))
 
 
+def replay_start(since: Any, every: bool, *, cli: bool = False) -> None:
+    """A replay names where it starts: ``since``, or ``all`` for every stored event of the
+    source. Without either, a forgotten ``--since`` sent a whole history again to destinations
+    that cannot deduplicate (a webhook, Pushwoosh events; newcomer audit)."""
+    since_name, all_name = ("--since", "--all") if cli else ("since", '"all": true')
+    if every and since is not None:
+        raise ValueError(f"{all_name} cannot be combined with {since_name}")
+    if not every and since is None:
+        raise ValueError(
+            f"say where the replay starts: {since_name} TIME (events received from then on), or"
+            f" {all_name} for every stored event of the source (destinations that do not"
+            " deduplicate, such as webhooks and Pushwoosh events, get them all again)")
+
+
 def dead_letter_filter(
     action: str, destination: str | None, since: Any, ids: list[int] | None, every: bool,
     *, cli: bool = False,

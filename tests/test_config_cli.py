@@ -493,7 +493,7 @@ def test_stored_data_commands_refuse_a_missing_database(tmp_path: Path) -> None:
     """Run from the wrong directory, dlq and replay say so instead of creating an empty
     install there and reporting nothing to do."""
     empty = tmp_path / "empty"
-    for args in (["dlq", "list"], ["dlq", "retry"], ["replay", "--source", "default"]):
+    for args in (["dlq", "list"], ["dlq", "retry"], ["replay", "--source", "default", "--all"]):
         line = one_line_error(run(*args, "--data-dir", str(empty)))
         assert f"no hookyard database at {empty / 'hookyard.db'}" in line, args
     assert not empty.exists()
@@ -528,7 +528,7 @@ def test_dlq_needs_no_secret_of_the_servers_environment(tmp_path: Path,
     for args in (["dlq", "list"], ["dlq", "retry"], ["dlq", "discard", "--destination", "profiles"]):
         result = run(*args, "--config", str(path))
         assert result.exit_code == 0, (args, result.output)
-    line = one_line_error(run("replay", "--config", str(path), "--source", "web"))
+    line = one_line_error(run("replay", "--config", str(path), "--source", "web", "--all"))
     assert "environment variable HY_TEST_UNSET_KEY, which is not set" in line
 
 
@@ -551,7 +551,7 @@ def test_dlq_names_the_unset_variable_a_plugin_refused(tmp_path: Path,
 
 def test_replay_unknown_source_fails_cleanly(tmp_path: Path) -> None:
     path = _created(tmp_path)
-    line = one_line_error(run("replay", "--config", str(path), "--source", "nope"))
+    line = one_line_error(run("replay", "--config", str(path), "--source", "nope", "--all"))
     assert "'nope'" in line
 
 
@@ -585,7 +585,7 @@ def test_two_sources_with_one_write_key(tmp_path: Path) -> None:
 
 def test_unknown_destination_fails_cleanly(tmp_path: Path) -> None:
     path = _created(tmp_path)
-    for args in (["dlq", "retry"], ["dlq", "list"], ["replay", "--source", "web"]):
+    for args in (["dlq", "retry"], ["dlq", "list"], ["replay", "--source", "web", "--all"]):
         line = one_line_error(run(*args, "--destination", "nope", "--config", str(path)))
         assert "no destination named 'nope'" in line, args
 

@@ -310,7 +310,7 @@ def test_replay_after_a_mapping_change(hookyard_server: Start, tmp_path: Path) -
         "$email": ["carol@example.com"], "$whatsapp": ["+15550000003"]}
 
     # ... and a replay of past syncs brings it to existing users (here: up to the boundary)
-    r = new.api("/api/replay", "POST", json={"source": "web", "until": boundary})
+    r = new.api("/api/replay", "POST", json={"source": "web", "all": True, "until": boundary})
     assert r.status_code == 200, r.text
     assert r.json()["events"] == 2  # alice's identify and track
     new.wait_idle()
@@ -347,3 +347,7 @@ def test_replay_rejects_unknown_source_and_bad_time(server: HookyardServer) -> N
     assert r.status_code == 400 and "ISO-8601" in r.json()["error"]
     r = server.api("/api/replay", "POST", json={})
     assert r.status_code == 400
+    r = server.api("/api/replay", "POST", json={"source": "web"})  # from when? (newcomer audit)
+    assert r.status_code == 400 and "say where the replay starts" in r.json()["error"]
+    r = server.api("/api/replay", "POST", json={"source": "web", "all": True, "since": "2026-01-01"})
+    assert r.status_code == 400 and "cannot be combined" in r.json()["error"]

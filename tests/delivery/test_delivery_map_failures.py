@@ -154,7 +154,7 @@ def test_an_unencodable_delivery_is_a_dead_letter_of_its_destination_only(
     assert dead_by_message(server, "bad", 5)["u4-1"]["user_key"] == "u4"
 
     # a replay maps them again: the good destination gets them again, the bad one new dead letters
-    r = admin(server, "/api/replay", "POST", json={"source": "web"})
+    r = admin(server, "/api/replay", "POST", json={"source": "web", "all": True})
     assert r.status_code == 200 and r.json()["events"] == 5, r.text
     wait_until(lambda: len(peer.accepted_ids()) == 10, what="the replayed deliveries")
     assert set(dead_by_message(server, "bad", 10)) == {*USERS, "u4-1"}
@@ -300,7 +300,7 @@ def test_cli_preview_replay_and_dlq_list(
     dead_by_message(server, "bad", 1)
     settled(server)
 
-    code, out = run_cli("replay", "--source", "web", *opts)
+    code, out = run_cli("replay", "--source", "web", "--all", *opts)
     assert code == 1, out  # a dead letter was made: scripts notice
     assert ("replayed 1 events: 1 deliveries queued, 0 filtered, 1 failed to map (dead letters,"
             " with the error: hookyard dlq list)") in out, out

@@ -259,14 +259,16 @@ def test_replay_applies_changed_filter_and_mapping_to_past_events(
     forwarded = [e["messageId"] for r in fake.requests for e in r.json()["batch"]]
     assert sorted(forwarded) == ["id-1", "id-1", "r1-1", "r1-2", "r1-2"]  # at least once
 
-    code, out = run_cli("replay", "--source", "web", "--destination", "seg", *opts)
+    code, out = run_cli("replay", "--source", "web", "--destination", "seg", "--all", *opts)
     assert code == 0 and "replayed 3 events: 3 deliveries queued, 0 filtered" in out, out
     server.wait_idle()
     assert len([r for r in trace(server, "id-1") if r["destination"] == "profiles"]) == 2
-    code, out = run_cli("replay", "--source", "web", "--destination", "nope", *opts)
+    code, out = run_cli("replay", "--source", "web", "--destination", "nope", "--all", *opts)
     assert code != 0 and "nope" in out
     for args, reason in ((["--since", ""], "since is empty"),
-                         (["--until", "0001-01-01T00:00:00+01:00"], "out of range"),
+                         (["--all", "--until", "0001-01-01T00:00:00+01:00"], "out of range"),
+                         ([], "say where the replay starts: --since TIME"),
+                         (["--all", "--since", "2026-01-01"], "--all cannot be combined with --since"),
                          (["--since", "9999-12-31T23:59:59-05:00"], "out of range"),
                          (["--since", "2026-11-02", "--until", "2026-11-01"], "since is after until")):
         code, out = run_cli("replay", "--source", "web", *args, *opts)
@@ -296,7 +298,8 @@ def test_api_replay_applies_a_changed_field_mapping(
     for body, reason in (
         ({"source": "web", "destinaton": "rec"}, "destinaton"),
         ({"source": "web", "since": "9999-12-31T23:59:59-05:00"}, "out of range"),
-        ({"source": "web", "until": "0001-01-01T00:00:00+01:00"}, "out of range"),
+        ({"source": "web", "all": True, "until": "0001-01-01T00:00:00+01:00"}, "out of range"),
+        ({"source": "web", "until": "2026-11-01"}, 'or "all": true for every stored event'),
         ({"source": "web", "since": ""}, "since is empty"),
         ({"source": "web", "since": "2026-11-02", "until": "2026-11-01"}, "since is after until"),
         ({"source": "web", "since": [1]}, "since"),
