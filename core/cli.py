@@ -229,6 +229,9 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         # listen before anything is printed or created: a port in use stops here, with one
         # line, instead of after a banner (and a first-start admin token never shown again)
         sock = listen(config.server.host, config.server.port)
+        # the data dir said as check-config says it, before the write key file is made there
+        # ("cannot read or create .../write_key: File exists" for a data dir that is a file)
+        _check_data_dir(Path(config.server.data_dir).expanduser().resolve())
         if config.generated:  # the default config: its write key is kept from now on
             config = _load(config_path, host, port, data_dir)
         config.server.port = sock.getsockname()[1]  # --port 0: the port the system chose
@@ -307,7 +310,9 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
 
     try:
         _refuse_new_default_install(config_path, data_dir)
-        rt = _runtime(_load(config_path, data_dir=data_dir))
+        config = _load(config_path, data_dir=data_dir, create=False)
+        _check_data_dir(Path(config.server.data_dir).expanduser().resolve())
+        rt = _runtime(_load(config_path, data_dir=data_dir) if config.generated else config)
         lock = lock_data_dir(rt.data_dir, "worker")  # noqa: F841 - held while the worker runs
         delivering = lock_delivery(rt.data_dir, rt.config.storage)  # noqa: F841 - held too
     except HookyardError as exc:

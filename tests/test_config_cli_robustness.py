@@ -66,7 +66,7 @@ def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     afile = tmp_path / "afile"
     afile.write_text("")
     code, output = _serve("--data-dir", str(afile))
-    assert code == 1 and "Error: cannot read or create" in output
+    assert code == 1 and output == f"Error: the data dir {afile} is not a directory\n"
 
 
 def test_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
@@ -205,6 +205,11 @@ def test_check_config_checks_the_data_dir_and_warns_of_no_sources(tmp_path: Path
     for where, message in ((afile, "is not a directory"), (afile / "sub", "is a file")):
         result = CliRunner().invoke(main, ["check-config", "-c", str(config), "--data-dir", str(where)])
         assert result.exit_code == 1 and message in result.output
+        # serve says it the same way, with or without a config (it said "cannot read or
+        # create .../write_key: File exists"; newcomer audit)
+        for config_args in (["-c", str(config)], []):
+            code, output = _serve(*config_args, "--data-dir", str(where))
+            assert code == 1 and message in output, output
     config.write_text("")
     result = CliRunner().invoke(main, ["check-config", "-c", str(config),
                                        "--data-dir", str(tmp_path / "data")])
