@@ -185,6 +185,9 @@ def resolve_env(value: Any, where: str = "", unset: dict[str, str] | None = None
             return unset.setdefault(var, f"unset-{var}-{secrets.token_hex(8)}")
         ENV_VALUES.add(os.environ[var])
         return os.environ[var]
+    if isinstance(value, str) and (shell := SHELL_VARIABLE.match(value)):
+        raise ConfigError(f"{where or 'a setting'} is {value!r}, which is not expanded:"
+                          f' hookyard reads environment variables as "env:{shell[1]}"')
     if isinstance(value, dict):
         return {k: resolve_env(v, f"{where}.{k}" if where else k, unset, missing)
                 for k, v in value.items()}
@@ -192,6 +195,11 @@ def resolve_env(value: Any, where: str = "", unset: dict[str, str] | None = None
         return [resolve_env(v, f"{where}[{_item_label(v, i)}]", unset, missing)
                 for i, v in enumerate(value)]
     return value
+
+
+SHELL_VARIABLE = re.compile(r"^\$\{?([A-Z_][A-Z0-9_]*)\}?$")
+"""A value written as a shell variable (``"$SEGMENT_WRITE_KEY"``, ``"${API_KEY}"``): taken as
+it is, it became the literal key and passed check-config (newcomer audit)."""
 
 
 def _not_set(where: str, var: str) -> str:
