@@ -98,7 +98,29 @@ def stored_runtime(config_path: str | None, data_dir: str | None, *,
             _load(config_path, data_dir=data_dir)
         raise
     rt.open(upgrade=False)  # an old server may still be running on it: serve upgrades it
+    forgotten = forgotten_config(rt)
+    if forgotten:
+        click.echo(f"warning: {forgotten}", err=True)
     return rt
+
+
+def forgotten_config(rt: Any) -> str | None:
+    """A warning when the built-in default config runs on a database other destinations
+    wrote to: a server set up with ``--config`` started without it (a new write key, a new
+    admin token, and ``dlq retry`` offering to discard their dead letters; newcomer audit)."""
+    from .delivery import outbox
+
+    if not rt.config.generated:
+        return None
+    try:
+        others = [d for d in rt.db.read_sync(outbox.destinations_in) if d not in rt.destinations]
+    except HookyardError:
+        return None
+    if not others:
+        return None
+    return (f"no config given, but this database has deliveries of destinations the default"
+            f" config does not have ({', '.join(sorted(others))}): did you forget --config or"
+            " HOOKYARD_CONFIG?")
 
 
 def _unset_in_entry(message: str, config_path: str | None, unset: dict[str, str]) -> list[str]:
@@ -272,6 +294,9 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
             " same config and data dir")
     if not config.sources:
         say(f"  {NO_SOURCES}")
+    forgotten = forgotten_config(rt)
+    if forgotten:
+        say(f"  warning:     {forgotten}")
     say(f"  dashboard:   {url}/ui/  (log in with the admin token)")
     if rt.admin_token_created:
         say(f"  admin token: {rt.admin_token}  (saved in {rt.data_dir / 'admin_token'})")

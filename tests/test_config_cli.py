@@ -526,6 +526,29 @@ def _created(tmp_path: Path) -> Path:
     return path
 
 
+def test_the_default_config_on_a_database_of_other_destinations_asks_for_the_config(
+        tmp_path: Path) -> None:
+    """A data dir set up with --config, used without it: the default config runs there (a new
+    write key, and dlq retry offered to discard the others' dead letters); it says so
+    (newcomer audit)."""
+    from hookyard.delivery import outbox
+
+    path = _created(tmp_path)
+    rt = Runtime.build(load_config(path))
+    rt.open()
+    now = time.time()
+    rt.db.write_sync(lambda c: outbox.insert_rows(
+        c, [("crm", None, "m1", "u", "track", b"{}", "dead", now, now, None, "novu")]))
+    rt.close()
+    data_dir = str(tmp_path / "data")
+    result = run("dlq", "list", "--data-dir", data_dir)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        "warning: no config given, but this database has deliveries of destinations the"
+        " default config does not have (crm): did you forget --config or HOOKYARD_CONFIG?\n")
+    assert run("dlq", "list", "--config", str(path)).stderr == ""
+
+
 def test_dlq_list_on_a_new_database(tmp_path: Path) -> None:
     result = run("dlq", "list", "--config", str(_created(tmp_path)))
     assert result.exit_code == 0, result.output
