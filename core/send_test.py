@@ -110,14 +110,18 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
     return Target(target_url, key, admin_token or token, token_from, args)
 
 
-def samples(user_id: str) -> list[Sent]:
-    """A sample identify and track with fresh messageIds."""
+def samples(user_id: str, destinations: tuple[str, ...] = ()) -> list[Sent]:
+    """A sample identify and track with fresh messageIds; with ``destinations``, for those
+    only (``"integrations": {"All": false, name: true}``)."""
     ident: dict[str, Any] = {"userId": user_id, "messageId": f"send-test-{uuid.uuid4()}",
              "traits": {"name": "hookyard send-test", "email": "send-test@example.com"},
              "context": {"library": {"name": "hookyard send-test"}}}
     track: dict[str, Any] = {"userId": user_id, "messageId": f"send-test-{uuid.uuid4()}",
              "event": "hookyard Test Event", "properties": {"source": "hookyard send-test"},
              "context": {"library": {"name": "hookyard send-test"}}}
+    if destinations:
+        for body in (ident, track):
+            body["integrations"] = {"All": False, **{name: True for name in destinations}}
     return [Sent("identify", ident["messageId"], ident), Sent("track", track["messageId"], track)]
 
 
@@ -248,14 +252,20 @@ def _finite_wait(value: float) -> float:
               help="Admin token to read deliveries (default: $HOOKYARD_ADMIN_TOKEN, config, data"
                    " dir; the variable keeps it out of the process list)")
 @click.option("--source", help="Source whose write key is used (default: the first Segment one)")
+@click.option("--destination", "destinations", multiple=True,
+              help="Send only to this destination (repeatable; default: every connected one,"
+                   " real vendors included)")
 @click.option("--user-id", default="hookyard-send-test", show_default=True)
 @click.option("--wait", default=10.0, show_default=True, type=click.FloatRange(min=0),
               callback=lambda ctx, param, value: _finite_wait(value),
               help="Seconds to wait for deliveries")
 def send_test(config_path: str | None, data_dir: str | None, url: str | None,
               write_key: str | None, admin_token: str | None, source: str | None,
-              user_id: str, wait: float) -> None:
-    """Send a sample identify and track to a running server and show where each went."""
+              destinations: tuple[str, ...], user_id: str, wait: float) -> None:
+    """Send a sample identify and track to a running server and show where each went.
+
+    They go to every destination connected to the source, real vendors included (a test
+    subscriber in Novu, tags in Pushwoosh): --destination NAME sends them to that one only."""
     try:
         context = click.get_current_context()
         from_env = (context.get_parameter_source("admin_token")
@@ -264,7 +274,7 @@ def send_test(config_path: str | None, data_dir: str | None, url: str | None,
             write_key = None  # --source names the key; a $HOOKYARD_WRITE_KEY left in the shell
             # does not win over it (the re-check: the events went to another source)
         target = resolve(config_path, data_dir, url, write_key, admin_token, source, from_env)
-        events = asyncio.run(run(target, samples(user_id), wait, click.echo))
+        events = asyncio.run(run(target, samples(user_id, destinations), wait, click.echo))
     except HookyardError as exc:
         raise click.ClickException(str(exc)) from None
     dead = report(target, events, click.echo)
