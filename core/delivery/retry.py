@@ -115,8 +115,11 @@ def decide(
         else:
             state = "pending"
             # a 429 waits what it asked, not longer for the attempts it made: refused many
-            # times under a long limit, a delivery waited up to retry_max_seconds (final re-check)
-            step = 1 if res.rate_limited else max(attempt, 1)
+            # times under a long limit, a delivery waited up to retry_max_seconds (final re-check);
+            # one that asks no time backs off as any failure does (it was retried every 0-5 s
+            # for a day: checklist audit)
+            asked = res.rate_limited and res.retry_after is not None
+            step = 1 if asked else max(attempt, 1)
             next_at = now + backoff(
                 step, policy.retry_initial_seconds, policy.retry_max_seconds, res.retry_after)
     elif res.outcome == "permanent":

@@ -149,3 +149,16 @@ def test_a_429_gives_up_on_time_only_and_sets_how_long_the_destination_waits() -
     assert rate_limit_wait(policy, [classify_http(429, {})]) == 1.0  # at least a second
     assert rate_limit_wait(policy, [classify_http(429, {"Retry-After": "3600"})]) == 30.0
     assert rate_limit_wait(policy, [classify_http(503, {"Retry-After": "9"})]) is None
+
+
+def test_a_429_that_asks_no_time_backs_off_as_any_failure() -> None:
+    """Checklist audit: with no Retry-After (nor a rate-limit reset), a 429 was retried every
+    0-5 s for a day; it backs off exponentially, and still gives up on time only."""
+    from hookyard.delivery.retry import decide
+
+    policy = DeliverySettings(max_attempts=3, retry_initial_seconds=5, retry_max_seconds=600)
+    bare = classify_http(429, {})
+    waits = [decide(policy, "d", (1, b"{}", 40, time.time(), None), "m", bare, 1.0)
+             for _ in range(50)]
+    assert {w.state for w in waits} == {"pending"}  # 41 attempts: time only gives up
+    assert max(w.next_at for w in waits) - time.time() > 60  # up to the 600 s cap, not 5 s
