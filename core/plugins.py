@@ -20,7 +20,6 @@ import importlib
 import importlib.metadata
 import inspect
 import re
-import sys
 import traceback
 from collections.abc import Coroutine, Iterable
 from types import CoroutineType
@@ -42,26 +41,6 @@ STEP_RESULTS = {
     "deliver": "a list of DeliveryResult",
 }
 
-# The built-in plugins by entry-point name, as in ``[project.entry-points.hookyard]`` of
-# pyproject.toml. A frozen single-file binary (PyInstaller) carries no entry-point metadata, so
-# there they are registered from this list (tests/test_binary.py checks the two agree).
-BUILTIN_PLUGINS = {
-    "profiles": "hookyard.profiles.plugin",
-    "segment": "hookyard_segment.plugin",
-    "pushwoosh": "hookyard_pushwoosh.plugin",
-    "novu": "hookyard_novu.plugin",
-}
-
-
-def register_builtin_plugins(pm: pluggy.PluginManager) -> None:
-    """Register every built-in plugin not already registered (used when frozen)."""
-    for name, module_name in BUILTIN_PLUGINS.items():
-        if pm.get_plugin(name) is None and not pm.is_blocked(name):
-            module = importlib.import_module(module_name)
-            if not pm.is_registered(module):
-                pm.register(module, name=name)
-
-
 def make_plugin_manager(
     plugins: Iterable[object] = (), *, load_entry_points: bool = True
 ) -> pluggy.PluginManager:
@@ -77,8 +56,6 @@ def make_plugin_manager(
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except (Exception, *PluginFailed.NOT_EXCEPTIONS) as exc:  # noqa: BLE001 - any error
             raise entry_point_error(pm, exc) from exc  # of a third-party module's import
-        if getattr(sys, "frozen", False):
-            register_builtin_plugins(pm)
     for plugin in plugins:
         if not pm.is_registered(plugin):
             _register(pm, plugin, None, _object_label(plugin))
