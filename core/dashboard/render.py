@@ -39,10 +39,12 @@ SECURITY_HEADERS = {
 
 
 def mask(secret: str | None) -> str:
-    """A secret as it may be shown: its first three and last four characters at most."""
+    """A secret as it may be shown: its first three and last four characters, of one of 24
+    characters or more (a generated key has 35); a shorter one not at all (a 12-character key
+    showed 7 of its characters; newcomer audit)."""
     if not secret:
         return ""
-    if len(secret) < 12:
+    if len(secret) < 24:
         return "•" * 8
     return f"{secret[:3]}{'•' * 8}{secret[-4:]}"
 

@@ -56,7 +56,12 @@ def test_no_page_shows_a_secret_or_raw_markup(client: httpx.Client) -> None:
     detail = client.get("/ui/events/xss-1").text
     assert "&lt;script&gt;alert(" in detail
     sources = client.get("/ui/sources").text
-    assert "das••••••••0001" in sources and "copy-key" in sources and "/v1/track" in sources
+    assert "copy-key" in sources and "/v1/track" in sources
+    # a key under 24 characters is not shown at all (19 here); a longer one only at its ends
+    assert "••••••••" in sources and "das•" not in sources and "•0001" not in sources
+    from hookyard.dashboard.render import mask
+    assert mask("wk_8jSAw9c_BjWE1UVPGQ2oPZ2FQZ3mV_C6") == "wk_••••••••V_C6"
+    assert mask("seg-key-0001") == mask("a" * 23) == "••••••••"
 
 
 def test_event_detail_shows_raw_event_mapping_and_attempts(client: httpx.Client) -> None:
@@ -127,6 +132,9 @@ def test_discard_one_dead_letter(client: httpx.Client, peer: FakeServer) -> None
     page = client.get("/ui/dead-letters?destination=forward").text
     ids = re.findall(r'class="dead-letter" data-id="(\d+)"', page)
     assert len(ids) == 50
+    # the status once: it said "HTTP 400 · HTTP 400: fake failure 400" (newcomer audit)
+    assert "HTTP 400: fake failure 400" in page and "HTTP 400 · HTTP 400" not in page
+    assert "HTTP 400 · HTTP 400" not in client.get("/ui/destinations").text
     done = client.post("/ui/dead-letters/discard", data={"id": ids[0],
                                                           "back_destination": "forward"})
     assert done.status_code == 303
