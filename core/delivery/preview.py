@@ -54,6 +54,10 @@ def load_event(data: bytes) -> dict[str, Any]:
 
 
 def _event(raw: dict[str, Any]) -> Event:
+    if "type" not in raw:  # a body written for /v1/identify, whose path gives the type
+        raise BadRequest('not a valid Segment event: it has no "type": add "type": "identify"'
+                         ' (or track, page, screen, group, alias), which /v1/<type> gives an'
+                         " event sent there")
     try:
         event: Event = msgspec.convert(raw, Event)  # type: ignore[arg-type]
     except (msgspec.ValidationError, RecursionError) as exc:

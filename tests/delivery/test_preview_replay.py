@@ -162,6 +162,8 @@ def test_cli_preview_prints_what_the_api_answers(
     assert code != 0 and "empty.json is empty: it must hold the event's JSON" in out
     code, out = run_cli("preview", *opts, stdin='{"type": "track", "event": "E"}')
     assert code != 0 and "userId or anonymousId is required" in out
+    code, out = run_cli("preview", *opts, stdin='{"userId": "u1", "traits": {}}')  # a /v1 body
+    assert code != 0 and 'it has no "type": add "type": "identify"' in out  # (newcomer audit)
 
 
 def test_cli_preview_creates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
