@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from .config_errors import explain_invalid
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -195,6 +195,22 @@ def resolve_env(value: Any, where: str = "", unset: dict[str, str] | None = None
         return [resolve_env(v, f"{where}[{_item_label(v, i)}]", unset, missing)
                 for i, v in enumerate(value)]
     return value
+
+
+SECTIONS = ("server", "storage", "sources", "destinations")
+_SECTION_HEADER = re.compile(r'^[ \t]*\[\[?[ \t]*"?([^\].\s"]+)', re.M)
+
+
+def _unknown_section(text: str) -> str:
+    """A hint for a TOML error that a misspelt section header causes: ``[[destination]]``
+    followed by ``[destinations.settings]`` is "Cannot declare ('destinations', 'settings')
+    twice", at the later line, naming neither the typo nor its line (newcomer audit)."""
+    for match in _SECTION_HEADER.finditer(text):
+        if match[1] not in SECTIONS:
+            line = text.count("\n", 0, match.start()) + 1
+            return (f"; line {line}: [{match[1]}] is not a section of hookyard's config"
+                    f"{did_you_mean(match[1], SECTIONS)}")
+    return ""
 
 
 SHELL_VARIABLE = re.compile(r"^\$\{?([A-Z_][A-Z0-9_]*)\}?$")
@@ -405,7 +421,7 @@ def load_config(path: str | Path, unset_env: dict[str, str] | None = None) -> Co
     except OSError as exc:  # permission denied, an unreadable device...
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        raise ConfigError(f"{path}: invalid TOML: {exc}{_unknown_section(text)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     return parse_config(data, str(path), unset_env)

@@ -350,6 +350,14 @@ def test_load_config_errors(tmp_path: Path) -> None:
     bad.write_text("[server\nport = 1\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+    # a misspelt header whose TOML error points elsewhere is named (newcomer audit)
+    one = '[[destinations]]\nname = "p"\nplugin = "profiles"\n[destinations.settings]\nx = 1\n'
+    bad.write_text(one + one.replace("[[destinations]]", "[[destination]]"))
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert str(err.value).endswith("Cannot declare ('destinations', 'settings') twice (at line 9,"
+                                   " column 23); line 6: [destination] is not a section of"
+                                   " hookyard's config (did you mean 'destinations'?)")
 
 
 # -- CLI (click CliRunner) -----------------------------------------------------------------------
