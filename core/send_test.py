@@ -43,6 +43,8 @@ class Target:
     """Where ``admin_token`` came from, for the message when the server refuses it."""
     commands_args: str = ""
     """``--config`` / ``--data-dir`` as given, for the commands a message suggests."""
+    destinations: tuple[str, ...] = ()
+    """The destinations of the config, when one was read (for ``--destination``)."""
 
 
 @dataclass
@@ -73,8 +75,10 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
     config_path = config_path or os.environ.get("HOOKYARD_CONFIG")
     host, port = "127.0.0.1", 8000
     key = token = None
+    configured: tuple[str, ...] = ()
     if config_path:
         config = load_config(config_path)
+        configured = tuple(d.name for d in config.destinations)
         host, port = config.server.host, config.server.port
         folder = Path(data_dir or config.server.data_dir).expanduser()
         token = config.server.admin_token or _read(folder / "admin_token")
@@ -107,12 +111,15 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
         token_from = "$HOOKYARD_ADMIN_TOKEN" if token_from_env else "--admin-token"
     args = " ".join(f"{flag} {shlex.quote(value)}" for flag, value in
                     (("--config", config_path), ("--data-dir", data_dir)) if value)
-    return Target(target_url, key, admin_token or token, token_from, args)
+    return Target(target_url, key, admin_token or token, token_from, args, configured)
 
 
-def samples(user_id: str, destinations: tuple[str, ...] = ()) -> list[Sent]:
+def samples(user_id: str, destinations: tuple[str, ...] = (),
+            configured: tuple[str, ...] = ()) -> list[Sent]:
     """A sample identify and track with fresh messageIds; with ``destinations``, for those
-    only (``"integrations": {"All": false, name: true}``)."""
+    only: ``"integrations": {"All": false, name: true}``, and ``false`` for each other
+    ``configured`` destination (a Segment forwarder hands ``"All": false`` on instead of
+    obeying it)."""
     ident: dict[str, Any] = {"userId": user_id, "messageId": f"send-test-{uuid.uuid4()}",
              "traits": {"name": "hookyard send-test", "email": "send-test@example.com"},
              "context": {"library": {"name": "hookyard send-test"}}}
@@ -121,7 +128,8 @@ def samples(user_id: str, destinations: tuple[str, ...] = ()) -> list[Sent]:
              "context": {"library": {"name": "hookyard send-test"}}}
     if destinations:
         for body in (ident, track):
-            body["integrations"] = {"All": False, **{name: True for name in destinations}}
+            body["integrations"] = {"All": False, **{name: False for name in configured},
+                                    **{name: True for name in destinations}}
     return [Sent("identify", ident["messageId"], ident), Sent("track", track["messageId"], track)]
 
 
@@ -274,7 +282,12 @@ def send_test(config_path: str | None, data_dir: str | None, url: str | None,
             write_key = None  # --source names the key; a $HOOKYARD_WRITE_KEY left in the shell
             # does not win over it (the re-check: the events went to another source)
         target = resolve(config_path, data_dir, url, write_key, admin_token, source, from_env)
-        events = asyncio.run(run(target, samples(user_id, destinations), wait, click.echo))
+        unknown = [d for d in destinations if target.destinations and d not in target.destinations]
+        if unknown:
+            raise ConfigError(f"no destination named {unknown[0]!r} in the config"
+                              f" (destinations: {', '.join(target.destinations)})")
+        events = asyncio.run(run(target, samples(user_id, destinations, target.destinations),
+                                 wait, click.echo))
     except HookyardError as exc:
         raise click.ClickException(str(exc)) from None
     dead = report(target, events, click.echo)

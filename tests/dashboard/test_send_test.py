@@ -37,6 +37,28 @@ def test_dead_letters_are_shown_and_fail(server: HookyardServer) -> None:
     assert {e["event"]["type"] for e in stored} == {"identify", "track"}
 
 
+def test_destination_sends_to_that_one_only(server: HookyardServer, peer: FakeServer,
+                                            tmp_path: Path) -> None:
+    """Newcomer audit: the test user reached every real vendor. With --destination only that
+    one gets it; given the config, the others are named off, which the Segment forwarder
+    obeys too (it hands "All": false on)."""
+    config = tmp_path / "hookyard.toml"
+    config.write_text(f'[server]\nport = {server.url.rsplit(":", 1)[1]}\nadmin_token = "{ADMIN}"\n'
+                      f'[[sources]]\nname = "web"\nplugin = "segment"\nwrite_key = "{KEY}"\n'
+                      '[[destinations]]\nname = "profiles"\nplugin = "profiles"\n'
+                      'sources = ["web"]\n[[destinations]]\nname = "forward"\nplugin = "segment"\n'
+                      'sources = ["web"]\n[destinations.settings]\nwrite_key = "k"\n')
+    before = len(peer.requests)
+    code, out, err = send_test("--config", str(config), "--destination", "profiles",
+                               "--user-id", "only-profiles")
+    assert code == 0, (out, err)
+    assert sum("-> profiles" in line and " done " in line for line in out.splitlines()) == 2
+    assert sum("-> forward" in line and " filtered " in line for line in out.splitlines()) == 2
+    assert len(peer.requests) == before  # the forwarder sent nothing
+    code, out, err = send_test("--config", str(config), "--destination", "nope")
+    assert code == 1 and "no destination named 'nope' in the config" in err
+
+
 def test_defaults_come_from_the_config_file(hookyard_server: Start, tmp_path: Path) -> None:
     port = free_port()
     srv = hookyard_server({"server": {"port": port, "admin_token": ADMIN},
