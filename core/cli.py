@@ -283,7 +283,8 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
             say(f"  source {src.name!r} ({src.plugin})")
             continue
         # a configured key may come from env: or a secrets file: show only enough to recognise it
-        shown = src.write_key if config.generated else f"{src.write_key[:4]}… (from the config)"
+        shown = (src.write_key if config.generated else  # its start, of a long one only
+                 f"{src.write_key[:4] + '… ' if len(src.write_key) >= 24 else ''}(from the config)")
         say(f"  source {src.name!r} ({src.plugin}) write key: {shown}")
     for dest in config.destinations:
         off = "" if dest.enabled else "  (disabled: enabled = false)"

@@ -187,7 +187,7 @@ def resolve_env(value: Any, where: str = "", unset: dict[str, str] | None = None
         return os.environ[var]
     if isinstance(value, str) and (shell := SHELL_VARIABLE.match(value)):
         raise ConfigError(f"{where or 'a setting'} is {value!r}, which is not expanded:"
-                          f' hookyard reads environment variables as "env:{shell[1]}"')
+                          f' hookyard reads environment variables as "env:{shell[1] or shell[2]}"')
     if isinstance(value, dict):
         return {k: resolve_env(v, f"{where}.{k}" if where else k, unset, missing)
                 for k, v in value.items()}
@@ -213,7 +213,7 @@ def _unknown_section(text: str) -> str:
     return ""
 
 
-SHELL_VARIABLE = re.compile(r"^\$\{?([A-Z_][A-Z0-9_]*)\}?$")
+SHELL_VARIABLE = re.compile(r"^\$(?:([A-Za-z_]\w*)|\{([A-Za-z_]\w*)(?:[:]?[-=?+][^}]*)?\})$")
 """A value written as a shell variable (``"$SEGMENT_WRITE_KEY"``, ``"${API_KEY}"``): taken as
 it is, it became the literal key and passed check-config (newcomer audit)."""
 
@@ -421,7 +421,8 @@ def load_config(path: str | Path, unset_env: dict[str, str] | None = None) -> Co
     except OSError as exc:  # permission denied, an unreadable device...
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}{_unknown_section(text)}") from None
+        hint = _unknown_section(text) if str(exc).startswith(("Cannot declare", "Cannot overwrite")) else ""
+        raise ConfigError(f"{path}: invalid TOML: {exc}{hint}") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     return parse_config(data, str(path), unset_env)

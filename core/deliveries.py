@@ -212,14 +212,14 @@ def expect_json(
     ``<html>Welcome to nginx!</html>`` was)."""
     if result.outcome != "ok" or body is None:
         return result
-    text = body.lstrip()
+    text = body.removeprefix(b"\xef\xbb\xbf").lstrip()  # a byte order mark is no reason
     if text[:1] in (b"{", b"["):
         try:
-            msgspec.json.decode(body)
+            msgspec.json.decode(text)
             return result
         except msgspec.DecodeError:
             pass
-    what = "an empty body" if not text else "a body that is not JSON"
+    what = "an empty body" if not text else "a body that is no JSON object or array"
     return DeliveryResult.retryable(
         f"HTTP {result.http_status} with {what}: not an answer of {service}'s API"
         f" (is the destination's {url_setting} right?)",

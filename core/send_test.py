@@ -45,6 +45,9 @@ class Target:
     """``--config`` / ``--data-dir`` as given, for the commands a message suggests."""
     destinations: tuple[str, ...] = ()
     """The destinations of the config, when one was read (for ``--destination``)."""
+    ignoring: tuple[str, ...] = ()
+    """Those of them that ignore an event's ``integrations`` (``honor_integrations = false``
+    on the destination or on the source the events go to)."""
 
 
 @dataclass
@@ -76,9 +79,9 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
     host, port = "127.0.0.1", 8000
     key = token = None
     configured: tuple[str, ...] = ()
+    ignoring: tuple[str, ...] = ()
     if config_path:
         config = load_config(config_path)
-        configured = tuple(d.name for d in config.destinations)
         host, port = config.server.host, config.server.port
         folder = Path(data_dir or config.server.data_dir).expanduser()
         token = config.server.admin_token or _read(folder / "admin_token")
@@ -91,6 +94,10 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
                 raise ConfigError(f"no source named {source!r} in {config_path} (sources: {names})")
         if candidates:
             key = candidates[0].write_key
+            chosen = candidates[0]
+            configured = tuple(d.name for d in config.destinations if chosen.name in d.sources)
+            ignoring = tuple(d.name for d in config.destinations if chosen.name in d.sources
+                             and not (d.honor_integrations and chosen.honor_integrations))
     else:
         folder = Path(data_dir or "./hookyard-data").expanduser()
         key, token = _read(folder / "write_key"), _read(folder / "admin_token")
@@ -111,7 +118,7 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
         token_from = "$HOOKYARD_ADMIN_TOKEN" if token_from_env else "--admin-token"
     args = " ".join(f"{flag} {shlex.quote(value)}" for flag, value in
                     (("--config", config_path), ("--data-dir", data_dir)) if value)
-    return Target(target_url, key, admin_token or token, token_from, args, configured)
+    return Target(target_url, key, admin_token or token, token_from, args, configured, ignoring)
 
 
 def samples(user_id: str, destinations: tuple[str, ...] = (),
@@ -284,8 +291,15 @@ def send_test(config_path: str | None, data_dir: str | None, url: str | None,
         target = resolve(config_path, data_dir, url, write_key, admin_token, source, from_env)
         unknown = [d for d in destinations if target.destinations and d not in target.destinations]
         if unknown:
-            raise ConfigError(f"no destination named {unknown[0]!r} in the config"
-                              f" (destinations: {', '.join(target.destinations)})")
+            raise ConfigError(f"no destination named {unknown[0]!r} connected to the source in"
+                              f" the config (destinations: {', '.join(target.destinations)})")
+        also = [d for d in target.ignoring if d not in destinations]
+        if destinations and also:
+            raise ConfigError(
+                f"{', '.join(also)} ignore{'s' if len(also) == 1 else ''} the events'"
+                " integrations (honor_integrations = false), so --destination cannot keep the"
+                " test events from it: send without --destination, or to a server whose"
+                " config does not ignore them")
         events = asyncio.run(run(target, samples(user_id, destinations, target.destinations),
                                  wait, click.echo))
     except HookyardError as exc:

@@ -5,7 +5,8 @@ through index ranges that grow with the queue only. The inbox and the finished o
 need a whole index each (~100 ms at 2 million rows): once counting them takes over
 :data:`SLOW_COUNT_SECONDS`, a count is reused for :data:`REUSE_FACTOR` times as long as it
 took (at least :data:`MIN_REUSE_SECONDS`, at most :data:`FINISHED_COUNTS_SECONDS`), so
-counting costs at most ~5 % of a reader thread, and both readers share that one count (a
+counting costs about 5 % of a reader thread (less for quick counts, more past 3 s, where the
+minute caps it), and both readers share that one count (a
 Prometheus scrape and dashboard page views). A flat minute left ``done`` far behind while a
 backlog drained (27,766 of 149,919 reported 38 s after a restart; chaos audit).
 """

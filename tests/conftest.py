@@ -8,10 +8,10 @@ run is reproducible: the same examples every time. Explore new inputs with
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,12 +55,24 @@ class BinaryBuild:
 
     @classmethod
     def start(cls, directory: Path) -> "BinaryBuild":
+        # in pytest's process group, as any child: a `timeout` or Ctrl-C that ends the run
+        # ends the build too (a session of its own outlived a killed pytest)
+        log = open(directory / "build.log", "wb")  # noqa: SIM115 - closed when it ends
         proc = subprocess.Popen(
-            ["sh", "-c", 'nice -n 15 "$0" "$1" --dist "$2/dist" >"$2/build.log" 2>&1;'
-             ' echo $? >"$2/status.tmp" && mv "$2/status.tmp" "$2/status"',
-             sys.executable, str(BUILD_SCRIPT), str(directory)],
-            start_new_session=True,  # stop() ends the shell and the build under it
+            ["nice", "-n", "15", sys.executable, str(BUILD_SCRIPT), "--dist", str(directory / "dist")],
+            stdout=log, stderr=subprocess.STDOUT,
         )
+
+        def note_status() -> None:  # for the worker that waits on it, when under xdist
+            code = proc.wait()
+            log.close()
+            try:
+                (directory / "status.tmp").write_text(str(code))
+                os.replace(directory / "status.tmp", directory / "status")
+            except OSError:  # stop() removed the directory: nobody waits any more
+                pass
+
+        threading.Thread(target=note_status, name="binary-build", daemon=True).start()
         return cls(directory, proc)
 
     def wait(self, timeout: float = 900) -> tuple[int, str, Path]:
@@ -76,7 +88,7 @@ class BinaryBuild:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -115,8 +127,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     build = config.stash.get(BINARY_BUILD, None)
     if build is not None:
         build.stop()
-    elif _xdist_controller(config) and os.environ.get(BINARY_DIR_ENV):
-        shutil.rmtree(os.environ[BINARY_DIR_ENV], ignore_errors=True)  # made, never built
+    if _xdist_controller(config) and os.environ.get(BINARY_DIR_ENV):  # made, maybe never
+        shutil.rmtree(os.environ[BINARY_DIR_ENV], ignore_errors=True)  # built (--collect-only)
 
 
 BINARY_BUILD = pytest.StashKey[BinaryBuild]()

@@ -291,12 +291,13 @@ def test_missing_env_variable_is_named(tmp_path: Path, monkeypatch: pytest.Monke
 def test_a_shell_variable_is_not_taken_as_the_secret(tmp_path: Path) -> None:
     """``"$SEGMENT_WRITE_KEY"`` became the literal key and passed check-config (newcomer
     audit): it is refused, with the env: form to write instead."""
-    for written in ("$HY_KEY", "${HY_KEY}"):
+    for written, var in (("$HY_KEY", "HY_KEY"), ("${HY_KEY}", "HY_KEY"),
+                         ("$novu_key", "novu_key"), ("${HY_KEY:-fallback}", "HY_KEY")):
         data = config(tmp_path)
         data["sources"][0]["write_key"] = written
         assert config_error(data).endswith(
             f"sources['web'].write_key is '{written}', which is not expanded: hookyard reads"
-            ' environment variables as "env:HY_KEY"')
+            f' environment variables as "env:{var}"')
     data = config(tmp_path)
     data["sources"][0]["write_key"] = "$not-a-variable-1"  # a key that only starts with $
     assert build(data).sources["web"].write_key == "$not-a-variable-1"

@@ -242,7 +242,7 @@ class Sender:
         if d.kind == KIND_SUBSCRIBER and result.http_status == 409 and isinstance(d.body, dict):
             result, response = await self.update_subscriber(d.body)
         if response is not None:
-            result = expect_json(result, response.body, "Novu", "api_url")
+            result = expect_json(result, response.body, "Novu", "base_url")
         if d.kind == KIND_TRIGGER:
             return self.trigger_result(result, response)
         if d.kind == KIND_TOPIC:

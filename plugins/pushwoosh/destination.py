@@ -110,15 +110,28 @@ def attributes(properties: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def without_traits(traits: Mapping[str, Any], names: list[str]) -> Mapping[str, Any]:
+    """``traits`` without the ``names`` (``exclude_traits``): top-level traits, or parts of
+    one written with a dot (``"address.city"``, as ``tag_names`` names them)."""
+    if not names:
+        return traits
+    out = dict(traits)
+    for name in names:
+        first, _, rest = name.partition(".")
+        if not rest:
+            out.pop(first, None)
+        elif isinstance(out.get(first), Mapping):
+            out[first] = without_traits(out[first], [rest])
+    return out
+
+
 def map_identify(settings: PushwooshSettings, event: Identify, raw: Mapping[str, Any]) -> MapResult:
     if not settings.create_or_update_user_profile:
         return MapResult.skip("Create or Update User Profile is disabled")
     who = identity(settings, event, raw)
     if who is None:
         return _no_identity(settings)
-    traits = event.traits or {}
-    if settings.exclude_traits:
-        traits = {k: v for k, v in traits.items() if k not in settings.exclude_traits}
+    traits = without_traits(event.traits or {}, settings.exclude_traits)
     tags, dropped = build_tags(traits, settings.tag_names, settings.tag_types)
     if not tags:
         reason = "no traits to send as Pushwoosh tags"

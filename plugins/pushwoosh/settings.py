@@ -27,7 +27,8 @@ class PushwooshSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
                    ``"userId"`` or ``"traits.external_id"``).
     tag_types:     tag (or trait) name -> forced tag type; the value is coerced to it.
     tag_names:     trait name -> Pushwoosh tag name (``"address.city"`` for address parts).
-    exclude_traits: top-level trait names never sent as tags (personal data: Pushwoosh's
+    exclude_traits: traits never sent as tags, by name (``"address.city"`` for a part of one;
+                   personal data: Pushwoosh's
                    own RudderStack integration leaves out ``email``, ``phone``, ``firstName``,
                    ``lastName``, ``name`` and ``address``).
     create_or_update_user_profile: identify -> ``/setTags`` ("Create or Update User Profile").

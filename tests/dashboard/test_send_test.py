@@ -56,7 +56,14 @@ def test_destination_sends_to_that_one_only(server: HookyardServer, peer: FakeSe
     assert sum("-> forward" in line and " filtered " in line for line in out.splitlines()) == 2
     assert len(peer.requests) == before  # the forwarder sent nothing
     code, out, err = send_test("--config", str(config), "--destination", "nope")
-    assert code == 1 and "no destination named 'nope' in the config" in err
+    assert code == 1 and "no destination named 'nope' connected to the source" in err
+    ignoring = config.read_text().replace('plugin = "segment"\nsources = ["web"]\n',
+                                          'plugin = "segment"\nsources = ["web"]\n'
+                                          'honor_integrations = false\n')
+    config.write_text(ignoring)
+    code, out, err = send_test("--config", str(config), "--destination", "profiles")
+    assert code == 1 and "forward ignores the events' integrations" in err
+    assert len(peer.requests) == before
 
 
 def test_defaults_come_from_the_config_file(hookyard_server: Start, tmp_path: Path) -> None:

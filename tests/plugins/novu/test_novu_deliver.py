@@ -159,8 +159,8 @@ def test_single_trigger_statuses(fake: FakeServer) -> None:
     assert results[3].error == "HTTP 422: to.email must be an email"
     # Novu answers every call with JSON: anything else is not Novu, never counted delivered
     assert results[4].error == ("HTTP 201 with an empty body: not an answer of Novu's API"
-                                " (is the destination's api_url right?)")
-    assert "a body that is not JSON" in (results[5].error or "")
+                                " (is the destination's base_url right?)")
+    assert "a body that is no JSON object or array" in (results[5].error or "")
 
 
 def test_a_novu_that_only_creates_subscribers_gets_the_update_as_a_patch(fake: FakeServer) -> None:

@@ -130,6 +130,8 @@ def test_identify_leaves_excluded_traits_out() -> None:
     request = request_of(run(sample_identify(traits=traits),
                              exclude_traits=["email", "phone", "address"]))
     assert request["tags"] == {"plan": "pro"}
+    parts = request_of(run(sample_identify(traits=traits), exclude_traits=["address.city"]))
+    assert "City" not in parts["tags"] and parts["tags"]["email"] == "a@b.co"
     only = run(sample_identify(traits={"email": "a@b.co"}), exclude_traits=["email"])
     assert only.filtered == "no traits to send as Pushwoosh tags"
 
