@@ -135,6 +135,7 @@ class DestinationConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     filter: str | None = None
     trigger: str | None = None
     honor_integrations: bool = True  # each event's "integrations" switches (integration_flags)
+    drop_fields: list[str] = []  # fields removed before map_event (fields.drop_path)
     settings: dict[str, Any] = {}
     delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
 

@@ -14,6 +14,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+DROPPABLE = ("properties", "traits", "context")
+"""Where a destination's ``drop_fields`` may remove fields, as Segment's destination filters
+drop properties: never the event's type, ids or times."""
+
+
+def drop_path(path: str) -> tuple[str, ...]:
+    """A ``drop_fields`` entry as its parts; ValueError when it is no field of
+    :data:`DROPPABLE` (``traits.email``, ``context.traits.phone``, ``properties.card.number``)."""
+    parts = tuple(path.removeprefix("$.").split("."))
+    if len(parts) < 2 or parts[0] not in DROPPABLE or not all(p.strip() for p in parts):
+        raise ValueError(f"{path!r} is not a field under {', '.join(DROPPABLE)}"
+                         " (e.g. 'traits.email', 'context.traits.phone', 'properties.card')")
+    return parts
+
+
+def without_paths(raw: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
+    """A copy of ``raw`` without the fields at ``paths`` (:func:`drop_path`'s parts); only the
+    objects on a path are copied, so the stored event is never changed."""
+    out = dict(raw)
+    for path in paths:
+        obj = out
+        for part in path[:-1]:
+            child = obj.get(part)
+            if not isinstance(child, dict):
+                break
+            obj[part] = obj = dict(child)
+        else:
+            obj.pop(path[-1], None)
+    return out
+
 
 class _Missing:
     def __repr__(self) -> str:

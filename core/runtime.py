@@ -30,6 +30,7 @@ from .config import (
 from .config_errors import explain_invalid
 from .connectors import Connector, ConnectorKind, DestinationContext, SourceContext
 from .errors import ConfigError, HookyardError, PluginFailed, StorageUnavailable, did_you_mean
+from .fields import drop_path
 from .integration_flags import switched_off
 from .plugins import (
     ConnectorRegistry,
@@ -74,6 +75,7 @@ class DestinationRuntime:
     policy: DeliverySettings
     filter: Predicate | None = None
     trigger: Predicate | None = None
+    drop: tuple[tuple[str, ...], ...] = ()  # drop_fields, as paths (fields.without_paths)
     loop_bound: bool = False  # a plain-function deliver that needs the event loop (calling.py)
 
     @property
@@ -198,6 +200,13 @@ def _compile(expr: str | None, where: str) -> Predicate | None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _drop_paths(paths: list[str], where: str) -> tuple[tuple[str, ...], ...]:
+    try:
+        return tuple(drop_path(p) for p in paths)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _passing(exc: StorageUnavailable) -> bool:
     """Whether a storage failure mends without an operator: a full disk, a lock another
     process holds (not a read-only file or a wrong path, which start-up should report)."""
@@ -281,6 +290,7 @@ class Runtime:
                 policy=dest.delivery,
                 filter=_compile(dest.filter, f"{where}.filter"),
                 trigger=_compile(dest.trigger, f"{where}.trigger"),
+                drop=_drop_paths(dest.drop_fields, f"{where}.drop_fields"),
             )
         try:  # only once everything else is valid: a bad config leaves no empty data dir
             if prepare:  # its own user only: the databases in it hold customer data

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..deliveries import Delivery, MapResult
-from ..events import MAX_ID, Event, encoder, event_decoders
-from ..fields import FieldMissing
+from ..events import MAX_ID, Event, encoder, event_decoders, event_from_dict
+from ..fields import FieldMissing, without_paths
 from ..inbox import decode_row
 from ..storage.base import is_postgres
 from . import outbox
@@ -51,6 +51,9 @@ def map_one(
     reason = dest.gate(raw, source not in rt.integrations_ignored_from)
     if reason is not None:
         return MapResult.skip(reason)
+    if dest.drop:  # drop_fields: the plugin never sees them (the filters above did)
+        raw = without_paths(raw, dest.drop)
+        event = event_from_dict(raw)
     return call_map_event(rt.registry, dest.context, raw, event)
 
 
