@@ -11,7 +11,7 @@ import platform
 import time
 
 from . import delivery, ingest
-from .common import print_table
+from .common import exit_status, print_table
 from .loadgen import tool
 
 BENCHES = {"ingest": ingest, "delivery": delivery}
@@ -39,6 +39,7 @@ def main() -> None:
     for name in names:
         print_table(results[name], BENCHES[name].COLUMNS, name)
     print(f"\n(total {time.monotonic() - started:.0f} s)")
+    raise SystemExit(exit_status())
 
 
 def _quick(name: str, opts: argparse.Namespace) -> None:

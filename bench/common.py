@@ -186,6 +186,23 @@ def hookyard_serve(data_dir: Path, *, workers: bool, config: Path | None = None)
 
 
 # -- results ---------------------------------------------------------------------------------
+PROBLEMS: list[str] = []
+"""What made a run's figures invalid (refused requests, events acknowledged but not stored or
+not delivered): their verdicts say INVALID and the command exits with status 1."""
+
+
+def invalid(reason: str) -> None:
+    """Note (and print) a correctness failure of this run."""
+    PROBLEMS.append(reason)
+    print(f"  ERROR: {reason}", flush=True)
+
+
+def exit_status() -> int:
+    if PROBLEMS:
+        print(f"\nINVALID run: {'; '.join(PROBLEMS)}")
+    return 1 if PROBLEMS else 0
+
+
 @dataclass
 class Row:
     """One line of a result table."""

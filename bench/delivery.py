@@ -13,11 +13,13 @@ For each case (``single``: the Segment forwarder with ``batch_size = 1``, one ev
 4. The baseline, in its own process too: an aiohttp session (same connector settings as
    ``hookyard.http.HttpClient``) posts the same request bodies (built from the same inbox rows
    exactly as the forwarder builds them) to the same peer with the same concurrency, the whole
-   list again until at least a second has passed (a single pass can take 50 ms).
+   list again until at least three seconds have passed (a single pass can take 50 ms).
 
 Targets (issue): engine >= 0.7x baseline, and >= 20,000 events/s batched on one worker.
 
-    python -m bench.delivery [--events 50000] [--single-events 5000] [--concurrency 8]
+    python -m bench.delivery [--events 50000] [--single-events 20000] [--concurrency 8]
+
+An outbox or a peer short of any event makes the run INVALID (exit status 1).
 """
 
 from __future__ import annotations
@@ -39,13 +41,16 @@ import msgspec
 from .common import (
     ADMIN_TOKEN,
     HOST,
+    PROBLEMS,
     WRITE_KEY,
     Row,
     basic_auth,
     batch_body,
+    exit_status,
     fmt_int,
     fmt_ratio,
     hookyard_serve,
+    invalid,
     print_table,
     spawn,
     temp_dir,
@@ -237,7 +242,7 @@ def _cpu(pid: int) -> tuple[float, float]:
 
 # -- the baseline ------------------------------------------------------------------------------
 async def _post_all(url: str, bodies: list[bytes], concurrency: int,
-                    min_seconds: float = 1.0) -> BaselineRun:
+                    min_seconds: float = 3.0) -> BaselineRun:
     """Post every body once, ``concurrency`` at a time; again while under ``min_seconds``."""
     import aiohttp
 
@@ -316,13 +321,15 @@ def _run_case(case: Case, peer: str, work: Path, concurrency: int, timeout: floa
     received = after["events"] - before["events"]
     engine_requests = after["requests"] - before["requests"]
     if engine.done != case.events or received < case.events:
-        print(f"  ERROR: {case.name}: {engine.done} of {case.events} done, peer got {received}")
+        invalid(f"delivery {case.name}: {engine.done} of {case.events} done,"
+                f" the peer got {received}")
     bodies = _request_bodies(data, case.batch)
     before = _peer_stats(peer)
     base = _run_baseline(f"{peer}/v1/batch", bodies, concurrency, work)
     got = _peer_stats(peer)["events"] - before["events"]
     if base.failures or got != case.events * base.rounds:
-        print(f"  ERROR: baseline: {base.failures} failed requests, peer got {got} events")
+        invalid(f"delivery {case.name} baseline: {base.failures} failed requests, the peer"
+                f" got {got} events")
     eng_rate = engine.done / engine.seconds if engine.seconds > 0 else 0.0
     base_rate = case.events * base.rounds / base.seconds
     route_rate = case.events / engine.route_seconds if engine.route_seconds > 0 else 0.0
@@ -333,6 +340,8 @@ def _run_case(case: Case, peer: str, work: Path, concurrency: int, timeout: floa
     target = f">= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'MISSED'}"
     if case.batch > 1:
         target += f"; >= {TARGET_BATCHED:,} ev/s: {'met' if eng_rate >= TARGET_BATCHED else 'MISSED'}"
+    if any(p.startswith(f"delivery {case.name}") for p in PROBLEMS):
+        target = "INVALID (see the errors above)"
     bench = f"delivery {case.name}"
     return [
         Row(bench, "baseline aiohttp loop", {
@@ -350,7 +359,7 @@ def _run_case(case: Case, peer: str, work: Path, concurrency: int, timeout: floa
     ]
 
 
-def run(events: int = 50_000, single_events: int = 5_000, concurrency: int = 8,
+def run(events: int = 50_000, single_events: int = 20_000, concurrency: int = 8,
         timeout: float = 120.0) -> list[Row]:
     print(f"delivery: {single_events:,} events one per request, {events:,} in batches of 100,"
           f" concurrency {concurrency}, peer on {HOST}")
@@ -365,7 +374,7 @@ def run(events: int = 50_000, single_events: int = 5_000, concurrency: int = 8,
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, default=50_000, help="events of the batched case")
-    p.add_argument("--single-events", type=int, default=5_000,
+    p.add_argument("--single-events", type=int, default=20_000,
                    help="events of the one-per-request case")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per case")
@@ -383,6 +392,7 @@ def main() -> None:
     add_arguments(p)
     rows = from_args(p.parse_args())
     print_table(rows, COLUMNS, "delivery")
+    raise SystemExit(exit_status())
 
 
 if __name__ == "__main__":

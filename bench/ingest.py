@@ -35,15 +35,18 @@ from pathlib import Path
 import msgspec
 
 from .common import (
+    PROBLEMS,
     WRITE_KEY,
     Row,
     Served,
     basic_auth,
     batch_body,
+    exit_status,
     fmt_int,
     fmt_ms,
     fmt_ratio,
     hookyard_serve,
+    invalid,
     print_table,
     temp_dir,
     track_event,
@@ -72,6 +75,7 @@ class Measured:
     result: LoadResult
     cpu_s: float  # server process CPU time (all threads) during the measured run
     acked_events: int = 0  # warm-up included, for the inbox check
+    round: int = 0
 
     @property
     def events_per_s(self) -> float:
@@ -113,16 +117,18 @@ sources = ["default"]
 """
 
 
-def _measure(name: str, server: Served, case: Case, duration: float, warmup: float) -> Measured:
+def _measure(name: str, server: Served, case: Case, duration: float, warmup: float,
+             round_: int = 0) -> Measured:
     target = server.url + case.path
     warm = run_load(target, case.body, HEADERS, case.connections, warmup)
     cpu = server.cpu_seconds()
     res = run_load(target, case.body, HEADERS, case.connections, duration)
     cpu = server.cpu_seconds() - cpu
-    if res.bad_status or res.socket_errors:
-        print(f"  warning: {name} {case.name}: {res.bad_status} non-2xx answers,"
-              f" {res.socket_errors} socket errors")
-    m = Measured(name, case, res, cpu, (warm.ok + res.ok) * case.events)
+    if warm.bad_status or res.bad_status:  # a refused request is no throughput
+        invalid(f"{name} {case.name}: {warm.bad_status + res.bad_status} non-2xx answers")
+    if res.socket_errors:
+        print(f"  warning: {name} {case.name}: {res.socket_errors} socket errors")
+    m = Measured(name, case, res, cpu, (warm.ok + res.ok) * case.events, round_)
     print(f"  {name:<20} {case.name:<10} {res.rps:>8,.0f} req/s {m.events_per_s:>8,.0f} events/s"
           f"  p50 {fmt_ms(res.p50_us):>6} ms  p99 {fmt_ms(res.p99_us):>6} ms"
           f"  cpu {m.cpu_us_per_event:>5.0f} us/event", flush=True)
@@ -141,26 +147,38 @@ def _check_inbox(name: str, data: Path, measured: list[Measured]) -> None:
     stored = _inbox_count(data)
     acked = sum(m.acked_events for m in measured)
     if stored < acked:
-        print(f"  ERROR: {name}: {acked} events acknowledged but {stored} in the inbox")
+        invalid(f"{name}: {acked} events acknowledged but {stored} in the inbox")
 
 
-def _best(results: list[Measured]) -> dict[tuple[str, str], Measured]:
-    """The best round (highest throughput) of every (server, case)."""
-    best: dict[tuple[str, str], Measured] = {}
+def _median(results: list[Measured]) -> dict[tuple[str, str], tuple[Measured, float | None]]:
+    """Per (server, case): its median round by throughput (the lower middle one of an even
+    count), and the median of its per-round ratios to bare Starlette's round of the same
+    turn (they ran side by side, so the machine's load hit both alike)."""
+    rounds: dict[tuple[str, str], list[Measured]] = {}
     for m in results:
-        key = (m.server, m.case.name)
-        if key not in best or m.result.rps > best[key].result.rps:
-            best[key] = m
-    return best
+        rounds.setdefault((m.server, m.case.name), []).append(m)
+    out: dict[tuple[str, str], tuple[Measured, float | None]] = {}
+    for (server, case), ms in rounds.items():
+        middle = sorted(ms, key=lambda m: m.result.rps)[(len(ms) - 1) // 2]
+        bare = {m.round: m for m in rounds[("bare starlette", case)]}
+        ratios = sorted(m.result.rps / bare[m.round].result.rps for m in ms
+                        if m.round in bare and bare[m.round].result.rps)
+        paired = server != "bare starlette" and server != "hookyard+workers" and ratios
+        ratio = ratios[(len(ratios) - 1) // 2] if paired else None
+        if server == "hookyard+workers":  # measured alone, after the others: medians only
+            base = sorted(m.result.rps for m in rounds[("bare starlette", case)])
+            ratio = middle.result.rps / base[(len(base) - 1) // 2] if base else None
+        out[(server, case)] = (middle, ratio)
+    return out
 
 
 def run(duration: float = 5.0, warmup: float = 1.0, batch: int = 100, connections: int = 32,
-        batch_connections: int = 8, rounds: int = 2, with_workers: bool = True) -> list[Row]:
+        batch_connections: int = 8, rounds: int = 3, with_workers: bool = True) -> list[Row]:
     """Run every case against every server; return the table rows.
 
     bare, hookyard and hookyard sync=normal (--no-workers) run side by side and are measured in turns, case by case,
-    ``rounds`` times, so load from elsewhere on the machine hits both alike; the best round
-    counts. hookyard with workers comes last, alone (its router keeps working after a run).
+    ``rounds`` times, so load from elsewhere on the machine hits both alike; each cell is the
+    median round, each ratio the median of the rounds' paired ratios. hookyard with workers comes last, alone (its router keeps working after a run).
     """
     print(f"ingest: load generator {tool()}, {rounds} rounds of {duration:g} s per case"
           f" (+{warmup:g} s warm-up)")
@@ -174,30 +192,30 @@ def run(duration: float = 5.0, warmup: float = 1.0, batch: int = 100, connection
         with uvicorn_app("bench.apps:bare", work) as bare, \
                 hookyard_serve(data, workers=False) as hook, \
                 hookyard_serve(normal_data, workers=False, config=normal_config) as normal:
-            for _ in range(rounds):
+            for n in range(rounds):
                 for case in cases:
-                    results.append(_measure("bare starlette", bare, case, duration, warmup))
-                    results.append(_measure("hookyard", hook, case, duration, warmup))
-                    results.append(_measure(NORMAL, normal, case, duration, warmup))
+                    results.append(_measure("bare starlette", bare, case, duration, warmup, n))
+                    results.append(_measure("hookyard", hook, case, duration, warmup, n))
+                    results.append(_measure(NORMAL, normal, case, duration, warmup, n))
             _check_inbox("hookyard", data, [m for m in results if m.server == "hookyard"])
             _check_inbox(NORMAL, normal_data, [m for m in results if m.server == NORMAL])
         if with_workers:
             data = work / "hookyard-workers"
             with hookyard_serve(data, workers=True) as hook:
-                measured = [_measure("hookyard+workers", hook, case, duration, warmup)
-                            for _ in range(rounds) for case in cases]
+                measured = [_measure("hookyard+workers", hook, case, duration, warmup, n)
+                            for n in range(rounds) for case in cases]
                 _check_inbox("hookyard+workers", data, measured)
             results += measured
-    return _rows(_best(results))
+    return _rows(_median(results))
 
 
-def _rows(best: dict[tuple[str, str], Measured]) -> list[Row]:
+def _rows(picked: dict[tuple[str, str], tuple[Measured, float | None]]) -> list[Row]:
     rows = []
-    for (server, case_name), m in best.items():
-        base = best[("bare starlette", case_name)]
-        ratio = m.result.rps / base.result.rps if server != "bare starlette" else None
+    for (server, case_name), (m, ratio) in picked.items():
         target = ""
-        if server == "hookyard":
+        if server == "hookyard" and PROBLEMS:
+            target = "INVALID (see the errors above)"
+        elif server == "hookyard":
             if m.case.events == 1:
                 met = ratio is not None and ratio >= SINGLE_TARGET
                 target = f">= {SINGLE_TARGET}x: {'met' if met else 'MISSED'}"
@@ -224,7 +242,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=100, help="events per /v1/batch request")
     p.add_argument("--connections", type=int, default=32, help="connections, single case")
     p.add_argument("--batch-connections", type=int, default=8, help="connections, batch case")
-    p.add_argument("--rounds", type=int, default=2, help="measurements per case and server")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="measurements per case and server (the median counts)")
     p.add_argument("--no-workers-variant", action="store_true",
                    help="skip the run with delivery workers on")
 
@@ -239,6 +258,7 @@ def main() -> None:
     add_arguments(p)
     rows = from_args(p.parse_args())
     print_table(rows, COLUMNS, "ingest")
+    raise SystemExit(exit_status())
 
 
 if __name__ == "__main__":

@@ -151,8 +151,9 @@ async def _aiohttp_load(url: str, body: bytes, headers: dict[str, str], connecti
             try:
                 async with session.post(url, data=next_body(), headers=headers) as resp:
                     await resp.read()
-                    if resp.status >= 300:
+                    if resp.status >= 300:  # counted apart: never an ok request
                         bad += 1
+                        continue
             except aiohttp.ClientError:
                 errors += 1
                 continue
