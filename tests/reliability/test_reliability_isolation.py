@@ -117,7 +117,7 @@ def _cpu_seconds(pid: int) -> float:
 def paired(beside: list[float], alone: list[float]) -> float:
     """The median over rounds of beside's rate / alone's rate in the same round. The rounds
     alternate, so the two rates of a pair share the machine's state; this VM's CPU cost per
-    event drifts by up to 1.5x within minutes (bench/README.md), and a comparison of the best
+    event drifts by up to 1.5x within minutes (bench/HISTORY.md), and a comparison of the best
     round of each phase took one fast ``alone`` round for a cost of the stuck destination."""
     return statistics.median(b / a for b, a in zip(beside, alone, strict=True))
 
