@@ -335,9 +335,9 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
     from .serving import lock_data_dir, lock_delivery
 
     try:
-        _refuse_new_default_install(config_path, data_dir)
         config = _load(config_path, data_dir=data_dir, create=False)
         _check_data_dir(Path(config.server.data_dir).expanduser().resolve())
+        _refuse_new_default_install(config_path, data_dir)
         rt = _runtime(_load(config_path, data_dir=data_dir) if config.generated else config)
         lock = lock_data_dir(rt.data_dir, "worker")  # noqa: F841 - held while the worker runs
         delivering = lock_delivery(rt.data_dir, rt.config.storage)  # noqa: F841 - held too

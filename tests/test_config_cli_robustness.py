@@ -210,6 +210,8 @@ def test_check_config_checks_the_data_dir_and_warns_of_no_sources(tmp_path: Path
         for config_args in (["-c", str(config)], []):
             code, output = _serve(*config_args, "--data-dir", str(where))
             assert code == 1 and message in output, output
+            worker = CliRunner().invoke(main, ["worker", *config_args, "--data-dir", str(where)])
+            assert worker.exit_code == 1 and message in worker.output, worker.output
     config.write_text("")
     result = CliRunner().invoke(main, ["check-config", "-c", str(config),
                                        "--data-dir", str(tmp_path / "data")])
