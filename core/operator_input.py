@@ -87,6 +87,11 @@ def replay_start(since: Any, every: bool, *, cli: bool = False) -> None:
             " deduplicate, such as webhooks and Pushwoosh events, get them all again)")
 
 
+MAX_DEAD_LETTER_IDS = 10_000
+"""Ids one dead-letter request may list: each is a variable of one SQL statement, of which
+SQLite takes 32,766 (262,000 ids, half the body limit, were a 500; docs audit)."""
+
+
 def dead_letter_filter(
     action: str, destination: str | None, since: Any, ids: list[int] | None, every: bool,
     *, cli: bool = False,
@@ -98,6 +103,9 @@ def dead_letter_filter(
         raise ValueError("destination is empty")
     if ids is not None and not ids:
         raise ValueError("ids is empty: list the dead letters' ids, or leave ids out")
+    if ids is not None and len(ids) > MAX_DEAD_LETTER_IDS:
+        raise ValueError(f"{len(ids):,} ids: at most {MAX_DEAD_LETTER_IDS:,} at once (or narrow"
+                         " by destination and since instead)")
     when = parse_time(since, "since")
     narrowed = destination is not None or when is not None or ids is not None
     all_name = "--all" if cli else '"all": true'

@@ -45,6 +45,9 @@ class AttemptLog:
             if o.outcome == "ok":
                 if self.failing_since is not None:
                     recovered = time.time() - self.failing_since
+                    if recovered >= RETRY_LINE_SECONDS:  # the count before the good news:
+                        # after it, it read as if the destination still failed (docs audit)
+                        self._flush_kind(o.destination, "retry", time.monotonic())
                     # a blip (a destination failing every other request) is no news
                     log.log(logging.WARNING if recovered >= RETRY_LINE_SECONDS else logging.DEBUG,
                             "destination %s delivers again, after %.0f s of failures",
@@ -77,14 +80,18 @@ class AttemptLog:
         :data:`RETRY_LINE_SECONDS` have passed: a burst (100,000 given up in 3 s) was otherwise
         never counted in the log. The worker calls it on every round."""
         now = time.monotonic()
-        for kind, what in (("retry", "failures to retry"), ("dead", "dead letters")):
-            count = self.unlogged[kind]
-            if count and now - self.last_line[kind] >= RETRY_LINE_SECONDS:
-                log.warning("destination %s: %d more %s in the last %.0f s%s", destination,
-                            count, what, now - self.last_line[kind],
-                            " (hookyard dlq list)" if kind == "dead" else "",
-                            extra={"destination": destination})
-                self.last_line[kind], self.unlogged[kind] = now, 0
+        for kind in ("retry", "dead"):
+            if now - self.last_line[kind] >= RETRY_LINE_SECONDS:
+                self._flush_kind(destination, kind, now)
+
+    def _flush_kind(self, destination: str, kind: str, now: float) -> None:
+        count = self.unlogged[kind]
+        if count:
+            log.warning("destination %s: %d more %s in the last %.0f s%s", destination,
+                        count, "dead letters" if kind == "dead" else "failures to retry",
+                        now - self.last_line[kind], " (hookyard dlq list)" if kind == "dead" else "",
+                        extra={"destination": destination})
+            self.last_line[kind], self.unlogged[kind] = now, 0
 
     @staticmethod
     def _line(level: int, o: Outcome, more: str) -> None:
