@@ -163,6 +163,27 @@ def test_one_users_429s_do_not_hold_the_others(
     assert time.monotonic() - started < 1.9  # not held for the slow user's 2 s
 
 
+def test_one_users_429_in_a_call_of_many_users_holds_only_that_user(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer]
+) -> None:
+    """Soak audit: a deliver call carries many users' deliveries (Novu's 100); all of them
+    were counted as refused when one of them got a 429, so one sporadic 429 held the whole
+    destination, and a Novu backlog grew 16 times slower than it drained."""
+    fake, peer = fake_destination(), Peer()
+    fake.set_handler(peer)
+    for _ in range(5):
+        peer.fail("slow-1", (429, None, {"Retry-After": "2"}))
+    server = start(hookyard_server, fake, per_item=True,
+                   delivery={"batch_size": 10, "concurrency": 1, "retry_max_seconds": 5})
+    started = time.monotonic()
+    others = [track(f"o{u}", 1) for u in range(40)]
+    batch = [track("slow", 1), *others[:20], track("slow", 2), *others[20:]]
+    assert send(server, "/v1/batch", {"batch": batch}).status_code == 200
+    wait_until(lambda: {e["messageId"] for e in others} <= set(peer.accepted_ids()),
+               what="the other users' events")
+    assert time.monotonic() - started < 1.9  # not held for the slow user's 2 s
+
+
 def test_retry_after_is_capped_by_retry_max_seconds(
     hookyard_server: Start, fake_destination: Callable[[], FakeServer]
 ) -> None:
