@@ -42,9 +42,10 @@ NOT_UP = (None, 401, 403, 404, 407)
 give as well (a backlog refused by them would be dead letters at full speed). Another refusal,
 a 400 say, is the destination's own answer: it is up (paused, it made one dead letter per
 probe, 3 a second for 316,000 events; scale audit)."""
-PROBE_MAX_SECONDS = 60.0
+PROBE_MAX_SECONDS = 30.0
 """The longest wait between two probes of a paused destination: it delivers again at most
-this long after it is back (then its backlog drains at full speed)."""
+this long after it is back (then its backlog drains at full speed). 60 s until a soak audit
+found an idle destination delivering 32 s after it was back."""
 
 
 class Breaker:
@@ -179,7 +180,7 @@ class Breaker:
     def new_deliveries(self) -> None:
         """New deliveries were queued: a paused destination is probed within
         ``retry_initial_seconds`` (one of them may be a user's that never failed; they waited
-        for a probe up to 60 s: outage re-check), at most once per probe."""
+        for a probe up to a minute: outage re-check), at most once per probe."""
         if self.paused_at is not None and not self.probing and not self.hurried:
             self.probe_at = min(self.probe_at, time.monotonic() + self.first_probe)
             self.hurried = True
