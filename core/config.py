@@ -214,9 +214,11 @@ def _unknown_section(text: str) -> str:
     return ""
 
 
-SHELL_VARIABLE = re.compile(r"^\$(?:([A-Za-z_]\w*)|\{([A-Za-z_]\w*)(?:[:]?[-=?+][^}]*)?\})$")
+SHELL_VARIABLE = re.compile(r"^\$(?:([A-Z_][A-Z0-9_]*)|\{([A-Za-z_]\w*)(?:[:]?[-=?+][^}]*)?\})$")
 """A value written as a shell variable (``"$SEGMENT_WRITE_KEY"``, ``"${API_KEY}"``): taken as
-it is, it became the literal key and passed check-config (newcomer audit)."""
+it is, it became the literal key and passed check-config (newcomer audit). A bare ``$name``
+only in capitals: ``"$email"`` is a trait's name in Mixpanel's style (a channel mapping's
+value)."""
 
 
 def _not_set(where: str, var: str) -> str:

@@ -292,7 +292,7 @@ def test_a_shell_variable_is_not_taken_as_the_secret(tmp_path: Path) -> None:
     """``"$SEGMENT_WRITE_KEY"`` became the literal key and passed check-config (newcomer
     audit): it is refused, with the env: form to write instead."""
     for written, var in (("$HY_KEY", "HY_KEY"), ("${HY_KEY}", "HY_KEY"),
-                         ("$novu_key", "novu_key"), ("${HY_KEY:-fallback}", "HY_KEY")):
+                         ("${novu_key}", "novu_key"), ("${HY_KEY:-fallback}", "HY_KEY")):
         data = config(tmp_path)
         data["sources"][0]["write_key"] = written
         assert config_error(data).endswith(
@@ -301,6 +301,8 @@ def test_a_shell_variable_is_not_taken_as_the_secret(tmp_path: Path) -> None:
     data = config(tmp_path)
     data["sources"][0]["write_key"] = "$not-a-variable-1"  # a key that only starts with $
     assert build(data).sources["web"].write_key == "$not-a-variable-1"
+    data["destinations"][0]["settings"] = {"channels": {"$email": "$email"}}  # Mixpanel's name
+    assert build(data).destinations[data["destinations"][0]["name"]].context.settings
 
 
 def test_errors_say_what_would_be_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
