@@ -221,7 +221,9 @@ def _run_engine(data: Path, config: Path, events: int, timeout: float) -> Engine
         routed = conn.execute("SELECT max(created_at) FROM outbox").fetchone()[0]
     finally:
         conn.close()
-    return EngineRun((last or time.time()) - started, (routed or started) - started, cpu, map_cpu,
+    # routed before the start-up line was read (a small run): the routing took no visible time
+    return EngineRun((last or time.time()) - started, max(0.0, (routed or started) - started),
+                     cpu, map_cpu,
                      _progress(data)[1], int(requests or 0))
 
 
@@ -351,7 +353,7 @@ def _run_case(case: Case, peer: str, work: Path, concurrency: int, timeout: floa
         Row(bench, "hookyard worker", {
             "events": fmt_int(engine.done), "requests": fmt_int(engine_requests),
             "seconds": f"{engine.seconds:.2f}", "events/s": fmt_int(eng_rate),
-            "route ev/s": fmt_int(route_rate),
+            "route ev/s": fmt_int(route_rate) if route_rate else "",
             "cpu us/event": f"{engine.cpu_s / max(1, engine.done) * 1e6:.0f}"
                             f" + {engine.map_cpu_s / max(1, engine.done) * 1e6:.0f}",
             "vs baseline": fmt_ratio(ratio), "target": target,

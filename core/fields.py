@@ -26,23 +26,35 @@ def drop_path(path: str) -> tuple[str, ...]:
     if len(parts) < 2 or parts[0] not in DROPPABLE or not all(p.strip() for p in parts):
         raise ValueError(f"{path!r} is not a field under {', '.join(DROPPABLE)}"
                          " (e.g. 'traits.email', 'context.traits.phone', 'properties.card')")
+    if any(p != p.strip() for p in parts):  # it would name no field and drop nothing
+        raise ValueError(f"{path!r} has spaces around a name")
     return parts
 
 
 def without_paths(raw: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
-    """A copy of ``raw`` without the fields at ``paths`` (:func:`drop_path`'s parts); only the
-    objects on a path are copied, so the stored event is never changed."""
+    """A copy of ``raw`` without the fields at ``paths`` (:func:`drop_path`'s parts), in each
+    object of a list on the way too (``properties.products.price``); only the objects and
+    lists on a path are copied, so the stored event is never changed."""
     out = dict(raw)
     for path in paths:
-        obj = out
-        for part in path[:-1]:
-            child = obj.get(part)
-            if not isinstance(child, dict):
-                break
-            obj[part] = obj = dict(child)
-        else:
-            obj.pop(path[-1], None)
+        _drop(out, path)
     return out
+
+
+def _drop(obj: dict[str, Any], path: tuple[str, ...]) -> None:
+    head, rest = path[0], path[1:]
+    if not rest:
+        obj.pop(head, None)
+        return
+    child = obj.get(head)
+    if isinstance(child, dict):
+        obj[head] = copy = dict(child)
+        _drop(copy, rest)
+    elif isinstance(child, list):
+        obj[head] = items = [dict(i) if isinstance(i, dict) else i for i in child]
+        for item in items:
+            if isinstance(item, dict):
+                _drop(item, rest)
 
 
 class _Missing:

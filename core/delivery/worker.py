@@ -526,14 +526,15 @@ class DestinationWorker:
             self.sending -= 1  # the slot is free; the rows' users wait for the record
             self.sending_here -= here
             rate_limited = rate_limit_wait(policy, (res for _, res in sent))
+            if self.limited_users and any(res.outcome == "ok" for _, res in sent):
+                self.limited_users.clear()  # it takes requests: the 429s were those users'
             if rate_limited is not None:  # before the next batch starts; the users refused
                 # (not those held back behind them: one user's 429 in a Novu call of 100
                 # users held the whole destination, and a backlog grew 16 times slower than
                 # it drained; soak audit)
+                # (a call with a delivery in it cleared the earlier ones above: re-check)
                 self._rate_limited(rate_limited, {
                     user for user, (_, res) in zip(users, sent) if res.rate_limited})
-            elif self.limited_users and any(res.outcome == "ok" for _, res in sent):
-                self.limited_users.clear()  # it takes requests: the 429s were those users'
             self._start_claimed()  # at once: a dispatch round may be waiting for the database
             self.wake.set()
             name, scrub, probe = self.dest.name, self.scrub, self.breaker.probing

@@ -175,9 +175,11 @@ def test_one_users_429_in_a_call_of_many_users_holds_only_that_user(
         peer.fail("slow-1", (429, None, {"Retry-After": "2"}))
     server = start(hookyard_server, fake, per_item=True,
                    delivery={"batch_size": 10, "concurrency": 1, "retry_max_seconds": 5})
-    started = time.monotonic()
+    peer.fail("slow2-1", (429, None, {"Retry-After": "2"}))  # another user, once, in
+    started = time.monotonic()  # another call with deliveries in it: no hold either (re-check)
     others = [track(f"o{u}", 1) for u in range(40)]
-    batch = [track("slow", 1), *others[:20], track("slow", 2), *others[20:]]
+    # one call: slow and 9 others; the next: slow2 and 9 others (each call delivers some)
+    batch = [track("slow", 1), *others[:9], track("slow2", 1), *others[9:], track("slow", 2)]
     assert send(server, "/v1/batch", {"batch": batch}).status_code == 200
     wait_until(lambda: {e["messageId"] for e in others} <= set(peer.accepted_ids()),
                what="the other users' events")
