@@ -991,10 +991,25 @@ def test_config_errors_print_no_secret(tmp_path: Path, monkeypatch: pytest.Monke
     assert "Invalid enum value '[redacted]' - at $.region" in line and "Sup3r" not in line
 
 
+STARTED: list[subprocess.Popen[bytes]] = []
+"""Servers :func:`_serve_with` started, killed after each test: one whose test failed on a
+timeout under load ran on for an hour."""
+
+
+@pytest.fixture(autouse=True)
+def no_server_left() -> Iterator[None]:
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _serve_with(tmp_path: Path, name: str, preexec: Callable[[], None],
                 stdout: Any = None) -> tuple[str, subprocess.Popen[bytes], Path]:
     """``hookyard serve`` with ``preexec`` run in the child first (closing a descriptor,
-    a signal's handler as a terminal would leave it)."""
+    a signal's handler as a terminal would leave it); killed after the test if still up."""
     port = free_port()
     out = tmp_path / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if k != "HOOKYARD_CONFIG"}
@@ -1003,6 +1018,7 @@ def _serve_with(tmp_path: Path, name: str, preexec: Callable[[], None],
             [sys.executable, "-m", "hookyard", "serve", "--port", str(port), "--data-dir",
              str(tmp_path / name)], cwd=tmp_path, stdout=stdout or fh, stderr=fh, env=env,
             preexec_fn=preexec)
+    STARTED.append(proc)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(url, timeout=30, proc=proc, log=out)
