@@ -108,10 +108,11 @@ class DestinationWorker:
         self.sending = 0
         self.sending_here = 0  # of those, sent by this process (not by the deliver process)
         # batches claimed ahead, started as soon as a slot frees without a trip to the
-        # database: (monotonic claim time, rows, keys, each row's user); their users are blocked
-        # like in-flight ones
-        self.ready: collections.deque[
-            tuple[float, list[outbox.Claimed], set[str], list[str]]] = collections.deque()
+        # database: (monotonic claim time, rows, each row's user); their users are blocked like
+        # in-flight ones
+        self.ready: collections.deque[tuple[float, list[outbox.Claimed], list[str]]] = (
+            collections.deque()
+        )
         self.stale: list[int] = []  # claimed ahead for too long, to be given back
         self.results = ResultWriter(rt, dest.name, dest.policy.lease_seconds)
         self.runner: asyncio.Task[None] | None = None  # the run() loop, set by the Engine
@@ -316,10 +317,9 @@ class DestinationWorker:
             rows = [by_id[i] for i in batch if i in by_id and i not in remapped]
             if rows:
                 users = [key_of[r[0]] for r in rows]
-                keys = set(users)
-                self.inflight_keys |= keys
+                self.inflight_keys.update(users)
                 self.inflight_ids |= {r[0] for r in rows}
-                self.ready.append((claimed_at, rows, keys, users))
+                self.ready.append((claimed_at, rows, users))
         await self._start_ready()
         if probing:
             self.breaker.probe_started(key_of.values())
@@ -365,9 +365,9 @@ class DestinationWorker:
 
     def _give_back_ready(self) -> None:
         while self.ready:
-            _, rows, keys, _ = self.ready.popleft()
+            _, rows, users = self.ready.popleft()
             self.stale.extend(r[0] for r in rows)
-            self.inflight_keys -= keys
+            self.inflight_keys.difference_update(users)
 
     def _rate_limited(self, wait: float, users: set[str]) -> None:
         """A call of ``users``' deliveries was answered ``429``. Once 429s came for two users
@@ -453,14 +453,14 @@ class DestinationWorker:
             return
         while self.ready and not self.stopping:
             if now - self.ready[0][0] > stale_after:
-                _, rows, keys, _ = self.ready.popleft()
+                _, rows, users = self.ready.popleft()
                 self.stale.extend(r[0] for r in rows)
-                self.inflight_keys -= keys
+                self.inflight_keys.difference_update(users)
                 continue
             if self._free_slots() <= 0:
                 break
-            claimed_at, rows, keys, users = self.ready.popleft()
-            self._start(rows, keys, users, claimed_at)
+            claimed_at, rows, users = self.ready.popleft()
+            self._start(rows, users, claimed_at)
 
     async def _start_ready(self) -> None:
         """:meth:`_start_claimed`, and give back the stale ones (also those found meanwhile)."""
@@ -485,20 +485,19 @@ class DestinationWorker:
         self.wake.set()
 
     def _start(
-        self, rows: list[outbox.Claimed], keys: set[str], users: list[str], claimed_at: float
+        self, rows: list[outbox.Claimed], users: list[str], claimed_at: float
     ) -> None:
         self.sending += 1
         here = not self._in_child()
         self.sending_here += here
         if here and self.deliverer is not None:
             self.deliverer.start()  # again, once RESTART_AFTER has passed since it failed
-        task = asyncio.create_task(self._deliver(rows, keys, users, claimed_at, here))
+        task = asyncio.create_task(self._deliver(rows, users, claimed_at, here))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _deliver(
-        self, rows: list[outbox.Claimed], keys: set[str], users: list[str], claimed_at: float,
-        here: bool,
+        self, rows: list[outbox.Claimed], users: list[str], claimed_at: float, here: bool,
     ) -> None:
         """Deliver a claimed batch (``here``: in this process, else by the deliver process) and
         store the outcome."""
@@ -546,7 +545,7 @@ class DestinationWorker:
             failed_for = self.attempt_log.record(outcomes)
             asked = max((res.retry_after or 0.0 for _, res in sent
                          if res.outcome == "retryable" and res.sent), default=0.0)
-            if self.breaker.record(outcomes, keys, asked):
+            if self.breaker.record(outcomes, users, asked):
                 self._pause()
             if not self.delivered_once and any(o.sent and o.outcome == "ok" for o in outcomes):
                 # the first delivery of this process: failures from before a restart are not in
@@ -568,7 +567,7 @@ class DestinationWorker:
                 self.sending -= 1
                 self.sending_here -= here
             self.rescan = True
-            self.inflight_keys -= keys
+            self.inflight_keys.difference_update(users)
             self.inflight_ids -= {r[0] for r in rows}
             self.wake.set()
 
