@@ -138,11 +138,9 @@ def subscriber_fields(
     return {field: fields[field] for field in SUBSCRIBER_FIELDS if field in fields}, used
 
 
-def without_nulls(
-    values: Mapping[str, Any] | None, exclude: Collection[str] = ()
-) -> dict[str, Any]:
-    """A copy without ``null`` values (and without the ``exclude`` keys)."""
-    return {k: js_safe(v) for k, v in (values or {}).items() if v is not None and k not in exclude}
+def without_nulls(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy without ``null`` values (a trigger's payload)."""
+    return {k: js_safe(v) for k, v in (values or {}).items() if v is not None}
 
 
 def without_keys(values: Mapping[str, Any], exclude: Collection[str]) -> dict[str, Any]:
