@@ -202,10 +202,13 @@ SECTIONS = ("server", "storage", "sources", "destinations")
 _SECTION_HEADER = re.compile(r'^[ \t]*\[\[?[ \t]*"?([^\].\s"]+)', re.M)
 
 
-def _unknown_section(text: str) -> str:
+def _unknown_section(text: str, exc: tomllib.TOMLDecodeError) -> str:
     """A hint for a TOML error that a misspelt section header causes: ``[[destination]]``
     followed by ``[destinations.settings]`` is "Cannot declare ('destinations', 'settings')
-    twice", at the later line, naming neither the typo nor its line (newcomer audit)."""
+    twice", at the later line, naming neither the typo nor its line (newcomer audit); no hint
+    for another error (a stray ``[`` line of an array is no section: re-check)."""
+    if not str(exc).startswith(("Cannot declare", "Cannot overwrite")):
+        return ""
     for match in _SECTION_HEADER.finditer(text):
         if match[1] not in SECTIONS:
             line = text.count("\n", 0, match.start()) + 1
@@ -424,8 +427,7 @@ def load_config(path: str | Path, unset_env: dict[str, str] | None = None) -> Co
     except OSError as exc:  # permission denied, an unreadable device...
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        hint = _unknown_section(text) if str(exc).startswith(("Cannot declare", "Cannot overwrite")) else ""
-        raise ConfigError(f"{path}: invalid TOML: {exc}{hint}") from None
+        raise ConfigError(f"{path}: invalid TOML: {exc}{_unknown_section(text, exc)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     return parse_config(data, str(path), unset_env)
