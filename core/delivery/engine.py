@@ -20,7 +20,8 @@ from . import outbox, router
 from .deliver_process import DeliverProcess
 from .map_process import MapProcess
 from .retry import backoff
-from .worker import IDLE_POLL, DestinationWorker
+from .scan import IDLE_POLL
+from .worker import DestinationWorker
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -226,7 +227,7 @@ class Engine:
     def wake_all(self) -> None:
         self.route_wake.set()
         for w in self.workers.values():
-            w.rescan = True
+            w.scan.rescan = True
             w.wake.set()
 
     async def stop(self, grace: float = 10.0) -> None:

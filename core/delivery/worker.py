@@ -29,15 +29,12 @@ from .plugin_changes import PluginChanges
 from .remap import remap
 from .results import ResultWriter
 from .retry import decide, rate_limit_wait
+from .scan import IDLE_POLL, Scan
 
 if TYPE_CHECKING:
     from ..runtime import DestinationRuntime, Runtime
 
 log = logging.getLogger("hookyard.delivery")
-IDLE_POLL = 1.0
-MAX_SCAN_PAGES = 40  # rows waiting for a retry are skipped over, this many pages at most
-DEEP_SCAN_SECONDS = 5.0  # how often a scan goes on past a page of blocked users only
-MAX_SKIPPED_USERS = 1000  # blocked users whose rows a scan leaves out in SQL, at most
 EXPEDITE_AFTER = 30.0
 """Seconds a destination must have failed for its waiting retries to be brought forward when
 it delivers again (:func:`outbox.expedite`): a blip of a few failures keeps its backoff, and a
@@ -56,31 +53,6 @@ the deliver process a worker claims again only when half of this is free, after 
 come back in 2 ms rounds: 4 let the helper's queue run dry. 8: +11-18 % single deliveries
 (30,000 events, 3 alternating rounds; in-process +11-15 %), 16 and 32 no better. Batches of
 100 at concurrency 8 are unchanged (one batch ahead either way)."""
-
-
-def pack(
-    collected: dict[str, list[int]], batches: int, size: int
-) -> tuple[list[list[int]], dict[int, str]]:
-    """Fill at most ``batches`` batches of at most ``size`` rows, one after the other, with
-    whole users: in the order they were found, each user's rows together and in order (the
-    first ones when the batch has less room left; the rest wait for a later round).
-
-    Returns (batches of outbox ids, the user of each id). Filling row by row in scan order,
-    as before, put a row of every user of a 50-user backlog into the first batch, and no
-    other batch could start (per-user order allows one batch per user in flight)."""
-    out: list[list[int]] = []
-    key_of: dict[int, str] = {}
-    for key, ids in collected.items():
-        if not out or len(out[-1]) >= size:
-            if len(out) >= batches:
-                break
-            out.append([])
-        batch = out[-1]
-        taken = ids[: size - len(batch)]
-        batch.extend(taken)
-        for i in taken:
-            key_of[i] = key
-    return out, key_of
 
 
 class DestinationWorker:
@@ -117,20 +89,8 @@ class DestinationWorker:
         self.results = ResultWriter(rt, dest.name, dest.policy.lease_seconds)
         self.runner: asyncio.Task[None] | None = None  # the run() loop, set by the Engine
         self.stopping = False
-        # an idle scan (nothing startable) is remembered so the router's wake-ups only look at
-        # new rows: (rows scanned up to this id, keys found blocked, valid until this time)
-        self.rescan = True
-        self.scan_after = 0
-        self.scan_blocked: set[str] = set()
-        self.scan_due = 0.0
-        self.deep_scan_due = 0.0  # (monotonic) the next scan that may look past a fruitless page
-        self.skip_until: dict[str, float] = {}  # the last deep scan's skipped users: retry due
+        self.scan = Scan()  # what the last scan of the outbox found (:mod:`.scan`)
         self.delivered_once = False  # a delivery of this process succeeded (see _deliver)
-        # how far incremental scans got, seeing only blocked users, since anything last changed
-        # here (a result, a claim): a rescan on the timer alone goes on from there, with the
-        # users they found blocked on the way (their later rows must still wait)
-        self.walked_to = 0
-        self.walked_blocked: set[str] = set()
 
     async def run(self) -> None:
         while not self.stopping:
@@ -169,7 +129,7 @@ class DestinationWorker:
                 return min(max(wait, 0.01), 10.0)
             await self._give_up_waiting()
             probing = True
-            self.rescan, self.deep_scan_due = True, 0.0  # from the first row, no user skipped
+            self.scan.from_start()  # from the first row, no user skipped
         # batches to claim: one per free slot, plus enough to keep about `limit` deliveries
         # ready (whole batches: at least one). Not more: a user with a claimed row cannot be in
         # another batch, so holding many users back would make the next batches small.
@@ -183,119 +143,17 @@ class DestinationWorker:
             # reads a page of rows; one per answer cost 60 us of the readers per delivery)
             return IDLE_POLL
         name = self.dest.name
-        # twice the rows the free slots can take, at least 64: each row read here costs ~0.5 us
-        # of the event loop's time, and most dispatches start one or two batches
-        page_size = max(64, free * size * 2)
-        now = time.time()
-        changed = self.rescan
-        incremental = not changed and now < self.scan_due
-        self.rescan = False
-        if changed:
-            self.walked_to = 0
-            self.walked_blocked = set()
-        after = self.scan_after if incremental else 0
-        deep = time.monotonic() >= self.deep_scan_due
-        if deep:
-            self.deep_scan_due = time.monotonic() + DEEP_SCAN_SECONDS
-        # users the last deep scan found waiting for a retry, with long backlogs: their rows
-        # are left out in SQL (see below) until the retry is due; a deep scan finds them anew
-        skip: list[str] = [] if deep else [
-            key for key, due in self.skip_until.items() if due > now][:MAX_SKIPPED_USERS]
-        # the leased keys and the first page in one trip to a reader thread (each trip waits
-        # for the busy event loop's GIL: about half a millisecond under load)
-        leased, page = await self.rt.db.read(
-            lambda conn: (outbox.inflight_keys(conn, name),
-                          outbox.pending(conn, name, page_size, after, skip_keys=skip))
-        )
-        blocked = set(self.inflight_keys) | leased | set(skip)
-        next_due = now + IDLE_POLL
-        due_by = float("inf") if probing else now  # a probe takes the oldest row, due or not
-        # no retry waits longer than retry_max_seconds (Retry-After is capped at it): a row due
-        # later than that was scheduled before the clock went back, and is due now (a step back
-        # of an hour held every retrying user for the hour; resources audit)
-        horizon = now + self.dest.policy.retry_max_seconds + 1.0
-        if skip:
-            next_due = min(next_due, min(self.skip_until[key] for key in skip))
-        if incremental:
-            blocked |= self.scan_blocked
-            next_due = min(next_due, self.scan_due)
-        # the first pending rows of each user that may start (at most `size` each: a user's
-        # rows go into one batch, in order), until a new user is found when there are rows
-        # enough for every free batch (rows of users already found are still taken: they let
-        # pack fill the batches)
-        collected: dict[str, list[int]] = {}
-        capacity, total = free * size, 0
-        enough = cut_short = False
-        waiting: dict[str, float] = {}  # users seen waiting for a retry, and until when
-        for scanned in range(MAX_SCAN_PAGES):
-            if scanned:
-                page = await self.rt.db.read(
-                    lambda conn: outbox.pending(conn, name, page_size, after,  # noqa: B023
-                                                skip_keys=skip)
-                )
-            # a page that adds no row and shows no new user ends the scan (the rest is most
-            # likely more rows of the same blocked users), except in a deep scan, at most every
-            # DEEP_SCAN_SECONDS, which looks further for a user stuck behind a busy one. Deep
-            # scans every round made 50 busy users with 100,000 rows deliver 200 events/s
-            before = (total, len(blocked))
-            for c in page:
-                key = c.user_key
-                if key in blocked or (probing and key in self.breaker.probed):
-                    continue
-                if probing and self.breaker.fresh_first and c.next_at > 0 and key not in collected:
-                    blocked.add(key)  # a probe tries a user whose next delivery never failed
-                    continue  # first: a retrying user's event may be the one that fails
-                if due_by < c.next_at <= horizon:
-                    blocked.add(key)
-                    waiting.setdefault(key, c.next_at)
-                    next_due = min(next_due, c.next_at)
-                    continue
-                ids = collected.get(key)
-                if ids is None:
-                    if total >= capacity:
-                        enough = True
-                        break
-                    collected[key] = [c.id]
-                elif len(ids) < size:
-                    ids.append(c.id)
-                else:  # its later rows wait for a later round
-                    blocked.add(key)
-                    continue
-                total += 1
-            if page:
-                after = page[-1].id
-            if enough or len(page) < page_size:
-                break
-            if before == (total, len(blocked)) and not deep:
-                cut_short = True
-                break
-            if deep and total == before[0]:
-                # a page of blocked users' rows only: the deep scan reads on past those users'
-                # rows in SQL (a user behind blocked users' long backlogs was never found:
-                # every page the scan may read was theirs)
-                new = list(dict.fromkeys(c.user_key for c in page if c.user_key not in skip))
-                skip.extend(new[:MAX_SKIPPED_USERS - len(skip)])
-        if deep:  # the users waiting for a retry among them: the next scans skip them too
-            self.skip_until = {key: waiting[key] for key in skip if key in waiting}
-        batches, key_of = pack(collected, free, size)
+        found = await self.scan.find(
+            self.rt.db, name, free=free, size=size, inflight=self.inflight_keys,
+            breaker=self.breaker, probing=probing,
+            retry_max_seconds=self.dest.policy.retry_max_seconds)
+        batches, key_of = found.batches, found.key_of
         if not batches and probing and not self.stopping:
             if self.breaker.widen_probe():  # no user to probe found: look wider, again
                 return 0.01
         if not batches or self.stopping:
-            if incremental:  # every row up to here: a blocked user's
-                self.walked_to, self.walked_blocked = after, set(blocked)
-            elif cut_short and not changed and self.walked_to > after:
-                # a rescan on the timer alone (no result, no claim since the last one) found
-                # the same blocked users: the incremental scans go on from where they got, not
-                # through the backlog again (a stuck destination re-read all of it every
-                # second, a page per routing wake); the deep scan still looks at every row.
-                # The users blocked in the rows it skips stay blocked: one waiting for its
-                # retry there would otherwise have its later rows started first
-                after = self.walked_to
-                blocked |= self.walked_blocked
-            self.scan_after, self.scan_blocked, self.scan_due = after, blocked, next_due
-            return max(0.01, next_due - now)
-        self.rescan = True
+            return self.scan.idle(found)
+        self.scan.rescan = True
         ids = [i for b in batches for i in b]
         lease = self.dest.policy.lease_seconds
         claimed_at = time.monotonic()
@@ -352,9 +210,7 @@ class DestinationWorker:
             log.info("destination %s delivers again after %.0f s of failures: its %d waiting"
                      " retries go out within %g s", name, failed_for, moved,
                      outbox.EXPEDITE_SPREAD, extra={"destination": name})
-            self.skip_until.clear()
-            self.rescan = True
-            self.deep_scan_due = 0.0
+            self.scan.from_start()
             self.wake.set()
 
     def _pause(self) -> None:
@@ -429,7 +285,7 @@ class DestinationWorker:
             log.warning("destination %s: %d deliveries waited longer than %g s while it was"
                         " paused and are dead letters (hookyard dlq list)", name, dead,
                         policy.give_up_after_seconds, extra={"destination": name})
-            self.rescan = True
+            self.scan.rescan = True
 
     def _held(self) -> bool:
         """Whether this destination waits for the deliver process instead of delivering here:
@@ -473,7 +329,7 @@ class DestinationWorker:
             log.debug("%s: gave back %d deliveries claimed ahead that waited too long",
                       self.dest.name, len(stale))
             self.inflight_ids -= set(stale)
-            self.rescan = True
+            self.scan.rescan = True
             await self.rt.db.write(lambda conn: outbox.release(conn, stale))
 
     async def _remap(self, ids: list[int]) -> None:
@@ -566,7 +422,7 @@ class DestinationWorker:
             if not answered:
                 self.sending -= 1
                 self.sending_here -= here
-            self.rescan = True
+            self.scan.rescan = True
             self.inflight_keys.difference_update(users)
             self.inflight_ids -= {r[0] for r in rows}
             self.wake.set()

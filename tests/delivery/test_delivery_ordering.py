@@ -20,7 +20,7 @@ from delivery_kit import (
     track,
     wait_until,
 )
-from hookyard.delivery import outbox, worker
+from hookyard.delivery import outbox, scan
 from hookyard.testing.fake_server import FakeServer
 from hookyard.testing.server import HookyardServer
 
@@ -156,7 +156,7 @@ def test_a_user_behind_pages_of_a_waiting_users_rows_is_not_held_up(
     """A scan stops at a page that holds only rows of blocked users (scanning on made 50 busy
     users deliver 200 events/s); a deep scan, at most every DEEP_SCAN_SECONDS, still finds a
     user queued behind them, so "a" waiting for its retry does not hold "z" back."""
-    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 0.5)
+    monkeypatch.setattr(scan, "DEEP_SCAN_SECONDS", 0.5)
     server, fake, peer = behind_a_waiting_backlog(hookyard_server, fake_destination,
                                                   user="a", rows=300, retry_after=30)
     time.sleep(1.0)  # full rescans meet a-1's retry wait and 299 blocked rows
@@ -174,8 +174,8 @@ def test_a_user_behind_more_rows_than_a_deep_scan_reads_is_still_found(
     """A deep scan read at most MAX_SCAN_PAGES pages: behind 4,000 rows of a user waiting for
     its retry (2,560 at concurrency 1), other users waited for that retry, up to 10 minutes
     (an outside delivery audit). It now leaves the blocked users' rows out in SQL."""
-    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 0.5)
-    monkeypatch.setattr(worker, "MAX_SCAN_PAGES", 4)  # 256 rows: the backlog below is more
+    monkeypatch.setattr(scan, "DEEP_SCAN_SECONDS", 0.5)
+    monkeypatch.setattr(scan, "MAX_SCAN_PAGES", 4)  # 256 rows: the backlog below is more
     server, fake, peer = behind_a_waiting_backlog(hookyard_server, fake_destination)
     others = [track(f"small{u}", 1) for u in range(3)]
     assert send(server, "/v1/batch", {"batch": others}).status_code == 200
@@ -192,8 +192,8 @@ def test_users_behind_a_waiting_backlog_flow_between_deep_scans(
     """Found by a deep scan, a user behind a waiting user's backlog got one batch per deep
     scan (every 5 s): 20 events took 96 s. The scans in between now leave the waiting user's
     rows out too, until its retry is due (a re-check of the deep-scan fix)."""
-    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 3.0)
-    monkeypatch.setattr(worker, "MAX_SCAN_PAGES", 4)
+    monkeypatch.setattr(scan, "DEEP_SCAN_SECONDS", 3.0)
+    monkeypatch.setattr(scan, "MAX_SCAN_PAGES", 4)
     server, fake, peer = behind_a_waiting_backlog(hookyard_server, fake_destination)
     other = [track("other", i) for i in range(1, 11)]
     assert send(server, "/v1/batch", {"batch": other}).status_code == 200
@@ -212,7 +212,7 @@ def test_a_timer_rescan_that_skips_ahead_keeps_every_blocked_user_blocked(
     incremental scans got; it must carry the users they found blocked there. It carried only
     those of its own pages, so "r", waiting for its retry behind "a"'s backlog, had its later
     event sent first (found by an outside audit under load: 13-208 users out of order)."""
-    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 0.0)  # until r-1 is tried: every scan deep
+    monkeypatch.setattr(scan, "DEEP_SCAN_SECONDS", 0.0)  # until r-1 is tried: every scan deep
     fake, peer = fake_destination(), Peer()
     fake.set_handler(peer)
     peer.fail("a-1", (503, None, {"Retry-After": "30"}))
@@ -226,7 +226,7 @@ def test_a_timer_rescan_that_skips_ahead_keeps_every_blocked_user_blocked(
     assert send(server, "/v1/batch", {"batch": backlog}).status_code == 200
     wait_until(lambda: {"a-1", "r-1"} <= {r.json()["messageId"] for r in fake.requests},
                what="a-1 and r-1 tried")
-    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 60.0)  # from now on: no deep scan
+    monkeypatch.setattr(scan, "DEEP_SCAN_SECONDS", 60.0)  # from now on: no deep scan
     time.sleep(0.2)
     for i in range(1000, 1010):  # routing wakes: the incremental scans walk past r-1, r-2
         assert send(server, "/v1/track", track("a", i)).status_code == 200
@@ -246,7 +246,7 @@ def test_a_stuck_destination_does_not_read_its_backlog_again_and_again(
     backlog finding only blocked users, a rescan on the timer (nothing changed here since)
     goes on from there: reading on from its first page re-read the whole backlog every
     second, a page per routing wake (the isolation test's stuck destination)."""
-    monkeypatch.setattr(worker, "DEEP_SCAN_SECONDS", 60.0)  # no deep scan in this window
+    monkeypatch.setattr(scan, "DEEP_SCAN_SECONDS", 60.0)  # no deep scan in this window
     fake = fake_destination()
     fake.hang(20.0)
     read = {"rows": 0}

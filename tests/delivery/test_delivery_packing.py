@@ -1,4 +1,4 @@
-"""How a dispatch round packs the rows it found into batches (``worker.pack``): whole users,
+"""How a dispatch round packs the rows it found into batches (``scan.pack``): whole users,
 one batch after the other, each user's rows in order."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from delivery_kit import PLUGIN, items, recorder, send, track
-from hookyard.delivery.worker import pack
+from hookyard.delivery.scan import pack
 from hookyard.testing.fake_server import FakeServer
 from hookyard.testing.server import HookyardServer
 
