@@ -6,14 +6,12 @@ Errors are one clear line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
 import re
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,9 +36,11 @@ CONFIG_HELP = "TOML config file (default: $HOOKYARD_CONFIG, else one Segment sou
 TIME_HELP = "ISO-8601 (2026-11-01 or 2026-11-01T10:00:00Z; UTC when no zone is given) or Unix seconds"
 
 
-def _load(config_path: str | None, host: str | None = None, port: int | None = None,
-          data_dir: str | None = None, *, create: bool = True,
-          unset_env: dict[str, str] | None = None) -> Config:
+def load_cli_config(config_path: str | None, host: str | None = None, port: int | None = None,
+                    data_dir: str | None = None, *, create: bool = True,
+                    unset_env: dict[str, str] | None = None) -> Config:
+    """The config a command runs with: ``--config`` (else $HOOKYARD_CONFIG) or the default
+    one in the data dir, with the command line's overrides applied."""
     config_path = config_path or os.environ.get("HOOKYARD_CONFIG")
     if config_path:
         config = load_config(config_path, unset_env)
@@ -76,7 +76,7 @@ def stored_runtime(config_path: str | None, data_dir: str | None, *,
     config_path = config_path or os.environ.get("HOOKYARD_CONFIG")
     _refuse_new_default_install(config_path, data_dir)
     unset: dict[str, str] | None = None if secrets_needed else {}
-    config = _load(config_path, data_dir=data_dir, unset_env=unset)
+    config = load_cli_config(config_path, data_dir=data_dir, unset_env=unset)
     if config_path and backend(config.storage) != POSTGRESQL:
         path = sqlite_path(config.storage, Path(config.server.data_dir).expanduser().resolve())
         if not path.exists():
@@ -95,7 +95,7 @@ def stored_runtime(config_path: str | None, data_dir: str | None, *,
                 raise ConfigError(
                     f"{message} ({names}: not set in this shell; the plugin checks the form of"
                     " this setting, so set it here as the server's environment does)") from None
-            _load(config_path, data_dir=data_dir)
+            load_cli_config(config_path, data_dir=data_dir)
         raise
     rt.open(upgrade=False)  # an old server may still be running on it: serve upgrades it
     forgotten = forgotten_config(rt)
@@ -247,7 +247,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
     from .storage import describe as describe_storage
 
     try:
-        config = _load(config_path, host, port, data_dir, create=False)
+        config = load_cli_config(config_path, host, port, data_dir, create=False)
         # listen before anything is printed or created: a port in use stops here, with one
         # line, instead of after a banner (and a first-start admin token never shown again)
         sock = listen(config.server.host, config.server.port)
@@ -255,7 +255,7 @@ def serve(config_path: str | None, data_dir: str | None, host: str | None, port:
         # ("cannot read or create .../write_key: File exists" for a data dir that is a file)
         _check_data_dir(Path(config.server.data_dir).expanduser().resolve())
         if config.generated:  # the default config: its write key is kept from now on
-            config = _load(config_path, host, port, data_dir)
+            config = load_cli_config(config_path, host, port, data_dir)
         config.server.port = sock.getsockname()[1]  # --port 0: the port the system chose
         rt = _runtime(config)
         lock = lock_data_dir(rt.data_dir, "serve")  # noqa: F841 - held while serve runs
@@ -335,10 +335,10 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
     from .serving import lock_data_dir, lock_delivery
 
     try:
-        config = _load(config_path, data_dir=data_dir, create=False)
+        config = load_cli_config(config_path, data_dir=data_dir, create=False)
         _check_data_dir(Path(config.server.data_dir).expanduser().resolve())
         _refuse_new_default_install(config_path, data_dir)
-        rt = _runtime(_load(config_path, data_dir=data_dir) if config.generated else config)
+        rt = _runtime(load_cli_config(config_path, data_dir=data_dir) if config.generated else config)
         lock = lock_data_dir(rt.data_dir, "worker")  # noqa: F841 - held while the worker runs
         delivering = lock_delivery(rt.data_dir, rt.config.storage)  # noqa: F841 - held too
     except HookyardError as exc:
@@ -382,97 +382,6 @@ def worker(config_path: str | None, data_dir: str | None) -> None:
     run_loop(run())
     if caught:
         end_like_the_signal(caught[0])
-
-
-@main.command()
-@config_options
-@click.option("--source", required=True, help="Source whose stored events are replayed")
-@click.option("--destination", help="Only this destination (default: every connected one)")
-@click.option("--since", help=f"Received at or after this time: {TIME_HELP}")
-@click.option("--until", help=f"Received before this time: {TIME_HELP}")
-@click.option("--all", "every", is_flag=True,
-              help="From the first stored event of the source (instead of --since)")
-def replay(config_path: str | None, data_dir: str | None, source: str, destination: str | None,
-           since: str | None, until: str | None, every: bool) -> None:
-    """Map stored events again and queue their deliveries (mapping changes reach the past).
-
-    Say where the replay starts: --since TIME, or --all for every stored event of the
-    source."""
-    from .delivery.replay import Replayed, count_events, open_end, routed_until
-    from .delivery.replay import replay as do_replay
-    from .operator_input import replay_start, window
-
-    try:
-        replay_start(since, every, cli=True)
-        window(since, until)  # a bad time or window stops here, before the database is opened
-        rt = stored_runtime(config_path, data_dir)
-        if source not in rt.sources:
-            rt.close()
-            raise ConfigError(f"no source named {source!r}; configured: {', '.join(rt.sources) or 'none'}")
-        if destination is not None and destination not in rt.destinations:
-            rt.close()
-            raise ConfigError(unknown_destination(rt, destination))
-
-        end = open_end(since, until)  # one end for the count and the replay
-
-        async def run() -> Replayed:
-            upto = await routed_until(rt)  # one bound too
-            total = await count_events(rt, source, since, end, upto)
-            if not sys.stderr.isatty():  # a log or a pipe: a line every 10 s (a bar shows
-                # nothing there, and a long replay looked stuck; scale audit)
-                return await do_replay(rt, source, destination, since, end,
-                                       _progress_lines(source, total), upto)
-            with click.progressbar(length=total, label=f"replaying {source}", file=sys.stderr) as bar:
-                return await do_replay(rt, source, destination, since, end, bar.update, upto)
-
-        done = run_loop(run())
-        rt.close()
-    except (HookyardError, ValueError) as exc:
-        fail(exc)
-    click.echo(done.summary())
-    if done.failed:  # dead letters made: a script should notice
-        sys.exit(1)
-
-
-def _progress_lines(source: str, total: int, every: float = 10.0) -> Callable[[int], None]:
-    """A replay's progress as a line on stderr every ``every`` seconds."""
-    state = {"done": 0, "said": time.monotonic()}
-
-    def update(count: int) -> None:
-        state["done"] += count
-        if time.monotonic() - state["said"] >= every:
-            state["said"] = time.monotonic()
-            click.echo(f"replaying {source}: {state['done']} of {total} events", err=True)
-
-    return update
-
-
-@main.command()
-@config_options
-@click.option("--destination", required=True, help="Destination whose filter and mapping are applied")
-@click.option("--file", "event_file", type=click.File("rb"), default="-", show_default=True,
-              help="A Segment event as JSON ('-' reads standard input)")
-@click.option("--source", help="The source the event comes from (its honor_integrations applies)")
-def preview(config_path: str | None, data_dir: str | None, destination: str, event_file: Any,
-            source: str | None) -> None:
-    """Show what a destination would send for an event, without sending anything.
-
-    Prints the same JSON as POST /api/destinations/{name}/preview.
-    """
-    from .delivery.preview import preview_cli
-    from .runtime import Runtime
-
-    try:  # nothing is created: no data dir, no generated write key or admin token
-        rt = Runtime.build(_load(config_path, data_dir=data_dir, create=False), prepare=False)
-        data = event_file.read()
-        name = getattr(event_file, "name", "-")
-        if not data.strip() and name not in ("-", "<stdin>"):
-            raise ConfigError(f"{name} is empty: it must hold the event's JSON")
-        with contextlib.redirect_stdout(sys.stderr):  # a plugin's print: not into the JSON
-            answer = preview_cli(rt, destination, data, source)
-        click.echo(answer)
-    except HookyardError as exc:
-        fail(exc)
 
 
 @main.command()
@@ -523,7 +432,7 @@ def check_config(file: str | None, config_path: str | None, data_dir: str | None
         fail(ConfigError("no config file to check: pass --config FILE (or set HOOKYARD_CONFIG);"
                           " without one, serve uses the default config"))
     try:
-        config = _load(config_path, data_dir=data_dir)
+        config = load_cli_config(config_path, data_dir=data_dir)
         rt = Runtime.build(config, prepare=False)
         _check_data_dir(Path(config.server.data_dir).expanduser().resolve())
     except HookyardError as exc:
@@ -576,4 +485,5 @@ def version() -> None:
 main.add_command(send_test_command)
 
 
-from . import dlq_cli  # noqa: E402, F401 - registers `hookyard dlq` on main
+# the command groups of their own modules register themselves on main
+from . import dlq_cli, replay_cli  # noqa: E402, F401

@@ -116,7 +116,7 @@ def test_ctrl_c_while_starting_exits_130(command: str, monkeypatch: pytest.Monke
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("hookyard.cli._load", interrupted)
+    monkeypatch.setattr("hookyard.cli.load_cli_config", interrupted)
     result = CliRunner().invoke(main, [command, "--config", "not-read.toml"])
     assert result.exit_code == 130
     assert "Aborted" not in result.output

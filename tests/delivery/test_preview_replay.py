@@ -369,7 +369,7 @@ def test_a_replay_off_a_terminal_says_how_far_it_got(capsys: pytest.CaptureFixtu
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Scale audit: off a terminal the progress bar wrote nothing, and a replay of 2.45 M
     events looked stuck for half an hour."""
-    import hookyard.cli as cli
+    import hookyard.replay_cli as cli
 
     clock = iter([0.0, 5.0, 11.0, 11.0, 12.0])
     monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
