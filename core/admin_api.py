@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .api_models import DeadLetterRequest, ReplayRequest
+from .delivery import dead_letters as dlq
 from .delivery import outbox
 from .delivery.preview import preview_event
 from .delivery.replay import replay
@@ -234,14 +235,14 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         names = list(rt.destinations)
         answer: dict[str, Any] = {"action": action}
         retry = action == "retry"  # only configured destinations: no worker delivers the others'
-        found = await db.read(lambda c: outbox.dead_ids(
+        found = await db.read(lambda c: dlq.dead_ids(
             c, destination, since, ids, configured=names if retry else None))
         count = 0
-        for write in outbox.dead_letter_writes(action, found):  # ingest goes on between them
+        for write in dlq.dead_letter_writes(action, found):  # ingest goes on between them
             count += await db.write(write)
         answer["count"] = count
         if retry:
-            left = await db.read(lambda c: outbox.dead_elsewhere(c, names, since, ids))
+            left = await db.read(lambda c: dlq.dead_elsewhere(c, names, since, ids))
             if left:  # matched, but of destinations no longer in the config: not retried
                 answer["left_dead"] = left
         if rt.engine is not None:

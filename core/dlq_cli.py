@@ -75,7 +75,7 @@ def dlq_list(config_path: str | None, data_dir: str | None, destination: str | N
 def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
                 destination: str | None, since: str | None, ids: tuple[int, ...],
                 every: bool) -> None:
-    from .delivery import outbox
+    from .delivery import dead_letters
     from .operator_input import dead_letter_filter, retry_refusal
 
     try:
@@ -90,11 +90,11 @@ def _dlq_action(action: str, config_path: str | None, data_dir: str | None,
         fail(ConfigError(refusal))
     try:
         names = list(rt.destinations)
-        found = rt.db.read_sync(lambda c: outbox.dead_ids(
+        found = rt.db.read_sync(lambda c: dead_letters.dead_ids(
             c, destination, when, id_list, configured=names if action == "retry" else None))
         count = sum(rt.db.write_sync(write)  # ingest goes on between the writes
-                    for write in outbox.dead_letter_writes(action, found))
-        left = (rt.db.read_sync(lambda c: outbox.dead_elsewhere(c, names, when, id_list))
+                    for write in dead_letters.dead_letter_writes(action, found))
+        left = (rt.db.read_sync(lambda c: dead_letters.dead_elsewhere(c, names, when, id_list))
                 if action == "retry" else {})
     except HookyardError as exc:  # storage unavailable: a read-only file, a full disk
         fail(exc)

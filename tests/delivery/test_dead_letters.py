@@ -228,9 +228,9 @@ def test_dlq_commands(
     hookyard_server: Start, fake_destination: Callable[[], FakeServer], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hookyard.delivery import outbox
+    from hookyard.delivery import dead_letters
 
-    monkeypatch.setattr(outbox, "DEAD_CHUNK", 1)  # a transaction per dead letter (scale audit)
+    monkeypatch.setattr(dead_letters, "DEAD_CHUNK", 1)  # a transaction per dead letter (scale audit)
     fake = fake_destination()
     fake.respond(400, {"success": False, "error": "bad"})
     config = forwarder_config(fake.url)
@@ -324,7 +324,7 @@ def test_the_list_of_every_destination_reads_through_the_index(hookyard_server: 
     the soak audit), a destination no longer configured included."""
     import sqlite3
 
-    from hookyard.delivery import outbox
+    from hookyard.delivery import dead_letters
     from hookyard.delivery.outbox import DESTINATIONS_IN_OUTBOX
 
     server = hookyard_server({})
@@ -347,8 +347,8 @@ def test_the_list_of_every_destination_reads_through_the_index(hookyard_server: 
     assert "USING INDEX" in plan and "SCAN outbox" not in plan, plan
     conn = sqlite3.connect(server.runtime.data_dir / "hookyard.db")
     try:  # a discard of every dead letter, on the writer thread: the same index, no scan
-        sql, params = outbox._narrow(conn, "UPDATE outbox SET state = 'discarded'"
-                                     " WHERE state = 'dead'", [], None, None, None)
+        sql, params = dead_letters._narrow(conn, "UPDATE outbox SET state = 'discarded'"
+                                           " WHERE state = 'dead'", [], None, None, None)
         plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
     finally:
         conn.close()

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 from hookyard.deliveries import Delivery
-from hookyard.delivery import outbox
+from hookyard.delivery import dead_letters, outbox
 from hookyard.delivery.outbox import Outcome
 from hookyard.events import encoder
 from hookyard.runtime import Runtime
@@ -109,10 +109,10 @@ def test_dead_letters_retry_discard_and_purge(runtime: Runtime) -> None:
     claim(runtime, [a, b, c])
     runtime.db.write_sync(lambda conn: outbox.record(
         conn, [outcome(a, "dead"), outcome(b, "dead"), outcome(c, "done")]))
-    assert runtime.db.write_sync(lambda conn: outbox.retry_dead_ids(
-        conn, outbox.dead_ids(conn, "seg", ids=[a]))) == 1
-    assert runtime.db.write_sync(lambda conn: outbox.discard_dead_ids(
-        conn, outbox.dead_ids(conn, "seg"))) == 1
+    assert runtime.db.write_sync(lambda conn: dead_letters.retry_dead_ids(
+        conn, dead_letters.dead_ids(conn, "seg", ids=[a]))) == 1
+    assert runtime.db.write_sync(lambda conn: dead_letters.discard_dead_ids(
+        conn, dead_letters.dead_ids(conn, "seg"))) == 1
     assert states(runtime) == {a: "pending", b: "discarded", c: "done"}
     removed = runtime.db.write_sync(lambda conn: outbox.purge(conn, time.time() + 1, ["seg"]))
     assert removed == 2  # rows b and c (their attempts go with them)
