@@ -20,6 +20,7 @@ import msgspec
 
 from .config_errors import explain_invalid
 from .errors import ConfigError, did_you_mean
+from .secret_files import new_secret, read_or_create_secret, usable_key
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -256,14 +257,7 @@ def _convert(data: Any, type_: Any, where: str, raw: Any = None) -> Any:
         raise ConfigError(f"{where}: {_name_items(message, data)}") from None
 
 
-_KEY_CHARACTERS = re.compile(r"[!-9;-~]+")  # printable ASCII but space and ':'
 _ADMIN_TOKEN_CHARACTERS = re.compile(r"[!-~]+")  # printable ASCII but space
-
-
-def _usable_key(key: str) -> bool:
-    """Whether every way a client may send the key can carry it: a Basic-auth user name, a
-    Bearer token, a ``writeKey`` field."""
-    return _KEY_CHARACTERS.fullmatch(key) is not None
 
 
 def _empty_variable(raw: Any, resolved: str | None) -> str | None:
@@ -363,7 +357,7 @@ def _check_write_keys(config: Config, raw_sources: Any) -> None:
             continue
         if len(src.write_key) < 8:
             raise ConfigError(f"source {src.name!r} write_key must be at least 8 characters")
-        if not _usable_key(src.write_key):
+        if not usable_key(src.write_key):
             raise ConfigError(
                 f"source {src.name!r} write_key may hold only printable ASCII without"
                 " spaces or ':' (a Basic-auth user name ends at the first ':', and HTTP headers"
@@ -431,78 +425,6 @@ def load_config(path: str | Path, unset_env: dict[str, str] | None = None) -> Co
     except RecursionError:
         raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
     return parse_config(data, str(path), unset_env)
-
-
-def new_secret(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_urlsafe(24)}"
-
-
-def read_or_create_secret(path: Path, prefix: str) -> tuple[str, bool]:
-    """A secret kept in the data dir: (value, created_now).
-
-    An empty file is refused, never taken as an empty secret (which would accept an empty key).
-    A new secret is written to a temporary file, fsynced, then linked into place, so a crash
-    never leaves the file empty or half written, and of two processes starting at once both
-    use the one that got there first.
-    """
-    try:
-        if not path.exists():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir: see Runtime.build
-            value = new_secret(prefix)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(value + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.link(tmp, path)  # fails if another process made it meanwhile: theirs is kept
-                _fsync_dir(path.parent)
-                return value, True
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink(missing_ok=True)
-        _check_secret_file(path)
-        value = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read or create {path}: {exc.strerror or exc}") from None
-    if not value:
-        raise ConfigError(f"{path} is empty: write the secret in it, or delete it and a new one"
-                          " is generated at the next start (clients then need the new one)")
-    if len(value) < 8 or not _usable_key(value):  # as a configured key must be
-        raise ConfigError(
-            f"{path} must hold a secret of at least 8 characters, printable ASCII without"
-            " spaces or ':'; delete it and a new one is generated at the next start (clients"
-            " then need the new one)"
-        )
-    return value, False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _check_secret_file(path: Path) -> None:
-    """Refuse a secret file that another user owns or may write: whoever can write it chooses
-    the key (an audit planted an ``admin_token`` in a data dir made world-writable beforehand,
-    and it was taken without a word)."""
-    geteuid = getattr(os, "geteuid", None)
-    if geteuid is None:  # not POSIX
-        return
-    info = path.stat()
-    if info.st_uid != geteuid():
-        raise ConfigError(f"{path} belongs to another user (uid {info.st_uid}): whoever can"
-                          " write it chooses the key. Delete it (a new one is generated) or"
-                          " chown it to the user hookyard runs as")
-    if info.st_mode & 0o022:
-        raise ConfigError(f"{path} may be written by other users (mode"
-                          f" {info.st_mode & 0o777:o}): whoever can write it chooses the key."
-                          f" chmod 600 {path}")
 
 
 def default_config(data_dir: Path, *, create: bool = True) -> Config:

@@ -21,12 +21,7 @@ import msgspec
 import pluggy
 from starlette.routing import compile_path
 
-from .config import (
-    Config,
-    DeliverySettings,
-    DestinationConfig,
-    read_or_create_secret,
-)
+from .config import Config, DeliverySettings, DestinationConfig
 from .config_errors import explain_invalid
 from .connectors import Connector, ConnectorKind, DestinationContext, SourceContext
 from .errors import ConfigError, HookyardError, PluginFailed, StorageUnavailable, did_you_mean
@@ -40,6 +35,7 @@ from .plugins import (
     plugin_label,
 )
 from .refused_tokens import RefusedTokens
+from .secret_files import read_or_create_secret
 from .sizes import SizeCounter
 from .storage import (
     POSTGRESQL,

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from hookyard.cli import main
-from hookyard.config import load_config, parse_config, read_or_create_secret
+from hookyard.config import load_config, parse_config
 from hookyard.errors import ConfigError
+from hookyard.secret_files import read_or_create_secret
 from hookyard.serving import lock_data_dir
 
 ONE_SOURCE = """\
