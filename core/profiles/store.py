@@ -9,9 +9,7 @@ hands a user's deliveries out one batch at a time.
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import sqlite3
 import threading
 import time
@@ -20,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import sqlite_utils
 
 from ..database import connect
 from ..deliveries import Delivery
+from .schema import PrefixedConnection, migrate, migrate_pg
 
 log = logging.getLogger("hookyard.profiles")
 _enc = msgspec.json.Encoder()
@@ -40,128 +38,6 @@ changes none of them (with a note)."""
 MAX_CHANNEL_VALUES = 50
 """Values one subscriber may have in one channel (they are appended, never replaced): the
 newest past it are not kept (with a note)."""
-
-PROFILES_VERSION = 1
-"""The schema version of ``profiles.db`` (``PRAGMA user_version``; 0 in files written before
-it was kept). A file of a newer version stops start-up: a newer hookyard upgraded it."""
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    from ..storage import refuse_newer
-
-    refuse_newer(int(conn.execute("PRAGMA user_version").fetchone()[0]), PROFILES_VERSION,
-                 "profiles.db (the profile store)")
-    _create_or_upgrade(conn)
-    conn.execute(f"PRAGMA user_version={PROFILES_VERSION}")
-
-
-def _create_or_upgrade(conn: sqlite3.Connection) -> None:
-    db = sqlite_utils.Database(conn)
-    if "subscribers" in db.table_names():
-        if "identified_at" not in db["subscribers"].columns_dict:
-            conn.execute("ALTER TABLE subscribers ADD COLUMN identified_at TEXT")
-        return
-    db["subscribers"].create(  # type: ignore[union-attr]
-        {"destination": str, "distinct_id": str, "properties": str, "locale": str,
-         "timezone": str, "created_at": float, "updated_at": float,
-         # the time (UTC ISO text, ordered as text) of the identify that last set the profile
-         "identified_at": str},
-        pk=("destination", "distinct_id"),
-    )
-    db["channels"].create(  # type: ignore[union-attr]
-        {"destination": str, "distinct_id": str, "channel": str, "value": str, "added_at": float},
-        pk=("destination", "distinct_id", "channel", "value"),
-    )
-    db["events"].create(  # type: ignore[union-attr]
-        {"id": int, "destination": str, "distinct_id": str, "message_id": str, "event": str,
-         "properties": str, "timestamp": str, "received_at": str},
-        pk="id",
-    )
-    db["events"].create_index(["destination", "message_id"], unique=True)  # type: ignore[union-attr]
-    db["events"].create_index(["destination", "distinct_id", "id"])  # type: ignore[union-attr]
-    db["workflow_runs"].create(  # type: ignore[union-attr]
-        {"id": int, "destination": str, "workflow": str, "distinct_id": str, "event": str,
-         "message_id": str, "payload": str, "created_at": float},
-        pk="id",
-    )
-    db["workflow_runs"].create_index(  # type: ignore[union-attr]
-        ["destination", "workflow", "message_id"], unique=True
-    )
-    # an email search must not scan every profile
-    db["channels"].create_index(["destination", "value"])  # type: ignore[union-attr]
-
-
-# The same tables on PostgreSQL, prefixed ``profile_`` (the database may hold other tables called
-# "events" or "channels"); channels.seq stands in for SQLite's rowid (insertion order).
-PG_PREFIX = "profile_"
-_TABLE = re.compile(r"\b(subscribers|channels|events|workflow_runs)\b")
-
-
-@functools.lru_cache(maxsize=256)
-def _prefixed(sql: str) -> str:
-    """``sql`` with the store's table names as they are on PostgreSQL."""
-    return _TABLE.sub(PG_PREFIX + r"\1", sql)
-
-
-class _PrefixedConnection:
-    """A PostgreSQL connection that runs the store's SQL on the ``profile_`` tables."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def execute(self, sql: str, params: Any = None) -> Any:
-        return self.conn.execute(_prefixed(sql), params)
-
-    def executemany(self, sql: str, rows: Any) -> Any:
-        return self.conn.executemany(_prefixed(sql), rows)
-
-    @property
-    def closed(self) -> bool:
-        return bool(self.conn.closed)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-PG_TABLES = [
-    """CREATE TABLE IF NOT EXISTS subscribers (destination text NOT NULL, distinct_id text NOT NULL,
-    properties text, locale text, timezone text, created_at double precision,
-    updated_at double precision, identified_at text, PRIMARY KEY (destination, distinct_id))""",
-    "ALTER TABLE subscribers ADD COLUMN IF NOT EXISTS identified_at text",
-    """CREATE TABLE IF NOT EXISTS channels (destination text NOT NULL, distinct_id text NOT NULL,
-    channel text NOT NULL, value text NOT NULL, added_at double precision,
-    seq bigint GENERATED ALWAYS AS IDENTITY, PRIMARY KEY (destination, distinct_id, channel, value))""",
-    "CREATE INDEX IF NOT EXISTS profile_channels_destination_value ON channels (destination, value)",
-    """CREATE TABLE IF NOT EXISTS events (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-    destination text NOT NULL, distinct_id text, message_id text, event text, properties text,
-    timestamp text, received_at text)""",
-    "CREATE UNIQUE INDEX IF NOT EXISTS profile_events_destination_message_id ON events (destination, message_id)",
-    "CREATE INDEX IF NOT EXISTS profile_events_destination_distinct_id_id ON events (destination, distinct_id, id)",
-    """CREATE TABLE IF NOT EXISTS workflow_runs (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-    destination text NOT NULL, workflow text, distinct_id text, event text, message_id text,
-    payload text, created_at double precision)""",
-    "CREATE UNIQUE INDEX IF NOT EXISTS profile_workflow_runs_unique"
-    " ON workflow_runs (destination, workflow, message_id)",
-]
-
-
-def _migrate_pg(conn: Any) -> None:
-    """The PostgreSQL tables created or upgraded, their version kept in ``profile_version``
-    (one row; none in a schema written before it was kept), as ``PRAGMA user_version`` is in
-    ``profiles.db``: a newer version stops start-up."""
-    from ..storage import refuse_newer
-
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("hookyard.profiles",))
-    conn.execute("CREATE TABLE IF NOT EXISTS profile_version (version integer NOT NULL)")
-    found = conn.execute("SELECT max(version) FROM profile_version").fetchone()[0]
-    refuse_newer(int(found or 0), PROFILES_VERSION,
-                 "the profile store's tables (profile_version)")
-    for statement in PG_TABLES:
-        conn.execute(statement)
-    if found != PROFILES_VERSION:
-        conn.execute("DELETE FROM profile_version")
-        conn.execute("INSERT INTO profile_version (version) VALUES (?)", (PROFILES_VERSION,))
-
 
 def _like_escape(text: str) -> str:
     """``text`` for a LIKE pattern with ``ESCAPE '\\'``: its wildcards taken literally."""
@@ -189,7 +65,7 @@ class ProfileStore:
         with self._write_lock:
             self._write.execute(self._begin)
             try:
-                (_migrate_pg if postgres else _migrate)(self._write)
+                (migrate_pg if postgres else migrate)(self._write)
                 self._write.execute("COMMIT")
             except BaseException:
                 self._write.close()
@@ -205,7 +81,7 @@ class ProfileStore:
         """The store in hookyard's PostgreSQL database (``schema``), shared by every node."""
         from ..storage.postgres import connect as pg_connect
 
-        return cls(lambda: _PrefixedConnection(pg_connect(url, schema)), postgres=True)
+        return cls(lambda: PrefixedConnection(pg_connect(url, schema)), postgres=True)
 
     def close(self) -> None:
         """Close the write connection and every thread's read connection."""

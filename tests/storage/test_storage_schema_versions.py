@@ -13,7 +13,8 @@ import sqlite_utils
 from click.testing import CliRunner
 from hookyard.cli import main
 from hookyard.errors import SchemaMismatch
-from hookyard.profiles.store import PROFILES_VERSION, ProfileStore
+from hookyard.profiles.schema import PROFILES_VERSION
+from hookyard.profiles.store import ProfileStore
 from hookyard.schema import MIGRATIONS, migrate
 from hookyard.storage import known_version, schema_version
 from storage_kit import make_runtime
