@@ -152,6 +152,12 @@ CLEAR_UNLABELLED = (
 )
 
 
+DEAD_LETTER_RETRIES = (
+    "CREATE TABLE IF NOT EXISTS dead_letter_retries (id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " serial INTEGER NOT NULL)"
+)
+
+
 def _m5_retrying_index(db: sqlite_utils.Database) -> None:
     """The deliveries waiting for a retry (pending after a failed attempt), by destination:
     the retry depth of /metrics and the dashboard and when a destination's failures began
@@ -161,12 +167,22 @@ def _m5_retrying_index(db: sqlite_utils.Database) -> None:
                " updated_at) WHERE state = 'pending' AND attempts > 0")
 
 
+def _m6_dead_letter_retries(db: sqlite_utils.Database) -> None:
+    """A serial that every dead-letter retry bumps (:mod:`hookyard.delivery.dead_letters`):
+    a retried row becomes pending again with its old id, below where a worker's scans of new
+    rows begin, so a worker that sees the serial change reads its outbox from the first row
+    (:mod:`hookyard.delivery.scan`). ``hookyard dlq retry`` runs in another process, which
+    cannot wake the server's workers: the user's next event was sent before the retried one."""
+    db.execute(DEAD_LETTER_RETRIES)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial,
     _m2_drop_random_message_id_indexes,
     _m3_dedupe_table,
     _m4_outbox_plugin,
     _m5_retrying_index,
+    _m6_dead_letter_retries,
 ]
 
 

@@ -44,11 +44,29 @@ def dead_letter_writes(action: str, found: list[int]) -> Iterator[Callable[[Any]
         yield functools.partial(change, ids=chunk)
 
 
+BUMP_RETRY_SERIAL = (
+    "INSERT INTO dead_letter_retries (id, serial) VALUES (1, 1)"
+    " ON CONFLICT (id) DO UPDATE SET serial = dead_letter_retries.serial + 1"
+)
+
+
 def retry_dead_ids(conn: sqlite3.Connection, ids: list[int]) -> int:
-    """Move the dead letters ``ids`` back to pending with a fresh attempt budget."""
+    """Move the dead letters ``ids`` back to pending with a fresh attempt budget, and bump the
+    retry serial (:func:`retry_serial`): workers read their outbox from the first row again,
+    in this process or another (``hookyard dlq retry``), and send each retried delivery before
+    its user's later ones."""
     now = time.time()
-    return _update_dead(conn, ids, "state = 'pending', attempts = 0, next_at = 0,"
-                        " created_at = ?, updated_at = ?", [now, now])
+    moved = _update_dead(conn, ids, "state = 'pending', attempts = 0, next_at = 0,"
+                         " created_at = ?, updated_at = ?", [now, now])
+    if moved:
+        conn.execute(BUMP_RETRY_SERIAL)
+    return moved
+
+
+def retry_serial(conn: sqlite3.Connection) -> int:
+    """How many retries of dead letters the database has seen (0: none)."""
+    row = conn.execute("SELECT serial FROM dead_letter_retries WHERE id = 1").fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def dead_elsewhere(

@@ -15,6 +15,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import outbox
+from .dead_letters import retry_serial
 
 if TYPE_CHECKING:
     from ..storage import Storage
@@ -83,6 +84,7 @@ class Scan:
         # they found blocked on the way (their later rows must still wait)
         self.walked_to = 0
         self.walked_blocked: set[str] = set()
+        self.retries = 0  # the dead-letter retry serial the last scan saw (:func:`retry_serial`)
 
     def from_start(self) -> None:
         """The next scan reads every row from the first, deep, no user skipped."""
@@ -116,10 +118,19 @@ class Scan:
             key for key, due in self.skip_until.items() if due > now][:MAX_SKIPPED_USERS]
         # the leased keys and the first page in one trip to a reader thread (each trip waits
         # for the busy event loop's GIL: about half a millisecond under load)
-        leased, page = await db.read(
-            lambda conn: (outbox.inflight_keys(conn, name),
+        retries, leased, page = await db.read(
+            lambda conn: (retry_serial(conn), outbox.inflight_keys(conn, name),
                           outbox.pending(conn, name, page_size, after, skip_keys=skip))
         )
+        if retries != self.retries:  # dead letters were retried, maybe by another process:
+            # pending again below `after`, they go before their users' later rows (an
+            # incremental scan passed over them: reviewer), so this scan is a full one
+            self.retries, changed = retries, True
+            self.walked_to, self.walked_blocked = 0, set()
+            if incremental:
+                incremental, after = False, 0
+                page = await db.read(
+                    lambda conn: outbox.pending(conn, name, page_size, 0, skip_keys=skip))
         blocked = set(inflight) | leased | set(skip)
         next_due = now + IDLE_POLL
         due_by = float("inf") if probing else now  # a probe takes the oldest row, due or not

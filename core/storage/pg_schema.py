@@ -128,9 +128,17 @@ M5_RETRYING_INDEX = [
     " WHERE state = 'pending' AND attempts > 0",
 ]
 
+# A serial that every dead-letter retry bumps: a retried row is pending again with its old id,
+# below where a worker's scans of new rows begin, so a worker that sees it change reads its
+# outbox from the first row (hookyard.delivery.scan).
+M6_DEAD_LETTER_RETRIES = [
+    "CREATE TABLE IF NOT EXISTS dead_letter_retries (id integer PRIMARY KEY CHECK (id = 1),"
+    " serial bigint NOT NULL)",
+]
+
 MIGRATIONS: list[list[str]] = [
     M1_INITIAL, M2_DROP_RANDOM_MESSAGE_ID_INDEXES, M3_INFLIGHT_INDEX, M4_OUTBOX_PLUGIN,
-    M5_RETRYING_INDEX,
+    M5_RETRYING_INDEX, M6_DEAD_LETTER_RETRIES,
 ]
 
 

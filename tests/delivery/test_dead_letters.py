@@ -370,3 +370,45 @@ def test_a_retry_says_which_dead_letters_it_left_for_a_removed_destination(
     assert answer == {"action": "retry", "count": 0, "left_dead": {"gone": 1}}
     assert admin(server, "/api/dead-letters/retry", method="POST", json={}).json()["left_dead"] == {
         "gone": 1}
+
+
+def test_a_dead_letter_retried_by_another_process_goes_before_its_users_next_event(
+    tmp_path: Path,
+) -> None:
+    """Reviewer: ``hookyard dlq retry`` runs in another process and cannot wake the server's
+    worker, whose scans of new rows began past the retried row's (old) id: the user's next
+    event, routed at once, was sent before the retried one (u-2, u-3, u-1). The retry bumps a
+    serial that every scan reads, and a changed serial makes the scan a full one."""
+    import sqlite3
+
+    from delivery_kit import Peer
+
+    from hookyard.delivery import dead_letters as dlq
+
+    peer = Peer()
+    with FakeServer() as fake:
+        fake.set_handler(peer)
+        peer.fail("u-1", (400, {"error": "bad"}, {}))  # permanent: a dead letter
+        # another user waits for a retry, so the worker's idle scan ends past u-1's row
+        peer.fail("v-1", (503, None, {"Retry-After": "20"}))
+        config = {"sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"}],
+                  "destinations": [recorder(fake.url, per_item=True,
+                                            delivery={"batch_size": 1, "retry_max_seconds": 30})]}
+        with HookyardServer(config, tmp_path / "data", [PLUGIN]) as server:
+            for user, n in (("u", 1), ("u", 2), ("v", 1)):
+                assert send(server, "/v1/track", track(user, n)).status_code == 200
+            wait_until(lambda: len(fake.requests) == 3, what="u-1, u-2, v-1 tried")
+            wait_until(lambda: peer.accepted_ids() == ["u-2"], what="u-2 delivered, u-1 dead")
+            scan = server.runtime.engine.workers["rec"].scan
+            wait_until(lambda: not scan.rescan and scan.due - time.time() > 0.7,
+                       what="an idle worker between full scans")
+            conn = sqlite3.connect(server.runtime.db.path, isolation_level=None, timeout=10)
+            try:  # as the CLI does it: another connection, no wake-up of the server's worker
+                conn.execute("BEGIN IMMEDIATE")
+                assert dlq.retry_dead_ids(conn, dlq.dead_ids(conn, "rec")) == 1
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            assert send(server, "/v1/track", track("u", 3)).status_code == 200
+            wait_until(lambda: len(peer.accepted_ids()) == 3, what="all three delivered")
+            assert peer.accepted_ids() == ["u-2", "u-1", "u-3"]
