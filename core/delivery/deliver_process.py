@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ..deliveries import DeliveryResult
-from .calling import failed
 from .deliver_child import SOCKET_FD, stuck_file
 from .frames import HOLD, Framed, answer_decoder, encoder
 from .helper_processes import HelperProcess, exit_status, helper_modules, reap, spawn
@@ -59,6 +58,11 @@ Answer = tuple[float, Sent]
 NOT_STARTED: Answer = (0.0, [])
 """The answer for a batch the child did not start (it waited there past its ``start_by``, or
 the worker is stopping): the caller gives its rows back, no attempt was made."""
+LOST: Answer = (0.0, [])
+"""The answer for a batch whose answer is lost: the child stopped (killed, crashed, or stuck
+and killed) while it had the batch, which may have been sent. The caller counts an attempt of
+each delivery (:data:`STOPPED`) but not a failure of the destination: a helper's death is not
+the destination's, and the batches it held made a healthy destination pause (reviewer)."""
 
 
 def prepared_wrappers(rt: Runtime) -> list[str]:
@@ -208,8 +212,7 @@ class DeliverProcess(HelperProcess):
                 await self._kill_stuck()
         except ConnectionError:
             pass
-        return 0.0, failed(self.rt.destinations[destination], requests,
-                           DeliveryResult.retryable(STOPPED))
+        return LOST
 
     async def _kill_stuck(self) -> None:
         """The child has answered nothing past a hook's time limit: ask it which destination's

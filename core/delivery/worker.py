@@ -19,12 +19,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..config import HOOK_LEASE_SHARE
+from ..deliveries import DeliveryResult
 from ..logs import log_failure
 from . import outbox
 from .attempt_log import AttemptLog
 from .breaker import Breaker
-from .calling import client_for, deliver_rows
-from .deliver_process import NOT_STARTED, DeliverProcess
+from .calling import client_for, deliver_rows, failed
+from .deliver_process import LOST, NOT_STARTED, STOPPED, DeliverProcess
 from .plugin_changes import PluginChanges
 from .remap import remap
 from .results import ResultWriter
@@ -358,7 +359,7 @@ class DestinationWorker:
         """Deliver a claimed batch (``here``: in this process, else by the deliver process) and
         store the outcome."""
         started = time.perf_counter()
-        answered = False
+        answered = lost = False
         try:
             policy = self.dest.policy
             deadline = claimed_at + policy.lease_seconds * HOOK_LEASE_SHARE
@@ -376,7 +377,9 @@ class DestinationWorker:
                     self.sending -= 1  # helper stopped before it was handed over)
                     await self.rt.db.write(lambda conn: outbox.release(conn, [r[0] for r in rows]))
                     return
-                latency, sent = answer
+                lost = answer is LOST
+                latency, sent = (answer if not lost else (0.0, failed(
+                    self.dest, requests, DeliveryResult.retryable(STOPPED))))
             answered = True
             self.sending -= 1  # the slot is free; the rows' users wait for the record
             self.sending_here -= here
@@ -401,7 +404,7 @@ class DestinationWorker:
             failed_for = self.attempt_log.record(outcomes)
             asked = max((res.retry_after or 0.0 for _, res in sent
                          if res.outcome == "retryable" and res.sent), default=0.0)
-            if self.breaker.record(outcomes, users, asked):
+            if not lost and self.breaker.record(outcomes, users, asked):
                 self._pause()
             if not self.delivered_once and any(o.sent and o.outcome == "ok" for o in outcomes):
                 # the first delivery of this process: failures from before a restart are not in

@@ -382,7 +382,6 @@ def test_a_dead_letter_retried_by_another_process_goes_before_its_users_next_eve
     import sqlite3
 
     from delivery_kit import Peer
-
     from hookyard.delivery import dead_letters as dlq
 
     peer = Peer()

@@ -191,6 +191,31 @@ def test_a_killed_or_stuck_deliver_process_loses_nothing(
     assert all("attempt 1" in r.getMessage() for r in stopped)  # retried, with its messageId
 
 
+def test_the_deliver_process_dying_does_not_pause_a_healthy_destination(tmp_path: Path) -> None:
+    """Reviewer: the helper held 60 batches of a slow but healthy peer when it was killed;
+    every one came back as a failed request, more than ``pause_after_failures`` of several
+    users, and the destination was paused. The helper's death is not the destination's: the
+    deliveries are sent again (an attempt each: they may have been sent), the breaker is not
+    told."""
+    with FakeServer() as peer:
+        with HookyardServer(forwarder(peer.url, concurrency=8), tmp_path) as server:
+            deliverer = deliverer_of(server)
+            peer.hang(2.0)  # slow, not failing: batches queue up in the helper
+            events = [track(f"u{u}", 1) for u in range(60)]
+            assert server.post("/v1/batch", {"batch": events}).status_code == 200
+            peer.wait_for(8)
+            time.sleep(0.3)
+            assert deliverer.proc is not None
+            os.kill(deliverer.proc.pid, signal.SIGKILL)
+            worker = server.runtime.engine.workers["fwd"]
+            wait_until(lambda: not deliverer.ready, what="the helper's death noticed")
+            time.sleep(0.5)
+            assert not worker.breaker.paused
+            peer.hang(0)
+            server.wait_idle(timeout=60)
+            assert {m for m in forwarded_ids(peer)} == {e["messageId"] for e in events}
+
+
 BLOCKING_PLUGIN = '''
 import time
 
