@@ -451,7 +451,7 @@ def counts(
 
 def purge(
     conn: sqlite3.Connection, older_than: float, destinations: Iterable[str],
-    limit: int = PURGE_BATCH,
+    limit: int = PURGE_BATCH, positions: dict[tuple[str, str], int] | None = None,
 ) -> int:
     """Delete finished rows (done/filtered/discarded) last updated before ``older_than``, with
     their attempts; returns how many outbox rows went.
@@ -461,6 +461,13 @@ def purge(
     and state, so 4 destinations deleted up to 60,000 rows in one transaction and held ingest
     for seconds). Per destination and state it reads the oldest rows (ids follow time) through
     the (destination, state, id) index. Call it again while it deletes something.
+
+    Ids follow time but for rows finished long after they were made: dead letters retried and
+    delivered today. A window that begins with such rows would hold back every older row
+    behind it until they too were past retention (reviewer). With ``positions`` (kept by the
+    caller from one call to the next), the next window of that destination and state begins
+    after such a leading run of recent rows; a window that reaches the last row starts the
+    next one from the first again.
     """
     gone: list[int] = []
     for dest in destinations:
@@ -468,12 +475,20 @@ def purge(
             left = limit - len(gone)
             if left <= 0:
                 break
+            after = positions.get((dest, state), 0) if positions is not None else 0
             rows = conn.execute(
                 "SELECT id, updated_at FROM outbox WHERE destination = ? AND state = ?"
-                " ORDER BY id LIMIT ?",
-                (dest, state, left),
+                " AND id > ? ORDER BY id LIMIT ?",
+                (dest, state, after, left),
             ).fetchall()
-            gone.extend(r[0] for r in rows if (r[1] or 0) < older_than)
+            old = [r[0] for r in rows if (r[1] or 0) < older_than]
+            gone.extend(old)
+            if positions is not None:
+                if len(rows) < left:  # the last row: the next window starts from the first
+                    positions.pop((dest, state), None)
+                elif not old or old[0] != rows[0][0]:  # recent rows first: skip past them
+                    first_old = old[0] if old else rows[-1][0] + 1
+                    positions[(dest, state)] = max(r[0] for r in rows if r[0] < first_old)
     for chunk in chunks(gone, IDS_PER_STATEMENT):
         marks = ",".join("?" * len(chunk))
         conn.execute(f"DELETE FROM attempts WHERE outbox_id IN ({marks})", chunk)

@@ -197,3 +197,33 @@ def test_expedite_brings_waiting_retries_forward(runtime: Runtime) -> None:
     due = dict(runtime.db.read_sync(lambda c: c.execute(
         "SELECT message_id, next_at FROM outbox").fetchall()))
     assert all(now <= due[m] <= now + 10 for m in ("a", "b")) and due["c"] == now + 5
+
+
+def test_the_outbox_purge_gets_past_recently_finished_rows_made_long_ago(runtime: Runtime) -> None:
+    """Reviewer: rows made long ago but finished today (last week's dead letters, retried and
+    delivered) filled the purge's window of the oldest ids; it deleted nothing, and every row
+    behind them stayed, however old, until they too were past retention. The next window
+    begins after such a leading run (the position kept between maintenance runs), and starts
+    from the first row again once a window reaches the last."""
+    now = time.time()
+    week_ago = now - 7 * 86400
+    # ids 1-4: finished today; 5-7: a week ago; 8: today; 9-10: a week ago
+    stamps = [now] * 4 + [week_ago] * 3 + [now] + [week_ago] * 2
+    runtime.db.write_sync(lambda c: c.executemany(
+        "INSERT INTO outbox (destination, state, attempts, created_at, updated_at)"
+        " VALUES ('d', 'done', 1, ?, ?)", [(week_ago, at) for at in stamps]))
+    cutoff = now - 86400
+    positions: dict[tuple[str, str], int] = {}
+
+    def purge() -> int:
+        return int(runtime.db.write_sync(
+            lambda c: outbox.purge(c, cutoff, ["d"], limit=4, positions=positions)))
+
+    assert purge() == 0  # ids 1-4, all recent: the next window begins after them
+    assert positions == {("d", "done"): 4}
+    assert purge() == 3  # ids 5-8: the three old ones
+    assert purge() == 2  # ids 8-10: 9 and 10; a window short of the limit: from the first again
+    assert positions == {}
+    left = runtime.db.read_sync(lambda c: c.execute(
+        "SELECT count(*) FROM outbox WHERE updated_at < ?", (cutoff,)).fetchone()[0])
+    assert left == 0
