@@ -187,6 +187,7 @@ def routes(rt: Runtime) -> list[BaseRoute]:
             out = []
             for r in conn.execute(sql + " ORDER BY id", params).fetchall():
                 item = {k: r[k] for k in r.keys() if k not in ("request", "lease_owner")}
+                item["next_at"] = item.get("next_at") or None  # 0: no retry scheduled
                 item["request"] = _dec.decode(r["request"]) if r["request"] else None
                 item["attempts_log"] = [dict(a) for a in conn.execute(
                     "SELECT attempt, outcome, http_status, latency_ms, error, at FROM attempts"

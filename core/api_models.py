@@ -10,6 +10,11 @@ import msgspec
 from .deliveries import Delivery
 from .events import Event
 
+UnixSeconds = Annotated[float, msgspec.Meta(
+    description="Unix time in seconds (UTC), with a fraction")]
+"""The times the database keeps as numbers (deliveries, attempts, dead letters, profiles);
+event times (``receivedAt``, ``timestamp``) and the API log's ``at`` are ISO-8601 text."""
+
 
 class RefusedItem(msgspec.Struct):
     index: int
@@ -22,6 +27,7 @@ class IngestOK(msgspec.Struct, omit_defaults=True):
 
     success: bool
     refused: list[RefusedItem] = []
+    refused_count: int | None = None  # all the refused events, when ``refused`` lists the first 100
 
 
 class IngestError(msgspec.Struct):
@@ -60,15 +66,15 @@ class Subscriber(msgspec.Struct):
     properties: dict[str, Any]
     channels: dict[str, list[str]]
     preferences: Preferences
-    created_at: float | None
-    updated_at: float | None
+    created_at: UnixSeconds | None
+    updated_at: UnixSeconds | None
 
 
 class SubscriberSummary(msgspec.Struct):
     distinct_id: str
     properties: dict[str, Any]
     preferences: Preferences
-    updated_at: float | None
+    updated_at: UnixSeconds | None
 
 
 class SubscriberPage(msgspec.Struct):
@@ -96,7 +102,7 @@ class WorkflowRun(msgspec.Struct):
     event: str
     messageId: str | None
     payload: dict[str, Any]
-    created_at: float
+    created_at: UnixSeconds
 
 
 class WorkflowRunPage(msgspec.Struct):
@@ -139,7 +145,7 @@ class Attempt(msgspec.Struct):
     http_status: int | None
     latency_ms: float | None
     error: str | None
-    at: float
+    at: UnixSeconds
 
 
 class OutboxRow(msgspec.Struct):
@@ -151,13 +157,14 @@ class OutboxRow(msgspec.Struct):
     kind: str | None
     state: str
     attempts: int
-    next_at: float | None
-    lease_until: float | None
-    created_at: float
-    updated_at: float | None
+    next_at: UnixSeconds | None
+    lease_until: UnixSeconds | None
+    created_at: UnixSeconds
+    updated_at: UnixSeconds | None
     last_status: int | None
     last_error: str | None
     response_body: str | None
+    plugin: str | None  # the plugin that made ``request`` (a plugin change makes it again)
     request: Any
     attempts_log: list[Attempt]
 
@@ -177,8 +184,8 @@ class DeadLetter(msgspec.Struct):
     last_status: int | None
     last_error: str | None
     response_body: str | None
-    created_at: float
-    updated_at: float | None
+    created_at: UnixSeconds
+    updated_at: UnixSeconds | None
 
 
 class DeadLetterPage(msgspec.Struct):

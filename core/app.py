@@ -298,7 +298,8 @@ def create_app(runtime: Runtime, *, run_workers: bool | None = None) -> Hookyard
         if exc.status_code in (204, 304) or request.url.path.startswith("/ui/"):
             return Response(exc.detail if exc.status_code not in (204, 304) else None,
                             status_code=exc.status_code, headers=exc.headers)
-        if ingest.candidates(request.url.path) or not request.url.path.startswith("/api/"):
+        path = request.url.path
+        if ingest.candidates(path) or not (path == "/api" or path.startswith("/api/")):
             # ingest's error body (code, message) on a GET to an ingest path and on any unknown
             # path: a Segment library pointed at a wrong one (a host ending in /v1, /sdk/batch)
             # reads code, gives up and says "not found", where it retried {"error"} for minutes

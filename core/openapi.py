@@ -64,7 +64,8 @@ def _ingest_ops(rt: Runtime) -> list[Op]:
 def operations(rt: Runtime) -> list[Op]:
     paging = [("cursor", "query", "cursor from the previous page's `next`"),
               ("limit", "query", "page size, 1-500 (default 50; other values are a 400)")]
-    err = {400: m.ApiError, 401: m.ApiError}
+    # 429: too many wrong admin tokens from the address (every request of it, for a minute)
+    err = {400: m.ApiError, 401: m.ApiError, 429: m.ApiError}
     too_large = {413: m.ApiError}  # operator request bodies: 1 MB at most
     ops = _ingest_ops(rt) + [
         Op("get", "/healthz", "Liveness", "health", None, {200: m.Health}, security=[]),

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import segment.analytics as analytics
+from hookyard.api_models import OutboxRow
 from hookyard.errors import BadRequest
 from hookyard.http_protocol import ERROR_CODES
 from hookyard.testing import (
@@ -454,6 +455,9 @@ def test_anonymous_event_accepted_then_filtered_by_profile_store(server: Hookyar
     assert delivery["destination"] == "profiles"
     assert delivery["state"] == "filtered"
     assert "userId is required" in delivery["last_error"]
+    # exactly the fields the OpenAPI document lists (a column added later leaked into it)
+    assert set(delivery) == set(OutboxRow.__struct_fields__)
+    assert delivery["next_at"] is None  # no retry scheduled (it said 0: 1970 on a dashboard)
     assert server.api("/api/subscribers").json()["subscribers"] == []
 
 

@@ -219,6 +219,9 @@ def test_subscribers_paging_and_search(server: HookyardServer) -> None:
     # LIKE wildcards in the search text match themselves, not everything
     assert get(server, "/api/subscribers?q=%25")["subscribers"] == []
     assert get(server, "/api/subscribers?q=_")["subscribers"] == []
+    # a search SQLite cannot run (its LIKE patterns end at 50,000 bytes) is a 400, not a 500
+    too_long = get(server, "/api/subscribers?q=" + "_" * 25_000, status=400)
+    assert too_long == {"error": "q is 25,000 characters long: at most 1,000"}
 
 
 def test_an_id_with_a_slash_is_read_when_sent_encoded(server: HookyardServer) -> None:

@@ -152,8 +152,11 @@ def _store(view: Dashboard, call: Call) -> tuple[str, Any, list[str]]:
 async def subscribers(view: Dashboard, call: Call) -> Response:
     dest, store, names = _store(view, call)
     q, after = call.param("q"), call.param("cursor")
-    items, nxt = await asyncio.to_thread(store.subscribers, dest, query=q, after=after,
-                                         limit=PAGE)
+    try:
+        items, nxt = await asyncio.to_thread(store.subscribers, dest, query=q, after=after,
+                                             limit=PAGE)
+    except ValueError as exc:  # a search too long
+        raise Refused(400, str(exc)) from None
     return view.page(
         call, "subscribers.html", "subscribers", rows=items, q=q, destination=dest,
         destinations=names,

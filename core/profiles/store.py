@@ -35,6 +35,9 @@ to megabytes, which every later identify decoded and wrote again."""
 MAX_PROPERTIES_BYTES = 1024 * 1024
 """Encoded size of one subscriber's properties: an identify that would make them larger
 changes none of them (with a note)."""
+MAX_QUERY = 1000
+"""Characters of a subscriber search (``q``): a user id, an email or a phone number is far
+shorter, and a search of 50,000 failed in SQLite (a 500; API contract audit)."""
 MAX_CHANNEL_VALUES = 50
 """Values one subscriber may have in one channel (they are appended, never replaced): the
 newest past it are not kept (with a note)."""
@@ -234,6 +237,8 @@ class ProfileStore:
               " WHERE destination = ?"
         params: list[Any] = [dest]
         if query:
+            if len(query) > MAX_QUERY:  # (SQLite refuses LIKE patterns of 50,000 bytes)
+                raise ValueError(f"q is {len(query):,} characters long: at most {MAX_QUERY:,}")
             like = self._sql_like
             # the text as typed: % and _ match themselves, not any text / any character
             sql += (f" AND (distinct_id {like} ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM channels c"

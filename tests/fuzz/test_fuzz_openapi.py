@@ -30,7 +30,7 @@ _AST_LOCK = threading.RLock()
 # proves (no 5xx; every answer documented and conforming). The server is deliberately looser or
 # stricter than the msgspec-derived schema in places: Segment's rules that span fields (userId
 # or anonymousId, a non-empty event name) cannot be expressed there and are refused with a 400
-# and a reason; ``type`` may be left out on /v1/{call}; unknown query parameters are ignored;
+# and a reason; ``type`` may be left out on /v1/{call}; unknown query parameters are a 400;
 # dead-letter actions accept an empty body (every field is optional).
 EXCLUDED = [schemathesis.checks.positive_data_acceptance,
             schemathesis.checks.negative_data_rejection]
