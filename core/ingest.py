@@ -42,6 +42,7 @@ from .errors import (
 from .events import encoder
 from .http_protocol import error_body
 from .inbox import InsertEvents, LogEntry, event_rows, insert_log
+from .nesting import TOO_DEEP, plugin_raw_too_deep
 from .parse_checks import check_parsed, wrong_type
 from .refusal_budget import RefusalBudget
 from .request_body import decode_content, receive_body
@@ -279,6 +280,8 @@ class IngestEndpoint:
                 # the body is not JSON (a plugin that decodes it itself, as the docs' example
                 # does): the client's to fix, not to retry (the re-check)
                 raise BadRequest(f"malformed JSON: {exc}") from None
+            except RecursionError:  # a plugin's decoder met ~1,000 levels: not to retry
+                raise BadRequest(f"the request's JSON is {TOO_DEEP}") from None
             except Exception as exc:  # a plugin bug: not a 500, nor a 400 that the client
                 # takes as final and drops its events for (a plugin's reasons to refuse a body
                 # are BadRequest, NotFound, PayloadTooLarge); retried, they are taken once fixed
@@ -292,6 +295,12 @@ class IngestEndpoint:
             for i, ev in enumerate(parsed):
                 if isinstance(ev, RefusedEvent):
                     refused.append((i, ev.reason))
+                elif ev.checked is not ev.raw and plugin_raw_too_deep(ev.raw):
+                    # a plugin's own event, held to the limit hookyard's parsers apply
+                    if len(parsed) == 1:
+                        raise BadRequest(f"the event is {TOO_DEEP}")
+                    refused.append((i, f"the event is {TOO_DEEP}"))
+                    parsed[i] = RefusedEvent(f"the event is {TOO_DEEP}")
                 elif (ev.sent_bytes or len(ev.raw)) > server.max_event_bytes:
                     reason = f"event is larger than {server.max_event_bytes} bytes"
                     if len(parsed) == 1:

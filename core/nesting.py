@@ -116,3 +116,14 @@ def deep_items_emptied(body: bytes, limit: int = MAX_NESTING, *,
         at = end
     parts.append(body[at:])
     return b"".join(parts), found
+
+
+def plugin_raw_too_deep(raw: bytes) -> bool:
+    """:func:`too_deep` for an event a source plugin made itself (hookyard's parsers check
+    theirs as they decode): JSON that only Python's decoder reads (``1e999``) is not
+    measured."""
+    try:
+        return too_deep(raw)
+    except msgspec.DecodeError:
+        return False
+

@@ -478,3 +478,44 @@ def test_a_body_the_hook_cannot_decode_is_the_clients_400(
                                headers={"Authorization": f"Bearer {KEY}",
                                         "Content-Type": "application/json"})
         assert r.status_code == 400 and "malformed JSON" in r.text, (body, r.text)
+
+
+def parse_vendor_body(self: Any, source: SourceContext, request: IngestRequest) -> Any:
+    """A vendor's own body (a list of objects) made into track events, each keeping what it
+    carries: as a plugin source does, without hookyard's parsers."""
+    from hookyard.events import event_from_dict
+
+    out = []
+    for i, item in enumerate(msgspec.json.decode(request.body)):
+        data = {"type": "track", "event": "vendor.thing", "userId": "u1",
+                "messageId": f"vendor-{i}", "properties": item}
+        out.append(ParsedEvent(raw=msgspec.json.encode(data), event=event_from_dict(data)))
+    return out
+
+
+def test_a_plugin_sources_events_are_held_to_the_nesting_limit(
+    hookyard_server: Callable[..., HookyardServer],
+) -> None:
+    """Plugin-author audit: the 100 levels of hookyard.nesting were applied by hookyard's own
+    parsers only; a plugin source stored 200 levels, and at ~1,000 its decoder's
+    RecursionError was a 503 that the vendor retried for ever."""
+    config = {"sources": [{"name": "in", "plugin": "odd", "write_key": KEY}]}
+    server = hookyard_server(config, plugins=[source_plugin(accept, parse_vendor_body)])
+
+    def nested(levels: int) -> Any:
+        value: Any = 1
+        for _ in range(levels):
+            value = {"a": value}
+        return value
+
+    def post(body: bytes) -> httpx.Response:
+        return server.client.post(f"{server.url}/connector/odd", content=body,
+                                  headers={"Authorization": f"Bearer {KEY}"})
+
+    deep = msgspec.json.encode(nested(200))
+    r = post(b"[" + deep + b"]")
+    assert r.status_code == 400 and "nested too deeply" in r.text, r.text
+    r = post(b'[{"ok": 1}, ' + deep + b"]")  # refused alone in a list
+    assert r.status_code == 200 and r.json()["refused"][0]["index"] == 1, r.text
+    r = post(b"[" + b'{"a":' * 1500 + b"1" + b"}" * 1500 + b"]")
+    assert r.status_code == 400 and "nested too deeply" in r.text, r.text
