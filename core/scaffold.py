@@ -392,6 +392,9 @@ def _name_taken(name: str) -> str | None:
     for ep in importlib.metadata.entry_points(group="hookyard"):
         if ep.name == name:
             return f"an installed plugin is named so ({ep.value})"
+    owner = _connector_owner(name)
+    if owner is not None:
+        return f"the installed plugin {owner!r} registers a connector named so"
     module = module_name(name)
     try:
         found = importlib.util.find_spec(module)
@@ -399,6 +402,24 @@ def _name_taken(name: str) -> str | None:
         found = None
     if found is not None:
         return f"the package {module} is already importable ({found.origin or 'a namespace'})"
+    return None
+
+
+def _connector_owner(name: str) -> str | None:
+    """The installed plugin that registers a connector called ``name``, if any (a config's
+    ``plugin = "<name>"`` would name two connectors: every command stopped once the new
+    package was installed; source-author audit). Installed plugins that fail to load are
+    passed over here: the commands that load them say what is wrong."""
+    from .errors import ConfigError
+    from .plugins import ConnectorRegistry, make_plugin_manager
+
+    try:
+        registry = ConnectorRegistry(make_plugin_manager())
+    except ConfigError:
+        return None
+    for connector, plugin in registry.all():
+        if connector.name == name:
+            return plugin
     return None
 
 

@@ -92,6 +92,16 @@ def resolve(config_path: str | None, data_dir: str | None, url: str | None,
             if not candidates:
                 names = ", ".join(s.name for s in config.sources) or "none"
                 raise ConfigError(f"no source named {source!r} in {config_path} (sources: {names})")
+        if candidates and candidates[0].plugin != "segment":
+            raise ConfigError(f"source {candidates[0].name!r} uses the plugin"
+                              f" {candidates[0].plugin!r}: send-test sends Segment events to"
+                              " /v1/identify and /v1/track, so it needs a source of plugin"
+                              " 'segment' (--source NAME)")
+        if not candidates and not write_key:
+            found = ", ".join(f"{s.name} (plugin {s.plugin!r})" for s in config.sources) or "none"
+            raise ConfigError(f"{config_path} has no source of plugin 'segment', which send-test"
+                              f" sends its Segment events to (sources: {found}); add one, or"
+                              " give --url and HOOKYARD_WRITE_KEY of a server that has one")
         if candidates:
             key = candidates[0].write_key
             chosen = candidates[0]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -127,6 +128,32 @@ def test_a_name_that_is_taken_is_refused(name: str, why: str, tmp_path: Path) ->
     (found by an outside audit: its generated tests then failed)."""
     with pytest.raises(ConfigError, match=f"plugin name '{name}' is taken: {re.escape(why)}"):
         scaffold(name, "destination", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_connector_name_an_installed_plugin_registers_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Source-author audit: ``hookyard-acme`` (entry point ``acme``) registers the connector
+    ``acme-crm``; ``new-plugin acme-crm`` was accepted, and once installed every command
+    stopped on a connector registered by two plugins."""
+    from hookyard import hookimpl, plugins
+    from hookyard.connectors import Connector
+
+    class Acme:
+        @hookimpl
+        def register_connectors(self) -> list[Connector]:
+            return [Connector(name="acme-crm", kind="destination")]
+
+        @hookimpl
+        def deliver(self, destination: Any, deliveries: Any, client: Any) -> Any:
+            return []
+
+    real = plugins.make_plugin_manager
+    monkeypatch.setattr(plugins, "make_plugin_manager", lambda: real([Acme()]))
+    with pytest.raises(ConfigError, match="plugin name 'acme-crm' is taken: the installed"
+                                          " plugin '.*' registers a connector named so"):
+        scaffold("acme-crm", "destination", tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -146,6 +146,14 @@ def test_errors_are_one_line(server: HookyardServer, tmp_path: Path) -> None:
         ("--url", "ftp://x", "--write-key", KEY): "Error: --url must start with http://",
         ("--url", server.url, "--write-key", "bad\udcff"): "Error: the write key must be printable",
     }
+    # a config whose only source is another plugin's (source-author audit: it said "no write
+    # key ... pass --config" to a command given --config)
+    other = tmp_path / "other.toml"
+    other.write_text('[[sources]]\nname = "acme-in"\nplugin = "pushwoosh"\nwrite_key = "k-12345678"\n')
+    cases[("--config", str(other))] = (f"Error: {other} has no source of plugin 'segment', which"
+                                       " send-test sends its Segment events to (sources: acme-in")
+    cases[("--config", str(other), "--source", "acme-in")] = (
+        "Error: source 'acme-in' uses the plugin 'pushwoosh': send-test sends Segment events")
     for args, expected in cases.items():
         code, _, err = send_test(*args)
         assert code == 1, args
