@@ -50,6 +50,8 @@ ANSWER_GRACE = 5.0
 """Seconds past a request's own time limit before the child counts as stuck (a plugin blocking
 its event loop): it is killed, and the worker delivers in its own process meanwhile."""
 STOPPED = "deliver process stopped before answering (the request may have been sent)"
+CRASHED = ("the deliver process ended twice while sending this delivery, the second time alone:"
+           " its plugin's deliver hook ends its process on it")
 
 Sent = list[tuple[str, DeliveryResult]]
 """(messageId, result) for each stored request of a batch, in order."""
@@ -96,6 +98,10 @@ class DeliverProcess(HelperProcess):
         # hook would hold ingest and every other destination (re-check)
         self.blamed: set[str] = set()
         self._judging = False  # asking a stuck child which hook holds it
+        # the destination whose hook had the last child killed (it held its event loop): the
+        # others' batches it had are its victims, not suspects (worker._lost); None when the
+        # child ended by itself or could not say
+        self.lost_to: str | None = None
 
     @classmethod
     def wanted(cls, rt: Runtime) -> DeliverProcess | None:
@@ -181,6 +187,7 @@ class DeliverProcess(HelperProcess):
 
     def _lost(self) -> None:
         if self.ready and not self._closing:
+            self.lost_to = None
             self._gone(f"stopped ({exit_status(self.proc) or 'connection closed'})")
         else:
             self.ready = False
@@ -228,10 +235,12 @@ class DeliverProcess(HelperProcess):
         if not self.ready:  # gone meanwhile
             return
         if culprit is None:
+            self.lost_to = None
             self._gone(f"did not answer within {self.answer_grace:g} s of a deliver hook's"
                        " time limit, killed")
             return
         self.blamed.add(culprit)
+        self.lost_to = culprit
         plugin = self.rt.destinations[culprit].config.plugin
         self._gone(f"did not answer within {self.answer_grace:g} s of a deliver hook's time"
                    f" limit: destination {culprit}'s (plugin {plugin!r}) holds its event loop,"
@@ -280,7 +289,8 @@ class DeliverProcess(HelperProcess):
                 fut.set_exception(ConnectionError(STOPPED))
 
     def _gone(self, why: str) -> None:
-        log.warning("deliver process %s; delivering in the worker process (trying again in %g s)",
+        log.warning("deliver process %s; delivering in the worker process (trying again in %g s;"
+                    " at once for the deliveries it had, which go there one at a time)",
                     why, self.restart_after)
         self.failed()
         self._stop_child()

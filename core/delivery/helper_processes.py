@@ -49,6 +49,11 @@ class HelperProcess:
         if self._starting is not None:
             await asyncio.wait({self._starting}, timeout=timeout)
 
+    def restart_now(self) -> None:
+        """Let the next :meth:`start` start the child without waiting ``restart_after`` (to
+        tell which event or delivery stopped it)."""
+        self._failed_at = float("-inf")
+
     def failed(self) -> None:
         """The child is gone: not ready, started again ``restart_after`` seconds from now."""
         self.ready = False

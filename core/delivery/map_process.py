@@ -93,11 +93,6 @@ class MapProcess(HelperProcess):
         self.answer_timeout = ANSWER_TIMEOUT
         self.lost = False  # the last map() ended with the child dead or stopped
 
-    def restart_now(self) -> None:
-        """Start the child again without waiting :data:`RESTART_AFTER` (to tell which event
-        stopped it)."""
-        self._failed_at = float("-inf")
-
     @classmethod
     def wanted(cls, rt: Runtime) -> MapProcess | None:
         """A map process for ``rt``, or None when mapping stays in-process (see the module)."""

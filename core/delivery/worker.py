@@ -25,7 +25,7 @@ from . import outbox
 from .attempt_log import AttemptLog
 from .breaker import Breaker
 from .calling import client_for, deliver_rows, failed
-from .deliver_process import LOST, NOT_STARTED, STOPPED, DeliverProcess
+from .deliver_process import CRASHED, LOST, NOT_STARTED, STOPPED, DeliverProcess, Sent
 from .plugin_changes import PluginChanges
 from .remap import remap
 from .results import ResultWriter
@@ -45,6 +45,9 @@ RATE_LIMIT_WINDOW = 10.0
 GIVE_UP_CHECK_SECONDS = 300.0
 """How often a paused destination's deliveries are checked for having waited longer than
 ``give_up_after_seconds`` (they are not attempted, so no attempt finds it)."""
+SUSPECT_SECONDS = 120.0
+"""How long after the deliver process last ended with deliveries of a destination its rows
+still go one at a time (:meth:`DestinationWorker._lost`), at most."""
 CLAIM_AHEAD = 8
 """Deliveries kept claimed ahead, in multiples of ``concurrency`` (at least one batch): a
 dispatch round takes two trips to the database threads (1-3 ms under load), longer than a
@@ -92,6 +95,10 @@ class DestinationWorker:
         self.stopping = False
         self.scan = Scan()  # what the last scan of the outbox found (:mod:`.scan`)
         self.delivered_once = False  # a delivery of this process succeeded (see _deliver)
+        # rows whose batch the deliver process had when it ended: sent again alone, one at a
+        # time, there (never in this process); one that ends it again is the culprit
+        self.suspects: set[int] = set()
+        self.suspects_until = 0.0  # (monotonic) when they are no longer sent one at a time
 
     async def run(self) -> None:
         while not self.stopping:
@@ -135,6 +142,12 @@ class DestinationWorker:
         # ready (whole batches: at least one). Not more: a user with a claimed row cannot be in
         # another batch, so holding many users back would make the next batches small.
         free = self._free_slots() + (0 if self._in_child() else self._ahead()) - len(self.ready)
+        if self.suspects and time.monotonic() > self.suspects_until:
+            self.suspects.clear()
+        if self.suspects:  # the deliver process ended with some of its rows: one at a time
+            if self.tasks or self.ready:
+                return IDLE_POLL
+            free, size = min(free, 1), 1
         if probing:  # one delivery: a probe spends no attempt, and tells about the destination
             free, size = min(free, 1), 1
         if free <= 0 or self.stopping:
@@ -293,7 +306,8 @@ class DestinationWorker:
         its hook had the helper killed (:attr:`DeliverProcess.blamed`), and here it would hold
         the worker's event loop, ingest with it."""
         deliverer = self.deliverer
-        return deliverer is not None and not deliverer.ready and self.dest.name in deliverer.blamed
+        return deliverer is not None and not deliverer.ready and (
+            self.dest.name in deliverer.blamed or bool(self.suspects))
 
     def _in_child(self) -> bool:
         """Whether new batches go to the deliver process: it is ready, and none of this
@@ -341,6 +355,42 @@ class DestinationWorker:
             await self.rt.db.write(lambda conn: outbox.release(conn, ids))
         self.wake.set()
 
+    def _lost(self, rows: list[outbox.Claimed], requests: list[bytes]) -> Sent:
+        """The deliver process ended while it had this batch (killed, crashed, or stuck and
+        killed): each delivery is retried (it may have been sent), but alone and only there,
+        in a new process started at once. The worker retried them in its own process, where
+        a plugin that ends its process on one of them ended the server, ingest with it
+        (source-author audit). A delivery sent alone that ends the process again is the
+        culprit: a dead letter naming the plugin (``hookyard dlq retry`` once it is fixed)."""
+        assert self.deliverer is not None
+        ids = [r[0] for r in rows]
+        if self.deliverer.lost_to is not None:
+            # a destination's hook held the child's event loop and had it killed: that one waits
+            # for the next child (DeliverProcess.blamed), the others' deliveries only waited
+            # behind it; all are retried as usual
+            return failed(self.dest, requests, DeliveryResult.retryable(STOPPED))
+        self.deliverer.restart_now()
+        self.deliverer.start()
+        if len(ids) == 1 and ids[0] in self.suspects:
+            self.suspects.discard(ids[0])
+            plugin = self.dest.config.plugin
+            log.error("destination %s: the deliver process ended twice while sending outbox row"
+                      " %d, the second time alone: a dead letter (plugin %r ends its process on"
+                      " it)", self.dest.name, ids[0], plugin, extra={"destination": self.dest.name})
+            return failed(self.dest, requests, DeliveryResult.permanent(
+                f"{CRASHED} (plugin {plugin!r})"))
+        if not self.suspects:
+            log.warning("destination %s: the deliver process ended while it had deliveries of"
+                        " it: they are sent again one at a time in a new deliver process, to"
+                        " find one that ends it", self.dest.name,
+                        extra={"destination": self.dest.name})
+            self._give_back_ready()
+        self.suspects.update(ids)
+        # a suspect may leave the queue another way (a dead letter on time, a discard): one at
+        # a time ends this long after the last loss, whatever is left
+        self.suspects_until = time.monotonic() + SUSPECT_SECONDS
+        return failed(self.dest, requests, DeliveryResult.retryable(STOPPED))
+
     def _start(
         self, rows: list[outbox.Claimed], users: list[str], claimed_at: float
     ) -> None:
@@ -378,8 +428,9 @@ class DestinationWorker:
                     await self.rt.db.write(lambda conn: outbox.release(conn, [r[0] for r in rows]))
                     return
                 lost = answer is LOST
-                latency, sent = (answer if not lost else (0.0, failed(
-                    self.dest, requests, DeliveryResult.retryable(STOPPED))))
+                latency, sent = answer if not lost else (0.0, self._lost(rows, requests))
+            if self.suspects and not lost:
+                self.suspects.difference_update(r[0] for r in rows)
             answered = True
             self.sending -= 1  # the slot is free; the rows' users wait for the record
             self.sending_here -= here

@@ -181,11 +181,15 @@ def test_a_killed_or_stuck_deliver_process_loses_nothing(
             server.wait_idle(timeout=30)
             got = forwarded_ids(peer)
             assert set(got) == set(first + later)  # none lost (in-flight ones may repeat)
-            assert not deliverer.ready and deliverer.proc is None and not deliverer.blamed
-            assert "\nhookyard_deliver_process_up 0.0\n" in server.client.get(
+            # the batches it had are sent again, one at a time, by a new helper started at once
+            # (never in the worker's process: a plugin that ended the helper on one of them
+            # ended the server; source-author audit)
+            assert deliverer.ready and deliverer.proc is not None and not deliverer.blamed
+            assert "\nhookyard_deliver_process_up 1.0\n" in server.client.get(
                 f"{server.url}/metrics").text
     assert warning in caplog.text
-    assert "delivering in the worker process (trying again in 30 s)" in caplog.text
+    assert "delivering in the worker process (trying again in 30 s;" in caplog.text
+    assert "they are sent again one at a time in a new deliver process" in caplog.text
     stopped = [r for r in caplog.records if "deliver process stopped before answering" in
                r.getMessage()]
     assert all("attempt 1" in r.getMessage() for r in stopped)  # retried, with its messageId
@@ -271,6 +275,67 @@ def test_a_hook_that_blocks_the_deliver_process_is_the_only_one_held(
             wait_until(lambda: set(forwarded_ids(peer)) >= set(sent), timeout=20,
                        what="the healthy destination's events")
     assert "destination blocky's (plugin 'blocky') holds its event loop, killed" in caplog.text
+
+
+EXITING_PLUGIN = '''
+import os
+
+from hookyard import hookimpl
+from hookyard.connectors import Connector
+from hookyard.deliveries import Delivery, DeliveryResult, MapResult
+
+
+@hookimpl
+def register_connectors():
+    return [Connector(name="exiting", kind="destination", deliver_anywhere=True)]
+
+
+@hookimpl
+def map_event(destination, event, raw):
+    return MapResult.send(Delivery(kind="track", body={"id": raw["messageId"]}))
+
+
+@hookimpl
+async def deliver(destination, deliveries, client):
+    if any(d.body["id"] == "poison" for d in deliveries):
+        os._exit(7)  # a crash in a C extension, an out-of-memory kill
+    return [DeliveryResult.ok() for _ in deliveries]
+'''
+
+
+def test_a_delivery_that_ends_the_deliver_process_is_a_dead_letter_not_a_dead_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Source-author audit: a deliver hook that ended its process on one event had the batch
+    retried in the worker's process, which it ended too: ``hookyard serve`` was gone, ingest
+    with it, and again at every restart. The deliveries the helper had now go to a new helper
+    one at a time; the one that ends it again, alone, is a dead letter naming the plugin."""
+    import importlib
+
+    (tmp_path / "exiting_plugin_test.py").write_text(EXITING_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("exiting_plugin_test")
+    caplog.set_level(logging.WARNING, logger="hookyard.delivery")
+    config = {"server": {"deliver_process": True},
+              "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"}],
+              "destinations": [{"name": "ex", "plugin": "exiting", "sources": ["web"],
+                                "delivery": {**FAST, "batch_size": 1, "concurrency": 4}}]}
+    with HookyardServer(config, tmp_path / "server", plugins=[module]) as server:
+        deliverer_of(server)
+        events = [track(f"u{i}", 1) for i in range(10)]
+        events[4]["messageId"] = "poison"
+        assert server.post("/v1/batch", {"batch": events}).status_code == 200
+        server.wait_idle(timeout=60)
+        assert server.client.get(f"{server.url}/healthz").status_code == 200  # still up
+        [dead] = server.api("/api/dead-letters").json()["items"]
+        assert dead["message_id"] == "poison"
+        assert "ends its process on it (plugin 'exiting')" in dead["last_error"]
+        done = server.runtime.db.read_sync(lambda c: c.execute(
+            "SELECT count(*) FROM outbox WHERE state = 'done'").fetchone()[0])
+        assert done == 9
+        later = track("u1", 2)
+        assert server.post("/v1/track", later).status_code == 200  # ingest as before
+        server.wait_idle(timeout=30)
 
 
 def test_a_dead_deliver_process_is_started_again(
