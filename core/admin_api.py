@@ -257,7 +257,8 @@ def routes(rt: Runtime) -> list[BaseRoute]:
         try:
             _query(request, "source")
             raw = await _body(request)
-            return _json(preview_event(rt, dest, raw, request.query_params.get("source")))
+            source = request.query_params.get("source") or None  # empty: not given
+            return _json(preview_event(rt, dest, raw, source))
         except (ValueError, msgspec.ValidationError) as exc:
             return _error(400, f"not a valid Segment event: {exc}")
 

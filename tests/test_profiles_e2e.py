@@ -222,6 +222,10 @@ def test_subscribers_paging_and_search(server: HookyardServer) -> None:
     # a search SQLite cannot run (its LIKE patterns end at 50,000 bytes) is a 400, not a 500
     too_long = get(server, "/api/subscribers?q=" + "_" * 25_000, status=400)
     assert too_long == {"error": "q is 25,000 characters long: at most 1,000"}
+    # an empty value counts as not given, as on every /api list (it was a 404: no profile
+    # store destination ''; API contract audit)
+    assert len(get(server, "/api/subscribers?destination=&q=user-")["subscribers"]) == 5
+    assert "runs" in get(server, "/api/workflow-runs?destination=")
 
 
 def test_an_id_with_a_slash_is_read_when_sent_encoded(server: HookyardServer) -> None:

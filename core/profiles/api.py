@@ -50,7 +50,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
     from .plugin import store_for
 
     def destination(request: Request) -> DestinationContext | None:
-        wanted = request.query_params.get("destination")
+        wanted = request.query_params.get("destination") or None  # empty: not given
         for d in runtime.destinations.values():
             if d.config.plugin == "profiles" and (wanted is None or d.name == wanted):
                 return d.context
@@ -63,7 +63,7 @@ def routes(runtime: Runtime) -> list[BaseRoute]:
             return _error(400, str(exc))
         ctx = destination(request)
         if ctx is None:
-            wanted = request.query_params.get("destination")
+            wanted = request.query_params.get("destination") or None
             if wanted is not None:
                 names = [d.name for d in runtime.destinations.values()
                          if d.config.plugin == "profiles"]

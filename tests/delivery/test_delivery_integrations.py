@@ -131,3 +131,5 @@ def test_preview_says_what_the_integrations_object_does(
     assert (relayed["passes"], relayed["sent"], relayed["integrations"]) == (True, True, None)
     r = api(server).post(url, params={"source": "nope"}, json=event)
     assert r.status_code == 400 and "no source named 'nope'" in r.json()["error"], r.text
+    # an empty value counts as not given (API contract audit: it was a 400)
+    assert api(server).post(url, params={"source": ""}, json=event).json() == off
