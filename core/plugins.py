@@ -345,6 +345,10 @@ class ConnectorRegistry:
             self.get(kind, name)  # raises
         return found[1]  # type: ignore[index]
 
+    def owner_name(self, kind: ConnectorKind, name: str) -> str | None:
+        """The registered name of the plugin that owns connector ``name``."""
+        return self.pm.get_name(self._owner(kind, name))
+
     def caller(self, hook_name: str, kind: ConnectorKind, name: str) -> Any:
         """A hook caller for ``hook_name`` that only reaches the owner of connector ``name``
         (plus wrappers from plugins that do not implement the step themselves)."""

@@ -359,3 +359,37 @@ def test_a_map_failure_quoting_a_secret_is_stored_without_it(tmp_path: Path) -> 
     expected = "map_event failed: ValueError: cannot map with LeakySettings(api_key='[redacted]')"
     assert out[9] == expected
     assert preview_event(rt, rt.destinations["leaky"], raw)["reason"] == expected
+
+
+RAISING_WRAPPER = '''
+from hookyard import hookimpl
+
+
+@hookimpl(wrapper=True)
+def map_event(destination, event, raw):
+    if raw.get("userId") == "u2":
+        raise RuntimeError("enrichment service down")
+    return (yield)
+'''
+
+
+def test_a_map_failure_names_the_wrapper_that_raised(
+    hookyard_server: Start, fake_destination: Callable[[], FakeServer], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Source-author audit: a map_event wrapper of another plugin that raised made a dead
+    letter saying only "map_event failed: RuntimeError: ...", and an operator blamed the
+    destination's connector."""
+    import importlib
+
+    (tmp_path / "raising_wrapper_test.py").write_text(RAISING_WRAPPER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    wrapper = importlib.import_module("raising_wrapper_test")
+    fake = fake_destination()
+    server = hookyard_server({"destinations": [recorder(fake.url, name="rec", required=[])]},
+                             plugins=[PLUGIN, wrapper])
+    assert send(server, "/v1/batch", {"batch": EVENTS}).status_code == 200
+    dead = dead_by_message(server, "rec", 1)
+    [error] = [d["last_error"] for d in dead.values()]
+    assert error == ("map_event failed (raised in plugin 'raising_wrapper_test'): RuntimeError:"
+                     " enrichment service down")
