@@ -34,6 +34,7 @@ from ..blame import blamed_text
 from ..deliveries import Delivery
 from ..errors import BadRequest, ConfigError
 from ..events import Event, validate_event
+from ..nesting import MAX_NESTING, TOO_DEEP, depth_exceeds
 from ..times import now_iso
 from .router import map_one, requests_of
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hookyard.preview")
 _object = msgspec.json.Decoder(dict[str, Any])
+_encoder = msgspec.json.Encoder()
 
 
 def load_event(data: bytes) -> dict[str, Any]:
@@ -80,6 +82,21 @@ def request_of(dest: DestinationRuntime, d: Delivery) -> dict[str, Any]:
     return out
 
 
+def _ingest_would_take(rt: Runtime, raw: dict[str, Any]) -> None:
+    """BadRequest for an event ingest refuses, whatever a destination would make of it: one
+    larger than ``max_event_bytes`` (a 413 at ingest) or nested more than 100 levels deep
+    (API contract audit: a preview said "would be sent" for both)."""
+    try:
+        size = len(_encoder.encode(raw))
+    except (RecursionError, TypeError, ValueError):
+        size = 0  # too deep to encode: said below
+    limit = rt.config.server.max_event_bytes
+    if size > limit:
+        raise BadRequest(f"the event is larger than {limit} bytes: ingest refuses it (413)")
+    if depth_exceeds(raw, MAX_NESTING):
+        raise BadRequest(f"the event is {TOO_DEEP}: ingest refuses it")
+
+
 def preview_event(
     rt: Runtime, dest: DestinationRuntime, raw: dict[str, Any], source: str | None = None
 ) -> dict[str, Any]:
@@ -97,6 +114,7 @@ def preview_event(
     if source is not None and source not in rt.sources:
         known = ", ".join(rt.sources) or "none"
         raise BadRequest(f"no source named {source!r} (configured: {known})")
+    _ingest_would_take(rt, raw)
     raw = dict(raw)
     event = _event(raw)
     raw.setdefault("messageId", "preview")

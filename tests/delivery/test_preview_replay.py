@@ -3,6 +3,7 @@ replay re-applying changed filters and field mappings to stored events."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import tomllib
@@ -86,6 +87,11 @@ def test_preview_filter_trigger_field_missing_and_requests(
         ({"type": "track", "userId": "u", "event": 5}, "not a valid Segment event"),
         ([track("p", 1)], "JSON object"),
         ("{nope", "body is not valid JSON"),
+        # what ingest refuses (API contract audit: "would be sent")
+        (track("p", 1, properties={"blob": "x" * 40_000}),
+         "the event is larger than 32768 bytes: ingest refuses it (413)"),
+        (track("p", 1, properties=functools.reduce(lambda v, _: {"a": v}, range(150), {})),
+         "nested too deeply (more than 100 levels of objects and arrays): ingest refuses it"),
     ):
         kw = {"content": body} if isinstance(body, str) else {"json": body}
         r = admin(server, "/api/destinations/rec/preview", "POST", **kw)
