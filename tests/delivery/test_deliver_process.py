@@ -220,7 +220,8 @@ def test_the_deliver_process_dying_does_not_pause_a_healthy_destination(tmp_path
             assert {m for m in forwarded_ids(peer)} == {e["messageId"] for e in events}
 
 
-BLOCKING_PLUGIN = '''
+PLUGIN_MODULE = '''
+import os
 import time
 
 from hookyard import hookimpl
@@ -230,19 +231,31 @@ from hookyard.deliveries import Delivery, DeliveryResult, MapResult
 
 @hookimpl
 def register_connectors():
-    return [Connector(name="blocky", kind="destination", deliver_anywhere=True)]
+    return [Connector(name="{name}", kind="destination", deliver_anywhere=True)]
 
 
 @hookimpl
 def map_event(destination, event, raw):
-    return MapResult.send(Delivery(kind="track", body={}))
+    return MapResult.send(Delivery(kind="track", body={{"id": raw["messageId"]}}))
 
 
 @hookimpl
 async def deliver(destination, deliveries, client):
-    time.sleep(8)  # a plugin bug: a blocking call inside async def holds the loop
+    {deliver}
     return [DeliveryResult.ok() for _ in deliveries]
 '''
+
+
+def plugin_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                  deliver: str) -> types.ModuleType:
+    """A plugin module on the path (the helper processes import it by name) with a destination
+    connector ``name`` whose async deliver runs the line ``deliver`` first."""
+    import importlib
+
+    module_name = f"{name}_plugin_test"
+    (tmp_path / f"{module_name}.py").write_text(PLUGIN_MODULE.format(name=name, deliver=deliver))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return importlib.import_module(module_name)
 
 
 def test_a_hook_that_blocks_the_deliver_process_is_the_only_one_held(
@@ -253,11 +266,8 @@ def test_a_hook_that_blocks_the_deliver_process_is_the_only_one_held(
     45 s; then every destination with a batch waiting there was blamed, and a healthy one
     delivered nothing for minutes. The child now names the hook that holds it (SIGUSR1): that
     destination waits for a new helper, the others are delivered by the worker meanwhile."""
-    import importlib
-
-    (tmp_path / "blocking_plugin_test.py").write_text(BLOCKING_PLUGIN)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module("blocking_plugin_test")
+    # a plugin bug: a blocking call inside async def holds the loop
+    module = plugin_module(tmp_path, monkeypatch, "blocky", "time.sleep(8)")
     caplog.set_level(logging.WARNING, logger="hookyard.delivery")
     with FakeServer() as peer:
         config = forwarder(peer.url)
@@ -277,32 +287,6 @@ def test_a_hook_that_blocks_the_deliver_process_is_the_only_one_held(
     assert "destination blocky's (plugin 'blocky') holds its event loop, killed" in caplog.text
 
 
-EXITING_PLUGIN = '''
-import os
-
-from hookyard import hookimpl
-from hookyard.connectors import Connector
-from hookyard.deliveries import Delivery, DeliveryResult, MapResult
-
-
-@hookimpl
-def register_connectors():
-    return [Connector(name="exiting", kind="destination", deliver_anywhere=True)]
-
-
-@hookimpl
-def map_event(destination, event, raw):
-    return MapResult.send(Delivery(kind="track", body={"id": raw["messageId"]}))
-
-
-@hookimpl
-async def deliver(destination, deliveries, client):
-    if any(d.body["id"] == "poison" for d in deliveries):
-        os._exit(7)  # a crash in a C extension, an out-of-memory kill
-    return [DeliveryResult.ok() for _ in deliveries]
-'''
-
-
 def test_a_delivery_that_ends_the_deliver_process_is_a_dead_letter_not_a_dead_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -310,11 +294,9 @@ def test_a_delivery_that_ends_the_deliver_process_is_a_dead_letter_not_a_dead_se
     retried in the worker's process, which it ended too: ``hookyard serve`` was gone, ingest
     with it, and again at every restart. The deliveries the helper had now go to a new helper
     one at a time; the one that ends it again, alone, is a dead letter naming the plugin."""
-    import importlib
-
-    (tmp_path / "exiting_plugin_test.py").write_text(EXITING_PLUGIN)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module("exiting_plugin_test")
+    # a crash in a C extension, an out-of-memory kill
+    module = plugin_module(tmp_path, monkeypatch, "exiting", 'if any(d.body["id"] == "poison"'
+                           ' for d in deliveries): os._exit(7)')
     caplog.set_level(logging.WARNING, logger="hookyard.delivery")
     config = {"server": {"deliver_process": True},
               "sources": [{"name": "web", "plugin": "segment", "write_key": "test-write-key"}],
