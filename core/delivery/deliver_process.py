@@ -50,6 +50,8 @@ ANSWER_GRACE = 5.0
 """Seconds past a request's own time limit before the child counts as stuck (a plugin blocking
 its event loop): it is killed, and the worker delivers in its own process meanwhile."""
 STOPPED = "deliver process stopped before answering (the request may have been sent)"
+CRASH_LOOP_SECONDS = 10.0
+"""A child that ended within this many seconds of being ready makes the next start wait."""
 CRASHED = ("the deliver process ended twice while sending this delivery, the second time alone:"
            " its plugin's deliver hook ends its process on it")
 
@@ -102,6 +104,18 @@ class DeliverProcess(HelperProcess):
         # others' batches it had are its victims, not suspects (worker._lost); None when the
         # child ended by itself or could not say
         self.lost_to: str | None = None
+        self.lost_alone = False  # the last child that ended had one batch (worker._lost)
+        # it was killed (kill -9, the kernel's OOM killer): no delivery is found guilty of it
+        self.lost_to_sigkill = False
+        self.failed_starts = 0  # starts in a row that failed: the next waits 1, 2, 4... s
+        self.cannot_start = False  # the last start failed: workers deliver in-process meanwhile
+        self.ready_at = 0.0  # (monotonic) when the child last answered "ready"
+        self.quick_ends = 0  # children in a row that ended soon after being ready
+        # destinations with deliveries sent again one at a time after a child ended with them
+        # (worker.suspects): meanwhile the child runs one batch at a time, whoever's, so that
+        # one that ends it again is known to have done so alone
+        self.probation: set[str] = set()
+        self._one_at_a_time = asyncio.Lock()
 
     @classmethod
     def wanted(cls, rt: Runtime) -> DeliverProcess | None:
@@ -136,7 +150,7 @@ class DeliverProcess(HelperProcess):
             self.proc = spawn("hookyard.delivery.deliver_child", theirs.fileno(), SOCKET_FD)
         except OSError as exc:
             ours.close()
-            self._gone(f"could not start: {exc}")
+            self._could_not_start(f"could not start: {exc}")
             return
         finally:
             theirs.close()
@@ -162,15 +176,20 @@ class DeliverProcess(HelperProcess):
             async with asyncio.timeout(START_TIMEOUT):
                 answer = await first
         except TimeoutError:
-            self._gone(f"could not start: no answer within {START_TIMEOUT:g} s")
+            self._could_not_start(f"could not start: no answer within {START_TIMEOUT:g} s")
             return
         except ConnectionError:
-            self._gone(f"could not start ({exit_status(self.proc) or 'connection closed'})")
+            self._could_not_start(
+                f"could not start ({exit_status(self.proc) or 'connection closed'})")
             return
         if answer != b"ready":
-            self._gone(f"could not start: {answer.decode(errors='replace').removeprefix('error: ')}")
+            self._could_not_start(
+                f"could not start: {answer.decode(errors='replace').removeprefix('error: ')}")
             return
         self.ready = True
+        self.cannot_start = False
+        self.failed_starts = 0
+        self.ready_at = time.monotonic()
         self._starting = None
         log.info("deliver process %s ready: %s deliver on another core",
                  self.proc.pid, ", ".join(self.destinations))
@@ -188,7 +207,10 @@ class DeliverProcess(HelperProcess):
     def _lost(self) -> None:
         if self.ready and not self._closing:
             self.lost_to = None
-            self._gone(f"stopped ({exit_status(self.proc) or 'connection closed'})")
+            status = exit_status(self.proc)
+            self.lost_to_sigkill = status == "killed by signal 9"
+            self._gone(f"stopped ({status or 'connection closed'})")
+            self._start_again()
         else:
             self.ready = False
             self._fail_waiting()
@@ -205,6 +227,17 @@ class DeliverProcess(HelperProcess):
         if not self.ready or self.proto is None:
             self.start()
             return None
+        if self.probation:
+            async with self._one_at_a_time:
+                if not self.ready or self.proto is None:  # it ended meanwhile
+                    return None
+                return await self._send(destination, requests, start_by, deadline)
+        return await self._send(destination, requests, start_by, deadline)
+
+    async def _send(
+        self, destination: str, requests: list[bytes], start_by: float, deadline: float
+    ) -> Answer:
+        assert self.proto is not None
         self.next_id += 1
         req_id = self.next_id
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
@@ -214,9 +247,9 @@ class DeliverProcess(HelperProcess):
             async with asyncio.timeout(max(0.0, deadline - time.monotonic()) + self.answer_grace):
                 return await fut
         except TimeoutError:
-            self.waiting.pop(req_id, None)
             if self.ready and not self._judging:  # the first of its batches to time out
-                await self._kill_stuck()
+                await self._kill_stuck()  # (it still counts among the batches the child had)
+            self.waiting.pop(req_id, None)
         except ConnectionError:
             pass
         return LOST
@@ -238,6 +271,7 @@ class DeliverProcess(HelperProcess):
             self.lost_to = None
             self._gone(f"did not answer within {self.answer_grace:g} s of a deliver hook's"
                        " time limit, killed")
+            self._start_again()
             return
         self.blamed.add(culprit)
         self.lost_to = culprit
@@ -284,17 +318,42 @@ class DeliverProcess(HelperProcess):
 
     def _fail_waiting(self) -> None:
         waiting, self.waiting = self.waiting, {}
+        self.lost_alone = len(waiting) == 1
         for fut in waiting.values():
             if not fut.done():
                 fut.set_exception(ConnectionError(STOPPED))
 
     def _gone(self, why: str) -> None:
         log.warning("deliver process %s; delivering in the worker process (trying again in %g s;"
-                    " at once for the deliveries it had, which go there one at a time)",
+                    " at once for the deliveries it had, which go there one batch at a time)",
                     why, self.restart_after)
         self.failed()
         self._stop_child()
         self._fail_waiting()
+
+    def _could_not_start(self, why: str) -> None:
+        self.cannot_start = True  # the workers deliver in-process until a start succeeds
+        self._gone(why)
+        # the next start in 1, 2, 4... s, at most restart_after (a child killed while it
+        # started held the deliveries it was to take for 30 s: chaos audit)
+        self.failed_starts += 1
+        self._restart_in(min(self.restart_after, 2.0 ** (self.failed_starts - 1)))
+
+    def _start_again(self) -> None:
+        """A child that ended by itself is replaced at once (the workers of its destinations
+        wait for it rather than deliver in-process, where what ended it could end the server:
+        :meth:`DestinationWorker._held`); after 1, 3, 7... s (at most ``restart_after``)
+        when the ones before each ended within :data:`CRASH_LOOP_SECONDS` of being ready."""
+        if time.monotonic() - self.ready_at < CRASH_LOOP_SECONDS:
+            self.quick_ends += 1
+        else:
+            self.quick_ends = 0
+        self._restart_in(min(self.restart_after, 2.0 ** self.quick_ends - 1))
+        self.start()
+
+    def _restart_in(self, seconds: float) -> None:
+        """The next :meth:`start` may start the child ``seconds`` from now."""
+        self._failed_at = time.monotonic() - self.restart_after + seconds
 
     def _stop_child(self) -> None:
         if self.proto is not None and self.proto.transport is not None:

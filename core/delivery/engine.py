@@ -77,8 +77,9 @@ class Engine:
         worker``, which has no requests to take meanwhile): first start the map process and
         the deliver process and wait for both (up to 10 s), so that routing and deliveries
         start where they are cheapest, and the helpers' start-up (~0.4 s of CPU each: imports,
-        plugins) does not compete with the first deliveries; ``serve`` starts at once, and
-        maps and delivers in-process until its helpers are ready."""
+        plugins) does not compete with the first deliveries; ``serve`` starts at once, maps
+        in-process until the map process is ready, and delivers once the deliver process is
+        (:meth:`.worker.DestinationWorker._held`)."""
         names = list(self.workers)
         try:
             recovered = await self.rt.db.write(lambda c: outbox.recover_leases(c, names))

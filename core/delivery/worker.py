@@ -99,6 +99,7 @@ class DestinationWorker:
         # time, there (never in this process); one that ends it again is the culprit
         self.suspects: set[int] = set()
         self.suspects_until = 0.0  # (monotonic) when they are no longer sent one at a time
+        self.halvings = 0  # suspect batches that ended the process alone: batch_size >> this
 
     async def run(self) -> None:
         while not self.stopping:
@@ -127,6 +128,8 @@ class DestinationWorker:
         await self._start_ready()
         self.attempt_log.flush(self.dest.name)
         if self._held():  # nothing is claimed until the deliver process is back
+            if self.deliverer is not None:
+                self.deliverer.start()  # (when it may: not while it starts or waits to)
             return IDLE_POLL
         probing = False
         wait = self.breaker.wait()
@@ -143,11 +146,12 @@ class DestinationWorker:
         # another batch, so holding many users back would make the next batches small.
         free = self._free_slots() + (0 if self._in_child() else self._ahead()) - len(self.ready)
         if self.suspects and time.monotonic() > self.suspects_until:
-            self.suspects.clear()
-        if self.suspects:  # the deliver process ended with some of its rows: one at a time
-            if self.tasks or self.ready:
+            for row_id in list(self.suspects):
+                self._clear_suspect(row_id)
+        if self.suspects:  # the deliver process ended with some of its rows: one batch at a
+            if self.tasks or self.ready:  # time, halved each time one ends it alone
                 return IDLE_POLL
-            free, size = min(free, 1), 1
+            free, size = min(free, 1), max(1, size >> self.halvings)
         if probing:  # one delivery: a probe spends no attempt, and tells about the destination
             free, size = min(free, 1), 1
         if free <= 0 or self.stopping:
@@ -306,8 +310,14 @@ class DestinationWorker:
         its hook had the helper killed (:attr:`DeliverProcess.blamed`), and here it would hold
         the worker's event loop, ingest with it."""
         deliverer = self.deliverer
-        return deliverer is not None and not deliverer.ready and (
-            self.dest.name in deliverer.blamed or bool(self.suspects))
+        if deliverer is None or deliverer.ready:
+            return False
+        if self.dest.name in deliverer.blamed or self.suspects:
+            return True
+        # starting, or started again after it ended by itself: what ended it could end this
+        # process (a plugin's deliver crashing it on an event: source-author audit, re-check).
+        # In this process only while a start fails, or a hook of another destination held it
+        return not deliverer.cannot_start and deliverer.lost_to is None
 
     def _in_child(self) -> bool:
         """Whether new batches go to the deliver process: it is ready, and none of this
@@ -357,39 +367,58 @@ class DestinationWorker:
 
     def _lost(self, rows: list[outbox.Claimed], requests: list[bytes]) -> Sent:
         """The deliver process ended while it had this batch (killed, crashed, or stuck and
-        killed): each delivery is retried (it may have been sent), but alone and only there,
-        in a new process started at once. The worker retried them in its own process, where
-        a plugin that ends its process on one of them ended the server, ingest with it
-        (source-author audit). A delivery sent alone that ends the process again is the
-        culprit: a dead letter naming the plugin (``hookyard dlq retry`` once it is fixed)."""
-        assert self.deliverer is not None
+        killed): each delivery is retried (it may have been sent), only there: in the new
+        process (:meth:`DeliverProcess._start_again`), which then runs one batch at a time,
+        whoever's, and this destination's batches are halved each time one ends it alone. The
+        worker retried them in its own process, where a plugin that ends its process on one of
+        them ended the server, ingest with it (source-author audit). A delivery that ends the
+        process alone, after it was in a batch that did, is the culprit (unless the process
+        was killed from outside): a dead letter naming the plugin (``hookyard dlq retry``
+        sends it again once the plugin is fixed)."""
+        deliverer = self.deliverer
+        assert deliverer is not None
         ids = [r[0] for r in rows]
-        if self.deliverer.lost_to is not None:
+        if deliverer.lost_to is not None:
             # a destination's hook held the child's event loop and had it killed: that one waits
             # for the next child (DeliverProcess.blamed), the others' deliveries only waited
             # behind it; all are retried as usual
             return failed(self.dest, requests, DeliveryResult.retryable(STOPPED))
-        self.deliverer.restart_now()
-        self.deliverer.start()
-        if len(ids) == 1 and ids[0] in self.suspects:
-            self.suspects.discard(ids[0])
+        alone = deliverer.lost_alone  # the child's only batch (while any destination has
+        # suspects it runs one batch at a time, whoever's: a healthy destination's delivery
+        # was blamed when two had one each there; re-check)
+        if alone and len(ids) == 1 and ids[0] in self.suspects and not deliverer.lost_to_sigkill:
+            # and one it had when it ended before. A kill -9 from outside is nobody's doing
+            # (two in a row made dead letters of delivered events: chaos audit)
+            self._clear_suspect(ids[0])
             plugin = self.dest.config.plugin
             log.error("destination %s: the deliver process ended twice while sending outbox row"
                       " %d, the second time alone: a dead letter (plugin %r ends its process on"
                       " it)", self.dest.name, ids[0], plugin, extra={"destination": self.dest.name})
             return failed(self.dest, requests, DeliveryResult.permanent(
                 f"{CRASHED} (plugin {plugin!r})"))
+        if alone and self.suspects:  # a batch of suspects ended it alone: halve the next
+            self.halvings += 1
         if not self.suspects:
             log.warning("destination %s: the deliver process ended while it had deliveries of"
-                        " it: they are sent again one at a time in a new deliver process, to"
-                        " find one that ends it", self.dest.name,
-                        extra={"destination": self.dest.name})
+                        " it: they are sent again one batch at a time in a new deliver"
+                        " process, halved each time one ends it, to find one that does",
+                        self.dest.name, extra={"destination": self.dest.name})
             self._give_back_ready()
         self.suspects.update(ids)
+        deliverer.probation.add(self.dest.name)
         # a suspect may leave the queue another way (a dead letter on time, a discard): one at
         # a time ends this long after the last loss, whatever is left
         self.suspects_until = time.monotonic() + SUSPECT_SECONDS
         return failed(self.dest, requests, DeliveryResult.retryable(STOPPED))
+
+    def _clear_suspect(self, row_id: int) -> None:
+        """Row ``row_id`` is no longer suspected of ending the deliver process; with none left,
+        the destination's deliveries no longer go one at a time."""
+        self.suspects.discard(row_id)
+        if not self.suspects:
+            self.halvings = 0
+            if self.deliverer is not None:
+                self.deliverer.probation.discard(self.dest.name)
 
     def _start(
         self, rows: list[outbox.Claimed], users: list[str], claimed_at: float
@@ -430,7 +459,8 @@ class DestinationWorker:
                 lost = answer is LOST
                 latency, sent = answer if not lost else (0.0, self._lost(rows, requests))
             if self.suspects and not lost:
-                self.suspects.difference_update(r[0] for r in rows)
+                for r in rows:
+                    self._clear_suspect(r[0])
             answered = True
             self.sending -= 1  # the slot is free; the rows' users wait for the record
             self.sending_here -= here
