@@ -166,6 +166,8 @@ def build_openapi(rt: Runtime) -> dict[str, Any]:
             item["responses"][str(status)] = {
                 "description": {200: "OK", 400: "Bad request", 401: "Unauthorized",
                                 404: "Not found", 413: "Too large",
+                                429: "Too many wrong admin tokens from this address: try"
+                                     " again after Retry-After seconds",
                                 503: "Unavailable"}.get(status, "Answer"),
                 "content": {media: {"schema": lookup[id(typ)]}},
             }

@@ -449,6 +449,14 @@ def counts(
     return states, retries
 
 
+def _window(conn: sqlite3.Connection, dest: str, state: str, after: int, limit: int,
+            ) -> list[tuple[int, float | None]]:
+    """The ids and update times of ``dest``'s rows in ``state`` after id ``after``, by id."""
+    return conn.execute(
+        "SELECT id, updated_at FROM outbox WHERE destination = ? AND state = ? AND id > ?"
+        " ORDER BY id LIMIT ?", (dest, state, after, limit)).fetchall()
+
+
 def purge(
     conn: sqlite3.Connection, older_than: float, destinations: Iterable[str],
     limit: int = PURGE_BATCH, positions: dict[tuple[str, str], int] | None = None,
@@ -463,11 +471,14 @@ def purge(
     the (destination, state, id) index. Call it again while it deletes something.
 
     Ids follow time but for rows finished long after they were made: dead letters retried and
-    delivered today. A window that begins with such rows would hold back every older row
-    behind it until they too were past retention (reviewer). With ``positions`` (kept by the
-    caller from one call to the next), the next window of that destination and state begins
-    after such a leading run of recent rows; a window that reaches the last row starts the
-    next one from the first again.
+    delivered today. A window of the oldest ids full of such rows held back every older row
+    behind it until they too were past retention (reviewer). So when the first window has
+    nothing to delete, one more window is read from ``positions`` (kept by the caller between
+    calls): after the first window, or where the last such window ended; it moves on through
+    the rows, a window per call, and starts again after the first window once it reaches
+    the last row or the first window deletes rows again. The first window is read every call,
+    so rows passing retention at the front go at once (the re-check: a position alone moved
+    past them, and kept moving on a busy destination).
     """
     gone: list[int] = []
     for dest in destinations:
@@ -475,20 +486,20 @@ def purge(
             left = limit - len(gone)
             if left <= 0:
                 break
-            after = positions.get((dest, state), 0) if positions is not None else 0
-            rows = conn.execute(
-                "SELECT id, updated_at FROM outbox WHERE destination = ? AND state = ?"
-                " AND id > ? ORDER BY id LIMIT ?",
-                (dest, state, after, left),
-            ).fetchall()
+            rows = _window(conn, dest, state, 0, left)
             old = [r[0] for r in rows if (r[1] or 0) < older_than]
+            key = (dest, state)
+            if positions is not None and old:  # the front moves: so does the next probe
+                positions.pop(key, None)
+            elif positions is not None and len(rows) == left:
+                after = max(positions.get(key, 0), rows[-1][0])
+                more = _window(conn, dest, state, after, left)
+                old = [r[0] for r in more if (r[1] or 0) < older_than]
+                if len(more) < left:  # the last row: the next one starts after the first window
+                    positions.pop(key, None)
+                else:
+                    positions[key] = more[-1][0]
             gone.extend(old)
-            if positions is not None:
-                if len(rows) < left:  # the last row: the next window starts from the first
-                    positions.pop((dest, state), None)
-                elif not old or old[0] != rows[0][0]:  # recent rows first: skip past them
-                    first_old = old[0] if old else rows[-1][0] + 1
-                    positions[(dest, state)] = max(r[0] for r in rows if r[0] < first_old)
     for chunk in chunks(gone, IDS_PER_STATEMENT):
         marks = ",".join("?" * len(chunk))
         conn.execute(f"DELETE FROM attempts WHERE outbox_id IN ({marks})", chunk)

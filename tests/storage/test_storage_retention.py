@@ -202,9 +202,10 @@ def test_expedite_brings_waiting_retries_forward(runtime: Runtime) -> None:
 def test_the_outbox_purge_gets_past_recently_finished_rows_made_long_ago(runtime: Runtime) -> None:
     """Reviewer: rows made long ago but finished today (last week's dead letters, retried and
     delivered) filled the purge's window of the oldest ids; it deleted nothing, and every row
-    behind them stayed, however old, until they too were past retention. The next window
-    begins after such a leading run (the position kept between maintenance runs), and starts
-    from the first row again once a window reaches the last."""
+    behind them stayed, however old, until they too were past retention. When the first
+    window deletes nothing, one more is read, from a position kept between maintenance runs;
+    the first is read every time (re-check: rows passing retention there waited for the
+    position to come round again)."""
     now = time.time()
     week_ago = now - 7 * 86400
     # ids 1-4: finished today; 5-7: a week ago; 8: today; 9-10: a week ago
@@ -219,11 +220,18 @@ def test_the_outbox_purge_gets_past_recently_finished_rows_made_long_ago(runtime
         return int(runtime.db.write_sync(
             lambda c: outbox.purge(c, cutoff, ["d"], limit=4, positions=positions)))
 
-    assert purge() == 0  # ids 1-4, all recent: the next window begins after them
-    assert positions == {("d", "done"): 4}
-    assert purge() == 3  # ids 5-8: the three old ones
-    assert purge() == 2  # ids 8-10: 9 and 10; a window short of the limit: from the first again
+    assert purge() == 3  # ids 1-4 all recent, so 5-8 too: the three old ones
+    assert positions == {("d", "done"): 8}
+    assert purge() == 2  # ids 1-4 again, then 9-10 after the position; the last row: reset
     assert positions == {}
+    # re-check: rows at the front that pass retention go at once, whatever the position
+    runtime.db.write_sync(lambda c: c.executemany(
+        "INSERT INTO outbox (destination, state, attempts, created_at, updated_at)"
+        " VALUES ('d', 'done', 1, ?, ?)", [(now, now)] * 5))
+    assert purge() == 0 and list(positions) == [("d", "done")]  # a window after ids 1-4
+    runtime.db.write_sync(lambda c: c.execute(
+        "UPDATE outbox SET updated_at = ? WHERE id IN (1, 2)", (week_ago,)))
+    assert purge() == 2 and positions == {}
     left = runtime.db.read_sync(lambda c: c.execute(
         "SELECT count(*) FROM outbox WHERE updated_at < ?", (cutoff,)).fetchone()[0])
     assert left == 0
