@@ -650,3 +650,27 @@ def test_deliver_answers_a_store_outage_retryable_without_a_traceback(
     monkeypatch.setattr(store, "apply", lambda *_: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # a bug stays a bug
         asyncio.run(prof.deliver(ctx, [], None))  # type: ignore[arg-type]
+
+
+def test_notes_of_values_not_kept_do_not_flood_the_log(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Soak audit: an identify with language "en-US" logged a line each, 98.7 % of an hour's
+    log. Ten per kind of note a minute are logged, the rest counted in one line."""
+    from hookyard.profiles import notes
+
+    clock = [1000.0]
+    monkeypatch.setattr(notes.time, "monotonic", lambda: clock[0])
+    caplog.set_level(logging.INFO, logger="hookyard.profiles")
+    kept = notes.Notes()
+    for i in range(25):
+        kept.note("profiles", f"u{i}", "$locale ignored: 'en-US' (trait language) is not an ISO"
+                  " 639-1 code")
+    kept.note("profiles", "u1", "$email ignored: 'x' (trait email) is not an email address")
+    assert caplog.text.count("$locale ignored") == 10
+    assert caplog.text.count("$email ignored") == 1
+    clock[0] += 61
+    kept.note("profiles", "u99", "$locale ignored: 'de-DE' (trait language) is not an ISO"
+              " 639-1 code")
+    assert "profile store profiles: 15 more notes like '$locale' in the last 61 s" in caplog.text
+    assert "profile u99: $locale ignored: 'de-DE'" in caplog.text

@@ -21,6 +21,7 @@ import msgspec
 
 from ..database import connect
 from ..deliveries import Delivery
+from .notes import Notes
 from .schema import PrefixedConnection, migrate, migrate_pg
 
 log = logging.getLogger("hookyard.profiles")
@@ -61,6 +62,7 @@ class ProfileStore:
         self._sql_channel_order = "added_at, seq" if postgres else "added_at, rowid"
         self._sql_like = "ILIKE" if postgres else "LIKE"  # SQLite's LIKE ignores ASCII case
         self._write_lock = threading.Lock()
+        self.notes = Notes()  # values not kept, logged without flooding the log
         self._local = threading.local()
         self._readers: list[Any] = []  # every thread's read connection, closed by close()
         self._readers_lock = threading.Lock()
@@ -138,7 +140,7 @@ class ProfileStore:
         uid = body["distinct_id"]
         at = body.get("at")
         for note in body.get("notes") or ():
-            log.info("profile %s: %s", uid, note)
+            self.notes.note(dest, uid, note)
         row = conn.execute(
             "SELECT properties, identified_at FROM subscribers WHERE destination = ? AND distinct_id = ?",
             (dest, uid),
