@@ -26,6 +26,7 @@ from .attempt_log import AttemptLog
 from .breaker import Breaker
 from .calling import client_for, deliver_rows, failed
 from .deliver_process import CRASHED, LOST, NOT_STARTED, STOPPED, DeliverProcess, Sent
+from .lost_batches import LostBatches
 from .plugin_changes import PluginChanges
 from .remap import remap
 from .results import ResultWriter
@@ -45,9 +46,6 @@ RATE_LIMIT_WINDOW = 10.0
 GIVE_UP_CHECK_SECONDS = 300.0
 """How often a paused destination's deliveries are checked for having waited longer than
 ``give_up_after_seconds`` (they are not attempted, so no attempt finds it)."""
-SUSPECT_SECONDS = 120.0
-"""How long after the deliver process last ended with deliveries of a destination its rows
-still go one at a time (:meth:`DestinationWorker._lost`), at most."""
 CLAIM_AHEAD = 8
 """Deliveries kept claimed ahead, in multiples of ``concurrency`` (at least one batch): a
 dispatch round takes two trips to the database threads (1-3 ms under load), longer than a
@@ -97,9 +95,7 @@ class DestinationWorker:
         self.delivered_once = False  # a delivery of this process succeeded (see _deliver)
         # rows whose batch the deliver process had when it ended: sent again alone, one at a
         # time, there (never in this process); one that ends it again is the culprit
-        self.suspects: set[int] = set()
-        self.suspects_until = 0.0  # (monotonic) when they are no longer sent one at a time
-        self.halvings = 0  # suspect batches that ended the process alone: batch_size >> this
+        self.suspects = LostBatches()  # rows a dead deliver process had (:mod:`.lost_batches`)
 
     async def run(self) -> None:
         while not self.stopping:
@@ -145,13 +141,12 @@ class DestinationWorker:
         # ready (whole batches: at least one). Not more: a user with a claimed row cannot be in
         # another batch, so holding many users back would make the next batches small.
         free = self._free_slots() + (0 if self._in_child() else self._ahead()) - len(self.ready)
-        if self.suspects and time.monotonic() > self.suspects_until:
-            for row_id in list(self.suspects):
-                self._clear_suspect(row_id)
-        if self.suspects:  # the deliver process ended with some of its rows: one batch at a
-            if self.tasks or self.ready:  # time, halved each time one ends it alone
+        if self.suspects:
+            self._cleared(self.suspects.expire())
+        if self.suspects:  # the deliver process ended with some of its rows: one batch at
+            if self.tasks or self.ready:  # a time, halved each time one ends it alone
                 return IDLE_POLL
-            free, size = min(free, 1), max(1, size >> self.halvings)
+            free, size = min(free, 1), self.suspects.batch_size(size)
         if probing:  # one delivery: a probe spends no attempt, and tells about the destination
             free, size = min(free, 1), 1
         if free <= 0 or self.stopping:
@@ -366,15 +361,8 @@ class DestinationWorker:
         self.wake.set()
 
     def _lost(self, rows: list[outbox.Claimed], requests: list[bytes]) -> Sent:
-        """The deliver process ended while it had this batch (killed, crashed, or stuck and
-        killed): each delivery is retried (it may have been sent), only there: in the new
-        process (:meth:`DeliverProcess._start_again`), which then runs one batch at a time,
-        whoever's, and this destination's batches are halved each time one ends it alone. The
-        worker retried them in its own process, where a plugin that ends its process on one of
-        them ended the server, ingest with it (source-author audit). A delivery that ends the
-        process alone, after it was in a batch that did, is the culprit (unless the process
-        was killed from outside): a dead letter naming the plugin (``hookyard dlq retry``
-        sends it again once the plugin is fixed)."""
+        """The results of a batch the deliver process had when it ended (:mod:`.lost_batches`):
+        retried, or the culprit's dead letter."""
         deliverer = self.deliverer
         assert deliverer is not None
         ids = [r[0] for r in rows]
@@ -383,42 +371,32 @@ class DestinationWorker:
             # for the next child (DeliverProcess.blamed), the others' deliveries only waited
             # behind it; all are retried as usual
             return failed(self.dest, requests, DeliveryResult.retryable(STOPPED))
-        alone = deliverer.lost_alone  # the child's only batch (while any destination has
-        # suspects it runs one batch at a time, whoever's: a healthy destination's delivery
-        # was blamed when two had one each there; re-check)
-        if alone and len(ids) == 1 and ids[0] in self.suspects and not deliverer.lost_to_sigkill:
-            # and one it had when it ended before. A kill -9 from outside is nobody's doing
-            # (two in a row made dead letters of delivered events: chaos audit)
-            self._clear_suspect(ids[0])
+        # (while any destination has suspects the child runs one batch at a time, whoever's:
+        # a healthy destination's delivery was blamed when two had one each there; re-check)
+        verdict = self.suspects.lost(ids, deliverer.lost_alone, deliverer.lost_to_sigkill)
+        if verdict == "culprit":
+            self._cleared(bool(self.suspects))
             plugin = self.dest.config.plugin
             log.error("destination %s: the deliver process ended twice while sending outbox row"
                       " %d, the second time alone: a dead letter (plugin %r ends its process on"
                       " it)", self.dest.name, ids[0], plugin, extra={"destination": self.dest.name})
             return failed(self.dest, requests, DeliveryResult.permanent(
                 f"{CRASHED} (plugin {plugin!r})"))
-        if alone and self.suspects:  # a batch of suspects ended it alone: halve the next
-            self.halvings += 1
-        if not self.suspects:
+        if verdict == "first":
             log.warning("destination %s: the deliver process ended while it had deliveries of"
                         " it: they are sent again one batch at a time in a new deliver"
                         " process, halved each time one ends it, to find one that does",
                         self.dest.name, extra={"destination": self.dest.name})
             self._give_back_ready()
-        self.suspects.update(ids)
         deliverer.probation.add(self.dest.name)
-        # a suspect may leave the queue another way (a dead letter on time, a discard): one at
-        # a time ends this long after the last loss, whatever is left
-        self.suspects_until = time.monotonic() + SUSPECT_SECONDS
         return failed(self.dest, requests, DeliveryResult.retryable(STOPPED))
 
-    def _clear_suspect(self, row_id: int) -> None:
-        """Row ``row_id`` is no longer suspected of ending the deliver process; with none left,
-        the destination's deliveries no longer go one at a time."""
-        self.suspects.discard(row_id)
-        if not self.suspects:
-            self.halvings = 0
-            if self.deliverer is not None:
-                self.deliverer.probation.discard(self.dest.name)
+    def _cleared(self, left: bool) -> bool:
+        """With no suspect ``left``, the deliver process no longer runs one batch at a time
+        for this destination; returns ``left``."""
+        if not left and self.deliverer is not None:
+            self.deliverer.probation.discard(self.dest.name)
+        return left
 
     def _start(
         self, rows: list[outbox.Claimed], users: list[str], claimed_at: float
@@ -459,8 +437,7 @@ class DestinationWorker:
                 lost = answer is LOST
                 latency, sent = answer if not lost else (0.0, self._lost(rows, requests))
             if self.suspects and not lost:
-                for r in rows:
-                    self._clear_suspect(r[0])
+                self._cleared(self.suspects.clear([r[0] for r in rows]))
             answered = True
             self.sending -= 1  # the slot is free; the rows' users wait for the record
             self.sending_here -= here

@@ -586,3 +586,25 @@ def test_a_deliver_wrapper_with_a_startup_keeps_delivering_in_the_worker() -> No
     assert deliver_process.prepared_wrappers(rt) == [rt.pm.get_name(timed)]
     only_starts = Runtime.build(config, [StartsOnly()], prepare=False)
     assert deliver_process.prepared_wrappers(only_starts) == []
+
+
+def test_lost_batches_find_the_culprit_halving_and_never_blame_a_kill(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hookyard.delivery import lost_batches
+
+    clock = [100.0]
+    monkeypatch.setattr(lost_batches.time, "monotonic", lambda: clock[0])
+    lost = lost_batches.LostBatches()
+    assert lost.lost([1, 2, 3, 4], alone=False, killed=False) == "first"
+    assert lost.batch_size(100) == 100
+    assert lost.lost([1, 2], alone=True, killed=False) == "again"  # a suspect batch, alone
+    assert lost.batch_size(100) == 50
+    assert lost.lost([2], alone=True, killed=True) == "again"  # a kill -9 from outside
+    assert lost.lost([2], alone=False, killed=False) == "again"  # not alone: not proven
+    assert lost.lost([2], alone=True, killed=False) == "culprit"
+    assert 2 not in lost.rows and lost.clear([1, 3]) and not lost.clear([4])
+    assert lost.halvings == 0 and not lost
+    assert lost.lost([7], alone=True, killed=False) == "first"  # alone, but never lost before
+    clock[0] += lost_batches.SUSPECT_SECONDS + 1
+    assert not lost.expire()
