@@ -209,8 +209,9 @@ class DeliverProcess(HelperProcess):
             self.lost_to = None
             status = exit_status(self.proc)
             self.lost_to_sigkill = status == "killed by signal 9"
-            self._gone(f"stopped ({status or 'connection closed'})")
-            self._start_again()
+            self._gone(f"stopped ({status or 'connection closed'})", self._restart_delay(),
+                       in_worker=False)
+            self.start()
         else:
             self.ready = False
             self._fail_waiting()
@@ -270,8 +271,8 @@ class DeliverProcess(HelperProcess):
         if culprit is None:
             self.lost_to = None
             self._gone(f"did not answer within {self.answer_grace:g} s of a deliver hook's"
-                       " time limit, killed")
-            self._start_again()
+                       " time limit, killed", self._restart_delay(), in_worker=False)
+            self.start()
             return
         self.blamed.add(culprit)
         self.lost_to = culprit
@@ -323,37 +324,39 @@ class DeliverProcess(HelperProcess):
             if not fut.done():
                 fut.set_exception(ConnectionError(STOPPED))
 
-    def _gone(self, why: str) -> None:
-        log.warning("deliver process %s; delivering in the worker process (trying again in %g s;"
-                    " at once for the deliveries it had, which go there one batch at a time)",
-                    why, self.restart_after)
+    def _gone(self, why: str, restart_in: float | None = None, in_worker: bool = True) -> None:
+        """The child is gone: the next one may start ``restart_in`` seconds from now (None:
+        ``restart_after``); ``in_worker``: the workers deliver in their own process meanwhile
+        (else they wait for the next child: :meth:`DestinationWorker._held`)."""
         self.failed()
+        if restart_in is not None:
+            self._failed_at = time.monotonic() - self.restart_after + restart_in
+        wait = restart_in if restart_in is not None else self.restart_after
+        meanwhile = ("delivering in the worker process" if in_worker else "its destinations wait"
+                     " for a new one, which takes the deliveries it had one batch at a time")
+        log.warning("deliver process %s; %s (%s)", why, meanwhile,
+                    "started again at once" if wait <= 0 else f"trying again in {wait:g} s")
         self._stop_child()
         self._fail_waiting()
 
     def _could_not_start(self, why: str) -> None:
-        self.cannot_start = True  # the workers deliver in-process until a start succeeds
-        self._gone(why)
-        # the next start in 1, 2, 4... s, at most restart_after (a child killed while it
-        # started held the deliveries it was to take for 30 s: chaos audit)
+        """A start failed: the workers deliver in-process until one succeeds, tried again
+        after 1, 2, 4... s, at most ``restart_after`` (a child killed while it started held
+        the deliveries it was to take for 30 s: chaos audit)."""
+        self.cannot_start = True
         self.failed_starts += 1
-        self._restart_in(min(self.restart_after, 2.0 ** (self.failed_starts - 1)))
+        self._gone(why, min(self.restart_after, 2.0 ** (self.failed_starts - 1)))
 
-    def _start_again(self) -> None:
-        """A child that ended by itself is replaced at once (the workers of its destinations
-        wait for it rather than deliver in-process, where what ended it could end the server:
-        :meth:`DestinationWorker._held`); after 1, 3, 7... s (at most ``restart_after``)
-        when the ones before each ended within :data:`CRASH_LOOP_SECONDS` of being ready."""
+    def _restart_delay(self) -> float:
+        """When a child that ended by itself is replaced: at once (its destinations wait for
+        it, rather than deliver in-process, where what ended it could end the server), after
+        1, 3, 7... s (at most ``restart_after``) when the ones before each ended within
+        :data:`CRASH_LOOP_SECONDS` of being ready."""
         if time.monotonic() - self.ready_at < CRASH_LOOP_SECONDS:
             self.quick_ends += 1
         else:
             self.quick_ends = 0
-        self._restart_in(min(self.restart_after, 2.0 ** self.quick_ends - 1))
-        self.start()
-
-    def _restart_in(self, seconds: float) -> None:
-        """The next :meth:`start` may start the child ``seconds`` from now."""
-        self._failed_at = time.monotonic() - self.restart_after + seconds
+        return min(self.restart_after, 2.0 ** self.quick_ends - 1)
 
     def _stop_child(self) -> None:
         if self.proto is not None and self.proto.transport is not None:

@@ -212,14 +212,15 @@ def test_a_killed_or_stuck_deliver_process_loses_nothing(
             server.wait_idle(timeout=30)
             got = forwarded_ids(peer)
             assert set(got) == set(first + later)  # none lost (in-flight ones may repeat)
-            # the batches it had are sent again, one at a time, by a new helper started at once
+            # the batches it had are sent again, one batch at a time, by a new helper
             # (never in the worker's process: a plugin that ended the helper on one of them
             # ended the server; source-author audit)
             assert deliverer.ready and deliverer.proc is not None and not deliverer.blamed
             assert "\nhookyard_deliver_process_up 1.0\n" in server.client.get(
                 f"{server.url}/metrics").text
     assert warning in caplog.text
-    assert "delivering in the worker process (trying again in 30 s;" in caplog.text
+    assert ("its destinations wait for a new one, which takes the deliveries it had one batch"
+            " at a time (") in caplog.text
     assert "they are sent again one batch at a time in a new deliver process" in caplog.text
     stopped = [r for r in caplog.records if "deliver process stopped before answering" in
                r.getMessage()]
