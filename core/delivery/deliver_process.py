@@ -50,8 +50,9 @@ ANSWER_GRACE = 5.0
 """Seconds past a request's own time limit before the child counts as stuck (a plugin blocking
 its event loop): it is killed, and the worker delivers in its own process meanwhile."""
 STOPPED = "deliver process stopped before answering (the request may have been sent)"
-CRASH_LOOP_SECONDS = 10.0
-"""A child that ended within this many seconds of being ready makes the next start wait."""
+CRASH_LOOP_SECONDS = 2.0
+"""A child that ended within this many seconds of being ready makes the next start wait
+(kill -9s 8 s apart from outside, each restart waited longer: chaos re-check)."""
 CRASHED = ("the deliver process ended twice while sending this delivery, the second time alone:"
            " its plugin's deliver hook ends its process on it")
 
@@ -179,8 +180,16 @@ class DeliverProcess(HelperProcess):
             self._could_not_start(f"could not start: no answer within {START_TIMEOUT:g} s")
             return
         except ConnectionError:
-            self._could_not_start(
-                f"could not start ({exit_status(self.proc) or 'connection closed'})")
+            status = exit_status(self.proc)
+            if status.startswith("killed by signal"):  # killed from outside while it started:
+                # not a child that cannot start, after which the workers deliver in-process
+                # (a poison event stored then ended the server: chaos re-check)
+                self.failed_starts += 1
+                self._gone(f"ended while it started ({status})",
+                           min(self.restart_after, 2.0 ** (self.failed_starts - 1)),
+                           in_worker=False)
+                return
+            self._could_not_start(f"could not start ({status or 'connection closed'})")
             return
         if answer != b"ready":
             self._could_not_start(
@@ -232,6 +241,9 @@ class DeliverProcess(HelperProcess):
             async with self._one_at_a_time:
                 if not self.ready or self.proto is None:  # it ended meanwhile
                     return None
+                # the wait for the lock is not the child's queue: a batch behind a slow one
+                # came back not started, claimed again, and never went (chaos re-check)
+                start_by = max(start_by, time.monotonic() + 1.0)
                 return await self._send(destination, requests, start_by, deadline)
         return await self._send(destination, requests, start_by, deadline)
 
@@ -352,7 +364,9 @@ class DeliverProcess(HelperProcess):
         it, rather than deliver in-process, where what ended it could end the server), after
         1, 3, 7... s (at most ``restart_after``) when the ones before each ended within
         :data:`CRASH_LOOP_SECONDS` of being ready."""
-        if time.monotonic() - self.ready_at < CRASH_LOOP_SECONDS:
+        if self.probation:  # finding a poison delivery ends children quickly: no loop
+            pass
+        elif time.monotonic() - self.ready_at < CRASH_LOOP_SECONDS:
             self.quick_ends += 1
         else:
             self.quick_ends = 0

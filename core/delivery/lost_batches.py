@@ -8,8 +8,9 @@ again by the new deliver process, which runs one batch at a time, whoever's, mea
 (:attr:`.deliver_process.DeliverProcess.probation`); this destination's batches are halved each
 time one ends it alone. A delivery that ends it alone, after having been in a batch that did,
 is the culprit: a dead letter naming the plugin (``hookyard dlq retry`` once it is fixed).
-Unless the process was killed from outside (signal 9): that is nobody's doing (two kills in a
-row made dead letters of delivered events: chaos audit).
+Not when the process was killed with signal 9 (``kill -9``, the OOM killer): that is nobody's
+doing, and its deliveries are only retried (two kills in a row made dead letters of delivered
+events: chaos audit).
 """
 
 from __future__ import annotations
@@ -45,11 +46,16 @@ class LostBatches:
         """The size of the next batch while there are suspects."""
         return max(1, size >> self.halvings)
 
-    def lost(self, ids: list[int], alone: bool, killed: bool) -> Literal["culprit", "first", "again"]:
+    def lost(self, ids: list[int], alone: bool, killed: bool,
+             ) -> Literal["culprit", "first", "again", "killed"]:
         """A batch of ``ids`` was in the deliver process when it ended (``alone``: its only
-        batch; ``killed``: by signal 9). "culprit": the delivery to dead-letter; otherwise the
-        rows are suspects ("first": the first loss since there were none)."""
-        if alone and len(ids) == 1 and ids[0] in self.rows and not killed:
+        batch; ``killed``: by signal 9). "culprit": the delivery to dead-letter; "killed": no
+        suspects made (nobody's doing; one batch at a time after it starved the others behind
+        a slow peer: chaos re-check); otherwise the rows are suspects ("first": the first loss
+        since there were none)."""
+        if killed:
+            return "killed"
+        if alone and len(ids) == 1 and ids[0] in self.rows:
             self.clear(ids)
             return "culprit"
         first = not self.rows

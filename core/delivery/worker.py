@@ -382,6 +382,8 @@ class DestinationWorker:
                       " it)", self.dest.name, ids[0], plugin, extra={"destination": self.dest.name})
             return failed(self.dest, requests, DeliveryResult.permanent(
                 f"{CRASHED} (plugin {plugin!r})"))
+        if verdict == "killed":
+            return failed(self.dest, requests, DeliveryResult.retryable(STOPPED))
         if verdict == "first":
             log.warning("destination %s: the deliver process ended while it had deliveries of"
                         " it: they are sent again one batch at a time in a new deliver"
