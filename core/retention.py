@@ -1,8 +1,11 @@
 """What leaves storage, and when: the API log and the inbox, in bounded steps.
 
-The delivery engine's maintenance calls these every 30 s (finished outbox rows have their own
-purge, :func:`hookyard.delivery.outbox.purge`). Each call looks at no more than ``limit`` rows,
-oldest first by id, and runs in one write transaction, so ingest commits in between.
+The delivery engine's maintenance calls these every 30 s. Each call looks at no more than
+``limit`` rows, oldest first by id, and runs in one write transaction, so ingest commits in
+between.
+
+* ``[storage] retention_days`` (default 7): finished outbox rows (delivered, filtered,
+  discarded) last updated before that go, with their attempts (:func:`purge_outbox`).
 
 * ``[storage] api_log_retention_days`` (default 7): API log lines older than that go.
 * ``[storage] inbox_retention_days`` (default 0, keep forever): an event goes once it is older
@@ -16,6 +19,7 @@ oldest first by id, and runs in one write transaction, so ingest commits in betw
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,3 +102,60 @@ def purge_inbox(conn: Any, before: str, after_id: int = 0, limit: int = PURGE_LI
             gone += len(free)
     return gone, last_seen, frontier
 
+
+def _window(conn: Any, dest: str, state: str, after: int, limit: int,
+            ) -> list[tuple[int, float | None]]:
+    """The ids and update times of ``dest``'s rows in ``state`` after id ``after``, by id."""
+    return conn.execute(
+        "SELECT id, updated_at FROM outbox WHERE destination = ? AND state = ? AND id > ?"
+        " ORDER BY id LIMIT ?", (dest, state, after, limit)).fetchall()
+
+
+def purge_outbox(
+    conn: Any, older_than: float, destinations: Iterable[str],
+    limit: int = outbox.PURGE_BATCH, positions: dict[tuple[str, str], int] | None = None,
+) -> int:
+    """Delete finished rows (done/filtered/discarded) last updated before ``older_than``, with
+    their attempts; returns how many outbox rows went.
+
+    Bounded work for the writer thread, whose transaction ingest's commits wait for: ``limit``
+    rows in all, every destination and state together (it looked at ``limit`` per destination
+    and state, so 4 destinations deleted up to 60,000 rows in one transaction and held ingest
+    for seconds). Per destination and state it reads the oldest rows (ids follow time) through
+    the (destination, state, id) index. Call it again while it deletes something.
+
+    Ids follow time but for rows finished long after they were made: dead letters retried and
+    delivered today. A window of the oldest ids full of such rows held back every older row
+    behind it until they too were past retention (reviewer). So when the first window has
+    nothing to delete, one more window is read from ``positions`` (kept by the caller between
+    calls): after the first window, or where the last such window ended; it moves on through
+    the rows, a window per call, and starts again after the first window once it reaches
+    the last row or the first window deletes rows again. The first window is read every call,
+    so rows passing retention at the front go at once (the re-check: a position alone moved
+    past them, and kept moving on a busy destination).
+    """
+    gone: list[int] = []
+    for dest in destinations:
+        for state in outbox.FINISHED:
+            left = limit - len(gone)
+            if left <= 0:
+                break
+            rows = _window(conn, dest, state, 0, left)
+            old = [r[0] for r in rows if (r[1] or 0) < older_than]
+            key = (dest, state)
+            if positions is not None and old:  # the front moves: so does the next probe
+                positions.pop(key, None)
+            elif positions is not None and len(rows) == left:
+                after = max(positions.get(key, 0), rows[-1][0])
+                more = _window(conn, dest, state, after, left)
+                old = [r[0] for r in more if (r[1] or 0) < older_than]
+                if len(more) < left:  # the last row: the next one starts after the first window
+                    positions.pop(key, None)
+                else:
+                    positions[key] = more[-1][0]
+            gone.extend(old)
+    for chunk in outbox.chunks(gone, outbox.IDS_PER_STATEMENT):
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM attempts WHERE outbox_id IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+    return len(gone)

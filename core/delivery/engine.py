@@ -60,7 +60,7 @@ class Engine:
         self.outbox_purged = False
         self.purge_capped = False  # the last maintenance run stopped at a cap: run again soon
         # where the outbox purge's next window begins, per destination and state, past rows
-        # that finished recently though made long ago (outbox.purge)
+        # that finished recently though made long ago (retention.purge_outbox)
         self.purge_positions: dict[tuple[str, str], int] = {}
         rt.engine = self
 
@@ -177,7 +177,7 @@ class Engine:
             # discarded rows would stay for good, and keep their inbox events)
             every = await self.rt.db.read(outbox.destinations_in)
             purged = await self._purge_rounds(
-                lambda c: outbox.purge(c, cutoff, every, positions=self.purge_positions))
+                lambda c: retention.purge_outbox(c, cutoff, every, positions=self.purge_positions))
             self.outbox_purged = self.outbox_purged or purged > 0
             if purged:
                 log.info("deleted %d finished deliveries past retention_days", purged)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from delivery_kit import FAST, PLUGIN, items, recorder, send, states, trace, track, wait_until
+from hookyard import retention
 from hookyard.delivery import outbox, router
 from hookyard.delivery.engine import Engine
 from hookyard.testing.fake_server import FakeServer
@@ -145,7 +146,7 @@ def test_maintenance_purges_finished_rows_past_retention_only(
         week_ago = time.time() - 7 * 86400  # everything but "new-1" finished a week ago
         rt.db.write_sync(lambda c: c.execute(
             "UPDATE outbox SET updated_at = ? WHERE message_id != 'new-1'", (week_ago,)))
-        step = rt.db.write_sync(lambda c: outbox.purge(c, time.time() - 86400, ["rec"], limit=2))
+        step = rt.db.write_sync(lambda c: retention.purge_outbox(c, time.time() - 86400, ["rec"], limit=2))
         rt.db.write_sync(lambda c: c.execute(  # a destination since removed from the config
             "INSERT INTO outbox (destination, state, attempts, created_at, updated_at)"
             " VALUES ('gone', 'discarded', 1, ?, ?)", (week_ago, week_ago)))

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from hookyard import retention
 from hookyard.deliveries import Delivery
 from hookyard.delivery import dead_letters, outbox
 from hookyard.delivery.outbox import Outcome
@@ -114,7 +115,7 @@ def test_dead_letters_retry_discard_and_purge(runtime: Runtime) -> None:
     assert runtime.db.write_sync(lambda conn: dead_letters.discard_dead_ids(
         conn, dead_letters.dead_ids(conn, "seg"))) == 1
     assert states(runtime) == {a: "pending", b: "discarded", c: "done"}
-    removed = runtime.db.write_sync(lambda conn: outbox.purge(conn, time.time() + 1, ["seg"]))
+    removed = runtime.db.write_sync(lambda conn: retention.purge_outbox(conn, time.time() + 1, ["seg"]))
     assert removed == 2  # rows b and c (their attempts go with them)
     assert states(runtime) == {a: "pending"}
 

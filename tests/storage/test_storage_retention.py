@@ -52,7 +52,7 @@ def finish_and_purge(rt: Runtime, message_ids: list[str]) -> None:
     marks = ",".join("?" * len(message_ids))
     rt.db.write_sync(lambda c: c.execute(
         f"UPDATE outbox SET state = 'done', updated_at = 0 WHERE message_id IN ({marks})", message_ids))
-    rt.db.write_sync(lambda c: outbox.purge(c, time.time(), ["seg"]))
+    rt.db.write_sync(lambda c: retention.purge_outbox(c, time.time(), ["seg"]))
 
 
 def purge_inbox(rt: Runtime, days: float = 30, limit: int = retention.PURGE_LIMIT) -> int:
@@ -218,7 +218,7 @@ def test_the_outbox_purge_gets_past_recently_finished_rows_made_long_ago(runtime
 
     def purge() -> int:
         return int(runtime.db.write_sync(
-            lambda c: outbox.purge(c, cutoff, ["d"], limit=4, positions=positions)))
+            lambda c: retention.purge_outbox(c, cutoff, ["d"], limit=4, positions=positions)))
 
     assert purge() == 3  # ids 1-4 all recent, so 5-8 too: the three old ones
     assert positions == {("d", "done"): 8}
