@@ -28,6 +28,7 @@ from .calling import client_for, deliver_rows, failed
 from .deliver_process import CRASHED, LOST, NOT_STARTED, STOPPED, DeliverProcess, Sent
 from .lost_batches import LostBatches
 from .plugin_changes import PluginChanges
+from .rate_limit import RateLimit
 from .remap import remap
 from .results import ResultWriter
 from .retry import decide, rate_limit_wait
@@ -41,8 +42,6 @@ EXPEDITE_AFTER = 30.0
 """Seconds a destination must have failed for its waiting retries to be brought forward when
 it delivers again (:func:`outbox.expedite`): a blip of a few failures keeps its backoff, and a
 destination that fails every other request is not retried at once over and over."""
-RATE_LIMIT_WINDOW = 10.0
-"""Seconds within which 429s of two users say the destination's own rate limit is reached."""
 GIVE_UP_CHECK_SECONDS = 300.0
 """How often a paused destination's deliveries are checked for having waited longer than
 ``give_up_after_seconds`` (they are not attempted, so no attempt finds it)."""
@@ -69,8 +68,7 @@ class DestinationWorker:
         self.breaker = Breaker(dest.name, dest.policy)
         self.plugin_changes = PluginChanges(dest.name, dest.config.plugin)
         self.give_up_check = 0.0  # (monotonic) when a paused destination's old rows are checked
-        self.rate_limited_until = 0.0  # (monotonic) no new requests before: it answered 429
-        self.limited_users: dict[str, float] = {}  # user -> (monotonic) their last 429
+        self.rate_limit = RateLimit()  # its 429s (:mod:`.rate_limit`)
         self.deliverer: DeliverProcess | None = None  # set by the Engine when one is used
         self.wake = asyncio.Event()
         self.inflight_keys: set[str] = set()
@@ -116,7 +114,7 @@ class DestinationWorker:
         """Start as many due batches as there are free slots; return how long to sleep."""
         limit = self.dest.policy.concurrency
         size = self.dest.batch_size
-        rate_limited = self.rate_limited_until - time.monotonic()
+        rate_limited = self.rate_limit.until - time.monotonic()
         if rate_limited > 0 and not self.stopping:  # (back within 10 s: counts are flushed)
             await self._give_back_stale()
             self.attempt_log.flush(self.dest.name)
@@ -239,31 +237,17 @@ class DestinationWorker:
             self.inflight_keys.difference_update(users)
 
     def _rate_limited(self, wait: float, users: set[str]) -> None:
-        """A call of ``users``' deliveries was answered ``429``. Once 429s came for two users
-        or more within :data:`RATE_LIMIT_WINDOW` with no delivery in between (one request of
-        several users' events counts for all of them), the destination's limit is reached (two
-        users limited each on their own, between other users' deliveries, held everyone: final
-        re-check): no new request goes out for
-        ``wait`` seconds (:func:`.retry.rate_limit_wait`; the deliver process holds back too)
-        and the batches claimed ahead are given back. One user's 429s hold only that user's
-        deliveries, by their own Retry-After: an API limiting each user's rate made the whole
-        destination wait each time that user's retry was refused again (re-check)."""
-        now = time.monotonic()
-        for user in users:
-            self.limited_users[user] = now
-        if len(self.limited_users) < 2:
+        """A call of ``users``' deliveries was answered ``429`` (:mod:`.rate_limit`): once the
+        destination's own limit is reached, no new request goes out for ``wait`` seconds
+        (:func:`.retry.rate_limit_wait`; the deliver process holds back too) and the batches
+        claimed ahead are given back."""
+        before = self.rate_limit.until
+        until = self.rate_limit.refused(users, wait)
+        if until is None:
             return
-        self.limited_users = {u: t for u, t in self.limited_users.items()
-                              if t > now - RATE_LIMIT_WINDOW}
-        if len(self.limited_users) < 2:
-            return
-        until = now + wait
-        if until <= self.rate_limited_until:
-            return
-        if self.rate_limited_until < time.monotonic() - 60:  # said once a minute at most
+        if before < time.monotonic() - 60:  # said once a minute at most
             log.info("destination %s is rate-limiting (429): no new requests for %g s",
                      self.dest.name, wait, extra={"destination": self.dest.name})
-        self.rate_limited_until = until
         self._give_back_ready()
         if self.deliverer is not None:
             self.deliverer.hold(self.dest.name, until)
@@ -325,7 +309,7 @@ class DestinationWorker:
         of the lease, so a delivery never outlives its lease) in ``stale``, to be given back."""
         stale_after = self.dest.policy.lease_seconds / 4
         now = time.monotonic()
-        if now < self.rate_limited_until:
+        if now < self.rate_limit.until:
             return
         while self.ready and not self.stopping:
             if now - self.ready[0][0] > stale_after:
@@ -444,8 +428,8 @@ class DestinationWorker:
             self.sending -= 1  # the slot is free; the rows' users wait for the record
             self.sending_here -= here
             rate_limited = rate_limit_wait(policy, (res for _, res in sent))
-            if self.limited_users and any(res.outcome == "ok" for _, res in sent):
-                self.limited_users.clear()  # it takes requests: the 429s were those users'
+            if self.rate_limit.users and any(res.outcome == "ok" for _, res in sent):
+                self.rate_limit.delivered()  # it takes requests: the 429s were those users'
             if rate_limited is not None:  # before the next batch starts; the users refused
                 # (not those held back behind them: one user's 429 in a Novu call of 100
                 # users held the whole destination, and a backlog grew 16 times slower than
