@@ -34,9 +34,11 @@ class AttemptLog:
         self.unlogged = {"retry": 0, "dead": 0}
         self.failing_since: float | None = None  # wall time of the first failure of a run
 
-    def record(self, outcomes: Iterable[Outcome]) -> float | None:
+    def record(self, outcomes: Iterable[Outcome], destination_failed: bool = True) -> float | None:
         """Log ``outcomes``; when one is the first delivery after failures, how many seconds
-        the destination had failed (else None)."""
+        the destination had failed (else None). ``destination_failed=False``: the failures
+        are not the destination's (a deliver process that ended with them): no run of its
+        failures begins, which its next delivery would report as over (chaos re-check)."""
         debug = log.isEnabledFor(logging.DEBUG)
         recovered: float | None = None
         for o in outcomes:
@@ -56,8 +58,9 @@ class AttemptLog:
                 if debug:  # (a log record and its extra dict cost ~2 us per delivery)
                     self._line(logging.DEBUG, o, "")
                 continue
-            if self.failing_since is None and o.outcome == "retryable":  # the destination's
-                self.failing_since = time.time()  # trouble; a permanent one is the event's
+            if self.failing_since is None and o.outcome == "retryable" and destination_failed:
+                self.failing_since = time.time()  # the destination's trouble; a permanent
+                # one is the event's
             kind = "dead" if o.state == "dead" else "retry"
             now = time.monotonic()
             if now - self.last_line[kind] < RETRY_LINE_SECONDS:

@@ -445,7 +445,7 @@ class DestinationWorker:
                 for row, (message_id, res) in zip(rows, sent)
             ]
             await self.results.store(outcomes)
-            failed_for = self.attempt_log.record(outcomes)
+            failed_for = self.attempt_log.record(outcomes, destination_failed=not lost)
             asked = max((res.retry_after or 0.0 for _, res in sent
                          if res.outcome == "retryable" and res.sent), default=0.0)
             if not lost and self.breaker.record(outcomes, users, asked):

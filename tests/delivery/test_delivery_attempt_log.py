@@ -67,6 +67,19 @@ def test_permanent_failures_alone_are_no_outage(caplog: pytest.LogCaptureFixture
     assert not [r for r in caplog.records if "delivers again" in r.getMessage()]
 
 
+def test_a_dead_deliver_process_is_no_outage(
+    caplog: pytest.LogCaptureFixture, clock: list[float]
+) -> None:
+    """Chaos re-check: the batches a dead deliver process had were taken for the destination's
+    failures, and its next delivery said it "delivers again, after 22 s of failures"."""
+    caplog.set_level(logging.WARNING, logger="hookyard.delivery")
+    log = AttemptLog()
+    log.record([outcome(1, "retryable", "pending")], destination_failed=False)
+    clock[0] += 30
+    assert log.record([outcome(2, "ok", "done")]) is None
+    assert not [r for r in caplog.records if "delivers again" in r.getMessage()]
+
+
 def test_a_burst_is_counted_once_it_is_over_and_a_blip_is_no_news(
     caplog: pytest.LogCaptureFixture, clock: list[float]
 ) -> None:
