@@ -20,7 +20,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .blame import blamed_text
 from .connectors import (
     BASIC_CHALLENGE,
     AuthResult,
@@ -207,8 +206,8 @@ class IngestEndpoint:
                     "authenticate", "source", source.plugin, source=source, request=req
                 )
             except Exception as exc:  # noqa: BLE001 - a plugin bug must not be a 500, nor a 401
-                log.exception("authenticate hook of source %s failed%s", source.name, blamed_text(
-                    self.rt.pm, exc, self.rt.registry.owner_name("source", source.plugin)))
+                log.exception("authenticate hook of source %s failed%s", source.name,
+                              self.rt.registry.blamed(exc, "source", source.plugin))
                 failed = failed or source
                 continue
             if not isinstance(result, AuthResult):
@@ -288,8 +287,8 @@ class IngestEndpoint:
                 # takes as final and drops its events for (a plugin's reasons to refuse a body
                 # are BadRequest, NotFound, PayloadTooLarge); retried, they are taken once fixed
                 log.exception("parse_events of source %s (connector %r) failed%s; answered 503",
-                              source.name, source.plugin, blamed_text(
-                                  self.rt.pm, exc, self.rt.registry.owner_name("source", source.plugin)))
+                              source.name, source.plugin,
+                              self.rt.registry.blamed(exc, "source", source.plugin))
                 raise SourceHookFailed(f"the source could not read this request (its plugin"
                                        f" failed with {type(exc).__name__}: see the server log);"
                                        " retry later") from None

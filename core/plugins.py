@@ -29,6 +29,7 @@ import pluggy
 from pluggy import PluginValidationError
 
 from . import hookspecs
+from .blame import blamed_text
 from .connector_checks import connector_problem
 from .connectors import Connector, ConnectorKind
 from .errors import ConfigError, PluginFailed, did_you_mean
@@ -345,9 +346,10 @@ class ConnectorRegistry:
             self.get(kind, name)  # raises
         return found[1]  # type: ignore[index]
 
-    def owner_name(self, kind: ConnectorKind, name: str) -> str | None:
-        """The registered name of the plugin that owns connector ``name``."""
-        return self.pm.get_name(self._owner(kind, name))
+    def blamed(self, exc: BaseException, kind: ConnectorKind, name: str) -> str:
+        """`` (raised in plugin 'x')`` when code of another plugin than connector ``name``'s
+        own raised ``exc`` (a wrapper of the step: :mod:`hookyard.blame`), else empty."""
+        return blamed_text(self.pm, exc, self.pm.get_name(self._owner(kind, name)))
 
     def caller(self, hook_name: str, kind: ConnectorKind, name: str) -> Any:
         """A hook caller for ``hook_name`` that only reaches the owner of connector ``name``

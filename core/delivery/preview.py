@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..blame import blamed_text
 from ..deliveries import Delivery
 from ..errors import BadRequest, ConfigError
 from ..events import Event, validate_event
@@ -131,8 +130,7 @@ def preview_event(
             requests_of(result)  # a delivery the router could not store fails like a raise
         except Exception as exc:  # noqa: BLE001 - the router turns this into a dead letter
             log.warning("map_event of %s failed in a preview: %s", dest.name, exc)
-            where = blamed_text(rt.pm, exc, rt.registry.owner_name(
-                "destination", dest.config.plugin))
+            where = rt.registry.blamed(exc, "destination", dest.config.plugin)
             reason = rt.scrubber.text(f"map_event failed{where}: {type(exc).__name__}: {exc}")
         else:
             deliveries = result.deliveries

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..blame import blamed_text
 from ..deliveries import Delivery, MapResult
 from ..events import MAX_ID, Event, encoder, event_decoders, event_from_dict
 from ..fields import FieldMissing, without_paths
@@ -193,8 +192,7 @@ def map_rows(
             except Exception as exc:  # noqa: BLE001 - a plugin bug becomes a dead letter
                 log.exception("map_event of %s failed for %s", dest.name, row[2])
                 user = stored_key(event.user_id or event.anonymous_id or "")
-                where = blamed_text(rt.pm, exc, rt.registry.owner_name(
-                    "destination", dest.config.plugin))
+                where = rt.registry.blamed(exc, "destination", dest.config.plugin)
                 out.append((dest.name, row[0], row[2], user, "", None, "dead", now, now,
                             rt.scrubber.text(f"map_event failed{where}: {type(exc).__name__}:"
                                              f" {exc}"), dest.config.plugin))
