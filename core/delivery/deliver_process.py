@@ -184,10 +184,7 @@ class DeliverProcess(HelperProcess):
             if status.startswith("killed by signal"):  # killed from outside while it started:
                 # not a child that cannot start, after which the workers deliver in-process
                 # (a poison event stored then ended the server: chaos re-check)
-                self.failed_starts += 1
-                self._gone(f"ended while it started ({status})",
-                           min(self.restart_after, 2.0 ** (self.failed_starts - 1)),
-                           in_worker=False)
+                self._could_not_start(f"ended while it started ({status})", in_worker=False)
                 return
             self._could_not_start(f"could not start ({status or 'connection closed'})")
             return
@@ -351,25 +348,23 @@ class DeliverProcess(HelperProcess):
         self._stop_child()
         self._fail_waiting()
 
-    def _could_not_start(self, why: str) -> None:
-        """A start failed: the workers deliver in-process until one succeeds, tried again
-        after 1, 2, 4... s, at most ``restart_after`` (a child killed while it started held
-        the deliveries it was to take for 30 s: chaos audit)."""
-        self.cannot_start = True
+    def _could_not_start(self, why: str, in_worker: bool = True) -> None:
+        """A start failed: tried again after 1, 2, 4... s, at most ``restart_after`` (a child
+        killed while it started held the deliveries it was to take for 30 s: chaos audit);
+        ``in_worker``: the workers deliver in-process until one succeeds (else they wait)."""
+        if in_worker:
+            self.cannot_start = True
         self.failed_starts += 1
-        self._gone(why, min(self.restart_after, 2.0 ** (self.failed_starts - 1)))
+        self._gone(why, min(self.restart_after, 2.0 ** (self.failed_starts - 1)), in_worker)
 
     def _restart_delay(self) -> float:
         """When a child that ended by itself is replaced: at once (its destinations wait for
         it, rather than deliver in-process, where what ended it could end the server), after
         1, 3, 7... s (at most ``restart_after``) when the ones before each ended within
         :data:`CRASH_LOOP_SECONDS` of being ready."""
-        if self.probation:  # finding a poison delivery ends children quickly: no loop
-            pass
-        elif time.monotonic() - self.ready_at < CRASH_LOOP_SECONDS:
-            self.quick_ends += 1
-        else:
-            self.quick_ends = 0
+        if not self.probation:  # (finding a poison delivery ends children quickly: no loop)
+            quick = time.monotonic() - self.ready_at < CRASH_LOOP_SECONDS
+            self.quick_ends = self.quick_ends + 1 if quick else 0
         return min(self.restart_after, 2.0 ** self.quick_ends - 1)
 
     def _stop_child(self) -> None:

@@ -286,8 +286,9 @@ class DestinationWorker:
 
     def _held(self) -> bool:
         """Whether this destination waits for the deliver process instead of delivering here:
-        its hook had the helper killed (:attr:`DeliverProcess.blamed`), and here it would hold
-        the worker's event loop, ingest with it."""
+        its hook had the helper killed (:attr:`DeliverProcess.blamed`: here it would hold the
+        worker's event loop, ingest with it), it has suspects of a helper that ended
+        (:mod:`.lost_batches`), or the helper is starting or being replaced."""
         deliverer = self.deliverer
         if deliverer is None or deliverer.ready:
             return False
@@ -350,14 +351,13 @@ class DestinationWorker:
         deliverer = self.deliverer
         assert deliverer is not None
         ids = [r[0] for r in rows]
-        if deliverer.lost_to is not None:
-            # a destination's hook held the child's event loop and had it killed: that one waits
-            # for the next child (DeliverProcess.blamed), the others' deliveries only waited
-            # behind it; all are retried as usual
-            return failed(self.dest, requests, DeliveryResult.retryable(STOPPED))
-        # (while any destination has suspects the child runs one batch at a time, whoever's:
-        # a healthy destination's delivery was blamed when two had one each there; re-check)
-        verdict = self.suspects.lost(ids, deliverer.lost_alone, deliverer.lost_to_sigkill)
+        # a destination's hook held the child's event loop and had it killed (lost_to): that
+        # one waits for the next child (DeliverProcess.blamed), the others' deliveries only
+        # waited behind it; all are retried as usual. Else (while any destination has suspects
+        # the child runs one batch at a time, whoever's: a healthy destination's delivery was
+        # blamed when two had one each there; re-check)
+        verdict = None if deliverer.lost_to is not None else self.suspects.lost(
+            ids, deliverer.lost_alone, deliverer.lost_to_sigkill)
         if verdict == "culprit":
             self._cleared(bool(self.suspects))
             plugin = self.dest.config.plugin
@@ -366,15 +366,14 @@ class DestinationWorker:
                       " it)", self.dest.name, ids[0], plugin, extra={"destination": self.dest.name})
             return failed(self.dest, requests, DeliveryResult.permanent(
                 f"{CRASHED} (plugin {plugin!r})"))
-        if verdict == "killed":
-            return failed(self.dest, requests, DeliveryResult.retryable(STOPPED))
         if verdict == "first":
             log.warning("destination %s: the deliver process ended while it had deliveries of"
                         " it: they are sent again one batch at a time in a new deliver"
                         " process, halved each time one ends it, to find one that does",
                         self.dest.name, extra={"destination": self.dest.name})
             self._give_back_ready()
-        deliverer.probation.add(self.dest.name)
+        if verdict in ("first", "again"):
+            deliverer.probation.add(self.dest.name)
         return failed(self.dest, requests, DeliveryResult.retryable(STOPPED))
 
     def _cleared(self, left: bool) -> bool:
