@@ -43,7 +43,7 @@ def read_or_create_secret(path: Path, prefix: str) -> tuple[str, bool]:
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.link(tmp, path)  # fails if another process made it meanwhile: theirs is kept
-                _fsync_dir(path.parent)
+                fsync_path(path.parent)
                 return value, True
             except FileExistsError:
                 pass
@@ -65,7 +65,8 @@ def read_or_create_secret(path: Path, prefix: str) -> tuple[str, bool]:
     return value, False
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by its path (a directory: the names it holds are on disk)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

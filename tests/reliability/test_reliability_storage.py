@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hookyard.secret_files import fsync_path
 from hookyard.testing.fake_server import FakeServer
 from hookyard.testing.server import HookyardProcess, basic_auth
 from reliability_kit import (
@@ -164,11 +165,7 @@ def ext4_disk(tmp_path: Path) -> Iterator[Path]:
 
 def _fsync(path: Path) -> None:
     for target in (path, path.parent):
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(target)
 
 
 def _device_name(mnt: Path) -> str:
